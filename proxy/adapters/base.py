@@ -1,0 +1,91 @@
+"""Adapter layer: the values adapters and the driver exchange (design.md §1).
+
+    Step = Send(call) | Wait(seconds, call) | Done(ImagesResult) | Fail(ProxyError)
+
+`state` rides along with Send and Wait and comes back to `advance`, so an adapter keeps nothing itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from proxy.core.errors import ProxyError
+from proxy.core.plan import Plan
+from proxy.core.response import ImagesResult
+from proxy.core.rules import Channel, ChannelSchema
+
+
+@dataclass(frozen=True)
+class Call:
+    """One HTTP request to an upstream. Exactly one of `json` and `data` is the body (or neither)."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    json: Any = None
+    data: bytes | None = None
+    timeout: float | None = None  # None: the channel's timeout
+
+
+@dataclass(frozen=True)
+class UpstreamResponse:
+    status: int
+    headers: Mapping[str, str]  # names lower-cased
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Send:
+    call: Call
+    state: Any = None
+
+
+@dataclass(frozen=True)
+class Wait:
+    seconds: float
+    call: Call
+    state: Any = None
+
+
+@dataclass(frozen=True)
+class Done:
+    result: ImagesResult
+
+
+@dataclass(frozen=True)
+class Fail:
+    error: ProxyError
+
+
+Step = Send | Wait | Done | Fail
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything an adapter may know: the plan, its channel, and the key to use (resolved by the shell)."""
+
+    plan: Plan
+    channel: Channel
+    api_key: str | None
+
+    def __repr__(self) -> str:
+        return f"Job(model={self.plan.model!r}, channel={self.channel.name!r})"
+
+
+def _no_advance(job: Job, state: Any, response: UpstreamResponse) -> Step:
+    raise ValueError(f"adapter for channel '{job.channel.name}' sends no requests")
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    name: str
+    schema: ChannelSchema
+    start: Callable[[Job], Step]
+    advance: Callable[[Job, Any, UpstreamResponse], Step] = _no_advance
+    # Starting does real CPU work (the local generator): the shell runs it off the event loop.
+    cpu_bound: bool = False
+    # Headers that authenticate a pass-through request on this channel; None: no pass-through here.
+    auth_headers: Callable[[str | None], dict[str, str]] | None = None

@@ -1,0 +1,96 @@
+"""Adapter layer: any OpenAI-compatible Images upstream (OpenAI itself, relays, LocalAI, ...).
+
+Mapping: the body is the OpenAI body itself. `model` -> the rule's upstream model; `n` is always sent;
+the plan's forwarded fields go verbatim, except `output_format: jpg` -> `jpeg` (OpenAI's spelling);
+`extra_body` is merged into the top level last. Auth: `Authorization: Bearer <channel key>`.
+Answer: `data[]` items keep `url` / `b64_json` / `revised_prompt`; `usage` and the response-level
+`background`, `output_format`, `quality`, `size` are kept. Failures: see proxy.core.upstream_errors.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
+from proxy.core.errors import BadGateway
+from proxy.core.response import GeneratedImage, ImagesResult
+from proxy.core.rules import ChannelSchema
+from proxy.core.upstream_errors import error_from_response
+
+RESPONSE_EXTRAS = ("background", "output_format", "quality", "size")
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def build_body(job: Job) -> dict[str, Any]:
+    plan = job.plan
+    body: dict[str, Any] = {"model": plan.upstream_model, "prompt": plan.prompt, "n": plan.n}
+    for name, value in plan.fields.items():
+        if name == "extra_body":
+            continue
+        body[name] = "jpeg" if name == "output_format" and value == "jpg" else value
+    body.update(plan.fields.get("extra_body", {}))
+    return body
+
+
+def start(job: Job) -> Step:
+    headers = {**job.channel.headers, **auth_headers(job.api_key), "Content-Type": "application/json"}
+    call = Call("POST", f"{job.channel.base_url}/images/generations", headers=headers, json=build_body(job))
+    return Send(call)
+
+
+def _image(item: Any) -> GeneratedImage:
+    if not isinstance(item, dict):
+        raise ValueError("data[] item is not an object")
+    fields = {name: item.get(name) for name in ("b64_json", "url", "revised_prompt")}
+    if not all(value is None or isinstance(value, str) for value in fields.values()):
+        raise ValueError("data[] item has a non-string field")
+    if fields["b64_json"] is None and fields["url"] is None:
+        raise ValueError("data[] item has neither url nor b64_json")
+    return GeneratedImage(**fields)
+
+
+def parse_images_response(body: bytes) -> ImagesResult:
+    """An OpenAI ImagesResponse; ValueError when the body is not one."""
+    data = json.loads(body)
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list) or not data["data"]:
+        raise ValueError("no data[] in the answer")
+    created = data.get("created")
+    usage = data.get("usage")
+    return ImagesResult(
+        images=tuple(_image(item) for item in data["data"]),
+        created=created if isinstance(created, int) and not isinstance(created, bool) else None,
+        usage=usage if isinstance(usage, dict) else None,
+        extra={key: data[key] for key in RESPONSE_EXTRAS if key in data},
+    )
+
+
+def advance(job: Job, state: Any, response: UpstreamResponse) -> Step:
+    if not 200 <= response.status < 300:
+        return Fail(
+            error_from_response(
+                response.status,
+                response.headers,
+                response.body,
+                channel=job.channel.name,
+                secrets=(job.api_key,),
+                client_key=job.channel.passthrough_key,
+            )
+        )
+    try:
+        return Done(parse_images_response(response.body))
+    except (ValueError, RecursionError) as exc:
+        # A 200 that carries no images is a failure, never a success with an empty list.
+        return Fail(BadGateway(f"channel '{job.channel.name}' answered with no usable images: {exc}", code="bad_upstream_response"))
+
+
+SPEC = AdapterSpec(
+    name="openai",
+    schema=ChannelSchema(),
+    start=start,
+    advance=advance,
+    auth_headers=auth_headers,
+)

@@ -1,0 +1,1 @@
+"""Pure core: parsing, validation, rules and response shaping. No sockets, clocks, files or environment."""

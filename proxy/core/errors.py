@@ -1,0 +1,124 @@
+"""Core layer: the one error tree. Every error knows its HTTP status and renders the OpenAI envelope.
+
+    ProxyError                      status  type
+    ├── InvalidRequest               400    invalid_request_error    (client mistake, `param` set)
+    │   └── ContentPolicyViolation   400    image_generation_user_error (moderation)
+    ├── AuthenticationFailed         401    invalid_request_error
+    ├── NotFound                     404    invalid_request_error    (model_not_found, ...)
+    ├── PayloadTooLarge              413    invalid_request_error
+    ├── UnsupportedMediaType         415    invalid_request_error
+    ├── RateLimited                  429    rate_limit_exceeded / insufficient_quota (+ Retry-After)
+    ├── UpstreamError           (upstream's 4xx, kept)  as the upstream said
+    ├── BadGateway                   502    upstream_error           (upstream 5xx, transport, bad answer)
+    ├── ServiceUnavailable           503    server_error             (no usable channel)
+    └── GatewayTimeout               504    timeout                  (deadline passed)
+
+The envelope is `{"error": {"message", "type", "param", "code"}}`, as OpenAI sends it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ProxyError(Exception):
+    """Base of every error the proxy answers with."""
+
+    status = 500
+    type = "server_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        type: str | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+        if status is not None:
+            self.status = status
+        if type is not None:
+            self.type = type
+        # Whether another attempt (same or next channel) may succeed where this one failed.
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+    def envelope(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(0, round(self.retry_after)))}
+
+
+class InvalidRequest(ProxyError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class ContentPolicyViolation(InvalidRequest):
+    type = "image_generation_user_error"
+
+    def __init__(self, message: str, *, code: str = "moderation_blocked") -> None:
+        super().__init__(message, code=code)
+
+
+class AuthenticationFailed(ProxyError):
+    status = 401
+    type = "invalid_request_error"
+
+
+class NotFound(ProxyError):
+    status = 404
+    type = "invalid_request_error"
+
+
+class PayloadTooLarge(ProxyError):
+    status = 413
+    type = "invalid_request_error"
+
+
+class UnsupportedMediaType(ProxyError):
+    status = 415
+    type = "invalid_request_error"
+
+
+class RateLimited(ProxyError):
+    status = 429
+    type = "rate_limit_exceeded"
+
+
+class UpstreamError(ProxyError):
+    """An upstream 4xx that is the client's to see: status and message as the provider gave them."""
+
+    type = "invalid_request_error"
+
+
+class BadGateway(ProxyError):
+    status = 502
+    type = "upstream_error"
+
+
+class ServiceUnavailable(ProxyError):
+    status = 503
+    type = "server_error"
+
+
+class GatewayTimeout(ProxyError):
+    status = 504
+    type = "timeout"

@@ -1,0 +1,91 @@
+"""Core layer: a validated request plus its model rule becomes a Plan, what every adapter works from.
+
+Which fields reach the upstream: `size` and `quality` always (every image API has them); every other
+field only when the model's `passthrough` lists it. `response_format`, `async`, `retries` and `stream`
+are the proxy's own business and are honoured whatever the upstream supports. A field the client sent
+that neither reaches the upstream nor is honoured by the proxy is listed in `ignored`, never dropped silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from proxy.core.errors import InvalidRequest
+from proxy.core.request import ImageRequest
+from proxy.core.rules import ALWAYS_FORWARDED, PROXY_FIELDS, ModelRule
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: str  # the name the client asked for
+    upstream_model: str
+    prompt: str
+    n: int
+    fields: Mapping[str, Any]  # what reaches the adapter, canonical values, absence kept
+    response_format: str | None  # what the client gets; None: whatever the upstream answers
+    ignored: tuple[str, ...] = ()
+    retries: int = 0
+    wants_async: bool = False
+    rule: ModelRule = field(default_factory=lambda: ModelRule(pattern="", channels=()))
+
+
+def _check_n(request: ImageRequest, rule: ModelRule) -> None:
+    if request.n > rule.max_n:
+        raise InvalidRequest(
+            f"Invalid 'n': {request.n}. Model '{request.model}' allows between 1 and {rule.max_n} images.",
+            param="n",
+            code="invalid_value",
+        )
+
+
+def _check_size(model: str, size: str | None, rule: ModelRule) -> None:
+    if size is None or rule.sizes is None or size in rule.sizes:
+        return
+    raise InvalidRequest(
+        f"Invalid size '{size}' for model '{model}'. Supported sizes: {', '.join(rule.sizes)}.",
+        param="size",
+        code="invalid_size",
+    )
+
+
+def _check_values(model: str, options: Mapping[str, Any], rule: ModelRule) -> None:
+    for name, allowed in rule.values.items():
+        if name in options and options[name] not in allowed:
+            listed = ", ".join(str(value) for value in allowed)
+            raise InvalidRequest(
+                f"Invalid {name} '{options[name]}' for model '{model}'. Supported values: {listed}.",
+                param=name,
+                code="invalid_value",
+            )
+
+
+def forwarded(name: str, rule: ModelRule) -> bool:
+    return name in ALWAYS_FORWARDED or name in rule.passthrough
+
+
+def build_plan(request: ImageRequest, rule: ModelRule) -> Plan:
+    """Apply defaults, whitelists and passthrough; raises InvalidRequest naming the param."""
+    # Defaults fill only what the client left absent (seed 000: dall-e-3 -> quality standard).
+    options = {**rule.defaults, **request.options}
+    _check_n(request, rule)
+    _check_size(request.model, options.get("size"), rule)
+    _check_values(request.model, options, rule)
+    fields = {name: value for name, value in options.items() if forwarded(name, rule)}
+    ignored = sorted(
+        name for name in request.options if not forwarded(name, rule) and name not in PROXY_FIELDS
+    )
+    return Plan(
+        model=request.model,
+        upstream_model=rule.upstream_model or request.model,
+        prompt=request.prompt,
+        n=request.n,
+        fields=MappingProxyType(fields),
+        response_format=options.get("response_format"),
+        ignored=tuple(ignored),
+        retries=int(options.get("retries", 0)),
+        wants_async=bool(options.get("async", False)),
+        rule=rule,
+    )

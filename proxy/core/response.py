@@ -1,0 +1,70 @@
+"""Core layer: the OpenAI Images response as values, and its rendering to the client's JSON shape."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    b64_json: str | None = None
+    url: str | None = None
+    revised_prompt: str | None = None
+    content_type: str | None = None  # when the adapter knows it; else sniffed from the bytes
+
+
+@dataclass(frozen=True)
+class ImagesResult:
+    images: tuple[GeneratedImage, ...]
+    created: int | None = None  # upstream's timestamp in seconds; None: the shell stamps it
+    usage: Mapping[str, Any] | None = None
+    # Response-level fields the upstream reported (GPT image: background, output_format, quality, size).
+    extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+# What the finishing step must do to an image so that the client gets the format it asked for.
+HOST = "host"  # bytes from upstream, client wants a URL: store and serve them
+FETCH = "fetch"  # URL from upstream, client wants bytes: download and encode
+
+
+def conversion(image: GeneratedImage, response_format: str | None) -> str | None:
+    if response_format == "url" and image.url is None:
+        return HOST
+    if response_format == "b64_json" and image.b64_json is None:
+        return FETCH
+    return None
+
+
+def in_format(image: GeneratedImage, response_format: str | None) -> GeneratedImage:
+    """Keep only the representation the client asked for (both are kept when it asked for none)."""
+    if response_format == "url":
+        return replace(image, b64_json=None)
+    if response_format == "b64_json":
+        return replace(image, url=None)
+    return image
+
+
+def render_image(image: GeneratedImage) -> dict[str, Any]:
+    item: dict[str, Any] = {}
+    if image.url is not None:
+        item["url"] = image.url
+    if image.b64_json is not None:
+        item["b64_json"] = image.b64_json
+    if image.revised_prompt is not None:
+        item["revised_prompt"] = image.revised_prompt
+    return item
+
+
+def render(result: ImagesResult, created: int, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`{"created", "data", ...upstream extras, "usage"?, "metadata"?}` as OpenAI's ImagesResponse."""
+    body: dict[str, Any] = {"created": result.created or created, "data": [render_image(i) for i in result.images]}
+    for key, value in result.extra.items():
+        body.setdefault(key, value)
+    if result.usage is not None:
+        body["usage"] = dict(result.usage)
+    if metadata:
+        body["metadata"] = dict(metadata)
+    return body

@@ -1,0 +1,389 @@
+"""Core layer: rules.yaml parsed once into frozen values, failing with every problem and its YAML path.
+
+Loading is a pure function of the YAML text, the environment (for `${VAR}` interpolation) and the
+channel schemas the adapters declare; nothing here reads a file or `os.environ`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from proxy.core.errors import InvalidRequest, NotFound
+from proxy.core.interpolate import interpolate
+from proxy.core.request import validate_option
+from proxy.core.sizes import normalise_size
+
+PASSTHROUGH_KEY = "passthrough"
+DEFAULT_MAX_N = 10
+DEFAULT_TIMEOUT = 300.0
+_GLOB_CHARS = frozenset("*?[")
+# Fields every upstream understands, and fields the proxy itself honours (see proxy.core.plan).
+ALWAYS_FORWARDED = frozenset({"size", "quality"})
+PROXY_FIELDS = frozenset({"response_format", "async", "retries", "stream"})
+
+
+@dataclass(frozen=True)
+class ChannelSchema:
+    """What an adapter needs from a channel entry, beyond the keys every channel has."""
+
+    settings: frozenset[str] = frozenset()
+    requires_base_url: bool = True
+    uses_key: bool = True
+
+
+@dataclass(frozen=True)
+class Channel:
+    name: str
+    type: str
+    base_url: str = ""
+    # None: no key is sent. The literal "passthrough": the client's own bearer key is forwarded.
+    api_key: str | None = None
+    # Variables that were unset where the key should come from: such a channel is not used.
+    missing_key: tuple[str, ...] = ()
+    timeout: float = DEFAULT_TIMEOUT
+    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    settings: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def passthrough_key(self) -> bool:
+        return self.api_key == PASSTHROUGH_KEY
+
+    @property
+    def usable(self) -> bool:
+        return not self.missing_key
+
+    def __repr__(self) -> str:
+        # Keep keys out of tracebacks and debug logs.
+        return f"Channel(name={self.name!r}, type={self.type!r}, base_url={self.base_url!r})"
+
+
+@dataclass(frozen=True)
+class ModelRule:
+    pattern: str
+    channels: tuple[str, ...]
+    upstream_model: str | None = None
+    defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    sizes: tuple[str, ...] | None = None  # None: any WxH (and auto) is accepted
+    max_n: int = DEFAULT_MAX_N
+    passthrough: frozenset[str] = frozenset()
+    values: Mapping[str, tuple[Any, ...]] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def is_glob(self) -> bool:
+        return any(char in _GLOB_CHARS for char in self.pattern)
+
+
+@dataclass(frozen=True)
+class ImageStoreRules:
+    path: str = ""  # empty: a directory under the system's temporary directory
+    ttl: int = 3600  # seconds a hosted image stays retrievable (OpenAI's URLs live 60 minutes)
+
+
+@dataclass(frozen=True)
+class DownloadRules:
+    max_bytes: int = 50 * 1024 * 1024
+    timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class ServerRules:
+    api_keys: tuple[str, ...] = ()
+    public_base_url: str = ""  # empty: built from the request's own scheme and Host
+    max_request_bytes: int = 64 * 1024 * 1024
+    max_retries: int = 2
+    images: ImageStoreRules = ImageStoreRules()
+    download: DownloadRules = DownloadRules()
+
+
+@dataclass(frozen=True)
+class Rules:
+    server: ServerRules
+    channels: Mapping[str, Channel]
+    models: tuple[ModelRule, ...]
+    default_channel: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    def match_model(self, name: str) -> ModelRule:
+        """Exact name beats a glob; among globs the first in the file wins (design.md §2)."""
+        for rule in self.models:
+            if not rule.is_glob and rule.pattern == name:
+                return rule
+        for rule in self.models:
+            if rule.is_glob and fnmatch.fnmatchcase(name, rule.pattern):
+                return rule
+        raise NotFound(f"The model '{name}' does not exist.", param="model", code="model_not_found")
+
+
+@dataclass(frozen=True)
+class RuleProblem:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class RulesError(Exception):
+    """Every problem found in a rules file, each naming its YAML path."""
+
+    def __init__(self, problems: list[RuleProblem]) -> None:
+        super().__init__("\n".join(str(problem) for problem in problems))
+        self.problems = problems
+
+
+class _Reader:
+    """Collects problems while walking the YAML tree, so that one run reports all of them."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[RuleProblem] = []
+        self.warnings: list[str] = []
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(RuleProblem(path, message))
+
+    def mapping(self, path: str, value: Any, allowed: frozenset[str] | None = None) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.problem(path, f"expected a mapping, got {type(value).__name__}")
+            return {}
+        for key in value:
+            if not isinstance(key, str):
+                self.problem(path, f"key {key!r} is not a string")
+            elif allowed is not None and key not in allowed:
+                self.problem(_join(path, key), f"unknown key (known: {', '.join(sorted(allowed))})")
+        return {key: item for key, item in value.items() if isinstance(key, str)}
+
+    def string(self, path: str, value: Any, *, secret: bool = False) -> tuple[str, tuple[str, ...]]:
+        """The interpolated string and the variables it missed; a missed variable is a problem unless secret."""
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            self.problem(path, f"expected a string, got {type(value).__name__}")
+            return "", ()
+        result = interpolate(str(value), self.env)
+        if result.missing and not secret:
+            self.problem(path, f"environment variable {', '.join(result.missing)} is not set")
+        return result.value, result.missing
+
+    def number(self, path: str, value: Any, *, minimum: float, integer: bool = False) -> float | None:
+        if isinstance(value, str):
+            text, _ = self.string(path, value)
+            try:
+                value = int(text) if integer else float(text)
+            except ValueError:
+                self.problem(path, f"expected a number, got {text!r}")
+                return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+            self.problem(path, f"expected {'an integer' if integer else 'a number'}, got {value!r}")
+            return None
+        if value < minimum:
+            self.problem(path, f"must be at least {minimum:g}, got {value!r}")
+            return None
+        return value
+
+    def string_list(self, path: str, value: Any) -> list[str]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.problem(path, f"expected a list, got {type(value).__name__}")
+            return []
+        return [self.string(f"{path}[{index}]", item)[0] for index, item in enumerate(value)]
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+_TOP_KEYS = frozenset({"server", "default_channel", "channels", "models"})
+_SERVER_KEYS = frozenset({"api_keys", "public_base_url", "max_request_bytes", "max_retries", "images", "download"})
+_CHANNEL_KEYS = frozenset({"type", "base_url", "api_key", "timeout", "headers"})
+_MODEL_KEYS = frozenset({"channels", "upstream_model", "defaults", "sizes", "max_n", "passthrough", "values"})
+
+
+def _load_server(reader: _Reader, data: Any) -> ServerRules:
+    raw = reader.mapping("server", data, _SERVER_KEYS)
+    keys: list[str] = []
+    for index, item in enumerate(raw.get("api_keys") or []):
+        # A key whose variable is unset must not quietly turn client auth off: that is a problem.
+        key, _ = reader.string(f"server.api_keys[{index}]", item)
+        if key:
+            keys.append(key)
+    if raw.get("api_keys") is not None and not isinstance(raw.get("api_keys"), list):
+        reader.problem("server.api_keys", "expected a list of keys")
+    images = reader.mapping("server.images", raw.get("images"), frozenset({"path", "ttl"}))
+    download = reader.mapping("server.download", raw.get("download"), frozenset({"max_bytes", "timeout"}))
+    defaults = ServerRules()
+    return ServerRules(
+        api_keys=tuple(keys),
+        public_base_url=reader.string("server.public_base_url", raw.get("public_base_url", ""))[0].rstrip("/"),
+        max_request_bytes=int(reader.number("server.max_request_bytes", raw.get("max_request_bytes", defaults.max_request_bytes), minimum=1024, integer=True) or defaults.max_request_bytes),
+        max_retries=int(reader.number("server.max_retries", raw.get("max_retries", defaults.max_retries), minimum=0, integer=True) or 0),
+        images=ImageStoreRules(
+            path=reader.string("server.images.path", images.get("path", ""))[0],
+            ttl=int(reader.number("server.images.ttl", images.get("ttl", defaults.images.ttl), minimum=1, integer=True) or defaults.images.ttl),
+        ),
+        download=DownloadRules(
+            max_bytes=int(reader.number("server.download.max_bytes", download.get("max_bytes", defaults.download.max_bytes), minimum=1, integer=True) or defaults.download.max_bytes),
+            timeout=float(reader.number("server.download.timeout", download.get("timeout", defaults.download.timeout), minimum=0.001) or defaults.download.timeout),
+        ),
+    )
+
+
+def _load_channel(reader: _Reader, name: str, data: Any, schemas: Mapping[str, ChannelSchema]) -> Channel | None:
+    path = f"channels.{name}"
+    if not isinstance(data, dict) or "type" not in data:
+        reader.problem(path, "a channel needs at least a `type`")
+        return None
+    kind, _ = reader.string(f"{path}.type", data["type"])
+    schema = schemas.get(kind)
+    if schema is None:
+        reader.problem(f"{path}.type", f"unknown adapter type '{kind}' (known: {', '.join(sorted(schemas))})")
+        return None
+    raw = reader.mapping(path, data, _CHANNEL_KEYS | schema.settings)
+    base_url = reader.string(f"{path}.base_url", raw["base_url"])[0].rstrip("/") if "base_url" in raw else ""
+    if schema.requires_base_url and not base_url:
+        reader.problem(f"{path}.base_url", f"a '{kind}' channel needs a base_url")
+    if base_url and not base_url.startswith(("http://", "https://")):
+        reader.problem(f"{path}.base_url", f"expected an http:// or https:// URL, got {base_url!r}")
+    api_key: str | None = None
+    missing: tuple[str, ...] = ()
+    if "api_key" in raw and schema.uses_key:
+        api_key, missing = reader.string(f"{path}.api_key", raw["api_key"], secret=True)
+        if not api_key and not missing:
+            missing = ("api_key",)
+        if missing:
+            reader.warnings.append(f"channel '{name}' is disabled: {', '.join(missing)} is not set")
+    headers = reader.mapping(f"{path}.headers", raw.get("headers"))
+    timeout = reader.number(f"{path}.timeout", raw.get("timeout", DEFAULT_TIMEOUT), minimum=0.001)
+    return Channel(
+        name=name,
+        type=kind,
+        base_url=base_url,
+        api_key=api_key or None,
+        missing_key=missing,
+        timeout=float(timeout or DEFAULT_TIMEOUT),
+        headers=MappingProxyType({key: reader.string(f"{path}.headers.{key}", value)[0] for key, value in headers.items()}),
+        settings=MappingProxyType({key: raw[key] for key in schema.settings if key in raw}),
+    )
+
+
+def _load_defaults(reader: _Reader, path: str, data: Any) -> dict[str, Any]:
+    defaults: dict[str, Any] = {}
+    for key, value in reader.mapping(path, data).items():
+        if isinstance(value, str):
+            value = reader.string(f"{path}.{key}", value)[0]
+        try:
+            # Defaults go through the same validators as client values, so a bad default fails at load.
+            defaults[key] = validate_option(key, value)
+        except InvalidRequest as exc:
+            reader.problem(f"{path}.{key}", exc.message)
+    return defaults
+
+
+def _load_sizes(reader: _Reader, path: str, data: Any) -> tuple[str, ...] | None:
+    if data is None:
+        return None
+    sizes: list[str] = []
+    for index, item in enumerate(reader.string_list(path, data)):
+        size = normalise_size(item)
+        if size is None:
+            reader.problem(f"{path}[{index}]", f"{item!r} is not WxH (e.g. 1024x1024) or 'auto'")
+        else:
+            sizes.append(size)
+    return tuple(sizes)
+
+
+def _load_values(reader: _Reader, path: str, data: Any) -> dict[str, tuple[Any, ...]]:
+    values: dict[str, tuple[Any, ...]] = {}
+    for key, allowed in reader.mapping(path, data).items():
+        if not isinstance(allowed, list) or not allowed:
+            reader.problem(f"{path}.{key}", "expected a non-empty list of allowed values")
+            continue
+        values[key] = tuple(allowed)
+    return values
+
+
+def _load_model(reader: _Reader, pattern: str, data: Any, channels: Mapping[str, Channel | None]) -> ModelRule | None:
+    path = f"models.{pattern}"
+    raw = reader.mapping(path, data, _MODEL_KEYS)
+    names = reader.string_list(f"{path}.channels", raw.get("channels"))
+    if not names:
+        reader.problem(f"{path}.channels", "a model needs at least one channel")
+    for index, name in enumerate(names):
+        if name not in channels:
+            reader.problem(f"{path}.channels[{index}]", f"unknown channel '{name}' (known: {', '.join(sorted(channels))})")
+    defaults = _load_defaults(reader, f"{path}.defaults", raw.get("defaults"))
+    sizes = _load_sizes(reader, f"{path}.sizes", raw.get("sizes"))
+    if sizes is not None and "size" in defaults and defaults["size"] not in sizes:
+        reader.problem(f"{path}.defaults.size", f"'{defaults['size']}' is not one of the model's sizes")
+    passthrough = frozenset(reader.string_list(f"{path}.passthrough", raw.get("passthrough")))
+    for key in defaults:
+        if key not in ALWAYS_FORWARDED | PROXY_FIELDS | passthrough:
+            reader.problem(f"{path}.defaults.{key}", f"'{key}' is never sent upstream: add it to passthrough")
+    max_n = reader.number(f"{path}.max_n", raw.get("max_n", DEFAULT_MAX_N), minimum=1, integer=True)
+    upstream = reader.string(f"{path}.upstream_model", raw["upstream_model"])[0] if "upstream_model" in raw else None
+    return ModelRule(
+        pattern=pattern,
+        channels=tuple(names),
+        upstream_model=upstream or None,
+        defaults=MappingProxyType(defaults),
+        sizes=sizes,
+        max_n=int(max_n or DEFAULT_MAX_N),
+        passthrough=passthrough,
+        values=MappingProxyType(_load_values(reader, f"{path}.values", raw.get("values"))),
+    )
+
+
+def load_rules(data: Any, env: Mapping[str, str], schemas: Mapping[str, ChannelSchema]) -> Rules:
+    """Validate a decoded rules document; raises RulesError listing every problem with its path."""
+    reader = _Reader(env)
+    top = reader.mapping("", data, _TOP_KEYS)
+    server = _load_server(reader, top.get("server"))
+    parsed = {
+        name: _load_channel(reader, name, value, schemas)
+        for name, value in reader.mapping("channels", top.get("channels")).items()
+    }
+    models = [
+        rule
+        for pattern, value in reader.mapping("models", top.get("models")).items()
+        if (rule := _load_model(reader, pattern, value, parsed)) is not None
+    ]
+    default_channel = reader.string("default_channel", top["default_channel"])[0] if top.get("default_channel") else None
+    if default_channel is not None and default_channel not in parsed:
+        reader.problem("default_channel", f"unknown channel '{default_channel}' (known: {', '.join(sorted(parsed))})")
+    if reader.problems:
+        raise RulesError(reader.problems)
+    return Rules(
+        server=server,
+        channels=MappingProxyType({name: channel for name, channel in parsed.items() if channel is not None}),
+        models=tuple(models),
+        default_channel=default_channel,
+        warnings=tuple(reader.warnings),
+    )
+
+
+def parse_rules(text: str, env: Mapping[str, str], schemas: Mapping[str, ChannelSchema]) -> Rules:
+    """Rules from YAML text. Interpolation happens after parsing, so a variable can never inject YAML."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise RulesError([RuleProblem(where, f"not valid YAML: {getattr(exc, 'problem', None) or exc}")]) from None
+    if data is None:
+        raise RulesError([RuleProblem("", "the rules file is empty")])
+    return load_rules(data, env, schemas)
+
+
+def iter_usable(rules: Rules, rule: ModelRule) -> Iterator[Channel]:
+    """The model's channels in failover order, skipping those whose key is not set."""
+    for name in rule.channels:
+        channel = rules.channels[name]
+        if channel.usable:
+            yield channel
