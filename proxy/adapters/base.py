@@ -87,5 +87,8 @@ class AdapterSpec:
     advance: Callable[[Job, Any, UpstreamResponse], Step] = _no_advance
     # Starting does real CPU work (the local generator): the shell runs it off the event loop.
     cpu_bound: bool = False
+    # Most images one upstream call can return; None: any n. Above it the driver fans out parallel
+    # calls of at most this many each and merges their data[] (providers without a native `n`: 1).
+    max_n_per_call: int | None = None
     # Headers that authenticate a pass-through request on this channel; None: no pass-through here.
     auth_headers: Callable[[str | None], dict[str, str]] | None = None

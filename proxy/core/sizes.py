@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 # Clients (and seed 000's users) write the separator as x, X, the multiplication sign or an asterisk.
@@ -40,3 +42,38 @@ def normalise_size(text: str) -> str | None:
         return AUTO
     size = parse_size(text)
     return None if size is None else str(size)
+
+
+def parse_ratio(text: str) -> tuple[int, int] | None:
+    """`"16:9"` -> (16, 9); None when the text is not W:H with positive sides."""
+    left, sep, right = text.partition(":")
+    if not sep or not left.strip().isdigit() or not right.strip().isdigit():
+        return None
+    width, height = int(left), int(right)
+    return (width, height) if width > 0 and height > 0 else None
+
+
+def _log_distance(a: float, b: float) -> float:
+    # Ratios compare on a log scale, so 2:1 and 1:2 are equally far from 1:1.
+    return abs(math.log(a) - math.log(b))
+
+
+def nearest_ratio(size: Size, ratios: Sequence[str]) -> str:
+    """The provider ratio (`"16:9"`) closest in shape to `size`; the first one wins a tie."""
+    target = size.width / size.height
+    parsed = [(text, parse_ratio(text)) for text in ratios]
+    usable = [(text, pair[0] / pair[1]) for text, pair in parsed if pair is not None]
+    if not usable:
+        raise ValueError("no W:H ratio to choose from")
+    return min(usable, key=lambda item: _log_distance(item[1], target))[0]
+
+
+def nearest_size(size: Size, sizes: Sequence[Size]) -> Size:
+    """The provider size closest in shape to `size`, then closest in pixel count; the first wins a tie."""
+    if not sizes:
+        raise ValueError("no size to choose from")
+    target = size.width / size.height
+    return min(
+        sizes,
+        key=lambda s: (round(_log_distance(s.width / s.height, target), 6), abs(math.log(s.pixels / size.pixels))),
+    )
