@@ -101,7 +101,8 @@ def _size(text: str | None) -> Size | None:
 def start(job: Job) -> Step:
     size = _size(job.plan.fields.get("size"))
     if size is None or size.width > MAX_SIDE or size.height > MAX_SIDE:
-        return Fail(InvalidRequest(f"The local generator makes images up to {MAX_SIDE}x{MAX_SIDE}.", param="size", code="invalid_size"))
+        message = f"The local generator makes images up to {MAX_SIDE}x{MAX_SIDE}."
+        return Fail(InvalidRequest(message, param="size", code="invalid_size"))
     seed = int(job.plan.fields.get("seed", 0))
     images = tuple(
         GeneratedImage(

@@ -84,7 +84,8 @@ def advance(job: Job, state: Any, response: UpstreamResponse) -> Step:
         return Done(parse_images_response(response.body))
     except (ValueError, RecursionError) as exc:
         # A 200 that carries no images is a failure, never a success with an empty list.
-        return Fail(BadGateway(f"channel '{job.channel.name}' answered with no usable images: {exc}", code="bad_upstream_response"))
+        message = f"channel '{job.channel.name}' answered with no usable images: {exc}"
+        return Fail(BadGateway(message, code="bad_upstream_response"))
 
 
 SPEC = AdapterSpec(

@@ -222,17 +222,27 @@ def _load_server(reader: _Reader, data: Any) -> ServerRules:
     return ServerRules(
         api_keys=tuple(keys),
         public_base_url=reader.string("server.public_base_url", raw.get("public_base_url", ""))[0].rstrip("/"),
-        max_request_bytes=int(reader.number("server.max_request_bytes", raw.get("max_request_bytes", defaults.max_request_bytes), minimum=1024, integer=True) or defaults.max_request_bytes),
-        max_retries=int(reader.number("server.max_retries", raw.get("max_retries", defaults.max_retries), minimum=0, integer=True) or 0),
+        max_request_bytes=_integer(reader, "server", raw, "max_request_bytes", defaults.max_request_bytes, 1024),
+        max_retries=_integer(reader, "server", raw, "max_retries", defaults.max_retries, 0),
         images=ImageStoreRules(
             path=reader.string("server.images.path", images.get("path", ""))[0],
-            ttl=int(reader.number("server.images.ttl", images.get("ttl", defaults.images.ttl), minimum=1, integer=True) or defaults.images.ttl),
+            ttl=_integer(reader, "server.images", images, "ttl", defaults.images.ttl, 1),
         ),
         download=DownloadRules(
-            max_bytes=int(reader.number("server.download.max_bytes", download.get("max_bytes", defaults.download.max_bytes), minimum=1, integer=True) or defaults.download.max_bytes),
-            timeout=float(reader.number("server.download.timeout", download.get("timeout", defaults.download.timeout), minimum=0.001) or defaults.download.timeout),
+            max_bytes=_integer(reader, "server.download", download, "max_bytes", defaults.download.max_bytes, 1),
+            timeout=_seconds(reader, "server.download", download, "timeout", defaults.download.timeout),
         ),
     )
+
+
+def _integer(reader: _Reader, path: str, raw: Mapping[str, Any], key: str, default: int, minimum: int) -> int:
+    value = reader.number(f"{path}.{key}", raw.get(key, default), minimum=minimum, integer=True)
+    return default if value is None else int(value)
+
+
+def _seconds(reader: _Reader, path: str, raw: Mapping[str, Any], key: str, default: float) -> float:
+    value = reader.number(f"{path}.{key}", raw.get(key, default), minimum=0.001)
+    return default if value is None else float(value)
 
 
 def _load_channel(reader: _Reader, name: str, data: Any, schemas: Mapping[str, ChannelSchema]) -> Channel | None:
