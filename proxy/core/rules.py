@@ -22,6 +22,7 @@ from proxy.core.sizes import normalise_size
 PASSTHROUGH_KEY = "passthrough"
 DEFAULT_MAX_N = 10
 DEFAULT_TIMEOUT = 300.0
+DEFAULT_CONCURRENCY = 4
 _GLOB_CHARS = frozenset("*?[")
 # Fields every upstream understands, and fields the proxy itself honours (see proxy.core.plan).
 ALWAYS_FORWARDED = frozenset({"size", "quality"})
@@ -47,6 +48,7 @@ class Channel:
     # Variables that were unset where the key should come from: such a channel is not used.
     missing_key: tuple[str, ...] = ()
     timeout: float = DEFAULT_TIMEOUT
+    concurrency: int = DEFAULT_CONCURRENCY  # simultaneous calls to this channel when one request fans out
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     settings: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -202,7 +204,7 @@ def _join(path: str, key: str) -> str:
 
 _TOP_KEYS = frozenset({"server", "default_channel", "channels", "models"})
 _SERVER_KEYS = frozenset({"api_keys", "public_base_url", "max_request_bytes", "max_retries", "images", "download"})
-_CHANNEL_KEYS = frozenset({"type", "base_url", "api_key", "timeout", "headers"})
+_CHANNEL_KEYS = frozenset({"type", "base_url", "api_key", "timeout", "concurrency", "headers"})
 _MODEL_KEYS = frozenset({"channels", "upstream_model", "defaults", "sizes", "max_n", "passthrough", "values"})
 
 
@@ -278,6 +280,7 @@ def _load_channel(reader: _Reader, name: str, data: Any, schemas: Mapping[str, C
         api_key=api_key or None,
         missing_key=missing,
         timeout=float(timeout or DEFAULT_TIMEOUT),
+        concurrency=_integer(reader, path, raw, "concurrency", DEFAULT_CONCURRENCY, 1),
         headers=MappingProxyType({key: reader.string(f"{path}.headers.{key}", value)[0] for key, value in headers.items()}),
         settings=MappingProxyType({key: raw[key] for key in schema.settings if key in raw}),
     )

@@ -1,0 +1,236 @@
+"""Shell layer: the aiohttp application. Routes, auth and error middleware, and the app's lifecycle.
+
+Routes:
+    POST /v1/images/generations   the product: rules -> adapter -> driver -> finish
+    GET  /images/{name}           images the proxy hosts for `response_format: url`
+    *    /v1/{anything else}      passed through to `default_channel` (proxy.passthrough)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from proxy.adapters import ADAPTERS
+from proxy.core.errors import (
+    AuthenticationFailed,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    ProxyError,
+)
+from proxy.core.plan import build_plan
+from proxy.core.request import parse_image_request, parse_json_object
+from proxy.core.response import render
+from proxy.core.rules import Rules
+from proxy.driver import Driver, generate
+from proxy.finish import IMAGE_ROUTE, Finisher, deliver, metadata
+from proxy.passthrough import relay
+from proxy.store import FileImageStore, ImageStore, default_directory
+from proxy.upstream import SESSION, make_session
+
+log = logging.getLogger("imagegate")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Services:
+    """What handlers use, made once at start-up (stored under an AppKey)."""
+
+    rules: Rules
+    driver: Driver
+    finisher: Finisher
+    store: ImageStore
+
+
+RULES = web.AppKey("rules", Rules)
+SERVICES = web.AppKey("services", Services)
+STORE = web.AppKey("store", ImageStore)
+CLIENT_KEY = web.RequestKey("client_key", str)  # "" when the client sent none
+IGNORED_HEADER = "X-Imagegate-Ignored-Params"
+SWEEP_EVERY = 300.0
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+def error_response(error: ProxyError) -> web.Response:
+    return web.json_response(error.envelope(), status=error.status, headers=error.headers())
+
+
+def _from_http_exception(exc: web.HTTPException) -> ProxyError:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLarge("The request body is too large.", code="request_too_large")
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFound("Unknown request URL.", code="unknown_url")
+    return ProxyError(exc.reason, status=exc.status, type="invalid_request_error")
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure leaves as the OpenAI envelope; unexpected ones are logged and become a plain 500."""
+    try:
+        return await handler(request)
+    except ProxyError as error:
+        return error_response(error)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(_from_http_exception(exc))
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return error_response(ProxyError("The proxy failed to handle the request.", code="internal_error"))
+
+
+# -- auth -----------------------------------------------------------------------------------------
+
+
+def presented_key(header: str) -> str | None:
+    """The client's key: `Bearer <key>`, or the bare key as seed 001's own curl example sends it."""
+    value = header.strip()
+    if not value:
+        return None
+    scheme, _, rest = value.partition(" ")
+    if scheme.lower() == "bearer":
+        return rest.strip() or None
+    return value
+
+
+def key_allowed(key: str | None, allowed: tuple[str, ...]) -> bool:
+    if key is None:
+        return False
+    # Compare against every key, always, so timing does not reveal which prefix matched.
+    matches = [hmac.compare_digest(key.encode(), candidate.encode()) for candidate in allowed]
+    return any(matches)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Client keys guard `/v1/*`; hosted images are not guarded (their unguessable name is the credential)."""
+    allowed = request.app[RULES].server.api_keys
+    key = presented_key(request.headers.get("Authorization", ""))
+    request[CLIENT_KEY] = key or ""
+    if allowed and request.path.startswith("/v1/") and not key_allowed(key, allowed):
+        raise AuthenticationFailed(
+            "Incorrect API key provided." if key else "You didn't provide an API key.", code="invalid_api_key"
+        )
+    return await handler(request)
+
+
+# -- handlers -------------------------------------------------------------------------------------
+
+
+def public_base(request: web.Request, rules: Rules) -> str:
+    if rules.server.public_base_url:
+        return rules.server.public_base_url
+    return f"{request.scheme}://{request.host}"
+
+
+def _reject_unsupported_modes(options: dict[str, object]) -> None:
+    if options.get("stream") is True:
+        raise InvalidRequest("Streaming image generation is not supported by this proxy yet.", param="stream")
+    if options.get("async") is True:
+        raise InvalidRequest("Asynchronous generation is not supported by this proxy yet.", param="async")
+
+
+async def generations(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    rules = services.rules
+    # Parsed as JSON whatever the Content-Type says: seed 000's curl examples send none that is usable.
+    image_request = parse_image_request(parse_json_object(await request.read()))
+    _reject_unsupported_modes(dict(image_request.options))
+    plan = build_plan(image_request, rules.match_model(image_request.model))
+    outcome = await generate(services.driver, rules, plan, request[CLIENT_KEY] or None)
+    result = await deliver(services.finisher, outcome.result, plan.response_format, public_base(request, rules))
+    body = render(result, int(time.time()), metadata(outcome, plan.model, plan.n))
+    headers = {IGNORED_HEADER: ", ".join(plan.ignored)} if plan.ignored else {}
+    return web.json_response(body, headers=headers)
+
+
+async def hosted_image(request: web.Request) -> web.StreamResponse:
+    stored = await request.app[SERVICES].store.get(request.match_info["name"])
+    if stored is None:
+        raise NotFound("The image does not exist or has expired.", code="image_not_found")
+    response = web.FileResponse(stored.path, headers={"Content-Type": stored.content_type})
+    # The name is unguessable and the bytes never change: caches may keep them for the image's life.
+    response.headers["Cache-Control"] = f"private, max-age={request.app[SERVICES].store.ttl}"
+    return response
+
+
+async def passthrough(request: web.Request) -> web.StreamResponse:
+    rules = request.app[SERVICES].rules
+    channel = rules.channels.get(rules.default_channel) if rules.default_channel else None
+    spec = ADAPTERS.get(channel.type) if channel is not None else None
+    return await relay(request, request.app[SESSION], channel, spec, request[CLIENT_KEY] or None)
+
+
+# -- lifecycle ------------------------------------------------------------------------------------
+
+
+def make_store(rules: Rules) -> ImageStore:
+    path = Path(rules.server.images.path) if rules.server.images.path else default_directory()
+    return FileImageStore(path, rules.server.images.ttl)
+
+
+async def _sweep_forever(store: ImageStore) -> None:
+    while True:
+        await asyncio.sleep(SWEEP_EVERY)
+        try:
+            await store.sweep()
+        except OSError as exc:
+            log.warning("could not sweep expired images: %s", exc)
+
+
+async def _services(app: web.Application) -> AsyncIterator[None]:
+    rules = app[RULES]
+    session = make_session()
+    app[SESSION] = session
+    store = app[STORE] if STORE in app else make_store(rules)
+    app[SERVICES] = Services(
+        rules=rules,
+        driver=Driver(session=session, adapters=ADAPTERS),
+        finisher=Finisher(session=session, store=store, download=rules.server.download),
+        store=store,
+    )
+    sweeper = asyncio.create_task(_sweep_forever(store))
+    yield
+    sweeper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sweeper
+    await session.close()
+
+
+def log_startup(rules: Rules) -> None:
+    for warning in rules.warnings:
+        log.warning("%s", warning)
+    if not rules.server.api_keys:
+        log.warning("server.api_keys is empty: the proxy accepts requests without a key")
+
+
+def make_app(rules: Rules, *, store: ImageStore | None = None) -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware],
+        client_max_size=rules.server.max_request_bytes,
+    )
+    app[RULES] = rules
+    if store is not None:
+        app[STORE] = store
+    app.cleanup_ctx.append(_services)
+    app.router.add_post("/v1/images/generations", generations)
+    app.router.add_get(IMAGE_ROUTE + "{name}", hosted_image)
+    app.router.add_route("*", "/v1/{tail:.*}", passthrough)
+    return app
+
+
+

@@ -1,0 +1,179 @@
+"""Shell layer: runs adapter steps over HTTP, with deadlines, polling, fan-out, retries and failover.
+
+This is the one loop every provider shares (design.md §1). For a plan it tries the model's usable
+channels in the rules' order; an error marked retryable moves on to the next channel, and after the
+last channel the whole list is tried again while the request's `retries` allow (capped by
+`server.max_retries`). Errors that are not retryable end the request at once: a client mistake, a
+moderation refusal, a billing failure, and a deadline (the upstream may still be generating and
+billing, so a second attempt could pay twice).
+
+Providers without a native `n` get one call per image (or per `max_n_per_call` images), run in
+parallel under the channel's concurrency limit. Partial failure policy: when at least one call
+succeeds the client gets the images that exist (they were paid for) and `metadata.failed` says how
+many are missing and why; when every call fails the first error is the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import aiohttp
+
+from proxy.adapters.base import AdapterSpec, Done, Fail, Job, Send, Step, Wait
+from proxy.core.errors import BadGateway, ProxyError, ServiceUnavailable
+from proxy.core.plan import Plan
+from proxy.core.response import ImagesResult
+from proxy.core.rules import Channel, Rules, iter_usable
+from proxy.upstream import send
+
+log = logging.getLogger("imagegate.driver")
+
+# A task provider that never finishes must not hold a request forever: after this many upstream
+# calls for one job the driver gives up with a 502 (deadlines bound the time as well).
+MAX_STEPS = 1000
+# Longest pause between failover rounds, whatever an upstream's Retry-After says.
+MAX_BACKOFF = 10.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: ImagesResult
+    channel: str
+    attempts: int
+    failed: tuple[ProxyError, ...] = ()  # fan-out calls that failed while others succeeded
+
+
+@dataclass
+class Driver:
+    """Long-lived state the loop needs: the HTTP session and the per-channel concurrency limits."""
+
+    session: aiohttp.ClientSession
+    adapters: Mapping[str, AdapterSpec]
+    limits: dict[str, asyncio.Semaphore] = field(default_factory=dict)
+
+    def limit(self, channel: Channel) -> asyncio.Semaphore:
+        if channel.name not in self.limits:
+            self.limits[channel.name] = asyncio.Semaphore(channel.concurrency)
+        return self.limits[channel.name]
+
+
+async def _first_step(spec: AdapterSpec, job: Job) -> Step:
+    if spec.cpu_bound:
+        # The local generator encodes PNGs: keep that off the event loop.
+        return await asyncio.to_thread(spec.start, job)
+    return spec.start(job)
+
+
+async def run_job(driver: Driver, spec: AdapterSpec, job: Job) -> ImagesResult:
+    """One adapter conversation, from its first step to Done or Fail."""
+    step = await _first_step(spec, job)
+    for _ in range(MAX_STEPS):
+        if isinstance(step, Done):
+            return step.result
+        if isinstance(step, Fail):
+            raise step.error
+        if isinstance(step, Wait):
+            await asyncio.sleep(step.seconds)
+        assert isinstance(step, (Send, Wait))
+        response = await send(driver.session, step.call, channel=job.channel.name, timeout=job.channel.timeout)
+        step = spec.advance(job, step.state, response)
+    raise BadGateway(f"channel '{job.channel.name}' did not finish after {MAX_STEPS} calls", code="upstream_stalled")
+
+
+def split_n(n: int, per_call: int | None) -> list[int]:
+    """`n` images as the counts of parallel calls: split_n(5, 2) == [2, 2, 1]."""
+    if per_call is None or n <= per_call:
+        return [n]
+    return [min(per_call, n - start) for start in range(0, n, per_call)]
+
+
+def merge_results(results: Sequence[ImagesResult]) -> ImagesResult:
+    """One response from several calls' answers: images in call order, usage summed where numeric."""
+    usage: dict[str, Any] | None = None
+    for result in results:
+        if result.usage is not None:
+            usage = _add_usage(usage or {}, result.usage)
+    return ImagesResult(
+        images=tuple(image for result in results for image in result.images),
+        created=results[0].created,
+        usage=usage,
+        extra=results[0].extra,
+    )
+
+
+def _add_usage(total: dict[str, Any], more: Mapping[str, Any]) -> dict[str, Any]:
+    for key, value in more.items():
+        if isinstance(value, Mapping):
+            total[key] = _add_usage(dict(total.get(key) or {}), value)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            total[key] = total.get(key, 0) + value
+        else:
+            total.setdefault(key, value)
+    return total
+
+
+async def _limited(driver: Driver, spec: AdapterSpec, job: Job) -> ImagesResult:
+    async with driver.limit(job.channel):
+        return await run_job(driver, spec, job)
+
+
+async def run_on_channel(driver: Driver, job: Job) -> tuple[ImagesResult, tuple[ProxyError, ...]]:
+    """Every image of the plan from one channel, fanning out where the provider has no native `n`."""
+    spec = driver.adapters[job.channel.type]
+    counts = split_n(job.plan.n, spec.max_n_per_call)
+    if len(counts) == 1:
+        return await _limited(driver, spec, job), ()
+    jobs = [replace(job, plan=replace(job.plan, n=count)) for count in counts]
+    answers = await asyncio.gather(*(_limited(driver, spec, part) for part in jobs), return_exceptions=True)
+    results = [answer for answer in answers if isinstance(answer, ImagesResult)]
+    errors = tuple(answer for answer in answers if isinstance(answer, ProxyError))
+    unexpected = [answer for answer in answers if isinstance(answer, BaseException) and not isinstance(answer, ProxyError)]
+    if unexpected:
+        raise unexpected[0]
+    if not results:
+        raise errors[0]
+    return merge_results(results), errors
+
+
+def unusable_reason(rules: Rules, plan: Plan) -> ServiceUnavailable:
+    missing = sorted({var for name in plan.rule.channels for var in rules.channels[name].missing_key})
+    return ServiceUnavailable(
+        f"No channel can serve model '{plan.model}': set {', '.join(missing)} to enable its channels.",
+        code="channel_unavailable",
+    )
+
+
+def _backoff(error: ProxyError, round_number: int) -> float:
+    wanted = error.retry_after if error.retry_after is not None else 0.5 * 2**round_number
+    return min(wanted, MAX_BACKOFF)
+
+
+async def generate(driver: Driver, rules: Rules, plan: Plan, client_key: str | None) -> Outcome:
+    """The plan's images from the first channel that delivers them (failover in the rules' order)."""
+    channels = list(iter_usable(rules, plan.rule))
+    if not channels:
+        raise unusable_reason(rules, plan)
+    rounds = 1 + min(plan.retries, rules.server.max_retries)
+    attempts = 0
+    last: ProxyError | None = None
+    for round_number in range(rounds):
+        if last is not None:
+            await asyncio.sleep(_backoff(last, round_number - 1))
+        for channel in channels:
+            attempts += 1
+            key = client_key if channel.passthrough_key else channel.api_key
+            try:
+                result, failed = await run_on_channel(driver, Job(plan, channel, key))
+            except ProxyError as error:
+                if not error.retryable:
+                    raise
+                log.warning("channel %s failed for model %s (attempt %d): %s", channel.name, plan.model, attempts, error.code)
+                last = error
+                continue
+            return Outcome(result, channel.name, attempts, failed)
+    assert last is not None
+    raise last

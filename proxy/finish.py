@@ -1,0 +1,96 @@
+"""Shell layer: the last step of a generation, giving the client the `response_format` it asked for.
+
+Bytes from the upstream and a client that wants a URL: the image goes into the store and the URL
+points at the proxy's own `GET /images/{name}`. A URL from the upstream and a client that wants
+bytes: the image is downloaded (size cap, timeout, content-type check) and base64-encoded. Decoding
+and encoding megabytes runs in a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from dataclasses import dataclass, replace
+from typing import Any
+
+import aiohttp
+
+from proxy.core.errors import BadGateway
+from proxy.core.mime import sniff_image_type
+from proxy.core.response import FETCH, HOST, GeneratedImage, ImagesResult, conversion, in_format
+from proxy.core.rules import DownloadRules
+from proxy.driver import Outcome
+from proxy.store import ImageStore
+from proxy.upstream import fetch_image
+
+IMAGE_ROUTE = "/images/"
+# Below this many characters base64 work is cheaper inline than a thread hop.
+_INLINE_LIMIT = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Finisher:
+    session: aiohttp.ClientSession
+    store: ImageStore
+    download: DownloadRules
+
+
+def _decode(b64: str) -> bytes:
+    try:
+        return base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadGateway("the upstream returned an image that is not valid base64", code="bad_upstream_response") from None
+
+
+async def _off_loop_if_large(size: int, function: Any, argument: Any) -> Any:
+    if size < _INLINE_LIMIT:
+        return function(argument)
+    return await asyncio.to_thread(function, argument)
+
+
+async def host(finisher: Finisher, image: GeneratedImage, public_base: str) -> GeneratedImage:
+    assert image.b64_json is not None
+    data: bytes = await _off_loop_if_large(len(image.b64_json), _decode, image.b64_json)
+    content_type = sniff_image_type(data) or image.content_type or "image/png"
+    name = await finisher.store.put(data, content_type)
+    return replace(image, url=f"{public_base}{IMAGE_ROUTE}{name}", content_type=content_type)
+
+
+def _encode(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+async def fetch(finisher: Finisher, image: GeneratedImage) -> GeneratedImage:
+    assert image.url is not None
+    download = await fetch_image(
+        finisher.session, image.url, max_bytes=finisher.download.max_bytes, timeout=finisher.download.timeout
+    )
+    b64: str = await _off_loop_if_large(len(download.data), _encode, download.data)
+    return replace(image, b64_json=b64, content_type=download.content_type)
+
+
+async def convert(finisher: Finisher, image: GeneratedImage, response_format: str | None, public_base: str) -> GeneratedImage:
+    kind = conversion(image, response_format)
+    if kind == HOST:
+        image = await host(finisher, image, public_base)
+    elif kind == FETCH:
+        image = await fetch(finisher, image)
+    return in_format(image, response_format)
+
+
+async def deliver(finisher: Finisher, result: ImagesResult, response_format: str | None, public_base: str) -> ImagesResult:
+    """The result with every image in the client's format (conversions run concurrently)."""
+    images = await asyncio.gather(*(convert(finisher, image, response_format, public_base) for image in result.images))
+    return replace(result, images=tuple(images))
+
+
+def metadata(outcome: Outcome, model: str, wanted: int) -> dict[str, Any]:
+    """How the answer was made (seed 001's `metadata`): model, channel, attempts, and any missing images."""
+    meta: dict[str, Any] = {"model": model, "channel": outcome.channel, "attempts": outcome.attempts}
+    if outcome.failed:
+        meta["failed"] = {
+            "count": wanted - len(outcome.result.images),
+            "errors": [error.envelope()["error"] for error in outcome.failed],
+        }
+    return meta

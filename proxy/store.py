@@ -1,0 +1,98 @@
+"""Shell layer: hosted images, for clients that asked for a URL when the upstream answered with bytes.
+
+The default store is a directory: each image is one file named by an unguessable token plus its
+extension, so the name alone is the capability to read it (as OpenAI's signed URLs are). An image
+lives `ttl` seconds, measured from its file's modification time, and a sweep removes expired files.
+File I/O runs in a worker thread so megabyte writes never stall the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from proxy.core.mime import EXTENSIONS
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]{32}\.(png|jpg|webp|gif|svg)$")
+_TYPES = {extension: content_type for content_type, extension in EXTENSIONS.items()}
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    path: Path
+    content_type: str
+
+
+class ImageStore(Protocol):
+    ttl: int
+
+    async def put(self, data: bytes, content_type: str) -> str:
+        """Keep the bytes; returns the image's name (its URL's last segment)."""
+        ...
+
+    async def get(self, name: str) -> StoredImage | None:
+        """The image under `name`, or None when there is none or it has expired."""
+        ...
+
+    async def sweep(self) -> int:
+        """Remove expired images; returns how many went."""
+        ...
+
+
+def default_directory() -> Path:
+    return Path(tempfile.gettempdir()) / "imagegate-images"
+
+
+class FileImageStore:
+    def __init__(self, directory: Path, ttl: int, clock: Callable[[], float] = time.time) -> None:
+        self.directory = directory
+        self.ttl = ttl
+        self._clock = clock
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def _write(self, data: bytes, name: str) -> None:
+        # Write then rename: a reader never sees half an image.
+        final = self.directory / name
+        partial = self.directory / f".{name}.part"
+        partial.write_bytes(data)
+        os.replace(partial, final)
+
+    async def put(self, data: bytes, content_type: str) -> str:
+        extension = EXTENSIONS.get(content_type, "png")
+        name = f"{secrets.token_urlsafe(24)}.{extension}"
+        await asyncio.to_thread(self._write, data, name)
+        return name
+
+    def _expired(self, path: Path) -> bool:
+        try:
+            return path.stat().st_mtime + self.ttl < self._clock()
+        except FileNotFoundError:
+            return True
+
+    async def get(self, name: str) -> StoredImage | None:
+        match = _NAME.match(name)  # also what keeps `..` and slashes out of the path
+        if match is None:
+            return None
+        path = self.directory / name
+        if await asyncio.to_thread(self._expired, path):
+            return None
+        return StoredImage(path, _TYPES[match.group(1)])
+
+    def _sweep(self) -> int:
+        removed = 0
+        for path in self.directory.iterdir():
+            if _NAME.match(path.name) and self._expired(path):
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    async def sweep(self) -> int:
+        return await asyncio.to_thread(self._sweep)

@@ -1,0 +1,141 @@
+"""Shell layer: the one HTTP client session, and every byte the proxy reads from an upstream.
+
+All reads are bounded: an answer that must be parsed is capped, an image download is capped and timed.
+Transport failures become ProxyErrors here, so nothing above this module sees an aiohttp exception:
+a deadline is a 504 (not retried: the upstream may still be working and billing), a connection
+failure is a 502 that another attempt may fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from proxy.adapters.base import Call, UpstreamResponse
+from proxy.core.errors import BadGateway, GatewayTimeout, ProxyError
+from proxy.core.mime import sniff_image_type
+
+# An upstream answer that is parsed (JSON with base64 images) may be large, but not unbounded.
+MAX_ANSWER_BYTES = 128 * 1024 * 1024
+_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    limit: int = 512  # simultaneous upstream connections: generations are long-held, not many-per-second
+    limit_per_host: int = 0  # 0: no per-host cap beyond `limit`
+    keepalive_timeout: float = 30.0
+
+
+def make_session(settings: SessionSettings = SessionSettings()) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(
+        limit=settings.limit,
+        limit_per_host=settings.limit_per_host,
+        keepalive_timeout=settings.keepalive_timeout,
+    )
+    # No session-wide timeout: each call carries its channel's own (image generation takes minutes).
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None),
+        # A proxy serves many clients: cookies an upstream sets must never be replayed for another.
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=True,
+        skip_auto_headers=("User-Agent",),
+        headers={"User-Agent": "imagegate"},
+    )
+
+
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+
+
+async def read_capped(content: aiohttp.StreamReader, limit: int, what: str) -> bytes:
+    """The whole body, or BadGateway once it passes `limit` bytes (the rest is never read)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in content.iter_chunked(_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise BadGateway(f"{what} is larger than {limit} bytes", code="upstream_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _request_kwargs(call: Call) -> dict[str, object]:
+    kwargs: dict[str, object] = {"headers": dict(call.headers), "allow_redirects": False}
+    if call.json is not None:
+        kwargs["json"] = call.json
+    elif call.data is not None:
+        kwargs["data"] = call.data
+    return kwargs
+
+
+@asynccontextmanager
+async def transport_errors(channel: str, timeout: float) -> AsyncIterator[None]:
+    """Turn aiohttp's and asyncio's failures into the proxy's own errors (design.md §4)."""
+    try:
+        yield
+    except ProxyError:
+        raise
+    except TimeoutError:
+        raise GatewayTimeout(
+            f"channel '{channel}' did not answer within {timeout:g} seconds", code="upstream_timeout"
+        ) from None
+    except (aiohttp.ClientError, OSError) as exc:
+        # The exception text names only host and port; never the headers that carry the key.
+        raise BadGateway(
+            f"channel '{channel}' could not be reached: {type(exc).__name__}", code="upstream_unreachable", retryable=True
+        ) from None
+
+
+async def send(session: aiohttp.ClientSession, call: Call, *, channel: str, timeout: float) -> UpstreamResponse:
+    """Perform one adapter call; the answer is read whole (capped) so the adapter can parse it."""
+    seconds = call.timeout if call.timeout is not None else timeout
+    client_timeout = aiohttp.ClientTimeout(total=seconds)
+    request = session.request(call.method, call.url, timeout=client_timeout, **_request_kwargs(call))  # type: ignore[arg-type]
+    async with transport_errors(channel, seconds), request as resp:
+        body = await read_capped(resp.content, MAX_ANSWER_BYTES, f"the answer of channel '{channel}'")
+        headers = {name.lower(): value for name, value in resp.headers.items()}
+        return UpstreamResponse(status=resp.status, headers=headers, body=body)
+
+
+@dataclass(frozen=True)
+class Download:
+    data: bytes
+    content_type: str
+
+
+def _image_type(declared: str, data: bytes) -> str | None:
+    """The image type, trusting the bytes over the header (hosts often say octet-stream)."""
+    sniffed = sniff_image_type(data)
+    if sniffed is not None:
+        return sniffed
+    return declared if declared.startswith("image/") else None
+
+
+async def fetch_image(
+    session: aiohttp.ClientSession, url: str, *, max_bytes: int, timeout: float, headers: Mapping[str, str] | None = None
+) -> Download:
+    """Download an upstream's image URL. No channel credentials are sent: the URL may be on another host."""
+    if not url.startswith(("http://", "https://")):
+        raise BadGateway("the upstream returned an image URL that is not http(s)", code="bad_upstream_response")
+    async with transport_errors("image download", timeout):
+        client_timeout = aiohttp.ClientTimeout(total=timeout)
+        async with session.get(url, timeout=client_timeout, allow_redirects=True, headers=headers) as resp:
+            if resp.status != 200:
+                message = f"the generated image could not be downloaded (HTTP {resp.status})"
+                raise BadGateway(message, code="image_download_failed")
+            if resp.content_length is not None and resp.content_length > max_bytes:
+                raise BadGateway(f"the generated image is larger than {max_bytes} bytes", code="upstream_too_large")
+            data = await read_capped(resp.content, max_bytes, "the generated image")
+            declared = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    content_type = _image_type(declared, data)
+    if content_type is None:
+        raise BadGateway(
+            f"the upstream's image URL did not return an image (Content-Type {declared or 'missing'})",
+            code="image_download_failed",
+        )
+    return Download(data, content_type)
