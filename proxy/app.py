@@ -26,6 +26,7 @@ from proxy.core.errors import (
     NotFound,
     PayloadTooLarge,
     ProxyError,
+    ServiceUnavailable,
 )
 from proxy.core.plan import build_plan
 from proxy.core.request import parse_image_request, parse_json_object
@@ -172,6 +173,9 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     rules = request.app[SERVICES].rules
     channel = rules.channels.get(rules.default_channel) if rules.default_channel else None
     spec = ADAPTERS.get(channel.type) if channel is not None else None
+    if channel is not None and not channel.usable:
+        missing = ", ".join(channel.missing_key)
+        raise ServiceUnavailable(f"Set {missing} to enable channel '{channel.name}'.", code="channel_unavailable")
     return await relay(request, request.app[SESSION], channel, spec, request[CLIENT_KEY] or None)
 
 

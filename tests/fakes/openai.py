@@ -1,0 +1,122 @@
+"""A fake OpenAI API: `/v1/images/generations` as documented, plus `/v1/models` and a streamed chat.
+
+It checks the bearer key as OpenAI does (401 envelope otherwise), answers dall-e models with URLs
+pointing at its own `/files/` route and GPT image models with base64, and can be told to fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from tests.fakes import Recorder
+
+KEY = "sk-upstream-secret-0123456789"
+
+
+def tiny_png(width: int = 2, height: int = 2, rgb: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+
+    row = b"\x00" + bytes(rgb) * width
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(row * height)) + chunk(b"IEND", b"")
+
+
+PNG = tiny_png()
+
+
+def openai_error(status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
+    envelope = {"error": {"message": message, "type": type, "param": param, "code": code}}
+    return web.json_response(envelope, status=status, headers=headers)
+
+
+@dataclass
+class FakeOpenAI:
+    key: str = KEY
+    recorder: Recorder = field(default_factory=Recorder)
+    # (status, body, headers) answered instead of images, one per call, in order; then normal answers.
+    failures: list[tuple[int, dict[str, Any], dict[str, str]]] = field(default_factory=list)
+    delay: float = 0.0
+    revised_prompt: str | None = None
+    image: bytes = PNG
+    file_content_type: str = "image/png"
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/images/generations", self.generations)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_get("/files/{name}", self.files)
+        return app
+
+    def _authorised(self, request: web.Request) -> bool:
+        return request.headers.get("Authorization") == f"Bearer {self.key}"
+
+    async def generations(self, request: web.Request) -> web.Response:
+        received = await self.recorder.record(request)
+        if not self._authorised(request):
+            return openai_error(401, "Incorrect API key provided: sk-cl***.", code="invalid_api_key")
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.failures:
+            status, body, headers = self.failures.pop(0)
+            return web.json_response(body, status=status, headers=headers)
+        body = received.json()
+        model = str(body.get("model", "dall-e-2"))
+        if model.startswith("gpt-image") and "response_format" in body:
+            return openai_error(400, "Unknown parameter: 'response_format'.", param="response_format", code="unknown_parameter")
+        n = int(body.get("n", 1))
+        wants_b64 = model.startswith("gpt-image") or body.get("response_format") == "b64_json"
+        items: list[dict[str, Any]] = []
+        for index in range(n):
+            item: dict[str, Any] = (
+                {"b64_json": base64.b64encode(self.image).decode()}
+                if wants_b64
+                else {"url": f"{request.scheme}://{request.host}/files/img-{index}.png"}
+            )
+            if self.revised_prompt is not None:
+                item["revised_prompt"] = self.revised_prompt
+            items.append(item)
+        answer: dict[str, Any] = {"created": 1700000000, "data": items}
+        if model.startswith("gpt-image"):
+            answer.update(
+                background="opaque", output_format="png", quality=body.get("quality", "auto"), size="1024x1024",
+                usage={"input_tokens": 10, "input_tokens_details": {"image_tokens": 0, "text_tokens": 10},
+                       "output_tokens": 4160, "total_tokens": 4170},
+            )
+        return web.json_response(answer)
+
+    async def files(self, request: web.Request) -> web.Response:
+        await self.recorder.record(request)
+        return web.Response(body=self.image, content_type=self.file_content_type)
+
+    async def models(self, request: web.Request) -> web.Response:
+        await self.recorder.record(request)
+        if not self._authorised(request):
+            return openai_error(401, "Incorrect API key provided.", code="invalid_api_key")
+        return web.json_response({"object": "list", "data": [{"id": "gpt-image-1.5", "object": "model"}]},
+                                 headers={"X-Upstream": "fake", "Set-Cookie": "session=abc"})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        received = await self.recorder.record(request)
+        if not self._authorised(request):
+            return openai_error(401, "Incorrect API key provided.", code="invalid_api_key")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        words = json.loads(received.body)["messages"][-1]["content"].split()
+        for word in words:
+            chunk = {"choices": [{"delta": {"content": word}}]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            await asyncio.sleep(0.01)
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response

@@ -1,0 +1,306 @@
+"""/v1/images/generations end to end: the proxy against a fake OpenAI upstream that records what it got."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tests.fakes.openai import KEY, PNG, FakeOpenAI
+from tests.shell.conftest import CLIENT_KEY, auth
+
+RULES = """
+server:
+  api_keys: [client-key-1]
+default_channel: openai
+channels:
+  openai:
+    type: openai
+    base_url: ${UPSTREAM}/v1
+    api_key: ${OPENAI_API_KEY}
+  local:
+    type: local
+models:
+  local-image:
+    channels: [local]
+  dall-e-3:
+    channels: [openai]
+    defaults: {quality: standard, response_format: url}
+    sizes: [1024x1024, 1792x1024, 1024x1792]
+    values: {quality: [standard, hd]}
+    max_n: 1
+    passthrough: [response_format, style, user]
+  dall-e-2:
+    channels: [openai]
+    sizes: [256x256, 512x512, 1024x1024]
+    passthrough: [response_format]
+  styled:
+    channels: [openai]
+    upstream_model: dall-e-2
+    passthrough: [style, background, watermark, extra_body]
+  gpt-image-*:
+    channels: [openai]
+    defaults: {quality: auto}
+    passthrough: [background, output_format]
+"""
+
+
+async def proxy_for(make_proxy: Any, upstream: str, text: str = RULES) -> TestClient:  # type: ignore[type-arg]
+    return await make_proxy(text, {"UPSTREAM": upstream, "OPENAI_API_KEY": KEY})
+
+
+async def generate(client: TestClient, body: dict[str, Any], **headers: str) -> tuple[int, dict[str, Any], Any]:  # type: ignore[type-arg]
+    response = await client.post("/v1/images/generations", json=body, headers={**auth(), **headers})
+    return response.status, await response.json(), response.headers
+
+
+async def test_dall_e_3_defaults_reach_the_upstream_with_the_channel_key(make_proxy: Any, fake_openai: Any) -> None:
+    fake, upstream = fake_openai
+    client = await proxy_for(make_proxy, upstream)
+    status, body, _ = await generate(client, {"model": "dall-e-3", "prompt": "a cat", "size": "1024×1024"})
+    assert status == 200
+    sent = fake.recorder.received[0]
+    assert sent.path == "/v1/images/generations"
+    assert sent.json() == {
+        "model": "dall-e-3", "prompt": "a cat", "n": 1, "quality": "standard", "response_format": "url", "size": "1024x1024",
+    }
+    assert sent.header("Authorization") == f"Bearer {KEY}"
+    assert CLIENT_KEY not in json.dumps(sent.headers)
+    assert body["data"][0]["url"].startswith(upstream + "/files/")
+    assert body["metadata"] == {"model": "dall-e-3", "channel": "openai", "attempts": 1}
+    assert body["created"] == 1700000000
+
+
+async def test_client_quality_wins_over_the_default(make_proxy: Any, fake_openai: Any) -> None:
+    fake, upstream = fake_openai
+    client = await proxy_for(make_proxy, upstream)
+    await generate(client, {"model": "dall-e-3", "prompt": "a cat", "quality": "hd"})
+    assert fake.recorder.received[0].json()["quality"] == "hd"
+
+
+@pytest.mark.parametrize(("given", "sent"), [({}, None), ({"watermark": False}, False), ({"watermark": True}, True)])
+async def test_watermark_is_tri_state(make_proxy: Any, fake_openai: Any, given: dict[str, Any], sent: Any) -> None:
+    fake, upstream = fake_openai
+    client = await proxy_for(make_proxy, upstream)
+    status, _, _ = await generate(client, {"model": "styled", "prompt": "p", **given})
+    assert status == 200
+    body = fake.recorder.received[0].json()
+    if sent is None:
+        assert "watermark" not in body
+    else:
+        assert body["watermark"] is sent
+
+
+async def test_non_boolean_watermark_is_a_400_and_nothing_is_sent(make_proxy: Any, fake_openai: Any) -> None:
+    fake, upstream = fake_openai
+    client = await proxy_for(make_proxy, upstream)
+    status, body, _ = await generate(client, {"model": "styled", "prompt": "p", "watermark": "false"})
+    assert status == 400
+    assert body["error"]["param"] == "watermark"
+    assert body["error"]["type"] == "invalid_request_error"
+    assert fake.recorder.received == []
+
+
+async def test_style_and_background_objects_pass_byte_for_byte(make_proxy: Any, fake_openai: Any) -> None:
+    fake, upstream = fake_openai
+    client = await proxy_for(make_proxy, upstream)
+    style = {"preset": "anime", "weights": [0.5, 1, True, None], "nested": {"ü": "✓"}}
+    raw = json.dumps({"model": "styled", "prompt": "p", "style": style, "background": "transparent",
+                      "extra_body": {"guidance": 7.5}})
+    response = await client.post("/v1/images/generations", data=raw, headers=auth())
+    assert response.status == 200
+    sent = fake.recorder.received[0].json()
+    assert sent["style"] == style
+    assert json.dumps(sent["style"], sort_keys=True) == json.dumps(style, sort_keys=True)
+    assert sent["background"] == "transparent"
+    assert sent["model"] == "dall-e-2"
+    assert sent["guidance"] == 7.5 and "extra_body" not in sent
+
+
+async def test_fields_the_rules_do_not_forward_are_reported_not_sent(make_proxy: Any, fake_openai: Any) -> None:
+    fake, upstream = fake_openai
+    client = await proxy_for(make_proxy, upstream)
+    status, _, headers = await generate(
+        client, {"model": "dall-e-2", "prompt": "p", "style": {"a": 1}, "background": "opaque", "negative_prompt": "x"}
+    )
+    assert status == 200
+    sent = fake.recorder.received[0].json()
+    assert not {"style", "background", "negative_prompt"} & set(sent)
+    assert headers["X-Imagegate-Ignored-Params"] == "background, negative_prompt, style"
+
+
+async def test_url_from_upstream_becomes_b64_when_asked(make_proxy: Any, fake_openai: Any) -> None:
+    fake, upstream = fake_openai
+    # The upstream ignores response_format here: dall-e-3 passes it, so force a URL answer.
+    client = await proxy_for(make_proxy, upstream, RULES.replace("passthrough: [response_format, style, user]", "passthrough: [style]"))
+    status, body, _ = await generate(client, {"model": "dall-e-3", "prompt": "p", "response_format": "b64_json"})
+    assert status == 200
+    assert "response_format" not in fake.recorder.received[0].json()
+    assert set(body["data"][0]) == {"b64_json"}
+    assert base64.b64decode(body["data"][0]["b64_json"]) == PNG
+    download = fake.recorder.received[1]
+    assert download.path == "/files/img-0.png"
+    assert download.header("Authorization") is None  # channel keys never go to image hosts
+
+
+async def test_base64_is_an_alias_of_b64_json(make_proxy: Any, fake_openai: Any) -> None:
+    fake, upstream = fake_openai
+    client = await proxy_for(make_proxy, upstream)
+    status, body, _ = await generate(client, {"model": "dall-e-2", "prompt": "p", "response_format": "base64"})
+    assert status == 200
+    assert fake.recorder.received[0].json()["response_format"] == "b64_json"
+    assert base64.b64decode(body["data"][0]["b64_json"]) == PNG
+
+
+async def test_b64_from_upstream_becomes_a_hosted_url(make_proxy: Any, fake_openai: Any) -> None:
+    fake, upstream = fake_openai
+    fake.revised_prompt = "a tabby cat"
+    client = await proxy_for(make_proxy, upstream)
+    status, body, _ = await generate(client, {"model": "gpt-image-1.5", "prompt": "cat", "response_format": "url", "n": 2})
+    assert status == 200
+    sent = fake.recorder.received[0].json()
+    assert "response_format" not in sent and sent["quality"] == "auto" and sent["n"] == 2
+    assert [set(item) for item in body["data"]] == [{"url", "revised_prompt"}] * 2
+    assert body["data"][0]["revised_prompt"] == "a tabby cat"
+    assert body["usage"]["total_tokens"] == 4170
+    assert body["size"] == "1024x1024"
+    url = body["data"][0]["url"]
+    assert url.startswith(str(client.make_url("/images/")))
+    image = await client.get(url.split(str(client.make_url("")).rstrip("/"))[1])  # no key needed
+    assert image.status == 200
+    assert image.headers["Content-Type"] == "image/png"
+    assert await image.read() == PNG
+
+
+async def test_public_base_url_builds_hosted_urls(make_proxy: Any, fake_openai: Any) -> None:
+    _, upstream = fake_openai
+    text = RULES.replace("  api_keys: [client-key-1]", "  api_keys: [client-key-1]\n  public_base_url: https://img.example.com/")
+    client = await proxy_for(make_proxy, upstream, text)
+    _, body, _ = await generate(client, {"model": "gpt-image-1", "prompt": "cat", "response_format": "url"})
+    assert body["data"][0]["url"].startswith("https://img.example.com/images/")
+
+
+async def test_unknown_hosted_image_is_a_404_envelope(make_proxy: Any, fake_openai: Any) -> None:
+    _, upstream = fake_openai
+    client = await proxy_for(make_proxy, upstream)
+    for name in ("nope.png", "..%2F..%2Fetc%2Fpasswd", "A" * 32 + ".exe"):
+        response = await client.get(f"/images/{name}")
+        assert response.status == 404
+        assert (await response.json())["error"]["code"] in {"image_not_found", "unknown_url"}
+
+
+async def test_local_model_answers_with_real_pngs(make_proxy: Any, fake_openai: Any) -> None:
+    _, upstream = fake_openai
+    client = await proxy_for(make_proxy, upstream)
+    status, body, _ = await generate(client, {"model": "local-image", "prompt": "fox", "size": "320x200", "n": 3})
+    assert status == 200
+    images = [base64.b64decode(item["b64_json"]) for item in body["data"]]
+    assert len(images) == 3
+    for data in images:
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")) == (320, 200)
+    assert len(set(images)) == 3  # each index draws its own picture
+
+
+async def test_json_body_is_parsed_whatever_the_content_type(make_proxy: Any, fake_openai: Any) -> None:
+    _, upstream = fake_openai
+    client = await proxy_for(make_proxy, upstream)
+    raw = json.dumps({"model": "local-image", "prompt": "fox", "size": "64x64"})
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", ""):
+        response = await client.post("/v1/images/generations", data=raw, headers={**auth(), "Content-Type": content_type})
+        assert response.status == 200, content_type
+        assert len((await response.json())["data"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "param"),
+    [
+        (b"not json", None),
+        (b"[1, 2]", None),
+        (b'{"prompt": "p"}', "model"),
+        (b'{"model": "dall-e-3", "prompt": ""}', "prompt"),
+        (b'{"model": "dall-e-3", "prompt": "p", "n": 2}', "n"),
+        (b'{"model": "dall-e-2", "prompt": "p", "n": 11}', "n"),
+        (b'{"model": "dall-e-3", "prompt": "p", "size": "512x512"}', "size"),
+        (b'{"model": "dall-e-3", "prompt": "p", "quality": "ultra"}', "quality"),
+        (b'{"model": "dall-e-3", "prompt": "p", "response_format": "png"}', "response_format"),
+        (b'{"model": "dall-e-3", "prompt": "p", "strength": 2}', "strength"),
+        (b'{"model": "dall-e-3", "prompt": "p", "output_format": "bmp"}', "output_format"),
+        (b'{"model": "dall-e-3", "prompt": "p", "extra_body": [1]}', "extra_body"),
+    ],
+)
+async def test_bad_requests_are_400_naming_the_param(make_proxy: Any, fake_openai: Any, raw: bytes, param: str | None) -> None:
+    fake, upstream = fake_openai
+    client = await proxy_for(make_proxy, upstream)
+    response = await client.post("/v1/images/generations", data=raw, headers=auth())
+    assert response.status == 400
+    error = (await response.json())["error"]
+    assert error["param"] == param
+    assert error["type"] == "invalid_request_error"
+    assert error["message"]
+    assert fake.recorder.received == []
+
+
+async def test_size_error_lists_the_allowed_sizes(make_proxy: Any, fake_openai: Any) -> None:
+    _, upstream = fake_openai
+    client = await proxy_for(make_proxy, upstream)
+    _, body, _ = await generate(client, {"model": "dall-e-3", "prompt": "p", "size": "512x512"})
+    assert "1024x1024, 1792x1024, 1024x1792" in body["error"]["message"]
+
+
+async def test_unknown_model_is_404_model_not_found(make_proxy: Any, fake_openai: Any) -> None:
+    _, upstream = fake_openai
+    client = await proxy_for(make_proxy, upstream)
+    status, body, _ = await generate(client, {"model": "midjourney-v9", "prompt": "p"})
+    assert status == 404
+    assert body["error"]["code"] == "model_not_found"
+    assert body["error"]["param"] == "model"
+    assert KEY not in json.dumps(body) and upstream not in json.dumps(body)
+
+
+async def test_n_null_or_zero_means_one(make_proxy: Any, fake_openai: Any) -> None:
+    fake, upstream = fake_openai
+    client = await proxy_for(make_proxy, upstream)
+    for n in (None, 0):
+        status, body, _ = await generate(client, {"model": "dall-e-2", "prompt": "p", "n": n})
+        assert status == 200 and len(body["data"]) == 1
+    assert [item.json()["n"] for item in fake.recorder.received] == [1, 1]
+
+
+@pytest.mark.parametrize("field", ["stream", "async"])
+async def test_modes_not_offered_yet_are_refused_clearly(make_proxy: Any, fake_openai: Any, field: str) -> None:
+    fake, upstream = fake_openai
+    client = await proxy_for(make_proxy, upstream)
+    status, body, _ = await generate(client, {"model": "gpt-image-1", "prompt": "p", field: True})
+    assert status == 400
+    assert body["error"]["param"] == field
+    assert fake.recorder.received == []
+
+
+async def test_sdk_url_and_b64_json(make_proxy: Any, fake_openai: Any) -> None:
+    openai = pytest.importorskip("openai")
+    fake, upstream = fake_openai
+    client = await proxy_for(make_proxy, upstream)
+    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key=CLIENT_KEY, max_retries=0)
+    as_url = await sdk.images.generate(model="dall-e-3", prompt="a cat", size="1792x1024", style="natural")
+    assert as_url.data is not None and as_url.data[0].url is not None
+    assert as_url.data[0].url.startswith(upstream)
+    sent = fake.recorder.received[0].json()
+    assert sent["style"] == "natural" and sent["size"] == "1792x1024"
+    as_b64 = await sdk.images.generate(model="gpt-image-1.5", prompt="a cat", response_format="b64_json")
+    assert as_b64.data is not None and base64.b64decode(as_b64.data[0].b64_json or "") == PNG
+    assert as_b64.usage is not None and as_b64.usage.total_tokens == 4170
+    local = await sdk.images.generate(model="local-image", prompt="a cat", size="256x256", response_format="url")
+    assert local.data is not None and local.data[0].url is not None
+    png = await client.get(local.data[0].url.split(str(client.make_url("")).rstrip("/"))[1])
+    assert (await png.read())[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(openai.BadRequestError) as caught:
+        await sdk.images.generate(model="dall-e-3", prompt="a cat", size="256x256")
+    assert caught.value.param == "size"
+    await sdk.close()
+
+
+__all__ = ["FakeOpenAI"]
