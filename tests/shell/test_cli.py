@@ -1,0 +1,116 @@
+"""The command line: `check`, bad rules reported before listening, and serving the shipped rules."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment of a fresh machine: no provider keys, no PROXY_* settings."""
+    env = {key: value for key, value in os.environ.items() if not key.endswith(("_API_KEY", "_KEY")) and not key.startswith("PROXY_")}
+    return {**env, **extra}
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args], cwd=ROOT, env=env or clean_env(), capture_output=True, text=True, timeout=60
+    )
+
+
+def test_check_passes_on_the_shipped_rules_without_keys() -> None:
+    result = run_cli("check")
+    assert result.returncode == 0, result.stderr
+    assert "rules.yaml: ok" in result.stdout
+    assert "OPENAI_API_KEY is not set" in result.stdout
+
+
+def test_bad_rules_print_every_problem_with_its_path(tmp_path: Path) -> None:
+    rules = tmp_path / "bad.yaml"
+    rules.write_text(
+        "channels:\n  openai: {type: openai, base_url: http://x}\n  weird: {type: nope}\n"
+        "models:\n  m:\n    channels: [opena]\n    sizes: [1024x1024, '1024-1024']\n    colour: red\n"
+    )
+    result = run_cli("check", "--rules", str(rules))
+    assert result.returncode == 2
+    for expected in (
+        "channels.weird.type: unknown adapter type 'nope'",
+        "models.m.channels[0]: unknown channel 'opena'",
+        "models.m.sizes[1]: '1024-1024' is not WxH",
+        "models.m.colour: unknown key",
+    ):
+        assert expected in result.stderr, result.stderr
+
+
+def test_serving_refuses_to_start_on_bad_rules(tmp_path: Path) -> None:
+    rules = tmp_path / "bad.yaml"
+    rules.write_text("models: [1, 2]\n")
+    result = run_cli(env=clean_env(PROXY_RULES=str(rules), PROXY_PORT=str(free_port())))
+    assert result.returncode == 2
+    assert "models: expected a mapping" in result.stderr
+
+
+def test_missing_rules_file_is_reported(tmp_path: Path) -> None:
+    result = run_cli("check", "--rules", str(tmp_path / "absent.yaml"))
+    assert result.returncode == 2
+    assert "cannot read the rules file" in result.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def post_json(url: str, body: dict[str, object]) -> dict[str, object]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answer: dict[str, object] = json.loads(response.read())
+        return answer
+
+
+def wait_until_listening(port: int, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("the proxy did not start listening")
+
+
+def test_shipped_rules_serve_a_real_png_with_no_environment(tmp_path: Path) -> None:
+    port = free_port()
+    env = clean_env(PROXY_PORT=str(port), PROXY_IMAGE_DIR=str(tmp_path))
+    process = subprocess.Popen([sys.executable, "-m", "proxy"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until_listening(port, process)
+        answer = post_json(f"http://127.0.0.1:{port}/v1/images/generations",
+                           {"model": "local-image", "prompt": "a lighthouse", "size": "512x256"})
+        data = answer["data"]
+        assert isinstance(data, list)
+        png = base64.b64decode(data[0]["b64_json"])
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")) == (512, 256)
+        hosted = post_json(f"http://127.0.0.1:{port}/v1/images/generations",
+                           {"model": "local-image", "prompt": "a lighthouse", "response_format": "url"})
+        hosted_data = hosted["data"]
+        assert isinstance(hosted_data, list)
+        with urllib.request.urlopen(hosted_data[0]["url"], timeout=30) as response:
+            assert response.read()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert list(tmp_path.iterdir())  # hosted images went where PROXY_IMAGE_DIR said
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert "accepts requests without a key" in (process.stderr.read() if process.stderr else "")
