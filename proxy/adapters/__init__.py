@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from proxy.adapters import local, openai
+from proxy.adapters import local, openai, seedream, zhipu
 from proxy.adapters.base import AdapterSpec
 from proxy.core.rules import ChannelSchema
 
-ADAPTERS: Mapping[str, AdapterSpec] = MappingProxyType({spec.name: spec for spec in (openai.SPEC, local.SPEC)})
+ADAPTERS: Mapping[str, AdapterSpec] = MappingProxyType({spec.name: spec for spec in (openai.SPEC, local.SPEC, zhipu.SPEC, seedream.SPEC)})
 SCHEMAS: Mapping[str, ChannelSchema] = MappingProxyType({name: spec.schema for name, spec in ADAPTERS.items()})

@@ -78,10 +78,10 @@ def post_json(url: str, body: dict[str, object]) -> dict[str, object]:
         return answer
 
 
-def wait_until_listening(port: int, process: subprocess.Popen[str]) -> None:
+def wait_until_listening(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        assert process.poll() is None, log.read_text()
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
@@ -92,10 +92,12 @@ def wait_until_listening(port: int, process: subprocess.Popen[str]) -> None:
 
 def test_shipped_rules_serve_a_real_png_with_no_environment(tmp_path: Path) -> None:
     port = free_port()
-    env = clean_env(PROXY_PORT=str(port), PROXY_IMAGE_DIR=str(tmp_path))
-    process = subprocess.Popen([sys.executable, "-m", "proxy"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    images, log = tmp_path / "images", tmp_path / "proxy.log"
+    env = clean_env(PROXY_PORT=str(port), PROXY_IMAGE_DIR=str(images))
+    with log.open("wb") as sink:
+        process = subprocess.Popen([sys.executable, "-m", "proxy"], cwd=ROOT, env=env, stderr=sink, stdout=sink)
     try:
-        wait_until_listening(port, process)
+        wait_until_listening(port, process, log)
         answer = post_json(f"http://127.0.0.1:{port}/v1/images/generations",
                            {"model": "local-image", "prompt": "a lighthouse", "size": "512x256"})
         data = answer["data"]
@@ -109,8 +111,8 @@ def test_shipped_rules_serve_a_real_png_with_no_environment(tmp_path: Path) -> N
         assert isinstance(hosted_data, list)
         with urllib.request.urlopen(hosted_data[0]["url"], timeout=30) as response:
             assert response.read()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert list(tmp_path.iterdir())  # hosted images went where PROXY_IMAGE_DIR said
+        assert list(images.iterdir())  # hosted images went where PROXY_IMAGE_DIR said
     finally:
         process.terminate()
         process.wait(timeout=30)
-    assert "accepts requests without a key" in (process.stderr.read() if process.stderr else "")
+    assert "accepts requests without a key" in log.read_text()

@@ -1,0 +1,237 @@
+"""Adapter layer: Zhipu BigModel / Z.AI CogView (`POST {base_url}/images/generations`, synchronous JSON).
+
+Mapping: `model` -> the rule's upstream model; no `n` (one image per call: the driver fans out).
+`size` -> kept when it is one of the seven recommended sizes (seed 001) or, on cogview-4*, a valid
+custom size (sides 512-2048 divisible by 16, at most 2^21 pixels); any other accepted size (and `auto`)
+-> the nearest recommended size by shape, then pixel count, so a size the rules accepted never draws a 400.
+`quality` -> `standard`|`hd` (`high`/`xhigh`/`max` -> hd, `medium`/`low` -> standard, `auto` -> omitted),
+sent only to the models that accept it (docs: cogview-4-250304; channel setting `quality_models`).
+`watermark` -> `watermark_enabled` (tri-state: absent stays absent). `user` (else `safety_identifier`)
+-> `user_id` (6-128 chars, else 400 param user). Other passed-through fields go verbatim; `extra_body`
+is merged into the top level last. Auth: `Authorization: Bearer <key>`.
+Answer: `data[].url` (valid 30 days) -> url; `content_filter` -> the response's `content_filter`.
+Failures: business code 1301 -> moderation 400; 1113/1304/1308/1309/1310 -> 429 insufficient_quota
+(not retryable); 1302/1303/1305 -> 429 retryable; 1312 (model busy) -> 503; account locked/inactive
+-> 502 (the channel's problem); 1211 -> 404 model_not_found; the rest keep their status and message.
+Sources: docs.bigmodel.cn/cn/api/api-code, docs.z.ai/api-reference/image/generate-image.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
+from proxy.core.errors import (
+    BadGateway,
+    ContentPolicyViolation,
+    InvalidRequest,
+    NotFound,
+    ProxyError,
+    RateLimited,
+    ServiceUnavailable,
+)
+from proxy.core.response import GeneratedImage, ImagesResult
+from proxy.core.rules import PROXY_FIELDS, ChannelSchema
+from proxy.core.sizes import AUTO, Size, nearest_size, parse_size
+from proxy.core.upstream_errors import error_from_response, parse_retry_after, scrub
+
+# Seed 001 and the Z.AI reference list the same seven sizes; 1024x1024 is the provider default.
+SIZES = tuple(
+    Size(w, h) for w, h in ((1024, 1024), (768, 1344), (864, 1152), (1344, 768), (1152, 864), (1440, 720), (720, 1440))
+)
+DEFAULT_SIZE = SIZES[0]
+CUSTOM_SIZE_PREFIX = "cogview-4"  # cogview-4 and its snapshots accept custom WxH within the limits below
+CUSTOM_SIDE = (512, 2048)
+CUSTOM_STEP = 16
+CUSTOM_MAX_PIXELS = 2**21
+DEFAULT_QUALITY_MODELS = ("cogview-4-250304",)  # "This parameter is only supported for cogview-4-250304"
+QUALITY = {"hd": "hd", "high": "hd", "xhigh": "hd", "max": "hd", "standard": "standard", "medium": "standard", "low": "standard"}
+USER_ID_LENGTH = (6, 128)
+
+# Business codes (docs.bigmodel.cn/cn/api/api-code). Zhipu sends 429 for arrears as well as for load.
+MODERATION_CODES = frozenset({"1301"})
+BILLING_CODES = frozenset({"1113", "1304", "1308", "1309", "1310"})
+RATE_CODES = frozenset({"1302", "1303", "1305"})
+BUSY_CODES = frozenset({"1312"})
+ACCOUNT_CODES = frozenset({"1110", "1111", "1112", "1120", "1121"})
+MODEL_NOT_FOUND_CODES = frozenset({"1211"})
+
+# Fields with a mapping of their own, and proxy-only fields Zhipu has no use for.
+_MAPPED = frozenset({"size", "quality", "watermark", "user", "safety_identifier", "extra_body"})
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _custom_size_ok(size: Size) -> bool:
+    low, high = CUSTOM_SIDE
+    sides_ok = all(low <= side <= high and side % CUSTOM_STEP == 0 for side in (size.width, size.height))
+    return sides_ok and size.pixels <= CUSTOM_MAX_PIXELS
+
+
+def map_size(text: str, model: str) -> str:
+    """The size Zhipu will accept for `text` (canonical WxH or `auto`), never one it would reject."""
+    size = parse_size(text) if text != AUTO else None
+    if size is None:
+        return str(DEFAULT_SIZE)
+    if size in SIZES or (model.startswith(CUSTOM_SIZE_PREFIX) and _custom_size_ok(size)):
+        return str(size)
+    return str(nearest_size(size, SIZES))
+
+
+def _quality_models(job: Job) -> frozenset[str]:
+    configured = job.channel.settings.get("quality_models", DEFAULT_QUALITY_MODELS)
+    # A single name written without list brackets in YAML is still one model, not its characters.
+    names = [configured] if isinstance(configured, str) else configured
+    return frozenset(str(name) for name in names)
+
+
+def map_quality(value: str) -> str | None:
+    """Zhipu's quality for an OpenAI-style value; None: leave it to the provider (`auto`)."""
+    if value == "auto":
+        return None
+    mapped = QUALITY.get(value)
+    if mapped is None:
+        raise InvalidRequest(
+            f"Invalid quality '{value}': CogView accepts standard or hd (high maps to hd, medium and low to standard).",
+            param="quality",
+            code="invalid_value",
+        )
+    return mapped
+
+
+def _user_id(fields: Mapping[str, Any]) -> str | None:
+    value = fields.get("user", fields.get("safety_identifier"))
+    if value is None:
+        return None
+    low, high = USER_ID_LENGTH
+    if not low <= len(value) <= high:
+        raise InvalidRequest(
+            f"Invalid user: CogView needs an end-user id of {low} to {high} characters, got {len(value)}.",
+            param="user",
+            code="invalid_value",
+        )
+    return str(value)
+
+
+def build_body(job: Job) -> dict[str, Any]:
+    """The Zhipu body; raises InvalidRequest for a value CogView cannot take."""
+    plan = job.plan
+    fields = plan.fields
+    body: dict[str, Any] = {"model": plan.upstream_model, "prompt": plan.prompt}
+    if "size" in fields:
+        body["size"] = map_size(fields["size"], plan.upstream_model)
+    if "quality" in fields and plan.upstream_model in _quality_models(job):
+        quality = map_quality(fields["quality"])
+        if quality is not None:
+            body["quality"] = quality
+    if "watermark" in fields:
+        # Tri-state: an explicit false must reach Zhipu, whose default is a visible watermark.
+        body["watermark_enabled"] = fields["watermark"]
+    user_id = _user_id(fields)
+    if user_id is not None:
+        body["user_id"] = user_id
+    for name, value in fields.items():
+        if name not in _MAPPED and name not in PROXY_FIELDS:
+            body[name] = value
+    body.update(fields.get("extra_body", {}))
+    return body
+
+
+def start(job: Job) -> Step:
+    try:
+        body = build_body(job)
+    except InvalidRequest as exc:
+        return Fail(exc)
+    headers = {**job.channel.headers, **auth_headers(job.api_key), "Content-Type": "application/json"}
+    return Send(Call("POST", f"{job.channel.base_url}/images/generations", headers=headers, json=body))
+
+
+def _business_error(body: bytes) -> tuple[str | None, str | None]:
+    """(code, message) from `{"error": {"code": "1301", "message": ...}}`; the code may arrive as a number."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None, None
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return None, None
+    code, message = error.get("code"), error.get("message")
+    return (None if code is None else str(code)), (None if message is None else str(message))
+
+
+def error_for(job: Job, response: UpstreamResponse) -> ProxyError:
+    """The ProxyError for a non-2xx Zhipu answer, keyed on its business code before its HTTP status."""
+    code, message = _business_error(response.body)
+    if code is None:
+        return _generic_error(job, response)
+    text = scrub(f"{message or 'no message'} (zhipu code {code})", (job.api_key,))
+    if code in MODERATION_CODES:
+        return ContentPolicyViolation(text)
+    if code in BILLING_CODES:
+        # Arrears arrive as HTTP 429 but no retry fixes them: OpenAI's insufficient_quota, not a rate limit.
+        return RateLimited(text, code="insufficient_quota", type="insufficient_quota", retryable=False)
+    if code in RATE_CODES:
+        return RateLimited(text, code="rate_limit_exceeded", retryable=True, retry_after=parse_retry_after(response.headers))
+    if code in BUSY_CODES:
+        return ServiceUnavailable(f"channel '{job.channel.name}' is busy: {text}", code="upstream_unavailable", retryable=True)
+    if code in ACCOUNT_CODES:
+        # The channel's account is unusable; another channel may still serve the request.
+        message = f"channel '{job.channel.name}' account is unusable: {text}"
+        return BadGateway(message, code="upstream_auth_failed", retryable=True)
+    if code in MODEL_NOT_FOUND_CODES:
+        return NotFound(text, param="model", code="model_not_found")
+    return _generic_error(job, response)
+
+
+def _generic_error(job: Job, response: UpstreamResponse) -> ProxyError:
+    return error_from_response(
+        response.status,
+        response.headers,
+        response.body,
+        channel=job.channel.name,
+        secrets=(job.api_key,),
+        client_key=job.channel.passthrough_key,
+    )
+
+
+def parse_answer(body: bytes) -> ImagesResult:
+    """`{"created", "data": [{"url"}], "content_filter": [...]}`; ValueError when no image is in it."""
+    data = json.loads(body)
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise ValueError("no data[] in the answer")
+    urls = [item.get("url") for item in data["data"] if isinstance(item, dict)]
+    images = tuple(GeneratedImage(url=url) for url in urls if isinstance(url, str) and url)
+    if not images:
+        raise ValueError(f"data[] holds no image url (content_filter: {data.get('content_filter')!r})")
+    created = data.get("created")
+    extra = {"content_filter": data["content_filter"]} if "content_filter" in data else {}
+    return ImagesResult(
+        images=images,
+        created=created if isinstance(created, int) and not isinstance(created, bool) else None,
+        extra=extra,
+    )
+
+
+def advance(job: Job, state: Any, response: UpstreamResponse) -> Step:
+    if not 200 <= response.status < 300:
+        return Fail(error_for(job, response))
+    try:
+        return Done(parse_answer(response.body))
+    except (ValueError, RecursionError) as exc:
+        # A 200 that carries no images is a failure, never a success with an empty list.
+        message = scrub(f"channel '{job.channel.name}' answered with no usable images: {exc}", (job.api_key,))
+        return Fail(BadGateway(message, code="bad_upstream_response"))
+
+
+SPEC = AdapterSpec(
+    name="zhipu",
+    schema=ChannelSchema(settings=frozenset({"quality_models"})),
+    start=start,
+    advance=advance,
+    max_n_per_call=1,
+    auth_headers=auth_headers,
+)
