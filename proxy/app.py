@@ -235,6 +235,3 @@ def make_app(rules: Rules, *, store: ImageStore | None = None) -> web.Applicatio
     app.router.add_get(IMAGE_ROUTE + "{name}", hosted_image)
     app.router.add_route("*", "/v1/{tail:.*}", passthrough)
     return app
-
-
-

@@ -84,15 +84,18 @@ async def relay(
     body = request.content if request.body_exists else None
     # An idle read timeout rather than a total: a streamed chat answer may legitimately run for minutes.
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=channel.timeout)
-    async with transport_errors(channel.name, channel.timeout), session.request(
-        request.method,
-        upstream_url(channel, request.path, request.query_string),
-        headers=headers,
-        data=body,
-        allow_redirects=False,
-        auto_decompress=False,
-        timeout=timeout,
-    ) as upstream:
+    async with (
+        transport_errors(channel.name, channel.timeout),
+        session.request(
+            request.method,
+            upstream_url(channel, request.path, request.query_string),
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+            auto_decompress=False,
+            timeout=timeout,
+        ) as upstream,
+    ):
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         connection = _named_in_connection(upstream.headers)
         for name, value in forward_headers(upstream.headers.items(), connection, frozenset()).items():

@@ -81,9 +81,7 @@ async def transport_errors(channel: str, timeout: float) -> AsyncIterator[None]:
     except ProxyError:
         raise
     except TimeoutError:
-        raise GatewayTimeout(
-            f"channel '{channel}' did not answer within {timeout:g} seconds", code="upstream_timeout"
-        ) from None
+        raise GatewayTimeout(f"channel '{channel}' did not answer within {timeout:g} seconds", code="upstream_timeout") from None
     except (aiohttp.ClientError, OSError) as exc:
         # The exception text names only host and port; never the headers that carry the key.
         raise BadGateway(

@@ -13,5 +13,6 @@ from proxy.adapters import local, openai, seedream, zhipu
 from proxy.adapters.base import AdapterSpec
 from proxy.core.rules import ChannelSchema
 
-ADAPTERS: Mapping[str, AdapterSpec] = MappingProxyType({spec.name: spec for spec in (openai.SPEC, local.SPEC, zhipu.SPEC, seedream.SPEC)})
+_ALL = (openai.SPEC, local.SPEC, zhipu.SPEC, seedream.SPEC)
+ADAPTERS: Mapping[str, AdapterSpec] = MappingProxyType({spec.name: spec for spec in _ALL})
 SCHEMAS: Mapping[str, ChannelSchema] = MappingProxyType({name: spec.schema for name, spec in ADAPTERS.items()})

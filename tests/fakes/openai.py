@@ -33,8 +33,15 @@ def tiny_png(width: int = 2, height: int = 2, rgb: tuple[int, int, int] = (200, 
 PNG = tiny_png()
 
 
-def openai_error(status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
+def openai_error(
+    status: int,
+    message: str,
+    *,
+    type: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
     envelope = {"error": {"message": message, "type": type, "param": param, "code": code}}
     return web.json_response(envelope, status=status, headers=headers)
 
@@ -89,9 +96,16 @@ class FakeOpenAI:
         answer: dict[str, Any] = {"created": 1700000000, "data": items}
         if model.startswith("gpt-image"):
             answer.update(
-                background="opaque", output_format="png", quality=body.get("quality", "auto"), size="1024x1024",
-                usage={"input_tokens": 10, "input_tokens_details": {"image_tokens": 0, "text_tokens": 10},
-                       "output_tokens": 4160, "total_tokens": 4170},
+                background="opaque",
+                output_format="png",
+                quality=body.get("quality", "auto"),
+                size="1024x1024",
+                usage={
+                    "input_tokens": 10,
+                    "input_tokens_details": {"image_tokens": 0, "text_tokens": 10},
+                    "output_tokens": 4160,
+                    "total_tokens": 4170,
+                },
             )
         return web.json_response(answer)
 
@@ -103,8 +117,10 @@ class FakeOpenAI:
         await self.recorder.record(request)
         if not self._authorised(request):
             return openai_error(401, "Incorrect API key provided.", code="invalid_api_key")
-        return web.json_response({"object": "list", "data": [{"id": "gpt-image-1.5", "object": "model"}]},
-                                 headers={"X-Upstream": "fake", "Set-Cookie": "session=abc"})
+        return web.json_response(
+            {"object": "list", "data": [{"id": "gpt-image-1.5", "object": "model"}]},
+            headers={"X-Upstream": "fake", "Set-Cookie": "session=abc"},
+        )
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         received = await self.recorder.record(request)

@@ -105,8 +105,14 @@ async def test_passthrough_needs_a_client_key_too(make_proxy: Any, fake_openai: 
 async def test_passthrough_strips_hop_by_hop_headers(make_proxy: Any, fake_openai: Any) -> None:
     fake, upstream = fake_openai
     client = await proxy(make_proxy, upstream)
-    headers = {"Authorization": f"Bearer {CLIENT_KEY}", "Connection": "keep-alive, X-Private", "X-Private": "1",
-               "Keep-Alive": "timeout=5", "Proxy-Authorization": "Basic abc", "X-Kept": "yes"}
+    headers = {
+        "Authorization": f"Bearer {CLIENT_KEY}",
+        "Connection": "keep-alive, X-Private",
+        "X-Private": "1",
+        "Keep-Alive": "timeout=5",
+        "Proxy-Authorization": "Basic abc",
+        "X-Kept": "yes",
+    }
     response = await client.get("/v1/models", headers=headers)
     assert response.status == 200
     sent = fake.recorder.received[0]

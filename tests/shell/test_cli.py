@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment of a fresh machine: no provider keys, no PROXY_* settings."""
-    env = {key: value for key, value in os.environ.items() if not key.endswith(("_API_KEY", "_KEY")) and not key.startswith("PROXY_")}
+    env = {
+        key: value for key, value in os.environ.items() if not key.endswith(("_API_KEY", "_KEY")) and not key.startswith("PROXY_")
+    }
     return {**env, **extra}
 
 
@@ -98,15 +100,19 @@ def test_shipped_rules_serve_a_real_png_with_no_environment(tmp_path: Path) -> N
         process = subprocess.Popen([sys.executable, "-m", "proxy"], cwd=ROOT, env=env, stderr=sink, stdout=sink)
     try:
         wait_until_listening(port, process, log)
-        answer = post_json(f"http://127.0.0.1:{port}/v1/images/generations",
-                           {"model": "local-image", "prompt": "a lighthouse", "size": "512x256"})
+        answer = post_json(
+            f"http://127.0.0.1:{port}/v1/images/generations",
+            {"model": "local-image", "prompt": "a lighthouse", "size": "512x256"},
+        )
         data = answer["data"]
         assert isinstance(data, list)
         png = base64.b64decode(data[0]["b64_json"])
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
         assert (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")) == (512, 256)
-        hosted = post_json(f"http://127.0.0.1:{port}/v1/images/generations",
-                           {"model": "local-image", "prompt": "a lighthouse", "response_format": "url"})
+        hosted = post_json(
+            f"http://127.0.0.1:{port}/v1/images/generations",
+            {"model": "local-image", "prompt": "a lighthouse", "response_format": "url"},
+        )
         hosted_data = hosted["data"]
         assert isinstance(hosted_data, list)
         with urllib.request.urlopen(hosted_data[0]["url"], timeout=30) as response:

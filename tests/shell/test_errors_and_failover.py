@@ -67,7 +67,9 @@ async def setup(make_proxy: Any, aiohttp_server: Any, **env: str) -> tuple[Any, 
     return client, primary, backup
 
 
-def server_error(message: str = "The server had an error while processing your request.") -> tuple[int, dict[str, Any], dict[str, str]]:
+def server_error(
+    message: str = "The server had an error while processing your request.",
+) -> tuple[int, dict[str, Any], dict[str, str]]:
     return 500, {"error": {"message": message, "type": "server_error", "param": None, "code": None}}, {}
 
 
@@ -94,7 +96,11 @@ async def test_failover_moves_to_the_next_channel_and_says_so(make_proxy: Any, a
 async def test_a_client_mistake_upstream_is_not_failed_over(make_proxy: Any, aiohttp_server: Any) -> None:
     client, primary, backup = await setup(make_proxy, aiohttp_server)
     primary.failures.append(
-        (400, {"error": {"message": "Invalid size.", "type": "invalid_request_error", "param": "size", "code": "invalid_size"}}, {})
+        (
+            400,
+            {"error": {"message": "Invalid size.", "type": "invalid_request_error", "param": "size", "code": "invalid_size"}},
+            {},
+        )
     )
     status, body, _ = await post(client, "pair")
     assert status == 400
@@ -104,8 +110,12 @@ async def test_a_client_mistake_upstream_is_not_failed_over(make_proxy: Any, aio
 
 async def test_moderation_keeps_its_status_and_code(make_proxy: Any, aiohttp_server: Any) -> None:
     client, primary, backup = await setup(make_proxy, aiohttp_server)
-    moderation = {"message": "Your request was rejected by the safety system.", "type": "image_generation_user_error",
-                  "param": None, "code": "moderation_blocked"}
+    moderation = {
+        "message": "Your request was rejected by the safety system.",
+        "type": "image_generation_user_error",
+        "param": None,
+        "code": "moderation_blocked",
+    }
     primary.failures.append((400, {"error": moderation}, {}))
     status, body, _ = await post(client, "pair")
     assert (status, body["error"]) == (400, moderation)
@@ -115,8 +125,11 @@ async def test_moderation_keeps_its_status_and_code(make_proxy: Any, aiohttp_ser
 async def test_rate_limit_is_429_with_retry_after(make_proxy: Any, aiohttp_server: Any) -> None:
     client, primary, _ = await setup(make_proxy, aiohttp_server)
     primary.failures.append(
-        (429, {"error": {"message": "Rate limit reached", "type": "requests", "param": None, "code": "rate_limit_exceeded"}},
-         {"Retry-After": "7"})
+        (
+            429,
+            {"error": {"message": "Rate limit reached", "type": "requests", "param": None, "code": "rate_limit_exceeded"}},
+            {"Retry-After": "7"},
+        )
     )
     status, body, headers = await post(client, "solo")
     assert status == 429
@@ -126,8 +139,14 @@ async def test_rate_limit_is_429_with_retry_after(make_proxy: Any, aiohttp_serve
 
 async def test_billing_429_is_not_retried(make_proxy: Any, aiohttp_server: Any) -> None:
     client, primary, _ = await setup(make_proxy, aiohttp_server)
-    quota = {"error": {"message": "You exceeded your current quota.", "type": "insufficient_quota", "param": None,
-                       "code": "insufficient_quota"}}
+    quota = {
+        "error": {
+            "message": "You exceeded your current quota.",
+            "type": "insufficient_quota",
+            "param": None,
+            "code": "insufficient_quota",
+        }
+    }
     primary.failures.extend([(429, quota, {}), (429, quota, {})])
     status, body, headers = await post(client, "solo", retries=2)
     assert status == 429
@@ -186,7 +205,7 @@ async def test_unreachable_channel_is_502_and_fails_over(make_proxy: Any, aiohtt
 
 
 async def test_rejected_channel_key_is_the_operators_problem(make_proxy: Any, aiohttp_server: Any) -> None:
-    primary, primary_url, backup, backup_url = await two_fakes(aiohttp_server)
+    primary, primary_url, _, backup_url = await two_fakes(aiohttp_server)
     primary.key = "sk-some-other-key-0000000"
     client = await make_proxy(RULES, {"PRIMARY": primary_url, "BACKUP": backup_url, "OPENAI_API_KEY": KEY})
     status, body, _ = await post(client, "solo")

@@ -65,7 +65,12 @@ async def test_dall_e_3_defaults_reach_the_upstream_with_the_channel_key(make_pr
     sent = fake.recorder.received[0]
     assert sent.path == "/v1/images/generations"
     assert sent.json() == {
-        "model": "dall-e-3", "prompt": "a cat", "n": 1, "quality": "standard", "response_format": "url", "size": "1024x1024",
+        "model": "dall-e-3",
+        "prompt": "a cat",
+        "n": 1,
+        "quality": "standard",
+        "response_format": "url",
+        "size": "1024x1024",
     }
     assert sent.header("Authorization") == f"Bearer {KEY}"
     assert CLIENT_KEY not in json.dumps(sent.headers)
@@ -108,8 +113,9 @@ async def test_style_and_background_objects_pass_byte_for_byte(make_proxy: Any, 
     fake, upstream = fake_openai
     client = await proxy_for(make_proxy, upstream)
     style = {"preset": "anime", "weights": [0.5, 1, True, None], "nested": {"ü": "✓"}}
-    raw = json.dumps({"model": "styled", "prompt": "p", "style": style, "background": "transparent",
-                      "extra_body": {"guidance": 7.5}})
+    raw = json.dumps(
+        {"model": "styled", "prompt": "p", "style": style, "background": "transparent", "extra_body": {"guidance": 7.5}}
+    )
     response = await client.post("/v1/images/generations", data=raw, headers=auth())
     assert response.status == 200
     sent = fake.recorder.received[0].json()
@@ -135,7 +141,9 @@ async def test_fields_the_rules_do_not_forward_are_reported_not_sent(make_proxy:
 async def test_url_from_upstream_becomes_b64_when_asked(make_proxy: Any, fake_openai: Any) -> None:
     fake, upstream = fake_openai
     # The upstream ignores response_format here: dall-e-3 passes it, so force a URL answer.
-    client = await proxy_for(make_proxy, upstream, RULES.replace("passthrough: [response_format, style, user]", "passthrough: [style]"))
+    client = await proxy_for(
+        make_proxy, upstream, RULES.replace("passthrough: [response_format, style, user]", "passthrough: [style]")
+    )
     status, body, _ = await generate(client, {"model": "dall-e-3", "prompt": "p", "response_format": "b64_json"})
     assert status == 200
     assert "response_format" not in fake.recorder.received[0].json()

@@ -48,7 +48,11 @@ async def test_cogview_fans_out_n_and_maps_fields(make_proxy: Any, aiohttp_serve
     zhipu = FakeZhipu()
     sdk = await shipped_proxy(make_proxy, aiohttp_server, zhipu, FakeSeedream())
     answer = await sdk.images.generate(
-        model="cogview-4", prompt="山水画", n=3, size="1344x768", user="user-123456",
+        model="cogview-4",
+        prompt="山水画",
+        n=3,
+        size="1344x768",
+        user="user-123456",
         extra_body={"watermark": False},
     )
     assert answer.data is not None and len(answer.data) == 3
@@ -56,8 +60,13 @@ async def test_cogview_fans_out_n_and_maps_fields(make_proxy: Any, aiohttp_serve
     bodies = [item.json() for item in zhipu.recorder.received]
     assert len(bodies) == 3
     for body in bodies:
-        assert body == {"model": "cogview-4", "prompt": "山水画", "size": "1344x768", "watermark_enabled": False,
-                        "user_id": "user-123456"}
+        assert body == {
+            "model": "cogview-4",
+            "prompt": "山水画",
+            "size": "1344x768",
+            "watermark_enabled": False,
+            "user_id": "user-123456",
+        }
     await sdk.close()
 
 
@@ -102,9 +111,13 @@ async def test_seedream_watermark_extra_body_and_b64(make_proxy: Any, aiohttp_se
     ark = FakeSeedream()
     sdk = await shipped_proxy(make_proxy, aiohttp_server, FakeZhipu(), ark)
     answer = await sdk.images.generate(
-        model="doubao-seedream-4.0", prompt="a comic strip", response_format="b64_json",
-        extra_body={"watermark": False, "extra_body": {"sequential_image_generation": "auto",
-                                                       "sequential_image_generation_options": {"max_images": 3}}},
+        model="doubao-seedream-4.0",
+        prompt="a comic strip",
+        response_format="b64_json",
+        extra_body={
+            "watermark": False,
+            "extra_body": {"sequential_image_generation": "auto", "sequential_image_generation_options": {"max_images": 3}},
+        },
     )
     assert answer.data is not None and len(answer.data) == 3
     assert base64.b64decode(answer.data[0].b64_json or "") == seedream_fake.PNG
