@@ -90,5 +90,12 @@ class AdapterSpec:
     # Most images one upstream call can return; None: any n. Above it the driver fans out parallel
     # calls of at most this many each and merges their data[] (providers without a native `n`: 1).
     max_n_per_call: int | None = None
+    # Providers whose calls carry a derived, expiring credential (Kling's JWT): given the channel, its
+    # configured key and the current time, returns (credential, expires_at). The shell caches it and
+    # hands it to the adapter as Job.api_key until shortly before it expires.
+    credential: Callable[[Channel, str | None, float], tuple[str, float]] | None = None
+    # Task providers that can stop work nobody will collect: the call that cancels the task `state`
+    # describes (None when there is nothing to cancel yet). Sent best-effort when a sync request is abandoned.
+    cancel: Callable[[Job, Any], Call | None] | None = None
     # Headers that authenticate a pass-through request on this channel; None: no pass-through here.
     auth_headers: Callable[[str | None], dict[str, str]] | None = None
