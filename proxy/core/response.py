@@ -14,6 +14,9 @@ class GeneratedImage:
     url: str | None = None
     revised_prompt: str | None = None
     content_type: str | None = None  # when the adapter knows it; else sniffed from the bytes
+    # Seconds an upstream URL stays valid, when the provider documents it (BFL: 600). A URL that
+    # would die before the proxy's own hosted images do is downloaded and re-hosted, so it is not lost.
+    url_ttl: float | None = None
 
 
 @dataclass(frozen=True)
