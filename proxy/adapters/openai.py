@@ -2,7 +2,7 @@
 
 Mapping: the body is the OpenAI body itself. `model` -> the rule's upstream model; `n` is always sent;
 the plan's forwarded fields go verbatim, except `output_format: jpg` -> `jpeg` (OpenAI's spelling);
-`extra_body` is merged into the top level last. Auth: `Authorization: Bearer <channel key>`.
+`extra_body` adds top-level keys (replacing a set one is a 400). Auth: `Authorization: Bearer <channel key>`.
 Answer: `data[]` items keep `url` / `b64_json` / `revised_prompt`; `usage` and the response-level
 `background`, `output_format`, `quality`, `size` are kept. Failures: see proxy.core.upstream_errors.
 """
@@ -14,6 +14,7 @@ from typing import Any
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
 from proxy.core.errors import BadGateway
+from proxy.core.extra_body import merge_extra_body
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import ChannelSchema
 from proxy.core.upstream_errors import error_from_response
@@ -32,7 +33,7 @@ def build_body(job: Job) -> dict[str, Any]:
         if name == "extra_body":
             continue
         body[name] = "jpeg" if name == "output_format" and value == "jpg" else value
-    body.update(plan.fields.get("extra_body", {}))
+    body = merge_extra_body(body, plan.fields.get("extra_body", {}))
     return body
 
 

@@ -8,7 +8,7 @@ per call: the driver fans out). `size` WxH -> kept inside the model family's lim
 and only when present (absence kept: Ark's watermark defaults to ON). `quality` is not sent: Ark has
 none. `image`: URLs pass; data URIs get a lower-case format; raw base64 gets a
 `data:image/<type>;base64,` prefix after sniffing its magic bytes, or a 400 (param image) when it is no
-image type Ark takes. `extra_body` (e.g. `sequential_image_generation`) is merged into the top level last.
+image type Ark takes. `extra_body` (e.g. `sequential_image_generation`) adds top-level keys (never replaces a mapped one).
 Answer: `data[]` items `url`|`b64_json`; items carrying `error` are failures. Policy: when some succeed
 they are returned and the failures are listed under `failed_images` ({index, code, message}); when all
 fail, the first item's error decides (moderation -> 400). `usage` is kept as Ark sent it; a `size`
@@ -39,6 +39,7 @@ from proxy.core.errors import (
     ServiceUnavailable,
     UpstreamError,
 )
+from proxy.core.extra_body import merge_extra_body
 from proxy.core.mime import sniff_image_type
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import PROXY_FIELDS, ChannelSchema
@@ -183,7 +184,7 @@ def build_body(job: Job) -> dict[str, Any]:
         # response_format is Ark's own field too: forwarded when the rule passes it through.
         if name not in _MAPPED and (name not in PROXY_FIELDS or name == "response_format"):
             body[name] = value
-    body.update(fields.get("extra_body", {}))
+    body = merge_extra_body(body, fields.get("extra_body", {}))
     return body
 
 

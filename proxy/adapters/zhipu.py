@@ -8,7 +8,7 @@ custom size (sides 512-2048 divisible by 16, at most 2^21 pixels); any other acc
 sent only to the models that accept it (docs: cogview-4-250304; channel setting `quality_models`).
 `watermark` -> `watermark_enabled` (tri-state: absent stays absent). `user` (else `safety_identifier`)
 -> `user_id` (6-128 chars, else 400 param user). Other passed-through fields go verbatim; `extra_body`
-is merged into the top level last. Auth: `Authorization: Bearer <key>`.
+adds top-level keys (never replaces a mapped one). Auth: `Authorization: Bearer <key>`.
 Answer: `data[].url` (valid 30 days) -> url; `content_filter` -> the response's `content_filter`.
 Failures: business code 1301 -> moderation 400; 1113/1304/1308/1309/1310 -> 429 insufficient_quota
 (not retryable); 1302/1303/1305 -> 429 retryable; 1312 (model busy) -> 503; account locked/inactive
@@ -32,6 +32,7 @@ from proxy.core.errors import (
     RateLimited,
     ServiceUnavailable,
 )
+from proxy.core.extra_body import merge_extra_body
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import PROXY_FIELDS, ChannelSchema
 from proxy.core.sizes import AUTO, Size, nearest_size, parse_size
@@ -137,7 +138,7 @@ def build_body(job: Job) -> dict[str, Any]:
     for name, value in fields.items():
         if name not in _MAPPED and name not in PROXY_FIELDS:
             body[name] = value
-    body.update(fields.get("extra_body", {}))
+    body = merge_extra_body(body, fields.get("extra_body", {}))
     return body
 
 

@@ -18,6 +18,7 @@ The envelope is `{"error": {"message", "type", "param", "code"}}`, as OpenAI sen
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -63,7 +64,8 @@ class ProxyError(Exception):
     def headers(self) -> dict[str, str]:
         if self.retry_after is None:
             return {}
-        return {"Retry-After": str(max(0, round(self.retry_after)))}
+        # Round up: "retry-after-ms: 500" must not become "retry now".
+        return {"Retry-After": str(max(0, math.ceil(self.retry_after)))}
 
 
 class InvalidRequest(ProxyError):

@@ -95,7 +95,7 @@ class DownloadRules:
 
 @dataclass(frozen=True)
 class ServerRules:
-    api_keys: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = field(default=(), repr=False)  # secrets: kept out of reprs and tracebacks
     public_base_url: str = ""  # empty: built from the request's own scheme and Host
     max_request_bytes: int = 64 * 1024 * 1024
     max_retries: int = 2
@@ -282,8 +282,15 @@ def _load_channel(reader: _Reader, name: str, data: Any, schemas: Mapping[str, C
         timeout=float(timeout or DEFAULT_TIMEOUT),
         concurrency=_integer(reader, path, raw, "concurrency", DEFAULT_CONCURRENCY, 1),
         headers=MappingProxyType({key: reader.string(f"{path}.headers.{key}", value)[0] for key, value in headers.items()}),
-        settings=MappingProxyType({key: raw[key] for key in schema.settings if key in raw}),
+        settings=MappingProxyType(
+            {key: _setting(reader, f"{path}.{key}", raw[key]) for key in schema.settings if key in raw}
+        ),
     )
+
+
+def _setting(reader: _Reader, path: str, value: Any) -> Any:
+    """Adapter settings interpolate like every other string in the file; other values stay as written."""
+    return reader.string(path, value)[0] if isinstance(value, str) else value
 
 
 def _load_defaults(reader: _Reader, path: str, data: Any) -> dict[str, Any]:
@@ -339,6 +346,10 @@ def _load_model(reader: _Reader, pattern: str, data: Any, channels: Mapping[str,
     for key in defaults:
         if key not in ALWAYS_FORWARDED | PROXY_FIELDS | passthrough:
             reader.problem(f"{path}.defaults.{key}", f"'{key}' is never sent upstream: add it to passthrough")
+    values = _load_values(reader, f"{path}.values", raw.get("values"))
+    for key, allowed in values.items():
+        if key in defaults and defaults[key] not in allowed:
+            reader.problem(f"{path}.defaults.{key}", f"'{defaults[key]}' is not one of the model's values for {key}")
     max_n = reader.number(f"{path}.max_n", raw.get("max_n", DEFAULT_MAX_N), minimum=1, integer=True)
     upstream = reader.string(f"{path}.upstream_model", raw["upstream_model"])[0] if "upstream_model" in raw else None
     return ModelRule(
@@ -349,7 +360,7 @@ def _load_model(reader: _Reader, pattern: str, data: Any, channels: Mapping[str,
         sizes=sizes,
         max_n=int(max_n or DEFAULT_MAX_N),
         passthrough=passthrough,
-        values=MappingProxyType(_load_values(reader, f"{path}.values", raw.get("values"))),
+        values=MappingProxyType(values),
     )
 
 

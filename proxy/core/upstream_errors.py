@@ -17,6 +17,7 @@ from proxy.core.errors import BadGateway, ProxyError, RateLimited, ServiceUnavai
 
 _KEYISH = re.compile(r"\b(sk|key|pk|rk)-[A-Za-z0-9_\-*]{6,}")
 _MAX_MESSAGE = 500
+_MAX_RETRY_AFTER = 86400.0
 BILLING_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "billing_not_active"})
 
 
@@ -38,7 +39,8 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
             seconds = float(value) * scale
         except ValueError:
             continue
-        if seconds >= 0:
+        # "inf" and "1e400" parse as floats; a wait no client could honour is no wait at all.
+        if 0 <= seconds < _MAX_RETRY_AFTER:
             return seconds
     return None
 
@@ -77,7 +79,8 @@ def error_from_response(
     secrets = tuple(secrets)
     message, kind, param, code = _envelope_fields(body)
     if message is None:
-        snippet = body[:200].decode("utf-8", "replace").strip()
+        # Scrub the whole text before cutting it: a key split by the cut would escape the replacement.
+        snippet = scrub(body.decode("utf-8", "replace"), secrets)[:200].strip()
         message = f"upstream answered HTTP {status}" + (f": {snippet}" if snippet else "")
     message = scrub(message, secrets)[:_MAX_MESSAGE]
     code_text = _text(code)

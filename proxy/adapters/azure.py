@@ -1,0 +1,217 @@
+"""Adapter layer: Azure OpenAI image generation (gpt-image-1 family and dall-e-3 deployments).
+
+URL, by the channel setting `api_style` (default: `v1` when base_url ends in `/openai/v1`, else `deployment`);
+base_url may be the resource root (`https://{resource}.openai.azure.com`) or end in `/openai` or `/openai/v1`:
+- deployment: `{root}/openai/deployments/{deployment}/images/generations?api-version={api_version}`, no `model`
+  in the body; `api_version` defaults to 2025-04-01-preview (the first dated version serving gpt-image-1).
+- v1: `{root}/openai/v1/images/generations`, `model` = the deployment name; `?api-version=` only when set.
+`deployment` defaults to the rule's upstream model. Body: the OpenAI body (`prompt`, `n`, forwarded fields
+verbatim, `output_format: jpg` -> `jpeg`, `extra_body` adds keys, never replaces one). Unsupported: `output_format` other than
+png/jpeg (Azure has no webp, gif or svg) -> 400 before any round trip. Auth: `api-key: <channel key>` (for
+Entra ID leave api_key unset and put `Authorization: Bearer ...` in the channel's headers).
+Answer: the OpenAI ImagesResponse. Failures: the content filter (`content_filter`, `contentFilter`,
+`content_policy_violation`, `moderation_blocked`, inner `ResponsibleAIPolicyViolation`) -> ContentPolicyViolation
+in any status, a 200 carrying `error` included; `DeploymentNotFound` -> 502 (the channel is misconfigured,
+not the request); everything else via proxy.core.upstream_errors.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
+from proxy.adapters.openai import parse_images_response
+from proxy.core.errors import BadGateway, ContentPolicyViolation, InvalidRequest, ProxyError
+from proxy.core.extra_body import merge_extra_body
+from proxy.core.rules import ChannelSchema
+from proxy.core.upstream_errors import error_from_response, scrub
+
+DEFAULT_API_VERSION = "2025-04-01-preview"
+V1 = "v1"
+DEPLOYMENT = "deployment"
+OUTPUT_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg"}  # Azure's spelling of what it accepts
+SETTINGS = frozenset({"api_style", "deployment", "api_version"})
+# Lower-cased codes Azure uses for its content filter, at the top level or in `inner_error`.
+FILTER_CODES = frozenset(
+    {"content_filter", "contentfilter", "content_policy_violation", "moderation_blocked", "responsibleaipolicyviolation"}
+)
+_MAX_MESSAGE = 500
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str
+    deployment: str
+    v1: bool
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"api-key": api_key} if api_key else {}
+
+
+def _setting(job: Job, name: str) -> str | None:
+    value = job.channel.settings.get(name)
+    if value is None:
+        return None
+    if isinstance(value, datetime.date):
+        # YAML reads an unquoted `api_version: 2024-10-21` as a date.
+        return value.isoformat()
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"setting '{name}' must be a non-empty string")
+    return value.strip()
+
+
+def _resource_root(base_url: str) -> str:
+    for suffix in ("/openai/v1", "/openai"):
+        if base_url.endswith(suffix):
+            return base_url[: -len(suffix)]
+    return base_url
+
+
+def _is_v1(job: Job) -> bool:
+    style = _setting(job, "api_style")
+    if style is None:
+        return job.channel.base_url.endswith("/openai/v1")
+    if style not in (V1, DEPLOYMENT):
+        raise ValueError(f"setting 'api_style' must be '{V1}' or '{DEPLOYMENT}', got {style!r}")
+    return style == V1
+
+
+def target(job: Job) -> Target:
+    """Where the request goes; ValueError when the channel's settings are unusable."""
+    root = _resource_root(job.channel.base_url)
+    deployment = _setting(job, "deployment") or job.plan.upstream_model
+    api_version = _setting(job, "api_version")
+    if _is_v1(job):
+        query = f"?{urlencode({'api-version': api_version})}" if api_version else ""
+        return Target(f"{root}/openai/v1/images/generations{query}", deployment, v1=True)
+    version = urlencode({"api-version": api_version or DEFAULT_API_VERSION})
+    url = f"{root}/openai/deployments/{quote(deployment, safe='')}/images/generations?{version}"
+    return Target(url, deployment, v1=False)
+
+
+def check_output_format(job: Job) -> InvalidRequest | None:
+    value = job.plan.fields.get("output_format")
+    if value is None or value in OUTPUT_FORMATS:
+        return None
+    return InvalidRequest(
+        f"Invalid output_format '{value}': Azure OpenAI supports png and jpeg only.",
+        param="output_format",
+        code="invalid_value",
+    )
+
+
+def build_body(job: Job, where: Target) -> dict[str, Any]:
+    plan = job.plan
+    # The deployment form names the model in the URL; the v1 form wants the deployment as `model`.
+    body: dict[str, Any] = {"model": where.deployment} if where.v1 else {}
+    body.update({"prompt": plan.prompt, "n": plan.n})
+    for name, value in plan.fields.items():
+        if name != "extra_body":
+            body[name] = OUTPUT_FORMATS[value] if name == "output_format" else value
+    body = merge_extra_body(body, plan.fields.get("extra_body", {}))
+    return body
+
+
+def start(job: Job) -> Step:
+    problem = check_output_format(job)
+    if problem is not None:
+        return Fail(problem)
+    try:
+        where = target(job)
+    except ValueError as exc:
+        message = f"channel '{job.channel.name}' is misconfigured: {exc}"
+        # Retryable so that the driver fails over to the model's next channel.
+        return Fail(BadGateway(message, code="channel_misconfigured", retryable=True))
+    headers = {**job.channel.headers, **auth_headers(job.api_key), "Content-Type": "application/json"}
+    return Send(Call("POST", where.url, headers=headers, json=build_body(job, where)))
+
+
+def error_object(body: bytes) -> dict[str, Any] | None:
+    """The `error` object of an Azure answer, if it has one."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    return error if isinstance(error, dict) else None
+
+
+def _inner(error: dict[str, Any]) -> dict[str, Any]:
+    # Images answers spell it `inner_error`; the chat-style content filter answers `innererror`.
+    inner = error.get("inner_error", error.get("innererror"))
+    return inner if isinstance(inner, dict) else {}
+
+
+def is_filtered(error: dict[str, Any]) -> bool:
+    codes = {str(error.get("code", "")).lower(), str(_inner(error).get("code", "")).lower()}
+    return bool(codes & FILTER_CODES)
+
+
+def _filtered_categories(error: dict[str, Any]) -> list[str]:
+    inner = _inner(error)
+    results = inner.get("content_filter_results", inner.get("content_filter_result"))
+    if not isinstance(results, dict):
+        return []
+    return sorted(name for name, verdict in results.items() if isinstance(verdict, dict) and verdict.get("filtered") is True)
+
+
+def moderation_error(job: Job, error: dict[str, Any]) -> ContentPolicyViolation:
+    message = str(error.get("message") or "The request was rejected by Azure OpenAI's content filter.")
+    categories = _filtered_categories(error)
+    if categories:
+        message += f" (filtered: {', '.join(categories)})"
+    code = "moderation_blocked" if error.get("code") == "moderation_blocked" else "content_policy_violation"
+    return ContentPolicyViolation(scrub(message, (job.api_key,))[:_MAX_MESSAGE], code=code)
+
+
+def failure(job: Job, response: UpstreamResponse) -> ProxyError:
+    """The error for a non-2xx answer."""
+    error = error_object(response.body)
+    if error is not None and is_filtered(error):
+        return moderation_error(job, error)
+    if error is not None and error.get("code") == "DeploymentNotFound":
+        # The channel points at a deployment that does not exist: another channel may serve the request.
+        deployment = scrub(str(error.get("message", "")), (job.api_key,))[:_MAX_MESSAGE]
+        message = f"channel '{job.channel.name}' names an Azure deployment that does not exist: {deployment}"
+        return BadGateway(message, code="upstream_deployment_not_found", retryable=True)
+    return error_from_response(
+        response.status,
+        response.headers,
+        response.body,
+        channel=job.channel.name,
+        secrets=(job.api_key,),
+        client_key=job.channel.passthrough_key,
+    )
+
+
+def _no_images(job: Job, response: UpstreamResponse, reason: str) -> ProxyError:
+    # Older API versions report a filtered output as a 200 with `error` and no data.
+    error = error_object(response.body)
+    if error is not None and is_filtered(error):
+        return moderation_error(job, error)
+    message = f"channel '{job.channel.name}' answered with no usable images: {reason}"
+    return BadGateway(scrub(message, (job.api_key,))[:_MAX_MESSAGE], code="bad_upstream_response")
+
+
+def advance(job: Job, state: Any, response: UpstreamResponse) -> Step:
+    if not 200 <= response.status < 300:
+        return Fail(failure(job, response))
+    try:
+        # Parse the (megabytes of base64) success body once; only a failed parse looks at it again.
+        return Done(parse_images_response(response.body))
+    except (ValueError, RecursionError) as exc:
+        return Fail(_no_images(job, response, str(exc)))
+
+
+SPEC = AdapterSpec(
+    name="azure",
+    schema=ChannelSchema(settings=SETTINGS),
+    start=start,
+    advance=advance,
+    auth_headers=auth_headers,
+)

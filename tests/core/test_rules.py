@@ -1,0 +1,560 @@
+"""Core tests: rules.yaml parsed into frozen values; every problem names its YAML path (design.md §2)."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from proxy.adapters import SCHEMAS
+from proxy.core.errors import NotFound
+from proxy.core.rules import (
+    Channel,
+    DownloadRules,
+    ImageStoreRules,
+    ModelRule,
+    RuleProblem,
+    Rules,
+    RulesError,
+    ServerRules,
+    iter_usable,
+    parse_rules,
+)
+
+SECRET = "sk-test-0123456789abcdefSECRET"
+
+FULL = """
+server:
+  api_keys: ["${CLIENT_KEY}", literal-client-key]
+  public_base_url: ${PUBLIC_URL:-http://localhost:8080/}
+  max_request_bytes: 1048576
+  max_retries: 3
+  images:
+    path: /var/lib/imagegate
+    ttl: 600
+  download:
+    max_bytes: 1000
+    timeout: 5
+
+default_channel: openai
+
+channels:
+  local:
+    type: local
+  openai:
+    type: openai
+    base_url: ${OPENAI_BASE_URL:-https://api.openai.com/v1}
+    api_key: ${OPENAI_API_KEY}
+    timeout: 120
+    concurrency: 2
+    headers:
+      OpenAI-Organization: ${ORG:-org-default}
+  backup:
+    type: openai
+    base_url: https://relay.example.com/v1/
+    api_key: passthrough
+
+models:
+  dall-e-3:
+    channels: [openai, backup]
+    defaults: {quality: standard, response_format: url}
+    sizes: [1024x1024, 1792x1024, 1024×1792]
+    values: {quality: [standard, hd]}
+    max_n: 1
+    passthrough: [response_format, style, user]
+  gpt-image-*:
+    channels: [openai]
+    upstream_model: gpt-image-1
+    defaults: {quality: auto}
+    passthrough: [background, output_format]
+  local-image:
+    channels: [local]
+"""
+
+ENV = {"CLIENT_KEY": "client-key-1", "OPENAI_API_KEY": SECRET}
+
+
+def _problems(text: str, env: dict[str, str] | None = None) -> list[RuleProblem]:
+    with pytest.raises(RulesError) as info:
+        parse_rules(textwrap.dedent(text), env or {}, SCHEMAS)
+    assert str(info.value) == "\n".join(str(problem) for problem in info.value.problems)
+    return info.value.problems
+
+
+def _only_problem(text: str, env: dict[str, str] | None = None) -> RuleProblem:
+    problems = _problems(text, env)
+    assert len(problems) == 1, problems
+    return problems[0]
+
+
+def _known_types() -> str:
+    return ", ".join(sorted(SCHEMAS))
+
+
+# --- a full valid file ---------------------------------------------------------------------------
+
+
+def test_full_valid_file() -> None:
+    rules = parse_rules(FULL, ENV, SCHEMAS)
+    assert rules.warnings == ()
+    assert rules.default_channel == "openai"
+    assert rules.server == ServerRules(
+        api_keys=("client-key-1", "literal-client-key"),
+        public_base_url="http://localhost:8080",
+        max_request_bytes=1048576,
+        max_retries=3,
+        images=ImageStoreRules(path="/var/lib/imagegate", ttl=600),
+        download=DownloadRules(max_bytes=1000, timeout=5.0),
+    )
+    assert list(rules.channels) == ["local", "openai", "backup"]
+    openai = rules.channels["openai"]
+    assert (openai.name, openai.type, openai.base_url) == ("openai", "openai", "https://api.openai.com/v1")
+    assert openai.api_key == SECRET
+    assert openai.missing_key == ()
+    assert openai.usable is True
+    assert openai.passthrough_key is False
+    assert openai.timeout == 120.0
+    assert openai.concurrency == 2
+    assert dict(openai.headers) == {"OpenAI-Organization": "org-default"}
+    local = rules.channels["local"]
+    assert (local.type, local.base_url, local.api_key, local.usable) == ("local", "", None, True)
+    assert local.timeout == 300.0
+    assert local.concurrency == 4
+    backup = rules.channels["backup"]
+    assert backup.base_url == "https://relay.example.com/v1"  # trailing slash dropped
+    assert backup.passthrough_key is True
+
+    dalle, gpt, local_model = rules.models
+    assert dalle == ModelRule(
+        pattern="dall-e-3",
+        channels=("openai", "backup"),
+        upstream_model=None,
+        defaults={"quality": "standard", "response_format": "url"},
+        sizes=("1024x1024", "1792x1024", "1024x1792"),
+        max_n=1,
+        passthrough=frozenset({"response_format", "style", "user"}),
+        values={"quality": ("standard", "hd")},
+    )
+    assert gpt.pattern == "gpt-image-*"
+    assert gpt.is_glob is True
+    assert gpt.upstream_model == "gpt-image-1"
+    assert gpt.sizes is None
+    assert gpt.max_n == 10
+    assert gpt.passthrough == frozenset({"background", "output_format"})
+    assert local_model == ModelRule(pattern="local-image", channels=("local",))
+    assert dalle.is_glob is False
+
+
+def test_rules_are_frozen() -> None:
+    rules = parse_rules(FULL, ENV, SCHEMAS)
+    with pytest.raises(TypeError):
+        rules.channels["x"] = rules.channels["local"]  # type: ignore[index]
+    with pytest.raises(TypeError):
+        rules.models[0].defaults["quality"] = "hd"  # type: ignore[index]
+
+
+def test_the_shipped_rules_file_loads() -> None:
+    with open("rules.yaml", encoding="utf-8") as handle:
+        rules = parse_rules(handle.read(), {"OPENAI_API_KEY": SECRET}, SCHEMAS)
+    assert rules.match_model("dall-e-3").max_n == 1
+    assert rules.match_model("gpt-image-1").pattern == "gpt-image-*"
+    assert rules.channels["openai"].base_url == "https://api.openai.com/v1"
+
+
+# --- interpolation ---------------------------------------------------------------------------
+
+
+CHANNEL_ONLY = """
+channels:
+  up:
+    type: openai
+    base_url: ${BASE:-https://default.example.com/v1}
+    api_key: ${KEY}
+    headers: {X-Team: "${TEAM:-core}-${REGION:-eu}"}
+models:
+  m: {channels: [up]}
+"""
+
+
+def test_interpolation_uses_the_environment() -> None:
+    env = {"BASE": "https://env.example.com/v2", "KEY": "k-123", "TEAM": "img"}
+    channel = parse_rules(CHANNEL_ONLY, env, SCHEMAS).channels["up"]
+    assert channel.base_url == "https://env.example.com/v2"
+    assert channel.api_key == "k-123"
+    assert dict(channel.headers) == {"X-Team": "img-eu"}
+
+
+def test_interpolation_falls_back_to_defaults_when_unset_or_empty() -> None:
+    channel = parse_rules(CHANNEL_ONLY, {"KEY": "k", "BASE": ""}, SCHEMAS).channels["up"]
+    assert channel.base_url == "https://default.example.com/v1"
+    assert dict(channel.headers) == {"X-Team": "core-eu"}
+
+
+def test_interpolated_value_is_not_parsed_as_yaml() -> None:
+    env = {"KEY": "k", "TEAM": "a: [b, c]"}
+    channel = parse_rules(CHANNEL_ONLY, env, SCHEMAS).channels["up"]
+    assert dict(channel.headers) == {"X-Team": "a: [b, c]-eu"}
+
+
+def test_interpolated_numbers() -> None:
+    text = """
+    channels:
+      up: {type: openai, base_url: "https://x.example.com", api_key: k, timeout: "${T:-30}"}
+    """
+    assert parse_rules(textwrap.dedent(text), {}, SCHEMAS).channels["up"].timeout == 30.0
+    assert parse_rules(textwrap.dedent(text), {"T": "7.5"}, SCHEMAS).channels["up"].timeout == 7.5
+
+
+def test_missing_variable_outside_a_key_is_an_error() -> None:
+    problems = _problems(
+        """
+        channels:
+          up: {type: openai, base_url: "${BASE}", api_key: k}
+        """
+    )
+    assert [str(problem) for problem in problems] == [
+        "channels.up.base_url: environment variable BASE is not set",
+        "channels.up.base_url: a 'openai' channel needs a base_url",
+    ]
+
+
+# --- a missing key disables a channel -----------------------------------------------------------
+
+
+def test_missing_api_key_disables_the_channel_with_a_warning() -> None:
+    text = """
+    channels:
+      first: {type: openai, base_url: "https://a.example.com", api_key: "${FIRST_KEY}"}
+      second: {type: openai, base_url: "https://b.example.com", api_key: "${SECOND_KEY}"}
+      empty: {type: openai, base_url: "https://c.example.com", api_key: ""}
+    models:
+      m: {channels: [first, empty, second]}
+    """
+    rules = parse_rules(textwrap.dedent(text), {"SECOND_KEY": "k2"}, SCHEMAS)
+    assert rules.warnings == (
+        "channel 'first' is disabled: FIRST_KEY is not set",
+        "channel 'empty' is disabled: api_key is not set",
+    )
+    first = rules.channels["first"]
+    assert first.usable is False
+    assert first.missing_key == ("FIRST_KEY",)
+    assert first.api_key is None  # never an empty key
+    assert rules.channels["empty"].missing_key == ("api_key",)
+    assert [channel.name for channel in iter_usable(rules, rules.match_model("m"))] == ["second"]
+
+
+def test_iter_usable_keeps_failover_order() -> None:
+    rules = parse_rules(FULL, ENV, SCHEMAS)
+    assert [channel.name for channel in iter_usable(rules, rules.match_model("dall-e-3"))] == ["openai", "backup"]
+
+
+def test_unset_client_key_is_an_error_not_open_access() -> None:
+    problem = _only_problem(
+        """
+        server:
+          api_keys: ["${CLIENT_KEY}"]
+        """
+    )
+    assert str(problem) == "server.api_keys[0]: environment variable CLIENT_KEY is not set"
+
+
+# --- every error names its path -----------------------------------------------------------------
+
+
+def test_unknown_top_level_key() -> None:
+    problem = _only_problem("channel: {}\n")
+    assert problem == RuleProblem("channel", "unknown key (known: channels, default_channel, models, server)")
+
+
+def test_unknown_model_key_is_a_typo_error() -> None:
+    problem = _only_problem(
+        """
+        channels:
+          local: {type: local}
+        models:
+          m:
+            channels: [local]
+            size: [1024x1024]
+        """
+    )
+    assert problem.path == "models.m.size"
+    assert problem.message == "unknown key (known: channels, defaults, max_n, passthrough, sizes, upstream_model, values)"
+
+
+def test_unknown_channel_key() -> None:
+    problem = _only_problem(
+        """
+        channels:
+          local: {type: local, timout: 5}
+        """
+    )
+    assert problem.path == "channels.local.timout"
+    assert problem.message.startswith("unknown key (known: ")
+    assert "timeout" in problem.message
+
+
+def test_unknown_server_key() -> None:
+    problem = _only_problem("server: {max_retry: 1}\n")
+    assert problem.path == "server.max_retry"
+
+
+def test_unknown_channel_in_a_model_lists_known_channels() -> None:
+    problem = _only_problem(
+        """
+        channels:
+          openai: {type: openai, base_url: "https://api.openai.com/v1", api_key: k}
+          local: {type: local}
+        models:
+          cogview-4:
+            channels: [local, zhipuu]
+        """
+    )
+    assert str(problem) == "models.cogview-4.channels[1]: unknown channel 'zhipuu' (known: local, openai)"
+
+
+def test_unknown_adapter_type() -> None:
+    problem = _only_problem(
+        """
+        channels:
+          up: {type: openaii, base_url: "https://x.example.com"}
+        """
+    )
+    assert problem == RuleProblem("channels.up.type", f"unknown adapter type 'openaii' (known: {_known_types()})")
+
+
+def test_channel_without_type() -> None:
+    problem = _only_problem("channels: {up: {base_url: 'https://x.example.com'}}\n")
+    assert problem == RuleProblem("channels.up", "a channel needs at least a `type`")
+
+
+def test_malformed_size() -> None:
+    problem = _only_problem(
+        """
+        channels: {local: {type: local}}
+        models:
+          m:
+            channels: [local]
+            sizes: [1024x1024, 1024-1024, 512x512]
+        """
+    )
+    assert str(problem) == "models.m.sizes[1]: '1024-1024' is not WxH (e.g. 1024x1024) or 'auto'"
+
+
+def test_default_size_not_in_sizes() -> None:
+    problem = _only_problem(
+        """
+        channels: {local: {type: local}}
+        models:
+          m:
+            channels: [local]
+            sizes: [1024x1024]
+            defaults: {size: 512x512}
+        """
+    )
+    assert str(problem) == "models.m.defaults.size: '512x512' is not one of the model's sizes"
+
+
+def test_default_size_is_normalised_before_the_check() -> None:
+    text = """
+    channels: {local: {type: local}}
+    models:
+      m: {channels: [local], sizes: [1024x1024], defaults: {size: "1024×1024"}}
+    """
+    assert dict(parse_rules(textwrap.dedent(text), {}, SCHEMAS).models[0].defaults) == {"size": "1024x1024"}
+
+
+def test_default_for_a_field_never_forwarded() -> None:
+    problem = _only_problem(
+        """
+        channels: {local: {type: local}}
+        models:
+          m:
+            channels: [local]
+            defaults: {style: vivid}
+        """
+    )
+    assert str(problem) == "models.m.defaults.style: 'style' is never sent upstream: add it to passthrough"
+
+
+def test_default_for_a_passthrough_field_is_fine() -> None:
+    text = """
+    channels: {local: {type: local}}
+    models:
+      m: {channels: [local], defaults: {style: vivid, watermark: false, async: true}, passthrough: [style, watermark]}
+    """
+    rule = parse_rules(textwrap.dedent(text), {}, SCHEMAS).models[0]
+    assert dict(rule.defaults) == {"style": "vivid", "watermark": False, "async": True}
+
+
+def test_invalid_default_value_uses_the_request_validator() -> None:
+    problem = _only_problem(
+        """
+        channels: {local: {type: local}}
+        models:
+          m: {channels: [local], defaults: {response_format: png}}
+        """
+    )
+    assert problem.path == "models.m.defaults.response_format"
+    assert problem.message.startswith("Invalid response_format 'png'")
+
+
+def test_default_outside_the_models_values_fails_at_load() -> None:
+    # A default the model's own `values` whitelist rejects would make every request that omits the
+    # field fail with a 400 blaming the client; like a default size outside `sizes`, it is a rules error.
+    problems = _problems(
+        """
+        channels: {local: {type: local}}
+        models:
+          m:
+            channels: [local]
+            defaults: {quality: ultra}
+            values: {quality: [standard, hd]}
+        """
+    )
+    assert [problem.path for problem in problems] == ["models.m.defaults.quality"]
+
+
+def test_model_without_channels() -> None:
+    problem = _only_problem("channels: {local: {type: local}}\nmodels: {m: {max_n: 2}}\n")
+    assert str(problem) == "models.m.channels: a model needs at least one channel"
+
+
+def test_bad_numbers() -> None:
+    problems = _problems(
+        """
+        channels:
+          local: {type: local, concurrency: 0, timeout: fast}
+        models:
+          m: {channels: [local], max_n: 0}
+        """
+    )
+    assert [problem.path for problem in problems] == ["channels.local.timeout", "channels.local.concurrency", "models.m.max_n"]
+
+
+def test_base_url_must_be_http() -> None:
+    problem = _only_problem("channels: {up: {type: openai, base_url: 'ftp://x', api_key: k}}\n")
+    assert str(problem) == "channels.up.base_url: expected an http:// or https:// URL, got 'ftp://x'"
+
+
+def test_unknown_default_channel() -> None:
+    problem = _only_problem("default_channel: nope\nchannels: {local: {type: local}}\n")
+    assert str(problem) == "default_channel: unknown channel 'nope' (known: local)"
+
+
+def test_bad_yaml_names_line_and_column() -> None:
+    problem = _only_problem("channels:\n  local: {type: local\n")
+    assert problem.path.startswith("line ")
+    assert ", column " in problem.path
+    assert problem.message.startswith("not valid YAML: ")
+
+
+def test_bad_yaml_position() -> None:
+    problem = _only_problem("models: [")
+    assert problem.path == "line 1, column 10"
+
+
+@pytest.mark.parametrize("text", ["", "   \n", "# only a comment\n"])
+def test_empty_file(text: str) -> None:
+    assert _only_problem(text) == RuleProblem("", "the rules file is empty")
+
+
+def test_top_level_must_be_a_mapping() -> None:
+    assert _only_problem("- a\n- b\n") == RuleProblem("", "expected a mapping, got list")
+
+
+def test_several_problems_are_reported_together() -> None:
+    problems = _problems(
+        """
+        bogus: 1
+        channels:
+          up: {type: openaii}
+          local: {type: local}
+        models:
+          m:
+            channels: [local, missing]
+            sizes: [1024x1024, wide]
+            defaults: {size: 512x512, style: vivid}
+            size: 1
+        """
+    )
+    assert [str(problem) for problem in problems] == [
+        "bogus: unknown key (known: channels, default_channel, models, server)",
+        f"channels.up.type: unknown adapter type 'openaii' (known: {_known_types()})",
+        "models.m.size: unknown key (known: channels, defaults, max_n, passthrough, sizes, upstream_model, values)",
+        "models.m.channels[1]: unknown channel 'missing' (known: local, up)",
+        "models.m.sizes[1]: 'wide' is not WxH (e.g. 1024x1024) or 'auto'",
+        "models.m.defaults.size: '512x512' is not one of the model's sizes",
+        "models.m.defaults.style: 'style' is never sent upstream: add it to passthrough",
+    ]
+
+
+# --- match_model --------------------------------------------------------------------------------
+
+
+def _rules_with_models(*patterns: str) -> Rules:
+    models = "\n".join(f"  '{pattern}': {{channels: [local]}}" for pattern in patterns)
+    return parse_rules(f"channels: {{local: {{type: local}}}}\nmodels:\n{models}\n", {}, SCHEMAS)
+
+
+def test_exact_beats_glob_even_when_the_glob_comes_first() -> None:
+    rules = _rules_with_models("gpt-image-*", "gpt-image-1")
+    assert rules.match_model("gpt-image-1").pattern == "gpt-image-1"
+    assert rules.match_model("gpt-image-2").pattern == "gpt-image-*"
+
+
+def test_first_glob_wins() -> None:
+    rules = _rules_with_models("gpt-*", "gpt-image-*", "*")
+    assert rules.match_model("gpt-image-1").pattern == "gpt-*"
+    assert rules.match_model("dall-e-2").pattern == "*"
+    rules = _rules_with_models("gpt-image-*", "gpt-*")
+    assert rules.match_model("gpt-image-1").pattern == "gpt-image-*"
+
+
+def test_glob_matching_is_case_sensitive_and_supports_classes() -> None:
+    rules = _rules_with_models("cogview-[34]", "flux-?")
+    assert rules.match_model("cogview-4").pattern == "cogview-[34]"
+    assert rules.match_model("flux-1").pattern == "flux-?"
+    with pytest.raises(NotFound):
+        rules.match_model("CogView-4")
+
+
+def test_unknown_model_is_404() -> None:
+    rules = _rules_with_models("dall-e-3")
+    with pytest.raises(NotFound) as info:
+        rules.match_model("dall-e-4")
+    assert info.value.status == 404
+    assert info.value.code == "model_not_found"
+    assert info.value.param == "model"
+    assert info.value.envelope() == {
+        "error": {
+            "message": "The model 'dall-e-4' does not exist.",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "model_not_found",
+        }
+    }
+
+
+# --- secrets ----------------------------------------------------------------------------------
+
+
+def test_channel_repr_never_contains_the_key() -> None:
+    rules = parse_rules(FULL, ENV, SCHEMAS)
+    channel = rules.channels["openai"]
+    assert repr(channel) == "Channel(name='openai', type='openai', base_url='https://api.openai.com/v1')"
+    assert SECRET not in str(channel)
+    assert SECRET not in repr(rules.channels)
+    direct = Channel(name="c", type="openai", base_url="https://x", api_key=SECRET, headers={"X-Key": SECRET})
+    assert SECRET not in repr(direct)
+    assert SECRET not in f"{direct}"
+
+
+def test_rules_errors_never_contain_a_key() -> None:
+    problems = _problems(
+        """
+        channels:
+          up: {type: openai, base_url: "https://x.example.com", api_key: "${KEY}", timout: 1}
+        """,
+        {"KEY": SECRET},
+    )
+    assert all(SECRET not in str(problem) for problem in problems)
