@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
 
-from proxy.adapters.base import AdapterSpec, Done, Fail, Job, Send, Step, Wait
-from proxy.core.errors import BadGateway, ProxyError, ServiceUnavailable
+from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, Wait
+from proxy.core.errors import BadGateway, GatewayTimeout, ProxyError, ServiceUnavailable
 from proxy.core.plan import Plan
 from proxy.core.response import ImagesResult
 from proxy.core.rules import Channel, Rules, iter_usable
@@ -37,6 +39,9 @@ log = logging.getLogger("imagegate.driver")
 MAX_STEPS = 1000
 # Longest pause between failover rounds, whatever an upstream's Retry-After says.
 MAX_BACKOFF = 10.0
+# A derived credential (Kling's JWT) is renewed this long before it expires.
+CREDENTIAL_MARGIN = 60.0
+CANCEL_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -49,16 +54,33 @@ class Outcome:
 
 @dataclass
 class Driver:
-    """Long-lived state the loop needs: the HTTP session and the per-channel concurrency limits."""
+    """Long-lived state the loop needs: the HTTP session, per-channel limits, cached credentials."""
 
     session: aiohttp.ClientSession
     adapters: Mapping[str, AdapterSpec]
+    clock: Callable[[], float] = time.time
     limits: dict[str, asyncio.Semaphore] = field(default_factory=dict)
+    credentials: dict[str, tuple[str, float]] = field(default_factory=dict)
+    background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def limit(self, channel: Channel) -> asyncio.Semaphore:
         if channel.name not in self.limits:
             self.limits[channel.name] = asyncio.Semaphore(channel.concurrency)
         return self.limits[channel.name]
+
+    def key_for(self, channel: Channel, client_key: str | None) -> str | None:
+        """The key the adapter sends: the client's (passthrough), a cached derived credential, or the channel's."""
+        if channel.passthrough_key:
+            return client_key
+        spec = self.adapters[channel.type]
+        if spec.credential is None:
+            return channel.api_key
+        now = self.clock()
+        cached = self.credentials.get(channel.name)
+        if cached is None or cached[1] - CREDENTIAL_MARGIN <= now:
+            cached = spec.credential(channel, channel.api_key, now)
+            self.credentials[channel.name] = cached
+        return cached[0]
 
 
 async def _first_step(spec: AdapterSpec, job: Job) -> Step:
@@ -68,8 +90,7 @@ async def _first_step(spec: AdapterSpec, job: Job) -> Step:
     return spec.start(job)
 
 
-async def run_job(driver: Driver, spec: AdapterSpec, job: Job) -> ImagesResult:
-    """One adapter conversation, from its first step to Done or Fail."""
+async def _steps(driver: Driver, spec: AdapterSpec, job: Job, progress: list[Any]) -> ImagesResult:
     step = await _first_step(spec, job)
     for _ in range(MAX_STEPS):
         if isinstance(step, Done):
@@ -81,7 +102,42 @@ async def run_job(driver: Driver, spec: AdapterSpec, job: Job) -> ImagesResult:
         assert isinstance(step, (Send, Wait))
         response = await send(driver.session, step.call, channel=job.channel.name, timeout=job.channel.timeout)
         step = spec.advance(job, step.state, response)
+        progress[0] = getattr(step, "state", progress[0])
     raise BadGateway(f"channel '{job.channel.name}' did not finish after {MAX_STEPS} calls", code="upstream_stalled")
+
+
+async def _send_cancel(driver: Driver, call: Call, channel: Channel) -> None:
+    try:
+        await send(driver.session, call, channel=channel.name, timeout=CANCEL_TIMEOUT)
+    except ProxyError as error:
+        log.warning("could not cancel an abandoned task on channel %s: %s", channel.name, error.code)
+
+
+def cancel_abandoned(driver: Driver, spec: AdapterSpec, job: Job, state: Any) -> None:
+    """Best-effort: ask the provider to stop a task nobody will collect (runs detached from the request)."""
+    call = spec.cancel(job, state) if spec.cancel is not None and state is not None else None
+    if call is None:
+        return
+    task = asyncio.get_running_loop().create_task(_send_cancel(driver, call, job.channel))
+    driver.background.add(task)
+    task.add_done_callback(driver.background.discard)
+
+
+async def run_job(driver: Driver, spec: AdapterSpec, job: Job) -> ImagesResult:
+    """One adapter conversation, from its first step to Done or Fail, within the channel's deadline."""
+    progress: list[Any] = [None]  # the latest adapter state, to cancel the task if the job is abandoned
+    try:
+        async with asyncio.timeout(job.channel.deadline):
+            return await _steps(driver, spec, job, progress)
+    except TimeoutError:
+        cancel_abandoned(driver, spec, job, progress[0])
+        raise GatewayTimeout(
+            f"channel '{job.channel.name}' did not finish within {job.channel.deadline:g} seconds", code="upstream_deadline"
+        ) from None
+    except asyncio.CancelledError:
+        # The client went away in sync mode: stop the paid work we started.
+        cancel_abandoned(driver, spec, job, progress[0])
+        raise
 
 
 def split_n(n: int, per_call: int | None) -> list[int]:
@@ -147,6 +203,25 @@ def unusable_reason(rules: Rules, plan: Plan) -> ServiceUnavailable:
     )
 
 
+def attempt_order(channels: Sequence[Channel], pick: float) -> list[Channel]:
+    """Failover order, with load spreading: `pick` in [0, 1) chooses the first among weighted channels."""
+    weighted = [channel for channel in channels if channel.weight > 0]
+    if not weighted:
+        return list(channels)
+    point = pick * sum(channel.weight for channel in weighted)
+    for first in weighted:
+        point -= first.weight
+        if point < 0:
+            break
+    return [first, *(channel for channel in channels if channel is not first)]
+
+
+def should_retry(error: ProxyError, channel: Channel) -> bool:
+    if isinstance(error, GatewayTimeout):
+        return channel.retry_timeouts
+    return error.retryable
+
+
 def _backoff(error: ProxyError, round_number: int) -> float:
     wanted = error.retry_after if error.retry_after is not None else 0.5 * 2**round_number
     return min(wanted, MAX_BACKOFF)
@@ -154,7 +229,7 @@ def _backoff(error: ProxyError, round_number: int) -> float:
 
 async def generate(driver: Driver, rules: Rules, plan: Plan, client_key: str | None) -> Outcome:
     """The plan's images from the first channel that delivers them (failover in the rules' order)."""
-    channels = list(iter_usable(rules, plan.rule))
+    channels = attempt_order(list(iter_usable(rules, plan.rule)), random.random())
     if not channels:
         raise unusable_reason(rules, plan)
     rounds = 1 + min(plan.retries, rules.server.max_retries)
@@ -165,11 +240,10 @@ async def generate(driver: Driver, rules: Rules, plan: Plan, client_key: str | N
             await asyncio.sleep(_backoff(last, round_number - 1))
         for channel in channels:
             attempts += 1
-            key = client_key if channel.passthrough_key else channel.api_key
             try:
-                result, failed = await run_on_channel(driver, Job(plan, channel, key))
+                result, failed = await run_on_channel(driver, Job(plan, channel, driver.key_for(channel, client_key)))
             except ProxyError as error:
-                if not error.retryable:
+                if not should_retry(error, channel):
                     raise
                 log.warning("channel %s failed for model %s (attempt %d): %s", channel.name, plan.model, attempts, error.code)
                 last = error

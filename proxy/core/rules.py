@@ -23,6 +23,7 @@ PASSTHROUGH_KEY = "passthrough"
 DEFAULT_MAX_N = 10
 DEFAULT_TIMEOUT = 300.0
 DEFAULT_CONCURRENCY = 4
+DEFAULT_DEADLINE = 900.0
 _GLOB_CHARS = frozenset("*?[")
 # Fields every upstream understands, and fields the proxy itself honours (see proxy.core.plan).
 ALWAYS_FORWARDED = frozenset({"size", "quality"})
@@ -49,6 +50,13 @@ class Channel:
     missing_key: tuple[str, ...] = ()
     timeout: float = DEFAULT_TIMEOUT
     concurrency: int = DEFAULT_CONCURRENCY  # simultaneous calls to this channel when one request fans out
+    # Whole-job limit for task providers (create + every poll); one call is still bounded by `timeout`.
+    deadline: float = DEFAULT_DEADLINE
+    # A timeout after the request was sent may mean the image was made and billed: not retried unless asked.
+    retry_timeouts: bool = False
+    # Load spreading: a model's channels with weight > 0 share its first attempts in proportion;
+    # weight 0 (the default) keeps a channel in plain failover order.
+    weight: int = 0
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     settings: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -204,7 +212,9 @@ def _join(path: str, key: str) -> str:
 
 _TOP_KEYS = frozenset({"server", "default_channel", "channels", "models"})
 _SERVER_KEYS = frozenset({"api_keys", "public_base_url", "max_request_bytes", "max_retries", "images", "download"})
-_CHANNEL_KEYS = frozenset({"type", "base_url", "api_key", "timeout", "concurrency", "headers"})
+_CHANNEL_KEYS = frozenset(
+    {"type", "base_url", "api_key", "timeout", "concurrency", "deadline", "retry_timeouts", "weight", "headers"}
+)
 _MODEL_KEYS = frozenset({"channels", "upstream_model", "defaults", "sizes", "max_n", "passthrough", "values"})
 
 
@@ -281,11 +291,22 @@ def _load_channel(reader: _Reader, name: str, data: Any, schemas: Mapping[str, C
         missing_key=missing,
         timeout=float(timeout or DEFAULT_TIMEOUT),
         concurrency=_integer(reader, path, raw, "concurrency", DEFAULT_CONCURRENCY, 1),
+        deadline=_seconds(reader, path, raw, "deadline", DEFAULT_DEADLINE),
+        retry_timeouts=_flag(reader, path, raw, "retry_timeouts"),
+        weight=_integer(reader, path, raw, "weight", 0, 0),
         headers=MappingProxyType({key: reader.string(f"{path}.headers.{key}", value)[0] for key, value in headers.items()}),
         settings=MappingProxyType(
             {key: _setting(reader, f"{path}.{key}", raw[key]) for key in schema.settings if key in raw}
         ),
     )
+
+
+def _flag(reader: _Reader, path: str, raw: Mapping[str, Any], key: str) -> bool:
+    value = raw.get(key, False)
+    if not isinstance(value, bool):
+        reader.problem(f"{path}.{key}", f"expected true or false, got {value!r}")
+        return False
+    return value
 
 
 def _setting(reader: _Reader, path: str, value: Any) -> Any:

@@ -21,7 +21,11 @@ def test_new_keys_are_added_verbatim_at_any_depth() -> None:
 
 @pytest.mark.parametrize(
     ("extra", "param"),
-    [({"n": 10}, "extra_body.n"), ({"model": "other"}, "extra_body.model"), ({"parameters": {"n": 4}}, "extra_body.parameters.n")],
+    [
+        ({"n": 10}, "extra_body.n"),
+        ({"model": "other"}, "extra_body.model"),
+        ({"parameters": {"n": 4}}, "extra_body.parameters.n"),
+    ],
 )
 def test_replacing_a_set_value_is_a_400_naming_the_key(extra: dict[str, object], param: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
