@@ -74,7 +74,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     if args.command == "check":
         return check(rules, args.rules)
     log_startup(rules)
-    web.run_app(make_app(rules), host=args.host, port=args.port, shutdown_timeout=30.0)
+    # handler_cancellation: a client that disconnects from a sync generation cancels the upstream work.
+    web.run_app(make_app(rules), host=args.host, port=args.port, shutdown_timeout=30.0, handler_cancellation=True)
     return 0
 
 

@@ -54,7 +54,7 @@ async def host(finisher: Finisher, image: GeneratedImage, public_base: str) -> G
     data: bytes = await _off_loop_if_large(len(image.b64_json), _decode, image.b64_json)
     content_type = sniff_image_type(data) or image.content_type or "image/png"
     name = await finisher.store.put(data, content_type)
-    return replace(image, url=f"{public_base}{IMAGE_ROUTE}{name}", content_type=content_type)
+    return replace(image, url=f"{public_base}{IMAGE_ROUTE}{name}", content_type=content_type, url_ttl=None)
 
 
 def _encode(data: bytes) -> str:
@@ -70,12 +70,25 @@ async def fetch(finisher: Finisher, image: GeneratedImage) -> GeneratedImage:
     return replace(image, b64_json=b64, content_type=download.content_type)
 
 
+def short_lived(image: GeneratedImage, store: ImageStore) -> bool:
+    """An upstream URL that dies before the proxy's own would (BFL's last 10 minutes) must be re-hosted."""
+    return image.url is not None and image.url_ttl is not None and image.url_ttl < store.ttl
+
+
+async def rehost(finisher: Finisher, image: GeneratedImage, public_base: str) -> GeneratedImage:
+    fetched = await fetch(finisher, image)
+    hosted = await host(finisher, replace(fetched, url=None), public_base)
+    return replace(hosted, b64_json=image.b64_json)  # only the URL changes: bytes go out only when asked for
+
+
 async def convert(finisher: Finisher, image: GeneratedImage, response_format: str | None, public_base: str) -> GeneratedImage:
     kind = conversion(image, response_format)
     if kind == HOST:
         image = await host(finisher, image, public_base)
     elif kind == FETCH:
         image = await fetch(finisher, image)
+    elif response_format != "b64_json" and short_lived(image, finisher.store):
+        image = await rehost(finisher, image, public_base)
     return in_format(image, response_format)
 
 
