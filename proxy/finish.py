@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 
 from proxy.core.errors import BadGateway
-from proxy.core.mime import sniff_image_type
+from proxy.core.mime import image_dimensions, sniff_image_type
 from proxy.core.response import FETCH, HOST, GeneratedImage, ImagesResult, conversion, in_format
 from proxy.core.rules import DownloadRules
 from proxy.driver import Outcome
@@ -89,13 +89,35 @@ async def convert(finisher: Finisher, image: GeneratedImage, response_format: st
         image = await fetch(finisher, image)
     elif response_format != "b64_json" and short_lived(image, finisher.store):
         image = await rehost(finisher, image, public_base)
-    return in_format(image, response_format)
+    return image
+
+
+# Enough base64 for any image header we read (a JPEG's frame header may follow ~64 KiB of EXIF).
+_HEADER_CHARS = 4 * 24 * 1024
+
+
+def measured_size(images: tuple[GeneratedImage, ...]) -> str | None:
+    """The real `WxH` of the first image whose bytes are at hand, for clients to see what they got."""
+    for image in images:
+        if image.b64_json is not None:
+            chunk = image.b64_json[:_HEADER_CHARS]
+            try:
+                head = base64.b64decode(chunk[: len(chunk) - len(chunk) % 4])
+            except (binascii.Error, ValueError):
+                continue
+            dimensions = image_dimensions(head)
+            if dimensions is not None:
+                return f"{dimensions[0]}x{dimensions[1]}"
+    return None
 
 
 async def deliver(finisher: Finisher, result: ImagesResult, response_format: str | None, public_base: str) -> ImagesResult:
     """The result with every image in the client's format (conversions run concurrently)."""
-    images = await asyncio.gather(*(convert(finisher, image, response_format, public_base) for image in result.images))
-    return replace(result, images=tuple(images))
+    images = tuple(await asyncio.gather(*(convert(finisher, image, response_format, public_base) for image in result.images)))
+    extra = result.extra
+    if "size" not in extra and (size := measured_size(images)) is not None:
+        extra = {**extra, "size": size}
+    return replace(result, images=tuple(in_format(image, response_format) for image in images), extra=extra)
 
 
 def metadata(outcome: Outcome, model: str, wanted: int) -> dict[str, Any]:

@@ -73,7 +73,9 @@ async def test_cogview_fans_out_n_and_maps_fields(make_proxy: Any, aiohttp_serve
 async def test_cogview_b64_json_is_downloaded_and_watermark_absent_stays_absent(make_proxy: Any, aiohttp_server: Any) -> None:
     zhipu = FakeZhipu()
     sdk = await shipped_proxy(make_proxy, aiohttp_server, zhipu, FakeSeedream())
-    answer = await sdk.images.generate(model="cogview-3-flash", prompt="cat", response_format="b64_json")
+    raw = await sdk.images.with_raw_response.generate(model="cogview-3-flash", prompt="cat", response_format="b64_json")
+    answer = raw.parse()
+    assert raw.http_response.json()["size"] == "2x2"  # measured from the image itself: Zhipu does not say
     assert answer.data is not None
     assert base64.b64decode(answer.data[0].b64_json or "") == zhipu_fake.PNG
     body = zhipu.recorder.received[0].json()
