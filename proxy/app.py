@@ -2,6 +2,7 @@
 
 Routes:
     POST /v1/images/generations   the product: rules -> adapter -> driver -> finish
+    GET  /v1/images/generations/{task_id}   an async task's state and result (seed 001)
     GET  /images/{name}           images the proxy hosts for `response_format: url`
     *    /v1/{anything else}      passed through to `default_channel` (proxy.passthrough)
 """
@@ -13,9 +14,10 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -28,14 +30,15 @@ from proxy.core.errors import (
     ProxyError,
     ServiceUnavailable,
 )
-from proxy.core.plan import build_plan
+from proxy.core.plan import Plan, build_plan
 from proxy.core.request import parse_image_request, parse_json_object
 from proxy.core.response import render
 from proxy.core.rules import Rules
 from proxy.driver import Driver, generate
-from proxy.finish import IMAGE_ROUTE, Finisher, deliver, metadata
+from proxy.finish import IMAGE_ROUTE, Delivery, Finisher, deliver, metadata
 from proxy.passthrough import relay
 from proxy.store import FileImageStore, ImageStore, default_directory
+from proxy.tasks import FAILED, RUNNING, MemoryTaskStore, TaskRecord, TaskStore, failed, finished, new_record, owner_of
 from proxy.upstream import SESSION, make_session
 
 log = logging.getLogger("imagegate")
@@ -51,14 +54,19 @@ class Services:
     driver: Driver
     finisher: Finisher
     store: ImageStore
+    tasks: TaskStore
+    background: set[asyncio.Task[None]]
 
 
 RULES = web.AppKey("rules", Rules)
 SERVICES = web.AppKey("services", Services)
 STORE = web.AppKey("store", ImageStore)
+TASK_STORE = web.AppKey("task_store", TaskStore)
 CLIENT_KEY = web.RequestKey("client_key", str)  # "" when the client sent none
 IGNORED_HEADER = "X-Imagegate-Ignored-Params"
 SWEEP_EVERY = 300.0
+# How long shutdown waits for async tasks still generating (their results are paid for).
+SHUTDOWN_GRACE = 30.0
 
 
 # -- errors ---------------------------------------------------------------------------------------
@@ -141,8 +149,35 @@ def public_base(request: web.Request, rules: Rules) -> str:
 def _reject_unsupported_modes(options: dict[str, object]) -> None:
     if options.get("stream") is True:
         raise InvalidRequest("Streaming image generation is not supported by this proxy yet.", param="stream")
-    if options.get("async") is True:
-        raise InvalidRequest("Asynchronous generation is not supported by this proxy yet.", param="async")
+
+
+async def produce(services: Services, plan: Plan, client_key: str | None, delivery: Delivery) -> dict[str, Any]:
+    """The plan's images from its channels, in the client's format, as the ImagesResponse body."""
+    outcome = await generate(services.driver, services.rules, plan, client_key)
+    result = await deliver(services.finisher, outcome.result, delivery)
+    return render(result, int(time.time()), metadata(outcome, plan.model, plan.n))
+
+
+async def run_task(services: Services, record: TaskRecord, plan: Plan, client_key: str | None, delivery: Delivery) -> None:
+    """An async task's whole life; nothing the client does afterwards cancels it."""
+    await services.tasks.put(replace(record, status=RUNNING))
+    try:
+        body = await produce(services, plan, client_key, delivery)
+    except ProxyError as error:
+        await services.tasks.put(failed(record, error.envelope(), error.status))
+        return
+    except Exception:
+        log.exception("async task %s failed unexpectedly", record.id)
+        internal = ProxyError("The proxy failed to run the task.", code="internal_error")
+        await services.tasks.put(failed(record, internal.envelope(), internal.status))
+        return
+    await services.tasks.put(finished(record, body))
+
+
+def start_background(services: Services, work: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.get_running_loop().create_task(work)
+    services.background.add(task)
+    task.add_done_callback(services.background.discard)
 
 
 async def generations(request: web.Request) -> web.Response:
@@ -152,11 +187,29 @@ async def generations(request: web.Request) -> web.Response:
     image_request = parse_image_request(parse_json_object(await request.read()))
     _reject_unsupported_modes(dict(image_request.options))
     plan = build_plan(image_request, rules.match_model(image_request.model))
-    outcome = await generate(services.driver, rules, plan, request[CLIENT_KEY] or None)
-    result = await deliver(services.finisher, outcome.result, plan.response_format, public_base(request, rules))
-    body = render(result, int(time.time()), metadata(outcome, plan.model, plan.n))
     headers = {IGNORED_HEADER: ", ".join(plan.ignored)} if plan.ignored else {}
-    return web.json_response(body, headers=headers)
+    client_key = request[CLIENT_KEY] or None
+    if plan.wants_async:
+        retention = rules.server.tasks.retention
+        delivery = Delivery(plan.response_format, public_base(request, rules), max(retention, services.store.ttl))
+        record = new_record(owner_of(client_key), time.time(), retention)
+        await services.tasks.put(record)
+        start_background(services, run_task(services, record, plan, client_key, delivery))
+        return web.json_response(record.view(), headers=headers)
+    delivery = Delivery(plan.response_format, public_base(request, rules), services.store.ttl)
+    return web.json_response(await produce(services, plan, client_key, delivery), headers=headers)
+
+
+async def task_status(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    record = await services.tasks.get(request.match_info["task_id"])
+    owner = owner_of(request[CLIENT_KEY] or None)
+    # Another key's task answers exactly like a missing one: ids must not be probed.
+    if record is None or not hmac.compare_digest(record.owner, owner):
+        raise NotFound("No task with this id exists, or it has expired.", param="task_id", code="task_not_found")
+    if record.status == FAILED and record.error is not None:
+        return web.json_response({**record.error, **record.view()}, status=record.error_status or 502)
+    return web.json_response(record.view())
 
 
 async def hosted_image(request: web.Request) -> web.StreamResponse:
@@ -187,13 +240,25 @@ def make_store(rules: Rules) -> ImageStore:
     return FileImageStore(path, rules.server.images.ttl)
 
 
-async def _sweep_forever(store: ImageStore) -> None:
+async def _sweep_forever(store: ImageStore, tasks: TaskStore) -> None:
     while True:
         await asyncio.sleep(SWEEP_EVERY)
         try:
             await store.sweep()
+            await tasks.sweep()
         except OSError as exc:
-            log.warning("could not sweep expired images: %s", exc)
+            log.warning("could not sweep expired images or tasks: %s", exc)
+
+
+async def _drain(running: set[asyncio.Task[None]], grace: float) -> None:
+    """Let background work (async tasks, cancel calls) finish within the grace period, then stop it."""
+    if not running:
+        return
+    log.info("waiting up to %gs for %d background task(s)", grace, len(running))
+    _, pending = await asyncio.wait(running, timeout=grace)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
@@ -201,17 +266,23 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     session = make_session()
     app[SESSION] = session
     store = app[STORE] if STORE in app else make_store(rules)
-    app[SERVICES] = Services(
+    tasks = app[TASK_STORE] if TASK_STORE in app else MemoryTaskStore()
+    services = Services(
         rules=rules,
         driver=Driver(session=session, adapters=ADAPTERS),
         finisher=Finisher(session=session, store=store, download=rules.server.download),
         store=store,
+        tasks=tasks,
+        background=set(),
     )
-    sweeper = asyncio.create_task(_sweep_forever(store))
+    app[SERVICES] = services
+    sweeper = asyncio.create_task(_sweep_forever(store, tasks))
     yield
     sweeper.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await sweeper
+    await _drain(services.background | services.driver.background, SHUTDOWN_GRACE)
+    await tasks.close()
     await session.close()
 
 
@@ -222,7 +293,7 @@ def log_startup(rules: Rules) -> None:
         log.warning("server.api_keys is empty: the proxy accepts requests without a key")
 
 
-def make_app(rules: Rules, *, store: ImageStore | None = None) -> web.Application:
+def make_app(rules: Rules, *, store: ImageStore | None = None, tasks: TaskStore | None = None) -> web.Application:
     app = web.Application(
         middlewares=[error_middleware, auth_middleware],
         client_max_size=rules.server.max_request_bytes,
@@ -230,8 +301,11 @@ def make_app(rules: Rules, *, store: ImageStore | None = None) -> web.Applicatio
     app[RULES] = rules
     if store is not None:
         app[STORE] = store
+    if tasks is not None:
+        app[TASK_STORE] = tasks
     app.cleanup_ctx.append(_services)
     app.router.add_post("/v1/images/generations", generations)
+    app.router.add_get("/v1/images/generations/{task_id}", task_status)
     app.router.add_get(IMAGE_ROUTE + "{name}", hosted_image)
     app.router.add_route("*", "/v1/{tail:.*}", passthrough)
     return app

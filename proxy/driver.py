@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, Wait
+from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse, Wait
 from proxy.core.errors import BadGateway, GatewayTimeout, ProxyError, ServiceUnavailable
 from proxy.core.plan import Plan
 from proxy.core.response import ImagesResult
@@ -42,6 +42,7 @@ MAX_BACKOFF = 10.0
 # A derived credential (Kling's JWT) is renewed this long before it expires.
 CREDENTIAL_MARGIN = 60.0
 CANCEL_TIMEOUT = 10.0
+POLL_TRANSPORT_RETRIES = 2
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,8 @@ class Driver:
             return channel.api_key
         now = self.clock()
         cached = self.credentials.get(channel.name)
-        if cached is None or cached[1] - CREDENTIAL_MARGIN <= now:
+        # Renew early enough that the credential outlives the longest job that may start with it.
+        if cached is None or cached[1] - max(CREDENTIAL_MARGIN, channel.deadline) <= now:
             cached = spec.credential(channel, channel.api_key, now)
             self.credentials[channel.name] = cached
         return cached[0]
@@ -99,11 +101,28 @@ async def _steps(driver: Driver, spec: AdapterSpec, job: Job, progress: list[Any
             raise step.error
         if isinstance(step, Wait):
             await asyncio.sleep(step.seconds)
-        assert isinstance(step, (Send, Wait))
-        response = await send(driver.session, step.call, channel=job.channel.name, timeout=job.channel.timeout)
+            response = await _poll(driver, step.call, job.channel)
+        else:
+            assert isinstance(step, Send)
+            response = await send(driver.session, step.call, channel=job.channel.name, timeout=job.channel.timeout)
         step = spec.advance(job, step.state, response)
         progress[0] = getattr(step, "state", progress[0])
     raise BadGateway(f"channel '{job.channel.name}' did not finish after {MAX_STEPS} calls", code="upstream_stalled")
+
+
+async def _poll(driver: Driver, call: Call, channel: Channel) -> UpstreamResponse:
+    """A poll of a task that already exists upstream. A transport failure here is retried in place, and
+    if it persists it is final: failing over would start (and pay for) a second task."""
+    attempt = 0
+    while True:
+        try:
+            return await send(driver.session, call, channel=channel.name, timeout=channel.timeout)
+        except ProxyError as error:
+            if not error.retryable or attempt >= POLL_TRANSPORT_RETRIES:
+                error.retryable = False
+                raise
+        await asyncio.sleep(0.5 * 2**attempt)
+        attempt += 1
 
 
 async def _send_cancel(driver: Driver, call: Call, channel: Channel) -> None:

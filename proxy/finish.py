@@ -36,6 +36,15 @@ class Finisher:
     download: DownloadRules
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """Where and for how long the client will fetch what it gets."""
+
+    response_format: str | None
+    public_base: str
+    keep_for: float  # seconds hosted images must stay retrievable (an async task's retention, or the store's ttl)
+
+
 def _decode(b64: str) -> bytes:
     try:
         return base64.b64decode(b64, validate=True)
@@ -49,12 +58,12 @@ async def _off_loop_if_large(size: int, function: Any, argument: Any) -> Any:
     return await asyncio.to_thread(function, argument)
 
 
-async def host(finisher: Finisher, image: GeneratedImage, public_base: str) -> GeneratedImage:
+async def host(finisher: Finisher, image: GeneratedImage, delivery: Delivery) -> GeneratedImage:
     assert image.b64_json is not None
     data: bytes = await _off_loop_if_large(len(image.b64_json), _decode, image.b64_json)
     content_type = sniff_image_type(data) or image.content_type or "image/png"
-    name = await finisher.store.put(data, content_type)
-    return replace(image, url=f"{public_base}{IMAGE_ROUTE}{name}", content_type=content_type, url_ttl=None)
+    name = await finisher.store.put(data, content_type, delivery.keep_for)
+    return replace(image, url=f"{delivery.public_base}{IMAGE_ROUTE}{name}", content_type=content_type, url_ttl=None)
 
 
 def _encode(data: bytes) -> str:
@@ -70,25 +79,25 @@ async def fetch(finisher: Finisher, image: GeneratedImage) -> GeneratedImage:
     return replace(image, b64_json=b64, content_type=download.content_type)
 
 
-def short_lived(image: GeneratedImage, store: ImageStore) -> bool:
-    """An upstream URL that dies before the proxy's own would (BFL's last 10 minutes) must be re-hosted."""
-    return image.url is not None and image.url_ttl is not None and image.url_ttl < store.ttl
+def short_lived(image: GeneratedImage, keep_for: float) -> bool:
+    """An upstream URL that dies before the client may fetch it (BFL's last 10 minutes) must be re-hosted."""
+    return image.url is not None and image.url_ttl is not None and image.url_ttl < keep_for
 
 
-async def rehost(finisher: Finisher, image: GeneratedImage, public_base: str) -> GeneratedImage:
+async def rehost(finisher: Finisher, image: GeneratedImage, delivery: Delivery) -> GeneratedImage:
     fetched = await fetch(finisher, image)
-    hosted = await host(finisher, replace(fetched, url=None), public_base)
+    hosted = await host(finisher, replace(fetched, url=None), delivery)
     return replace(hosted, b64_json=image.b64_json)  # only the URL changes: bytes go out only when asked for
 
 
-async def convert(finisher: Finisher, image: GeneratedImage, response_format: str | None, public_base: str) -> GeneratedImage:
-    kind = conversion(image, response_format)
+async def convert(finisher: Finisher, image: GeneratedImage, delivery: Delivery) -> GeneratedImage:
+    kind = conversion(image, delivery.response_format)
     if kind == HOST:
-        image = await host(finisher, image, public_base)
+        image = await host(finisher, image, delivery)
     elif kind == FETCH:
         image = await fetch(finisher, image)
-    elif response_format != "b64_json" and short_lived(image, finisher.store):
-        image = await rehost(finisher, image, public_base)
+    elif delivery.response_format != "b64_json" and short_lived(image, delivery.keep_for):
+        image = await rehost(finisher, image, delivery)
     return image
 
 
@@ -111,13 +120,13 @@ def measured_size(images: tuple[GeneratedImage, ...]) -> str | None:
     return None
 
 
-async def deliver(finisher: Finisher, result: ImagesResult, response_format: str | None, public_base: str) -> ImagesResult:
+async def deliver(finisher: Finisher, result: ImagesResult, delivery: Delivery) -> ImagesResult:
     """The result with every image in the client's format (conversions run concurrently)."""
-    images = tuple(await asyncio.gather(*(convert(finisher, image, response_format, public_base) for image in result.images)))
+    images = tuple(await asyncio.gather(*(convert(finisher, image, delivery) for image in result.images)))
     extra = result.extra
     if "size" not in extra and (size := measured_size(images)) is not None:
         extra = {**extra, "size": size}
-    return replace(result, images=tuple(in_format(image, response_format) for image in images), extra=extra)
+    return replace(result, images=tuple(in_format(image, delivery.response_format) for image in images), extra=extra)
 
 
 def metadata(outcome: Outcome, model: str, wanted: int) -> dict[str, Any]:

@@ -34,8 +34,8 @@ class StoredImage:
 class ImageStore(Protocol):
     ttl: int
 
-    async def put(self, data: bytes, content_type: str) -> str:
-        """Keep the bytes; returns the image's name (its URL's last segment)."""
+    async def put(self, data: bytes, content_type: str, keep_for: float | None = None) -> str:
+        """Keep the bytes (`keep_for` seconds, default `ttl`); returns the image's name (its URL's last segment)."""
         ...
 
     async def get(self, name: str) -> StoredImage | None:
@@ -58,17 +58,21 @@ class FileImageStore:
         self._clock = clock
         directory.mkdir(parents=True, exist_ok=True)
 
-    def _write(self, data: bytes, name: str) -> None:
+    def _write(self, data: bytes, name: str, keep_for: float) -> None:
         # Write then rename: a reader never sees half an image.
         final = self.directory / name
         partial = self.directory / f".{name}.part"
         partial.write_bytes(data)
+        if keep_for > self.ttl:
+            # Expiry is mtime + ttl: an image kept longer (an async task's result) gets a later mtime.
+            now = self._clock()
+            os.utime(partial, (now, now + keep_for - self.ttl))
         os.replace(partial, final)
 
-    async def put(self, data: bytes, content_type: str) -> str:
+    async def put(self, data: bytes, content_type: str, keep_for: float | None = None) -> str:
         extension = EXTENSIONS.get(content_type, "png")
         name = f"{secrets.token_urlsafe(24)}.{extension}"
-        await asyncio.to_thread(self._write, data, name)
+        await asyncio.to_thread(self._write, data, name, self.ttl if keep_for is None else keep_for)
         return name
 
     def _expired(self, path: Path) -> bool:

@@ -9,10 +9,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from proxy.adapters import azure, gemini, local, openai, sdwebui, seedream, stability, zhipu
+from proxy.adapters import azure, dashscope, gemini, kling, local, openai, sdwebui, seedream, stability, zhipu
 from proxy.adapters.base import AdapterSpec
 from proxy.core.rules import ChannelSchema
 
-_ALL = (openai.SPEC, local.SPEC, azure.SPEC, zhipu.SPEC, seedream.SPEC, stability.SPEC, gemini.SPEC, sdwebui.SPEC)
+_ALL = (
+    openai.SPEC,
+    local.SPEC,
+    azure.SPEC,
+    zhipu.SPEC,
+    seedream.SPEC,
+    stability.SPEC,
+    gemini.SPEC,
+    sdwebui.SPEC,
+    kling.SPEC,
+    dashscope.SPEC,
+)
 ADAPTERS: Mapping[str, AdapterSpec] = MappingProxyType({spec.name: spec for spec in _ALL})
 SCHEMAS: Mapping[str, ChannelSchema] = MappingProxyType({name: spec.schema for name, spec in ADAPTERS.items()})

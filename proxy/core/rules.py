@@ -102,6 +102,11 @@ class DownloadRules:
 
 
 @dataclass(frozen=True)
+class TaskRules:
+    retention: int = 86400  # seconds an async task's record and result stay retrievable
+
+
+@dataclass(frozen=True)
 class ServerRules:
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # secrets: kept out of reprs and tracebacks
     public_base_url: str = ""  # empty: built from the request's own scheme and Host
@@ -109,6 +114,7 @@ class ServerRules:
     max_retries: int = 2
     images: ImageStoreRules = ImageStoreRules()
     download: DownloadRules = DownloadRules()
+    tasks: TaskRules = TaskRules()
 
 
 @dataclass(frozen=True)
@@ -211,7 +217,9 @@ def _join(path: str, key: str) -> str:
 
 
 _TOP_KEYS = frozenset({"server", "default_channel", "channels", "models"})
-_SERVER_KEYS = frozenset({"api_keys", "public_base_url", "max_request_bytes", "max_retries", "images", "download"})
+_SERVER_KEYS = frozenset(
+    {"api_keys", "public_base_url", "max_request_bytes", "max_retries", "images", "download", "tasks"}
+)
 _CHANNEL_KEYS = frozenset(
     {"type", "base_url", "api_key", "timeout", "concurrency", "deadline", "retry_timeouts", "weight", "headers"}
 )
@@ -230,6 +238,7 @@ def _load_server(reader: _Reader, data: Any) -> ServerRules:
         reader.problem("server.api_keys", "expected a list of keys")
     images = reader.mapping("server.images", raw.get("images"), frozenset({"path", "ttl"}))
     download = reader.mapping("server.download", raw.get("download"), frozenset({"max_bytes", "timeout"}))
+    tasks = reader.mapping("server.tasks", raw.get("tasks"), frozenset({"retention"}))
     defaults = ServerRules()
     return ServerRules(
         api_keys=tuple(keys),
@@ -244,6 +253,7 @@ def _load_server(reader: _Reader, data: Any) -> ServerRules:
             max_bytes=_integer(reader, "server.download", download, "max_bytes", defaults.download.max_bytes, 1),
             timeout=_seconds(reader, "server.download", download, "timeout", defaults.download.timeout),
         ),
+        tasks=TaskRules(retention=_integer(reader, "server.tasks", tasks, "retention", defaults.tasks.retention, 1)),
     )
 
 

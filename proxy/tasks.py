@@ -1,0 +1,103 @@
+"""Shell layer: client-visible async tasks (seed 001's `async: true`), and where their records live.
+
+A task record holds the status seed 001 names (`pending`, `running`, `succeed`, `failed`), the finished
+response body or error envelope, and a hash of the API key that created it: a task is visible only to
+that key, and the key itself is never stored. Records are kept `retention` seconds after creation.
+
+`TaskStore` is the seam for a shared backend (several replicas behind one load balancer): the
+handlers only call its four methods. `MemoryTaskStore` is the default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+PENDING = "pending"
+RUNNING = "running"
+SUCCEED = "succeed"
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    id: str
+    owner: str  # sha256 of the creating key ("" when the proxy is open)
+    status: str
+    created: int
+    expires_at: float
+    body: dict[str, Any] | None = None  # the finished ImagesResponse
+    error: dict[str, Any] | None = None  # the failed task's error envelope
+    error_status: int | None = None
+
+    def view(self) -> dict[str, Any]:
+        """What `GET /v1/images/generations/{id}` answers while the task is not failed."""
+        answer: dict[str, Any] = {"created": self.created, "data": []}
+        if self.body is not None:
+            answer.update(self.body)
+        answer["task_id"] = self.id
+        answer["task_status"] = self.status
+        return answer
+
+
+def owner_of(client_key: str | None) -> str:
+    return hashlib.sha256(client_key.encode()).hexdigest() if client_key else ""
+
+
+def new_record(owner: str, now: float, retention: float) -> TaskRecord:
+    return TaskRecord(id=str(uuid.uuid4()), owner=owner, status=PENDING, created=int(now), expires_at=now + retention)
+
+
+class TaskStore(Protocol):
+    async def put(self, record: TaskRecord) -> None:
+        """Create or replace a record."""
+        ...
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        """The record, or None when there is none or it has expired."""
+        ...
+
+    async def sweep(self) -> int:
+        """Forget expired records; returns how many went."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections (a no-op in memory)."""
+        ...
+
+
+class MemoryTaskStore:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._records: dict[str, TaskRecord] = {}
+        self._clock = clock
+
+    async def put(self, record: TaskRecord) -> None:
+        self._records[record.id] = record
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        record = self._records.get(task_id)
+        if record is None or record.expires_at <= self._clock():
+            return None
+        return record
+
+    async def sweep(self) -> int:
+        now = self._clock()
+        expired = [task_id for task_id, record in self._records.items() if record.expires_at <= now]
+        for task_id in expired:
+            del self._records[task_id]
+        return len(expired)
+
+    async def close(self) -> None:
+        self._records.clear()
+
+
+def finished(record: TaskRecord, body: dict[str, Any]) -> TaskRecord:
+    return replace(record, status=SUCCEED, body=body)
+
+
+def failed(record: TaskRecord, envelope: dict[str, Any], status: int) -> TaskRecord:
+    return replace(record, status=FAILED, error=envelope, error_status=status)
