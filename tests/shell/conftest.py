@@ -21,13 +21,15 @@ ProxyFactory = Callable[..., Awaitable[TestClient]]
 
 
 @pytest.fixture
-def make_proxy(aiohttp_client: Callable[[Application], Awaitable[TestClient]], tmp_path: Path) -> ProxyFactory:
+def make_proxy(aiohttp_client: Callable[..., Awaitable[TestClient]], tmp_path: Path) -> ProxyFactory:
     """`await make_proxy(rules_text, env)`: a client for a proxy whose image store lives in tmp_path."""
 
-    async def build(text: str, env: Mapping[str, str] | None = None) -> TestClient:
+    async def build(text: str, env: Mapping[str, str] | None = None, *, cancel_on_disconnect: bool = False) -> TestClient:
         rules = parse_rules(text, dict(env or {}), SCHEMAS)
         store = FileImageStore(tmp_path / "images", rules.server.images.ttl)
-        return await aiohttp_client(make_app(rules, store=store))
+        # As `python -m proxy` serves: a client that disconnects cancels its handler.
+        server_kwargs = {"handler_cancellation": True} if cancel_on_disconnect else None
+        return await aiohttp_client(make_app(rules, store=store), server_kwargs=server_kwargs)
 
     return build
 
