@@ -84,3 +84,22 @@ def test_merge_without_usage() -> None:
 def test_merge_single() -> None:
     only = ImagesResult(images=(_image("a"),), created=5, usage={"total_tokens": 3})
     assert merge_results([only]) == only
+
+
+def test_attempt_order_keeps_failover_order_without_weights() -> None:
+    from proxy.core.rules import Channel
+    from proxy.driver import attempt_order
+
+    a, b, c = Channel("a", "openai"), Channel("b", "openai"), Channel("c", "openai")
+    assert attempt_order([a, b, c], 0.99) == [a, b, c]
+
+
+def test_attempt_order_picks_the_first_by_weight_and_keeps_the_rest_in_order() -> None:
+    from proxy.core.rules import Channel
+    from proxy.driver import attempt_order
+
+    a, b, c = Channel("a", "openai", weight=1), Channel("b", "openai", weight=3), Channel("c", "openai")
+    assert attempt_order([a, b, c], 0.0) == [a, b, c]
+    assert attempt_order([a, b, c], 0.24) == [a, b, c]
+    assert attempt_order([a, b, c], 0.25) == [b, a, c]
+    assert attempt_order([a, b, c], 0.99) == [b, a, c]

@@ -233,3 +233,35 @@ async def test_an_answer_without_images_is_never_a_success(make_proxy: Any, aioh
     status, body, _ = await post(client, "solo")
     assert status == 502
     assert body["error"]["code"] == "bad_upstream_response"
+
+
+async def test_rate_limit_fails_over_to_the_next_channel(make_proxy: Any, aiohttp_server: Any) -> None:
+    client, primary, backup = await setup(make_proxy, aiohttp_server)
+    limited = {"error": {"message": "Rate limit reached", "type": "requests", "param": None, "code": "rate_limit_exceeded"}}
+    primary.failures.append((429, limited, {"Retry-After": "30"}))
+    status, body, _ = await post(client, "pair")
+    assert status == 200
+    assert body["metadata"] == {"model": "pair", "channel": "backup", "attempts": 2}
+    assert len(primary.recorder.received) == 1 and len(backup.recorder.received) == 1
+
+
+async def test_timeouts_are_retried_only_where_the_channel_allows(make_proxy: Any, aiohttp_server: Any) -> None:
+    text = RULES.replace("    timeout: ${TIMEOUT:-30}\n", "    timeout: ${TIMEOUT:-30}\n    retry_timeouts: true\n")
+    primary, primary_url, backup, backup_url = await two_fakes(aiohttp_server)
+    primary.delay = 1.0
+    client = await make_proxy(text, {"PRIMARY": primary_url, "BACKUP": backup_url, "OPENAI_API_KEY": KEY, "TIMEOUT": "0.2"})
+    status, body, _ = await post(client, "pair")
+    assert status == 200 and body["metadata"]["channel"] == "backup"
+    assert len(backup.recorder.received) == 1
+
+
+async def test_weighted_channels_share_first_attempts(make_proxy: Any, aiohttp_server: Any) -> None:
+    text = RULES.replace("    api_key: ${OPENAI_API_KEY}\n", "    api_key: ${OPENAI_API_KEY}\n    weight: 1\n")
+    primary, primary_url, backup, backup_url = await two_fakes(aiohttp_server)
+    client = await make_proxy(text, {"PRIMARY": primary_url, "BACKUP": backup_url, "OPENAI_API_KEY": KEY})
+    for _ in range(40):
+        status, _, _ = await post(client, "pair")
+        assert status == 200
+    # Equal weights: both channels take a real share (the chance of a 40-0 split is 2 in 10^12).
+    assert len(primary.recorder.received) > 0 and len(backup.recorder.received) > 0
+    assert len(primary.recorder.received) + len(backup.recorder.received) == 40
