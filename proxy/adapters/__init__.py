@@ -9,7 +9,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from proxy.adapters import azure, dashscope, gemini, kling, local, openai, sdwebui, seedream, stability, zhipu
+from proxy.adapters import (
+    azure,
+    dashscope,
+    flux,
+    gemini,
+    kling,
+    local,
+    openai,
+    replicate,
+    sdwebui,
+    seedream,
+    stability,
+    zhipu,
+)
 from proxy.adapters.base import AdapterSpec
 from proxy.core.rules import ChannelSchema
 
@@ -24,6 +37,8 @@ _ALL = (
     sdwebui.SPEC,
     kling.SPEC,
     dashscope.SPEC,
+    flux.SPEC,
+    replicate.SPEC,
 )
 ADAPTERS: Mapping[str, AdapterSpec] = MappingProxyType({spec.name: spec for spec in _ALL})
 SCHEMAS: Mapping[str, ChannelSchema] = MappingProxyType({name: spec.schema for name, spec in ADAPTERS.items()})

@@ -320,8 +320,26 @@ def _flag(reader: _Reader, path: str, raw: Mapping[str, Any], key: str) -> bool:
 
 
 def _setting(reader: _Reader, path: str, value: Any) -> Any:
-    """Adapter settings interpolate like every other string in the file; other values stay as written."""
-    return reader.string(path, value)[0] if isinstance(value, str) else value
+    """Adapter settings interpolate like every other string in the file; other values stay as written.
+
+    A value that came from the environment (`wait: ${WAIT:-60}`) gets the number or boolean it spells,
+    as it would have had written literally; anything else stays a string.
+    """
+    if not isinstance(value, str):
+        return value
+    text = reader.string(path, value)[0]
+    return _scalar(text) if "${" in value else text
+
+
+def _scalar(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
 
 
 def _load_defaults(reader: _Reader, path: str, data: Any) -> dict[str, Any]:

@@ -558,3 +558,22 @@ def test_rules_errors_never_contain_a_key() -> None:
         {"KEY": SECRET},
     )
     assert all(SECRET not in str(problem) for problem in problems)
+
+
+def test_adapter_settings_from_the_environment_keep_their_scalar_type() -> None:
+    text = """
+channels:
+  r:
+    type: replicate
+    api_key: k
+    wait: ${WAIT:-60}
+    poll_interval: ${POLL}
+    size_mode: ${MODE:-aspect_ratio}
+models:
+  m: {channels: [r]}
+"""
+    rules = parse_rules(text, {"POLL": "0.25"}, SCHEMAS)
+    settings = rules.channels["r"].settings
+    assert settings["wait"] == 60 and isinstance(settings["wait"], int)
+    assert settings["poll_interval"] == 0.25
+    assert settings["size_mode"] == "aspect_ratio"
