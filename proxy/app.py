@@ -2,6 +2,8 @@
 
 Routes:
     POST /v1/images/generations   the product: rules -> adapter -> driver -> finish
+    POST /v1/images/edits         the same, from a multipart upload (images + mask)
+    POST /v1/images/variations    the same, from one uploaded image
     GET  /v1/images/generations/{task_id}   an async task's state and result (seed 001)
     GET  /images/{name}           images the proxy hosts for `response_format: url`
     *    /v1/{anything else}      passed through to `default_channel` (proxy.passthrough)
@@ -30,15 +32,18 @@ from proxy.core.errors import (
     ProxyError,
     ServiceUnavailable,
 )
-from proxy.core.plan import Plan, build_plan
+from proxy.core.form import coerce_fields
+from proxy.core.plan import EDIT, VARIATION, Plan, build_plan
 from proxy.core.request import parse_image_request, parse_json_object
 from proxy.core.response import render
 from proxy.core.rules import Rules
 from proxy.driver import Driver, generate
 from proxy.finish import IMAGE_ROUTE, Delivery, Finisher, deliver, metadata
+from proxy.inputs import make_input_session
 from proxy.passthrough import relay
 from proxy.store import FileImageStore, ImageStore, default_directory
 from proxy.tasks import FAILED, RUNNING, MemoryTaskStore, TaskRecord, TaskStore, failed, finished, new_record, owner_of
+from proxy.uploads import read_form
 from proxy.upstream import SESSION, make_session
 
 log = logging.getLogger("imagegate")
@@ -180,13 +185,10 @@ def start_background(services: Services, work: Coroutine[Any, Any, None]) -> Non
     task.add_done_callback(services.background.discard)
 
 
-async def generations(request: web.Request) -> web.Response:
+async def respond(request: web.Request, plan: Plan) -> web.Response:
+    """Run a plan: at once, or as an async task (seed 001) when the client asked for one."""
     services = request.app[SERVICES]
     rules = services.rules
-    # Parsed as JSON whatever the Content-Type says: seed 000's curl examples send none that is usable.
-    image_request = parse_image_request(parse_json_object(await request.read()))
-    _reject_unsupported_modes(dict(image_request.options))
-    plan = build_plan(image_request, rules.match_model(image_request.model))
     headers = {IGNORED_HEADER: ", ".join(plan.ignored)} if plan.ignored else {}
     client_key = request[CLIENT_KEY] or None
     if plan.wants_async:
@@ -198,6 +200,36 @@ async def generations(request: web.Request) -> web.Response:
         return web.json_response(record.view(), headers=headers)
     delivery = Delivery(plan.response_format, public_base(request, rules), services.store.ttl)
     return web.json_response(await produce(services, plan, client_key, delivery), headers=headers)
+
+
+async def generations(request: web.Request) -> web.Response:
+    rules = request.app[SERVICES].rules
+    # Parsed as JSON whatever the Content-Type says: seed 000's curl examples send none that is usable.
+    image_request = parse_image_request(parse_json_object(await request.read()))
+    _reject_unsupported_modes(dict(image_request.options))
+    return await respond(request, build_plan(image_request, rules.match_model(image_request.model)))
+
+
+async def _form_plan(request: web.Request, operation: str) -> Plan:
+    rules = request.app[SERVICES].rules
+    form = await read_form(request, rules.server.max_request_bytes)
+    if not form.images:
+        raise InvalidRequest("An image file is required.", param="image", code="missing_required_parameter")
+    image_request = parse_image_request(coerce_fields(form.fields), require_prompt=operation == EDIT)
+    _reject_unsupported_modes(dict(image_request.options))
+    plan = build_plan(image_request, rules.match_model(image_request.model))
+    return replace(plan, operation=operation, uploads=form.images, mask=form.mask)
+
+
+async def edits(request: web.Request) -> web.Response:
+    return await respond(request, await _form_plan(request, EDIT))
+
+
+async def variations(request: web.Request) -> web.Response:
+    plan = await _form_plan(request, VARIATION)
+    if plan.mask is not None:
+        raise InvalidRequest("Variations take no mask.", param="mask", code="invalid_value")
+    return await respond(request, plan)
 
 
 async def task_status(request: web.Request) -> web.Response:
@@ -264,12 +296,13 @@ async def _drain(running: set[asyncio.Task[None]], grace: float) -> None:
 async def _services(app: web.Application) -> AsyncIterator[None]:
     rules = app[RULES]
     session = make_session()
+    inputs = make_input_session(rules.server.download)
     app[SESSION] = session
     store = app[STORE] if STORE in app else make_store(rules)
     tasks = app[TASK_STORE] if TASK_STORE in app else MemoryTaskStore()
     services = Services(
         rules=rules,
-        driver=Driver(session=session, adapters=ADAPTERS),
+        driver=Driver(session=session, adapters=ADAPTERS, inputs=inputs, download=rules.server.download),
         finisher=Finisher(session=session, store=store, download=rules.server.download),
         store=store,
         tasks=tasks,
@@ -283,6 +316,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         await sweeper
     await _drain(services.background | services.driver.background, SHUTDOWN_GRACE)
     await tasks.close()
+    await inputs.close()
     await session.close()
 
 
@@ -306,6 +340,8 @@ def make_app(rules: Rules, *, store: ImageStore | None = None, tasks: TaskStore 
     app.cleanup_ctx.append(_services)
     app.router.add_post("/v1/images/generations", generations)
     app.router.add_get("/v1/images/generations/{task_id}", task_status)
+    app.router.add_post("/v1/images/edits", edits)
+    app.router.add_post("/v1/images/variations", variations)
     app.router.add_get(IMAGE_ROUTE + "{name}", hosted_image)
     app.router.add_route("*", "/v1/{tail:.*}", passthrough)
     return app

@@ -29,7 +29,8 @@ from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, 
 from proxy.core.errors import BadGateway, GatewayTimeout, ProxyError, ServiceUnavailable
 from proxy.core.plan import Plan
 from proxy.core.response import ImagesResult
-from proxy.core.rules import Channel, Rules, iter_usable
+from proxy.core.rules import Channel, DownloadRules, Rules, iter_usable
+from proxy.inputs import plan_for
 from proxy.upstream import send
 
 log = logging.getLogger("imagegate.driver")
@@ -59,6 +60,9 @@ class Driver:
 
     session: aiohttp.ClientSession
     adapters: Mapping[str, AdapterSpec]
+    # For client-chosen image URLs only: its resolver refuses private addresses (proxy.inputs).
+    inputs: aiohttp.ClientSession | None = None
+    download: DownloadRules = field(default_factory=DownloadRules)
     clock: Callable[[], float] = time.time
     limits: dict[str, asyncio.Semaphore] = field(default_factory=dict)
     credentials: dict[str, tuple[str, float]] = field(default_factory=dict)
@@ -260,7 +264,9 @@ async def generate(driver: Driver, rules: Rules, plan: Plan, client_key: str | N
         for channel in channels:
             attempts += 1
             try:
-                result, failed = await run_on_channel(driver, Job(plan, channel, driver.key_for(channel, client_key)))
+                spec = driver.adapters[channel.type]
+                channel_plan = await plan_for(plan, spec, driver.inputs or driver.session, driver.download)
+                result, failed = await run_on_channel(driver, Job(channel_plan, channel, driver.key_for(channel, client_key)))
             except ProxyError as error:
                 if not should_retry(error, channel):
                     raise

@@ -18,6 +18,7 @@ from aiohttp import web
 from proxy.adapters.base import Call, UpstreamResponse
 from proxy.core.errors import BadGateway, GatewayTimeout, ProxyError
 from proxy.core.mime import sniff_image_type
+from proxy.core.multipart import Part
 
 # An upstream answer that is parsed (JSON with base64 images) may be large, but not unbounded.
 MAX_ANSWER_BYTES = 128 * 1024 * 1024
@@ -64,12 +65,25 @@ async def read_capped(content: aiohttp.StreamReader, limit: int, what: str) -> b
     return b"".join(chunks)
 
 
+def form_data(parts: tuple[Part, ...]) -> aiohttp.FormData:
+    """A streamed multipart body over the parts' own buffers (built per attempt: aiohttp consumes it once)."""
+    form = aiohttp.FormData(quote_fields=False)
+    for part in parts:
+        if part.filename is None:
+            form.add_field(part.name, part.data.decode("utf-8"), content_type=part.content_type)
+        else:
+            form.add_field(part.name, part.data, filename=part.filename, content_type=part.content_type)
+    return form
+
+
 def _request_kwargs(call: Call) -> dict[str, object]:
     kwargs: dict[str, object] = {"headers": dict(call.headers), "allow_redirects": False}
     if call.json is not None:
         kwargs["json"] = call.json
     elif call.data is not None:
         kwargs["data"] = call.data
+    elif call.form is not None:
+        kwargs["data"] = form_data(call.form)
     return kwargs
 
 

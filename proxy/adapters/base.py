@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 from proxy.core.errors import ProxyError
+from proxy.core.multipart import Part
 from proxy.core.plan import Plan
 from proxy.core.response import ImagesResult
 from proxy.core.rules import Channel, ChannelSchema
@@ -20,13 +21,18 @@ from proxy.core.rules import Channel, ChannelSchema
 
 @dataclass(frozen=True)
 class Call:
-    """One HTTP request to an upstream. Exactly one of `json` and `data` is the body (or neither)."""
+    """One HTTP request to an upstream. At most one of `json`, `data` and `form` is the body.
+
+    `form` is a multipart/form-data body the shell streams part by part (uploads are not copied into
+    one buffer); the shell sets its Content-Type with the boundary.
+    """
 
     method: str
     url: str
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     json: Any = None
     data: bytes | None = None
+    form: tuple[Part, ...] | None = None
     timeout: float | None = None  # None: the channel's timeout
 
 
@@ -97,5 +103,12 @@ class AdapterSpec:
     # Task providers that can stop work nobody will collect: the call that cancels the task `state`
     # describes (None when there is nothing to cancel yet). Sent best-effort when a sync request is abandoned.
     cancel: Callable[[Job, Any], Call | None] | None = None
+    # What `start` can do besides generating from a prompt: "edit" (plan.uploads, plan.mask) and
+    # "variation". An edit to a channel without "edit" is sent as a generation with the uploads as
+    # data URIs in the `image` field, when the model's rules forward `image`.
+    operations: frozenset[str] = frozenset({"generate"})
+    # The provider takes input images only as bytes (base64), never as URLs: the shell downloads
+    # a client's image URLs (guarded) and inlines them before `start` sees the plan.
+    needs_image_bytes: bool = False
     # Headers that authenticate a pass-through request on this channel; None: no pass-through here.
     auth_headers: Callable[[str | None], dict[str, str]] | None = None

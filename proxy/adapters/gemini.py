@@ -364,4 +364,5 @@ SPEC = AdapterSpec(
     start=start,
     advance=advance,
     max_n_per_call=1,
+    needs_image_bytes=True,
 )

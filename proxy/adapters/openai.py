@@ -3,6 +3,8 @@
 Mapping: the body is the OpenAI body itself. `model` -> the rule's upstream model; `n` is always sent;
 the plan's forwarded fields go verbatim, except `output_format: jpg` -> `jpeg` (OpenAI's spelling);
 `extra_body` adds top-level keys (replacing a set one is a 400). Auth: `Authorization: Bearer <channel key>`.
+Edits and variations go to `/images/edits` and `/images/variations` as multipart: the same fields as
+text parts (objects as JSON), then the client's files byte for byte under their own field names.
 Answer: `data[]` items keep `url` / `b64_json` / `revised_prompt`; `usage` and the response-level
 `background`, `output_format`, `quality`, `size` are kept. Failures: see proxy.core.upstream_errors.
 """
@@ -15,6 +17,8 @@ from typing import Any
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
 from proxy.core.errors import BadGateway
 from proxy.core.extra_body import merge_extra_body
+from proxy.core.multipart import Part, text_part
+from proxy.core.plan import EDIT, GENERATE, VARIATION
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import ChannelSchema
 from proxy.core.upstream_errors import error_from_response
@@ -37,10 +41,32 @@ def build_body(job: Job) -> dict[str, Any]:
     return body
 
 
+def form_value(value: Any) -> str:
+    """A JSON body value as multipart text: strings as they are, everything else as JSON (true, 3, {...})."""
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def build_form(job: Job) -> tuple[Part, ...]:
+    """The edits / variations form: the body's fields as text, then the client's files, bytes untouched."""
+    body = build_body(job)
+    if job.plan.operation == VARIATION:
+        body.pop("prompt", None)  # variations take no prompt
+    texts = tuple(text_part(name, form_value(value)) for name, value in body.items())
+    mask = (job.plan.mask,) if job.plan.mask is not None else ()
+    return texts + job.plan.uploads + mask
+
+
+_PATHS = {GENERATE: "/images/generations", EDIT: "/images/edits", VARIATION: "/images/variations"}
+
+
 def start(job: Job) -> Step:
-    headers = {**job.channel.headers, **auth_headers(job.api_key), "Content-Type": "application/json"}
-    call = Call("POST", f"{job.channel.base_url}/images/generations", headers=headers, json=build_body(job))
-    return Send(call)
+    url = f"{job.channel.base_url}{_PATHS[job.plan.operation]}"
+    if job.plan.operation == GENERATE:
+        headers = {**job.channel.headers, **auth_headers(job.api_key), "Content-Type": "application/json"}
+        return Send(Call("POST", url, headers=headers, json=build_body(job)))
+    # Multipart: the shell sets the Content-Type with its boundary.
+    headers = {**job.channel.headers, **auth_headers(job.api_key)}
+    return Send(Call("POST", url, headers=headers, form=build_form(job)))
 
 
 def _image(item: Any) -> GeneratedImage:
@@ -95,4 +121,5 @@ SPEC = AdapterSpec(
     start=start,
     advance=advance,
     auth_headers=auth_headers,
+    operations=frozenset({GENERATE, EDIT, VARIATION}),
 )

@@ -362,4 +362,5 @@ SPEC = AdapterSpec(
     schema=ChannelSchema(settings=SETTINGS),
     start=start,
     advance=advance,
+    needs_image_bytes=True,
 )

@@ -22,7 +22,8 @@ class Part:
     """One form field: a text value (no filename) or a file (filename and, usually, a content type)."""
 
     name: str
-    data: bytes
+    # A client upload is kept in the bytearray it was read into: converting it to bytes would copy megabytes.
+    data: bytes | bytearray
     filename: str | None = None
     content_type: str | None = None
 
@@ -67,7 +68,7 @@ def _headers(part: Part) -> bytes:
     return "\r\n".join(lines).encode("utf-8") + CRLF + CRLF
 
 
-def _digest(pieces: Sequence[bytes]) -> bytes:
+def _digest(pieces: Sequence[bytes | bytearray]) -> bytes:
     """SHA-256 over every piece, length-prefixed so that no two different forms hash alike by concatenation."""
     digest = hashlib.sha256()
     for piece in pieces:
@@ -84,7 +85,7 @@ def _candidates(digest: bytes) -> Iterator[str]:
         attempt += 1
 
 
-def pick_boundary(digest: bytes, contents: Sequence[bytes]) -> str:
+def pick_boundary(digest: bytes, contents: Sequence[bytes | bytearray]) -> str:
     """The first boundary derived from `digest` that occurs in none of `contents`."""
     # A collision needs 40 hex digits of SHA-256 inside the content, so the first candidate nearly always wins.
     return next(b for b in _candidates(digest) if not any(b.encode("ascii") in content for content in contents))
@@ -96,7 +97,7 @@ def encode(parts: Sequence[Part]) -> EncodedForm:
     pieces = [piece for head, part in zip(heads, parts, strict=True) for piece in (head, part.data)]
     boundary = pick_boundary(_digest(pieces), pieces)
     delimiter = b"--" + boundary.encode("ascii")
-    chunks: list[bytes] = []
+    chunks: list[bytes | bytearray] = []
     for head, part in zip(heads, parts, strict=True):
         chunks += [delimiter, CRLF, head, part.data, CRLF]
     chunks += [delimiter, b"--", CRLF]

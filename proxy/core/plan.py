@@ -14,8 +14,13 @@ from types import MappingProxyType
 from typing import Any
 
 from proxy.core.errors import InvalidRequest
+from proxy.core.multipart import Part
 from proxy.core.request import ImageRequest
 from proxy.core.rules import ALWAYS_FORWARDED, PROXY_FIELDS, ModelRule
+
+GENERATE = "generate"
+EDIT = "edit"
+VARIATION = "variation"
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,13 @@ class Plan:
     retries: int = 0
     wants_async: bool = False
     rule: ModelRule = field(default_factory=lambda: ModelRule(pattern="", channels=()))
+    operation: str = GENERATE
+    uploads: tuple[Part, ...] = ()  # edits and variations: the client's image files, in order
+    mask: Part | None = None
+
+    def __repr__(self) -> str:
+        # Uploads are megabytes; prompts may be private: keep both out of logs and tracebacks.
+        return f"Plan(model={self.model!r}, operation={self.operation!r}, n={self.n}, uploads={len(self.uploads)})"
 
 
 def _check_n(request: ImageRequest, rule: ModelRule) -> None:

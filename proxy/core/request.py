@@ -223,14 +223,17 @@ def _resolve_n(value: Any) -> int:
     return number or 1
 
 
-def parse_image_request(data: Mapping[str, Any]) -> ImageRequest:
-    """Validate a decoded generation body; raises InvalidRequest naming the offending param."""
+def parse_image_request(data: Mapping[str, Any], *, require_prompt: bool = True) -> ImageRequest:
+    """Validate a decoded generation body; raises InvalidRequest naming the offending param.
+
+    Variations take no prompt (`require_prompt=False`): an absent one is the empty string there.
+    """
     if data.get("model") is None:
         raise InvalidRequest("you must provide a model parameter", param="model", code="missing_required_parameter")
     model = _nonempty_string("model", data["model"])
-    if data.get("prompt") is None:
+    if data.get("prompt") is None and require_prompt:
         raise InvalidRequest("you must provide a prompt parameter", param="prompt", code="missing_required_parameter")
-    prompt = _nonempty_string("prompt", data["prompt"])
+    prompt = _nonempty_string("prompt", data["prompt"]) if data.get("prompt") is not None else ""
     options = {
         name: validate_option(name, value)
         for name, value in data.items()

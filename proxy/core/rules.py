@@ -99,6 +99,8 @@ class ImageStoreRules:
 class DownloadRules:
     max_bytes: int = 50 * 1024 * 1024
     timeout: float = 60.0
+    # Hosts a client's image URL may name even though they resolve to private or loopback addresses.
+    allow_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -237,7 +239,7 @@ def _load_server(reader: _Reader, data: Any) -> ServerRules:
     if raw.get("api_keys") is not None and not isinstance(raw.get("api_keys"), list):
         reader.problem("server.api_keys", "expected a list of keys")
     images = reader.mapping("server.images", raw.get("images"), frozenset({"path", "ttl"}))
-    download = reader.mapping("server.download", raw.get("download"), frozenset({"max_bytes", "timeout"}))
+    download = reader.mapping("server.download", raw.get("download"), frozenset({"max_bytes", "timeout", "allow_hosts"}))
     tasks = reader.mapping("server.tasks", raw.get("tasks"), frozenset({"retention"}))
     defaults = ServerRules()
     return ServerRules(
@@ -252,6 +254,7 @@ def _load_server(reader: _Reader, data: Any) -> ServerRules:
         download=DownloadRules(
             max_bytes=_integer(reader, "server.download", download, "max_bytes", defaults.download.max_bytes, 1),
             timeout=_seconds(reader, "server.download", download, "timeout", defaults.download.timeout),
+            allow_hosts=tuple(reader.string_list("server.download.allow_hosts", download.get("allow_hosts"))),
         ),
         tasks=TaskRules(retention=_integer(reader, "server.tasks", tasks, "retention", defaults.tasks.retention, 1)),
     )

@@ -13,9 +13,21 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
-from tests.fakes import Recorder
+from tests.fakes import Received, Recorder
+
+
+@dataclass(frozen=True)
+class FormPart:
+    name: str
+    filename: str | None
+    content_type: str | None
+    data: bytes
+
+    @property
+    def text(self) -> str:
+        return self.data.decode()
 
 KEY = "sk-upstream-secret-0123456789"
 
@@ -56,10 +68,14 @@ class FakeOpenAI:
     revised_prompt: str | None = None
     image: bytes = PNG
     file_content_type: str = "image/png"
+    # Edits and variations: each request's multipart parts, as the fake's multipart reader saw them.
+    forms: list[list[FormPart]] = field(default_factory=list)
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/images/generations", self.generations)
+        app.router.add_post("/v1/images/edits", self.multipart)
+        app.router.add_post("/v1/images/variations", self.multipart)
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/files/{name}", self.files)
@@ -108,6 +124,31 @@ class FakeOpenAI:
                 },
             )
         return web.json_response(answer)
+
+    async def multipart(self, request: web.Request) -> web.Response:
+        """Edits and variations: multipart only, as OpenAI's API takes them."""
+        self.recorder.received.append(Received(request.method, request.path, dict(request.query), dict(request.headers), b""))
+        if not self._authorised(request):
+            return openai_error(401, "Incorrect API key provided.", code="invalid_api_key")
+        if request.content_type != "multipart/form-data":
+            return openai_error(400, "Invalid Content-Type header, expected multipart/form-data.")
+        parts: list[FormPart] = []
+        reader = await request.multipart()
+        async for part in reader:
+            assert isinstance(part, BodyPartReader)
+            data = await part.read()
+            parts.append(FormPart(part.name or "", part.filename, part.headers.get("Content-Type"), bytes(data)))
+        self.forms.append(parts)
+        fields = {part.name: part.text for part in parts if part.filename is None}
+        if not any(part.filename for part in parts if part.name in ("image", "image[]")):
+            return openai_error(400, "Missing required parameter: 'image'.", param="image")
+        model = fields.get("model", "dall-e-2")
+        n = int(fields.get("n", "1"))
+        if model.startswith("gpt-image") or fields.get("response_format") == "b64_json":
+            items = [{"b64_json": base64.b64encode(self.image).decode()} for _ in range(n)]
+        else:
+            items = [{"url": f"{request.scheme}://{request.host}/files/edit-{index}.png"} for index in range(n)]
+        return web.json_response({"created": 1700000001, "data": items})
 
     async def files(self, request: web.Request) -> web.Response:
         await self.recorder.record(request)

@@ -1,0 +1,69 @@
+"""Core layer: the text fields of a multipart edit or variation, given the JSON types a body would have.
+
+Multipart carries every value as text; the same validators as for JSON bodies then apply, so
+`n=2`, `watermark=false` and `strength=0.4` mean what they mean in JSON. A value that does not
+parse stays text and the validator rejects it with the field's name. `extra_body` (and an object-
+valued `style` or `background`) arrive as JSON text.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+INTEGER_FIELDS = frozenset({"n", "output_compression", "partial_images", "retries", "seed", "steps"})
+NUMBER_FIELDS = frozenset({"strength", "cfg_scale", "guidance_scale"})
+BOOLEAN_FIELDS = frozenset({"watermark", "stream", "async"})
+JSON_FIELDS = frozenset({"extra_body", "style", "background"})
+
+
+def _integer(text: str) -> Any:
+    try:
+        return int(text.strip())
+    except ValueError:
+        return text
+
+
+def _number(text: str) -> Any:
+    try:
+        return float(text.strip())
+    except ValueError:
+        return text
+
+
+def _boolean(text: str) -> Any:
+    lowered = text.strip().lower()
+    return {"true": True, "false": False}.get(lowered, text)
+
+
+def _json(text: str) -> Any:
+    if not text.lstrip().startswith(("{", "[")):
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def coerce_field(name: str, text: str) -> Any:
+    if name in INTEGER_FIELDS:
+        return _integer(text)
+    if name in NUMBER_FIELDS:
+        return _number(text)
+    if name in BOOLEAN_FIELDS:
+        return _boolean(text)
+    if name in JSON_FIELDS:
+        return _json(text)
+    return text
+
+
+def coerce_fields(fields: Mapping[str, str | list[str]]) -> dict[str, Any]:
+    """Typed values for a form's text fields; repeated fields (`image[]` URLs) stay lists."""
+    typed: dict[str, Any] = {}
+    for name, value in fields.items():
+        if isinstance(value, list):
+            typed[name] = [coerce_field(name, item) for item in value]
+        else:
+            typed[name] = coerce_field(name, value)
+    return typed

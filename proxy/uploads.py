@@ -1,0 +1,81 @@
+"""Shell layer: reading a client's multipart upload (edits, variations) without holding it twice.
+
+Each file part is read chunk by chunk into one growing buffer, which then travels to the upstream
+as it is (aiohttp streams it into the outgoing form), so an upload costs about its own size in memory.
+The whole form is capped at `server.max_request_bytes`: the cap is enforced while reading, before
+the rest arrives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aiohttp import BodyPartReader, web
+
+from proxy.core.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from proxy.core.multipart import Part
+
+_CHUNK = 1024 * 1024
+IMAGE_FIELDS = frozenset({"image", "image[]"})
+
+
+@dataclass
+class Form:
+    fields: dict[str, str | list[str]] = field(default_factory=dict)
+    files: list[Part] = field(default_factory=list)
+
+    @property
+    def images(self) -> tuple[Part, ...]:
+        return tuple(part for part in self.files if part.name in IMAGE_FIELDS)
+
+    @property
+    def mask(self) -> Part | None:
+        return next((part for part in self.files if part.name == "mask"), None)
+
+
+class _Budget:
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+        self.limit = limit
+
+    def spend(self, size: int) -> None:
+        self.left -= size
+        if self.left < 0:
+            raise PayloadTooLarge(f"The upload is larger than {self.limit} bytes.", code="request_too_large")
+
+
+async def _read_part(part: BodyPartReader, budget: _Budget) -> bytearray:
+    buffer = bytearray()
+    while chunk := await part.read_chunk(_CHUNK):
+        budget.spend(len(chunk))
+        buffer += chunk  # large buffers grow in place (realloc), not by copying into a new one
+    return buffer
+
+
+def _add_field(form: Form, name: str, value: str) -> None:
+    # Repeated text fields (`image[]` given as URLs) become lists; a single one stays a string.
+    current = form.fields.get(name)
+    if current is None:
+        form.fields[name] = value
+    elif isinstance(current, list):
+        current.append(value)
+    else:
+        form.fields[name] = [current, value]
+
+
+async def read_form(request: web.Request, limit: int) -> Form:
+    if request.content_type != "multipart/form-data":
+        raise UnsupportedMediaType("This endpoint takes multipart/form-data, as OpenAI's does.", code="unsupported_media_type")
+    budget = _Budget(limit)
+    form = Form()
+    reader = await request.multipart()
+    async for part in reader:
+        if not isinstance(part, BodyPartReader) or not part.name:
+            raise InvalidRequest("Nested or unnamed multipart parts are not supported.", code="invalid_multipart")
+        data = await _read_part(part, budget)
+        if part.filename is None:
+            _add_field(form, part.name, data.decode("utf-8", "replace"))
+        else:
+            content_type = part.headers.get("Content-Type") or "application/octet-stream"
+            form.files.append(Part(part.name, data, filename=part.filename, content_type=content_type))
+    return form
