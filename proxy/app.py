@@ -42,6 +42,7 @@ from proxy.finish import IMAGE_ROUTE, Delivery, Finisher, deliver, metadata
 from proxy.inputs import make_input_session
 from proxy.passthrough import relay
 from proxy.store import FileImageStore, ImageStore, default_directory
+from proxy.streaming import stream
 from proxy.tasks import FAILED, RUNNING, MemoryTaskStore, TaskRecord, TaskStore, failed, finished, new_record, owner_of
 from proxy.uploads import read_form
 from proxy.upstream import SESSION, make_session
@@ -151,11 +152,6 @@ def public_base(request: web.Request, rules: Rules) -> str:
     return f"{request.scheme}://{request.host}"
 
 
-def _reject_unsupported_modes(options: dict[str, object]) -> None:
-    if options.get("stream") is True:
-        raise InvalidRequest("Streaming image generation is not supported by this proxy yet.", param="stream")
-
-
 async def produce(services: Services, plan: Plan, client_key: str | None, delivery: Delivery) -> dict[str, Any]:
     """The plan's images from its channels, in the client's format, as the ImagesResponse body."""
     outcome = await generate(services.driver, services.rules, plan, client_key)
@@ -185,12 +181,17 @@ def start_background(services: Services, work: Coroutine[Any, Any, None]) -> Non
     task.add_done_callback(services.background.discard)
 
 
-async def respond(request: web.Request, plan: Plan) -> web.Response:
-    """Run a plan: at once, or as an async task (seed 001) when the client asked for one."""
+async def respond(request: web.Request, plan: Plan) -> web.StreamResponse:
+    """Run a plan: at once, as a stream, or as an async task (seed 001), as the client asked."""
     services = request.app[SERVICES]
     rules = services.rules
     headers = {IGNORED_HEADER: ", ".join(plan.ignored)} if plan.ignored else {}
     client_key = request[CLIENT_KEY] or None
+    if plan.stream and plan.wants_async:
+        raise InvalidRequest("`stream` and `async` cannot be combined: choose one.", param="stream", code="invalid_value")
+    if plan.stream:
+        delivery = Delivery(plan.response_format, public_base(request, rules), services.store.ttl)
+        return await stream(request, rules, services.driver, services.finisher, plan, client_key, delivery)
     if plan.wants_async:
         retention = rules.server.tasks.retention
         delivery = Delivery(plan.response_format, public_base(request, rules), max(retention, services.store.ttl))
@@ -202,11 +203,10 @@ async def respond(request: web.Request, plan: Plan) -> web.Response:
     return web.json_response(await produce(services, plan, client_key, delivery), headers=headers)
 
 
-async def generations(request: web.Request) -> web.Response:
+async def generations(request: web.Request) -> web.StreamResponse:
     rules = request.app[SERVICES].rules
     # Parsed as JSON whatever the Content-Type says: seed 000's curl examples send none that is usable.
     image_request = parse_image_request(parse_json_object(await request.read()))
-    _reject_unsupported_modes(dict(image_request.options))
     return await respond(request, build_plan(image_request, rules.match_model(image_request.model)))
 
 
@@ -216,16 +216,15 @@ async def _form_plan(request: web.Request, operation: str) -> Plan:
     if not form.images:
         raise InvalidRequest("An image file is required.", param="image", code="missing_required_parameter")
     image_request = parse_image_request(coerce_fields(form.fields), require_prompt=operation == EDIT)
-    _reject_unsupported_modes(dict(image_request.options))
     plan = build_plan(image_request, rules.match_model(image_request.model))
     return replace(plan, operation=operation, uploads=form.images, mask=form.mask)
 
 
-async def edits(request: web.Request) -> web.Response:
+async def edits(request: web.Request) -> web.StreamResponse:
     return await respond(request, await _form_plan(request, EDIT))
 
 
-async def variations(request: web.Request) -> web.Response:
+async def variations(request: web.Request) -> web.StreamResponse:
     plan = await _form_plan(request, VARIATION)
     if plan.mask is not None:
         raise InvalidRequest("Variations take no mask.", param="mask", code="invalid_value")

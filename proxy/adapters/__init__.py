@@ -19,7 +19,7 @@ from proxy.adapters import (
     openai,
     replicate,
     sdwebui,
-    seedream,
+    seedream_stream,
     stability,
     zhipu,
 )
@@ -31,7 +31,7 @@ _ALL = (
     local.SPEC,
     azure.SPEC,
     zhipu.SPEC,
-    seedream.SPEC,
+    seedream_stream.SPEC,  # seedream with its native stream
     stability.SPEC,
     gemini.SPEC,
     sdwebui.SPEC,

@@ -17,6 +17,7 @@ from proxy.core.multipart import Part
 from proxy.core.plan import Plan
 from proxy.core.response import ImagesResult
 from proxy.core.rules import Channel, ChannelSchema
+from proxy.core.sse import Event
 
 
 @dataclass(frozen=True)
@@ -110,5 +111,10 @@ class AdapterSpec:
     # The provider takes input images only as bytes (base64), never as URLs: the shell downloads
     # a client's image URLs (guarded) and inlines them before `start` sees the plan.
     needs_image_bytes: bool = False
+    # Native streaming (`stream: true`): the call that opens the provider's SSE stream, and the mapping
+    # of each upstream event to OpenAI stream payloads (each sent as `event: <type>`). Channels without
+    # them stream by emulation: keep-alives while the work runs, then one completed event per image.
+    stream_call: Callable[[Job], Step] | None = None  # Send(the stream's call) or Fail
+    stream_events: Callable[[Job, Event], list[dict[str, Any]]] | None = None
     # Headers that authenticate a pass-through request on this channel; None: no pass-through here.
     auth_headers: Callable[[str | None], dict[str, str]] | None = None

@@ -12,6 +12,7 @@ Answer: `data[]` items keep `url` / `b64_json` / `revised_prompt`; `usage` and t
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
@@ -21,7 +22,8 @@ from proxy.core.multipart import Part, text_part
 from proxy.core.plan import EDIT, GENERATE, VARIATION
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import ChannelSchema
-from proxy.core.upstream_errors import error_from_response
+from proxy.core.sse import Event, error_payload, is_done
+from proxy.core.upstream_errors import error_from_response, scrub
 
 RESPONSE_EXTRAS = ("background", "output_format", "quality", "size")
 
@@ -67,6 +69,34 @@ def start(job: Job) -> Step:
     # Multipart: the shell sets the Content-Type with its boundary.
     headers = {**job.channel.headers, **auth_headers(job.api_key)}
     return Send(Call("POST", url, headers=headers, form=build_form(job)))
+
+
+def stream_call(job: Job) -> Step:
+    """The same request with `stream: true`: OpenAI answers with `<kind>.partial_image` / `.completed` events."""
+    step = start(job)
+    if not isinstance(step, Send):
+        return step
+    if step.call.json is not None:
+        return Send(replace(step.call, json={**step.call.json, "stream": True}))
+    return Send(replace(step.call, form=(*(step.call.form or ()), text_part("stream", "true"))))
+
+
+def stream_events(job: Job, event: Event) -> list[dict[str, Any]]:
+    """OpenAI's own events pass as they are; an upstream error event keeps OpenAI's nested shape."""
+    if is_done(event):
+        return []
+    try:
+        payload = json.loads(event.data)
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        broken = BadGateway(f"channel '{job.channel.name}' streamed an event that is not JSON", code="bad_upstream_response")
+        return [error_payload(broken.envelope())]
+    if "error" in payload and payload.get("type") in (None, "error"):
+        error = payload["error"] if isinstance(payload["error"], dict) else {"message": str(payload["error"])}
+        message = scrub(str(error.get("message", "")), (job.api_key,))
+        return [error_payload({"error": {**error, "message": message}})]
+    return [payload] if isinstance(payload.get("type"), str) else []
 
 
 def _image(item: Any) -> GeneratedImage:
@@ -122,4 +152,6 @@ SPEC = AdapterSpec(
     advance=advance,
     auth_headers=auth_headers,
     operations=frozenset({GENERATE, EDIT, VARIATION}),
+    stream_call=stream_call,
+    stream_events=stream_events,
 )

@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
-from proxy.adapters.base import Job
+from proxy.adapters import seedream
+from proxy.adapters.base import Job, Send, Step
 from proxy.adapters.seedream import classify
 from proxy.core.errors import BadGateway, ProxyError
 from proxy.core.plan import Plan
@@ -158,3 +160,19 @@ def map_event(
     if kind_of_event == FAILED or (kind_of_event in (None, "error") and isinstance(error, dict)):
         return [_error(_item_error(job, error if isinstance(error, dict) else {}), data.get("image_index"))]
     return []
+
+
+def stream_call(job: Job) -> Step:
+    """The usual Ark call, asking for the stream (Ark streams each image as it finishes)."""
+    step = seedream.start(job)
+    if not isinstance(step, Send) or step.call.json is None:
+        return step
+    return Send(replace(step.call, json=stream_body(step.call.json)))
+
+
+def stream_events(job: Job, event: Event) -> list[dict[str, Any]]:
+    return map_event(event, job=job)
+
+
+# The seedream channel type, with its native stream.
+SPEC = replace(seedream.SPEC, stream_call=stream_call, stream_events=stream_events)

@@ -36,6 +36,7 @@ class Plan:
     wants_async: bool = False
     rule: ModelRule = field(default_factory=lambda: ModelRule(pattern="", channels=()))
     operation: str = GENERATE
+    stream: bool = False
     uploads: tuple[Part, ...] = ()  # edits and variations: the client's image files, in order
     mask: Part | None = None
 
@@ -86,8 +87,14 @@ def build_plan(request: ImageRequest, rule: ModelRule) -> Plan:
     _check_size(request.model, options.get("size"), rule)
     _check_values(request.model, options, rule)
     fields = {name: value for name, value in options.items() if forwarded(name, rule)}
+    stream = bool(options.get("stream", False))
+    if stream and "partial_images" in options:
+        # Part of the streaming contract itself: it reaches channels that stream natively.
+        fields["partial_images"] = options["partial_images"]
     ignored = sorted(
-        name for name in request.options if not forwarded(name, rule) and name not in PROXY_FIELDS
+        name
+        for name in request.options
+        if not forwarded(name, rule) and name not in PROXY_FIELDS and not (stream and name == "partial_images")
     )
     return Plan(
         model=request.model,
@@ -100,4 +107,5 @@ def build_plan(request: ImageRequest, rule: ModelRule) -> Plan:
         retries=int(options.get("retries", 0)),
         wants_async=bool(options.get("async", False)),
         rule=rule,
+        stream=stream,
     )

@@ -29,6 +29,7 @@ class FormPart:
     def text(self) -> str:
         return self.data.decode()
 
+
 KEY = "sk-upstream-secret-0123456789"
 
 
@@ -70,6 +71,11 @@ class FakeOpenAI:
     file_content_type: str = "image/png"
     # Edits and variations: each request's multipart parts, as the fake's multipart reader saw them.
     forms: list[list[FormPart]] = field(default_factory=list)
+    # Streams: the last event waits for this gate (when set), so a test can prove events are not buffered.
+    stream_gate: asyncio.Event | None = None
+    stream_delay: float = 0.0
+    stream_error_after: int | None = None  # send an error event after this many partial images
+    stream_disconnected: asyncio.Event = field(default_factory=asyncio.Event)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -95,6 +101,8 @@ class FakeOpenAI:
             return web.json_response(body, status=status, headers=headers)
         body = received.json()
         model = str(body.get("model", "dall-e-2"))
+        if body.get("stream") is True:
+            return await self.stream(request, "image_generation", int(body.get("partial_images", 0)))
         if model.startswith("gpt-image") and "response_format" in body:
             return openai_error(400, "Unknown parameter: 'response_format'.", param="response_format", code="unknown_parameter")
         n = int(body.get("n", 1))
@@ -143,12 +151,56 @@ class FakeOpenAI:
         if not any(part.filename for part in parts if part.name in ("image", "image[]")):
             return openai_error(400, "Missing required parameter: 'image'.", param="image")
         model = fields.get("model", "dall-e-2")
+        if fields.get("stream") == "true":
+            return await self.stream(request, "image_edit", int(fields.get("partial_images", "0")))
         n = int(fields.get("n", "1"))
         if model.startswith("gpt-image") or fields.get("response_format") == "b64_json":
             items = [{"b64_json": base64.b64encode(self.image).decode()} for _ in range(n)]
         else:
             items = [{"url": f"{request.scheme}://{request.host}/files/edit-{index}.png"} for index in range(n)]
         return web.json_response({"created": 1700000001, "data": items})
+
+    async def stream(self, request: web.Request, kind: str, partials: int) -> web.StreamResponse:
+        """OpenAI's image stream: `<kind>.partial_image` events, then `<kind>.completed` with usage."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        b64 = base64.b64encode(self.image).decode()
+        common = {"background": "opaque", "created_at": 1700000002, "output_format": "png", "quality": "low", "size": "1024x1024"}
+        events: list[dict[str, Any]] = [
+            {"type": f"{kind}.partial_image", "b64_json": b64, "partial_image_index": index, **common}
+            for index in range(partials)
+        ]
+        events.append(
+            {
+                "type": f"{kind}.completed",
+                "b64_json": b64,
+                **common,
+                "usage": {"input_tokens": 5, "output_tokens": 100, "total_tokens": 105},
+            }
+        )
+        try:
+            for index, event in enumerate(events):
+                if self.stream_error_after is not None and index == self.stream_error_after:
+                    error = {
+                        "type": "error",
+                        "error": {
+                            "message": "The image could not be finished.",
+                            "type": "server_error",
+                            "param": None,
+                            "code": "image_generation_failed",
+                        },
+                    }
+                    await response.write(f"event: error\ndata: {json.dumps(error)}\n\n".encode())
+                    break
+                if index == len(events) - 1 and self.stream_gate is not None:
+                    await self.stream_gate.wait()
+                await asyncio.sleep(self.stream_delay)
+                await response.write(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+            await response.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.stream_disconnected.set()
+            raise
+        return response
 
     async def files(self, request: web.Request) -> web.Response:
         await self.recorder.record(request)

@@ -278,16 +278,6 @@ async def test_n_null_or_zero_means_one(make_proxy: Any, fake_openai: Any) -> No
     assert [item.json()["n"] for item in fake.recorder.received] == [1, 1]
 
 
-@pytest.mark.parametrize("field", ["stream"])
-async def test_modes_not_offered_yet_are_refused_clearly(make_proxy: Any, fake_openai: Any, field: str) -> None:
-    fake, upstream = fake_openai
-    client = await proxy_for(make_proxy, upstream)
-    status, body, _ = await generate(client, {"model": "gpt-image-1", "prompt": "p", field: True})
-    assert status == 400
-    assert body["error"]["param"] == field
-    assert fake.recorder.received == []
-
-
 async def test_sdk_url_and_b64_json(make_proxy: Any, fake_openai: Any) -> None:
     openai = pytest.importorskip("openai")
     fake, upstream = fake_openai

@@ -1,0 +1,246 @@
+"""Shell layer: `stream: true`. Server-Sent Events to the client, native or emulated, never buffered.
+
+Channels that stream natively (OpenAI-type, Seedream) are relayed event by event as the upstream sends
+them; each event passes through the adapter's mapper, and a final image is hosted when the client asked
+for `url` (an extension the stream format allows). Other channels stream by emulation: keep-alive
+comments while the work runs, so idle-timeout intermediaries (CDNs, load balancers) keep the
+connection, then one `<kind>.completed` event per image.
+
+The response is committed (status 200 sent) as late as possible: a failure before the first event is
+still an ordinary error response with its real status. After that, a failure is an `error` event and
+the stream ends. A client that goes away ends the handler, which closes the upstream stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from proxy.adapters.base import AdapterSpec, Fail, Job, Send, UpstreamResponse
+from proxy.core.errors import BadGateway, ProxyError
+from proxy.core.plan import EDIT, Plan
+from proxy.core.response import GeneratedImage, ImagesResult
+from proxy.core.rules import Rules, iter_usable
+from proxy.core.sse import KEEPALIVE, SSEParser, completed_event, error_payload, format_json_event
+from proxy.driver import Driver, generate, should_retry
+from proxy.finish import Delivery, Finisher, convert, deliver, measured_size
+from proxy.inputs import plan_for
+from proxy.upstream import MAX_ANSWER_BYTES, form_data, read_capped, transport_errors
+
+KEEPALIVE_EVERY = 5.0
+_CHUNK = 64 * 1024
+
+
+@dataclass
+class Sink:
+    """The client's side of the stream, opened on the first thing worth sending."""
+
+    request: web.Request
+    response: web.StreamResponse | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.response is not None
+
+    async def _open(self) -> web.StreamResponse:
+        if self.response is None:
+            response = web.StreamResponse(
+                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+            )
+            await response.prepare(self.request)
+            self.response = response
+        return self.response
+
+    async def send(self, payload: dict[str, Any]) -> None:
+        await (await self._open()).write(format_json_event(payload, event=str(payload.get("type"))))
+
+    async def keepalive(self) -> None:
+        await (await self._open()).write(KEEPALIVE)
+
+    async def close(self) -> web.StreamResponse:
+        response = await self._open()
+        await response.write_eof()
+        return response
+
+
+def event_kind(plan: Plan) -> str:
+    return "image_edit" if plan.operation == EDIT else "image_generation"
+
+
+def renamed(payload: dict[str, Any], kind: str) -> dict[str, Any]:
+    """Events carry the client's endpoint in their type: `/edits` streams `image_edit.*`."""
+    kind_of_event = payload.get("type")
+    if isinstance(kind_of_event, str) and kind_of_event.startswith("image_generation.") and kind == "image_edit":
+        return {**payload, "type": "image_edit." + kind_of_event.split(".", 1)[1]}
+    return payload
+
+
+async def finish_payload(payload: dict[str, Any], finisher: Finisher, delivery: Delivery) -> dict[str, Any]:
+    """A final image in the client's format; partial images stay base64 previews."""
+    if not str(payload.get("type", "")).endswith(".completed"):
+        return payload
+    image = GeneratedImage(b64_json=payload.get("b64_json"), url=payload.get("url"))
+    if image.b64_json is None and image.url is None:
+        return payload
+    converted = await convert(finisher, image, delivery)
+    out = {key: value for key, value in payload.items() if key not in ("b64_json", "url")}
+    if delivery.response_format in (None, "b64_json") and converted.b64_json is not None:
+        out["b64_json"] = converted.b64_json
+    if delivery.response_format in (None, "url") and converted.url is not None:
+        out["url"] = converted.url
+    return out
+
+
+def _request(driver: Driver, job: Job, step: Send) -> Any:
+    call = step.call
+    body: dict[str, Any] = {"json": call.json} if call.json is not None else {"data": form_data(call.form or ())}
+    # An idle-read timeout: a stream may run for minutes but must keep sending.
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=job.channel.timeout)
+    return driver.session.request(
+        call.method, call.url, headers=dict(call.headers), allow_redirects=False, timeout=timeout, **body
+    )
+
+
+async def _refusal(spec: AdapterSpec, job: Job, upstream: aiohttp.ClientResponse) -> ProxyError:
+    """The error for an upstream that answered the stream request with something other than a stream."""
+    body = await read_capped(upstream.content, MAX_ANSWER_BYTES, f"the answer of channel '{job.channel.name}'")
+    answer = UpstreamResponse(upstream.status, {name.lower(): value for name, value in upstream.headers.items()}, body)
+    outcome = spec.advance(job, None, answer)
+    if isinstance(outcome, Fail):
+        return outcome.error
+    return BadGateway(f"channel '{job.channel.name}' answered a stream request without a stream", code="bad_upstream_response")
+
+
+async def relay_native(
+    sink: Sink, driver: Driver, finisher: Finisher, delivery: Delivery, spec: AdapterSpec, job: Job, kind: str
+) -> None:
+    """Relay one upstream stream event by event; transport failures are the upstream's, never the client's."""
+    assert spec.stream_call is not None and spec.stream_events is not None
+    step = spec.stream_call(job)
+    if isinstance(step, Fail):
+        raise step.error
+    assert isinstance(step, Send)
+    channel, seconds = job.channel.name, job.channel.timeout
+    async with contextlib.AsyncExitStack() as stack:
+        async with transport_errors(channel, seconds):
+            upstream = await stack.enter_async_context(_request(driver, job, step))
+            if upstream.status != 200 or upstream.content_type != "text/event-stream":
+                raise await _refusal(spec, job, upstream)
+        parser = SSEParser()
+        chunks = upstream.content.iter_any().__aiter__()
+        while True:
+            async with transport_errors(channel, seconds):
+                chunk = await anext(chunks, None)
+            if chunk is None:
+                break
+            for event in parser.feed(chunk):
+                for payload in spec.stream_events(job, event):
+                    await sink.send(await finish_payload(renamed(payload, kind), finisher, delivery))
+                    if payload.get("type") == "error":
+                        return
+        if parser.pending:
+            raise BadGateway(f"channel '{channel}' ended its stream mid-event", code="upstream_stream_cut")
+
+
+def completed_payloads(result: ImagesResult, kind: str) -> list[dict[str, Any]]:
+    size = result.extra.get("size") or measured_size(result.images)
+    payloads = []
+    for index, image in enumerate(result.images):
+        last = index == len(result.images) - 1
+        payload = completed_event(
+            kind=kind,
+            b64_json=image.b64_json,
+            url=image.url,
+            created_at=result.created,
+            size=size,
+            quality=result.extra.get("quality"),
+            background=result.extra.get("background"),
+            output_format=result.extra.get("output_format"),
+            usage=result.usage if last else None,
+        )
+        if image.revised_prompt is not None:
+            payload["revised_prompt"] = image.revised_prompt
+        payloads.append(payload)
+    return payloads
+
+
+async def emulate(sink: Sink, work: Callable[[], Awaitable[ImagesResult]], kind: str) -> None:
+    """Keep the connection alive while a non-streaming channel works, then send its images."""
+    keepalive_every = KEEPALIVE_EVERY  # read at call time, so an operator (or a test) can tune it
+    task = asyncio.ensure_future(work())
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=keepalive_every)
+            if done:
+                break
+            await sink.keepalive()
+        for payload in completed_payloads(task.result(), kind):
+            await sink.send(payload)
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ProxyError):
+                await task
+
+
+def streams_natively(rules: Rules, plan: Plan, driver: Driver) -> bool:
+    """Whether the model's first channel has a native stream (then its failover list is the native ones)."""
+    first = next(iter_usable(rules, plan.rule), None)
+    return first is not None and driver.adapters[first.type].stream_call is not None
+
+
+async def stream(
+    request: web.Request,
+    rules: Rules,
+    driver: Driver,
+    finisher: Finisher,
+    plan: Plan,
+    client_key: str | None,
+    delivery: Delivery,
+) -> web.StreamResponse:
+    sink = Sink(request)
+    kind = event_kind(plan)
+
+    async def work() -> ImagesResult:
+        outcome = await generate(driver, rules, plan, client_key)
+        return await deliver(finisher, outcome.result, delivery)
+
+    try:
+        if streams_natively(rules, plan, driver):
+            await _native_with_failover(sink, rules, driver, finisher, delivery, plan, client_key, kind)
+        else:
+            await emulate(sink, work, kind)
+    except ProxyError as error:
+        if not sink.started:
+            raise
+        await sink.send(error_payload(error.envelope()))
+    return await sink.close()
+
+
+async def _native_with_failover(
+    sink: Sink, rules: Rules, driver: Driver, finisher: Finisher, delivery: Delivery, plan: Plan,
+    client_key: str | None, kind: str,
+) -> None:
+    """Native streams fail over like other requests, but only until the first event reached the client."""
+    last: ProxyError | None = None
+    channels = [channel for channel in iter_usable(rules, plan.rule) if driver.adapters[channel.type].stream_call is not None]
+    for channel in channels:
+        spec = driver.adapters[channel.type]
+        channel_plan = await plan_for(plan, spec, driver.inputs or driver.session, driver.download)
+        job = Job(channel_plan, channel, driver.key_for(channel, client_key))
+        try:
+            await relay_native(sink, driver, finisher, delivery, spec, job, kind)
+            return
+        except ProxyError as error:
+            if sink.started or not should_retry(error, channel):
+                raise
+            last = error
+    if last is not None:
+        raise last
+    raise BadGateway(f"no channel of model '{plan.model}' can stream", code="upstream_unavailable")

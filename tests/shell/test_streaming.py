@@ -1,0 +1,199 @@
+"""`stream: true` through the proxy: native relay without buffering, emulation, errors, disconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any
+
+import openai
+import pytest
+
+from proxy import streaming as streaming_shell
+from tests.fakes.kling import FakeKling
+from tests.fakes.openai import KEY, PNG, FakeOpenAI, tiny_png
+
+RULES = """
+channels:
+  openai:
+    type: openai
+    base_url: ${UPSTREAM}/v1
+    api_key: ${OPENAI_API_KEY}
+  kling:
+    type: kling
+    base_url: ${KLING}
+    api_key: ${KLING_ACCESS}:${KLING_SECRET}
+    poll_interval: 0.05
+    max_poll_interval: 0.05
+  local:
+    type: local
+models:
+  gpt-image-*:
+    channels: [openai]
+  kling-v2:
+    channels: [kling]
+  local-image:
+    channels: [local]
+"""
+
+
+async def proxy(make_proxy: Any, aiohttp_server: Any, fake: FakeOpenAI, kling: FakeKling | None = None) -> Any:
+    kling = kling or FakeKling()
+    env = {
+        "UPSTREAM": str((await aiohttp_server(fake.app())).make_url("")).rstrip("/"),
+        "OPENAI_API_KEY": KEY,
+        "KLING": str((await aiohttp_server(kling.app())).make_url("")).rstrip("/"),
+        "KLING_ACCESS": kling.access_key,
+        "KLING_SECRET": kling.secret_key,
+    }
+    return await make_proxy(RULES, env, cancel_on_disconnect=True)
+
+
+async def read_event(response: Any) -> tuple[str | None, dict[str, Any] | None]:
+    """The next event (name, JSON), skipping comments; (None, None) at the end."""
+    name: str | None = None
+    data: list[str] = []
+    while True:
+        line = (await response.content.readline()).decode()
+        if not line:
+            return None, None
+        line = line.rstrip("\n")
+        if line == "":
+            if data:
+                return name, json.loads("\n".join(data))
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(": ")
+        if field == "event":
+            name = value
+        elif field == "data":
+            data.append(value)
+
+
+async def test_events_reach_the_client_before_the_upstream_has_finished(make_proxy: Any, aiohttp_server: Any) -> None:
+    fake = FakeOpenAI(stream_gate=asyncio.Event())
+    client = await proxy(make_proxy, aiohttp_server, fake)
+    response = await client.post(
+        "/v1/images/generations", json={"model": "gpt-image-1.5", "prompt": "p", "stream": True, "partial_images": 2}
+    )
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    name, first = await asyncio.wait_for(read_event(response), timeout=5)
+    assert name == "image_generation.partial_image" and first is not None and first["partial_image_index"] == 0
+    assert fake.stream_gate is not None and not fake.stream_gate.is_set()  # the upstream is still holding its last event
+    fake.stream_gate.set()
+    _, second = await read_event(response)
+    name, last = await read_event(response)
+    assert second is not None and second["partial_image_index"] == 1
+    assert name == "image_generation.completed" and last is not None
+    assert base64.b64decode(last["b64_json"]) == PNG and last["usage"]["total_tokens"] == 105
+    assert await read_event(response) == (None, None)
+    sent = fake.recorder.received[0].json()
+    assert sent["stream"] is True and sent["partial_images"] == 2
+
+
+async def test_the_sdk_stream_iterator_consumes_the_proxy(make_proxy: Any, aiohttp_server: Any) -> None:
+    client = await proxy(make_proxy, aiohttp_server, FakeOpenAI())
+    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="unused", max_retries=0)
+    events = [
+        event async for event in await sdk.images.generate(model="gpt-image-1.5", prompt="p", stream=True, partial_images=1)
+    ]
+    assert [event.type for event in events] == ["image_generation.partial_image", "image_generation.completed"]
+    assert base64.b64decode(events[-1].b64_json) == PNG
+    await sdk.close()
+
+
+async def test_a_streamed_final_image_is_hosted_when_the_client_wants_urls(make_proxy: Any, aiohttp_server: Any) -> None:
+    client = await proxy(make_proxy, aiohttp_server, FakeOpenAI())
+    response = await client.post(
+        "/v1/images/generations", json={"model": "gpt-image-1.5", "prompt": "p", "stream": True, "response_format": "url"}
+    )
+    name, last = await read_event(response)
+    assert name == "image_generation.completed" and last is not None
+    assert "b64_json" not in last
+    hosted = await client.get(last["url"][last["url"].index("/images/") :])
+    assert await hosted.read() == PNG
+
+
+async def test_edits_stream_image_edit_events(make_proxy: Any, aiohttp_server: Any) -> None:
+    fake = FakeOpenAI()
+    client = await proxy(make_proxy, aiohttp_server, fake)
+    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="unused", max_retries=0)
+    stream = await sdk.images.edit(model="gpt-image-1.5", prompt="p", image=("a.png", tiny_png(), "image/png"), stream=True)
+    events = [event async for event in stream]
+    assert [event.type for event in events] == ["image_edit.completed"]
+    assert {part.name: part.text for part in fake.forms[0] if part.filename is None}["stream"] == "true"
+    await sdk.close()
+
+
+async def test_non_streaming_channels_are_emulated_with_keepalives(
+    make_proxy: Any, aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(streaming_shell, "KEEPALIVE_EVERY", 0.02)
+    kling = FakeKling(polls_before_done=4)
+    client = await proxy(make_proxy, aiohttp_server, FakeOpenAI(), kling)
+    response = await client.post("/v1/images/generations", json={"model": "kling-v2", "prompt": "p", "n": 2, "stream": True})
+    assert response.status == 200
+    text = (await response.read()).decode()
+    assert text.count(": keep-alive") >= 2
+    events = [json.loads(block.split("data: ", 1)[1]) for block in text.split("\n\n") if "data: " in block]
+    assert [event["type"] for event in events] == ["image_generation.completed"] * 2
+    assert "usage" not in events[0]
+
+
+async def test_emulated_stream_from_the_local_model(make_proxy: Any, aiohttp_server: Any) -> None:
+    client = await proxy(make_proxy, aiohttp_server, FakeOpenAI())
+    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="unused", max_retries=0)
+    events = [event async for event in await sdk.images.generate(model="local-image", prompt="p", size="64x64", stream=True)]
+    assert [event.type for event in events] == ["image_generation.completed"]
+    assert base64.b64decode(events[0].b64_json)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert events[0].size == "64x64"
+    await sdk.close()
+
+
+async def test_an_error_before_the_first_event_keeps_its_status(make_proxy: Any, aiohttp_server: Any) -> None:
+    fake = FakeOpenAI()
+    fake.failures.append((400, {"error": {"message": "Bad size.", "type": "invalid_request_error", "param": "size"}}, {}))
+    client = await proxy(make_proxy, aiohttp_server, fake)
+    response = await client.post("/v1/images/generations", json={"model": "gpt-image-1.5", "prompt": "p", "stream": True})
+    assert response.status == 400
+    assert (await response.json())["error"]["param"] == "size"
+
+
+async def test_an_error_mid_stream_is_an_error_event_then_the_end(make_proxy: Any, aiohttp_server: Any) -> None:
+    fake = FakeOpenAI(stream_error_after=1)
+    client = await proxy(make_proxy, aiohttp_server, fake)
+    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="unused", max_retries=0)
+    seen: list[str] = []
+    with pytest.raises(openai.APIError) as caught:
+        async for event in await sdk.images.generate(model="gpt-image-1.5", prompt="p", stream=True, partial_images=2):
+            seen.append(event.type)
+    assert seen == ["image_generation.partial_image"]
+    assert "could not be finished" in str(caught.value)
+    await sdk.close()
+
+
+async def test_a_client_that_leaves_mid_stream_closes_the_upstream(make_proxy: Any, aiohttp_server: Any) -> None:
+    fake = FakeOpenAI(stream_gate=asyncio.Event())
+    client = await proxy(make_proxy, aiohttp_server, fake)
+    response = await client.post(
+        "/v1/images/generations", json={"model": "gpt-image-1.5", "prompt": "p", "stream": True, "partial_images": 1}
+    )
+    name, _ = await read_event(response)
+    assert name == "image_generation.partial_image"
+    response.close()  # the client goes away while the upstream is still generating
+    await asyncio.sleep(0.2)
+    assert fake.stream_gate is not None
+    fake.stream_gate.set()
+    await asyncio.wait_for(fake.stream_disconnected.wait(), timeout=5)
+
+
+async def test_stream_and_async_together_are_refused(make_proxy: Any, aiohttp_server: Any) -> None:
+    client = await proxy(make_proxy, aiohttp_server, FakeOpenAI())
+    response = await client.post(
+        "/v1/images/generations", json={"model": "gpt-image-1.5", "prompt": "p", "stream": True, "async": True}
+    )
+    assert response.status == 400
+    assert (await response.json())["error"]["param"] == "stream"
