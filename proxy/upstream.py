@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import payload, web
+from aiohttp.abc import AbstractStreamWriter
 
 from proxy.adapters.base import Call, UpstreamResponse
 from proxy.core.errors import BadGateway, GatewayTimeout, ProxyError
@@ -23,6 +25,7 @@ from proxy.core.multipart import Part
 # An upstream answer that is parsed (JSON with base64 images) may be large, but not unbounded.
 MAX_ANSWER_BYTES = 128 * 1024 * 1024
 _CHUNK = 64 * 1024
+_SLICE = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,31 @@ async def read_capped(content: aiohttp.StreamReader, limit: int, what: str) -> b
     return b"".join(chunks)
 
 
+class UploadPayload(payload.Payload):
+    """An upload's own buffer, written in slices.
+
+    Handed to the transport whole, the part the socket cannot take at once would be copied into the
+    transport's buffer (a second copy of a 30 MB upload); in slices, with the writer's drain between
+    them, only a slice is ever pending.
+    """
+
+    def __init__(self, value: bytes | bytearray, **kwargs: Any) -> None:
+        super().__init__(value, **kwargs)
+        self._size = len(value)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return bytes(self._value).decode(encoding, errors)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(self, writer: AbstractStreamWriter, content_length: int | None) -> None:
+        view = memoryview(self._value)
+        end = len(view) if content_length is None else min(len(view), content_length)
+        for start in range(0, end, _SLICE):
+            await writer.write(view[start : min(start + _SLICE, end)])
+
+
 def form_data(parts: tuple[Part, ...]) -> aiohttp.FormData:
     """A streamed multipart body over the parts' own buffers (built per attempt: aiohttp consumes it once)."""
     form = aiohttp.FormData(quote_fields=False)
@@ -72,7 +100,8 @@ def form_data(parts: tuple[Part, ...]) -> aiohttp.FormData:
         if part.filename is None:
             form.add_field(part.name, part.data.decode("utf-8"), content_type=part.content_type)
         else:
-            form.add_field(part.name, part.data, filename=part.filename, content_type=part.content_type)
+            upload = UploadPayload(part.data, content_type=part.content_type or "application/octet-stream")
+            form.add_field(part.name, upload, filename=part.filename)
     return form
 
 

@@ -78,7 +78,7 @@ class FakeOpenAI:
     stream_disconnected: asyncio.Event = field(default_factory=asyncio.Event)
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(client_max_size=256 * 1024 * 1024)  # edits carry big uploads
         app.router.add_post("/v1/images/generations", self.generations)
         app.router.add_post("/v1/images/edits", self.multipart)
         app.router.add_post("/v1/images/variations", self.multipart)
