@@ -134,6 +134,9 @@ async def relay_native(
                 raise await _refusal(spec, job, upstream)
         parser = SSEParser()
         chunks = upstream.content.iter_any().__aiter__()
+        # A failed image among several (Seedream's partial_failed) is held back to the end: clients stop
+        # reading at an error event, and the images still to come were paid for too.
+        held: list[dict[str, Any]] = []
         while True:
             async with transport_errors(channel, seconds):
                 chunk = await anext(chunks, None)
@@ -141,11 +144,16 @@ async def relay_native(
                 break
             for event in parser.feed(chunk):
                 for payload in spec.stream_events(job, event):
+                    if payload.get("type") == "error" and "image_index" in payload:
+                        held.append(payload)
+                        continue
                     await sink.send(await finish_payload(renamed(payload, kind), finisher, delivery))
                     if payload.get("type") == "error":
                         return
         if parser.pending:
             raise BadGateway(f"channel '{channel}' ended its stream mid-event", code="upstream_stream_cut")
+        if held:
+            await sink.send(held[0])
 
 
 def completed_payloads(result: ImagesResult, kind: str) -> list[dict[str, Any]]:

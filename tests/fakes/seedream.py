@@ -10,6 +10,7 @@ tiny real PNG served by the same app under `/files/<name>.png`.
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,7 +99,25 @@ class FakeSeedream:
         data = [self._item(request, body, index) for index in range(count)]
         done = sum(1 for item in data if "error" not in item)
         usage = {"generated_images": done, "output_tokens": done * 16384, "total_tokens": done * 16384}
+        if body.get("stream") is True:
+            return await self._stream(request, body, data, usage)
         return web.json_response({"model": body["model"], "created": CREATED, "data": data, "usage": usage})
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], data: list[dict[str, Any]], usage: dict[str, Any]
+    ) -> web.StreamResponse:
+        """Ark's stream: one `partial_succeeded` / `partial_failed` event per image, `completed`, `[DONE]`."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for index, item in enumerate(data):
+            kind = "image_generation.partial_failed" if "error" in item else "image_generation.partial_succeeded"
+            event = {"type": kind, "model": body["model"], "created": CREATED, "image_index": index, **item}
+            await response.write(f"event: {kind}\ndata: {json.dumps(event)}\n\n".encode())
+        completed = {"type": "image_generation.completed", "model": body["model"], "created": CREATED, "usage": usage}
+        await response.write(f"event: image_generation.completed\ndata: {json.dumps(completed)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
 
     async def file(self, request: web.Request) -> web.Response:
         return web.Response(body=PNG, content_type="image/png")

@@ -139,3 +139,24 @@ async def test_seedream_absent_watermark_is_not_sent_and_urls_pass(make_proxy: A
     assert answer.data is not None and (answer.data[0].url or "").startswith("http://127.0.0.1")
     assert "watermark" not in ark.recorder.received[0].json()
     await sdk.close()
+
+
+async def test_seedream_native_stream_becomes_openai_events(make_proxy: Any, aiohttp_server: Any) -> None:
+    ark = FakeSeedream(moderate_items=frozenset({1}))
+    sdk = await shipped_proxy(make_proxy, aiohttp_server, FakeZhipu(), ark)
+    stream = await sdk.images.generate(
+        model="doubao-seedream-4.0",
+        prompt="three panels",
+        stream=True,
+        response_format="b64_json",
+        extra_body={"extra_body": {"sequential_image_generation": "auto", "sequential_image_generation_options": {"max_images": 3}}},
+    )
+    seen: list[str] = []
+    with pytest.raises(openai.APIError):
+        async for event in stream:
+            seen.append(event.type)
+            assert base64.b64decode(event.b64_json) == seedream_fake.PNG
+    # Images 0 and 2 arrive; the moderated image 1 is reported at the end, so nothing paid for is cut off.
+    assert seen == ["image_generation.completed", "image_generation.completed"]
+    assert ark.recorder.received[0].json()["stream"] is True
+    await sdk.close()
