@@ -149,7 +149,9 @@ async def test_seedream_native_stream_becomes_openai_events(make_proxy: Any, aio
         prompt="three panels",
         stream=True,
         response_format="b64_json",
-        extra_body={"extra_body": {"sequential_image_generation": "auto", "sequential_image_generation_options": {"max_images": 3}}},
+        extra_body={
+            "extra_body": {"sequential_image_generation": "auto", "sequential_image_generation_options": {"max_images": 3}}
+        },
     )
     seen: list[str] = []
     with pytest.raises(openai.APIError):
