@@ -37,6 +37,7 @@ from proxy.core.plan import EDIT, VARIATION, Plan, build_plan
 from proxy.core.request import parse_image_request, parse_json_object
 from proxy.core.response import render
 from proxy.core.rules import Rules
+from proxy.core.translate import with_revised_prompt
 from proxy.driver import Driver, generate
 from proxy.finish import IMAGE_ROUTE, Delivery, Finisher, deliver, metadata
 from proxy.inputs import make_input_session
@@ -156,7 +157,9 @@ async def produce(services: Services, plan: Plan, client_key: str | None, delive
     """The plan's images from its channels, in the client's format, as the ImagesResponse body."""
     outcome = await generate(services.driver, services.rules, plan, client_key)
     result = await deliver(services.finisher, outcome.result, delivery)
-    return render(result, int(time.time()), metadata(outcome, plan.model, plan.n))
+    result = with_revised_prompt(result, plan.client_prompt, plan.rule.translation)
+    served_by = plan.rule.upstream_for(outcome.channel, plan.model)
+    return render(result, int(time.time()), metadata(outcome, plan.model, served_by, plan.n))
 
 
 async def run_task(services: Services, record: TaskRecord, plan: Plan, client_key: str | None, delivery: Delivery) -> None:

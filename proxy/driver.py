@@ -265,7 +265,7 @@ async def generate(driver: Driver, rules: Rules, plan: Plan, client_key: str | N
             attempts += 1
             try:
                 spec = driver.adapters[channel.type]
-                channel_plan = await plan_for(plan, spec, driver.inputs or driver.session, driver.download)
+                channel_plan = await plan_for(plan, channel, spec, driver.inputs or driver.session, driver.download)
                 result, failed = await run_on_channel(driver, Job(channel_plan, channel, driver.key_for(channel, client_key)))
             except ProxyError as error:
                 if not should_retry(error, channel):

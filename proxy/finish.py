@@ -129,9 +129,10 @@ async def deliver(finisher: Finisher, result: ImagesResult, delivery: Delivery) 
     return replace(result, images=tuple(in_format(image, delivery.response_format) for image in images), extra=extra)
 
 
-def metadata(outcome: Outcome, model: str, wanted: int) -> dict[str, Any]:
-    """How the answer was made (seed 001's `metadata`): model, channel, attempts, and any missing images."""
-    meta: dict[str, Any] = {"model": model, "channel": outcome.channel, "attempts": outcome.attempts}
+def metadata(outcome: Outcome, model: str, upstream_model: str, wanted: int) -> dict[str, Any]:
+    """How the answer was made (seed 001's `metadata`): models, channel, attempts, and any missing images."""
+    meta: dict[str, Any] = {"model": model, "upstream_model": upstream_model, "channel": outcome.channel}
+    meta["attempts"] = outcome.attempts
     if outcome.failed:
         meta["failed"] = {
             "count": wanted - len(outcome.result.images),

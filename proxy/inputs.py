@@ -32,7 +32,7 @@ from proxy.core.errors import InvalidRequest, ProxyError
 from proxy.core.mime import sniff_image_type
 from proxy.core.multipart import Part
 from proxy.core.plan import EDIT, GENERATE, VARIATION, Plan, forwarded
-from proxy.core.rules import DownloadRules
+from proxy.core.rules import Channel, DownloadRules
 from proxy.upstream import read_capped, transport_errors
 
 MAX_REDIRECTS = 5
@@ -176,8 +176,11 @@ async def inline_urls(plan: Plan, session: aiohttp.ClientSession, download: Down
     return replace(plan, fields=fields)
 
 
-async def plan_for(plan: Plan, spec: AdapterSpec, session: aiohttp.ClientSession, download: DownloadRules) -> Plan:
+async def plan_for(
+    plan: Plan, channel: Channel, spec: AdapterSpec, session: aiohttp.ClientSession, download: DownloadRules
+) -> Plan:
     """The plan as this channel's adapter can take it, or InvalidRequest when it cannot."""
+    plan = replace(plan, upstream_model=plan.rule.upstream_for(channel.name, plan.model))
     if plan.operation not in spec.operations:
         if plan.operation == VARIATION:
             raise InvalidRequest(

@@ -240,7 +240,7 @@ async def _native_with_failover(
     channels = [channel for channel in iter_usable(rules, plan.rule) if driver.adapters[channel.type].stream_call is not None]
     for channel in channels:
         spec = driver.adapters[channel.type]
-        channel_plan = await plan_for(plan, spec, driver.inputs or driver.session, driver.download)
+        channel_plan = await plan_for(plan, channel, spec, driver.inputs or driver.session, driver.download)
         job = Job(channel_plan, channel, driver.key_for(channel, client_key))
         try:
             await relay_native(sink, driver, finisher, delivery, spec, job, kind)

@@ -17,6 +17,7 @@ from proxy.core.errors import InvalidRequest
 from proxy.core.multipart import Part
 from proxy.core.request import ImageRequest
 from proxy.core.rules import ALWAYS_FORWARDED, PROXY_FIELDS, ModelRule
+from proxy.core.translate import fold_prompt, translate_fields
 
 GENERATE = "generate"
 EDIT = "edit"
@@ -27,7 +28,7 @@ VARIATION = "variation"
 class Plan:
     model: str  # the name the client asked for
     upstream_model: str
-    prompt: str
+    prompt: str  # what the upstream gets (with any folded suffixes)
     n: int
     fields: Mapping[str, Any]  # what reaches the adapter, canonical values, absence kept
     response_format: str | None  # what the client gets; None: whatever the upstream answers
@@ -37,6 +38,7 @@ class Plan:
     rule: ModelRule = field(default_factory=lambda: ModelRule(pattern="", channels=()))
     operation: str = GENERATE
     stream: bool = False
+    client_prompt: str = ""  # the prompt as the client wrote it
     uploads: tuple[Part, ...] = ()  # edits and variations: the client's image files, in order
     mask: Part | None = None
 
@@ -86,7 +88,8 @@ def build_plan(request: ImageRequest, rule: ModelRule) -> Plan:
     _check_n(request, rule)
     _check_size(request.model, options.get("size"), rule)
     _check_values(request.model, options, rule)
-    fields = {name: value for name, value in options.items() if forwarded(name, rule)}
+    translation = rule.translation
+    fields = translate_fields({name: value for name, value in options.items() if forwarded(name, rule)}, translation)
     stream = bool(options.get("stream", False))
     if stream and "partial_images" in options:
         # Part of the streaming contract itself: it reaches channels that stream natively.
@@ -94,12 +97,15 @@ def build_plan(request: ImageRequest, rule: ModelRule) -> Plan:
     ignored = sorted(
         name
         for name in request.options
-        if not forwarded(name, rule) and name not in PROXY_FIELDS and not (stream and name == "partial_images")
+        if not forwarded(name, rule)
+        and name not in PROXY_FIELDS | translation.folded
+        and not (stream and name == "partial_images")
     )
     return Plan(
         model=request.model,
         upstream_model=rule.upstream_model or request.model,
-        prompt=request.prompt,
+        prompt=fold_prompt(request.prompt, options, translation),
+        client_prompt=request.prompt,
         n=request.n,
         fields=MappingProxyType(fields),
         response_format=options.get("response_format"),

@@ -17,7 +17,8 @@ import yaml
 from proxy.core.errors import InvalidRequest, NotFound
 from proxy.core.interpolate import interpolate
 from proxy.core.request import validate_option
-from proxy.core.sizes import normalise_size
+from proxy.core.sizes import normalise_size, parse_size
+from proxy.core.translate import ORIGINAL, UPSTREAM, Translation
 
 PASSTHROUGH_KEY = "passthrough"
 DEFAULT_MAX_N = 10
@@ -83,6 +84,12 @@ class ModelRule:
     max_n: int = DEFAULT_MAX_N
     passthrough: frozenset[str] = frozenset()
     values: Mapping[str, tuple[Any, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    translation: Translation = field(default_factory=Translation)
+    # Per-channel names for the upstream model (an alias served by several providers): channel -> name.
+    upstream_models: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def upstream_for(self, channel: str, requested: str) -> str:
+        return self.upstream_models.get(channel) or self.upstream_model or requested
 
     @property
     def is_glob(self) -> bool:
@@ -225,7 +232,10 @@ _SERVER_KEYS = frozenset(
 _CHANNEL_KEYS = frozenset(
     {"type", "base_url", "api_key", "timeout", "concurrency", "deadline", "retry_timeouts", "weight", "headers"}
 )
-_MODEL_KEYS = frozenset({"channels", "upstream_model", "defaults", "sizes", "max_n", "passthrough", "values"})
+_MODEL_KEYS = frozenset(
+    {"channels", "upstream_model", "defaults", "sizes", "max_n", "passthrough", "values"}
+    | {"translate", "upstream_sizes", "upstream_size_multiple", "prompt_suffix", "revised_prompt"}
+)
 
 
 def _load_server(reader: _Reader, data: Any) -> ServerRules:
@@ -381,6 +391,50 @@ def _load_values(reader: _Reader, path: str, data: Any) -> dict[str, tuple[Any, 
     return values
 
 
+def _load_upstream(reader: _Reader, path: str, value: Any, channels: list[str]) -> tuple[str | None, dict[str, str]]:
+    """`upstream_model: name`, or `{channel: name, ...}` for an alias served under other names elsewhere."""
+    if value is None:
+        return None, {}
+    if not isinstance(value, dict):
+        return reader.string(path, value)[0] or None, {}
+    per_channel: dict[str, str] = {}
+    for channel, name in reader.mapping(path, value).items():
+        if channel not in channels:
+            reader.problem(f"{path}.{channel}", f"'{channel}' is not one of this model's channels")
+        per_channel[channel] = reader.string(f"{path}.{channel}", name)[0]
+    return None, per_channel
+
+
+def _load_translation(reader: _Reader, path: str, raw: Mapping[str, Any]) -> Translation:
+    values: dict[str, dict[Any, Any]] = {}
+    for key, mapping in reader.mapping(f"{path}.translate", raw.get("translate")).items():
+        if not isinstance(mapping, dict):
+            reader.problem(f"{path}.translate.{key}", "expected a mapping of values")
+            continue
+        values[key] = dict(mapping)
+    sizes = _load_sizes(reader, f"{path}.upstream_sizes", raw.get("upstream_sizes")) or ()
+    parsed = tuple(size for text in sizes if (size := parse_size(text)) is not None)
+    multiple = raw.get("upstream_size_multiple")
+    if multiple is not None:
+        multiple = _integer(reader, path, raw, "upstream_size_multiple", 16, 1)
+    suffixes: dict[str, dict[Any, str]] = {}
+    for key, texts in reader.mapping(f"{path}.prompt_suffix", raw.get("prompt_suffix")).items():
+        if not isinstance(texts, dict) or not all(isinstance(text, str) for text in texts.values()):
+            reader.problem(f"{path}.prompt_suffix.{key}", "expected a mapping of values to suffix texts")
+            continue
+        suffixes[key] = dict(texts)
+    revised = raw.get("revised_prompt", UPSTREAM)
+    if revised not in (UPSTREAM, ORIGINAL):
+        reader.problem(f"{path}.revised_prompt", f"expected '{UPSTREAM}' or '{ORIGINAL}', got {revised!r}")
+    return Translation(
+        values=MappingProxyType(values),
+        upstream_sizes=parsed,
+        size_multiple=multiple,
+        prompt_suffix=MappingProxyType(suffixes),
+        revised_prompt=str(revised),
+    )
+
+
 def _load_model(reader: _Reader, pattern: str, data: Any, channels: Mapping[str, Channel | None]) -> ModelRule | None:
     path = f"models.{pattern}"
     raw = reader.mapping(path, data, _MODEL_KEYS)
@@ -395,19 +449,22 @@ def _load_model(reader: _Reader, pattern: str, data: Any, channels: Mapping[str,
     if sizes is not None and "size" in defaults and defaults["size"] not in sizes:
         reader.problem(f"{path}.defaults.size", f"'{defaults['size']}' is not one of the model's sizes")
     passthrough = frozenset(reader.string_list(f"{path}.passthrough", raw.get("passthrough")))
+    translation = _load_translation(reader, path, raw)
     for key in defaults:
-        if key not in ALWAYS_FORWARDED | PROXY_FIELDS | passthrough:
+        if key not in ALWAYS_FORWARDED | PROXY_FIELDS | passthrough | translation.folded:
             reader.problem(f"{path}.defaults.{key}", f"'{key}' is never sent upstream: add it to passthrough")
     values = _load_values(reader, f"{path}.values", raw.get("values"))
     for key, allowed in values.items():
         if key in defaults and defaults[key] not in allowed:
             reader.problem(f"{path}.defaults.{key}", f"'{defaults[key]}' is not one of the model's values for {key}")
     max_n = reader.number(f"{path}.max_n", raw.get("max_n", DEFAULT_MAX_N), minimum=1, integer=True)
-    upstream = reader.string(f"{path}.upstream_model", raw["upstream_model"])[0] if "upstream_model" in raw else None
+    upstream, per_channel = _load_upstream(reader, f"{path}.upstream_model", raw.get("upstream_model"), names)
     return ModelRule(
         pattern=pattern,
         channels=tuple(names),
         upstream_model=upstream or None,
+        upstream_models=MappingProxyType(per_channel),
+        translation=translation,
         defaults=MappingProxyType(defaults),
         sizes=sizes,
         max_n=int(max_n or DEFAULT_MAX_N),

@@ -57,6 +57,7 @@ def test_dalle3_plan_with_defaults() -> None:
         retries=0,
         wants_async=False,
         rule=DALLE3,
+        client_prompt="a lighthouse",
     )
 
 

@@ -73,6 +73,11 @@ models:
 
 ENV = {"CLIENT_KEY": "client-key-1", "OPENAI_API_KEY": SECRET}
 
+MODEL_KEYS = (
+    "channels, defaults, max_n, passthrough, prompt_suffix, revised_prompt, sizes, translate, upstream_model, "
+    "upstream_size_multiple, upstream_sizes, values"
+)
+
 
 def _problems(text: str, env: dict[str, str] | None = None) -> list[RuleProblem]:
     with pytest.raises(RulesError) as info:
@@ -157,7 +162,8 @@ def test_the_shipped_rules_file_loads() -> None:
     with open("rules.yaml", encoding="utf-8") as handle:
         rules = parse_rules(handle.read(), {"OPENAI_API_KEY": SECRET}, SCHEMAS)
     assert rules.match_model("dall-e-3").max_n == 1
-    assert rules.match_model("gpt-image-1").pattern == "gpt-image-*"
+    assert rules.match_model("gpt-image-1.5").pattern == "gpt-image-*"
+    assert rules.match_model("gpt-image-1").upstream_model == "gpt-image-1.5"  # retired: served by a current model
     assert rules.channels["openai"].base_url == "https://api.openai.com/v1"
 
 
@@ -278,7 +284,7 @@ def test_unknown_model_key_is_a_typo_error() -> None:
         """
     )
     assert problem.path == "models.m.size"
-    assert problem.message == "unknown key (known: channels, defaults, max_n, passthrough, sizes, upstream_model, values)"
+    assert problem.message == f"unknown key (known: {MODEL_KEYS})"
 
 
 def test_unknown_channel_key() -> None:
@@ -480,7 +486,7 @@ def test_several_problems_are_reported_together() -> None:
     assert [str(problem) for problem in problems] == [
         "bogus: unknown key (known: channels, default_channel, models, server)",
         f"channels.up.type: unknown adapter type 'openaii' (known: {_known_types()})",
-        "models.m.size: unknown key (known: channels, defaults, max_n, passthrough, sizes, upstream_model, values)",
+        f"models.m.size: unknown key (known: {MODEL_KEYS})",
         "models.m.channels[1]: unknown channel 'missing' (known: local, up)",
         "models.m.sizes[1]: 'wide' is not WxH (e.g. 1024x1024) or 'auto'",
         "models.m.defaults.size: '512x512' is not one of the model's sizes",

@@ -63,7 +63,7 @@ async def test_async_answers_at_once_then_serves_the_result(make_proxy: Any, aio
     response, done = await poll(client, first["task_id"], A, "succeed")
     assert response.status == 200
     assert done["task_status"] == "succeed" and done["task_id"] == first["task_id"]
-    assert done["metadata"] == {"model": "gpt-image-1.5", "channel": "openai", "attempts": 1}
+    assert done["metadata"] == {"model": "gpt-image-1.5", "upstream_model": "gpt-image-1.5", "channel": "openai", "attempts": 1}
     url = done["data"][0]["url"]
     assert set(done["data"][0]) == {"url"}
     image = await client.get(url[url.index("/images/") :])

@@ -88,7 +88,7 @@ async def test_failover_moves_to_the_next_channel_and_says_so(make_proxy: Any, a
     primary.failures.append(server_error())
     status, body, _ = await post(client, "pair")
     assert status == 200
-    assert body["metadata"] == {"model": "pair", "channel": "backup", "attempts": 2}
+    assert body["metadata"] == {"model": "pair", "upstream_model": "gpt-image-1.5", "channel": "backup", "attempts": 2}
     assert len(primary.recorder.received) == 1 and len(backup.recorder.received) == 1
     assert backup.recorder.received[0].json()["model"] == "gpt-image-1.5"
 
@@ -219,7 +219,7 @@ async def test_channels_without_their_key_are_skipped_or_named(make_proxy: Any, 
     client, _, backup = await setup(make_proxy, aiohttp_server)
     status, body, _ = await post(client, "skips-keyless")
     assert status == 200
-    assert body["metadata"] == {"model": "skips-keyless", "channel": "backup", "attempts": 1}
+    assert body["metadata"] == {"model": "skips-keyless", "upstream_model": "gpt-image-1.5", "channel": "backup", "attempts": 1}
     status, body, _ = await post(client, "unavailable")
     assert status == 503
     assert body["error"]["code"] == "channel_unavailable"
@@ -241,7 +241,7 @@ async def test_rate_limit_fails_over_to_the_next_channel(make_proxy: Any, aiohtt
     primary.failures.append((429, limited, {"Retry-After": "30"}))
     status, body, _ = await post(client, "pair")
     assert status == 200
-    assert body["metadata"] == {"model": "pair", "channel": "backup", "attempts": 2}
+    assert body["metadata"] == {"model": "pair", "upstream_model": "gpt-image-1.5", "channel": "backup", "attempts": 2}
     assert len(primary.recorder.received) == 1 and len(backup.recorder.received) == 1
 
 

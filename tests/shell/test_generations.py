@@ -75,7 +75,7 @@ async def test_dall_e_3_defaults_reach_the_upstream_with_the_channel_key(make_pr
     assert sent.header("Authorization") == f"Bearer {KEY}"
     assert CLIENT_KEY not in json.dumps(sent.headers)
     assert body["data"][0]["url"].startswith(upstream + "/files/")
-    assert body["metadata"] == {"model": "dall-e-3", "channel": "openai", "attempts": 1}
+    assert body["metadata"] == {"model": "dall-e-3", "upstream_model": "dall-e-3", "channel": "openai", "attempts": 1}
     assert body["created"] == 1700000000
 
 
