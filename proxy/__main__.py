@@ -19,9 +19,11 @@ from pathlib import Path
 
 from aiohttp import web
 
+from proxy import __version__
 from proxy.adapters import SCHEMAS
 from proxy.app import log_startup, make_app
 from proxy.core.rules import Rules, RulesError, parse_rules
+from proxy.observe import JsonFormatter
 
 EXIT_BAD_RULES = 2
 
@@ -32,6 +34,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument("--rules", default=env.get("PROXY_RULES", "rules.yaml"), help="rules file (env PROXY_RULES)")
     parser.add_argument("--host", default=env.get("PROXY_HOST", "127.0.0.1"), help="listen address (env PROXY_HOST)")
     parser.add_argument("--port", type=int, default=env.get("PROXY_PORT", "8080"), help="listen port (env PROXY_PORT)")
+    parser.add_argument(
+        "--log-format",
+        choices=("json", "text"),
+        default=env.get("PROXY_LOG_FORMAT", "json"),
+        help="log lines as JSON objects (default) or plain text (env PROXY_LOG_FORMAT)",
+    )
     return parser
 
 
@@ -64,18 +72,53 @@ def check(rules: Rules, path: str) -> int:
     return 0
 
 
+def configure_logging(log_format: str) -> None:
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+
+
+def banner(rules: Rules, path: str, host: str, port: int) -> str:
+    """What an operator wants to see first: where it listens, what it serves, what is missing."""
+    lines = [f"imagegate {__version__} listening on http://{host}:{port}", f"  rules     {path}"]
+    lines.append(
+        f"  models    {len(rules.models)}: {', '.join(rule.pattern for rule in rules.models[:12])}"
+        + (", ..." if len(rules.models) > 12 else "")
+    )
+    ready = [name for name, channel in rules.channels.items() if channel.usable]
+    missing = [f"{name} ({', '.join(channel.missing_key)})" for name, channel in rules.channels.items() if not channel.usable]
+    lines.append(f"  channels  ready: {', '.join(ready) or 'none'}")
+    if missing:
+        lines.append(f"            no credentials: {', '.join(missing)}")
+    lines.append(f"  auth      {'on' if rules.server.api_keys else 'OFF: server.api_keys is empty, anyone may call'}")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
     args = build_parser(env).parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_format)
     rules = load_or_report(args.rules, env)
     if rules is None:
         return EXIT_BAD_RULES
     if args.command == "check":
         return check(rules, args.rules)
+    print(banner(rules, args.rules, args.host, args.port), file=sys.stderr, flush=True)
     log_startup(rules)
-    # handler_cancellation: a client that disconnects from a sync generation cancels the upstream work.
-    web.run_app(make_app(rules), host=args.host, port=args.port, shutdown_timeout=30.0, handler_cancellation=True)
+    web.run_app(
+        make_app(rules, rules_path=args.rules),
+        host=args.host,
+        port=args.port,
+        # In-flight generations and streams get minutes to finish on SIGTERM, not aiohttp's default.
+        shutdown_timeout=rules.server.shutdown_grace,
+        # A client that disconnects from a sync generation cancels the upstream work it started.
+        handler_cancellation=True,
+        access_log=None,  # one JSON access line per request comes from proxy.middleware
+        print=None,
+    )
     return 0
 
 

@@ -16,22 +16,15 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from proxy.adapters import ADAPTERS
-from proxy.core.errors import (
-    AuthenticationFailed,
-    InvalidRequest,
-    NotFound,
-    PayloadTooLarge,
-    ProxyError,
-    ServiceUnavailable,
-)
+from proxy.core.errors import InvalidRequest, NotFound, ProxyError, ServiceUnavailable
 from proxy.core.form import coerce_fields
 from proxy.core.plan import EDIT, VARIATION, Plan, build_plan
 from proxy.core.request import parse_image_request, parse_json_object
@@ -41,7 +34,12 @@ from proxy.core.translate import with_revised_prompt
 from proxy.driver import Driver, generate
 from proxy.finish import IMAGE_ROUTE, Delivery, Finisher, deliver, metadata
 from proxy.inputs import make_input_session
+from proxy.metrics import make_metrics
+from proxy.middleware import access_middleware, add_request_id, auth_middleware, error_middleware
+from proxy.observe import note
+from proxy.ops import healthz, metrics_endpoint, on_shutdown, readyz, watch_reload_signal
 from proxy.passthrough import relay
+from proxy.services import CLIENT_KEY, RULES, RULES_PATH, SERVICES, STORE, TASK_STORE, Services
 from proxy.store import FileImageStore, ImageStore, default_directory
 from proxy.streaming import stream
 from proxy.tasks import FAILED, RUNNING, MemoryTaskStore, TaskRecord, TaskStore, failed, finished, new_record, owner_of
@@ -50,98 +48,9 @@ from proxy.upstream import SESSION, make_session
 
 log = logging.getLogger("imagegate")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-
-@dataclass(frozen=True)
-class Services:
-    """What handlers use, made once at start-up (stored under an AppKey)."""
-
-    rules: Rules
-    driver: Driver
-    finisher: Finisher
-    store: ImageStore
-    tasks: TaskStore
-    background: set[asyncio.Task[None]]
-
-
-RULES = web.AppKey("rules", Rules)
-SERVICES = web.AppKey("services", Services)
-STORE = web.AppKey("store", ImageStore)
-TASK_STORE = web.AppKey("task_store", TaskStore)
-CLIENT_KEY = web.RequestKey("client_key", str)  # "" when the client sent none
 IGNORED_HEADER = "X-Imagegate-Ignored-Params"
 SWEEP_EVERY = 300.0
-# How long shutdown waits for async tasks still generating (their results are paid for).
-SHUTDOWN_GRACE = 30.0
-
-
-# -- errors ---------------------------------------------------------------------------------------
-
-
-def error_response(error: ProxyError) -> web.Response:
-    return web.json_response(error.envelope(), status=error.status, headers=error.headers())
-
-
-def _from_http_exception(exc: web.HTTPException) -> ProxyError:
-    if isinstance(exc, web.HTTPRequestEntityTooLarge):
-        return PayloadTooLarge("The request body is too large.", code="request_too_large")
-    if isinstance(exc, web.HTTPNotFound):
-        return NotFound("Unknown request URL.", code="unknown_url")
-    return ProxyError(exc.reason, status=exc.status, type="invalid_request_error")
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure leaves as the OpenAI envelope; unexpected ones are logged and become a plain 500."""
-    try:
-        return await handler(request)
-    except ProxyError as error:
-        return error_response(error)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return error_response(_from_http_exception(exc))
-    except (asyncio.CancelledError, ConnectionResetError):
-        raise
-    except Exception:
-        log.exception("unexpected error on %s %s", request.method, request.path)
-        return error_response(ProxyError("The proxy failed to handle the request.", code="internal_error"))
-
-
-# -- auth -----------------------------------------------------------------------------------------
-
-
-def presented_key(header: str) -> str | None:
-    """The client's key: `Bearer <key>`, or the bare key as seed 001's own curl example sends it."""
-    value = header.strip()
-    if not value:
-        return None
-    scheme, _, rest = value.partition(" ")
-    if scheme.lower() == "bearer":
-        return rest.strip() or None
-    return value
-
-
-def key_allowed(key: str | None, allowed: tuple[str, ...]) -> bool:
-    if key is None:
-        return False
-    # Compare against every key, always, so timing does not reveal which prefix matched.
-    matches = [hmac.compare_digest(key.encode(), candidate.encode()) for candidate in allowed]
-    return any(matches)
-
-
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Client keys guard `/v1/*`; hosted images are not guarded (their unguessable name is the credential)."""
-    allowed = request.app[RULES].server.api_keys
-    key = presented_key(request.headers.get("Authorization", ""))
-    request[CLIENT_KEY] = key or ""
-    if allowed and request.path.startswith("/v1/") and not key_allowed(key, allowed):
-        raise AuthenticationFailed(
-            "Incorrect API key provided." if key else "You didn't provide an API key.", code="invalid_api_key"
-        )
-    return await handler(request)
 
 
 # -- handlers -------------------------------------------------------------------------------------
@@ -164,6 +73,16 @@ async def produce(services: Services, plan: Plan, client_key: str | None, delive
 
 async def run_task(services: Services, record: TaskRecord, plan: Plan, client_key: str | None, delivery: Delivery) -> None:
     """An async task's whole life; nothing the client does afterwards cancels it."""
+    if services.metrics is not None:
+        services.metrics.async_tasks.inc()
+    try:
+        await _run_task(services, record, plan, client_key, delivery)
+    finally:
+        if services.metrics is not None:
+            services.metrics.async_tasks.dec()
+
+
+async def _run_task(services: Services, record: TaskRecord, plan: Plan, client_key: str | None, delivery: Delivery) -> None:
     await services.tasks.put(replace(record, status=RUNNING))
     try:
         body = await produce(services, plan, client_key, delivery)
@@ -190,6 +109,9 @@ async def respond(request: web.Request, plan: Plan) -> web.StreamResponse:
     rules = services.rules
     headers = {IGNORED_HEADER: ", ".join(plan.ignored)} if plan.ignored else {}
     client_key = request[CLIENT_KEY] or None
+    note(model=plan.model, rule=plan.rule.pattern, n=plan.n, operation=plan.operation, stream=plan.stream or None)
+    if rules.server.log_prompts:
+        note(prompt=plan.client_prompt)
     if plan.stream and plan.wants_async:
         raise InvalidRequest("`stream` and `async` cannot be combined: choose one.", param="stream", code="invalid_value")
     if plan.stream:
@@ -251,6 +173,9 @@ async def hosted_image(request: web.Request) -> web.StreamResponse:
     if stored is None:
         raise NotFound("The image does not exist or has expired.", code="image_not_found")
     response = web.FileResponse(stored.path, headers={"Content-Type": stored.content_type})
+    metrics = request.app[SERVICES].metrics
+    if metrics is not None:
+        metrics.image_bytes.inc(stored.path.stat().st_size)
     # The name is unguessable and the bytes never change: caches may keep them for the image's life.
     response.headers["Cache-Control"] = f"private, max-age={request.app[SERVICES].store.ttl}"
     return response
@@ -302,13 +227,14 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[SESSION] = session
     store = app[STORE] if STORE in app else make_store(rules)
     tasks = app[TASK_STORE] if TASK_STORE in app else MemoryTaskStore()
+    metrics = make_metrics()
     services = Services(
         rules=rules,
-        driver=Driver(session=session, adapters=ADAPTERS, inputs=inputs, download=rules.server.download),
+        driver=Driver(session=session, adapters=ADAPTERS, inputs=inputs, download=rules.server.download, metrics=metrics),
         finisher=Finisher(session=session, store=store, download=rules.server.download),
         store=store,
         tasks=tasks,
-        background=set(),
+        metrics=metrics,
     )
     app[SERVICES] = services
     sweeper = asyncio.create_task(_sweep_forever(store, tasks))
@@ -316,7 +242,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     sweeper.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await sweeper
-    await _drain(services.background | services.driver.background, SHUTDOWN_GRACE)
+    # Async tasks were paid for: they get the same grace as in-flight requests.
+    await _drain(services.background | services.driver.background, services.rules.server.shutdown_grace)
     await tasks.close()
     await inputs.close()
     await session.close()
@@ -329,17 +256,27 @@ def log_startup(rules: Rules) -> None:
         log.warning("server.api_keys is empty: the proxy accepts requests without a key")
 
 
-def make_app(rules: Rules, *, store: ImageStore | None = None, tasks: TaskStore | None = None) -> web.Application:
+def make_app(
+    rules: Rules, *, store: ImageStore | None = None, tasks: TaskStore | None = None, rules_path: str | None = None
+) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware],
+        middlewares=[access_middleware, error_middleware, auth_middleware],
         client_max_size=rules.server.max_request_bytes,
     )
     app[RULES] = rules
+    if rules_path is not None:
+        app[RULES_PATH] = rules_path
     if store is not None:
         app[STORE] = store
     if tasks is not None:
         app[TASK_STORE] = tasks
     app.cleanup_ctx.append(_services)
+    app.cleanup_ctx.append(watch_reload_signal)
+    app.on_shutdown.append(on_shutdown)
+    app.on_response_prepare.append(add_request_id)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_post("/v1/images/generations", generations)
     app.router.add_get("/v1/images/generations/{task_id}", task_status)
     app.router.add_post("/v1/images/edits", edits)

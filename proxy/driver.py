@@ -31,6 +31,8 @@ from proxy.core.plan import Plan
 from proxy.core.response import ImagesResult
 from proxy.core.rules import Channel, DownloadRules, Rules, iter_usable
 from proxy.inputs import plan_for
+from proxy.metrics import Metrics
+from proxy.observe import note, upstream_call_took
 from proxy.upstream import send
 
 log = logging.getLogger("imagegate.driver")
@@ -63,6 +65,7 @@ class Driver:
     # For client-chosen image URLs only: its resolver refuses private addresses (proxy.inputs).
     inputs: aiohttp.ClientSession | None = None
     download: DownloadRules = field(default_factory=DownloadRules)
+    metrics: Metrics | None = None
     clock: Callable[[], float] = time.time
     limits: dict[str, asyncio.Semaphore] = field(default_factory=dict)
     credentials: dict[str, tuple[str, float]] = field(default_factory=dict)
@@ -108,10 +111,22 @@ async def _steps(driver: Driver, spec: AdapterSpec, job: Job, progress: list[Any
             response = await _poll(driver, step.call, job.channel)
         else:
             assert isinstance(step, Send)
-            response = await send(driver.session, step.call, channel=job.channel.name, timeout=job.channel.timeout)
+            response = await timed_send(driver, step.call, job.channel)
         step = spec.advance(job, step.state, response)
         progress[0] = getattr(step, "state", progress[0])
     raise BadGateway(f"channel '{job.channel.name}' did not finish after {MAX_STEPS} calls", code="upstream_stalled")
+
+
+async def timed_send(driver: Driver, call: Call, channel: Channel, timeout: float | None = None) -> UpstreamResponse:
+    """One upstream call, timed for the access line and the latency histogram."""
+    started = time.perf_counter()
+    try:
+        return await send(driver.session, call, channel=channel.name, timeout=channel.timeout if timeout is None else timeout)
+    finally:
+        elapsed = time.perf_counter() - started
+        upstream_call_took(elapsed)
+        if driver.metrics is not None:
+            driver.metrics.upstream_seconds.labels(channel.name).observe(elapsed)
 
 
 async def _poll(driver: Driver, call: Call, channel: Channel) -> UpstreamResponse:
@@ -120,7 +135,7 @@ async def _poll(driver: Driver, call: Call, channel: Channel) -> UpstreamRespons
     attempt = 0
     while True:
         try:
-            return await send(driver.session, call, channel=channel.name, timeout=channel.timeout)
+            return await timed_send(driver, call, channel)
         except ProxyError as error:
             if not error.retryable or attempt >= POLL_TRANSPORT_RETRIES:
                 error.retryable = False
@@ -131,7 +146,7 @@ async def _poll(driver: Driver, call: Call, channel: Channel) -> UpstreamRespons
 
 async def _send_cancel(driver: Driver, call: Call, channel: Channel) -> None:
     try:
-        await send(driver.session, call, channel=channel.name, timeout=CANCEL_TIMEOUT)
+        await timed_send(driver, call, channel, CANCEL_TIMEOUT)
     except ProxyError as error:
         log.warning("could not cancel an abandoned task on channel %s: %s", channel.name, error.code)
 
@@ -263,6 +278,11 @@ async def generate(driver: Driver, rules: Rules, plan: Plan, client_key: str | N
             await asyncio.sleep(_backoff(last, round_number - 1))
         for channel in channels:
             attempts += 1
+            note(rule=plan.rule.pattern, channel=channel.name, attempts=attempts)
+            if driver.metrics is not None:
+                driver.metrics.attempts.labels(plan.rule.pattern).inc()
+                if attempts > 1:
+                    driver.metrics.failovers.labels(plan.rule.pattern).inc()
             try:
                 spec = driver.adapters[channel.type]
                 channel_plan = await plan_for(plan, channel, spec, driver.inputs or driver.session, driver.download)

@@ -19,7 +19,7 @@ from multidict import CIMultiDict
 from proxy.adapters.base import AdapterSpec
 from proxy.core.errors import NotFound
 from proxy.core.rules import Channel
-from proxy.upstream import transport_errors
+from proxy.upstream import transport_errors, with_request_id
 
 # RFC 9110 §7.6.1 connection-specific fields, plus Host (the upstream's own is set by the client lib).
 HOP_BY_HOP = frozenset(
@@ -81,6 +81,7 @@ async def relay(
     headers = forward_headers(request.headers.items(), _named_in_connection(request.headers), CLIENT_AUTH)
     headers.update(channel.headers)
     headers.update(_channel_auth(spec, channel, client_key))
+    headers.update(with_request_id(headers))
     body = request.content if request.body_exists else None
     # An idle read timeout rather than a total: a streamed chat answer may legitimately run for minutes.
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=channel.timeout)

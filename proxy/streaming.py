@@ -31,7 +31,8 @@ from proxy.core.sse import KEEPALIVE, SSEParser, completed_event, error_payload,
 from proxy.driver import Driver, generate, should_retry
 from proxy.finish import Delivery, Finisher, convert, deliver, measured_size
 from proxy.inputs import plan_for
-from proxy.upstream import MAX_ANSWER_BYTES, form_data, read_capped, transport_errors
+from proxy.observe import note
+from proxy.upstream import MAX_ANSWER_BYTES, form_data, read_capped, transport_errors, with_request_id
 
 KEEPALIVE_EVERY = 5.0
 _CHUNK = 64 * 1024
@@ -103,7 +104,7 @@ def _request(driver: Driver, job: Job, step: Send) -> Any:
     # An idle-read timeout: a stream may run for minutes but must keep sending.
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=job.channel.timeout)
     return driver.session.request(
-        call.method, call.url, headers=dict(call.headers), allow_redirects=False, timeout=timeout, **body
+        call.method, call.url, headers=with_request_id(call.headers), allow_redirects=False, timeout=timeout, **body
     )
 
 
@@ -239,6 +240,7 @@ async def _native_with_failover(
     last: ProxyError | None = None
     channels = [channel for channel in iter_usable(rules, plan.rule) if driver.adapters[channel.type].stream_call is not None]
     for channel in channels:
+        note(rule=plan.rule.pattern, channel=channel.name)
         spec = driver.adapters[channel.type]
         channel_plan = await plan_for(plan, channel, spec, driver.inputs or driver.session, driver.download)
         job = Job(channel_plan, channel, driver.key_for(channel, client_key))

@@ -21,6 +21,7 @@ from proxy.adapters.base import Call, UpstreamResponse
 from proxy.core.errors import BadGateway, GatewayTimeout, ProxyError
 from proxy.core.mime import sniff_image_type
 from proxy.core.multipart import Part
+from proxy.observe import REQUEST_ID_HEADER, current_request_id
 
 # An upstream answer that is parsed (JSON with base64 images) may be large, but not unbounded.
 MAX_ANSWER_BYTES = 128 * 1024 * 1024
@@ -105,8 +106,17 @@ def form_data(parts: tuple[Part, ...]) -> aiohttp.FormData:
     return form
 
 
+def with_request_id(headers: Mapping[str, str]) -> dict[str, str]:
+    """The call's headers plus the client request's id, so upstream logs can be matched with ours."""
+    out = dict(headers)
+    request_id = current_request_id()
+    if request_id is not None and not any(name.lower() == "x-request-id" for name in out):
+        out[REQUEST_ID_HEADER] = request_id
+    return out
+
+
 def _request_kwargs(call: Call) -> dict[str, object]:
-    kwargs: dict[str, object] = {"headers": dict(call.headers), "allow_redirects": False}
+    kwargs: dict[str, object] = {"headers": with_request_id(call.headers), "allow_redirects": False}
     if call.json is not None:
         kwargs["json"] = call.json
     elif call.data is not None:

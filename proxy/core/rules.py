@@ -116,6 +116,12 @@ class TaskRules:
 
 
 @dataclass(frozen=True)
+class MetricsRules:
+    token: str = field(default="", repr=False)  # when set, /metrics needs `Authorization: Bearer <token>`
+    public: bool = False  # without a token: False serves /metrics to loopback clients only
+
+
+@dataclass(frozen=True)
 class ServerRules:
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # secrets: kept out of reprs and tracebacks
     public_base_url: str = ""  # empty: built from the request's own scheme and Host
@@ -124,6 +130,9 @@ class ServerRules:
     images: ImageStoreRules = ImageStoreRules()
     download: DownloadRules = DownloadRules()
     tasks: TaskRules = TaskRules()
+    metrics: MetricsRules = MetricsRules()
+    log_prompts: bool = False  # prompts in access lines: off unless the operator opts in
+    shutdown_grace: float = 300.0  # seconds in-flight generations and streams get to finish on SIGTERM
 
 
 @dataclass(frozen=True)
@@ -228,6 +237,7 @@ def _join(path: str, key: str) -> str:
 _TOP_KEYS = frozenset({"server", "default_channel", "channels", "models"})
 _SERVER_KEYS = frozenset(
     {"api_keys", "public_base_url", "max_request_bytes", "max_retries", "images", "download", "tasks"}
+    | {"metrics", "log_prompts", "shutdown_grace"}
 )
 _CHANNEL_KEYS = frozenset(
     {"type", "base_url", "api_key", "timeout", "concurrency", "deadline", "retry_timeouts", "weight", "headers"}
@@ -251,6 +261,7 @@ def _load_server(reader: _Reader, data: Any) -> ServerRules:
     images = reader.mapping("server.images", raw.get("images"), frozenset({"path", "ttl"}))
     download = reader.mapping("server.download", raw.get("download"), frozenset({"max_bytes", "timeout", "allow_hosts"}))
     tasks = reader.mapping("server.tasks", raw.get("tasks"), frozenset({"retention"}))
+    metrics = reader.mapping("server.metrics", raw.get("metrics"), frozenset({"token", "public"}))
     defaults = ServerRules()
     return ServerRules(
         api_keys=tuple(keys),
@@ -267,6 +278,12 @@ def _load_server(reader: _Reader, data: Any) -> ServerRules:
             allow_hosts=tuple(reader.string_list("server.download.allow_hosts", download.get("allow_hosts"))),
         ),
         tasks=TaskRules(retention=_integer(reader, "server.tasks", tasks, "retention", defaults.tasks.retention, 1)),
+        metrics=MetricsRules(
+            token=reader.string("server.metrics.token", metrics.get("token", ""))[0],
+            public=_flag(reader, "server.metrics", metrics, "public"),
+        ),
+        log_prompts=_flag(reader, "server", raw, "log_prompts"),
+        shutdown_grace=_seconds(reader, "server", raw, "shutdown_grace", defaults.shutdown_grace),
     )
 
 

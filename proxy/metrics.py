@@ -1,0 +1,65 @@
+"""Shell layer: Prometheus metrics, through the official `prometheus-client` (the `metrics` extra).
+
+Each app has its own registry, so several apps in one process (tests, embedding) do not collide.
+Without the package the proxy runs the same and `/metrics` says how to enable it. Labels carry model,
+channel, route, status and error type: never a key, a prompt or a client address.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Any
+
+AVAILABLE = importlib.util.find_spec("prometheus_client") is not None
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Image generation spans milliseconds (cached, local) to minutes (GPT image high quality, task APIs).
+LATENCY_BUCKETS = (0.005, 0.025, 0.1, 0.5, 1, 2.5, 5, 10, 20, 40, 60, 120, 300, 600)
+
+
+@dataclass
+class Metrics:
+    registry: Any
+    requests: Any
+    upstream_seconds: Any
+    attempts: Any
+    failovers: Any
+    in_flight: Any
+    async_tasks: Any
+    image_bytes: Any
+    errors: Any
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        data: bytes = generate_latest(self.registry)
+        return data
+
+
+def make_metrics() -> Metrics | None:
+    """The app's metrics, or None when `prometheus-client` is not installed."""
+    if not AVAILABLE:
+        return None
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+    registry = CollectorRegistry()
+    return Metrics(
+        registry=registry,
+        requests=Counter(
+            "imagegate_requests", "Client requests by route, model, channel and status.",
+            ["route", "model", "channel", "status"], registry=registry,
+        ),
+        upstream_seconds=Histogram(
+            "imagegate_upstream_seconds", "Time of one upstream call, by channel.", ["channel"],
+            buckets=LATENCY_BUCKETS, registry=registry,
+        ),
+        attempts=Counter("imagegate_attempts", "Channel attempts made for requests, by model.", ["model"], registry=registry),
+        failovers=Counter(
+            "imagegate_failovers", "Attempts that moved on to another channel or round, by model.", ["model"],
+            registry=registry,
+        ),
+        in_flight=Gauge("imagegate_in_flight_requests", "Client requests being served now.", registry=registry),
+        async_tasks=Gauge("imagegate_async_tasks_running", "Async tasks still generating.", registry=registry),
+        image_bytes=Counter("imagegate_image_bytes_served", "Bytes of hosted images served.", registry=registry),
+        errors=Counter("imagegate_errors", "Error answers by error type and status.", ["type", "status"], registry=registry),
+    )

@@ -1,0 +1,137 @@
+"""Shell layer: the middleware every request passes, outermost first.
+
+    access  request id, timing, one JSON access line, request metrics
+    errors  every failure leaves as the OpenAI envelope (unexpected ones are logged, answered 500)
+    auth    client keys guard `/v1/*` (constant-time comparison)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from proxy.core.errors import AuthenticationFailed, NotFound, PayloadTooLarge, ProxyError
+from proxy.observe import REQUEST_ID_HEADER, access_line, access_log, begin, current_request_id, note
+from proxy.services import CLIENT_KEY, SERVICES
+
+log = logging.getLogger("imagegate")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Probes arrive every few seconds from orchestrators: counted in metrics, not written to the log.
+QUIET_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+# -- access ---------------------------------------------------------------------------------------
+
+
+def _route(request: web.Request) -> str:
+    # The route's pattern, not the path: label values must stay few (no ids or image names).
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    record = begin(request.headers.get(REQUEST_ID_HEADER))
+    services = request.app.get(SERVICES)
+    metrics = services.metrics if services is not None else None
+    if metrics is not None:
+        metrics.in_flight.inc()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except asyncio.CancelledError:
+        status = 499  # the client went away (nginx's code for it)
+        raise
+    finally:
+        if metrics is not None:
+            metrics.in_flight.dec()
+            labels = (_route(request), str(record.fields.get("rule", "")), str(record.fields.get("channel", "")), str(status))
+            metrics.requests.labels(*labels).inc()
+            if status >= 400:
+                metrics.errors.labels(str(record.fields.get("error_type", "")), str(status)).inc()
+        if request.path not in QUIET_PATHS or status >= 400:
+            access_log.info("%s", access_line(record, request.method, request.path, status))
+
+
+async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every answer, streams included, carries the request id."""
+    request_id = current_request_id()
+    if request_id is not None:
+        response.headers[REQUEST_ID_HEADER] = request_id
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+
+def error_response(error: ProxyError) -> web.Response:
+    note(error_type=error.type, error_code=error.code)
+    return web.json_response(error.envelope(), status=error.status, headers=error.headers())
+
+
+def _from_http_exception(exc: web.HTTPException) -> ProxyError:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLarge("The request body is too large.", code="request_too_large")
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFound("Unknown request URL.", code="unknown_url")
+    return ProxyError(exc.reason, status=exc.status, type="invalid_request_error")
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure leaves as the OpenAI envelope; unexpected ones are logged and become a plain 500."""
+    try:
+        return await handler(request)
+    except ProxyError as error:
+        return error_response(error)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(_from_http_exception(exc))
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return error_response(ProxyError("The proxy failed to handle the request.", code="internal_error"))
+
+
+# -- auth -----------------------------------------------------------------------------------------
+
+
+def presented_key(header: str) -> str | None:
+    """The client's key: `Bearer <key>`, or the bare key as seed 001's own curl example sends it."""
+    value = header.strip()
+    if not value:
+        return None
+    scheme, _, rest = value.partition(" ")
+    if scheme.lower() == "bearer":
+        return rest.strip() or None
+    return value
+
+
+def key_allowed(key: str | None, allowed: tuple[str, ...]) -> bool:
+    if key is None:
+        return False
+    # Compare against every key, always, so timing does not reveal which prefix matched.
+    matches = [hmac.compare_digest(key.encode(), candidate.encode()) for candidate in allowed]
+    return any(matches)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Client keys guard `/v1/*`; hosted images are not guarded (their unguessable name is the credential)."""
+    allowed = request.app[SERVICES].rules.server.api_keys
+    key = presented_key(request.headers.get("Authorization", ""))
+    request[CLIENT_KEY] = key or ""
+    if allowed and request.path.startswith("/v1/") and not key_allowed(key, allowed):
+        raise AuthenticationFailed(
+            "Incorrect API key provided." if key else "You didn't provide an API key.", code="invalid_api_key"
+        )
+    return await handler(request)

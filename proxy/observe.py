@@ -1,0 +1,105 @@
+"""Shell layer: what each request leaves behind. Request ids, call timings, and one JSON access line.
+
+The request id comes from the client's `X-Request-ID` when it is sane (printable, at most 128
+characters), else a new one; it is returned to the client, sent to every upstream call, and written
+in the access line. Timings of upstream calls are gathered in a context variable, so the driver and
+the upstream module need no extra parameters to report them. The access line never holds a key, an
+image, or (unless `server.log_prompts` is on) a prompt.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_SANE_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+
+access_log = logging.getLogger("imagegate.access")
+
+
+@dataclass
+class RequestRecord:
+    """Filled in while a request is served; becomes its access line."""
+
+    request_id: str
+    started: float
+    fields: dict[str, Any] = field(default_factory=dict)
+    upstream_seconds: float = 0.0
+    upstream_calls: int = 0
+
+
+CURRENT: contextvars.ContextVar[RequestRecord | None] = contextvars.ContextVar("imagegate_request", default=None)
+
+
+def request_id_from(header: str | None) -> str:
+    if header is not None and _SANE_ID.match(header):
+        return header
+    return uuid.uuid4().hex
+
+
+def begin(header: str | None) -> RequestRecord:
+    record = RequestRecord(request_id_from(header), time.perf_counter())
+    CURRENT.set(record)
+    return record
+
+
+def note(**fields: Any) -> None:
+    """Add fields (model, channel, attempts...) to the current request's access line."""
+    record = CURRENT.get()
+    if record is not None:
+        record.fields.update({key: value for key, value in fields.items() if value is not None})
+
+
+def current_request_id() -> str | None:
+    record = CURRENT.get()
+    return record.request_id if record is not None else None
+
+
+def upstream_call_took(seconds: float) -> None:
+    record = CURRENT.get()
+    if record is not None:
+        record.upstream_seconds += seconds
+        record.upstream_calls += 1
+
+
+def access_line(record: RequestRecord, method: str, path: str, status: int) -> str:
+    line = {
+        "request_id": record.request_id,
+        "method": method,
+        "path": path,
+        "status": status,
+        **record.fields,
+        "upstream_ms": round(record.upstream_seconds * 1000, 1),
+        "upstream_calls": record.upstream_calls,
+        "total_ms": round((time.perf_counter() - record.started) * 1000, 1),
+    }
+    return json.dumps(line, ensure_ascii=False, separators=(",", ":"))
+
+
+class JsonFormatter(logging.Formatter):
+    """Every log line as one JSON object (access lines are JSON already and pass through as objects)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        if record.name == access_log.name:
+            entry.update(json.loads(message))
+        else:
+            entry["message"] = message
+            if record.exc_info:
+                entry["error"] = self.formatException(record.exc_info)
+        request_id = current_request_id()
+        if request_id is not None:
+            entry.setdefault("request_id", request_id)
+        return json.dumps(entry, ensure_ascii=False, separators=(",", ":"))

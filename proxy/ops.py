@@ -1,0 +1,136 @@
+"""Shell layer: what operators and orchestrators talk to. Health, readiness, metrics, reload, draining.
+
+    GET /healthz   the process answers (liveness)
+    GET /readyz    rules loaded, image store writable, not shutting down (503 otherwise), and which
+                   channels have their credentials
+    GET /metrics   Prometheus text format; loopback clients only unless `server.metrics` says otherwise
+    SIGHUP         re-read the rules file: a valid one applies to new requests, an invalid one is
+                   logged and the old rules stay
+None of these is behind client auth: orchestrators do not hold API keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from proxy.adapters import SCHEMAS
+from proxy.core.errors import AuthenticationFailed, NotFound
+from proxy.core.rules import Rules, RulesError, parse_rules
+from proxy.metrics import CONTENT_TYPE
+from proxy.services import RULES_PATH, SERVICES, Services
+from proxy.store import FileImageStore
+
+log = logging.getLogger("imagegate")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def store_writable(services: Services) -> bool:
+    store = services.store
+    # One access() call: cheap enough for probes every second.
+    return not isinstance(store, FileImageStore) or os.access(store.directory, os.W_OK)
+
+
+def channel_states(rules: Rules) -> dict[str, str]:
+    return {
+        name: "ready" if channel.usable else f"missing {', '.join(channel.missing_key)}"
+        for name, channel in rules.channels.items()
+    }
+
+
+async def readyz(request: web.Request) -> web.Response:
+    services = request.app.get(SERVICES)
+    if services is None:
+        return web.json_response({"status": "starting"}, status=503)
+    checks = {"rules": "loaded", "image_store": "writable" if store_writable(services) else "not writable"}
+    ready = not services.draining and checks["image_store"] == "writable"
+    body = {
+        "status": "ready" if ready else ("draining" if services.draining else "not ready"),
+        "checks": checks,
+        "channels": channel_states(services.rules),
+    }
+    return web.json_response(body, status=200 if ready else 503)
+
+
+def _loopback(remote: str | None) -> bool:
+    try:
+        return remote is not None and ipaddress.ip_address(remote).is_loopback
+    except ValueError:
+        return False
+
+
+def _metrics_allowed(request: web.Request, services: Services) -> bool:
+    settings = services.rules.server.metrics
+    if settings.token:
+        presented = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        return hmac.compare_digest(presented.encode(), settings.token.encode())
+    return settings.public or _loopback(request.remote)
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    if not _metrics_allowed(request, services):
+        raise AuthenticationFailed("Metrics are not served to this client.", code="metrics_forbidden", status=403)
+    if services.metrics is None:
+        raise NotFound("Metrics need the `metrics` extra: pip install 'imagegate[metrics]'.", code="metrics_unavailable")
+    return web.Response(body=services.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def on_shutdown(app: web.Application) -> None:
+    """Runs once the listeners are closed, before in-flight requests are awaited: say we are draining."""
+    services = app.get(SERVICES)
+    if services is not None:
+        services.draining = True
+        log.info("shutting down: waiting up to %gs for requests in flight", services.rules.server.shutdown_grace)
+
+
+async def reload_rules(app: web.Application) -> bool:
+    """Re-read the rules file; True when the new rules took effect."""
+    path = app[RULES_PATH]
+    try:
+        text = await asyncio.to_thread(Path(path).read_text, encoding="utf-8")
+        rules = parse_rules(text, dict(os.environ), SCHEMAS)
+    except (OSError, RulesError) as exc:
+        problems = exc.problems if isinstance(exc, RulesError) else [str(exc)]
+        log.error("reload of %s rejected, keeping the current rules: %s", path, "; ".join(map(str, problems)))
+        return False
+    app[SERVICES].use_rules(rules)
+    for warning in rules.warnings:
+        log.warning("%s", warning)
+    log.info("reloaded %s: %d channels, %d models", path, len(rules.channels), len(rules.models))
+    return True
+
+
+async def watch_reload_signal(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: while serving from a file, SIGHUP reloads it."""
+    loop = asyncio.get_running_loop()
+    if RULES_PATH not in app or not hasattr(signal, "SIGHUP"):
+        yield
+        return
+    pending: set[asyncio.Task[bool]] = set()
+
+    def on_sighup() -> None:
+        task = loop.create_task(reload_rules(app))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    except (NotImplementedError, RuntimeError):
+        # Not the main thread, or a loop without signal support: reload stays off, serving goes on.
+        yield
+        return
+    yield
+    loop.remove_signal_handler(signal.SIGHUP)
+

@@ -1,0 +1,44 @@
+"""Shell layer: what the handlers share, made once at start-up, and the keys it is stored under.
+
+`rules` is the one field that changes while the proxy runs: a reload (SIGHUP) swaps it for new
+requests, while requests in flight keep the rules they started with (they hold their own Plan).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from proxy.core.rules import Rules
+from proxy.driver import Driver
+from proxy.finish import Finisher
+from proxy.metrics import Metrics
+from proxy.store import ImageStore
+from proxy.tasks import TaskStore
+
+
+@dataclass
+class Services:
+    rules: Rules
+    driver: Driver
+    finisher: Finisher
+    store: ImageStore
+    tasks: TaskStore
+    metrics: Metrics | None = None
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+    draining: bool = False  # shutting down: /readyz answers 503 so balancers move traffic away
+
+    def use_rules(self, rules: Rules) -> None:
+        """Rules for new requests (a reload); the download limits follow them."""
+        self.rules = rules
+        self.driver.download = rules.server.download
+
+
+RULES = web.AppKey("rules", Rules)  # the rules the app started with
+RULES_PATH = web.AppKey("rules_path", str)  # set when served from a file: SIGHUP re-reads it
+SERVICES = web.AppKey("services", Services)
+STORE = web.AppKey("store", ImageStore)
+TASK_STORE = web.AppKey("task_store", TaskStore)
+CLIENT_KEY = web.RequestKey("client_key", str)  # "" when the client sent none

@@ -1,0 +1,219 @@
+"""Operations: health, readiness, metrics, request ids and access lines, reload and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from proxy.ops import on_shutdown
+from tests.fakes.openai import KEY, FakeOpenAI
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES = """
+server:
+  api_keys: [client-key-1]
+  shutdown_grace: 20
+channels:
+  openai:
+    type: openai
+    base_url: ${UPSTREAM}/v1
+    api_key: ${OPENAI_API_KEY}
+  local:
+    type: local
+models:
+  gpt-image-*:
+    channels: [openai]
+  local-image:
+    channels: [local]
+"""
+AUTH = {"Authorization": "Bearer client-key-1"}
+
+
+async def start(make_proxy: Any, aiohttp_server: Any, fake: FakeOpenAI, text: str = RULES) -> Any:
+    server = await aiohttp_server(fake.app())
+    return await make_proxy(text, {"UPSTREAM": str(server.make_url("")).rstrip("/"), "OPENAI_API_KEY": KEY})
+
+
+async def test_health_and_readiness_need_no_key(make_proxy: Any, aiohttp_server: Any) -> None:
+    client = await start(make_proxy, aiohttp_server, FakeOpenAI())
+    health = await client.get("/healthz")
+    assert (health.status, await health.json()) == (200, {"status": "ok"})
+    ready = await client.get("/readyz")
+    body = await ready.json()
+    assert ready.status == 200 and body["status"] == "ready"
+    assert body["channels"] == {"openai": "ready", "local": "ready"}
+    await on_shutdown(client.server.app)
+    draining = await client.get("/readyz")
+    assert draining.status == 503 and (await draining.json())["status"] == "draining"
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one Prometheus sample in the text format."""
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            found = dict(part.split("=", 1) for part in line[line.find("{") + 1 : line.find("}")].split(",") if "=" in part)
+            if all(found.get(key) == f'"{value}"' for key, value in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_metrics_move_with_requests(make_proxy: Any, aiohttp_server: Any) -> None:
+    fake = FakeOpenAI()
+    fake.failures.append((500, {"error": {"message": "boom"}}, {}))
+    client = await start(make_proxy, aiohttp_server, fake)
+    for _ in range(2):
+        await client.post("/v1/images/generations", json={"model": "gpt-image-1.5", "prompt": "p"}, headers=AUTH)
+    await client.post("/v1/images/generations", json={"model": "gpt-image-1.5", "prompt": ""}, headers=AUTH)
+    hosted = await client.post(
+        "/v1/images/generations",
+        json={"model": "local-image", "prompt": "p", "size": "8x8", "response_format": "url"},
+        headers=AUTH,
+    )
+    url = (await hosted.json())["data"][0]["url"]
+    image = await (await client.get(url[url.index("/images/") :])).read()
+    text = await (await client.get("/metrics")).text()
+    route = "/v1/images/generations"
+    assert sample(text, "imagegate_requests_total", route=route, model="gpt-image-*", status="200") == 1
+    assert sample(text, "imagegate_requests_total", route=route, model="gpt-image-*", status="502") == 1
+    assert sample(text, "imagegate_requests_total", route=route, status="400") == 1
+    assert sample(text, "imagegate_errors_total", type="invalid_request_error", status="400") == 1
+    assert sample(text, "imagegate_errors_total", type="upstream_error", status="502") == 1
+    assert sample(text, "imagegate_upstream_seconds_count", channel="openai") == 2
+    assert sample(text, "imagegate_attempts_total", model="gpt-image-*") == 2
+    assert sample(text, "imagegate_image_bytes_served_total") == len(image)
+    assert KEY not in text and "client-key-1" not in text
+
+
+async def test_metrics_are_guarded_by_their_own_token(make_proxy: Any, aiohttp_server: Any) -> None:
+    text = RULES.replace("  shutdown_grace: 20\n", "  shutdown_grace: 20\n  metrics: {token: scrape-me}\n")
+    client = await start(make_proxy, aiohttp_server, FakeOpenAI(), text)
+    assert (await client.get("/metrics")).status == 403
+    assert (await client.get("/metrics", headers={"Authorization": "Bearer wrong"})).status == 403
+    assert (await client.get("/metrics", headers={"Authorization": "Bearer scrape-me"})).status == 200
+
+
+async def test_a_request_id_travels_client_log_upstream_response(
+    make_proxy: Any, aiohttp_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = FakeOpenAI()
+    client = await start(make_proxy, aiohttp_server, fake)
+    with caplog.at_level(logging.INFO, logger="imagegate.access"):
+        response = await client.post(
+            "/v1/images/generations",
+            json={"model": "gpt-image-1.5", "prompt": "secret prompt"},
+            headers={**AUTH, "X-Request-ID": "req-42"},
+        )
+        generated = await client.post("/v1/images/generations", json={"model": "gpt-image-1.5", "prompt": "p"}, headers=AUTH)
+    assert response.headers["X-Request-ID"] == "req-42"
+    assert fake.recorder.received[0].header("X-Request-ID") == "req-42"
+    new_id = generated.headers["X-Request-ID"]
+    assert len(new_id) == 32 and fake.recorder.received[1].header("X-Request-ID") == new_id
+    lines = [json.loads(record.getMessage()) for record in caplog.records if record.name == "imagegate.access"]
+    first = next(line for line in lines if line["request_id"] == "req-42")
+    assert first["status"] == 200 and first["model"] == "gpt-image-1.5" and first["channel"] == "openai"
+    assert first["attempts"] == 1 and first["upstream_calls"] == 1 and first["total_ms"] >= first["upstream_ms"]
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "secret prompt" not in logged and KEY not in logged and "client-key-1" not in logged
+
+
+async def test_prompts_are_logged_only_when_the_rules_opt_in(
+    make_proxy: Any, aiohttp_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    text = RULES.replace("  shutdown_grace: 20\n", "  shutdown_grace: 20\n  log_prompts: true\n")
+    client = await start(make_proxy, aiohttp_server, FakeOpenAI(), text)
+    with caplog.at_level(logging.INFO, logger="imagegate.access"):
+        await client.post("/v1/images/generations", json={"model": "gpt-image-1.5", "prompt": "a heron"}, headers=AUTH)
+    assert any(json.loads(r.getMessage()).get("prompt") == "a heron" for r in caplog.records if r.name == "imagegate.access")
+
+
+# -- the process: reload and shutdown, driven by real signals ---------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Served:
+    def __init__(self, process: asyncio.subprocess.Process, port: int, log: Path) -> None:
+        self.process, self.port, self.log = process, port, log
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+async def serve(tmp_path: Path, upstream: str, text: str) -> Served:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(text)
+    port, log = free_port(), tmp_path / "proxy.log"
+    env = {**os.environ, "UPSTREAM": upstream, "OPENAI_API_KEY": KEY}
+    with log.open("wb") as sink:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", "--rules", str(rules), "--port", str(port), cwd=ROOT, env=env, stdout=sink, stderr=sink
+        )
+    for _ in range(300):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return Served(process, port, log)
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise AssertionError(log.read_text())
+
+
+async def generate(session: aiohttp.ClientSession, served: Served, model: str) -> int:
+    async with session.post(served.url("/v1/images/generations"), json={"model": model, "prompt": "p"}, headers=AUTH) as response:
+        await response.read()
+        return response.status
+
+
+async def test_sighup_reloads_valid_rules_and_keeps_them_on_invalid_ones(aiohttp_server: Any, tmp_path: Path) -> None:
+    fake = FakeOpenAI(delay=1.0)
+    upstream = str((await aiohttp_server(fake.app())).make_url("")).rstrip("/")
+    served = await serve(tmp_path, upstream, RULES)
+    try:
+        async with aiohttp.ClientSession() as session:
+            slow = asyncio.ensure_future(generate(session, served, "gpt-image-1.5"))
+            await asyncio.sleep(0.3)  # the slow request is in flight
+            (tmp_path / "rules.yaml").write_text(RULES.replace("  local-image:", "  renamed-local:"))
+            served.process.send_signal(signal.SIGHUP)
+            await asyncio.sleep(0.5)
+            assert await generate(session, served, "renamed-local") == 200
+            assert await generate(session, served, "local-image") == 404
+            (tmp_path / "rules.yaml").write_text("models: [broken\n")
+            served.process.send_signal(signal.SIGHUP)
+            await asyncio.sleep(0.5)
+            assert await generate(session, served, "renamed-local") == 200  # the invalid file changed nothing
+            assert await slow == 200
+    finally:
+        served.process.terminate()
+        await served.process.wait()
+    log = served.log.read_text()
+    assert "reloaded" in log and "reload of" in log and "rejected" in log
+
+
+async def test_sigterm_lets_the_request_in_flight_finish_and_refuses_new_ones(aiohttp_server: Any, tmp_path: Path) -> None:
+    fake = FakeOpenAI(delay=1.5)
+    upstream = str((await aiohttp_server(fake.app())).make_url("")).rstrip("/")
+    served = await serve(tmp_path, upstream, RULES)
+    async with aiohttp.ClientSession() as session:
+        slow = asyncio.ensure_future(generate(session, served, "gpt-image-1.5"))
+        await asyncio.sleep(0.4)
+        served.process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        with pytest.raises(aiohttp.ClientConnectionError):
+            async with aiohttp.ClientSession() as fresh:
+                await generate(fresh, served, "local-image")
+        assert await slow == 200
+    assert await asyncio.wait_for(served.process.wait(), timeout=10) == 0
