@@ -110,9 +110,7 @@ async def run_wrk(wrk: str, url: str, body: str, concurrency: int, seconds: floa
         path.write_text(script)
         # One thread: the machine's cores are needed by the upstream and the proxy.
         command = [wrk, "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--latency", "--timeout", "30s", "-s", str(path), url]
-        process = await asyncio.create_subprocess_exec(
-            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-        )
+        process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         output, _ = await process.communicate()
     if process.returncode != 0:
         raise RuntimeError(f"wrk failed ({process.returncode}):\n{output.decode(errors='replace')}")

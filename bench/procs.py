@@ -99,10 +99,8 @@ class Child:
         if self.process.poll() is not None:
             return
         self.process.send_signal(signal.SIGTERM)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.process.poll() is None and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        if self.process.poll() is None:
+        try:
+            await asyncio.to_thread(self.process.wait, timeout)
+        except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()

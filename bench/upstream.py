@@ -22,30 +22,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
-import resource
 import time
 import zlib
 from dataclasses import dataclass
 
 from aiohttp import web
 
+from bench.procs import raise_nofile_limit
+
 JSON = "application/json"
 SMALL_ANSWER: dict[str, object] = {
     "created": 1700000000,
     "data": [{"url": "https://files.example.invalid/img-0.png", "revised_prompt": "a lighthouse at dusk"}],
 }
-
-
-def raise_nofile_limit() -> int:
-    """Raise the soft open-file limit to the hard limit (thousands of sockets); returns the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
-    if soft == resource.RLIM_INFINITY or soft >= wanted:
-        return soft
-    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    return wanted
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -107,7 +99,7 @@ class Upstream:
         payload["t_ns"] = 0
         text = json.dumps(payload, separators=(",", ":"))
         before, after = text.rsplit('"t_ns":0', 1)
-        prefix = f"event: {kind}\ndata: {before}\"t_ns\":".encode()
+        prefix = f'event: {kind}\ndata: {before}"t_ns":'.encode()
         return prefix, (after + "\n\n").encode()
 
     def app(self) -> web.Application:
@@ -186,10 +178,8 @@ def main() -> None:
     args = parser.parse_args()
     raise_nofile_limit()
     settings = Settings(args.hold, args.big_bytes, args.sse_events, args.sse_gap_ms, args.sse_bytes)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(settings, args.host, args.port))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

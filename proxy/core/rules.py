@@ -16,6 +16,7 @@ import yaml
 
 from proxy.core.errors import InvalidRequest, NotFound
 from proxy.core.interpolate import interpolate
+from proxy.core.limits import ClientKey, Limits, default_name
 from proxy.core.request import validate_option
 from proxy.core.sizes import normalise_size, parse_size
 from proxy.core.translate import ORIGINAL, UPSTREAM, Translation
@@ -123,7 +124,7 @@ class MetricsRules:
 
 @dataclass(frozen=True)
 class ServerRules:
-    api_keys: tuple[str, ...] = field(default=(), repr=False)  # secrets: kept out of reprs and tracebacks
+    clients: tuple[ClientKey, ...] = field(default=(), repr=False)  # secrets: kept out of reprs and tracebacks
     public_base_url: str = ""  # empty: built from the request's own scheme and Host
     max_request_bytes: int = 64 * 1024 * 1024
     max_retries: int = 2
@@ -133,6 +134,21 @@ class ServerRules:
     metrics: MetricsRules = MetricsRules()
     log_prompts: bool = False  # prompts in access lines: off unless the operator opts in
     shutdown_grace: float = 300.0  # seconds in-flight generations and streams get to finish on SIGTERM
+    # Where shared state lives: "memory" (one process) or a redis:// URL (several replicas).
+    state: str = field(default="memory", repr=False)
+    limits: Limits = Limits()  # for every key without limits of its own
+    idempotency_retention: int = 86400
+
+    @property
+    def api_keys(self) -> tuple[str, ...]:
+        return tuple(client.key for client in self.clients)
+
+    def client(self, key: str | None) -> ClientKey | None:
+        return next((client for client in self.clients if client.key == key), None) if key else None
+
+    def limits_for(self, key: str | None) -> Limits:
+        client = self.client(key)
+        return client.limits if client is not None and client.limits is not None else self.limits
 
 
 @dataclass(frozen=True)
@@ -237,8 +253,9 @@ def _join(path: str, key: str) -> str:
 _TOP_KEYS = frozenset({"server", "default_channel", "channels", "models"})
 _SERVER_KEYS = frozenset(
     {"api_keys", "public_base_url", "max_request_bytes", "max_retries", "images", "download", "tasks"}
-    | {"metrics", "log_prompts", "shutdown_grace"}
+    | {"metrics", "log_prompts", "shutdown_grace", "state", "limits", "idempotency"}
 )
+_LIMIT_KEYS = frozenset({"requests_per_minute", "concurrent", "images_per_day"})
 _CHANNEL_KEYS = frozenset(
     {"type", "base_url", "api_key", "timeout", "concurrency", "deadline", "retry_timeouts", "weight", "headers"}
 )
@@ -250,21 +267,21 @@ _MODEL_KEYS = frozenset(
 
 def _load_server(reader: _Reader, data: Any) -> ServerRules:
     raw = reader.mapping("server", data, _SERVER_KEYS)
-    keys: list[str] = []
-    for index, item in enumerate(raw.get("api_keys") or []):
-        # A key whose variable is unset must not quietly turn client auth off: that is a problem.
-        key, _ = reader.string(f"server.api_keys[{index}]", item)
-        if key:
-            keys.append(key)
     if raw.get("api_keys") is not None and not isinstance(raw.get("api_keys"), list):
         reader.problem("server.api_keys", "expected a list of keys")
+    clients = [
+        client
+        for index, item in enumerate(raw.get("api_keys") or [])
+        if (client := _load_client(reader, f"server.api_keys[{index}]", item)) is not None
+    ]
+    idempotency = reader.mapping("server.idempotency", raw.get("idempotency"), frozenset({"retention"}))
     images = reader.mapping("server.images", raw.get("images"), frozenset({"path", "ttl"}))
     download = reader.mapping("server.download", raw.get("download"), frozenset({"max_bytes", "timeout", "allow_hosts"}))
     tasks = reader.mapping("server.tasks", raw.get("tasks"), frozenset({"retention"}))
     metrics = reader.mapping("server.metrics", raw.get("metrics"), frozenset({"token", "public"}))
     defaults = ServerRules()
     return ServerRules(
-        api_keys=tuple(keys),
+        clients=tuple(clients),
         public_base_url=reader.string("server.public_base_url", raw.get("public_base_url", ""))[0].rstrip("/"),
         max_request_bytes=_integer(reader, "server", raw, "max_request_bytes", defaults.max_request_bytes, 1024),
         max_retries=_integer(reader, "server", raw, "max_retries", defaults.max_retries, 0),
@@ -284,7 +301,45 @@ def _load_server(reader: _Reader, data: Any) -> ServerRules:
         ),
         log_prompts=_flag(reader, "server", raw, "log_prompts"),
         shutdown_grace=_seconds(reader, "server", raw, "shutdown_grace", defaults.shutdown_grace),
+        state=_load_state(reader, raw.get("state", "memory")),
+        limits=_load_limits(reader, "server.limits", raw.get("limits")),
+        idempotency_retention=_integer(
+            reader, "server.idempotency", idempotency, "retention", defaults.idempotency_retention, 1
+        ),
     )
+
+
+def _load_state(reader: _Reader, value: Any) -> str:
+    state = reader.string("server.state", value)[0] or "memory"
+    if state != "memory" and not state.startswith(("redis://", "rediss://", "unix://")):
+        reader.problem("server.state", f"expected 'memory' or a redis:// URL, got {state.split('@')[-1]!r}")
+    return state
+
+
+def _load_limits(reader: _Reader, path: str, data: Any) -> Limits:
+    raw = reader.mapping(path, data, _LIMIT_KEYS)
+    values = {
+        key: int(number) if (number := reader.number(f"{path}.{key}", raw[key], minimum=1, integer=True)) else None
+        for key in _LIMIT_KEYS
+        if key in raw
+    }
+    return Limits(**values)
+
+
+def _load_client(reader: _Reader, path: str, item: Any) -> ClientKey | None:
+    """A key as a string, or `{key, name?, limits?}`. An unset variable is a problem: it must not open auth."""
+    if isinstance(item, dict):
+        raw = reader.mapping(path, item, frozenset({"key", "name", "limits"}))
+        key = reader.string(f"{path}.key", raw.get("key", ""))[0]
+        name = reader.string(f"{path}.name", raw["name"])[0] if "name" in raw else ""
+        limits = _load_limits(reader, f"{path}.limits", raw.get("limits")) if "limits" in raw else None
+    else:
+        key, name, limits = reader.string(path, item)[0], "", None
+    if not key:
+        if isinstance(item, dict):
+            reader.problem(f"{path}.key", "a client key needs a non-empty `key`")
+        return None
+    return ClientKey(key=key, name=name or default_name(key), limits=limits)
 
 
 def _integer(reader: _Reader, path: str, raw: Mapping[str, Any], key: str, default: int, minimum: int) -> int:

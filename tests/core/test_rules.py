@@ -7,6 +7,7 @@ import textwrap
 import pytest
 
 from proxy.adapters import SCHEMAS
+from proxy.core.limits import ClientKey, default_name
 from proxy.core.errors import NotFound
 from proxy.core.rules import (
     Channel,
@@ -103,8 +104,9 @@ def test_full_valid_file() -> None:
     rules = parse_rules(FULL, ENV, SCHEMAS)
     assert rules.warnings == ()
     assert rules.default_channel == "openai"
+    assert rules.server.api_keys == ("client-key-1", "literal-client-key")
     assert rules.server == ServerRules(
-        api_keys=("client-key-1", "literal-client-key"),
+        clients=tuple(ClientKey(key, default_name(key)) for key in ("client-key-1", "literal-client-key")),
         public_base_url="http://localhost:8080",
         max_request_bytes=1048576,
         max_retries=3,

@@ -1,0 +1,1 @@
+"""Benchmark harness: the proxy against direct calls to a fake upstream, measured in the same run."""
