@@ -40,6 +40,9 @@ from bench.procs import Child, free_port, nofile_limit, open_fds, raise_nofile_l
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1_000_000  # every MB in the table is 10^6 bytes
 SCENARIOS = ("small", "big", "held", "stream")
+# Scenario 3's probe: requests held this long on a channel that leaves `concurrency` at its default.
+PROBE_REQUESTS = 40
+PROBE_HOLD_MS = 500
 PATH = "/v1/images/generations"
 KEY = "sk-bench-0123456789"
 
@@ -50,12 +53,14 @@ server:
 channels:
   small: {{type: openai, base_url: "{upstream}/small/v1", api_key: "{key}", timeout: 60}}
   big: {{type: openai, base_url: "{upstream}/big/v1", api_key: "{key}", timeout: 60}}
-  hold: {{type: openai, base_url: "{upstream}/hold/v1", api_key: "{key}", timeout: 300}}
+  hold: {{type: openai, base_url: "{upstream}/hold-{hold_ms}/v1", api_key: "{key}", timeout: 300, concurrency: {held}}}
+  queue: {{type: openai, base_url: "{upstream}/hold-{probe_ms}/v1", api_key: "{key}", timeout: 300}}
   sse: {{type: openai, base_url: "{upstream}/sse/v1", api_key: "{key}", timeout: 60}}
 models:
   bench-small: {{channels: [small]}}
   bench-big: {{channels: [big]}}
   bench-hold: {{channels: [hold]}}
+  bench-queue: {{channels: [queue]}}
   bench-sse: {{channels: [sse]}}
 """
 
@@ -145,8 +150,6 @@ class Bench:
             "bench.upstream",
             "--port",
             str(port),
-            "--hold",
-            str(o.hold),
             "--big-bytes",
             str(o.big_bytes),
             "--sse-events",
@@ -161,7 +164,9 @@ class Bench:
         self.upstream_url = f"http://127.0.0.1:{port}"
         images = self.workdir / "images"
         images.mkdir()
-        self.rules.write_text(RULES.format(upstream=self.upstream_url, key=KEY, images=images))
+        hold_ms, probe_ms = round(o.hold * 1000), PROBE_HOLD_MS
+        rules = RULES.format(upstream=self.upstream_url, key=KEY, images=images, hold_ms=hold_ms, probe_ms=probe_ms, held=o.held)
+        self.rules.write_text(rules)
 
     @asynccontextmanager
     async def proxy(self) -> AsyncIterator[Child]:
@@ -304,7 +309,7 @@ class Bench:
         body = request_body("bench-hold")
         say(f"{o.held} held requests ({o.hold:g}s each): direct")
         await self.upstream_stats(reset=True)
-        direct = await hold_many(self.direct("hold"), body, o.held, None)
+        direct = await hold_many(self.direct(f"hold-{round(o.hold * 1000)}"), body, o.held, None)
         direct["upstream_peak"] = (await self.upstream_stats())["hold_peak"]
         async with self.proxy() as proxy:
             await warm_up(self.via(proxy), request_body("bench-small"), 50)
@@ -312,9 +317,14 @@ class Bench:
             idle_fds = open_fds(proxy.pid)
             await self.upstream_stats(reset=True)
             say(f"{o.held} held requests: through the proxy")
-            proxied = await hold_many(self.via(proxy), body, o.held, proxy)
+            proxied = await hold_many(self.via(proxy), body, o.held, proxy, idle_fds)
             proxied["upstream_peak"] = (await self.upstream_stats())["hold_peak"]
             proxied |= {"idle_rss": idle, "peak_rss": proxy.peak_rss(), "idle_fds": idle_fds}
+            say(f"{PROBE_REQUESTS} requests held {PROBE_HOLD_MS} ms on a channel without `concurrency` set")
+            await self.upstream_stats(reset=True)
+            probe = await hold_many(self.via(proxy), request_body("bench-queue"), PROBE_REQUESTS, None)
+            probe["upstream_peak"] = (await self.upstream_stats())["hold_peak"]
+        self.report.raw["held_default_concurrency"] = probe
         self.report.raw["held"] = {"direct": direct, "proxy": proxied}
         n = o.held
         peak = proxied["peak_rss"]
@@ -360,6 +370,18 @@ class Bench:
         )
         per_connection = (peak - idle) / n
         self.report.add("", "proxy memory per held request", "-", f"{per_connection / 1024:.1f} KiB", "(peak - idle) / n")
+        probe = self.report.raw["held_default_concurrency"]
+        self.report.add(
+            "",
+            f"default `concurrency`: {PROBE_REQUESTS} x {PROBE_HOLD_MS} ms",
+            "-",
+            f"peak {probe['upstream_peak']} upstream",
+            f"{probe['ok']}/{PROBE_REQUESTS} ok in {probe['wall']:.1f} s",
+        )
+        self.report.notes.append(
+            f"held: the bench's `hold` channel sets `concurrency: {n}`; without it (the probe row) the driver's per-channel "
+            f"semaphore lets only {probe['upstream_peak']} requests reach the upstream at once, for all clients together."
+        )
         if capped:
             self.report.notes.append(
                 f"held: the proxy kept at most {proxied['upstream_peak']} upstream requests in flight (its upstream "
@@ -445,11 +467,11 @@ async def warm_up(url: str, body: str, count: int) -> None:
 
 
 def _has_b64(data: bytes) -> bool:
-    return b'"b64_json":"' in data and len(data) > 1_000_000
+    return len(data) > 1_000_000 and _B64.search(data[:4096]) is not None
 
 
 def _has_url(data: bytes) -> bool:
-    return b'"url":"' in data and b'"b64_json"' not in data
+    return _URL.search(data) is not None and _B64.search(data) is None
 
 
 async def throughput(url: str, body: str, concurrency: int, seconds: float, check: Callable[[bytes], bool]) -> dict[str, Any]:
@@ -477,7 +499,7 @@ async def throughput(url: str, body: str, concurrency: int, seconds: float, chec
                 if not good:
                     errors += 1
                     sample.setdefault("bad_answer", data[:300].decode(errors="replace"))
-                elif b'"url":"' in data and "sample_url" not in sample:
+                elif "sample_url" not in sample and _URL.search(data):
                     sample["sample_url"] = json.loads(data)["data"][0]["url"]
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -499,7 +521,7 @@ async def _hosted_image_ok(url: str, expected: int) -> bool:
     return response.status == 200 and abs(len(data) - expected) < 64 and data.startswith(b"\x89PNG")
 
 
-async def hold_many(url: str, body: str, count: int, proxy: Child | None) -> dict[str, Any]:
+async def hold_many(url: str, body: str, count: int, proxy: Child | None, idle_fds: int = 0) -> dict[str, Any]:
     """`count` requests sent at once and held by the upstream; while they run, the proxy's fds are sampled."""
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     timeout = aiohttp.ClientTimeout(total=600)
@@ -526,8 +548,7 @@ async def hold_many(url: str, body: str, count: int, proxy: Child | None) -> dic
             if proxy is not None:
                 fds = open_fds(proxy.pid)
                 peak_fds = max(peak_fds, fds)
-                idle = 20
-                if all_in is None and fds >= count + idle:
+                if all_in is None and fds >= count + idle_fds:
                     all_in = time.perf_counter() - start
             await asyncio.wait({requests}, timeout=0.1)
         await requests
@@ -544,6 +565,8 @@ async def hold_many(url: str, body: str, count: int, proxy: Child | None) -> dic
 
 
 _T_NS = re.compile(rb'"t_ns":(\d+)')
+_B64 = re.compile(rb'"b64_json":\s*"')
+_URL = re.compile(rb'"url":\s*"')
 
 
 def _events(buffer: bytearray) -> Iterator[bytes]:

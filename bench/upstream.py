@@ -1,13 +1,13 @@
 """A fast fake OpenAI Images upstream for the benchmark, run as its own process.
 
-    python -m bench.upstream --port N [--hold 5] [--big-bytes 3000000] [--sse-events 10] ...
+    python -m bench.upstream --port N [--big-bytes 3000000] [--sse-events 10] ...
 
 Every route answers `POST <kind>/v1/images/generations` (the proxy appends `/images/generations` to a
 channel's `base_url`, so each scenario is one channel whose base URL names its kind):
 
     /small/v1/...   a small ImagesResponse (one `url` item), answered at once
     /big/v1/...     one `b64_json` item of `--big-bytes` base64 characters (a PNG header, then random bytes)
-    /hold/v1/...    the small answer after `--hold` seconds; counts requests in flight and their peak
+    /hold-<ms>/v1/...  the small answer after <ms> milliseconds; counts requests in flight and their peak
     /sse/v1/...     `--sse-events` OpenAI image stream events, `--sse-gap-ms` apart; each carries `t_ns`,
                     the CLOCK_MONOTONIC nanoseconds just before the event was written, so a client on
                     the same machine can measure the event's delivery time
@@ -69,7 +69,6 @@ def big_answer(b64_chars: int) -> bytes:
 
 @dataclass
 class Settings:
-    hold: float = 5.0
     big_bytes: int = 3_000_000
     sse_events: int = 10
     sse_gap_ms: float = 5.0
@@ -106,7 +105,7 @@ class Upstream:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/small/v1/images/generations", self.small_route)
         app.router.add_post("/big/v1/images/generations", self.big_route)
-        app.router.add_post("/hold/v1/images/generations", self.hold_route)
+        app.router.add_post("/hold-{ms:\\d+}/v1/images/generations", self.hold_route)
         app.router.add_post("/sse/v1/images/generations", self.sse_route)
         app.router.add_get("/stats", self.stats)
         app.router.add_post("/stats/reset", self.reset)
@@ -128,7 +127,7 @@ class Upstream:
         self.hold_now += 1
         self.hold_peak = max(self.hold_peak, self.hold_now)
         try:
-            await asyncio.sleep(self.settings.hold)
+            await asyncio.sleep(int(request.match_info["ms"]) / 1000)
         finally:
             self.hold_now -= 1
         return web.Response(body=self.small, content_type=JSON)
@@ -170,14 +169,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.upstream", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--hold", type=float, default=Settings.hold, help="seconds /hold/ keeps each request")
     parser.add_argument("--big-bytes", type=int, default=Settings.big_bytes, help="base64 characters in /big/'s image")
     parser.add_argument("--sse-events", type=int, default=Settings.sse_events)
     parser.add_argument("--sse-gap-ms", type=float, default=Settings.sse_gap_ms)
     parser.add_argument("--sse-bytes", type=int, default=Settings.sse_bytes, help="base64 characters per event")
     args = parser.parse_args()
     raise_nofile_limit()
-    settings = Settings(args.hold, args.big_bytes, args.sse_events, args.sse_gap_ms, args.sse_bytes)
+    settings = Settings(args.big_bytes, args.sse_events, args.sse_gap_ms, args.sse_bytes)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(settings, args.host, args.port))
 

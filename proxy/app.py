@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
+import json
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from aiohttp import web
 from proxy.adapters import ADAPTERS
 from proxy.core.errors import InvalidRequest, NotFound, ProxyError, ServiceUnavailable
 from proxy.core.form import coerce_fields
+from proxy.core.limits import key_id
 from proxy.core.plan import EDIT, VARIATION, Plan, build_plan
 from proxy.core.request import parse_image_request, parse_json_object
 from proxy.core.response import render
@@ -33,17 +36,21 @@ from proxy.core.rules import Rules
 from proxy.core.translate import with_revised_prompt
 from proxy.driver import Driver, generate
 from proxy.finish import IMAGE_ROUTE, Delivery, Finisher, deliver, metadata
+from proxy.idempotent import HEADER as IDEMPOTENCY_HEADER
+from proxy.idempotent import check_header, fingerprint, once
 from proxy.inputs import make_input_session
+from proxy.limiter import Admission, admit
 from proxy.metrics import make_metrics
 from proxy.middleware import access_middleware, add_request_id, auth_middleware, error_middleware
 from proxy.observe import note
 from proxy.ops import healthz, metrics_endpoint, on_shutdown, readyz, watch_reload_signal
 from proxy.passthrough import relay
 from proxy.services import CLIENT_KEY, RULES, RULES_PATH, SERVICES, STORE, TASK_STORE, Services
+from proxy.state import SharedState
 from proxy.store import FileImageStore, ImageStore, default_directory
 from proxy.streaming import stream
 from proxy.tasks import FAILED, RUNNING, MemoryTaskStore, TaskRecord, TaskStore, failed, finished, new_record, owner_of
-from proxy.uploads import read_form
+from proxy.uploads import Form, read_form
 from proxy.upstream import SESSION, make_session
 
 log = logging.getLogger("imagegate")
@@ -68,33 +75,70 @@ async def produce(services: Services, plan: Plan, client_key: str | None, delive
     result = await deliver(services.finisher, outcome.result, delivery)
     result = with_revised_prompt(result, plan.client_prompt, plan.rule.translation)
     served_by = plan.rule.upstream_for(outcome.channel, plan.model)
+    count_usage(services, client_key, len(result.images), result.usage)
     return render(result, int(time.time()), metadata(outcome, plan.model, served_by, plan.n))
 
 
-async def run_task(services: Services, record: TaskRecord, plan: Plan, client_key: str | None, delivery: Delivery) -> None:
+def key_name(services: Services, client_key: str | None) -> str:
+    client = services.rules.server.client(client_key)
+    return client.name if client is not None else "anonymous"
+
+
+def count_usage(services: Services, client_key: str | None, images: int, usage: Mapping[str, Any] | None) -> None:
+    metrics = services.metrics
+    if metrics is None:
+        return
+    name = key_name(services, client_key)
+    metrics.key_images.labels(name).inc(images)
+    for kind in ("input_tokens", "output_tokens", "total_tokens"):
+        value = (usage or {}).get(kind)
+        if isinstance(value, int) and not isinstance(value, bool):
+            metrics.key_tokens.labels(name, kind.removesuffix("_tokens")).inc(value)
+
+
+async def run_task(
+    services: Services, record: TaskRecord, plan: Plan, client_key: str | None, delivery: Delivery, admission: Admission | None
+) -> None:
     """An async task's whole life; nothing the client does afterwards cancels it."""
     if services.metrics is not None:
         services.metrics.async_tasks.inc()
+    delivered = 0
     try:
-        await _run_task(services, record, plan, client_key, delivery)
+        delivered = await _run_task(services, record, plan, client_key, delivery)
     finally:
         if services.metrics is not None:
             services.metrics.async_tasks.dec()
+        if admission is not None:
+            await admission.settle(delivered)
 
 
-async def _run_task(services: Services, record: TaskRecord, plan: Plan, client_key: str | None, delivery: Delivery) -> None:
-    await services.tasks.put(replace(record, status=RUNNING))
+async def _run_task(services: Services, record: TaskRecord, plan: Plan, client_key: str | None, delivery: Delivery) -> int:
+    await keep(services.tasks, replace(record, status=RUNNING))
     try:
         body = await produce(services, plan, client_key, delivery)
     except ProxyError as error:
-        await services.tasks.put(failed(record, error.envelope(), error.status))
-        return
+        await keep(services.tasks, failed(record, error.envelope(), error.status))
+        return 0
     except Exception:
         log.exception("async task %s failed unexpectedly", record.id)
         internal = ProxyError("The proxy failed to run the task.", code="internal_error")
-        await services.tasks.put(failed(record, internal.envelope(), internal.status))
-        return
-    await services.tasks.put(finished(record, body))
+        await keep(services.tasks, failed(record, internal.envelope(), internal.status))
+        return 0
+    await keep(services.tasks, finished(record, body))
+    return len(body["data"])
+
+
+async def keep(tasks: TaskStore, record: TaskRecord, attempts: int = 8) -> None:
+    """Store a task record, retrying through a short backend outage: a finished result must not be lost."""
+    for attempt in range(attempts):
+        try:
+            await tasks.put(record)
+            return
+        except ServiceUnavailable:
+            if attempt == attempts - 1:
+                log.error("could not store async task %s (%s) after %d attempts", record.id, record.status, attempts)
+                return
+            await asyncio.sleep(min(30.0, 0.5 * 2**attempt))
 
 
 def start_background(services: Services, work: Coroutine[Any, Any, None]) -> None:
@@ -103,7 +147,39 @@ def start_background(services: Services, work: Coroutine[Any, Any, None]) -> Non
     task.add_done_callback(services.background.discard)
 
 
-async def respond(request: web.Request, plan: Plan) -> web.StreamResponse:
+async def respond(request: web.Request, plan: Plan, request_fingerprint: str) -> web.StreamResponse:
+    """Run a plan once per Idempotency-Key (when the client sends one), within the key's limits."""
+    services = request.app[SERVICES]
+    header = request.headers.get(IDEMPOTENCY_HEADER)
+    if header is None:
+        return await admitted(request, plan)
+    if plan.stream:
+        raise InvalidRequest("A stream cannot be replayed: drop Idempotency-Key or `stream`.", param="stream")
+    client_key = request[CLIENT_KEY] or None
+    key = f"{key_id(client_key)}:{fingerprint([check_header(header).encode()])}"
+    rules = services.rules
+
+    async def run() -> web.Response:
+        response = await admitted(request, plan)
+        assert isinstance(response, web.Response)  # streams were refused above
+        return response
+
+    wait = max(c.deadline for c in rules.channels.values()) if rules.channels else 600.0
+    return await once(services.idempotency, key, request_fingerprint, rules.server.idempotency_retention, wait, run)
+
+
+async def admitted(request: web.Request, plan: Plan) -> web.StreamResponse:
+    """Count the request against its key's limits (429 when over), then serve it."""
+    services = request.app[SERVICES]
+    client_key = request[CLIENT_KEY] or None
+    if services.metrics is not None:
+        services.metrics.key_requests.labels(key_name(services, client_key)).inc()
+    limits = services.rules.server.limits_for(client_key)
+    admission = await admit(services.counters, key_id(client_key), limits, plan.n) if limits.any else None
+    return await serve(request, plan, admission)
+
+
+async def serve(request: web.Request, plan: Plan, admission: Admission | None) -> web.StreamResponse:
     """Run a plan: at once, as a stream, or as an async task (seed 001), as the client asked."""
     services = request.app[SERVICES]
     rules = services.rules
@@ -112,48 +188,67 @@ async def respond(request: web.Request, plan: Plan) -> web.StreamResponse:
     note(model=plan.model, rule=plan.rule.pattern, n=plan.n, operation=plan.operation, stream=plan.stream or None)
     if rules.server.log_prompts:
         note(prompt=plan.client_prompt)
-    if plan.stream and plan.wants_async:
-        raise InvalidRequest("`stream` and `async` cannot be combined: choose one.", param="stream", code="invalid_value")
-    if plan.stream:
+    delivered = 0
+    try:
+        if plan.stream and plan.wants_async:
+            raise InvalidRequest("`stream` and `async` cannot be combined: choose one.", param="stream", code="invalid_value")
+        if plan.stream:
+            delivery = Delivery(plan.response_format, public_base(request, rules), services.store.ttl)
+            response = await stream(request, rules, services.driver, services.finisher, plan, client_key, delivery)
+            delivered = plan.n
+            return response
+        if plan.wants_async:
+            retention = rules.server.tasks.retention
+            delivery = Delivery(plan.response_format, public_base(request, rules), max(retention, services.store.ttl))
+            record = new_record(owner_of(client_key), time.time(), retention)
+            await services.tasks.put(record)
+            start_background(services, run_task(services, record, plan, client_key, delivery, admission))
+            admission = None  # the task settles it when it ends
+            return web.json_response(record.view(), headers=headers)
         delivery = Delivery(plan.response_format, public_base(request, rules), services.store.ttl)
-        return await stream(request, rules, services.driver, services.finisher, plan, client_key, delivery)
-    if plan.wants_async:
-        retention = rules.server.tasks.retention
-        delivery = Delivery(plan.response_format, public_base(request, rules), max(retention, services.store.ttl))
-        record = new_record(owner_of(client_key), time.time(), retention)
-        await services.tasks.put(record)
-        start_background(services, run_task(services, record, plan, client_key, delivery))
-        return web.json_response(record.view(), headers=headers)
-    delivery = Delivery(plan.response_format, public_base(request, rules), services.store.ttl)
-    return web.json_response(await produce(services, plan, client_key, delivery), headers=headers)
+        body = await produce(services, plan, client_key, delivery)
+        delivered = len(body["data"])
+        return web.json_response(body, headers=headers)
+    finally:
+        if admission is not None:
+            await asyncio.shield(admission.settle(delivered))
 
 
 async def generations(request: web.Request) -> web.StreamResponse:
     rules = request.app[SERVICES].rules
     # Parsed as JSON whatever the Content-Type says: seed 000's curl examples send none that is usable.
-    image_request = parse_image_request(parse_json_object(await request.read()))
-    return await respond(request, build_plan(image_request, rules.match_model(image_request.model)))
+    raw = await request.read()
+    image_request = parse_image_request(parse_json_object(raw))
+    plan = build_plan(image_request, rules.match_model(image_request.model))
+    return await respond(request, plan, fingerprint([request.path.encode(), raw]))
 
 
-async def _form_plan(request: web.Request, operation: str) -> Plan:
+def form_fingerprint(path: str, form: Form) -> str:
+    fields = json.dumps(form.fields, sort_keys=True).encode()
+    files = [f"{part.name}\0{part.filename}\0".encode() + hashlib.sha256(part.data).digest() for part in form.files]
+    return fingerprint([path.encode(), fields, *files])
+
+
+async def _form_plan(request: web.Request, operation: str) -> tuple[Plan, str]:
     rules = request.app[SERVICES].rules
     form = await read_form(request, rules.server.max_request_bytes)
     if not form.images:
         raise InvalidRequest("An image file is required.", param="image", code="missing_required_parameter")
     image_request = parse_image_request(coerce_fields(form.fields), require_prompt=operation == EDIT)
     plan = build_plan(image_request, rules.match_model(image_request.model))
-    return replace(plan, operation=operation, uploads=form.images, mask=form.mask)
+    plan = replace(plan, operation=operation, uploads=form.images, mask=form.mask)
+    return plan, form_fingerprint(request.path, form)
 
 
 async def edits(request: web.Request) -> web.StreamResponse:
-    return await respond(request, await _form_plan(request, EDIT))
+    return await respond(request, *await _form_plan(request, EDIT))
 
 
 async def variations(request: web.Request) -> web.StreamResponse:
-    plan = await _form_plan(request, VARIATION)
+    plan, request_fingerprint = await _form_plan(request, VARIATION)
     if plan.mask is not None:
         raise InvalidRequest("Variations take no mask.", param="mask", code="invalid_value")
-    return await respond(request, plan)
+    return await respond(request, plan, request_fingerprint)
 
 
 async def task_status(request: web.Request) -> web.Response:
@@ -172,10 +267,17 @@ async def hosted_image(request: web.Request) -> web.StreamResponse:
     stored = await request.app[SERVICES].store.get(request.match_info["name"])
     if stored is None:
         raise NotFound("The image does not exist or has expired.", code="image_not_found")
-    response = web.FileResponse(stored.path, headers={"Content-Type": stored.content_type})
+    response: web.StreamResponse
+    if stored.data is not None:
+        response = web.Response(body=stored.data, headers={"Content-Type": stored.content_type})
+        size = len(stored.data)
+    else:
+        assert stored.path is not None
+        response = web.FileResponse(stored.path, headers={"Content-Type": stored.content_type})
+        size = stored.path.stat().st_size
     metrics = request.app[SERVICES].metrics
     if metrics is not None:
-        metrics.image_bytes.inc(stored.path.stat().st_size)
+        metrics.image_bytes.inc(size)
     # The name is unguessable and the bytes never change: caches may keep them for the image's life.
     response.headers["Cache-Control"] = f"private, max-age={request.app[SERVICES].store.ttl}"
     return response
@@ -192,6 +294,15 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
 
 
 # -- lifecycle ------------------------------------------------------------------------------------
+
+
+def open_shared_state(rules: Rules) -> SharedState | None:
+    """The Redis backend when `server.state` names one (imported only then: it is an optional extra)."""
+    if rules.server.state == "memory":
+        return None
+    from proxy.redis_state import open_redis
+
+    return open_redis(rules.server.state, rules.server.images.ttl)
 
 
 def make_store(rules: Rules) -> ImageStore:
@@ -225,8 +336,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     session = make_session()
     inputs = make_input_session(rules.server.download)
     app[SESSION] = session
-    store = app[STORE] if STORE in app else make_store(rules)
-    tasks = app[TASK_STORE] if TASK_STORE in app else MemoryTaskStore()
+    shared = open_shared_state(rules)
+    store = app[STORE] if STORE in app else shared.store if shared is not None else make_store(rules)
+    tasks = app[TASK_STORE] if TASK_STORE in app else shared.tasks if shared is not None else MemoryTaskStore()
     metrics = make_metrics()
     services = Services(
         rules=rules,
@@ -236,6 +348,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         tasks=tasks,
         metrics=metrics,
     )
+    if shared is not None:
+        services.counters, services.idempotency = shared.counters, shared.idempotency
     app[SERVICES] = services
     sweeper = asyncio.create_task(_sweep_forever(store, tasks))
     yield
@@ -245,6 +359,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     # Async tasks were paid for: they get the same grace as in-flight requests.
     await _drain(services.background | services.driver.background, services.rules.server.shutdown_grace)
     await tasks.close()
+    if shared is not None:
+        await shared.close()
     await inputs.close()
     await session.close()
 

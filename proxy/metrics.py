@@ -28,6 +28,9 @@ class Metrics:
     async_tasks: Any
     image_bytes: Any
     errors: Any
+    key_requests: Any
+    key_images: Any
+    key_tokens: Any
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
@@ -62,4 +65,11 @@ def make_metrics() -> Metrics | None:
         async_tasks=Gauge("imagegate_async_tasks_running", "Async tasks still generating.", registry=registry),
         image_bytes=Counter("imagegate_image_bytes_served", "Bytes of hosted images served.", registry=registry),
         errors=Counter("imagegate_errors", "Error answers by error type and status.", ["type", "status"], registry=registry),
+        # Per client key, by the key's name in the rules (never the key itself).
+        key_requests=Counter("imagegate_key_requests", "Image requests by client key name.", ["key"], registry=registry),
+        key_images=Counter("imagegate_key_images", "Images delivered by client key name.", ["key"], registry=registry),
+        key_tokens=Counter(
+            "imagegate_key_tokens", "Upstream tokens reported, by client key name and kind.", ["key", "kind"],
+            registry=registry,
+        ),
     )

@@ -15,6 +15,7 @@ from proxy.core.rules import Rules
 from proxy.driver import Driver
 from proxy.finish import Finisher
 from proxy.metrics import Metrics
+from proxy.state import Counters, Idempotency, MemoryCounters, MemoryIdempotency
 from proxy.store import ImageStore
 from proxy.tasks import TaskStore
 
@@ -27,6 +28,8 @@ class Services:
     store: ImageStore
     tasks: TaskStore
     metrics: Metrics | None = None
+    counters: Counters = field(default_factory=MemoryCounters)
+    idempotency: Idempotency = field(default_factory=MemoryIdempotency)
     background: set[asyncio.Task[None]] = field(default_factory=set)
     draining: bool = False  # shutting down: /readyz answers 503 so balancers move traffic away
 

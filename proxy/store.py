@@ -27,8 +27,20 @@ _TYPES = {extension: content_type for content_type, extension in EXTENSIONS.item
 
 @dataclass(frozen=True)
 class StoredImage:
-    path: Path
     content_type: str
+    path: Path | None = None  # a file to serve (the directory store)
+    data: bytes | None = None  # or the bytes themselves (a shared backend)
+
+
+def image_name(content_type: str) -> str:
+    """A new unguessable name, with the extension the image's type calls for."""
+    return f"{secrets.token_urlsafe(24)}.{EXTENSIONS.get(content_type, 'png')}"
+
+
+def valid_name(name: str) -> str | None:
+    """The content type a name stands for, or None when the name is not one this proxy could have made."""
+    match = _NAME.match(name)  # also what keeps `..` and slashes out of any path or key
+    return _TYPES[match.group(1)] if match is not None else None
 
 
 class ImageStore(Protocol):
@@ -70,8 +82,7 @@ class FileImageStore:
         os.replace(partial, final)
 
     async def put(self, data: bytes, content_type: str, keep_for: float | None = None) -> str:
-        extension = EXTENSIONS.get(content_type, "png")
-        name = f"{secrets.token_urlsafe(24)}.{extension}"
+        name = image_name(content_type)
         await asyncio.to_thread(self._write, data, name, self.ttl if keep_for is None else keep_for)
         return name
 
@@ -82,13 +93,13 @@ class FileImageStore:
             return True
 
     async def get(self, name: str) -> StoredImage | None:
-        match = _NAME.match(name)  # also what keeps `..` and slashes out of the path
-        if match is None:
+        content_type = valid_name(name)
+        if content_type is None:
             return None
         path = self.directory / name
         if await asyncio.to_thread(self._expired, path):
             return None
-        return StoredImage(path, _TYPES[match.group(1)])
+        return StoredImage(content_type, path=path)
 
     def _sweep(self) -> int:
         removed = 0

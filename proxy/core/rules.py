@@ -136,7 +136,7 @@ class ServerRules:
     shutdown_grace: float = 300.0  # seconds in-flight generations and streams get to finish on SIGTERM
     # Where shared state lives: "memory" (one process) or a redis:// URL (several replicas).
     state: str = field(default="memory", repr=False)
-    limits: Limits = Limits()  # for every key without limits of its own
+    limits: Limits = field(default_factory=Limits)  # for every key without limits of its own
     idempotency_retention: int = 86400
 
     @property

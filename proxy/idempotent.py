@@ -1,0 +1,95 @@
+"""Shell layer: `Idempotency-Key` on POSTs. A retried request gets the first one's answer, not a new bill.
+
+The key is scoped to the client's API key. The first request with a key claims it and runs; a
+successful answer is kept for `server.idempotency.retention` seconds and replayed (with
+`Idempotent-Replayed: true`) to every retry with the same key and the same request. A retry that
+arrives while the first is still running waits for its answer. The same key with a different request
+is a 422. A failed request releases its key, so a retry runs again (nothing was delivered or paid for).
+Streams cannot be replayed, so a streamed request with a key is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable, Iterable
+
+from aiohttp import web
+
+from proxy.core.errors import InvalidRequest, ServiceUnavailable
+from proxy.state import DONE, RUNNING, Idempotency, IdempotentRecord
+
+HEADER = "Idempotency-Key"
+REPLAYED = "Idempotent-Replayed"
+POLL = 0.1
+_KEPT_HEADERS = ("Content-Type", "X-Imagegate-Ignored-Params")
+
+
+def fingerprint(parts: Iterable[bytes]) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def check_header(value: str) -> str:
+    if not 1 <= len(value) <= 255 or not value.isprintable():
+        raise InvalidRequest("Idempotency-Key must be 1 to 255 printable characters.", param=HEADER, code="invalid_value")
+    return value
+
+
+def _replay(record: IdempotentRecord) -> web.Response:
+    headers = {**record.headers, REPLAYED: "true"}
+    return web.Response(status=record.status, body=record.body.encode(), headers=headers)
+
+
+async def _wait_for(store: Idempotency, key: str, seconds: float) -> IdempotentRecord | None:
+    """The finished record, or None once the first request failed and released the key."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while loop.time() < deadline:
+        record = await store.get(key)
+        if record is None or record.state == DONE:
+            return record
+        await asyncio.sleep(POLL)
+    raise ServiceUnavailable("The first request with this Idempotency-Key is still running.", code="idempotency_in_progress")
+
+
+async def _run(
+    store: Idempotency, key: str, claim: IdempotentRecord, ttl: int, run: Callable[[], Awaitable[web.Response]]
+) -> web.Response:
+    try:
+        response = await run()
+    except BaseException:
+        # Shielded: a cancelled request must still free its key, or retries would wait for nothing.
+        await asyncio.shield(store.release(key))
+        raise
+    if 200 <= response.status < 300 and isinstance(response.body, bytes):
+        headers = {name: response.headers[name] for name in _KEPT_HEADERS if name in response.headers}
+        done = IdempotentRecord(claim.fingerprint, DONE, response.status, response.body.decode(), headers)
+        await store.finish(key, done, ttl)
+    else:
+        await store.release(key)
+    return response
+
+
+async def once(
+    store: Idempotency, key: str, request_fingerprint: str, ttl: int, wait: float, run: Callable[[], Awaitable[web.Response]]
+) -> web.Response:
+    claim = IdempotentRecord(request_fingerprint, RUNNING)
+    while True:
+        existing = await store.claim(key, claim, ttl)
+        if existing is None:
+            return await _run(store, key, claim, ttl, run)
+        if existing.fingerprint != request_fingerprint:
+            raise InvalidRequest(
+                "This Idempotency-Key was already used with a different request.",
+                param=HEADER,
+                code="idempotency_key_reused",
+                status=422,
+            )
+        finished = existing if existing.state == DONE else await _wait_for(store, key, wait)
+        if finished is not None:
+            return _replay(finished)
+        # The first request failed and let the key go: this one runs (claiming it again).

@@ -1,0 +1,148 @@
+"""Shell layer: shared state on Redis (the `redis` extra), for several replicas behind one balancer.
+
+Implements the same interfaces as the in-memory defaults: async task records (`TaskStore`), hosted
+images (`ImageStore`, raw bytes with their expiry, not base64 text), limit counters and idempotency
+records. Every key lives under one prefix and carries its own expiry, so Redis needs no sweeping.
+
+A Redis that cannot be reached is a 503 (`state_unavailable`) for the request that needed it, after a
+short timeout, never a hang; the client reconnects by itself once Redis is back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from typing import Any
+
+import redis.asyncio as redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from proxy.core.errors import ServiceUnavailable
+from proxy.state import IdempotentRecord, SharedState
+from proxy.store import StoredImage, image_name, valid_name
+from proxy.tasks import TaskRecord
+
+PREFIX = "imagegate:"
+TIMEOUT = 2.0
+
+
+def connect(url: str) -> redis.Redis:
+    return redis.Redis.from_url(
+        url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT, health_check_interval=10, decode_responses=False
+    )
+
+
+@asynccontextmanager
+async def unavailable_as_503() -> AsyncIterator[None]:
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        # The URL may carry a password: the message names only the kind of failure.
+        raise ServiceUnavailable(
+            f"The proxy's shared state (Redis) is unavailable: {type(exc).__name__}. Try again shortly.",
+            code="state_unavailable",
+        ) from None
+
+
+class RedisTaskStore:
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+
+    async def put(self, record: TaskRecord) -> None:
+        async with unavailable_as_503():
+            await self._redis.set(
+                f"{PREFIX}task:{record.id}", json.dumps(asdict(record)), pxat=int(record.expires_at * 1000)
+            )
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        async with unavailable_as_503():
+            raw = await self._redis.get(f"{PREFIX}task:{task_id}")
+        return TaskRecord(**json.loads(raw)) if raw is not None else None
+
+    async def sweep(self) -> int:
+        return 0  # keys expire by themselves
+
+    async def close(self) -> None:
+        return None  # the connection is shared: closed once by the app
+
+
+class RedisImageStore:
+    def __init__(self, client: redis.Redis, ttl: int) -> None:
+        self._redis = client
+        self.ttl = ttl
+
+    async def put(self, data: bytes, content_type: str, keep_for: float | None = None) -> str:
+        name = image_name(content_type)
+        async with unavailable_as_503():
+            await self._redis.set(f"{PREFIX}image:{name}", data, ex=max(1, int(keep_for or self.ttl)))
+        return name
+
+    async def get(self, name: str) -> StoredImage | None:
+        content_type = valid_name(name)
+        if content_type is None:
+            return None
+        async with unavailable_as_503():
+            data: Any = await self._redis.get(f"{PREFIX}image:{name}")
+        return StoredImage(content_type, data=data) if isinstance(data, bytes) else None
+
+    async def sweep(self) -> int:
+        return 0
+
+
+class RedisCounters:
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+
+    async def incr(self, key: str, amount: int, ttl: int) -> int:
+        name = f"{PREFIX}count:{key}"
+        async with unavailable_as_503():
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.incrby(name, amount)
+            pipe.expire(name, ttl, nx=True)  # the window's expiry is set once, when it opens
+            value, _ = await pipe.execute()
+        return int(value)
+
+    async def decr(self, key: str, amount: int) -> None:
+        async with unavailable_as_503():
+            await self._redis.decrby(f"{PREFIX}count:{key}", amount)
+
+
+class RedisIdempotency:
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+
+    async def claim(self, key: str, record: IdempotentRecord, ttl: int) -> IdempotentRecord | None:
+        name = f"{PREFIX}idem:{key}"
+        async with unavailable_as_503():
+            if await self._redis.set(name, record.dumps(), nx=True, ex=ttl):
+                return None
+            raw: Any = await self._redis.get(name)
+        # Expired between the two calls: claim again on the next attempt; report it as running meanwhile.
+        return IdempotentRecord.loads(raw) if raw is not None else record
+
+    async def get(self, key: str) -> IdempotentRecord | None:
+        async with unavailable_as_503():
+            raw: Any = await self._redis.get(f"{PREFIX}idem:{key}")
+        return IdempotentRecord.loads(raw) if raw is not None else None
+
+    async def finish(self, key: str, record: IdempotentRecord, ttl: int) -> None:
+        async with unavailable_as_503():
+            await self._redis.set(f"{PREFIX}idem:{key}", record.dumps(), ex=ttl)
+
+    async def release(self, key: str) -> None:
+        async with unavailable_as_503():
+            await self._redis.delete(f"{PREFIX}idem:{key}")
+
+
+def open_redis(url: str, image_ttl: int) -> SharedState:
+    client = connect(url)
+    return SharedState(
+        tasks=RedisTaskStore(client),
+        store=RedisImageStore(client, image_ttl),
+        counters=RedisCounters(client),
+        idempotency=RedisIdempotency(client),
+        close=client.aclose,
+    )

@@ -1,0 +1,123 @@
+"""Shell layer: state that several replicas must share, behind small interfaces with in-memory defaults.
+
+    Counters      per-key limit counters (increment with expiry, decrement)
+    Idempotency   `Idempotency-Key` records: claimed, then finished with the response to replay
+(async task records are `proxy.tasks.TaskStore`, hosted images `proxy.store.ImageStore`.)
+
+The memory versions serve one process; `proxy.redis_state` implements the same interfaces on Redis.
+`open_state` picks them from `server.state`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from proxy.store import ImageStore
+from proxy.tasks import TaskStore
+
+RUNNING = "running"
+DONE = "done"
+
+
+class Counters(Protocol):
+    async def incr(self, key: str, amount: int, ttl: int) -> int:
+        """Add `amount` (the counter expires `ttl` seconds after it was created); the new value."""
+        ...
+
+    async def decr(self, key: str, amount: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class IdempotentRecord:
+    fingerprint: str  # what the request was: the same key with another request is refused
+    state: str  # RUNNING while the first request is served, DONE once its answer is kept
+    status: int = 0
+    body: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @staticmethod
+    def loads(text: str | bytes) -> IdempotentRecord:
+        data: dict[str, Any] = json.loads(text)
+        return IdempotentRecord(**data)
+
+
+class Idempotency(Protocol):
+    async def claim(self, key: str, record: IdempotentRecord, ttl: int) -> IdempotentRecord | None:
+        """Store `record` if the key is free (None: it is ours now); else the record already there."""
+        ...
+
+    async def get(self, key: str) -> IdempotentRecord | None: ...
+
+    async def finish(self, key: str, record: IdempotentRecord, ttl: int) -> None: ...
+
+    async def release(self, key: str) -> None:
+        """Forget a claim whose request failed, so that a retry runs again."""
+        ...
+
+
+class MemoryCounters:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._values: dict[str, tuple[int, float]] = {}
+        self._clock = clock
+
+    async def incr(self, key: str, amount: int, ttl: int) -> int:
+        now = self._clock()
+        value, expires = self._values.get(key, (0, now + ttl))
+        if expires <= now:
+            value, expires = 0, now + ttl
+        self._values[key] = (value + amount, expires)
+        if len(self._values) > 10_000:
+            self._values = {name: item for name, item in self._values.items() if item[1] > now}
+        return value + amount
+
+    async def decr(self, key: str, amount: int) -> None:
+        if key in self._values:
+            value, expires = self._values[key]
+            self._values[key] = (max(0, value - amount), expires)
+
+
+class MemoryIdempotency:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._records: dict[str, tuple[IdempotentRecord, float]] = {}
+        self._clock = clock
+
+    def _live(self, key: str) -> IdempotentRecord | None:
+        item = self._records.get(key)
+        if item is None or item[1] <= self._clock():
+            self._records.pop(key, None)
+            return None
+        return item[0]
+
+    async def claim(self, key: str, record: IdempotentRecord, ttl: int) -> IdempotentRecord | None:
+        existing = self._live(key)
+        if existing is not None:
+            return existing
+        self._records[key] = (record, self._clock() + ttl)
+        return None
+
+    async def get(self, key: str) -> IdempotentRecord | None:
+        return self._live(key)
+
+    async def finish(self, key: str, record: IdempotentRecord, ttl: int) -> None:
+        self._records[key] = (record, self._clock() + ttl)
+
+    async def release(self, key: str) -> None:
+        self._records.pop(key, None)
+
+
+@dataclass
+class SharedState:
+    """Everything several replicas share, from one backend; `close` releases its connection."""
+
+    tasks: TaskStore
+    store: ImageStore
+    counters: Counters
+    idempotency: Idempotency
+    close: Callable[[], Awaitable[None]]
