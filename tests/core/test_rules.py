@@ -585,3 +585,12 @@ models:
     assert settings["wait"] == 60 and isinstance(settings["wait"], int)
     assert settings["poll_interval"] == 0.25
     assert settings["size_mode"] == "aspect_ratio"
+
+
+def test_the_replicas_example_rules_load() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "deploy" / "replicas.rules.yaml").read_text()
+    rules = parse_rules(text, {"REDIS_URL": "redis://redis:6379/0"}, SCHEMAS)
+    assert rules.server.state == "redis://redis:6379/0"
+    assert rules.server.limits.requests_per_minute == 120
