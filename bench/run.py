@@ -173,7 +173,7 @@ class Bench:
         """A fresh proxy process for one scenario group (so its VmHWM is that group's peak)."""
         self.proxies += 1
         port = free_port()
-        command = [*shlex.split(self.options.proxy_cmd.format(python=sys.executable))]
+        command = [*shlex.split(self.options.proxy_cmd.format(python=sys.executable, n=self.proxies))]
         command += ["--rules", str(self.rules), "--port", str(port)]
         child = Child("proxy", command, port, self.workdir / f"proxy-{self.proxies}.log", self.options.proxy_cwd, _env())
         try:
@@ -635,7 +635,7 @@ def describe(bench: Bench, options: Options) -> list[str]:
         f"machine: {nproc} CPUs ({platform.machine()}), {total} MB RAM ({available} MB available), Linux {platform.release()}",
         f"Python {platform.python_version()}, aiohttp {aiohttp.__version__}, open-file limit {nofile_limit()}",
         f"load generator (scenario 1): {generator}; scenarios 2-4: aiohttp client in the bench process",
-        f"proxy: {options.proxy_cmd.format(python=Path(sys.executable).name)} (fresh process per scenario group), "
+        f"proxy: {options.proxy_cmd.format(python=Path(sys.executable).name, n='N')} (fresh process per scenario group), "
         f"{options.duration:g} s per measurement",
     ]
 
@@ -676,7 +676,11 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--big-bytes", type=int, default=defaults.big_bytes, help="base64 characters of scenario 2's image")
     parser.add_argument("--big-concurrency", type=int, default=defaults.big_concurrency)
     parser.add_argument("--loadgen", choices=("auto", WRK, AIOHTTP), default=defaults.loadgen, help="scenario 1's load generator")
-    parser.add_argument("--proxy-cmd", default=defaults.proxy_cmd, help="how to start the proxy ({python}: this interpreter)")
+    parser.add_argument(
+        "--proxy-cmd",
+        default=defaults.proxy_cmd,
+        help="how to start the proxy ({python}: this interpreter, {n}: the proxy's sequence number)",
+    )
     parser.add_argument("--proxy-cwd", type=Path, default=defaults.proxy_cwd, help="the proxy's working directory")
     parser.add_argument("--json", type=Path, default=None, help="also write every raw figure to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (rules, logs)")
