@@ -44,6 +44,12 @@ def proc_status(pid: int) -> dict[str, int]:
     return values
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def open_fds(pid: int) -> int:
     try:
         return len(os.listdir(f"/proc/{pid}/fd"))
@@ -66,6 +72,9 @@ class Child:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pid)
 
     def rss(self) -> int:
         return proc_status(self.pid)["VmRSS"]

@@ -43,6 +43,9 @@ SCENARIOS = ("small", "big", "held", "stream")
 # Scenario 3's probe: requests held this long on a channel that leaves `concurrency` at its default.
 PROBE_REQUESTS = 40
 PROBE_HOLD_MS = 500
+# `concurrency` of the bench's channels: the per-channel limit (default 4) must not be what is measured.
+WIDE = 10_000
+DEFAULT_CONCURRENCY = 4  # proxy.core.rules.DEFAULT_CONCURRENCY, restated: the bench does not import the proxy
 PATH = "/v1/images/generations"
 KEY = "sk-bench-0123456789"
 
@@ -51,13 +54,15 @@ server:
   api_keys: []
   images: {{path: "{images}", ttl: 600}}
 channels:
-  small: {{type: openai, base_url: "{upstream}/small/v1", api_key: "{key}", timeout: 60}}
-  big: {{type: openai, base_url: "{upstream}/big/v1", api_key: "{key}", timeout: 60}}
+  small: {{type: openai, base_url: "{upstream}/small/v1", api_key: "{key}", timeout: 60, concurrency: {wide}}}
+  small-default: {{type: openai, base_url: "{upstream}/small/v1", api_key: "{key}", timeout: 60}}
+  big: {{type: openai, base_url: "{upstream}/big/v1", api_key: "{key}", timeout: 60, concurrency: {wide}}}
   hold: {{type: openai, base_url: "{upstream}/hold-{hold_ms}/v1", api_key: "{key}", timeout: 300, concurrency: {held}}}
   queue: {{type: openai, base_url: "{upstream}/hold-{probe_ms}/v1", api_key: "{key}", timeout: 300}}
-  sse: {{type: openai, base_url: "{upstream}/sse/v1", api_key: "{key}", timeout: 60}}
+  sse: {{type: openai, base_url: "{upstream}/sse/v1", api_key: "{key}", timeout: 60, concurrency: {wide}}}
 models:
   bench-small: {{channels: [small]}}
+  bench-small-default: {{channels: [small-default]}}
   bench-big: {{channels: [big]}}
   bench-hold: {{channels: [hold]}}
   bench-queue: {{channels: [queue]}}
@@ -165,7 +170,9 @@ class Bench:
         images = self.workdir / "images"
         images.mkdir()
         hold_ms, probe_ms = round(o.hold * 1000), PROBE_HOLD_MS
-        rules = RULES.format(upstream=self.upstream_url, key=KEY, images=images, hold_ms=hold_ms, probe_ms=probe_ms, held=o.held)
+        rules = RULES.format(
+            upstream=self.upstream_url, key=KEY, images=images, hold_ms=hold_ms, probe_ms=probe_ms, held=o.held, wide=WIDE
+        )
         self.rules.write_text(rules)
 
     @asynccontextmanager
@@ -198,10 +205,18 @@ class Bench:
                 stats: dict[str, int] = await response.json()
                 return stats
 
-    async def load(self, url: str, body: str, concurrency: int) -> LoadResult:
+    async def load(self, url: str, body: str, concurrency: int, proxy: Child | None = None) -> tuple[LoadResult, str]:
+        """The load generator's figures, and the CPU the upstream and the proxy used meanwhile (% of one core)."""
+        children = [child for child in (self.upstream, proxy) if child is not None]
+        before = [child.cpu() for child in children]
+        began = time.perf_counter()
         if self.wrk:
-            return await run_wrk(self.wrk, url, body, concurrency, self.options.duration)
-        return await run_aiohttp(url, body, concurrency, self.options.duration)
+            result = await run_wrk(self.wrk, url, body, concurrency, self.options.duration)
+        else:
+            result = await run_aiohttp(url, body, concurrency, self.options.duration)
+        elapsed = time.perf_counter() - began
+        used = [(child.cpu() - start) / elapsed for child, start in zip(children, before, strict=True)]
+        return result, " / ".join(f"{share:.0%}" for share in used)
 
     # -- 1: small JSON -----------------------------------------------------------------------------
 
@@ -212,8 +227,8 @@ class Bench:
         raw: dict[str, Any] = {}
         for concurrency in self.options.concurrency:
             say(f"small JSON, concurrency {concurrency}: direct, then proxy ({self.options.duration:g}s each)")
-            direct = await self.load(self.direct("small"), body, concurrency)
-            proxied = await self.load(self.via(proxy), body, concurrency)
+            direct, direct_cpu = await self.load(self.direct("small"), body, concurrency)
+            proxied, proxy_cpu = await self.load(self.via(proxy), body, concurrency, proxy)
             raw[f"c{concurrency}"] = {"direct": asdict(direct), "proxy": asdict(proxied)}
             section = f"1 small JSON c={concurrency} ({direct.generator})"
             ratio = proxied.rps / direct.rps if direct.rps else 0.0
@@ -240,9 +255,21 @@ class Bench:
                 fmt(1000 / proxied.rps, 3),
                 f"+{per_request:.3f} ms",
             )
+            self.report.add("", "CPU: upstream [/ proxy]", direct_cpu, proxy_cpu, "% of one core")
             errors = direct.errors + proxied.errors
             if errors:
                 self.report.add("", "errors (non-2xx, socket)", str(direct.errors), str(proxied.errors), "", "none", "MISS")
+            if concurrency == max(self.options.concurrency) and concurrency > DEFAULT_CONCURRENCY:
+                say(f"small JSON, concurrency {concurrency}, channel without `concurrency` set: proxy")
+                default, _ = await self.load(self.via(proxy), request_body("bench-small-default"), concurrency, proxy)
+                raw[f"c{concurrency}_default_channel"] = asdict(default)
+                self.report.add(
+                    "",
+                    f"req/s, channel `concurrency` default ({DEFAULT_CONCURRENCY})",
+                    fmt(direct.rps, 0),
+                    fmt(default.rps, 0),
+                    f"{default.rps / direct.rps:.0%}, p50 {default.p50_ms:.1f} ms",
+                )
         self.report.raw["small"] = raw
 
     # -- 2: 3 MB b64 ------------------------------------------------------------------------------

@@ -36,9 +36,9 @@ from proxy.core.rules import Rules
 from proxy.core.translate import with_revised_prompt
 from proxy.driver import Driver, generate
 from proxy.finish import IMAGE_ROUTE, Delivery, Finisher, deliver, metadata
+from proxy.guard import make_guarded_session, trusted_hosts
 from proxy.idempotent import HEADER as IDEMPOTENCY_HEADER
 from proxy.idempotent import check_header, fingerprint, once
-from proxy.inputs import make_input_session
 from proxy.limiter import Admission, admit
 from proxy.metrics import make_metrics
 from proxy.middleware import access_middleware, add_request_id, auth_middleware, error_middleware
@@ -72,7 +72,9 @@ def public_base(request: web.Request, rules: Rules) -> str:
 async def produce(services: Services, plan: Plan, client_key: str | None, delivery: Delivery) -> dict[str, Any]:
     """The plan's images from its channels, in the client's format, as the ImagesResponse body."""
     outcome = await generate(services.driver, services.rules, plan, client_key)
-    result = await deliver(services.finisher, outcome.result, delivery)
+    channel = services.rules.channels.get(outcome.channel)
+    channel_delivery = delivery.from_channel(channel, services.rules.server.download) if channel is not None else delivery
+    result = await deliver(services.finisher, outcome.result, channel_delivery)
     result = with_revised_prompt(result, plan.client_prompt, plan.rule.translation)
     served_by = plan.rule.upstream_for(outcome.channel, plan.model)
     count_usage(services, client_key, len(result.images), result.usage)
@@ -334,7 +336,7 @@ async def _drain(running: set[asyncio.Task[None]], grace: float) -> None:
 async def _services(app: web.Application) -> AsyncIterator[None]:
     rules = app[RULES]
     session = make_session()
-    inputs = make_input_session(rules.server.download)
+    inputs, resolver = make_guarded_session(trusted_hosts(rules))
     app[SESSION] = session
     shared = open_shared_state(rules)
     store = app[STORE] if STORE in app else shared.store if shared is not None else make_store(rules)
@@ -343,10 +345,11 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     services = Services(
         rules=rules,
         driver=Driver(session=session, adapters=ADAPTERS, inputs=inputs, download=rules.server.download, metrics=metrics),
-        finisher=Finisher(session=session, store=store, download=rules.server.download),
+        finisher=Finisher(session=inputs, store=store, download=rules.server.download),
         store=store,
         tasks=tasks,
         metrics=metrics,
+        resolver=resolver,
     )
     if shared is not None:
         services.counters, services.idempotency = shared.counters, shared.idempotency

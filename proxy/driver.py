@@ -30,6 +30,7 @@ from proxy.core.errors import BadGateway, GatewayTimeout, ProxyError, ServiceUna
 from proxy.core.plan import Plan
 from proxy.core.response import ImagesResult
 from proxy.core.rules import Channel, DownloadRules, Rules, iter_usable
+from proxy.guard import Refused, as_upstream_error, check, host_of, trusted_for
 from proxy.inputs import plan_for
 from proxy.metrics import Metrics
 from proxy.observe import note, upstream_call_took
@@ -117,11 +118,24 @@ async def _steps(driver: Driver, spec: AdapterSpec, job: Job, progress: list[Any
     raise BadGateway(f"channel '{job.channel.name}' did not finish after {MAX_STEPS} calls", code="upstream_stalled")
 
 
+async def session_for(driver: Driver, call: Call, channel: Channel) -> aiohttp.ClientSession:
+    """Calls to the channel's own host use the pooled session; a URL the upstream handed out (a task's
+    polling URL on another host) goes through the guard like any URL the proxy did not choose."""
+    if driver.inputs is None or not channel.base_url or host_of(call.url) == host_of(channel.base_url):
+        return driver.session
+    try:
+        await check(call.url, trusted_for(channel, driver.download))
+    except Refused as error:
+        raise as_upstream_error(error) from None
+    return driver.inputs
+
+
 async def timed_send(driver: Driver, call: Call, channel: Channel, timeout: float | None = None) -> UpstreamResponse:
     """One upstream call, timed for the access line and the latency histogram."""
+    session = await session_for(driver, call, channel)
     started = time.perf_counter()
     try:
-        return await send(driver.session, call, channel=channel.name, timeout=channel.timeout if timeout is None else timeout)
+        return await send(session, call, channel=channel.name, timeout=channel.timeout if timeout is None else timeout)
     finally:
         elapsed = time.perf_counter() - started
         upstream_call_took(elapsed)

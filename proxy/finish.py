@@ -16,13 +16,14 @@ from typing import Any
 
 import aiohttp
 
-from proxy.core.errors import BadGateway
+from proxy.core.errors import BadGateway, ProxyError
 from proxy.core.mime import image_dimensions, sniff_image_type
 from proxy.core.response import FETCH, HOST, GeneratedImage, ImagesResult, conversion, in_format
-from proxy.core.rules import DownloadRules
+from proxy.core.rules import Channel, DownloadRules
 from proxy.driver import Outcome
+from proxy.guard import Refused, as_upstream_error, trusted_for
+from proxy.guard import fetch as guarded_fetch
 from proxy.store import ImageStore
-from proxy.upstream import fetch_image
 
 IMAGE_ROUTE = "/images/"
 # Below this many characters base64 work is cheaper inline than a thread hop.
@@ -31,7 +32,7 @@ _INLINE_LIMIT = 256 * 1024
 
 @dataclass(frozen=True)
 class Finisher:
-    session: aiohttp.ClientSession
+    session: aiohttp.ClientSession  # the guarded one: result URLs are the upstream's choice
     store: ImageStore
     download: DownloadRules
 
@@ -43,6 +44,10 @@ class Delivery:
     response_format: str | None
     public_base: str
     keep_for: float  # seconds hosted images must stay retrievable (an async task's retention, or the store's ttl)
+    trusted: frozenset[str] = frozenset()  # hosts whose result URLs may be private (see proxy.guard)
+
+    def from_channel(self, channel: Channel, download: DownloadRules) -> Delivery:
+        return replace(self, trusted=trusted_for(channel, download))
 
 
 def _decode(b64: str) -> bytes:
@@ -70,11 +75,18 @@ def _encode(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-async def fetch(finisher: Finisher, image: GeneratedImage) -> GeneratedImage:
+async def fetch(finisher: Finisher, image: GeneratedImage, delivery: Delivery) -> GeneratedImage:
     assert image.url is not None
-    download = await fetch_image(
-        finisher.session, image.url, max_bytes=finisher.download.max_bytes, timeout=finisher.download.timeout
-    )
+    try:
+        download = await guarded_fetch(
+            finisher.session,
+            image.url,
+            trusted=delivery.trusted,
+            max_bytes=finisher.download.max_bytes,
+            timeout=finisher.download.timeout,
+        )
+    except (Refused, ProxyError) as error:
+        raise as_upstream_error(error) from None
     b64: str = await _off_loop_if_large(len(download.data), _encode, download.data)
     return replace(image, b64_json=b64, content_type=download.content_type)
 
@@ -85,7 +97,7 @@ def short_lived(image: GeneratedImage, keep_for: float) -> bool:
 
 
 async def rehost(finisher: Finisher, image: GeneratedImage, delivery: Delivery) -> GeneratedImage:
-    fetched = await fetch(finisher, image)
+    fetched = await fetch(finisher, image, delivery)
     hosted = await host(finisher, replace(fetched, url=None), delivery)
     return replace(hosted, b64_json=image.b64_json)  # only the URL changes: bytes go out only when asked for
 
@@ -95,7 +107,7 @@ async def convert(finisher: Finisher, image: GeneratedImage, delivery: Delivery)
     if kind == HOST:
         image = await host(finisher, image, delivery)
     elif kind == FETCH:
-        image = await fetch(finisher, image)
+        image = await fetch(finisher, image, delivery)
     elif delivery.response_format != "b64_json" and short_lived(image, delivery.keep_for):
         image = await rehost(finisher, image, delivery)
     return image

@@ -6,26 +6,18 @@ Two conversions happen here, per channel, just before its adapter runs:
 - image URLs sent to a channel that needs the bytes (Stability, Gemini, SD WebUI) are downloaded and
   inlined as data URIs.
 
-Downloading a URL the client chose is a server-side request on the client's behalf, so it is bounded
-(size cap, timeout, image content only) and refuses private, loopback and link-local addresses, at
-every redirect and at connection time (the resolver filters what DNS returns, so a name cannot be
-rebound to an internal address between the check and the connection), unless the rules list the host
-in `server.download.allow_hosts`.
+Downloading a URL the client chose goes through proxy.guard (public addresses only unless the rules
+trust the host, every redirect checked, size cap, timeout, images only).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
-import socket
 from dataclasses import replace
 from typing import Any
-from urllib.parse import urljoin, urlsplit
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
 
 from proxy.adapters.base import AdapterSpec
 from proxy.core.errors import InvalidRequest, ProxyError
@@ -33,99 +25,18 @@ from proxy.core.mime import sniff_image_type
 from proxy.core.multipart import Part
 from proxy.core.plan import EDIT, GENERATE, VARIATION, Plan, forwarded
 from proxy.core.rules import Channel, DownloadRules
-from proxy.upstream import read_capped, transport_errors
-
-MAX_REDIRECTS = 5
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-
-
-def public_address(address: str) -> bool:
-    """True for an address on the public internet (not private, loopback, link-local, reserved...)."""
-    try:
-        ip = ipaddress.ip_address(address.split("%")[0])
-    except ValueError:
-        return False
-    return ip.is_global and not ip.is_multicast
-
-
-class GuardedResolver(AbstractResolver):
-    """Resolves like aiohttp's default, but drops non-public addresses for hosts the rules do not allow."""
-
-    def __init__(self, allow_hosts: frozenset[str]) -> None:
-        self._inner = DefaultResolver()
-        self._allow = allow_hosts
-
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
-        answers = await self._inner.resolve(host, port, family)
-        if host in self._allow:
-            return answers
-        safe = [answer for answer in answers if public_address(answer["host"])]
-        if not safe:
-            raise OSError(f"{host} resolves only to non-public addresses")
-        return safe
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-
-def make_input_session(download: DownloadRules) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(resolver=GuardedResolver(frozenset(download.allow_hosts)), limit=64)
-    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
-
-
-async def _check_url(url: str, allow_hosts: frozenset[str]) -> None:
-    """Refuse a URL whose host is, or resolves only to, a non-public address (the resolver re-checks at connect)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.scheme not in ("http", "https") or not host:
-        raise InvalidRequest("Image URLs must be http(s) URLs.", param="image", code="invalid_image_url")
-    if host in allow_hosts:
-        return
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 0, type=socket.SOCK_STREAM)
-    except OSError:
-        raise InvalidRequest(
-            f"The image URL's host '{host}' does not resolve.", param="image", code="invalid_image_url"
-        ) from None
-    if not any(public_address(str(info[4][0])) for info in infos):
-        raise InvalidRequest("Image URLs may not point at private or local addresses.", param="image", code="invalid_image_url")
+from proxy.guard import Refused, as_client_error, fetch
 
 
 async def download_input(session: aiohttp.ClientSession, url: str, download: DownloadRules) -> tuple[bytes, str]:
-    """The image behind a client's URL, following redirects one checked hop at a time.
-
-    Every failure is the client's to fix (a URL it chose), so each is a 400 naming `image`.
-    """
+    """The image behind a client's URL, through the guard; every failure is the client's to fix (400)."""
     try:
-        return await _download(session, url, download)
-    except ProxyError as error:
-        if isinstance(error, InvalidRequest):
-            raise
-        raise InvalidRequest(
-            f"The image URL could not be fetched: {error.message}", param="image", code="invalid_image_url"
-        ) from None
-
-
-async def _download(session: aiohttp.ClientSession, url: str, download: DownloadRules) -> tuple[bytes, str]:
-    allow = frozenset(download.allow_hosts)
-    timeout = aiohttp.ClientTimeout(total=download.timeout)
-    for _ in range(MAX_REDIRECTS + 1):
-        await _check_url(url, allow)
-        async with (
-            transport_errors("image input", download.timeout),
-            session.get(url, allow_redirects=False, timeout=timeout) as resp,
-        ):
-            if resp.status in _REDIRECTS and "Location" in resp.headers:
-                url = urljoin(url, resp.headers["Location"])
-                continue
-            if resp.status != 200:
-                raise InvalidRequest(f"The image URL answered HTTP {resp.status}.", param="image", code="invalid_image_url")
-            data = await read_capped(resp.content, download.max_bytes, "the input image")
-        content_type = sniff_image_type(data)
-        if content_type is None:
-            raise InvalidRequest("The image URL did not return an image.", param="image", code="invalid_image_url")
-        return data, content_type
-    raise InvalidRequest("The image URL redirects too many times.", param="image", code="invalid_image_url")
+        fetched = await fetch(
+            session, url, trusted=frozenset(download.allow_hosts), max_bytes=download.max_bytes, timeout=download.timeout
+        )
+    except (Refused, ProxyError) as error:
+        raise as_client_error(error) from None
+    return fetched.data, fetched.content_type
 
 
 def data_uri(data: bytes | bytearray, content_type: str) -> str:

@@ -14,6 +14,7 @@ from aiohttp import web
 from proxy.core.rules import Rules
 from proxy.driver import Driver
 from proxy.finish import Finisher
+from proxy.guard import GuardedResolver, trusted_hosts
 from proxy.metrics import Metrics
 from proxy.state import Counters, Idempotency, MemoryCounters, MemoryIdempotency
 from proxy.store import ImageStore
@@ -32,11 +33,14 @@ class Services:
     idempotency: Idempotency = field(default_factory=MemoryIdempotency)
     background: set[asyncio.Task[None]] = field(default_factory=set)
     draining: bool = False  # shutting down: /readyz answers 503 so balancers move traffic away
+    resolver: GuardedResolver | None = None
 
     def use_rules(self, rules: Rules) -> None:
-        """Rules for new requests (a reload); the download limits follow them."""
+        """Rules for new requests (a reload); download limits and trusted hosts follow them."""
         self.rules = rules
         self.driver.download = rules.server.download
+        if self.resolver is not None:
+            self.resolver.trusted = trusted_hosts(rules)
 
 
 RULES = web.AppKey("rules", Rules)  # the rules the app started with

@@ -128,6 +128,7 @@ async def relay_native(
         raise step.error
     assert isinstance(step, Send)
     channel, seconds = job.channel.name, job.channel.timeout
+    here = delivery.from_channel(job.channel, driver.download)
     async with contextlib.AsyncExitStack() as stack:
         async with transport_errors(channel, seconds):
             upstream = await stack.enter_async_context(_request(driver, job, step))
@@ -148,7 +149,7 @@ async def relay_native(
                     if payload.get("type") == "error" and "image_index" in payload:
                         held.append(payload)
                         continue
-                    await sink.send(await finish_payload(renamed(payload, kind), finisher, delivery))
+                    await sink.send(await finish_payload(renamed(payload, kind), finisher, here))
                     if payload.get("type") == "error":
                         return
         if parser.pending:
@@ -218,7 +219,9 @@ async def stream(
 
     async def work() -> ImagesResult:
         outcome = await generate(driver, rules, plan, client_key)
-        return await deliver(finisher, outcome.result, delivery)
+        channel = rules.channels.get(outcome.channel)
+        here = delivery.from_channel(channel, rules.server.download) if channel is not None else delivery
+        return await deliver(finisher, outcome.result, here)
 
     try:
         if streams_natively(rules, plan, driver):

@@ -19,7 +19,6 @@ from aiohttp.abc import AbstractStreamWriter
 
 from proxy.adapters.base import Call, UpstreamResponse
 from proxy.core.errors import BadGateway, GatewayTimeout, ProxyError
-from proxy.core.mime import sniff_image_type
 from proxy.core.multipart import Part
 from proxy.observe import REQUEST_ID_HEADER, current_request_id
 
@@ -151,42 +150,3 @@ async def send(session: aiohttp.ClientSession, call: Call, *, channel: str, time
         body = await read_capped(resp.content, MAX_ANSWER_BYTES, f"the answer of channel '{channel}'")
         headers = {name.lower(): value for name, value in resp.headers.items()}
         return UpstreamResponse(status=resp.status, headers=headers, body=body)
-
-
-@dataclass(frozen=True)
-class Download:
-    data: bytes
-    content_type: str
-
-
-def _image_type(declared: str, data: bytes) -> str | None:
-    """The image type, trusting the bytes over the header (hosts often say octet-stream)."""
-    sniffed = sniff_image_type(data)
-    if sniffed is not None:
-        return sniffed
-    return declared if declared.startswith("image/") else None
-
-
-async def fetch_image(
-    session: aiohttp.ClientSession, url: str, *, max_bytes: int, timeout: float, headers: Mapping[str, str] | None = None
-) -> Download:
-    """Download an upstream's image URL. No channel credentials are sent: the URL may be on another host."""
-    if not url.startswith(("http://", "https://")):
-        raise BadGateway("the upstream returned an image URL that is not http(s)", code="bad_upstream_response")
-    async with transport_errors("image download", timeout):
-        client_timeout = aiohttp.ClientTimeout(total=timeout)
-        async with session.get(url, timeout=client_timeout, allow_redirects=True, headers=headers) as resp:
-            if resp.status != 200:
-                message = f"the generated image could not be downloaded (HTTP {resp.status})"
-                raise BadGateway(message, code="image_download_failed")
-            if resp.content_length is not None and resp.content_length > max_bytes:
-                raise BadGateway(f"the generated image is larger than {max_bytes} bytes", code="upstream_too_large")
-            data = await read_capped(resp.content, max_bytes, "the generated image")
-            declared = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
-    content_type = _image_type(declared, data)
-    if content_type is None:
-        raise BadGateway(
-            f"the upstream's image URL did not return an image (Content-Type {declared or 'missing'})",
-            code="image_download_failed",
-        )
-    return Download(data, content_type)
