@@ -1,10 +1,117 @@
-"""Suite-wide hooks: the hardening figures are printed in the terminal summary."""
+"""Suite-wide fixtures and hooks: the proxy under test, fake upstreams, a real Redis, and the
+hardening figures printed in the terminal summary."""
 
 from __future__ import annotations
 
-from _pytest.terminal import TerminalReporter
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from pathlib import Path
 
+import pytest
+from _pytest.terminal import TerminalReporter
+from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web import Application
+
+from proxy.adapters import SCHEMAS
+from proxy.app import make_app
+from proxy.core.rules import parse_rules
+from proxy.store import FileImageStore
+from tests.fakes.openai import FakeOpenAI
 from tests.hardening.figures import lines
+
+CLIENT_KEY = "client-key-1"
+
+ProxyFactory = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+def make_proxy(aiohttp_client: Callable[..., Awaitable[TestClient]], tmp_path: Path) -> ProxyFactory:
+    """`await make_proxy(rules_text, env)`: a client for a proxy whose image store lives in tmp_path."""
+
+    async def build(text: str, env: Mapping[str, str] | None = None, *, cancel_on_disconnect: bool = False) -> TestClient:
+        rules = parse_rules(text, dict(env or {}), SCHEMAS)
+        store = FileImageStore(tmp_path / "images", rules.server.images.ttl)
+        # As `python -m proxy` serves: a client that disconnects cancels its handler.
+        server_kwargs = {"handler_cancellation": True} if cancel_on_disconnect else None
+        return await aiohttp_client(make_app(rules, store=store), server_kwargs=server_kwargs)
+
+    return build
+
+
+@pytest.fixture
+async def fake_openai(aiohttp_server: Callable[[Application], Awaitable[TestServer]]) -> tuple[FakeOpenAI, str]:
+    fake = FakeOpenAI()
+    server = await aiohttp_server(fake.app())
+    return fake, str(server.make_url("")).rstrip("/")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A real redis-server on loopback for one test; `stop` and `start` simulate an outage."""
+
+    def __init__(self, binary: str, directory: Path) -> None:
+        self.binary, self.directory, self.port = binary, directory, _free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import time
+
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(100):
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """CI installs redis-server (`.ci/run`); elsewhere the Redis tests skip unless IMAGEGATE_REQUIRE_REDIS=1."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("IMAGEGATE_REQUIRE_REDIS") == "1":
+            pytest.fail("redis-server is required (IMAGEGATE_REQUIRE_REDIS=1) but not installed")
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(binary, tmp_path)
+    server.start()
+    yield server
+    server.stop()
 
 
 def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:
