@@ -47,6 +47,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse, Wait
+from proxy.adapters.polling import MAX_FAILED_POLLS, lenient_timing, transient
 from proxy.core.errors import (
     BadGateway,
     ContentPolicyViolation,
@@ -74,7 +75,7 @@ MAX_SEED = 2**31 - 1
 
 DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_MAX_POLL_INTERVAL = 8.0
-MAX_FAILED_POLLS = 3
+MAX_DOUBLINGS = 16  # polls after which the pause stops doubling (max_poll_interval caps it long before)
 
 PENDING = frozenset({"PENDING", "RUNNING"})
 MODERATION_CODES = frozenset({"DataInspectionFailed", "IPInfringementSuspect"})
@@ -405,20 +406,10 @@ def after_sync(job: Job, response: UpstreamResponse) -> Step:
 
 def next_wait(job: Job, task: Task) -> Wait:
     """Wait, then poll: the pause doubles with every poll, from poll_interval up to max_poll_interval."""
-    first = _setting_float(job, "poll_interval", DEFAULT_POLL_INTERVAL)
-    cap = _setting_float(job, "max_poll_interval", DEFAULT_MAX_POLL_INTERVAL)
-    seconds = min(first * 2 ** min(task.polls, 16), cap)
+    timing = lenient_timing(job.channel.settings, DEFAULT_POLL_INTERVAL, DEFAULT_MAX_POLL_INTERVAL,
+                            max_doublings=MAX_DOUBLINGS)
     following = replace(task, polls=task.polls + 1)
-    return Wait(seconds, poll_call(job, following), following)
-
-
-def _setting_float(job: Job, name: str, default: float) -> float:
-    value = job.channel.settings.get(name, default)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return default
-    return number if number > 0 else default
+    return Wait(timing.delay(task.polls), poll_call(job, following), following)
 
 
 def after_create(job: Job, response: UpstreamResponse) -> Step:
@@ -435,8 +426,7 @@ def after_create(job: Job, response: UpstreamResponse) -> Step:
 
 def after_failed_poll(job: Job, task: Task, response: UpstreamResponse) -> Step:
     failed = task.failed_polls + 1
-    transient = response.status >= 500 or response.status == 429
-    if transient and failed < MAX_FAILED_POLLS:
+    if transient(response.status) and failed < MAX_FAILED_POLLS:
         return next_wait(job, replace(task, failed_polls=failed))
     data = _decode(response.body)
     detail = str(data.get("message") or data.get("code")) if data is not None else f"HTTP {response.status}"

@@ -41,6 +41,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse, Wait
+from proxy.adapters.polling import MAX_FAILED_POLLS, Timing, polls_failed, timing_from_settings, transient
 from proxy.core.errors import (
     BadGateway,
     ContentPolicyViolation,
@@ -64,7 +65,6 @@ OUTPUT_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg"}
 SAMPLE_TTL = 600.0  # "result.sample expires after 10 minutes"
 POLL_INTERVAL = 0.5
 MAX_POLL_INTERVAL = 5.0
-MAX_FAILED_POLLS = 3
 PENDING = "Pending"
 READY = "Ready"
 MODERATED = frozenset({"Request Moderated", "Content Moderated"})
@@ -96,16 +96,6 @@ FLUX1 = Family("flux1", SizeLimits(256, 1440, 32, None), "image_prompt", 1)
 FLUX2 = Family("flux2", SizeLimits(256, None, 16, 2048 * 2048), "input_image", 8)
 ULTRA = Family("ultra", None, "image_prompt", 1, strength_field="image_prompt_strength")
 KONTEXT = Family("kontext", None, "input_image", 4)
-
-
-@dataclass(frozen=True)
-class Timing:
-    first: float = POLL_INTERVAL
-    cap: float = MAX_POLL_INTERVAL
-
-    def delay(self, polls: int) -> float:
-        """Seconds before poll number `polls` (0-based): first, 2*first, 4*first, ... up to cap."""
-        return min(self.first * 2.0 ** min(polls, 32), self.cap)
 
 
 @dataclass(frozen=True)
@@ -246,22 +236,6 @@ def build_body(job: Job) -> dict[str, Any]:
     return merge_extra_body(body, fields.get("extra_body", {}))
 
 
-def _setting(settings: Mapping[str, Any], name: str, default: float) -> float:
-    value = settings.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError(f"setting '{name}' must be a positive number of seconds, got {value!r}")
-    return float(value)
-
-
-def timing_of(settings: Mapping[str, Any]) -> Timing:
-    """The polling schedule from the channel settings; ValueError when they make no sense."""
-    first = _setting(settings, "poll_interval", POLL_INTERVAL)
-    cap = _setting(settings, "max_poll_interval", max(MAX_POLL_INTERVAL, first))
-    if cap < first:
-        raise ValueError("setting 'max_poll_interval' must not be below 'poll_interval'")
-    return Timing(first, cap)
-
-
 def _misconfigured(job: Job, problem: str) -> Fail:
     # An operator's mistake, not the client's: another channel may still serve the model.
     return Fail(ServiceUnavailable(f"channel '{job.channel.name}' is misconfigured: {problem}",
@@ -277,7 +251,7 @@ def start(job: Job) -> Step:
     if not _MODEL.match(model):
         return _misconfigured(job, f"'{model}' is not a BFL endpoint name (e.g. flux-pro-1.1)")
     try:
-        timing = timing_of(job.channel.settings)
+        timing = timing_from_settings(job.channel.settings, POLL_INTERVAL, MAX_POLL_INTERVAL)
     except ValueError as exc:
         return _misconfigured(job, str(exc))
     try:
@@ -401,12 +375,9 @@ def _final(error: ProxyError) -> ProxyError:
 def _failed_poll(job: Job, task: Task, why: str, retry_after: float | None = None) -> Step:
     failures = task.failures + 1
     if failures >= MAX_FAILED_POLLS:
-        message = scrub(f"channel '{job.channel.name}' could not report task {task.task_id}: "
-                        f"{failures} polls failed in a row, the last with {why}", (job.api_key,))
-        return Fail(BadGateway(message, code="upstream_poll_failed"))
+        return polls_failed(job.channel.name, f"task {task.task_id}", failures, why, (job.api_key,))
     task = replace(task, polls=task.polls + 1, failures=failures)
-    delay = task.timing.delay(task.polls) if retry_after is None else min(retry_after, task.timing.cap)
-    return Wait(delay, poll_call(job, task), task)
+    return Wait(task.timing.retry_delay(task.polls, retry_after), poll_call(job, task), task)
 
 
 def _moderation_reasons(data: Mapping[str, Any]) -> str:
@@ -468,13 +439,13 @@ def after_poll(job: Job, task: Task, response: UpstreamResponse) -> Step:
         # Pending, or a status newer than this adapter: keep polling (the driver's deadline bounds it).
         task = replace(task, polls=task.polls + 1, failures=0)
         return Wait(task.timing.delay(task.polls), poll_call(job, task), task)
-    if response.status == 429 or response.status >= 500:
+    if transient(response.status):
         return _failed_poll(job, task, f"HTTP {response.status}", parse_retry_after(response.headers))
     return Fail(_final(submit_error(job, response)))
 
 
 def advance(job: Job, state: Any, response: UpstreamResponse) -> Step:
-    task = state if isinstance(state, Task) else Task(Timing())
+    task = state if isinstance(state, Task) else Task(Timing(POLL_INTERVAL, MAX_POLL_INTERVAL))
     if not task.task_id:
         return after_submit(job, task, response)
     return after_poll(job, task, response)

@@ -41,6 +41,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse, Wait
+from proxy.adapters.polling import MAX_FAILED_POLLS, lenient_timing, transient
 from proxy.core.errors import (
     BadGateway,
     ContentPolicyViolation,
@@ -69,7 +70,7 @@ DEFAULT_HD_MODELS = ("kling-v2", "kling-v2-1")  # "2k only kling-v2 text-to-imag
 
 DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_MAX_POLL_INTERVAL = 8.0
-MAX_FAILED_POLLS = 3
+MAX_DOUBLINGS = 16  # polls after which the pause stops doubling (max_poll_interval caps it long before)
 
 PENDING = frozenset({"submitted", "processing"})
 MODERATION_CODES = frozenset({1300, 1301})
@@ -138,15 +139,6 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
 def _secrets(job: Job) -> tuple[str | None, ...]:
     pair = job.channel.api_key or ""
     return (job.api_key, pair, *pair.split(":"))
-
-
-def _setting_float(job: Job, name: str, default: float) -> float:
-    value = job.channel.settings.get(name, default)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return default
-    return number if number > 0 else default
 
 
 def _hd_models(job: Job) -> frozenset[str]:
@@ -329,11 +321,10 @@ def _ok(response: UpstreamResponse) -> bool:
 
 def next_wait(job: Job, task: Task) -> Wait:
     """Wait, then poll: the pause doubles with every poll, from poll_interval up to max_poll_interval."""
-    first = _setting_float(job, "poll_interval", DEFAULT_POLL_INTERVAL)
-    cap = _setting_float(job, "max_poll_interval", DEFAULT_MAX_POLL_INTERVAL)
-    seconds = min(first * 2 ** min(task.polls, 16), cap)
+    timing = lenient_timing(job.channel.settings, DEFAULT_POLL_INTERVAL, DEFAULT_MAX_POLL_INTERVAL,
+                            max_doublings=MAX_DOUBLINGS)
     following = replace(task, polls=task.polls + 1)
-    return Wait(seconds, poll_call(job, following), following)
+    return Wait(timing.delay(task.polls), poll_call(job, following), following)
 
 
 def after_create(job: Job, response: UpstreamResponse) -> Step:
@@ -346,13 +337,9 @@ def after_create(job: Job, response: UpstreamResponse) -> Step:
     return next_wait(job, Task(task_id))
 
 
-def _transient(response: UpstreamResponse) -> bool:
-    return response.status >= 500 or response.status == 429
-
-
 def after_failed_poll(job: Job, task: Task, response: UpstreamResponse) -> Step:
     failed = task.failed_polls + 1
-    if _transient(response) and failed < MAX_FAILED_POLLS:
+    if transient(response.status) and failed < MAX_FAILED_POLLS:
         return next_wait(job, replace(task, failed_polls=failed))
     cause = error_for(job, response).message
     message = f"channel '{job.channel.name}' lost track of task {task.task_id} (HTTP {response.status}): {cause}"

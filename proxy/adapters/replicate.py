@@ -42,6 +42,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse, Wait
+from proxy.adapters.polling import MAX_FAILED_POLLS, Timing, polls_failed, timing_from_settings, transient
 from proxy.core.errors import (
     BadGateway,
     ContentPolicyViolation,
@@ -67,7 +68,6 @@ OUTPUT_FORMATS = {"png": "png", "jpeg": "jpg", "jpg": "jpg", "webp": "webp"}
 OUTPUT_TTL = 3600.0  # replicate.delivery file URLs expire after about an hour
 POLL_INTERVAL = 0.5
 MAX_POLL_INTERVAL = 5.0
-MAX_FAILED_POLLS = 3
 RUNNING = frozenset({"starting", "processing"})
 _MODEL = re.compile(r"^([A-Za-z0-9][\w.-]*)/([A-Za-z0-9][\w.-]*)(?::([0-9A-Za-z]+))?$")
 _ID = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -77,16 +77,6 @@ _MODERATION = re.compile(r"nsfw|sensitive|\bE005\b|content (?:was )?flagged|safe
 _BILLING = re.compile(r"insufficient credit", re.IGNORECASE)
 # Plan fields mapped here; any other forwarded field goes into `input` as it is.
 MAPPED = frozenset({"size", "quality", "aspect_ratio", "seed", "output_format", "image", "strength", "extra_body"})
-
-
-@dataclass(frozen=True)
-class Timing:
-    first: float = POLL_INTERVAL
-    cap: float = MAX_POLL_INTERVAL
-
-    def delay(self, polls: int) -> float:
-        """Seconds before poll number `polls` (0-based): first, 2*first, 4*first, ... up to cap."""
-        return min(self.first * 2.0 ** min(polls, 32), self.cap)
 
 
 @dataclass(frozen=True)
@@ -114,21 +104,6 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
-def _seconds(settings: Mapping[str, Any], name: str, default: float) -> float:
-    value = settings.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError(f"setting '{name}' must be a positive number of seconds, got {value!r}")
-    return float(value)
-
-
-def _timing(settings: Mapping[str, Any]) -> Timing:
-    first = _seconds(settings, "poll_interval", POLL_INTERVAL)
-    cap = _seconds(settings, "max_poll_interval", max(MAX_POLL_INTERVAL, first))
-    if cap < first:
-        raise ValueError("setting 'max_poll_interval' must not be below 'poll_interval'")
-    return Timing(first, cap)
-
-
 def _wait(settings: Mapping[str, Any]) -> int:
     value = settings.get("wait", DEFAULT_WAIT)
     if value is False:
@@ -154,7 +129,8 @@ def settings_of(settings: Mapping[str, Any]) -> Settings:
     image_input = settings.get("image_input", "image")
     if not isinstance(image_input, str) or not image_input:
         raise ValueError(f"setting 'image_input' must be an input name, got {image_input!r}")
-    return Settings(_wait(settings), size_mode, _ratios(settings), image_input, _timing(settings))
+    return Settings(_wait(settings), size_mode, _ratios(settings), image_input,
+                    timing_from_settings(settings, POLL_INTERVAL, MAX_POLL_INTERVAL))
 
 
 def _requested_size(fields: Mapping[str, Any]) -> Size | None:
@@ -426,12 +402,9 @@ def create_error(job: Job, response: UpstreamResponse) -> ProxyError:
 def _failed_poll(job: Job, prediction: Prediction, why: str, retry_after: float | None = None) -> Step:
     failures = prediction.failures + 1
     if failures >= MAX_FAILED_POLLS:
-        message = scrub(f"channel '{job.channel.name}' could not report prediction {prediction.prediction_id}: "
-                        f"{failures} polls failed in a row, the last with {why}", (job.api_key,))
-        return Fail(BadGateway(message, code="upstream_poll_failed"))
+        return polls_failed(job.channel.name, f"prediction {prediction.prediction_id}", failures, why, (job.api_key,))
     prediction = replace(prediction, polls=prediction.polls + 1, failures=failures)
-    delay = prediction.timing.delay(prediction.polls) if retry_after is None else min(retry_after, prediction.timing.cap)
-    return Wait(delay, poll_call(job, prediction), prediction)
+    return Wait(prediction.timing.retry_delay(prediction.polls, retry_after), poll_call(job, prediction), prediction)
 
 
 def after_poll(job: Job, prediction: Prediction, response: UpstreamResponse) -> Step:
@@ -439,7 +412,7 @@ def after_poll(job: Job, prediction: Prediction, response: UpstreamResponse) -> 
         # Polling again cannot bring a prediction back: fail at once.
         return Fail(BadGateway(f"channel '{job.channel.name}' lost prediction {prediction.prediction_id} (HTTP 404)",
                                code="upstream_task_lost"))
-    if response.status == 429 or response.status >= 500:
+    if transient(response.status):
         return _failed_poll(job, prediction, f"HTTP {response.status}", parse_retry_after(response.headers))
     if not 200 <= response.status < 300:
         error = create_error(job, response)
@@ -453,7 +426,7 @@ def after_poll(job: Job, prediction: Prediction, response: UpstreamResponse) -> 
 
 
 def advance(job: Job, state: Any, response: UpstreamResponse) -> Step:
-    prediction = state if isinstance(state, Prediction) else Prediction(Timing())
+    prediction = state if isinstance(state, Prediction) else Prediction(Timing(POLL_INTERVAL, MAX_POLL_INTERVAL))
     if not prediction.prediction_id:
         return after_create(job, prediction, response)
     return after_poll(job, prediction, response)

@@ -29,7 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
+from proxy.adapters import json_post
+from proxy.adapters.base import AdapterSpec, Done, Fail, Job, Step, UpstreamResponse
 from proxy.core.errors import (
     BadGateway,
     ContentPolicyViolation,
@@ -189,12 +190,7 @@ def build_body(job: Job) -> dict[str, Any]:
 
 
 def start(job: Job) -> Step:
-    try:
-        body = build_body(job)
-    except InvalidRequest as exc:
-        return Fail(exc)
-    headers = {**job.channel.headers, **auth_headers(job.api_key), "Content-Type": "application/json"}
-    return Send(Call("POST", f"{job.channel.base_url}/images/generations", headers=headers, json=body))
+    return json_post.start(job, "/images/generations", build_body, auth_headers)
 
 
 def _is_moderation(code: str) -> bool:
