@@ -18,15 +18,15 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from proxy.adapters import ADAPTERS
-from proxy.core.errors import InvalidRequest, NotFound, ProxyError, ServiceUnavailable
+from proxy.core.errors import InvalidRequest, NotFound, ProxyError, RequestTimeout, ServiceUnavailable
 from proxy.core.form import coerce_fields
 from proxy.core.limits import key_id
 from proxy.core.plan import EDIT, VARIATION, Plan, build_plan
@@ -56,6 +56,7 @@ from proxy.upstream import SESSION, make_session
 log = logging.getLogger("imagegate")
 
 
+T = TypeVar("T")
 IGNORED_HEADER = "X-Imagegate-Ignored-Params"
 SWEEP_EVERY = 300.0
 
@@ -219,10 +220,20 @@ async def serve(request: web.Request, plan: Plan, admission: Admission | None) -
 async def generations(request: web.Request) -> web.StreamResponse:
     rules = request.app[SERVICES].rules
     # Parsed as JSON whatever the Content-Type says: seed 000's curl examples send none that is usable.
-    raw = await request.read()
+    raw = await body_within(request, request.read())
     image_request = parse_image_request(parse_json_object(raw))
     plan = build_plan(image_request, rules.match_model(image_request.model))
     return await respond(request, plan, fingerprint([request.path.encode(), raw]))
+
+
+async def body_within(request: web.Request, reading: Awaitable[T]) -> T:
+    """A request body must arrive within `server.body_timeout`: a stalled upload does not hold a handler forever."""
+    seconds = request.app[SERVICES].rules.server.body_timeout
+    try:
+        async with asyncio.timeout(seconds):
+            return await reading
+    except TimeoutError:
+        raise RequestTimeout(f"The request body did not arrive within {seconds:g} seconds.", code="request_timeout") from None
 
 
 def form_fingerprint(path: str, form: Form) -> str:
@@ -233,7 +244,7 @@ def form_fingerprint(path: str, form: Form) -> str:
 
 async def _form_plan(request: web.Request, operation: str) -> tuple[Plan, str]:
     rules = request.app[SERVICES].rules
-    form = await read_form(request, rules.server.max_request_bytes)
+    form = await body_within(request, read_form(request, rules.server.max_request_bytes))
     if not form.images:
         raise InvalidRequest("An image file is required.", param="image", code="missing_required_parameter")
     image_request = parse_image_request(coerce_fields(form.fields), require_prompt=operation == EDIT)

@@ -26,7 +26,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-from proxy.core.errors import BadGateway, InvalidRequest, ProxyError
+from proxy.core.errors import BadGateway, GatewayTimeout, InvalidRequest, ProxyError
 from proxy.core.mime import sniff_image_type
 from proxy.core.rules import Channel, DownloadRules, Rules
 from proxy.upstream import read_capped, transport_errors
@@ -118,16 +118,28 @@ class Download:
     content_type: str
 
 
-async def fetch(
+async def fetch(session: aiohttp.ClientSession, url: str, *, trusted: frozenset[str], max_bytes: int, timeout: float) -> Download:
+    """An image behind a URL someone else chose, within every bound above. Raises Refused or ProxyError.
+
+    `timeout` bounds the whole download: DNS checks and every redirect hop included.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            return await _fetch(session, url, trusted=trusted, max_bytes=max_bytes, timeout=timeout)
+    except TimeoutError:
+        raise GatewayTimeout(f"the image download took longer than {timeout:g} seconds", code="image_download_timeout") from None
+
+
+async def _fetch(
     session: aiohttp.ClientSession, url: str, *, trusted: frozenset[str], max_bytes: int, timeout: float
 ) -> Download:
-    """An image behind a URL someone else chose, within every bound above. Raises Refused or ProxyError."""
     client_timeout = aiohttp.ClientTimeout(total=timeout)
     for _ in range(MAX_REDIRECTS + 1):
         await check(url, trusted)
-        async with transport_errors("image download", timeout), session.get(
-            url, allow_redirects=False, timeout=client_timeout
-        ) as resp:
+        async with (
+            transport_errors("image download", timeout),
+            session.get(url, allow_redirects=False, timeout=client_timeout) as resp,
+        ):
             if resp.status in _REDIRECTS and "Location" in resp.headers:
                 url = urljoin(url, resp.headers["Location"])
                 continue

@@ -73,7 +73,11 @@ async def add_request_id(request: web.Request, response: web.StreamResponse) -> 
 
 def error_response(error: ProxyError) -> web.Response:
     note(error_type=error.type, error_code=error.code)
-    return web.json_response(error.envelope(), status=error.status, headers=error.headers())
+    response = web.json_response(error.envelope(), status=error.status, headers=error.headers())
+    if error.status in (408, 413):
+        # The rest of the body is not worth waiting for: close rather than drain it for keep-alive.
+        response.force_close()
+    return response
 
 
 def _from_http_exception(exc: web.HTTPException) -> ProxyError:
@@ -116,6 +120,14 @@ def presented_key(header: str) -> str | None:
     return value
 
 
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def key_allowed(key: str | None, allowed: tuple[str, ...]) -> bool:
     if key is None:
         return False
@@ -129,6 +141,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """Client keys guard `/v1/*`; hosted images are not guarded (their unguessable name is the credential)."""
     allowed = request.app[SERVICES].rules.server.api_keys
     key = presented_key(request.headers.get("Authorization", ""))
+    if key is not None and not _is_text(key):
+        # aiohttp decodes header bytes that are not UTF-8 with surrogateescape; such a key cannot match a
+        # configured one and would fail every later .encode() (comparison, key id hash) with a 500.
+        raise AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key")
     request[CLIENT_KEY] = key or ""
     if allowed and request.path.startswith("/v1/") and not key_allowed(key, allowed):
         raise AuthenticationFailed(

@@ -144,7 +144,13 @@ async def relay_native(
                 chunk = await anext(chunks, None)
             if chunk is None:
                 break
-            for event in parser.feed(chunk):
+            try:
+                events = parser.feed(chunk)
+            except ValueError:
+                raise BadGateway(
+                    f"channel '{channel}' streamed an event over the size limit", code="upstream_too_large"
+                ) from None
+            for event in events:
                 for payload in spec.stream_events(job, event):
                     if payload.get("type") == "error" and "image_index" in payload:
                         held.append(payload)
@@ -236,8 +242,14 @@ async def stream(
 
 
 async def _native_with_failover(
-    sink: Sink, rules: Rules, driver: Driver, finisher: Finisher, delivery: Delivery, plan: Plan,
-    client_key: str | None, kind: str,
+    sink: Sink,
+    rules: Rules,
+    driver: Driver,
+    finisher: Finisher,
+    delivery: Delivery,
+    plan: Plan,
+    client_key: str | None,
+    kind: str,
 ) -> None:
     """Native streams fail over like other requests, but only until the first event reached the client."""
     last: ProxyError | None = None

@@ -5,6 +5,7 @@
     │   └── ContentPolicyViolation   400    image_generation_user_error (moderation)
     ├── AuthenticationFailed         401    invalid_request_error
     ├── NotFound                     404    invalid_request_error    (model_not_found, ...)
+    ├── RequestTimeout               408    invalid_request_error    (body not received in time)
     ├── PayloadTooLarge              413    invalid_request_error
     ├── UnsupportedMediaType         415    invalid_request_error
     ├── RateLimited                  429    rate_limit_exceeded / insufficient_quota (+ Retry-After)
@@ -87,6 +88,11 @@ class AuthenticationFailed(ProxyError):
 
 class NotFound(ProxyError):
     status = 404
+    type = "invalid_request_error"
+
+
+class RequestTimeout(ProxyError):
+    status = 408
     type = "invalid_request_error"
 
 

@@ -134,6 +134,10 @@ class ServerRules:
     metrics: MetricsRules = MetricsRules()
     log_prompts: bool = False  # prompts in access lines: off unless the operator opts in
     shutdown_grace: float = 300.0  # seconds in-flight generations and streams get to finish on SIGTERM
+    # A connection must deliver a request head within this long after it opens or goes idle (slowloris),
+    # and an idle keep-alive connection is closed after it.
+    keepalive_timeout: float = 15.0
+    body_timeout: float = 120.0  # seconds to receive a whole request body (uploads included)
     # Where shared state lives: "memory" (one process) or a redis:// URL (several replicas).
     state: str = field(default="memory", repr=False)
     limits: Limits = field(default_factory=Limits)  # for every key without limits of its own
@@ -253,7 +257,7 @@ def _join(path: str, key: str) -> str:
 _TOP_KEYS = frozenset({"server", "default_channel", "channels", "models"})
 _SERVER_KEYS = frozenset(
     {"api_keys", "public_base_url", "max_request_bytes", "max_retries", "images", "download", "tasks"}
-    | {"metrics", "log_prompts", "shutdown_grace", "state", "limits", "idempotency"}
+    | {"metrics", "log_prompts", "shutdown_grace", "state", "limits", "idempotency", "keepalive_timeout", "body_timeout"}
 )
 _LIMIT_KEYS = frozenset({"requests_per_minute", "concurrent", "images_per_day"})
 _CHANNEL_KEYS = frozenset(
@@ -301,11 +305,11 @@ def _load_server(reader: _Reader, data: Any) -> ServerRules:
         ),
         log_prompts=_flag(reader, "server", raw, "log_prompts"),
         shutdown_grace=_seconds(reader, "server", raw, "shutdown_grace", defaults.shutdown_grace),
+        keepalive_timeout=_seconds(reader, "server", raw, "keepalive_timeout", defaults.keepalive_timeout),
+        body_timeout=_seconds(reader, "server", raw, "body_timeout", defaults.body_timeout),
         state=_load_state(reader, raw.get("state", "memory")),
         limits=_load_limits(reader, "server.limits", raw.get("limits")),
-        idempotency_retention=_integer(
-            reader, "server.idempotency", idempotency, "retention", defaults.idempotency_retention, 1
-        ),
+        idempotency_retention=_integer(reader, "server.idempotency", idempotency, "retention", defaults.idempotency_retention, 1),
     )
 
 
@@ -390,9 +394,7 @@ def _load_channel(reader: _Reader, name: str, data: Any, schemas: Mapping[str, C
         retry_timeouts=_flag(reader, path, raw, "retry_timeouts"),
         weight=_integer(reader, path, raw, "weight", 0, 0),
         headers=MappingProxyType({key: reader.string(f"{path}.headers.{key}", value)[0] for key, value in headers.items()}),
-        settings=MappingProxyType(
-            {key: _setting(reader, f"{path}.{key}", raw[key]) for key in schema.settings if key in raw}
-        ),
+        settings=MappingProxyType({key: _setting(reader, f"{path}.{key}", raw[key]) for key in schema.settings if key in raw}),
     )
 
 

@@ -49,7 +49,7 @@ def _envelope_fields(body: bytes) -> tuple[str | None, Any, Any, Any]:
     """(message, type, param, code) from an OpenAI-style `{"error": {...}}` or flat `{"message"}` body."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # deeply nested JSON from a broken upstream is still just a bad body
         return None, None, None, None
     if not isinstance(data, dict):
         return None, None, None, None
