@@ -234,7 +234,8 @@ async def run_on_channel(driver: Driver, job: Job) -> tuple[ImagesResult, tuple[
     spec = driver.adapters[job.channel.type]
     counts = split_n(job.plan.n, spec.max_n_per_call)
     if len(counts) == 1:
-        return await _limited(driver, spec, job), ()
+        # One call per request: no limit here (the channel's `concurrency` bounds fan-out, not clients).
+        return await run_job(driver, spec, job), ()
     jobs = [replace(job, plan=replace(job.plan, n=count)) for count in counts]
     answers = await asyncio.gather(*(_limited(driver, spec, part) for part in jobs), return_exceptions=True)
     results = [answer for answer in answers if isinstance(answer, ImagesResult)]

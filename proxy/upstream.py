@@ -30,7 +30,9 @@ _SLICE = 256 * 1024
 
 @dataclass(frozen=True)
 class SessionSettings:
-    limit: int = 512  # simultaneous upstream connections: generations are long-held, not many-per-second
+    # No pool cap: each upstream connection serves a client request already admitted (and bounded by
+    # descriptors and per-key limits); a cap would queue long generations behind each other in waves.
+    limit: int = 0
     limit_per_host: int = 0  # 0: no per-host cap beyond `limit`
     keepalive_timeout: float = 30.0
 
