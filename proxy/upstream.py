@@ -8,6 +8,7 @@ failure is a 502 that another attempt may fix.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -116,12 +117,18 @@ def with_request_id(headers: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+def _content_type(call: Call) -> str | None:
+    return next((value for name, value in call.headers.items() if name.lower() == "content-type"), None)
+
+
 def _request_kwargs(call: Call) -> dict[str, object]:
     kwargs: dict[str, object] = {"headers": with_request_id(call.headers), "allow_redirects": False}
     if call.json is not None:
-        kwargs["json"] = call.json
+        # Encoded here and sent in slices: a prompt or base64 image can make a body of megabytes.
+        body = json.dumps(call.json, ensure_ascii=False).encode()
+        kwargs["data"] = UploadPayload(body, content_type="application/json")
     elif call.data is not None:
-        kwargs["data"] = call.data
+        kwargs["data"] = UploadPayload(call.data, content_type=_content_type(call) or "application/octet-stream")
     elif call.form is not None:
         kwargs["data"] = form_data(call.form)
     return kwargs

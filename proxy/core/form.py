@@ -8,9 +8,10 @@ valued `style` or `background`) arrive as JSON text.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
+
+from proxy.core.request import loads_strict
 
 INTEGER_FIELDS = frozenset({"n", "output_compression", "partial_images", "retries", "seed", "steps"})
 NUMBER_FIELDS = frozenset({"strength", "cfg_scale", "guidance_scale"})
@@ -41,8 +42,10 @@ def _json(text: str) -> Any:
     if not text.lstrip().startswith(("{", "[")):
         return text
     try:
-        return json.loads(text)
-    except ValueError:
+        # The same strict JSON as a body (no NaN, Infinity, overflowing numbers or lone surrogates), so a
+        # form cannot smuggle into the upstream body what a JSON request may not.
+        return loads_strict(text)
+    except (ValueError, RecursionError):
         return text
 
 

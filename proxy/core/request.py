@@ -8,7 +8,9 @@ requests), so optional fields live in a mapping where absence is kept as absence
 from __future__ import annotations
 
 import json
+import math
 import re
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -197,13 +199,52 @@ def _reject_constant(token: str) -> Any:
     raise ValueError(f"{token} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    # `1e400` is valid JSON syntax, but Python reads it as inf, which would leave as `Infinity` (not JSON)
+    # in an upstream body or an answer: a number no double can hold is refused like NaN and Infinity.
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
+def _check_strings(data: Any) -> None:
+    """Refuse lone surrogates (`"\ud800"` escapes, or their raw bytes, which json decodes with surrogatepass).
+
+    They are legal JSON escapes but no UTF-8 text can carry them, so any later encode (a hash of the prompt,
+    an upstream form field, a response header) would fail with a 500. Walked without recursion: the body
+    may nest as deep as the parser allowed.
+    """
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("a string holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text") from None
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def loads_strict(text: str | bytes) -> Any:
+    """json.loads that accepts only what RFC 8259 calls JSON text: no NaN/Infinity, no overflowing
+    numbers, no lone surrogates. Raises ValueError (or RecursionError on absurd nesting)."""
+    data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    _check_strings(data)
+    return data
+
+
 def parse_json_object(body: bytes) -> dict[str, Any]:
     """The body as a JSON object, whatever Content-Type the client claimed (seed 000's curl sends none)."""
     if not body.strip():
         raise InvalidRequest("The request body is empty: expected a JSON object.", code="invalid_json")
     try:
         # NaN and Infinity are not JSON (RFC 8259 §6); Python accepts them unless told not to.
-        data = json.loads(body, parse_constant=_reject_constant)
+        data = loads_strict(body)
     except (ValueError, RecursionError) as exc:
         raise InvalidRequest(
             f"The request body is not valid JSON: {exc}", code="invalid_json"
@@ -223,11 +264,33 @@ def _resolve_n(value: Any) -> int:
     return number or 1
 
 
+# Unknown fields are named back in the X-Imagegate-Ignored-Params response header. Without bounds a body
+# of 20,000 keys made a header no HTTP client reads (aiohttp's limit is 8190 bytes), and a key holding
+# CR, LF or NUL made aiohttp refuse the header and drop the connection. No real request comes near these.
+MAX_FIELDS = 64
+MAX_FIELD_NAME = 100
+
+
+def _check_field_names(data: Mapping[str, Any]) -> None:
+    if len(data) > MAX_FIELDS:
+        raise InvalidRequest(
+            f"The request has {len(data)} fields; at most {MAX_FIELDS} are accepted.", code="too_many_fields"
+        )
+    for name in data:
+        if len(name) > MAX_FIELD_NAME or any(unicodedata.category(char) in ("Cc", "Cs") for char in name):
+            raise InvalidRequest(
+                f"Invalid field name {name[:40]!r}: field names are at most {MAX_FIELD_NAME} characters, "
+                "with no control characters.",
+                code="invalid_field_name",
+            )
+
+
 def parse_image_request(data: Mapping[str, Any], *, require_prompt: bool = True) -> ImageRequest:
     """Validate a decoded generation body; raises InvalidRequest naming the offending param.
 
     Variations take no prompt (`require_prompt=False`): an absent one is the empty string there.
     """
+    _check_field_names(data)
     if data.get("model") is None:
         raise InvalidRequest("you must provide a model parameter", param="model", code="missing_required_parameter")
     model = _nonempty_string("model", data["model"])
