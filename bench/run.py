@@ -413,8 +413,9 @@ class Bench:
             f"{probe['ok']}/{PROBE_REQUESTS} ok in {probe['wall']:.1f} s",
         )
         self.report.notes.append(
-            f"held: the bench's `hold` channel sets `concurrency: {n}`; without it (the probe row) the driver's per-channel "
-            f"semaphore lets only {probe['upstream_peak']} requests reach the upstream at once, for all clients together."
+            f"held: the probe row uses a channel with the default `concurrency` ({DEFAULT_CONCURRENCY}): "
+            f"{probe['upstream_peak']} of {PROBE_REQUESTS} requests reached the upstream at once "
+            f"(`concurrency` bounds the calls of one fanned-out request, not clients)."
         )
         if capped:
             self.report.notes.append(
