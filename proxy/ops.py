@@ -127,7 +127,7 @@ async def watch_reload_signal(app: web.Application) -> AsyncIterator[None]:
 
     try:
         loop.add_signal_handler(signal.SIGHUP, on_sighup)
-    except (NotImplementedError, RuntimeError):
+    except RuntimeError:
         # Not the main thread, or a loop without signal support: reload stays off, serving goes on.
         yield
         return

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -56,6 +55,7 @@ from proxy.core.errors import (
     RateLimited,
     UpstreamError,
 )
+from proxy.core.json_body import decode_object
 from proxy.core.mime import sniff_image_type
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import PROXY_FIELDS, ChannelSchema
@@ -320,14 +320,6 @@ def cancel(job: Job, state: Any) -> Call | None:
 # --- answers ----------------------------------------------------------------------------------------
 
 
-def _decode(body: bytes) -> Mapping[str, Any] | None:
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _text(value: Any) -> str | None:
     return None if value is None or value == "" else str(value)
 
@@ -350,7 +342,7 @@ def code_error(job: Job, code: str | None, message: str, response: UpstreamRespo
 
 def error_for(job: Job, response: UpstreamResponse) -> ProxyError:
     """The ProxyError for a failed DashScope answer, keyed on its `code` before its HTTP status."""
-    data = _decode(response.body)
+    data = decode_object(response.body)
     code = _text(data.get("code")) if data is not None else None
     message = str(data.get("message") or "no message") if data is not None else "no message"
     known = code_error(job, code, message, response)
@@ -385,7 +377,7 @@ def _usage(data: Mapping[str, Any]) -> Mapping[str, Any] | None:
 
 
 def after_sync(job: Job, response: UpstreamResponse) -> Step:
-    data = _decode(response.body)
+    data = decode_object(response.body)
     if _failed(response, data):
         return Fail(error_for(job, response))
     assert data is not None
@@ -413,7 +405,7 @@ def next_wait(job: Job, task: Task) -> Wait:
 
 
 def after_create(job: Job, response: UpstreamResponse) -> Step:
-    data = _decode(response.body)
+    data = decode_object(response.body)
     if _failed(response, data):
         return Fail(error_for(job, response))
     assert data is not None
@@ -428,7 +420,7 @@ def after_failed_poll(job: Job, task: Task, response: UpstreamResponse) -> Step:
     failed = task.failed_polls + 1
     if transient(response.status) and failed < MAX_FAILED_POLLS:
         return next_wait(job, replace(task, failed_polls=failed))
-    data = _decode(response.body)
+    data = decode_object(response.body)
     detail = str(data.get("message") or data.get("code")) if data is not None else f"HTTP {response.status}"
     message = scrub(f"channel '{job.channel.name}' lost track of task {task.task_id} (HTTP {response.status}): {detail}",
                     (job.api_key,))
@@ -478,7 +470,7 @@ def task_succeeded(job: Job, data: Mapping[str, Any], output: Mapping[str, Any])
 
 
 def after_poll(job: Job, task: Task, response: UpstreamResponse) -> Step:
-    data = _decode(response.body)
+    data = decode_object(response.body)
     output = data.get("output") if data is not None else None
     if _failed(response, data) or not isinstance(output, dict):
         return after_failed_poll(job, task, response if not 200 <= response.status < 300 else replace(response, status=502))

@@ -51,6 +51,7 @@ from proxy.core.errors import (
     UpstreamError,
 )
 from proxy.core.extra_body import merge_extra_body
+from proxy.core.json_body import decode_object
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import PROXY_FIELDS, ChannelSchema
 from proxy.core.sizes import AUTO, Size, nearest_ratio, parse_ratio, parse_size
@@ -279,14 +280,6 @@ def poll_call(job: Job, task: Task) -> Call:
     return Call("GET", task.polling_url, headers=headers)
 
 
-def _json_object(body: bytes) -> dict[str, Any] | None:
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _number(value: Any) -> float | None:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
@@ -305,7 +298,7 @@ def _bad_answer(job: Job, why: str, *, retryable: bool = False) -> Fail:
 def after_submit(job: Job, task: Task, response: UpstreamResponse) -> Step:
     if not 200 <= response.status < 300:
         return Fail(submit_error(job, response))
-    data = _json_object(response.body) or {}
+    data = decode_object(response.body) or {}
     task_id, polling_url = data.get("id"), data.get("polling_url")
     # Without a usable polling_url the task cannot be followed; a resubmit might pay twice, so no retry.
     if not isinstance(task_id, str) or not task_id:
@@ -351,7 +344,7 @@ def client_param(field: str | None, job: Job) -> str | None:
 def submit_error(job: Job, response: UpstreamResponse) -> ProxyError:
     """The ProxyError for a non-2xx submit answer (nothing was started, unless BFL says otherwise)."""
     secrets = (job.api_key,)
-    message, field = _detail(_json_object(response.body))
+    message, field = _detail(decode_object(response.body))
     text = scrub(message or f"HTTP {response.status}", secrets)
     if response.status in (400, 422) and message is not None:
         if "moderat" in message.lower():
@@ -424,7 +417,7 @@ def lost(job: Job, task: Task) -> Fail:
 
 
 def after_poll(job: Job, task: Task, response: UpstreamResponse) -> Step:
-    data = _json_object(response.body)
+    data = decode_object(response.body)
     status = data.get("status") if data is not None else None
     # A terminal status counts whatever the HTTP status (BFL has sent "Task not found" with a 404).
     if isinstance(status, str) and data is not None and status != PENDING:

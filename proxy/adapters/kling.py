@@ -50,6 +50,7 @@ from proxy.core.errors import (
     ProxyError,
     RateLimited,
 )
+from proxy.core.json_body import decode_object
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import PROXY_FIELDS, Channel, ChannelSchema
 from proxy.core.sizes import AUTO, Size, nearest_ratio, parse_ratio, parse_size
@@ -254,14 +255,6 @@ def start(job: Job) -> Step:
 # --- answers ----------------------------------------------------------------------------------------
 
 
-def _decode(body: bytes) -> Mapping[str, Any] | None:
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _business_code(data: Mapping[str, Any] | None) -> int | None:
     code = data.get("code") if data is not None else None
     if isinstance(code, bool):
@@ -273,7 +266,7 @@ def _business_code(data: Mapping[str, Any] | None) -> int | None:
 
 def error_for(job: Job, response: UpstreamResponse) -> ProxyError:
     """The ProxyError for a failed Kling answer, keyed on its business code before its HTTP status."""
-    data = _decode(response.body)
+    data = decode_object(response.body)
     code = _business_code(data)
     message = str(data.get("message") or "no message") if data is not None else "no message"
     text = scrub(f"{message} (kling code {code})", _secrets(job))
@@ -307,7 +300,7 @@ def _bad_answer(job: Job, what: str) -> Fail:
 
 def _task_data(response: UpstreamResponse) -> Mapping[str, Any] | None:
     """`data` of a successful `{"code": 0, "data": {...}}` answer, else None."""
-    body = _decode(response.body)
+    body = decode_object(response.body)
     if body is None or _business_code(body) != 0 or not isinstance(body.get("data"), dict):
         return None
     data: Mapping[str, Any] = body["data"]
@@ -315,7 +308,7 @@ def _task_data(response: UpstreamResponse) -> Mapping[str, Any] | None:
 
 
 def _ok(response: UpstreamResponse) -> bool:
-    body = _decode(response.body)
+    body = decode_object(response.body)
     return 200 <= response.status < 300 and _business_code(body) in (0, None)
 
 

@@ -53,6 +53,7 @@ from proxy.core.errors import (
     UpstreamError,
 )
 from proxy.core.extra_body import merge_extra_body
+from proxy.core.json_body import decode_object
 from proxy.core.mime import sniff_image_type
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import PROXY_FIELDS, ChannelSchema
@@ -265,14 +266,6 @@ def cancel(job: Job, state: Any) -> Call | None:
     return Call("POST", state.cancel_url, headers=_headers(job))
 
 
-def _json_object(body: bytes) -> dict[str, Any] | None:
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _bad_answer(job: Job, why: str) -> Fail:
     # The prediction may exist and bill: never retried elsewhere.
     message = scrub(f"channel '{job.channel.name}' answered with no usable prediction: {why}", (job.api_key,))
@@ -342,7 +335,7 @@ def step_for(job: Job, prediction: Prediction, data: Mapping[str, Any]) -> Step:
 def after_create(job: Job, prediction: Prediction, response: UpstreamResponse) -> Step:
     if not 200 <= response.status < 300:
         return Fail(create_error(job, response))
-    data = _json_object(response.body) or {}
+    data = decode_object(response.body) or {}
     prediction_id = data.get("id")
     if not isinstance(prediction_id, str) or not _ID.match(prediction_id):
         return _bad_answer(job, f"prediction id {prediction_id!r} is missing or malformed")
@@ -385,7 +378,7 @@ def client_param(field: str | None, job: Job) -> str | None:
 def create_error(job: Job, response: UpstreamResponse) -> ProxyError:
     """The ProxyError for a non-2xx create answer."""
     secrets = (job.api_key,)
-    data = _json_object(response.body)
+    data = decode_object(response.body)
     message, field = _problem(data)
     text = scrub(message or f"HTTP {response.status}", secrets)[:500]
     if response.status == 402 or (response.status in (400, 403, 429) and _BILLING.search(text)):
@@ -419,7 +412,7 @@ def after_poll(job: Job, prediction: Prediction, response: UpstreamResponse) -> 
         # The prediction exists and may bill: no failover may start a second one.
         error.retryable = False
         return Fail(error)
-    data = _json_object(response.body)
+    data = decode_object(response.body)
     if data is None or not isinstance(data.get("status"), str):
         return _failed_poll(job, prediction, "an unreadable answer")
     return step_for(job, replace(prediction, polls=prediction.polls + 1, failures=0), data)

@@ -1,5 +1,9 @@
-"""Core layer: encoding an ImagesResponse body without scanning megabytes of base64 twice.
+"""Core layer: JSON bodies in and out. Upstream objects decoded defensively; answers encoded fast.
 
+Decoding: anything that is not a JSON object (or nests past the recursion limit) is None, never an
+exception, so a broken upstream is a 502, not a 500.
+
+Encoding an ImagesResponse without scanning megabytes of base64 twice:
 `json.dumps` escapes every character of every string; a 3 MB `b64_json` costs more to encode than
 everything else the proxy does with it. Base64 text needs no escaping, so each `b64_json` value is
 checked once with C-speed byte operations and spliced into the JSON that `json.dumps` made of the
@@ -50,3 +54,12 @@ def encode_body(body: dict[str, Any]) -> bytes:
     for (_, raw), piece in zip(found, pieces[1:], strict=True):
         out += [b'"', raw, b'"', piece]
     return b"".join(out)
+
+
+def decode_object(body: bytes | str) -> dict[str, Any] | None:
+    """An upstream's JSON object, or None for anything else (not JSON, not an object, nested past recursion)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
