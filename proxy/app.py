@@ -47,7 +47,7 @@ from proxy.observe import note
 from proxy.ops import healthz, metrics_endpoint, on_shutdown, readyz, watch_reload_signal
 from proxy.passthrough import relay
 from proxy.services import CLIENT_KEY, RULES, RULES_PATH, SERVICES, STORE, TASK_STORE, Services
-from proxy.state import SharedState
+from proxy.state import MemoryIdempotency, SharedState
 from proxy.store import FileImageStore, ImageStore, default_directory
 from proxy.streaming import stream
 from proxy.tasks import FAILED, RUNNING, MemoryTaskStore, TaskRecord, TaskStore, failed, finished, new_record, owner_of
@@ -81,7 +81,8 @@ async def produce(services: Services, plan: Plan, client_key: str | None, delive
     outcome = await generate(services.driver, services.rules, plan, client_key)
     channel = services.rules.channels.get(outcome.channel)
     channel_delivery = delivery.from_channel(channel, services.rules.server.download) if channel is not None else delivery
-    result = await deliver(services.finisher, outcome.result, channel_delivery)
+    result, lost = await deliver(services.finisher, outcome.result, channel_delivery)
+    outcome = replace(outcome, result=result, failed=outcome.failed + lost)
     result = with_revised_prompt(result, plan.client_prompt, plan.rule.translation)
     served_by = plan.rule.upstream_for(outcome.channel, plan.model)
     count_usage(services, client_key, len(result.images), result.usage)
@@ -128,6 +129,11 @@ async def _run_task(services: Services, record: TaskRecord, plan: Plan, client_k
     except ProxyError as error:
         await keep(services.tasks, failed(record, error.envelope(), error.status))
         return 0
+    except asyncio.CancelledError:
+        # Shutdown ran out of grace: say so in the record rather than leave it "running" forever.
+        stopped = ServiceUnavailable("The proxy shut down before the task finished.", code="task_interrupted")
+        await asyncio.shield(keep(services.tasks, failed(record, stopped.envelope(), stopped.status), attempts=1))
+        raise
     except Exception:
         log.exception("async task %s failed unexpectedly", record.id)
         internal = ProxyError("The proxy failed to run the task.", code="internal_error")
@@ -143,7 +149,7 @@ async def keep(tasks: TaskStore, record: TaskRecord, attempts: int = 8) -> None:
         try:
             await tasks.put(record)
             return
-        except ServiceUnavailable:
+        except Exception:
             if attempt == attempts - 1:
                 log.error("could not store async task %s (%s) after %d attempts", record.id, record.status, attempts)
                 return
@@ -173,8 +179,14 @@ async def respond(request: web.Request, plan: Plan, request_fingerprint: str) ->
         assert isinstance(response, web.Response)  # streams were refused above
         return response
 
+    def spawn(work: Coroutine[Any, Any, web.Response]) -> asyncio.Task[web.Response]:
+        task = asyncio.get_running_loop().create_task(work)
+        services.background.add(task)  # drained at shutdown like async tasks
+        task.add_done_callback(services.background.discard)
+        return task
+
     wait = max(c.deadline for c in rules.channels.values()) if rules.channels else 600.0
-    return await once(services.idempotency, key, request_fingerprint, rules.server.idempotency_retention, wait, run)
+    return await once(services.idempotency, key, request_fingerprint, rules.server.idempotency_retention, wait, run, spawn)
 
 
 async def admitted(request: web.Request, plan: Plan) -> web.StreamResponse:
@@ -203,8 +215,7 @@ async def serve(request: web.Request, plan: Plan, admission: Admission | None) -
             raise InvalidRequest("`stream` and `async` cannot be combined: choose one.", param="stream", code="invalid_value")
         if plan.stream:
             delivery = Delivery(plan.response_format, public_base(request, rules), services.store.ttl)
-            response = await stream(request, rules, services.driver, services.finisher, plan, client_key, delivery)
-            delivered = plan.n
+            response, delivered = await stream(request, rules, services.driver, services.finisher, plan, client_key, delivery)
             return response
         if plan.wants_async:
             retention = rules.server.tasks.retention
@@ -329,17 +340,19 @@ def make_store(rules: Rules) -> ImageStore:
     return FileImageStore(path, rules.server.images.ttl)
 
 
-async def _sweep_forever(store: ImageStore, tasks: TaskStore) -> None:
+async def _sweep_forever(services: Services) -> None:
     while True:
         await asyncio.sleep(SWEEP_EVERY)
         try:
-            await store.sweep()
-            await tasks.sweep()
-        except OSError as exc:
+            await services.store.sweep()
+            await services.tasks.sweep()
+            if isinstance(services.idempotency, MemoryIdempotency):
+                await services.idempotency.sweep()
+        except (OSError, ProxyError) as exc:
             log.warning("could not sweep expired images or tasks: %s", exc)
 
 
-async def _drain(running: set[asyncio.Task[None]], grace: float) -> None:
+async def _drain(running: set[asyncio.Task[Any]], grace: float) -> None:
     """Let background work (async tasks, cancel calls) finish within the grace period, then stop it."""
     if not running:
         return
@@ -371,13 +384,15 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     if shared is not None:
         services.counters, services.idempotency = shared.counters, shared.idempotency
     app[SERVICES] = services
-    sweeper = asyncio.create_task(_sweep_forever(store, tasks))
+    sweeper = asyncio.create_task(_sweep_forever(services))
     yield
     sweeper.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await sweeper
     # Async tasks were paid for: they get the same grace as in-flight requests.
     await _drain(services.background | services.driver.background, services.rules.server.shutdown_grace)
+    # Cancelling stragglers above may have started cancel calls upstream: let those go out too.
+    await _drain(set(services.driver.background), 10.0)
     await tasks.close()
     if shared is not None:
         await shared.close()

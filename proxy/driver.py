@@ -69,13 +69,16 @@ class Driver:
     metrics: Metrics | None = None
     clock: Callable[[], float] = time.time
     limits: dict[str, asyncio.Semaphore] = field(default_factory=dict)
-    credentials: dict[str, tuple[str, float]] = field(default_factory=dict)
+    # Keyed by channel and its configured key, so a reload that rotates the key mints a new credential.
+    credentials: dict[tuple[str, str | None], tuple[str, float]] = field(default_factory=dict)
     background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def limit(self, channel: Channel) -> asyncio.Semaphore:
-        if channel.name not in self.limits:
-            self.limits[channel.name] = asyncio.Semaphore(channel.concurrency)
-        return self.limits[channel.name]
+        # Keyed by name and size: a reload that changes `concurrency` gets a semaphore of the new size.
+        key = f"{channel.name}/{channel.concurrency}"
+        if key not in self.limits:
+            self.limits[key] = asyncio.Semaphore(channel.concurrency)
+        return self.limits[key]
 
     def key_for(self, channel: Channel, client_key: str | None) -> str | None:
         """The key the adapter sends: the client's (passthrough), a cached derived credential, or the channel's."""
@@ -85,11 +88,11 @@ class Driver:
         if spec.credential is None:
             return channel.api_key
         now = self.clock()
-        cached = self.credentials.get(channel.name)
+        cached = self.credentials.get((channel.name, channel.api_key))
         # Renew early enough that the credential outlives the longest job that may start with it.
         if cached is None or cached[1] - max(CREDENTIAL_MARGIN, channel.deadline) <= now:
             cached = spec.credential(channel, channel.api_key, now)
-            self.credentials[channel.name] = cached
+            self.credentials[(channel.name, channel.api_key)] = cached
         return cached[0]
 
 
@@ -161,8 +164,8 @@ async def _poll(driver: Driver, call: Call, channel: Channel) -> UpstreamRespons
 async def _send_cancel(driver: Driver, call: Call, channel: Channel) -> None:
     try:
         await timed_send(driver, call, channel, CANCEL_TIMEOUT)
-    except ProxyError as error:
-        log.warning("could not cancel an abandoned task on channel %s: %s", channel.name, error.code)
+    except Exception as error:
+        log.warning("could not cancel an abandoned task on channel %s: %s", channel.name, type(error).__name__)
 
 
 def cancel_abandoned(driver: Driver, spec: AdapterSpec, job: Job, state: Any) -> None:

@@ -132,13 +132,21 @@ def measured_size(images: tuple[GeneratedImage, ...]) -> str | None:
     return None
 
 
-async def deliver(finisher: Finisher, result: ImagesResult, delivery: Delivery) -> ImagesResult:
-    """The result with every image in the client's format (conversions run concurrently)."""
-    images = tuple(await asyncio.gather(*(convert(finisher, image, delivery) for image in result.images)))
+async def deliver(finisher: Finisher, result: ImagesResult, delivery: Delivery) -> tuple[ImagesResult, tuple[ProxyError, ...]]:
+    """The result with every image in the client's format (conversions run concurrently), and the
+    conversions that failed: the images that did convert are delivered (they were paid for)."""
+    answers = await asyncio.gather(*(convert(finisher, image, delivery) for image in result.images), return_exceptions=True)
+    unexpected = [answer for answer in answers if isinstance(answer, BaseException) and not isinstance(answer, ProxyError)]
+    if unexpected:
+        raise unexpected[0]
+    errors = tuple(answer for answer in answers if isinstance(answer, ProxyError))
+    images = tuple(answer for answer in answers if isinstance(answer, GeneratedImage))
+    if not images and errors:
+        raise errors[0]
     extra = result.extra
     if "size" not in extra and (size := measured_size(images)) is not None:
         extra = {**extra, "size": size}
-    return replace(result, images=tuple(in_format(image, delivery.response_format) for image in images), extra=extra)
+    return replace(result, images=tuple(in_format(image, delivery.response_format) for image in images), extra=extra), errors
 
 
 def metadata(outcome: Outcome, model: str, upstream_model: str, wanted: int) -> dict[str, Any]:

@@ -47,7 +47,10 @@ def public_address(address: str) -> bool:
 
 
 def host_of(url: str) -> str:
-    return (urlsplit(url).hostname or "").lower()
+    try:
+        return (urlsplit(url).hostname or "").lower()
+    except ValueError:  # "http://[::1/x": not a URL at all
+        return ""
 
 
 def trusted_for(channel: Channel | None, download: DownloadRules) -> frozenset[str]:
@@ -98,14 +101,17 @@ class Refused(Exception):
 
 async def check(url: str, trusted: frozenset[str]) -> None:
     """Refuse a URL whose scheme is not http(s), or whose host is, or resolves only to, a non-public address."""
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
+    try:
+        parts = urlsplit(url)
+        host, port = (parts.hostname or "").lower(), parts.port or 0
+    except ValueError:  # a port out of range, an unclosed IPv6 bracket
+        raise Refused("the URL is malformed") from None
     if parts.scheme not in ("http", "https") or not host:
         raise Refused("only http(s) URLs are fetched")
     if host in trusted:
         return
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 0, type=socket.SOCK_STREAM)
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
         raise Refused(f"the host '{host}' does not resolve") from None
     if not all(public_address(str(info[4][0])) for info in infos):

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable, Iterable
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any
 
 from aiohttp import web
 
 from proxy.core.errors import InvalidRequest, ServiceUnavailable
 from proxy.state import DONE, RUNNING, Idempotency, IdempotentRecord
+
+log = logging.getLogger("imagegate")
 
 HEADER = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"
@@ -56,32 +60,54 @@ async def _wait_for(store: Idempotency, key: str, seconds: float) -> IdempotentR
     raise ServiceUnavailable("The first request with this Idempotency-Key is still running.", code="idempotency_in_progress")
 
 
+async def _forget(store: Idempotency, key: str) -> None:
+    """Release a key best-effort: a backend blip must not turn an answer into an error."""
+    try:
+        await store.release(key)
+    except Exception as exc:
+        log.warning("could not release Idempotency-Key after a failed request: %s", type(exc).__name__)
+
+
 async def _run(
     store: Idempotency, key: str, claim: IdempotentRecord, ttl: int, run: Callable[[], Awaitable[web.Response]]
 ) -> web.Response:
     try:
         response = await run()
     except BaseException:
-        # Shielded: a cancelled request must still free its key, or retries would wait for nothing.
-        await asyncio.shield(store.release(key))
+        await asyncio.shield(_forget(store, key))
         raise
     if 200 <= response.status < 300 and isinstance(response.body, bytes):
         headers = {name: response.headers[name] for name in _KEPT_HEADERS if name in response.headers}
         done = IdempotentRecord(claim.fingerprint, DONE, response.status, response.body.decode(), headers)
-        await store.finish(key, done, ttl)
+        try:
+            await store.finish(key, done, ttl)
+        except Exception as exc:
+            log.warning("could not keep the answer for an Idempotency-Key: %s", type(exc).__name__)
+            await _forget(store, key)
     else:
-        await store.release(key)
+        await _forget(store, key)
     return response
 
 
 async def once(
-    store: Idempotency, key: str, request_fingerprint: str, ttl: int, wait: float, run: Callable[[], Awaitable[web.Response]]
+    store: Idempotency,
+    key: str,
+    request_fingerprint: str,
+    ttl: int,
+    wait: float,
+    run: Callable[[], Awaitable[web.Response]],
+    spawn: Callable[[Coroutine[Any, Any, web.Response]], asyncio.Task[web.Response]],
 ) -> web.Response:
+    """Run `run` once per key. The run is detached (`spawn`): a client that disconnects and retries must
+    find the first run finishing and its answer kept, not a cancelled generation it paid for."""
     claim = IdempotentRecord(request_fingerprint, RUNNING)
+    # The claim is a lease (a crashed replica's claim must not block retries for a day); the answer
+    # is kept for the full retention once it exists.
+    lease = int(wait) + 60
     while True:
-        existing = await store.claim(key, claim, ttl)
+        existing = await store.claim(key, claim, lease)
         if existing is None:
-            return await _run(store, key, claim, ttl, run)
+            return await asyncio.shield(spawn(_run(store, key, claim, ttl, run)))
         if existing.fingerprint != request_fingerprint:
             raise InvalidRequest(
                 "This Idempotency-Key was already used with a different request.",

@@ -7,13 +7,17 @@ request is a 429 naming the limit, with `Retry-After` until the window frees up.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from proxy.core.errors import RateLimited
 from proxy.core.limits import DAY, MINUTE, Limits, window
 from proxy.state import Counters
+
+log = logging.getLogger("imagegate")
 
 # A generation never runs this long; the counter of one that never released (a crash) cannot stick.
 CONCURRENCY_TTL = 3600
@@ -39,15 +43,33 @@ class Admission:
     reserved_images: int = 0
 
     async def settle(self, delivered: int) -> None:
+        """Give back what was not used. Never raises: a counter blip must not turn a delivered answer into an error."""
         if self.images_key is not None and delivered < self.reserved_images:
-            await self.counters.decr(self.images_key, self.reserved_images - delivered)
+            await _quietly(self.counters.decr(self.images_key, self.reserved_images - delivered))
         if self.concurrency_key is not None:
-            await self.counters.decr(self.concurrency_key, 1)
+            await _quietly(self.counters.decr(self.concurrency_key, 1))
+        self.images_key = self.concurrency_key = None  # settling twice gives back nothing twice
+
+
+async def _quietly(work: Awaitable[None]) -> None:
+    try:
+        await work
+    except Exception as exc:
+        log.warning("could not give back a limit counter: %s", type(exc).__name__)
 
 
 async def admit(counters: Counters, owner: str, limits: Limits, n: int, clock: Callable[[], float] = time.time) -> Admission:
-    now = clock()
     admission = Admission(counters)
+    try:
+        return await _admit(admission, owner, limits, n, clock())
+    except BaseException:
+        # Refused, failed or cancelled halfway: what was already reserved goes back.
+        await asyncio.shield(admission.settle(0))
+        raise
+
+
+async def _admit(admission: Admission, owner: str, limits: Limits, n: int, now: float) -> Admission:
+    counters = admission.counters
     if limits.requests_per_minute is not None:
         number, left = window(now, MINUTE)
         if await counters.incr(f"rpm:{owner}:{number}", 1, MINUTE + 1) > limits.requests_per_minute:
@@ -55,15 +77,15 @@ async def admit(counters: Counters, owner: str, limits: Limits, n: int, clock: C
     if limits.images_per_day is not None:
         number, left = window(now, DAY)
         key = f"ipd:{owner}:{number}"
-        if await counters.incr(key, n, DAY + 60) > limits.images_per_day:
-            await counters.decr(key, n)
+        reserved = await counters.incr(key, n, DAY + 60)
+        admission.images_key, admission.reserved_images = key, n  # from here on, a refusal gives them back
+        if reserved > limits.images_per_day:
             raise _refused("images_per_day", limits.images_per_day, left)
-        admission.images_key, admission.reserved_images = key, n
     if limits.concurrent is not None:
         key = f"conc:{owner}"
-        if await counters.incr(key, 1, CONCURRENCY_TTL) > limits.concurrent:
-            await counters.decr(key, 1)
-            await admission.settle(0)
-            raise _refused("concurrent", limits.concurrent, 1.0)
+        # The expiry is renewed on every admission: a busy key's counter must never lapse mid-flight.
+        running = await counters.incr(key, 1, CONCURRENCY_TTL, refresh=True)
         admission.concurrency_key = key
+        if running > limits.concurrent:
+            raise _refused("concurrent", limits.concurrent, 1.0)
     return admission

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from proxy.core.errors import AuthenticationFailed, NotFound, PayloadTooLarge, ProxyError
+from proxy.finish import IMAGE_ROUTE
 from proxy.observe import REQUEST_ID_HEADER, access_line, access_log, begin, current_request_id, note
 from proxy.services import CLIENT_KEY, SERVICES
 
@@ -57,7 +58,12 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
             if status >= 400:
                 metrics.errors.labels(str(record.fields.get("error_type", "")), str(status)).inc()
         if request.path not in QUIET_PATHS or status >= 400:
-            access_log.info("%s", access_line(record, request.method, request.path, status))
+            access_log.info("%s", access_line(record, request.method, _loggable(request), status))
+
+
+def _loggable(request: web.Request) -> str:
+    # A hosted image's name is its only credential: the log gets the route, not the name.
+    return IMAGE_ROUTE + "{name}" if request.path.startswith(IMAGE_ROUTE) else request.path
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:

@@ -92,22 +92,34 @@ class RedisImageStore:
         return 0
 
 
+# Decrement an existing counter, never below zero, keeping its expiry; an expired one stays gone.
+_DECR = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local value = redis.call('DECRBY', KEYS[1], ARGV[1])
+  if value < 0 then redis.call('SET', KEYS[1], 0, 'KEEPTTL') end
+end
+return 0
+"""
+
+
 class RedisCounters:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
+        self._decr = client.register_script(_DECR)
 
-    async def incr(self, key: str, amount: int, ttl: int) -> int:
+    async def incr(self, key: str, amount: int, ttl: int, refresh: bool = False) -> int:
         name = f"{PREFIX}count:{key}"
         async with unavailable_as_503():
             pipe = self._redis.pipeline(transaction=True)
             pipe.incrby(name, amount)
-            pipe.expire(name, ttl, nx=True)  # the window's expiry is set once, when it opens
+            # A window's expiry is set once, when it opens; a gauge's is renewed on every increment.
+            pipe.expire(name, ttl, nx=not refresh)
             value, _ = await pipe.execute()
         return int(value)
 
     async def decr(self, key: str, amount: int) -> None:
         async with unavailable_as_503():
-            await self._redis.decrby(f"{PREFIX}count:{key}", amount)
+            await self._decr(keys=[f"{PREFIX}count:{key}"], args=[amount])
 
 
 class RedisIdempotency:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -31,7 +32,7 @@ class Services:
     metrics: Metrics | None = None
     counters: Counters = field(default_factory=MemoryCounters)
     idempotency: Idempotency = field(default_factory=MemoryIdempotency)
-    background: set[asyncio.Task[None]] = field(default_factory=set)
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
     draining: bool = False  # shutting down: /readyz answers 503 so balancers move traffic away
     resolver: GuardedResolver | None = None
 

@@ -24,11 +24,14 @@ DONE = "done"
 
 
 class Counters(Protocol):
-    async def incr(self, key: str, amount: int, ttl: int) -> int:
-        """Add `amount` (the counter expires `ttl` seconds after it was created); the new value."""
+    async def incr(self, key: str, amount: int, ttl: int, refresh: bool = False) -> int:
+        """Add `amount`; the new value. The counter expires `ttl` seconds after it was created, or after
+        this increment when `refresh` (a gauge that must not lapse while in use)."""
         ...
 
-    async def decr(self, key: str, amount: int) -> None: ...
+    async def decr(self, key: str, amount: int) -> None:
+        """Subtract, never below zero, and never bringing an expired counter back."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -67,11 +70,13 @@ class MemoryCounters:
         self._values: dict[str, tuple[int, float]] = {}
         self._clock = clock
 
-    async def incr(self, key: str, amount: int, ttl: int) -> int:
+    async def incr(self, key: str, amount: int, ttl: int, refresh: bool = False) -> int:
         now = self._clock()
         value, expires = self._values.get(key, (0, now + ttl))
         if expires <= now:
             value, expires = 0, now + ttl
+        if refresh:
+            expires = now + ttl
         self._values[key] = (value + amount, expires)
         if len(self._values) > 10_000:
             self._values = {name: item for name, item in self._values.items() if item[1] > now}
@@ -80,7 +85,8 @@ class MemoryCounters:
     async def decr(self, key: str, amount: int) -> None:
         if key in self._values:
             value, expires = self._values[key]
-            self._values[key] = (max(0, value - amount), expires)
+            if expires > self._clock():
+                self._values[key] = (max(0, value - amount), expires)
 
 
 class MemoryIdempotency:
@@ -110,6 +116,14 @@ class MemoryIdempotency:
 
     async def release(self, key: str) -> None:
         self._records.pop(key, None)
+
+    async def sweep(self) -> int:
+        """Forget expired records (each may hold megabytes of base64): called with the image sweep."""
+        now = self._clock()
+        expired = [key for key, (_, expires) in self._records.items() if expires <= now]
+        for key in expired:
+            del self._records[key]
+        return len(expired)
 
 
 @dataclass

@@ -23,7 +23,7 @@ import aiohttp
 from aiohttp import web
 
 from proxy.adapters.base import AdapterSpec, Fail, Job, Send, UpstreamResponse
-from proxy.core.errors import BadGateway, ProxyError
+from proxy.core.errors import BadGateway, ProxyError, UpstreamError
 from proxy.core.plan import EDIT, Plan
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Rules, iter_usable
@@ -44,6 +44,7 @@ class Sink:
 
     request: web.Request
     response: web.StreamResponse | None = None
+    completed: int = 0  # final images sent: what the client got (and is charged for)
 
     @property
     def started(self) -> bool:
@@ -60,6 +61,8 @@ class Sink:
 
     async def send(self, payload: dict[str, Any]) -> None:
         await (await self._open()).write(format_json_event(payload, event=str(payload.get("type"))))
+        if str(payload.get("type", "")).endswith(".completed"):
+            self.completed += 1
 
     async def keepalive(self) -> None:
         await (await self._open()).write(KEEPALIVE)
@@ -155,6 +158,9 @@ async def relay_native(
                     if payload.get("type") == "error" and "image_index" in payload:
                         held.append(payload)
                         continue
+                    if payload.get("type") == "error" and not sink.started:
+                        # Nothing sent yet: a real error status, and the next channel may still serve it.
+                        raise error_from_event(channel, payload)
                     await sink.send(await finish_payload(renamed(payload, kind), finisher, here))
                     if payload.get("type") == "error":
                         return
@@ -162,6 +168,19 @@ async def relay_native(
             raise BadGateway(f"channel '{channel}' ended its stream mid-event", code="upstream_stream_cut")
         if held:
             await sink.send(held[0])
+        elif sink.completed == 0:
+            raise BadGateway(f"channel '{channel}' ended its stream without a final image", code="upstream_stream_cut")
+
+
+def error_from_event(channel: str, payload: dict[str, Any]) -> ProxyError:
+    """An upstream's stream error event, as the error it would have been without a stream."""
+    found = payload.get("error")
+    error: dict[str, Any] = found if isinstance(found, dict) else {}
+    message = str(error.get("message") or "the upstream stream failed")
+    kind = error.get("type")
+    if kind in ("invalid_request_error", "image_generation_user_error"):
+        return UpstreamError(message, status=400, type=str(kind), param=error.get("param"), code=error.get("code"))
+    return BadGateway(f"channel '{channel}' failed: {message}", code=str(error.get("code") or "upstream_error"), retryable=True)
 
 
 def completed_payloads(result: ImagesResult, kind: str) -> list[dict[str, Any]]:
@@ -219,7 +238,8 @@ async def stream(
     plan: Plan,
     client_key: str | None,
     delivery: Delivery,
-) -> web.StreamResponse:
+) -> tuple[web.StreamResponse, int]:
+    """The stream's response, and how many final images it delivered."""
     sink = Sink(request)
     kind = event_kind(plan)
 
@@ -227,7 +247,8 @@ async def stream(
         outcome = await generate(driver, rules, plan, client_key)
         channel = rules.channels.get(outcome.channel)
         here = delivery.from_channel(channel, rules.server.download) if channel is not None else delivery
-        return await deliver(finisher, outcome.result, here)
+        result, _ = await deliver(finisher, outcome.result, here)  # images that failed to convert are not sent
+        return result
 
     try:
         if streams_natively(rules, plan, driver):
@@ -238,7 +259,7 @@ async def stream(
         if not sink.started:
             raise
         await sink.send(error_payload(error.envelope()))
-    return await sink.close()
+    return await sink.close(), sink.completed
 
 
 async def _native_with_failover(
