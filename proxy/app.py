@@ -29,7 +29,7 @@ from proxy.adapters import ADAPTERS
 from proxy.core.errors import InvalidRequest, NotFound, ProxyError, RequestTimeout, ServiceUnavailable
 from proxy.core.form import coerce_fields
 from proxy.core.json_body import encode_body
-from proxy.core.limits import key_id
+from proxy.core.limits import Limits, key_id
 from proxy.core.plan import EDIT, VARIATION, Plan, build_plan
 from proxy.core.request import parse_image_request, parse_json_object
 from proxy.core.response import render
@@ -320,7 +320,17 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     if channel is not None and not channel.usable:
         missing = ", ".join(channel.missing_key)
         raise ServiceUnavailable(f"Set {missing} to enable channel '{channel.name}'.", code="channel_unavailable")
-    return await relay(request, request.app[SESSION], channel, spec, request[CLIENT_KEY] or None)
+    client_key = request[CLIENT_KEY] or None
+    # Pass-through spends the operator's key too (chat, responses with image tools): the key's request
+    # limits apply (images per day cannot be counted here: the proxy does not read those bodies).
+    limits = rules.server.limits_for(client_key)
+    counted = Limits(requests_per_minute=limits.requests_per_minute, concurrent=limits.concurrent)
+    admission = await admit(request.app[SERVICES].counters, key_id(client_key), counted, 0) if counted.any else None
+    try:
+        return await relay(request, request.app[SESSION], channel, spec, client_key)
+    finally:
+        if admission is not None:
+            await asyncio.shield(admission.settle(0))
 
 
 # -- lifecycle ------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ server:
     - {key: limited-key, name: team-a, limits: {requests_per_minute: 2}}
     - {key: one-at-a-time, name: team-b, limits: {concurrent: 1}}
     - {key: few-images, name: team-c, limits: {images_per_day: 3}}
+default_channel: openai
 channels:
   openai:
     type: openai
@@ -143,3 +144,10 @@ async def test_memory_backend_keeps_limits_and_idempotency(aiohttp_client: Any, 
     text = await (await app.get("/metrics")).text()
     assert 'imagegate_key_images_total{key="team-c"} 3.0' in text
     assert "few-images" not in text and "limited-key" not in text
+
+
+async def test_pass_through_counts_against_the_keys_request_limit(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    fake = FakeOpenAI()
+    (app,) = await replicas(aiohttp_client, aiohttp_server, fake, "memory", count=1)
+    statuses = [(await app.get("/v1/models", headers=bearer("limited-key"))).status for _ in range(3)]
+    assert statuses == [200, 200, 429]
