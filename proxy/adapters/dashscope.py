@@ -46,7 +46,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse, Wait
-from proxy.adapters.polling import MAX_FAILED_POLLS, lenient_timing, transient
+from proxy.adapters.polling import MAX_FAILED_POLLS, TaskState, lenient_timing, transient
+from proxy.adapters.polling import next_wait as polling_wait
 from proxy.core.errors import (
     BadGateway,
     ContentPolicyViolation,
@@ -112,13 +113,7 @@ FAMILIES: tuple[tuple[str, SizeRule], ...] = (
 _MAPPED = frozenset({"size", "quality", "n", "image", "negative_prompt", "seed", "watermark", "extra_body"})
 
 
-@dataclass(frozen=True)
-class Task:
-    """What the adapter remembers between polls."""
-
-    task_id: str
-    polls: int = 0  # polls sent so far: drives the backoff
-    failed_polls: int = 0  # consecutive polls that got no usable answer
+Task = TaskState  # the polling state, shared with the other task adapters
 
 
 # --- request ----------------------------------------------------------------------------------------
@@ -400,8 +395,7 @@ def next_wait(job: Job, task: Task) -> Wait:
     """Wait, then poll: the pause doubles with every poll, from poll_interval up to max_poll_interval."""
     timing = lenient_timing(job.channel.settings, DEFAULT_POLL_INTERVAL, DEFAULT_MAX_POLL_INTERVAL,
                             max_doublings=MAX_DOUBLINGS)
-    following = replace(task, polls=task.polls + 1)
-    return Wait(timing.delay(task.polls), poll_call(job, following), following)
+    return polling_wait(task, timing, lambda following: poll_call(job, following))
 
 
 def after_create(job: Job, response: UpstreamResponse) -> Step:

@@ -37,11 +37,12 @@ import hmac
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse, Wait
-from proxy.adapters.polling import MAX_FAILED_POLLS, lenient_timing, transient
+from proxy.adapters.polling import MAX_FAILED_POLLS, TaskState, lenient_timing, transient
+from proxy.adapters.polling import next_wait as polling_wait
 from proxy.core.errors import (
     BadGateway,
     ContentPolicyViolation,
@@ -88,13 +89,7 @@ _MAPPED = frozenset({
 })
 
 
-@dataclass(frozen=True)
-class Task:
-    """What the adapter remembers between polls."""
-
-    task_id: str
-    polls: int = 0  # polls sent so far: drives the backoff
-    failed_polls: int = 0  # consecutive polls that got no usable answer
+Task = TaskState  # the polling state, shared with the other task adapters
 
 
 # --- credential -------------------------------------------------------------------------------------
@@ -316,8 +311,7 @@ def next_wait(job: Job, task: Task) -> Wait:
     """Wait, then poll: the pause doubles with every poll, from poll_interval up to max_poll_interval."""
     timing = lenient_timing(job.channel.settings, DEFAULT_POLL_INTERVAL, DEFAULT_MAX_POLL_INTERVAL,
                             max_doublings=MAX_DOUBLINGS)
-    following = replace(task, polls=task.polls + 1)
-    return Wait(timing.delay(task.polls), poll_call(job, following), following)
+    return polling_wait(task, timing, lambda following: poll_call(job, following))
 
 
 def after_create(job: Job, response: UpstreamResponse) -> Step:

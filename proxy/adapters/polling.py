@@ -9,11 +9,11 @@ Pure: no I/O and no clock; the driver does the waiting a Wait step asks for.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
-from proxy.adapters.base import Fail
+from proxy.adapters.base import Call, Fail, Wait
 from proxy.core.errors import BadGateway
 from proxy.core.upstream_errors import scrub
 
@@ -33,6 +33,21 @@ class Timing:
     def retry_delay(self, polls: int, retry_after: float | None) -> float:
         """Seconds before poll `polls` after a failed one: the upstream's Retry-After (at most cap), else delay."""
         return self.delay(polls) if retry_after is None else min(retry_after, self.cap)
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """What a task adapter (kling, dashscope) remembers between polls."""
+
+    task_id: str
+    polls: int = 0  # polls sent so far: drives the backoff
+    failed_polls: int = 0  # consecutive polls that got no usable answer
+
+
+def next_wait(task: TaskState, timing: Timing, poll_call: Callable[[TaskState], Call]) -> Wait:
+    """Wait, then poll: the pause doubles with every poll, from the first interval up to the cap."""
+    following = replace(task, polls=task.polls + 1)
+    return Wait(timing.delay(task.polls), poll_call(following), following)
 
 
 def _seconds(settings: Mapping[str, Any], name: str, default: float) -> float:
