@@ -235,7 +235,7 @@ async def _limited(driver: Driver, spec: AdapterSpec, job: Job) -> ImagesResult:
 async def run_on_channel(driver: Driver, job: Job) -> tuple[ImagesResult, tuple[ProxyError, ...]]:
     """Every image of the plan from one channel, fanning out where the provider has no native `n`."""
     spec = driver.adapters[job.channel.type]
-    counts = split_n(job.plan.n, spec.max_n_per_call)
+    counts = split_n(job.plan.n, spec.per_call(job))
     if len(counts) == 1:
         # One call per request: no limit here (the channel's `concurrency` bounds fan-out, not clients).
         return await run_job(driver, spec, job), ()

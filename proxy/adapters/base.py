@@ -96,7 +96,8 @@ class AdapterSpec:
     cpu_bound: bool = False
     # Most images one upstream call can return; None: any n. Above it the driver fans out parallel
     # calls of at most this many each and merges their data[] (providers without a native `n`: 1).
-    max_n_per_call: int | None = None
+    # A function of the job where it depends on the upstream model (Imagen takes 4, Gemini 1).
+    max_n_per_call: int | Callable[[Job], int | None] | None = None
     # Providers whose calls carry a derived, expiring credential (Kling's JWT): given the channel, its
     # configured key and the current time, returns (credential, expires_at). The shell caches it and
     # hands it to the adapter as Job.api_key until shortly before it expires.
@@ -118,3 +119,8 @@ class AdapterSpec:
     stream_events: Callable[[Job, Event], list[dict[str, Any]]] | None = None
     # Headers that authenticate a pass-through request on this channel; None: no pass-through here.
     auth_headers: Callable[[str | None], dict[str, str]] | None = None
+
+    def per_call(self, job: Job) -> int | None:
+        """Most images one call for this job can return (None: any n)."""
+        limit = self.max_n_per_call
+        return limit(job) if callable(limit) else limit

@@ -16,7 +16,7 @@ IMAGE_SAFETY/SAFETY/PROHIBITED_CONTENT/... or promptFeedback.blockReason -> 400 
 `quality` is not sent; any other forwarded field -> 400 naming it (the Gemini API has no such parameter).
 Errors `{"error": {"code", "message", "status", "details"}}`: 429 -> retryable, Retry-After from RetryInfo;
 400 API_KEY_INVALID -> the channel's key was refused (502); the rest per upstream_errors.
-One image per call for the whole adapter: Gemini has no `n`, so Imagen gets sampleCount 1 and the driver fans out.
+Imagen takes `n` natively (sampleCount 1..4, one call); Gemini has no `n`, so the driver fans out one call per image.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ from proxy.core.upstream_errors import error_from_response, scrub
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
 IMAGEN = "imagen"
 GEMINI = "gemini"
+# Imagen's `sampleCount` range (Imagen 4 on the Gemini API, checked 2026-12-04).
+IMAGEN_MAX_N = 4
 IMAGEN_RATIOS = ("1:1", "3:4", "4:3", "9:16", "16:9")
 GEMINI_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
 IMAGEN_FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg"}
@@ -75,6 +77,10 @@ class Asked:
 
 def family_of(upstream_model: str) -> str:
     return IMAGEN if upstream_model.removeprefix("models/").startswith("imagen") else GEMINI
+
+
+def max_n_per_call(job: Job) -> int:
+    return IMAGEN_MAX_N if family_of(job.plan.upstream_model) == IMAGEN else 1
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:
@@ -363,6 +369,6 @@ SPEC = AdapterSpec(
     schema=ChannelSchema(settings=frozenset({"person_generation", "response_modalities"}), requires_base_url=False),
     start=start,
     advance=advance,
-    max_n_per_call=1,
+    max_n_per_call=max_n_per_call,
     needs_image_bytes=True,
 )

@@ -92,7 +92,14 @@ def test_imagen_call_is_exact_and_always_sends_sample_count() -> None:
             "personGeneration": "allow_adult",
         },
     }
-    assert SPEC.max_n_per_call == 1
+
+
+def test_imagen_takes_up_to_four_per_call_and_gemini_one() -> None:
+    imagen = make_job({"model": IMAGEN, "prompt": "a bay", "n": 4})
+    gemini = make_job({"model": "gemini-2.5-flash-image", "prompt": "a bay", "n": 4})
+
+    assert (SPEC.per_call(imagen), SPEC.per_call(gemini)) == (4, 1)
+    assert sent(SPEC.start(imagen))[0].json["parameters"]["sampleCount"] == 4
 
 
 @pytest.mark.parametrize(

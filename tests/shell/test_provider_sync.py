@@ -109,6 +109,21 @@ async def test_imagen_sample_count_and_aspect_ratio(make_proxy: Any, aiohttp_ser
     await sdk.close()
 
 
+async def test_imagen_makes_n_images_in_one_call_and_gemini_fans_out(make_proxy: Any, aiohttp_server: Any) -> None:
+    fake = FakeGemini()
+    sdk = await sdk_for(
+        make_proxy, {"GEMINI_BASE_URL": await serve(aiohttp_server, fake, "/v1beta"), "GEMINI_API_KEY": fake.api_key}
+    )
+    imagen = await sdk.images.generate(model="imagen-4.0-generate-001", prompt="a bay", n=3, response_format="b64_json")
+    assert imagen.data is not None and len(imagen.data) == 3
+    assert [sent.json()["parameters"]["sampleCount"] for sent in fake.recorder.received] == [3]
+
+    gemini = await sdk.images.generate(model="gemini-2.5-flash-image", prompt="a bay", n=2, response_format="b64_json")
+    assert gemini.data is not None and len(gemini.data) == 2
+    assert [sent.path for sent in fake.recorder.received[1:]] == ["/v1beta/models/gemini-2.5-flash-image:generateContent"] * 2
+    await sdk.close()
+
+
 async def test_gemini_image_safety_is_a_moderation_error(make_proxy: Any, aiohttp_server: Any) -> None:
     fake = FakeGemini()
     fake.image_safety = True
