@@ -1,7 +1,9 @@
 """Core layer: an upstream's failure answer becomes a ProxyError with a faithful status (design.md §3).
 
 Upstream 4xx keep their status and the provider's message; 429 stays 429 with Retry-After (unless it is
-a billing problem, which no retry fixes); 5xx become 502. A rejected channel key is the operator's
+a billing problem, which no retry fixes); 504 and Cloudflare's 524 are gateway timeouts (the work may
+have been done and billed behind the timeout, so they are retried only where the channel allows it,
+exactly like a read timeout after sending); 503 stays 503; other 5xx become 502. A rejected channel key is the operator's
 problem, not the client's: it becomes a 502 rather than a 401 that would blame the client's own key.
 Every message is scrubbed of the channel's secrets before it can reach a client or a log.
 """
@@ -13,11 +15,13 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from proxy.core.errors import BadGateway, ProxyError, RateLimited, ServiceUnavailable, UpstreamError
+from proxy.core.errors import BadGateway, GatewayTimeout, ProxyError, RateLimited, ServiceUnavailable, UpstreamError
 
 _KEYISH = re.compile(r"\b(sk|key|pk|rk)-[A-Za-z0-9_\-*]{6,}")
 _MAX_MESSAGE = 500
 _MAX_RETRY_AFTER = 86400.0
+# An intermediary gave up waiting for the provider: 504, and Cloudflare's "A timeout occurred".
+TIMEOUT_STATUSES = frozenset({504, 524})
 BILLING_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "billing_not_active"})
 
 
@@ -103,6 +107,8 @@ def error_from_response(
         return UpstreamError(
             message, status=status, type=_text(kind) or "invalid_request_error", param=_text(param), code=code_text
         )
+    if status in TIMEOUT_STATUSES:
+        return GatewayTimeout(f"channel '{channel}' timed out upstream (HTTP {status}): {message}", code="upstream_timeout")
     if status == 503:
         return ServiceUnavailable(f"channel '{channel}' is unavailable: {message}", code="upstream_unavailable", retryable=True)
     return BadGateway(f"channel '{channel}' failed: {message}", code="upstream_error", retryable=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from proxy.core.errors import BadGateway, RateLimited, ServiceUnavailable, UpstreamError
+from proxy.core.errors import BadGateway, GatewayTimeout, RateLimited, ServiceUnavailable, UpstreamError
 from proxy.core.upstream_errors import error_from_response, parse_retry_after, scrub
 
 KEY = "Zx9-channel-secret-abcdefghijklmnop"  # not key-shaped: only the explicit secret list catches it
@@ -175,7 +175,7 @@ def test_flat_and_string_error_bodies() -> None:
     assert _map(400, b'{"error": {"code": 1214, "message": "inner"}}').code == "1214"
 
 
-@pytest.mark.parametrize("status", [500, 502, 504, 520])
+@pytest.mark.parametrize("status", [500, 502, 520])
 def test_5xx_is_a_retryable_502(status: int) -> None:
     error = _map(status, _openai_error("The server had an error while processing your request.", "server_error"))
     assert isinstance(error, BadGateway)
@@ -184,6 +184,14 @@ def test_5xx_is_a_retryable_502(status: int) -> None:
     assert error.code == "upstream_error"
     assert error.retryable is True
     assert error.message == "channel 'openai' failed: The server had an error while processing your request."
+
+
+@pytest.mark.parametrize("status", [504, 524])
+def test_an_answered_gateway_timeout_is_a_504_like_a_read_timeout(status: int) -> None:
+    error = _map(status, b"<html>A timeout occurred</html>")
+    assert isinstance(error, GatewayTimeout)
+    assert (error.status, error.code) == (504, "upstream_timeout")
+    assert error.message.startswith(f"channel 'openai' timed out upstream (HTTP {status})")
 
 
 def test_503_stays_503() -> None:

@@ -692,7 +692,8 @@ async def _storm(tmp_path: Path, behaviour: Behaviour, count: int = 50) -> tuple
     [
         (500, 502, "upstream_error"),
         (502, 502, "upstream_error"),
-        (504, 502, "upstream_error"),
+        (504, 504, "upstream_timeout"),
+        (524, 504, "upstream_timeout"),
         (503, 503, "upstream_unavailable"),
     ],
 )

@@ -6,6 +6,7 @@ import json
 import socket
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestServer
 
 from tests.fakes.openai import KEY, FakeOpenAI
@@ -20,6 +21,11 @@ channels:
     base_url: ${PRIMARY}/v1
     api_key: ${OPENAI_API_KEY}
     timeout: ${TIMEOUT:-30}
+  patient:
+    type: openai
+    base_url: ${PRIMARY}/v1
+    api_key: ${OPENAI_API_KEY}
+    retry_timeouts: true
   backup:
     type: openai
     base_url: ${BACKUP}/v1
@@ -34,6 +40,9 @@ models:
     upstream_model: gpt-image-1.5
   pair:
     channels: [primary, backup]
+    upstream_model: gpt-image-1.5
+  patient-pair:
+    channels: [patient, backup]
     upstream_model: gpt-image-1.5
   skips-keyless:
     channels: [keyless, backup]
@@ -190,6 +199,29 @@ async def test_deadline_is_a_504_and_is_not_retried(make_proxy: Any, aiohttp_ser
     assert status == 504
     assert body["error"]["code"] == "upstream_timeout"
     assert len(primary.recorder.received) == 1
+
+
+@pytest.mark.parametrize("status", [504, 524])
+async def test_an_upstream_gateway_timeout_is_a_504_that_is_not_retried(
+    make_proxy: Any, aiohttp_server: Any, status: int
+) -> None:
+    # The provider may have generated (and billed) the image behind the intermediary that gave up.
+    client, primary, backup = await setup(make_proxy, aiohttp_server)
+    primary.failures.append((status, {"error": {"message": "A timeout occurred", "type": "server_error"}}, {}))
+    answer, body, _ = await post(client, "pair", retries=2)
+    assert answer == 504
+    assert body["error"]["code"] == "upstream_timeout"
+    assert f"HTTP {status}" in body["error"]["message"]
+    assert (len(primary.recorder.received), len(backup.recorder.received)) == (1, 0)
+
+
+async def test_a_channel_that_allows_it_fails_over_after_an_upstream_504(make_proxy: Any, aiohttp_server: Any) -> None:
+    client, primary, backup = await setup(make_proxy, aiohttp_server)
+    primary.failures.append((504, {"error": {"message": "Gateway Timeout", "type": "server_error"}}, {}))
+    answer, body, _ = await post(client, "patient-pair")
+    assert answer == 200
+    assert (body["metadata"]["channel"], body["metadata"]["attempts"]) == ("backup", 2)
+    assert (len(primary.recorder.received), len(backup.recorder.received)) == (1, 1)
 
 
 async def test_unreachable_channel_is_502_and_fails_over(make_proxy: Any, aiohttp_server: Any) -> None:
