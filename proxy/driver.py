@@ -28,7 +28,7 @@ import aiohttp
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse, Wait
 from proxy.core.errors import BadGateway, GatewayTimeout, ProxyError, ServiceUnavailable
 from proxy.core.plan import Plan
-from proxy.core.response import ImagesResult
+from proxy.core.response import ImagesResult, merge_extras
 from proxy.core.rules import Channel, DownloadRules, Rules, iter_usable
 from proxy.guard import Refused, as_upstream_error, check, host_of, trusted_for
 from proxy.inputs import plan_for
@@ -212,7 +212,7 @@ def merge_results(results: Sequence[ImagesResult]) -> ImagesResult:
         images=tuple(image for result in results for image in result.images),
         created=results[0].created,
         usage=usage,
-        extra=results[0].extra,
+        extra=merge_extras([result.extra for result in results]),
     )
 
 

@@ -20,7 +20,7 @@ poll only to the channel's own host or an https *.bfl.ai host: a secret never le
 Polls wait `poll_interval` (0.5 s), doubling up to `max_poll_interval` (5 s) (channel settings).
 Poll answer `{"id", "status", "result", "progress", "details"}`: Pending (or a status we do not know) -> poll
 again; Ready -> `result.sample` as url with url_ttl 600 (the signed URL dies after 10 minutes, so the shell
-re-hosts it; the download carries no key), `result.seed` -> response `seed`, `result.prompt` when it differs ->
+re-hosts it; the download carries no key), `result.seed` -> `metadata.seeds`, `result.prompt` when it differs ->
 revised_prompt, `cost`/`input_mp`/`output_mp` -> usage; Request/Content Moderated -> 400 moderation_blocked;
 Error -> 502; Task not found (or a 404) -> 502 at once. A poll that fails (5xx, 429, unreadable) is retried;
 three in a row -> 502. Every failure after the submit is not retryable: the task may already be billed.
@@ -388,7 +388,7 @@ def ready(job: Job, task: Task, data: Mapping[str, Any]) -> Step:
     prompt = result.get("prompt")
     revised = prompt if isinstance(prompt, str) and prompt and prompt != job.plan.prompt else None
     seed = result.get("seed")
-    extra = {"seed": seed} if isinstance(seed, int) and not isinstance(seed, bool) else {}
+    extra = {"seeds": [seed]} if isinstance(seed, int) and not isinstance(seed, bool) else {}
     image = GeneratedImage(url=sample, revised_prompt=revised, url_ttl=SAMPLE_TTL)
     return Done(ImagesResult(images=(image,), usage=dict(task.usage) or None, extra=extra))
 

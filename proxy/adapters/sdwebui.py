@@ -13,7 +13,7 @@ Unsupported: `mask` (400: the WebUI paints white where OpenAI masks are transpar
 `background`, `style` (no per-request equivalent). Auth: none, or HTTP Basic (`--api-auth`) when the channel's
 api_key is `user:password`. Answer: `images[]` base64 -> b64_json (type sniffed; PNG unless the WebUI saves
 jpg/webp), skipping a grid (`info.index_of_first_image`) and extension extras beyond n; `info.all_seeds` ->
-the `seeds` extension field. Failures: 422 `detail[]` -> 400 naming the client's param; 500 "Invalid encoded
+`metadata.seeds`. Failures: 422 `detail[]` -> 400 naming the client's param; 500 "Invalid encoded
 image" -> 400 `image`; the rest via proxy.core.upstream_errors (5xx -> 502, 401 -> 502 channel auth).
 """
 

@@ -278,7 +278,7 @@ def _result(answer: Answer, image: str) -> ImagesResult:
     if answer.content_type in FORMAT_NAMES:
         extra["output_format"] = FORMAT_NAMES[answer.content_type]
     if answer.seed is not None:
-        extra["seed"] = answer.seed
+        extra["seeds"] = [answer.seed]
     return ImagesResult(images=(GeneratedImage(b64_json=image, content_type=answer.content_type),), extra=extra)
 
 

@@ -9,7 +9,7 @@ sent only to the models that accept it (docs: cogview-4-250304; channel setting 
 `watermark` -> `watermark_enabled` (tri-state: absent stays absent). `user` (else `safety_identifier`)
 -> `user_id` (6-128 chars, else 400 param user). Other passed-through fields go verbatim; `extra_body`
 adds top-level keys (never replaces a mapped one). Auth: `Authorization: Bearer <key>`.
-Answer: `data[].url` (valid 30 days) -> url; `content_filter` -> the response's `content_filter`.
+Answer: `data[].url` (valid 30 days) -> url; `content_filter` -> `metadata.content_filter`.
 Failures: business code 1301 -> moderation 400; 1113/1304/1308/1309/1310 -> 429 insufficient_quota
 (not retryable); 1302/1303/1305 -> 429 retryable; 1312 (model busy) -> 503; account locked/inactive
 -> 502 (the channel's problem); 1211 -> 404 model_not_found; the rest keep their status and message.

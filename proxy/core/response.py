@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
@@ -24,8 +24,14 @@ class ImagesResult:
     images: tuple[GeneratedImage, ...]
     created: int | None = None  # upstream's timestamp in seconds; None: the shell stamps it
     usage: Mapping[str, Any] | None = None
-    # Response-level fields the upstream reported (GPT image: background, output_format, quality, size).
+    # Response-level fields the upstream reported: OpenAI's own (GPT image: background, output_format,
+    # quality, size) and provider extras (seeds, content_filter, ...), which render under `metadata`.
+    # A list value is per image, so merged results concatenate it.
     extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+# The response-level keys OpenAI's ImagesResponse defines besides created, data and usage.
+OPENAI_FIELDS = frozenset({"background", "output_format", "quality", "size"})
 
 
 # What the finishing step must do to an image so that the client gets the format it asked for.
@@ -61,13 +67,32 @@ def render_image(image: GeneratedImage) -> dict[str, Any]:
     return item
 
 
+def merge_extras(extras: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Several calls' extras as one: per-image lists concatenate in call order, anything else the first wins."""
+    merged: dict[str, Any] = {}
+    for extra in extras:
+        for key, value in extra.items():
+            if isinstance(value, list) and isinstance(merged.get(key), list):
+                merged[key] = [*merged[key], *value]
+            else:
+                merged.setdefault(key, value)
+    return merged
+
+
 def render(result: ImagesResult, created: int, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
-    """`{"created", "data", ...upstream extras, "usage"?, "metadata"?}` as OpenAI's ImagesResponse."""
+    """OpenAI's ImagesResponse: `{"created", "data", background?, output_format?, quality?, size?, "usage"?,
+    "metadata"?}`. Clients that validate the shape see only OpenAI's keys at the top level; what a provider
+    adds (seeds, content filters, filtered counts) goes under `metadata` beside the proxy's own fields."""
     body: dict[str, Any] = {"created": result.created or created, "data": [render_image(i) for i in result.images]}
+    provider: dict[str, Any] = {}
     for key, value in result.extra.items():
-        body.setdefault(key, value)
+        if key in OPENAI_FIELDS:
+            body[key] = value
+        else:
+            provider[key] = value
     if result.usage is not None:
         body["usage"] = dict(result.usage)
-    if metadata:
-        body["metadata"] = dict(metadata)
+    meta = {**provider, **(metadata or {})}  # the proxy's own fields win a clash
+    if meta:
+        body["metadata"] = meta
     return body

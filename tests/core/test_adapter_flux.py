@@ -98,7 +98,7 @@ def test_submit_pending_ready_round_trip() -> None:
     assert SPEC.advance(job, step.state, answer(200, ready)) == Done(ImagesResult(
         images=(GeneratedImage(url=SAMPLE, url_ttl=600.0),),
         usage={"cost": 4.0, "input_mp": 0, "output_mp": 1.2},
-        extra={"seed": 42},
+        extra={"seeds": [42]},
     ))
 
 

@@ -234,7 +234,7 @@ def test_json_answer_becomes_one_image_with_its_format_and_seed() -> None:
     step = advance(job, json_answer(seed=987654))
 
     assert step == Done(ImagesResult(images=(GeneratedImage(b64_json=PNG_B64, content_type="image/jpeg"),),
-                                     extra={"output_format": "jpeg", "seed": 987654}))
+                                     extra={"output_format": "jpeg", "seeds": [987654]}))
 
 
 def test_raw_bytes_answer_reads_finish_reason_and_seed_from_headers() -> None:
@@ -244,7 +244,7 @@ def test_raw_bytes_answer_reads_finish_reason_and_seed_from_headers() -> None:
     step = advance(job, UpstreamResponse(200, headers, PNG))
 
     assert step == Done(ImagesResult(images=(GeneratedImage(b64_json=PNG_B64, content_type="image/webp"),),
-                                     extra={"output_format": "webp", "seed": 31337}))
+                                     extra={"output_format": "webp", "seeds": [31337]}))
 
 
 @pytest.mark.parametrize(

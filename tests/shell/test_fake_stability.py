@@ -73,5 +73,5 @@ async def test_the_adapters_multipart_call_is_parsed_by_aiohttp_and_answered(aio
     assert json.loads(response.body)["finish_reason"] == "SUCCESS"
     assert SPEC.advance(job, step.state, response) == Done(ImagesResult(
         images=(GeneratedImage(b64_json=base64.b64encode(PNG).decode(), content_type="image/png"),),
-        extra={"output_format": "png", "seed": 4242},
+        extra={"output_format": "png", "seeds": [4242]},
     ))
