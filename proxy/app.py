@@ -34,9 +34,8 @@ from proxy.core.plan import EDIT, VARIATION, Plan, build_plan
 from proxy.core.request import parse_image_request, parse_json_object
 from proxy.core.response import render
 from proxy.core.rules import Rules
-from proxy.core.translate import with_revised_prompt
-from proxy.driver import Driver, generate
-from proxy.finish import IMAGE_ROUTE, Delivery, Finisher, deliver, metadata
+from proxy.driver import Driver
+from proxy.finish import IMAGE_ROUTE, Delivery, Finisher
 from proxy.guard import make_guarded_session, trusted_hosts
 from proxy.idempotent import HEADER as IDEMPOTENCY_HEADER
 from proxy.idempotent import check_header, fingerprint, once
@@ -46,6 +45,7 @@ from proxy.middleware import access_middleware, add_request_id, auth_middleware,
 from proxy.observe import note
 from proxy.ops import healthz, metrics_endpoint, on_shutdown, readyz, watch_reload_signal
 from proxy.passthrough import relay
+from proxy.production import key_name, produce
 from proxy.services import CLIENT_KEY, RULES, RULES_PATH, SERVICES, STORE, TASK_STORE, Services
 from proxy.state import MemoryIdempotency, SharedState
 from proxy.store import FileImageStore, ImageStore, default_directory
@@ -76,34 +76,10 @@ def public_base(request: web.Request, rules: Rules) -> str:
     return f"{request.scheme}://{request.host}"
 
 
-async def produce(services: Services, plan: Plan, client_key: str | None, delivery: Delivery) -> dict[str, Any]:
-    """The plan's images from its channels, in the client's format, as the ImagesResponse body."""
-    outcome = await generate(services.driver, services.rules, plan, client_key)
-    channel = services.rules.channels.get(outcome.channel)
-    channel_delivery = delivery.from_channel(channel, services.rules.server.download) if channel is not None else delivery
-    result, lost = await deliver(services.finisher, outcome.result, channel_delivery)
-    outcome = replace(outcome, result=result, failed=outcome.failed + lost)
-    result = with_revised_prompt(result, plan.client_prompt, plan.rule.translation)
-    served_by = plan.rule.upstream_for(outcome.channel, plan.model)
-    count_usage(services, client_key, len(result.images), result.usage)
-    return render(result, int(time.time()), metadata(outcome, plan.model, served_by, plan.n))
-
-
-def key_name(services: Services, client_key: str | None) -> str:
-    client = services.rules.server.client(client_key)
-    return client.name if client is not None else "anonymous"
-
-
-def count_usage(services: Services, client_key: str | None, images: int, usage: Mapping[str, Any] | None) -> None:
-    metrics = services.metrics
-    if metrics is None:
-        return
-    name = key_name(services, client_key)
-    metrics.key_images.labels(name).inc(images)
-    for kind in ("input_tokens", "output_tokens", "total_tokens"):
-        value = (usage or {}).get(kind)
-        if isinstance(value, int) and not isinstance(value, bool):
-            metrics.key_tokens.labels(name, kind.removesuffix("_tokens")).inc(value)
+async def produce_body(services: Services, plan: Plan, client_key: str | None, delivery: Delivery) -> dict[str, Any]:
+    """The ImagesResponse body a sync request answers and an async task keeps."""
+    produced = await produce(services, plan, client_key, delivery)
+    return render(produced.result, int(time.time()), produced.metadata)
 
 
 async def run_task(
@@ -125,7 +101,7 @@ async def run_task(
 async def _run_task(services: Services, record: TaskRecord, plan: Plan, client_key: str | None, delivery: Delivery) -> int:
     await keep(services.tasks, replace(record, status=RUNNING))
     try:
-        body = await produce(services, plan, client_key, delivery)
+        body = await produce_body(services, plan, client_key, delivery)
     except ProxyError as error:
         await keep(services.tasks, failed(record, error.envelope(), error.status))
         return 0
@@ -215,7 +191,7 @@ async def serve(request: web.Request, plan: Plan, admission: Admission | None) -
             raise InvalidRequest("`stream` and `async` cannot be combined: choose one.", param="stream", code="invalid_value")
         if plan.stream:
             delivery = Delivery(plan.response_format, public_base(request, rules), services.store.ttl)
-            response, delivered = await stream(request, rules, services.driver, services.finisher, plan, client_key, delivery)
+            response, delivered = await stream(request, services, plan, client_key, delivery)
             return response
         if plan.wants_async:
             retention = rules.server.tasks.retention
@@ -226,7 +202,7 @@ async def serve(request: web.Request, plan: Plan, admission: Admission | None) -
             admission = None  # the task settles it when it ends
             return web.json_response(record.view(), headers=headers)
         delivery = Delivery(plan.response_format, public_base(request, rules), services.store.ttl)
-        body = await produce(services, plan, client_key, delivery)
+        body = await produce_body(services, plan, client_key, delivery)
         delivered = len(body["data"])
         return json_answer(body, headers=headers)
     finally:

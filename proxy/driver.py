@@ -207,7 +207,7 @@ def merge_results(results: Sequence[ImagesResult]) -> ImagesResult:
     usage: dict[str, Any] | None = None
     for result in results:
         if result.usage is not None:
-            usage = _add_usage(usage or {}, result.usage)
+            usage = add_usage(usage or {}, result.usage)
     return ImagesResult(
         images=tuple(image for result in results for image in result.images),
         created=results[0].created,
@@ -216,10 +216,10 @@ def merge_results(results: Sequence[ImagesResult]) -> ImagesResult:
     )
 
 
-def _add_usage(total: dict[str, Any], more: Mapping[str, Any]) -> dict[str, Any]:
+def add_usage(total: dict[str, Any], more: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in more.items():
         if isinstance(value, Mapping):
-            total[key] = _add_usage(dict(total.get(key) or {}), value)
+            total[key] = add_usage(dict(total.get(key) or {}), value)
         elif isinstance(value, int | float) and not isinstance(value, bool):
             total[key] = total.get(key, 0) + value
         else:

@@ -14,8 +14,11 @@ the stream ends. A client that goes away ends the handler, which closes the upst
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,14 +27,17 @@ from aiohttp import web
 
 from proxy.adapters.base import AdapterSpec, Fail, Job, Send, UpstreamResponse
 from proxy.core.errors import BadGateway, ProxyError, UpstreamError
+from proxy.core.mime import sniff_image_type
 from proxy.core.plan import EDIT, Plan
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Rules, iter_usable
 from proxy.core.sse import KEEPALIVE, SSEParser, completed_event, error_payload, format_json_event
-from proxy.driver import Driver, generate, should_retry
-from proxy.finish import Delivery, Finisher, convert, deliver, measured_size
+from proxy.driver import Driver, add_usage, should_retry
+from proxy.finish import Delivery, Finisher, convert, measured_size
 from proxy.inputs import plan_for
 from proxy.observe import note
+from proxy.production import count_usage, produce
+from proxy.services import Services
 from proxy.upstream import MAX_ANSWER_BYTES, form_data, read_capped, transport_errors, with_request_id
 
 KEEPALIVE_EVERY = 5.0
@@ -45,6 +51,7 @@ class Sink:
     request: web.Request
     response: web.StreamResponse | None = None
     completed: int = 0  # final images sent: what the client got (and is charged for)
+    usage: dict[str, Any] | None = None  # the tokens the completed events reported, summed
 
     @property
     def started(self) -> bool:
@@ -63,6 +70,8 @@ class Sink:
         await (await self._open()).write(format_json_event(payload, event=str(payload.get("type"))))
         if str(payload.get("type", "")).endswith(".completed"):
             self.completed += 1
+            if isinstance(payload.get("usage"), Mapping):
+                self.usage = add_usage(self.usage or {}, payload["usage"])
 
     async def keepalive(self) -> None:
         await (await self._open()).write(KEEPALIVE)
@@ -183,8 +192,40 @@ def error_from_event(channel: str, payload: dict[str, Any]) -> ProxyError:
     return BadGateway(f"channel '{channel}' failed: {message}", code=str(error.get("code") or "upstream_error"), retryable=True)
 
 
-def completed_payloads(result: ImagesResult, kind: str) -> list[dict[str, Any]]:
-    size = result.extra.get("size") or measured_size(result.images)
+# What an emulated completed event says when neither the provider nor the client said otherwise.
+_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}
+_BACKGROUNDS = frozenset({"transparent", "opaque", "auto"})
+
+
+def zero_usage() -> dict[str, Any]:
+    return {"input_tokens": 0, "input_tokens_details": {"image_tokens": 0, "text_tokens": 0}, "output_tokens": 0,
+            "total_tokens": 0}
+
+
+def sniff_b64(b64: str) -> str | None:
+    """The image type the first bytes of a base64 image show (every signature fits in 24 bytes)."""
+    try:
+        return sniff_image_type(base64.b64decode(b64[:32]))
+    except (binascii.Error, ValueError):
+        return None
+
+
+def output_format(result: ImagesResult, image: GeneratedImage) -> str:
+    """The format the provider reported, else the one the image's bytes (or hosted type) show."""
+    if isinstance(result.extra.get("output_format"), str):
+        return str(result.extra["output_format"])
+    content_type = image.content_type or (sniff_b64(image.b64_json) if image.b64_json else None)
+    return _FORMATS.get(content_type or "", "png")
+
+
+def completed_payloads(result: ImagesResult, kind: str, plan: Plan, now: int) -> list[dict[str, Any]]:
+    """One `<kind>.completed` event per image, with every field OpenAI's event declares, built from the
+    same delivered result a sync answer renders. The request's usage rides on the last event (zeros on
+    the others; token counts a provider does not report are zeros beside what it does report, such as
+    Kling's units), so events add up to the request."""
+    size = result.extra.get("size") or measured_size(result.images) or plan.fields.get("size") or "auto"
+    asked_background = plan.fields.get("background")
+    background = result.extra.get("background") or (asked_background if asked_background in _BACKGROUNDS else "auto")
     payloads = []
     for index, image in enumerate(result.images):
         last = index == len(result.images) - 1
@@ -192,12 +233,12 @@ def completed_payloads(result: ImagesResult, kind: str) -> list[dict[str, Any]]:
             kind=kind,
             b64_json=image.b64_json,
             url=image.url,
-            created_at=result.created,
-            size=size,
-            quality=result.extra.get("quality"),
-            background=result.extra.get("background"),
-            output_format=result.extra.get("output_format"),
-            usage=result.usage if last else None,
+            created_at=result.created or now,
+            size=str(size),
+            quality=str(result.extra.get("quality") or plan.fields.get("quality") or "auto"),
+            background=str(background),
+            output_format=output_format(result, image),
+            usage={**zero_usage(), **(result.usage or {})} if last else zero_usage(),
         )
         if image.revised_prompt is not None:
             payload["revised_prompt"] = image.revised_prompt
@@ -205,7 +246,7 @@ def completed_payloads(result: ImagesResult, kind: str) -> list[dict[str, Any]]:
     return payloads
 
 
-async def emulate(sink: Sink, work: Callable[[], Awaitable[ImagesResult]], kind: str) -> None:
+async def emulate(sink: Sink, work: Callable[[], Awaitable[ImagesResult]], kind: str, plan: Plan) -> None:
     """Keep the connection alive while a non-streaming channel works, then send its images."""
     keepalive_every = KEEPALIVE_EVERY  # read at call time, so an operator (or a test) can tune it
     task = asyncio.ensure_future(work())
@@ -215,7 +256,7 @@ async def emulate(sink: Sink, work: Callable[[], Awaitable[ImagesResult]], kind:
             if done:
                 break
             await sink.keepalive()
-        for payload in completed_payloads(task.result(), kind):
+        for payload in completed_payloads(task.result(), kind, plan, int(time.time())):
             await sink.send(payload)
     finally:
         if not task.done():
@@ -231,30 +272,22 @@ def streams_natively(rules: Rules, plan: Plan, driver: Driver) -> bool:
 
 
 async def stream(
-    request: web.Request,
-    rules: Rules,
-    driver: Driver,
-    finisher: Finisher,
-    plan: Plan,
-    client_key: str | None,
-    delivery: Delivery,
+    request: web.Request, services: Services, plan: Plan, client_key: str | None, delivery: Delivery
 ) -> tuple[web.StreamResponse, int]:
     """The stream's response, and how many final images it delivered."""
     sink = Sink(request)
     kind = event_kind(plan)
 
     async def work() -> ImagesResult:
-        outcome = await generate(driver, rules, plan, client_key)
-        channel = rules.channels.get(outcome.channel)
-        here = delivery.from_channel(channel, rules.server.download) if channel is not None else delivery
-        result, _ = await deliver(finisher, outcome.result, here)  # images that failed to convert are not sent
-        return result
+        # The production path of a sync request: same failover, delivery, revised prompts and usage.
+        return (await produce(services, plan, client_key, delivery)).result
 
     try:
-        if streams_natively(rules, plan, driver):
-            await _native_with_failover(sink, rules, driver, finisher, delivery, plan, client_key, kind)
+        if streams_natively(services.rules, plan, services.driver):
+            await _native_with_failover(sink, services, delivery, plan, client_key, kind)
+            count_usage(services, client_key, sink.completed, sink.usage)
         else:
-            await emulate(sink, work, kind)
+            await emulate(sink, work, kind, plan)
     except ProxyError as error:
         if not sink.started:
             raise
@@ -263,16 +296,10 @@ async def stream(
 
 
 async def _native_with_failover(
-    sink: Sink,
-    rules: Rules,
-    driver: Driver,
-    finisher: Finisher,
-    delivery: Delivery,
-    plan: Plan,
-    client_key: str | None,
-    kind: str,
+    sink: Sink, services: Services, delivery: Delivery, plan: Plan, client_key: str | None, kind: str
 ) -> None:
     """Native streams fail over like other requests, but only until the first event reached the client."""
+    rules, driver, finisher = services.rules, services.driver, services.finisher
     last: ProxyError | None = None
     channels = [channel for channel in iter_usable(rules, plan.rule) if driver.adapters[channel.type].stream_call is not None]
     for channel in channels:

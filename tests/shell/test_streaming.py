@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from typing import Any
 
 import openai
@@ -35,6 +36,9 @@ models:
     channels: [kling]
   local-image:
     channels: [local]
+  local-legacy:                  # a retired model's translation, served by a channel without native streams
+    channels: [local]
+    revised_prompt: original
 """
 
 
@@ -140,7 +144,8 @@ async def test_non_streaming_channels_are_emulated_with_keepalives(
     assert text.count(": keep-alive") >= 2
     events = [json.loads(block.split("data: ", 1)[1]) for block in text.split("\n\n") if "data: " in block]
     assert [event["type"] for event in events] == ["image_generation.completed"] * 2
-    assert "usage" not in events[0]
+    # Kling bills no tokens: every event still carries the usage object the SDK types declare, all zeros.
+    assert [event["usage"]["total_tokens"] for event in events] == [0, 0]
 
 
 async def test_emulated_stream_from_the_local_model(make_proxy: Any, aiohttp_server: Any) -> None:
@@ -151,6 +156,43 @@ async def test_emulated_stream_from_the_local_model(make_proxy: Any, aiohttp_ser
     assert base64.b64decode(events[0].b64_json)[:8] == b"\x89PNG\r\n\x1a\n"
     assert events[0].size == "64x64"
     await sdk.close()
+
+
+async def test_emulated_completed_events_carry_every_field_of_openais_event(make_proxy: Any, aiohttp_server: Any) -> None:
+    client = await proxy(make_proxy, aiohttp_server, FakeOpenAI())
+    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="unused", max_retries=0)
+    before = int(time.time())
+    events = [event async for event in await sdk.images.generate(model="local-image", prompt="p", size="48x32", n=2,
+                                                                   stream=True)]
+    assert [event.type for event in events] == ["image_generation.completed"] * 2
+    for event in events:
+        assert before <= event.created_at <= time.time()
+        assert (event.size, event.quality, event.background, event.output_format) == ("48x32", "auto", "auto", "png")
+        assert (event.usage.input_tokens, event.usage.output_tokens, event.usage.total_tokens) == (0, 0, 0)
+        assert event.usage.input_tokens_details.image_tokens == 0
+    await sdk.close()
+
+
+async def test_emulated_streams_get_revised_prompts_and_count_against_the_key(make_proxy: Any, aiohttp_server: Any) -> None:
+    client = await proxy(make_proxy, aiohttp_server, FakeOpenAI())
+    response = await client.post("/v1/images/generations", json={"model": "local-legacy", "prompt": "a quiet harbour",
+                                                                 "size": "32x32", "n": 2, "stream": True})
+    events = [json.loads(block.split("data: ", 1)[1]) for block in (await response.text()).split("\n\n") if "data: " in block]
+    assert [event["revised_prompt"] for event in events] == ["a quiet harbour"] * 2
+    metrics = await (await client.get("/metrics")).text()
+    assert 'imagegate_key_images_total{key="anonymous"} 2.0' in metrics
+
+
+async def test_native_streams_count_images_and_tokens_against_the_key(make_proxy: Any, aiohttp_server: Any) -> None:
+    client = await proxy(make_proxy, aiohttp_server, FakeOpenAI())
+    response = await client.post("/v1/images/generations", json={"model": "gpt-image-1.5", "prompt": "p", "stream": True})
+    name, last = await read_event(response)
+    assert name == "image_generation.completed" and last is not None
+    await response.read()
+    metrics = await (await client.get("/metrics")).text()
+    assert 'imagegate_key_images_total{key="anonymous"} 1.0' in metrics
+    total = last["usage"]["total_tokens"]
+    assert total > 0 and f'imagegate_key_tokens_total{{key="anonymous",kind="total"}} {float(total)}' in metrics
 
 
 async def test_an_error_before_the_first_event_keeps_its_status(make_proxy: Any, aiohttp_server: Any) -> None:

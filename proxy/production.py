@@ -1,0 +1,59 @@
+"""Shell layer: the one production path every delivery mode shares (sync, async task, emulated stream).
+
+    plan -> driver.generate (channels, failover, retries) -> finish.deliver (the client's format)
+         -> revised prompts for translated legacy models -> per-key usage counted -> Produced
+
+A sync request renders the result as the ImagesResponse body, an async task stores that body, and a
+stream by emulation turns the same result into completed events; so what a client gets, and what its
+key is charged for, does not depend on how it asked to receive it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from proxy.core.plan import Plan
+from proxy.core.response import ImagesResult
+from proxy.core.translate import with_revised_prompt
+from proxy.driver import generate
+from proxy.finish import Delivery, deliver, metadata
+from proxy.services import Services
+
+
+@dataclass(frozen=True)
+class Produced:
+    result: ImagesResult  # delivered in the client's format, revised prompts applied
+    metadata: dict[str, Any]  # how it was made: models, channel, attempts, missing images
+
+
+async def produce(services: Services, plan: Plan, client_key: str | None, delivery: Delivery) -> Produced:
+    """The plan's images from its channels, in the client's format, counted against the client's key."""
+    outcome = await generate(services.driver, services.rules, plan, client_key)
+    channel = services.rules.channels.get(outcome.channel)
+    channel_delivery = delivery.from_channel(channel, services.rules.server.download) if channel is not None else delivery
+    result, lost = await deliver(services.finisher, outcome.result, channel_delivery)
+    outcome = replace(outcome, result=result, failed=outcome.failed + lost)
+    result = with_revised_prompt(result, plan.client_prompt, plan.rule.translation)
+    served_by = plan.rule.upstream_for(outcome.channel, plan.model)
+    count_usage(services, client_key, len(result.images), result.usage)
+    return Produced(result, metadata(outcome, plan.model, served_by, plan.n))
+
+
+def key_name(services: Services, client_key: str | None) -> str:
+    client = services.rules.server.client(client_key)
+    return client.name if client is not None else "anonymous"
+
+
+def count_usage(services: Services, client_key: str | None, images: int, usage: Mapping[str, Any] | None) -> None:
+    """Images and tokens delivered to a key, for the per-key metrics."""
+    metrics = services.metrics
+    if metrics is None:
+        return
+    name = key_name(services, client_key)
+    metrics.key_images.labels(name).inc(images)
+    for kind in ("input_tokens", "output_tokens", "total_tokens"):
+        value = (usage or {}).get(kind)
+        if isinstance(value, int) and not isinstance(value, bool):
+            metrics.key_tokens.labels(name, kind.removesuffix("_tokens")).inc(value)
