@@ -23,7 +23,7 @@ from proxy import __version__
 from proxy.adapters import SCHEMAS
 from proxy.app import log_startup, make_app
 from proxy.core.rules import Rules, RulesError, parse_rules
-from proxy.observe import JsonFormatter
+from proxy.observe import JsonFormatter, TextFormatter
 
 EXIT_BAD_RULES = 2
 
@@ -77,7 +77,7 @@ def configure_logging(log_format: str) -> None:
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
 
 

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from proxy.adapters import ADAPTERS
-from proxy.core.errors import InvalidRequest, NotFound, ProxyError, RequestTimeout, ServiceUnavailable
+from proxy.core.errors import InvalidRequest, MethodNotAllowed, NotFound, ProxyError, RequestTimeout, ServiceUnavailable
 from proxy.core.form import coerce_fields
 from proxy.core.json_body import encode_body
 from proxy.core.limits import Limits, key_id
@@ -60,6 +60,7 @@ log = logging.getLogger("imagegate")
 T = TypeVar("T")
 IGNORED_HEADER = "X-Imagegate-Ignored-Params"
 SWEEP_EVERY = 300.0
+MAX_LOGGED_MODEL = 200  # characters of a client's model name an access line keeps
 
 
 # -- handlers -------------------------------------------------------------------------------------
@@ -214,9 +215,18 @@ async def generations(request: web.Request) -> web.StreamResponse:
     rules = request.app[SERVICES].rules
     # Parsed as JSON whatever the Content-Type says: seed 000's curl examples send none that is usable.
     raw = await body_within(request, request.read())
-    image_request = parse_image_request(parse_json_object(raw))
+    fields = parse_json_object(raw)
+    note_model(fields)
+    image_request = parse_image_request(fields)
     plan = build_plan(image_request, rules.match_model(image_request.model))
     return await respond(request, plan, fingerprint([request.path.encode(), raw]))
+
+
+def note_model(fields: Mapping[str, Any]) -> None:
+    """The model a request named goes in its access line even when the request is then refused."""
+    model = fields.get("model")
+    if isinstance(model, str):
+        note(model=model[:MAX_LOGGED_MODEL])
 
 
 async def body_within(request: web.Request, reading: Awaitable[T]) -> T:
@@ -240,9 +250,11 @@ async def _form_plan(request: web.Request, operation: str) -> tuple[Plan, str]:
     form = await body_within(request, read_form(request, rules.server.max_request_bytes))
     if not form.images:
         raise InvalidRequest("An image file is required.", param="image", code="missing_required_parameter")
-    image_request = parse_image_request(coerce_fields(form.fields), require_prompt=operation == EDIT)
-    plan = build_plan(image_request, rules.match_model(image_request.model))
-    plan = replace(plan, operation=operation, uploads=form.images, mask=form.mask)
+    fields = coerce_fields(form.fields)
+    note_model(fields)
+    image_request = parse_image_request(fields, require_prompt=operation == EDIT)
+    plan = build_plan(image_request, rules.match_model(image_request.model), operation)
+    plan = replace(plan, uploads=form.images, mask=form.mask)
     return plan, form_fingerprint(request.path, form)
 
 
@@ -255,6 +267,10 @@ async def variations(request: web.Request) -> web.StreamResponse:
     if plan.mask is not None:
         raise InvalidRequest("Variations take no mask.", param="mask", code="invalid_value")
     return await respond(request, plan, request_fingerprint)
+
+
+async def post_only(request: web.Request) -> web.Response:
+    raise MethodNotAllowed(f"{request.method} is not supported on {request.path}: send a POST.", allow="POST")
 
 
 async def task_status(request: web.Request) -> web.Response:
@@ -414,10 +430,12 @@ def make_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
-    app.router.add_post("/v1/images/generations", generations)
+    for path, handler in (("/v1/images/generations", generations), ("/v1/images/edits", edits),
+                          ("/v1/images/variations", variations)):
+        app.router.add_post(path, handler)
+        # Any other method here is the client's mistake, answered by the proxy, never passed through.
+        app.router.add_route("*", path, post_only)
     app.router.add_get("/v1/images/generations/{task_id}", task_status)
-    app.router.add_post("/v1/images/edits", edits)
-    app.router.add_post("/v1/images/variations", variations)
     app.router.add_get(IMAGE_ROUTE + "{name}", hosted_image)
     app.router.add_route("*", "/v1/{tail:.*}", passthrough)
     return app

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from proxy.core.errors import AuthenticationFailed, NotFound, PayloadTooLarge, ProxyError
 from proxy.finish import IMAGE_ROUTE
-from proxy.observe import REQUEST_ID_HEADER, access_line, access_log, begin, current_request_id, note
+from proxy.observe import REQUEST_ID_HEADER, access_fields, begin, current_request_id, log_access, note
 from proxy.services import CLIENT_KEY, SERVICES
 
 log = logging.getLogger("imagegate")
@@ -58,7 +58,7 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
             if status >= 400:
                 metrics.errors.labels(str(record.fields.get("error_type", "")), str(status)).inc()
         if request.path not in QUIET_PATHS or status >= 400:
-            access_log.info("%s", access_line(record, request.method, _loggable(request), status))
+            log_access(access_fields(record, request.method, _loggable(request), status))
 
 
 def _loggable(request: web.Request) -> str:

@@ -1,4 +1,4 @@
-"""Shell layer: what each request leaves behind. Request ids, call timings, and one JSON access line.
+"""Shell layer: what each request leaves behind. Request ids, call timings, and one access line.
 
 The request id comes from the client's `X-Request-ID` when it is sane (printable, at most 128
 characters), else a new one; it is returned to the client, sent to every upstream call, and written
@@ -69,8 +69,9 @@ def upstream_call_took(seconds: float) -> None:
         record.upstream_calls += 1
 
 
-def access_line(record: RequestRecord, method: str, path: str, status: int) -> str:
-    line = {
+def access_fields(record: RequestRecord, method: str, path: str, status: int) -> dict[str, Any]:
+    """What one access line says, in the order it says it."""
+    return {
         "request_id": record.request_id,
         "method": method,
         "path": path,
@@ -80,7 +81,37 @@ def access_line(record: RequestRecord, method: str, path: str, status: int) -> s
         "upstream_calls": record.upstream_calls,
         "total_ms": round((time.perf_counter() - record.started) * 1000, 1),
     }
-    return json.dumps(line, ensure_ascii=False, separators=(",", ":"))
+
+
+def log_access(fields: dict[str, Any]) -> None:
+    """One access line: its message is the JSON object, and the fields ride along for the formatters."""
+    access_log.info("%s", json.dumps(fields, ensure_ascii=False, separators=(",", ":")), extra={"access": fields})
+
+
+def _text_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    # Quoted only when needed, so `grep model=dall-e-3` works and a prompt with spaces stays one value.
+    return text if text and not any(char.isspace() or char in "\"=" for char in text) else json.dumps(text, ensure_ascii=False)
+
+
+def text_line(fields: dict[str, Any]) -> str:
+    """`POST /v1/images/generations 200 request_id=... model=... total_ms=...`, for `--log-format text`."""
+    rest = {key: value for key, value in fields.items() if key not in ("method", "path", "status")}
+    head = f"{fields.get('method')} {fields.get('path')} {fields.get('status')}"
+    return " ".join([head, *(f"{key}={_text_value(value)}" for key, value in rest.items())])
+
+
+class TextFormatter(logging.Formatter):
+    """Plain text lines; access lines as `METHOD path status key=value ...` rather than JSON."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        access = getattr(record, "access", None)
+        if isinstance(access, dict):
+            record = logging.makeLogRecord({**record.__dict__, "msg": text_line(access), "args": ()})
+        return super().format(record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -93,8 +124,9 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
         }
-        if record.name == access_log.name:
-            entry.update(json.loads(message))
+        access = getattr(record, "access", None)
+        if isinstance(access, dict):
+            entry.update(access)
         else:
             entry["message"] = message
             if record.exc_info:

@@ -5,6 +5,7 @@
     │   └── ContentPolicyViolation   400    image_generation_user_error (moderation)
     ├── AuthenticationFailed         401    invalid_request_error
     ├── NotFound                     404    invalid_request_error    (model_not_found, ...)
+    ├── MethodNotAllowed             405    invalid_request_error    (+ Allow)
     ├── RequestTimeout               408    invalid_request_error    (body not received in time)
     ├── PayloadTooLarge              413    invalid_request_error
     ├── UnsupportedMediaType         415    invalid_request_error
@@ -89,6 +90,18 @@ class AuthenticationFailed(ProxyError):
 class NotFound(ProxyError):
     status = 404
     type = "invalid_request_error"
+
+
+class MethodNotAllowed(ProxyError):
+    status = 405
+    type = "invalid_request_error"
+
+    def __init__(self, message: str, *, allow: str) -> None:
+        super().__init__(message, code="method_not_allowed")
+        self.allow = allow
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": self.allow}
 
 
 class RequestTimeout(ProxyError):

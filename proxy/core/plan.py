@@ -81,10 +81,16 @@ def forwarded(name: str, rule: ModelRule) -> bool:
     return name in ALWAYS_FORWARDED or name in rule.passthrough
 
 
-def build_plan(request: ImageRequest, rule: ModelRule) -> Plan:
+def defaults_for(rule: ModelRule, operation: str) -> dict[str, Any]:
+    """The model's defaults that apply to this operation: OpenAI's variations endpoint has no `quality`,
+    so a variation sends one only when the client did."""
+    return {name: value for name, value in rule.defaults.items() if not (operation == VARIATION and name == "quality")}
+
+
+def build_plan(request: ImageRequest, rule: ModelRule, operation: str = GENERATE) -> Plan:
     """Apply defaults, whitelists and passthrough; raises InvalidRequest naming the param."""
     # Defaults fill only what the client left absent (seed 000: dall-e-3 -> quality standard).
-    options = {**rule.defaults, **request.options}
+    options = {**defaults_for(rule, operation), **request.options}
     _check_n(request, rule)
     _check_size(request.model, options.get("size"), rule)
     _check_values(request.model, options, rule)
@@ -113,5 +119,6 @@ def build_plan(request: ImageRequest, rule: ModelRule) -> Plan:
         retries=int(options.get("retries", 0)),
         wants_async=bool(options.get("async", False)),
         rule=rule,
+        operation=operation,
         stream=stream,
     )

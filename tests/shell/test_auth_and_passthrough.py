@@ -156,6 +156,22 @@ async def test_passthrough_key_mode_forwards_the_clients_key(make_proxy: Any, fa
     assert [item.header("Authorization") for item in fake.recorder.received] == [f"Bearer {CLIENT_KEY}"] * 2
 
 
+@pytest.mark.parametrize("path", ["/v1/images/generations", "/v1/images/edits", "/v1/images/variations"])
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+async def test_other_methods_on_image_routes_are_405_and_never_passed_through(
+    make_proxy: Any, fake_openai: Any, path: str, method: str
+) -> None:
+    fake, upstream = fake_openai
+    client = await proxy(make_proxy, upstream)
+    response = await client.request(method, path, headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+    assert response.status == 405
+    assert response.headers["Allow"] == "POST"
+    error = (await response.json())["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "method_not_allowed")
+    assert method in error["message"] and path in error["message"]
+    assert fake.recorder.received == []
+
+
 async def test_no_default_channel_means_unknown_url(make_proxy: Any) -> None:
     client = await make_proxy(OPEN_RULES)
     response = await client.get("/v1/models")

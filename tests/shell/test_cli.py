@@ -122,3 +122,24 @@ def test_shipped_rules_serve_a_real_png_with_no_environment(tmp_path: Path) -> N
         process.terminate()
         process.wait(timeout=30)
     assert "accepts requests without a key" in log.read_text()
+
+
+def test_text_log_format_writes_text_access_lines(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "proxy.log"
+    env = clean_env(PROXY_PORT=str(port), PROXY_IMAGE_DIR=str(tmp_path / "images"))
+    with log.open("wb") as sink:
+        process = subprocess.Popen([sys.executable, "-m", "proxy", "--log-format", "text"], cwd=ROOT, env=env,
+                                   stderr=sink, stdout=sink)
+    try:
+        wait_until_listening(port, process, log)
+        post_json(f"http://127.0.0.1:{port}/v1/images/generations", {"model": "local-image", "prompt": "p", "size": "32x32"})
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    access = [line for line in log.read_text().splitlines() if "imagegate.access" in line]
+    assert len(access) == 1, log.read_text()
+    line = access[0]
+    assert " INFO imagegate.access: POST /v1/images/generations 200 request_id=" in line
+    assert " model=local-image " in line and " channel=local " in line
+    assert "{" not in line and '"status"' not in line

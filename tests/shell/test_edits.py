@@ -47,6 +47,7 @@ models:
     passthrough: [background, output_format, input_fidelity]
   dall-e-2:
     channels: [openai]
+    defaults: {quality: standard}   # a generation default; OpenAI's variations endpoint has no quality
     passthrough: [response_format]
   stable-image-ultra:
     channels: [stability]
@@ -144,6 +145,22 @@ async def test_variations_reach_a_channel_that_has_them(make_proxy: Any, aiohttp
     assert texts == {"model": "dall-e-2", "n": "2", "size": "256x256", "response_format": "b64_json"}
     assert [part.data for part in parts if part.filename] == [IMAGE_A]
     await images.close()
+
+
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
+async def test_a_variation_sends_quality_only_when_the_client_did(make_proxy: Any, aiohttp_server: Any) -> None:
+    client, fakes = await proxy(make_proxy, aiohttp_server)
+    form = FormData()
+    form.add_field("model", "dall-e-2")
+    form.add_field("quality", "standard")
+    form.add_field("image", IMAGE_A, filename="a.png", content_type="image/png")
+    response = await client.post("/v1/images/variations", data=form)
+    assert response.status == 200, await response.text()
+    texts = {part.name: part.text for part in fakes["openai"].forms[0] if part.filename is None}
+    assert texts == {"model": "dall-e-2", "n": "1", "quality": "standard"}
+    generated = await client.post("/v1/images/generations", json={"model": "dall-e-2", "prompt": "p"})
+    assert generated.status == 200
+    assert fakes["openai"].recorder.received[1].json()["quality"] == "standard"  # generations keep the default
 
 
 @pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")

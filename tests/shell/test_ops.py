@@ -126,6 +126,22 @@ async def test_a_request_id_travels_client_log_upstream_response(
     assert "secret prompt" not in logged and KEY not in logged and "client-key-1" not in logged
 
 
+async def test_a_refused_request_names_its_model_in_the_access_line(
+    make_proxy: Any, aiohttp_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await start(make_proxy, aiohttp_server, FakeOpenAI())
+    with caplog.at_level(logging.INFO, logger="imagegate.access"):
+        bad_size = await client.post("/v1/images/generations", headers=AUTH,
+                                     json={"model": "local-image", "prompt": "p", "size": "huge"})
+        no_prompt = await client.post("/v1/images/generations", headers=AUTH, json={"model": "gpt-image-1.5"})
+    assert (bad_size.status, no_prompt.status) == (400, 400)
+    lines = [json.loads(record.getMessage()) for record in caplog.records if record.name == "imagegate.access"]
+    assert [(line["status"], line.get("model"), line.get("error_code")) for line in lines] == [
+        (400, "local-image", (await bad_size.json())["error"]["code"]),
+        (400, "gpt-image-1.5", (await no_prompt.json())["error"]["code"]),
+    ]
+
+
 async def test_prompts_are_logged_only_when_the_rules_opt_in(
     make_proxy: Any, aiohttp_server: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
