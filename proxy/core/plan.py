@@ -17,6 +17,7 @@ from proxy.core.errors import InvalidRequest
 from proxy.core.multipart import Part
 from proxy.core.request import ImageRequest
 from proxy.core.rules import ALWAYS_FORWARDED, PROXY_FIELDS, ModelRule
+from proxy.core.size_rules import describe, size_problem
 from proxy.core.translate import fold_prompt, translate_fields
 
 GENERATE = "generate"
@@ -57,13 +58,22 @@ def _check_n(request: ImageRequest, rule: ModelRule) -> None:
 
 
 def _check_size(model: str, size: str | None, rule: ModelRule) -> None:
-    if size is None or rule.sizes is None or size in rule.sizes:
+    if size is None:
         return
-    raise InvalidRequest(
-        f"Invalid size '{size}' for model '{model}'. Supported sizes: {', '.join(rule.sizes)}.",
-        param="size",
-        code="invalid_size",
-    )
+    if rule.sizes is not None and size not in rule.sizes:
+        raise InvalidRequest(
+            f"Invalid size '{size}' for model '{model}'. Supported sizes: {', '.join(rule.sizes)}.",
+            param="size",
+            code="invalid_size",
+        )
+    broken = size_problem(size, rule.size_rules) if rule.size_rules is not None else None
+    if broken is not None and rule.size_rules is not None:
+        # Caught here, the client learns what to send instead of paying a round trip for the provider's 400.
+        raise InvalidRequest(
+            f"Invalid size '{size}' for model '{model}': {broken}. Allowed: {describe(rule.size_rules)}.",
+            param="size",
+            code="invalid_size",
+        )
 
 
 def _check_values(model: str, options: Mapping[str, Any], rule: ModelRule) -> None:

@@ -18,7 +18,8 @@ from proxy.core.errors import InvalidRequest, NotFound
 from proxy.core.interpolate import interpolate
 from proxy.core.limits import ClientKey, Limits, default_name
 from proxy.core.request import validate_option
-from proxy.core.sizes import normalise_size, parse_size
+from proxy.core.size_rules import SizeRules, size_problem, widest
+from proxy.core.sizes import normalise_size, parse_ratio, parse_size
 from proxy.core.translate import ORIGINAL, UPSTREAM, Translation
 
 PASSTHROUGH_KEY = "passthrough"
@@ -81,7 +82,8 @@ class ModelRule:
     channels: tuple[str, ...]
     upstream_model: str | None = None
     defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-    sizes: tuple[str, ...] | None = None  # None: any WxH (and auto) is accepted
+    sizes: tuple[str, ...] | None = None  # None: any WxH (and auto) is accepted, unless size_rules say otherwise
+    size_rules: SizeRules | None = None  # for providers that take a range: what a WxH must satisfy
     max_n: int = DEFAULT_MAX_N
     passthrough: frozenset[str] = frozenset()
     values: Mapping[str, tuple[Any, ...]] = field(default_factory=lambda: MappingProxyType({}))
@@ -264,7 +266,7 @@ _CHANNEL_KEYS = frozenset(
     {"type", "base_url", "api_key", "timeout", "concurrency", "deadline", "retry_timeouts", "weight", "headers"}
 )
 _MODEL_KEYS = frozenset(
-    {"channels", "upstream_model", "defaults", "sizes", "max_n", "passthrough", "values"}
+    {"channels", "upstream_model", "defaults", "sizes", "size_rules", "max_n", "passthrough", "values"}
     | {"translate", "upstream_sizes", "upstream_size_multiple", "prompt_suffix", "revised_prompt"}
 )
 
@@ -455,6 +457,40 @@ def _load_sizes(reader: _Reader, path: str, data: Any) -> tuple[str, ...] | None
     return tuple(sizes)
 
 
+_SIZE_RULE_BOUNDS = (("min_side", "max_side"), ("min_pixels", "max_pixels"))
+_SIZE_RULE_KEYS = frozenset({"multiple_of", "max_aspect_ratio", "auto"} | {key for pair in _SIZE_RULE_BOUNDS for key in pair})
+
+
+def _load_size_rules(reader: _Reader, path: str, data: Any) -> SizeRules | None:
+    if data is None:
+        return None
+    raw = reader.mapping(path, data, _SIZE_RULE_KEYS)
+    if not raw:
+        reader.problem(path, f"expected at least one of {', '.join(sorted(_SIZE_RULE_KEYS))}")
+        return None
+    numbers = {
+        key: int(value)
+        for key in sorted(_SIZE_RULE_KEYS - {"max_aspect_ratio", "auto"})
+        if key in raw and (value := reader.number(f"{path}.{key}", raw[key], minimum=1, integer=True)) is not None
+    }
+    for low, high in _SIZE_RULE_BOUNDS:
+        if low in numbers and high in numbers and numbers[low] > numbers[high]:
+            reader.problem(f"{path}.{low}", f"{numbers[low]} is more than {high} ({numbers[high]})")
+    ratio = _load_ratio(reader, f"{path}.max_aspect_ratio", raw["max_aspect_ratio"]) if "max_aspect_ratio" in raw else None
+    return SizeRules(max_aspect_ratio=ratio, auto=_flag(reader, path, raw, "auto"), **numbers)
+
+
+def _load_ratio(reader: _Reader, path: str, value: Any) -> tuple[int, int] | None:
+    """`"3:1"` or `"21:9"` (either orientation), or a whole number N meaning N:1."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return (value, 1)
+    ratio = parse_ratio(value) if isinstance(value, str) else None
+    if ratio is None:
+        reader.problem(path, f"expected W:H (e.g. 3:1 or 21:9) or a whole number, got {value!r}")
+        return None
+    return widest(ratio)
+
+
 def _load_values(reader: _Reader, path: str, data: Any) -> dict[str, tuple[Any, ...]]:
     values: dict[str, tuple[Any, ...]] = {}
     for key, allowed in reader.mapping(path, data).items():
@@ -522,6 +558,12 @@ def _load_model(reader: _Reader, pattern: str, data: Any, channels: Mapping[str,
     sizes = _load_sizes(reader, f"{path}.sizes", raw.get("sizes"))
     if sizes is not None and "size" in defaults and defaults["size"] not in sizes:
         reader.problem(f"{path}.defaults.size", f"'{defaults['size']}' is not one of the model's sizes")
+    size_rules = _load_size_rules(reader, f"{path}.size_rules", raw.get("size_rules"))
+    if size_rules is not None and sizes is not None:
+        # Two sources of truth would disagree sooner or later: a model says one or the other.
+        reader.problem(f"{path}.size_rules", "a model takes `sizes` or `size_rules`, not both")
+    elif size_rules is not None and "size" in defaults and (broken := size_problem(defaults["size"], size_rules)):
+        reader.problem(f"{path}.defaults.size", f"'{defaults['size']}' breaks the model's size_rules: {broken}")
     passthrough = frozenset(reader.string_list(f"{path}.passthrough", raw.get("passthrough")))
     translation = _load_translation(reader, path, raw)
     for key in defaults:
@@ -541,6 +583,7 @@ def _load_model(reader: _Reader, pattern: str, data: Any, channels: Mapping[str,
         translation=translation,
         defaults=MappingProxyType(defaults),
         sizes=sizes,
+        size_rules=size_rules,
         max_n=int(max_n or DEFAULT_MAX_N),
         passthrough=passthrough,
         values=MappingProxyType(values),

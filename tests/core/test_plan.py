@@ -11,6 +11,7 @@ from proxy.core.errors import InvalidRequest
 from proxy.core.plan import Plan, build_plan, forwarded
 from proxy.core.request import parse_image_request
 from proxy.core.rules import ModelRule
+from proxy.core.size_rules import SizeRules
 
 DALLE3 = ModelRule(
     pattern="dall-e-3",
@@ -29,6 +30,12 @@ GPT_IMAGE = ModelRule(
     passthrough=frozenset({"background", "output_format", "watermark", "extra_body"}),
 )
 OPEN = ModelRule(pattern="*", channels=("local",))
+RANGED = ModelRule(
+    pattern="ranged",
+    channels=("openai",),
+    size_rules=SizeRules(multiple_of=16, max_side=3840, min_pixels=655_360, max_pixels=8_294_400,
+                         max_aspect_ratio=(3, 1), auto=True),
+)
 
 
 def _plan(rule: ModelRule, **body: Any) -> Plan:
@@ -104,6 +111,42 @@ def test_normalised_size_is_accepted(spelling: str) -> None:
 
 def test_any_size_without_a_whitelist() -> None:
     assert _plan(OPEN, size="333x777").fields["size"] == "333x777"
+
+
+RANGED_ALLOWED = (
+    "Allowed: WIDTHxHEIGHT with sides multiples of 16, each side at most 3840 px, "
+    "width x height 655,360 to 8,294,400 pixels, aspect ratio at most 3:1; or 'auto'."
+)
+
+
+@pytest.mark.parametrize(
+    ("size", "reason"),
+    [
+        ("512x512", "width x height must be at least 655,360 pixels"),
+        ("1000x1000", "width and height must be multiples of 16"),
+        ("3856x1024", "each side must be at most 3840 px"),
+        ("3840x2176", "width x height must be at most 8,294,400 pixels"),
+        ("3088x1024", "the aspect ratio must be at most 3:1"),
+    ],
+)
+def test_size_rules_refuse_with_what_is_allowed(size: str, reason: str) -> None:
+    error = _error(RANGED, size=size)
+    assert (error.param, error.code) == ("size", "invalid_size")
+    assert error.message == f"Invalid size '{size}' for model 'dall-e-3': {reason}. {RANGED_ALLOWED}"
+
+
+@pytest.mark.parametrize("size", ["2048x1152", "3840x2160", "1024x1536", "auto"])
+def test_size_rules_let_a_documented_size_through(size: str) -> None:
+    assert _plan(RANGED, size=size).fields["size"] == size
+
+
+def test_size_rules_refuse_auto_unless_they_allow_it() -> None:
+    rule = ModelRule(pattern="m", channels=("x",), size_rules=SizeRules(multiple_of=16))
+    error = _error(rule, size="auto")
+    assert error.message == (
+        "Invalid size 'auto' for model 'dall-e-3': 'auto' is not accepted. Allowed: WIDTHxHEIGHT with sides multiples of 16."
+    )
+    assert _plan(rule).fields == {}
 
 
 def test_values_enum() -> None:

@@ -21,6 +21,7 @@ from proxy.core.rules import (
     iter_usable,
     parse_rules,
 )
+from proxy.core.size_rules import SizeRules
 
 SECRET = "sk-test-0123456789abcdefSECRET"
 
@@ -75,7 +76,7 @@ models:
 ENV = {"CLIENT_KEY": "client-key-1", "OPENAI_API_KEY": SECRET}
 
 MODEL_KEYS = (
-    "channels, defaults, max_n, passthrough, prompt_suffix, revised_prompt, sizes, translate, upstream_model, "
+    "channels, defaults, max_n, passthrough, prompt_suffix, revised_prompt, size_rules, sizes, translate, upstream_model, "
     "upstream_size_multiple, upstream_sizes, values"
 )
 
@@ -360,6 +361,85 @@ def test_default_size_not_in_sizes() -> None:
         """
     )
     assert str(problem) == "models.m.defaults.size: '512x512' is not one of the model's sizes"
+
+
+def _model(body: str) -> str:
+    return f"""
+    channels: {{local: {{type: local}}}}
+    models:
+      m: {{channels: [local], {body}}}
+    """
+
+
+def test_size_rules_load_every_kind() -> None:
+    text = _model(
+        "size_rules: {multiple_of: 16, min_side: 256, max_side: 3840, min_pixels: 655360, max_pixels: 8294400,"
+        " max_aspect_ratio: '1:3', auto: true}"
+    )
+    rule = parse_rules(textwrap.dedent(text), {}, SCHEMAS).models[0]
+    assert rule.sizes is None
+    assert rule.size_rules == SizeRules(
+        multiple_of=16,
+        min_side=256,
+        max_side=3840,
+        min_pixels=655_360,
+        max_pixels=8_294_400,
+        max_aspect_ratio=(3, 1),
+        auto=True,
+    )
+
+
+def test_size_rules_ratio_as_a_whole_number() -> None:
+    rule = parse_rules(textwrap.dedent(_model("size_rules: {max_aspect_ratio: 16}")), {}, SCHEMAS).models[0]
+    assert rule.size_rules == SizeRules(max_aspect_ratio=(16, 1))
+
+
+def test_size_rules_unknown_key() -> None:
+    problem = _only_problem(_model("size_rules: {multiple: 16}"))
+    assert str(problem) == (
+        "models.m.size_rules.multiple: unknown key (known: auto, max_aspect_ratio, max_pixels, max_side, "
+        "min_pixels, min_side, multiple_of)"
+    )
+
+
+def test_size_rules_bad_values_name_their_paths() -> None:
+    problems = _problems(
+        _model("size_rules: {multiple_of: 0, min_side: 2048, max_side: 512, max_aspect_ratio: wide, auto: yes-please}")
+    )
+    assert [str(problem) for problem in problems] == [
+        "models.m.size_rules.multiple_of: must be at least 1, got 0",
+        "models.m.size_rules.min_side: 2048 is more than max_side (512)",
+        "models.m.size_rules.max_aspect_ratio: expected W:H (e.g. 3:1 or 21:9) or a whole number, got 'wide'",
+        "models.m.size_rules.auto: expected true or false, got 'yes-please'",
+    ]
+
+
+def test_size_rules_pixel_bounds_in_order() -> None:
+    problem = _only_problem(_model("size_rules: {min_pixels: 9000000, max_pixels: 8294400}"))
+    assert str(problem) == "models.m.size_rules.min_pixels: 9000000 is more than max_pixels (8294400)"
+
+
+def test_size_rules_empty() -> None:
+    problem = _only_problem(_model("size_rules: {}"))
+    assert str(problem) == (
+        "models.m.size_rules: expected at least one of auto, max_aspect_ratio, max_pixels, max_side, "
+        "min_pixels, min_side, multiple_of"
+    )
+
+
+def test_sizes_and_size_rules_together() -> None:
+    problem = _only_problem(_model("sizes: [1024x1024], size_rules: {multiple_of: 16}"))
+    assert str(problem) == "models.m.size_rules: a model takes `sizes` or `size_rules`, not both"
+
+
+def test_default_size_must_keep_the_size_rules() -> None:
+    problem = _only_problem(_model("size_rules: {multiple_of: 16}, defaults: {size: 1000x1000}"))
+    assert str(problem) == (
+        "models.m.defaults.size: '1000x1000' breaks the model's size_rules: width and height must be multiples of 16"
+    )
+    assert str(_only_problem(_model("size_rules: {multiple_of: 16}, defaults: {size: auto}"))) == (
+        "models.m.defaults.size: 'auto' breaks the model's size_rules: 'auto' is not accepted"
+    )
 
 
 def test_default_size_is_normalised_before_the_check() -> None:
