@@ -74,7 +74,10 @@ def _compact(text: str) -> bytes | str:
 
 
 def base64_problem(text: str) -> str | None:
-    """Why `text` is not standard base64 (as `base64.b64decode(validate=True)` after dropping whitespace), or None."""
+    """Why `text` is not standard base64 (RFC 4648 §4, ASCII whitespace dropped), or None.
+
+    What `base64.b64decode(validate=True)` takes, less the surplus '=' it tolerates after a complete group.
+    """
     compact = _compact(text)
     return compact if isinstance(compact, str) else None
 

@@ -120,7 +120,14 @@ def test_base64_problem_agrees_with_the_strict_decoder(text: str) -> None:
         strict_ok = compact.isascii()
     except (binascii.Error, ValueError):
         strict_ok = False
-    assert (base64_problem(text) is None) == strict_ok
+    # Python's strict decoder also takes surplus '=' after a complete group ("AAAA=", "AAAA===="); RFC 4648 does not.
+    canonical = len(compact) % 4 == 0 and not compact.endswith("===")
+    assert (base64_problem(text) is None) == (strict_ok and canonical)
+
+
+@pytest.mark.parametrize("text", ["AAAA=", "AAAA==", "AAAA====", "QQ==="])
+def test_surplus_padding_is_refused(text: str) -> None:
+    assert base64_problem(text) is not None
 
 
 def test_fields_name_list_items_by_index() -> None:
