@@ -34,7 +34,7 @@ _ALIASES = {"image/jpg": "image/jpeg"}
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _WHITESPACE = b" \t\n\r\x0b\x0c"  # what bytes.split() splits on
-_HEAD_CHARS = 64  # base64 characters decoded to sniff: 48 bytes hold every signature mime.py reads
+_HEAD_CHARS = 64  # base64 characters decoded to sniff: 48 bytes hold the signature of every accepted type
 _EXPECTED = "expected an http(s) URL, a data:image/...;base64, URI or base64 of a PNG, JPEG, WebP, GIF, BMP or TIFF image"
 
 
