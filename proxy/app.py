@@ -39,6 +39,7 @@ from proxy.finish import IMAGE_ROUTE, Delivery, Finisher
 from proxy.guard import make_guarded_session, trusted_hosts
 from proxy.idempotent import HEADER as IDEMPOTENCY_HEADER
 from proxy.idempotent import check_header, fingerprint, once
+from proxy.inputs import check_client_images
 from proxy.limiter import Admission, admit
 from proxy.metrics import make_metrics
 from proxy.middleware import access_middleware, add_request_id, auth_middleware, error_middleware
@@ -219,6 +220,7 @@ async def generations(request: web.Request) -> web.StreamResponse:
     note_model(fields)
     image_request = parse_image_request(fields)
     plan = build_plan(image_request, rules.match_model(image_request.model))
+    await check_client_images(image_request.options)
     return await respond(request, plan, fingerprint([request.path.encode(), raw]))
 
 
@@ -254,6 +256,7 @@ async def _form_plan(request: web.Request, operation: str) -> tuple[Plan, str]:
     note_model(fields)
     image_request = parse_image_request(fields, require_prompt=operation == EDIT)
     plan = build_plan(image_request, rules.match_model(image_request.model), operation)
+    await check_client_images(image_request.options, form.images, form.mask)
     plan = replace(plan, uploads=form.images, mask=form.mask)
     return plan, form_fingerprint(request.path, form)
 

@@ -1,4 +1,8 @@
-"""Shell layer: the client's input images, in the form each channel takes.
+"""Shell layer: the client's input images, checked once per request and then in the form each channel takes.
+
+`check_client_images` runs once, when the request has been parsed and before any channel is tried: an
+inline image that is not one is a 400 naming `image`, `image[1]` or `mask` whichever channel would have
+served it, even one that forwards the value untouched (proxy.core.image_input says what is checked).
 
 Two conversions happen here, per channel, just before its adapter runs:
 - an edit sent to a channel without a native edit endpoint becomes a generation whose `image` field
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -21,11 +26,25 @@ import aiohttp
 
 from proxy.adapters.base import AdapterSpec
 from proxy.core.errors import InvalidRequest, ProxyError
+from proxy.core.image_input import check_image_fields, check_uploads, inline_size
 from proxy.core.mime import sniff_image_type
 from proxy.core.multipart import Part
 from proxy.core.plan import EDIT, GENERATE, VARIATION, Plan, forwarded
 from proxy.core.rules import Channel, DownloadRules
 from proxy.guard import Refused, as_client_error, fetch
+
+# As in proxy.finish: below this many characters the scan is cheaper inline than a thread hop.
+_INLINE_LIMIT = 256 * 1024
+
+
+async def check_client_images(options: Mapping[str, Any], uploads: Sequence[Part] = (), mask: Part | None = None) -> None:
+    """Raise InvalidRequest unless every input image the client sent is an image (URLs are the channels' business)."""
+    if inline_size(options) < _INLINE_LIMIT:
+        check_image_fields(options)
+    else:
+        # Megabytes of base64 are scanned in a worker thread, never on the event loop.
+        await asyncio.to_thread(check_image_fields, options)
+    check_uploads(uploads, mask)  # a few bytes per file, already in memory
 
 
 async def download_input(session: aiohttp.ClientSession, url: str, download: DownloadRules) -> tuple[bytes, str]:

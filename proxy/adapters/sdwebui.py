@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
 from proxy.core.errors import BadGateway, InvalidRequest, ProxyError
 from proxy.core.extra_body import merge_extra_body
+from proxy.core.image_input import parse_data_uri
 from proxy.core.mime import sniff_image_type
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import ChannelSchema
@@ -171,10 +172,10 @@ def sampling(fields: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
 
 
 def init_image(value: str) -> str:
-    """Raw base64 for `init_images`: data URIs lose their prefix; URLs are refused."""
-    prefix = _DATA_URI.match(value[:80])
-    if prefix is not None:
-        return value[prefix.end() :]
+    """Raw base64 for `init_images`: base64 data URIs lose their prefix (parameters and all); URLs are refused."""
+    uri = parse_data_uri(value)
+    if uri is not None and uri.base64:
+        return uri.payload
     if _SCHEME.match(value[:32]):
         raise InvalidRequest(
             "Stable Diffusion WebUI takes 'image' as base64 or a data:image/...;base64, URI, not as a URL.",

@@ -142,10 +142,6 @@ def _sniff(raw: str) -> str | None:
         head = base64.b64decode(raw[:_SNIFF_CHARS], validate=True)
     except (binascii.Error, ValueError):
         return None
-    if head.startswith(b"BM"):
-        return "image/bmp"
-    if head.startswith((b"II*\x00", b"MM\x00*")):
-        return "image/tiff"
     return sniff_image_type(head)
 
 

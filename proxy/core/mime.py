@@ -8,11 +8,25 @@ EXTENSIONS = {
     "image/webp": "webp",
     "image/gif": "gif",
     "image/svg+xml": "svg",
+    "image/bmp": "bmp",
+    "image/tiff": "tiff",
 }
+# BMP's sizes of the header that follows the 14-byte file header (BITMAPCOREHEADER ... BITMAPV5HEADER).
+_BMP_HEADERS = frozenset({12, 40, 52, 56, 64, 108, 124})
+
+
+def _bmp(data: bytes) -> bool:
+    # "BM" alone is two letters any text may start with: the reserved zeros and a known header size make it a BMP.
+    return (
+        data.startswith(b"BM")
+        and len(data) >= 18
+        and data[6:10] == b"\x00\x00\x00\x00"
+        and int.from_bytes(data[14:18], "little") in _BMP_HEADERS
+    )
 
 
 def sniff_image_type(data: bytes) -> str | None:
-    """The MIME type the bytes really are (PNG, JPEG, WebP, GIF, SVG), or None."""
+    """The MIME type the bytes really are (PNG, JPEG, WebP, GIF, BMP, TIFF, SVG), or None."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "image/png"
     if data.startswith(b"\xff\xd8\xff"):
@@ -21,6 +35,10 @@ def sniff_image_type(data: bytes) -> str | None:
         return "image/webp"
     if data.startswith((b"GIF87a", b"GIF89a")):
         return "image/gif"
+    if _bmp(data):
+        return "image/bmp"
+    if data.startswith((b"II*\x00", b"MM\x00*")):
+        return "image/tiff"
     head = data[:512].lstrip().lower()
     if head.startswith(b"<svg") or (head.startswith(b"<?xml") and b"<svg" in head):
         return "image/svg+xml"

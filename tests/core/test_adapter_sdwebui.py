@@ -176,6 +176,12 @@ def test_image_switches_to_img2img_with_raw_base64_and_denoising_strength() -> N
     )
 
 
+def test_data_uri_parameters_are_stripped_with_the_prefix() -> None:
+    # RFC 2397 allows parameters before ;base64: the WebUI still gets the bare base64, not a refusal as a URL.
+    image = f"data:image/png;name=cat.png;base64,{PNG_B64}"
+    assert sent(make_job({"model": "sd-webui", "prompt": "p", "image": image})).json["init_images"] == [PNG_B64]
+
+
 def test_strength_without_image_stays_on_txt2img_and_is_not_sent() -> None:
     call = sent(make_job({"model": "sd-webui", "prompt": "p", "strength": 0.5}))
     assert call.url == f"{BASE}/sdapi/v1/txt2img"

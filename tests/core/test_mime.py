@@ -34,3 +34,15 @@ def test_gif_and_webp_dimensions() -> None:
 @pytest.mark.parametrize("data", [b"", b"not an image", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0"])
 def test_unknown_or_truncated_headers_give_none(data: bytes) -> None:
     assert image_dimensions(data) is None
+
+
+def test_bmp_and_tiff_are_recognised_by_their_headers() -> None:
+    bmp = b"BM" + struct.pack("<I", 70) + b"\x00" * 4 + struct.pack("<II", 54, 40) + b"\x00" * 40
+    assert sniff_image_type(bmp) == "image/bmp"
+    assert sniff_image_type(b"II*\x00\x08\x00\x00\x00") == "image/tiff"
+    assert sniff_image_type(b"MM\x00*\x00\x00\x00\x08") == "image/tiff"
+
+
+@pytest.mark.parametrize("data", [b"BMW drivers love this text file", b"BM", b"BM" + b"\x00" * 16])
+def test_text_starting_with_bm_is_not_a_bmp(data: bytes) -> None:
+    assert sniff_image_type(data) is None

@@ -9,7 +9,8 @@ same requests), then sends them one by one and checks the property on every answ
   (answers of aiohttp's HTTP parser itself, to a header too large for example, have no application to
   shape them: they are counted apart);
 - a request the proxy rejected with a 4xx reached no upstream (the fake counts every request its server gets);
-- a request invalid by construction (a wrong type, an out-of-range value, no image...) is a 4xx.
+- a request invalid by construction (a wrong type, an out-of-range value, no image, an input image that is
+  not one or not the type it declares...) is a 4xx.
 
 Requests that are valid may succeed (200): every answer is classified, and the figures say how many of
 each kind there were. Oversized bodies are sent streamed and the process's peak RSS is checked.
@@ -386,18 +387,33 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-HOSTILE_IMAGES = (
+# Inline images that are invalid by construction, whatever the channel: not base64, not an image, or not
+# the type they declare. The proxy refuses them (400 naming the param) before any upstream call.
+INVALID_IMAGES = (
     "!!!not base64!!!",
     "iVBORw0KGgo",  # truncated PNG base64 (bad padding)
     "data:image/png;base64,@@@@",
     "data:image/png;base64," + b64(b"GIF89a" + b"\x00" * 20),  # says PNG, is GIF
     "data:image/jpeg;base64," + b64(b"<svg onload=alert(1)></svg>"),  # says JPEG, is SVG with script
+    "data:image/png;base64," + b64(b"\xff\xd8\xff\xe0" + b"\x00" * 20),  # says PNG, is JPEG
+    "data:image/png;base64," + b64(b"<!doctype html><title>phish</title>"),
     "data:text/html;base64," + b64(b"<script>alert(1)</script>"),
+    "data:image/svg+xml;base64," + b64(b"<svg onload=alert(1)></svg>"),
     "data:image/png,rawbytes",
     "data:;base64,",
-    "data:image/png;base64," + b64(PNG),
-    b64(PNG),
+    "data:image/png;base64,",
+    "data:;base64," + b64(PNG),  # no type: text/plain by RFC 2397
+    b64(PNG)[:-4] + "A=A=",
+    b64(PNG) + "!",
     b64(b"MZ\x90\x00 not an image"),
+    b64(b"%PDF-1.7"),
+    "javascript:alert(1)",
+    "//evil.example/a.png",
+)
+HOSTILE_IMAGES = (
+    "data:image/png;base64," + b64(PNG),
+    "data:image/png;name=a.png;base64," + b64(PNG),
+    b64(PNG),
     "http://127.0.0.1:1/x",
     "http://[::1]/",
     "http://169.254.169.254/latest/meta-data/",
@@ -407,11 +423,14 @@ HOSTILE_IMAGES = (
     "file:///etc/passwd",
     "ftp://example.com/a.png",
     "gopher://127.0.0.1:6379/_INFO",
-    "javascript:alert(1)",
-    "//evil.example/a.png",
     "https://user:pass@example.invalid/a.png",
 )
 image_strings = st.sampled_from(HOSTILE_IMAGES) | edge_text.filter(lambda s: bool(s.strip()))
+invalid_images = st.sampled_from(INVALID_IMAGES)
+# A list with at least one invalid item, anywhere in it.
+invalid_image_lists = st.tuples(st.lists(image_strings, max_size=2), invalid_images, st.lists(image_strings, max_size=1)).map(
+    lambda drawn: [*drawn[0], drawn[1], *drawn[2]]
+)
 
 SIZES_BAD_EVERYWHERE = ("0x0", "0x512", "512x0", "-1x-1", "1024", "x", "1024x", "1024x1024x3", "1e3x1e3", "１x", "auto1",
                         "1024 x 1024 x", "1024×", "0000000x1", "1234567x1", "")
@@ -442,8 +461,9 @@ FIELDS: dict[str, st.SearchStrategy[Tagged]] = {
     "output_compression": tagged(ok=st.integers(0, 100), bad=st.integers(101) | st.integers(max_value=-1) | wrong_type(int)),
     "extra_body": tagged(maybe=json_objects, bad=wrong_type(dict)),
     "image": tagged(maybe=image_strings | st.lists(image_strings, min_size=1, max_size=3),
-                    bad=st.sampled_from(["", "   ", [], [""], [1], [None]]) | wrong_type(str, list)),
-    "mask": tagged(maybe=image_strings, bad=st.sampled_from(["", " "]) | wrong_type(str)),
+                    bad=st.sampled_from(["", "   ", [], [""], [1], [None]]) | wrong_type(str, list) | invalid_images
+                    | invalid_image_lists),
+    "mask": tagged(maybe=image_strings, bad=st.sampled_from(["", " "]) | wrong_type(str) | invalid_images),
     "async": tagged(ok=st.booleans(), bad=wrong_type(bool)),
     "retries": tagged(ok=st.integers(0, 3), bad=st.integers(max_value=-1) | wrong_type(int)),
     "stream": tagged(ok=st.booleans(), bad=wrong_type(bool)),
@@ -677,8 +697,12 @@ FORM_FIELDS: dict[str, st.SearchStrategy[Tagged]] = {
     "user": tagged(ok=st.text(max_size=10), maybe=edge_text),
 }
 
-image_bytes = st.sampled_from([PNG, b"", b"not an image", b"GIF89a" + b"\x00" * 10, b"\xff\xd8\xff" + b"\x00" * 10,
-                               b"<svg onload=alert(1)>", b"\x00" * 100]) | st.binary(max_size=200)
+# Uploaded files: images (by their first bytes) may be served; files that are no image are refused before any upstream.
+image_bytes = tagged(
+    maybe=st.sampled_from([PNG, b"GIF89a" + b"\x00" * 10, b"\xff\xd8\xff" + b"\x00" * 10]) | st.binary(max_size=200),
+    bad=st.sampled_from([b"", b"not an image", b"<svg onload=alert(1)>", b"\x00" * 100, b"<!doctype html>", b"%PDF-1.7"]),
+)
+form_image_text = tagged(maybe=image_strings, bad=invalid_images)
 
 
 @st.composite
@@ -710,16 +734,19 @@ def form_body(draw: st.DrawFn, operation: str) -> tuple[list[Part], str]:
     images = draw(st.integers(0, 3))
     image_name = draw(st.sampled_from(["image", "image[]"]))
     for _ in range(images):
-        parts.append(file_part(image_name, draw(image_bytes), draw(st.sampled_from(["a.png", "", "../../x.png", "a\x00.png"])),
+        data, verdict = draw(image_bytes)
+        parts.append(file_part(image_name, data, draw(st.sampled_from(["a.png", "", "../../x.png", "a\x00.png"])),
                                draw(st.sampled_from(["image/png", "image/jpeg", "text/html", "application/octet-stream"]))))
+        verdicts.add(verdict)
     if draw(st.booleans()):
-        parts.append(file_part("mask", draw(image_bytes)))
-        if operation == "variations":
-            verdicts.add(BAD)
+        data, verdict = draw(image_bytes)
+        parts.append(file_part("mask", data))
+        verdicts.add(BAD if operation == "variations" else verdict)
     if draw(st.integers(0, 4)) == 0:
         # A URL or data URI where a file belongs: text, not a file part.
-        parts.append(text_part("image", draw(image_strings)))
-        verdicts.add(MAYBE)
+        text, verdict = draw(form_image_text)
+        parts.append(text_part("image", text))
+        verdicts.add(verdict)
     draw(st.randoms()).shuffle(parts)
     if images == 0:
         verdicts.add(BAD)  # a file part named image is required
