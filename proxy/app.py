@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from proxy.adapters import ADAPTERS
+from proxy.body import defer_continue, read_body
 from proxy.core.errors import InvalidRequest, NotFound, ProxyError, RequestTimeout, ServiceUnavailable
 from proxy.core.form import coerce_fields
 from proxy.core.json_body import encode_body
@@ -237,10 +238,15 @@ async def serve(request: web.Request, plan: Plan, admission: Admission | None) -
 async def generations(request: web.Request) -> web.StreamResponse:
     rules = request.app[SERVICES].rules
     # Parsed as JSON whatever the Content-Type says: seed 000's curl examples send none that is usable.
-    raw = await body_within(request, request.read())
+    raw = await body_within(request, read_body(request, body_limit(request)))
     image_request = parse_image_request(parse_json_object(raw))
     plan = build_plan(image_request, rules.match_model(image_request.model))
     return await respond(request, plan, fingerprint([request.path.encode(), raw]))
+
+
+def body_limit(request: web.Request) -> int:
+    # The start-up value, as aiohttp's client_max_size: a reload does not move it (README, Reload).
+    return request.app[RULES].server.max_request_bytes
 
 
 async def body_within(request: web.Request, reading: Awaitable[T]) -> T:
@@ -261,7 +267,7 @@ def form_fingerprint(path: str, form: Form) -> str:
 
 async def _form_plan(request: web.Request, operation: str) -> tuple[Plan, str]:
     rules = request.app[SERVICES].rules
-    form = await body_within(request, read_form(request, rules.server.max_request_bytes))
+    form = await body_within(request, read_form(request, body_limit(request)))
     if not form.images:
         raise InvalidRequest("An image file is required.", param="image", code="missing_required_parameter")
     image_request = parse_image_request(coerce_fields(form.fields), require_prompt=operation == EDIT)
@@ -438,10 +444,11 @@ def make_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
-    app.router.add_post("/v1/images/generations", generations)
+    # Body routes check the head before `100 Continue` (proxy.body): a body they refuse is never sent.
+    app.router.add_post("/v1/images/generations", generations, expect_handler=defer_continue)
     app.router.add_get("/v1/images/generations/{task_id}", task_status)
-    app.router.add_post("/v1/images/edits", edits)
-    app.router.add_post("/v1/images/variations", variations)
+    app.router.add_post("/v1/images/edits", edits, expect_handler=defer_continue)
+    app.router.add_post("/v1/images/variations", variations, expect_handler=defer_continue)
     app.router.add_get(IMAGE_ROUTE + "{name}", hosted_image)
     app.router.add_route("*", "/v1/{tail:.*}", passthrough)
     return app

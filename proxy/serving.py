@@ -20,5 +20,9 @@ def server_options(rules: Rules) -> dict[str, Any]:
         "lingering_time": 1.0,
         # A client that disconnects from a sync generation cancels the upstream work it started.
         "handler_cancellation": True,
+        # Request bodies are decoded by proxy.body, in bounded steps and counted against
+        # `server.max_request_bytes`; aiohttp's decoder would expand them before anything counts them,
+        # and pass-through relays the client's compressed bytes with the Content-Encoding they came with.
+        "auto_decompress": False,
         "access_log": None,  # one JSON access line per request comes from proxy.middleware
     }
