@@ -13,6 +13,8 @@ The bounds, as `python -m proxy` runs:
 - `server.body_timeout` (default 120 s): the whole body must arrive in time, else 408 and the
   connection is closed, so trickled and stalled bodies are cut.
 - aiohttp's `max_line_size=8190`, `max_field_size=8190`, at most 128 headers: a head is at most ~1 MB.
+- `server.max_request_bytes` (default 64 MiB) counts a compressed body's decoded bytes, decoded in
+  64 KiB steps: a gzip bomb costs the proxy about the limit.
 The tests run with both timeouts at 1.5 s.
 """
 
