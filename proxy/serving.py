@@ -1,7 +1,8 @@
 """Shell layer: how aiohttp's server must run the app. `python -m proxy` and the tests take them from here.
 
 These are options of the HTTP server (aiohttp's runner and request handler), not of the app, so
-`make_app` cannot set them itself; an app served without them still works but loses what they give.
+`make_app` cannot set them itself. Served without them, the app loses what they give, and compressed
+generation bodies are refused (400): aiohttp would hand them over decoded under their Content-Encoding.
 """
 
 from __future__ import annotations
