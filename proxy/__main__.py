@@ -24,6 +24,7 @@ from proxy.adapters import SCHEMAS
 from proxy.app import log_startup, make_app
 from proxy.core.rules import Rules, RulesError, parse_rules
 from proxy.observe import JsonFormatter, TextFormatter
+from proxy.serving import server_options
 
 EXIT_BAD_RULES = 2
 
@@ -114,14 +115,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         port=args.port,
         # In-flight generations and streams get minutes to finish on SIGTERM, not aiohttp's default.
         shutdown_timeout=rules.server.shutdown_grace,
-        # Also the deadline for a request head on a new or idle connection: slowloris clients are cut.
-        keepalive_timeout=rules.server.keepalive_timeout,
-        # After an early answer (408, 413) an unread body is drained this long, then the connection closes.
-        lingering_time=1.0,
-        # A client that disconnects from a sync generation cancels the upstream work it started.
-        handler_cancellation=True,
-        access_log=None,  # one JSON access line per request comes from proxy.middleware
         print=None,
+        **server_options(rules),
     )
     return 0
 

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from proxy.adapters import ADAPTERS
+from proxy.body import defer_continue, read_body
 from proxy.core.errors import InvalidRequest, MethodNotAllowed, NotFound, ProxyError, RequestTimeout, ServiceUnavailable
 from proxy.core.form import coerce_fields
 from proxy.core.json_body import encode_body
@@ -215,7 +216,7 @@ async def serve(request: web.Request, plan: Plan, admission: Admission | None) -
 async def generations(request: web.Request) -> web.StreamResponse:
     rules = request.app[SERVICES].rules
     # Parsed as JSON whatever the Content-Type says: seed 000's curl examples send none that is usable.
-    raw = await body_within(request, request.read())
+    raw = await body_within(request, read_body(request, body_limit(request)))
     fields = parse_json_object(raw)
     note_model(fields)
     image_request = parse_image_request(fields)
@@ -229,6 +230,11 @@ def note_model(fields: Mapping[str, Any]) -> None:
     model = fields.get("model")
     if isinstance(model, str):
         note(model=model[:MAX_LOGGED_MODEL])
+
+
+def body_limit(request: web.Request) -> int:
+    # The start-up value, as aiohttp's client_max_size: a reload does not move it (README, Reload).
+    return request.app[RULES].server.max_request_bytes
 
 
 async def body_within(request: web.Request, reading: Awaitable[T]) -> T:
@@ -249,7 +255,7 @@ def form_fingerprint(path: str, form: Form) -> str:
 
 async def _form_plan(request: web.Request, operation: str) -> tuple[Plan, str]:
     rules = request.app[SERVICES].rules
-    form = await body_within(request, read_form(request, rules.server.max_request_bytes))
+    form = await body_within(request, read_form(request, body_limit(request)))
     if not form.images:
         raise InvalidRequest("An image file is required.", param="image", code="missing_required_parameter")
     fields = coerce_fields(form.fields)
@@ -433,9 +439,10 @@ def make_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
+    # Body routes check the head before `100 Continue` (proxy.body): a body they refuse is never sent.
     for path, handler in (("/v1/images/generations", generations), ("/v1/images/edits", edits),
                           ("/v1/images/variations", variations)):
-        app.router.add_post(path, handler)
+        app.router.add_post(path, handler, expect_handler=defer_continue)
         # Any other method here is the client's mistake, answered by the proxy, never passed through.
         app.router.add_route("*", path, post_only)
     app.router.add_get("/v1/images/generations/{task_id}", task_status)

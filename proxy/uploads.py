@@ -2,8 +2,9 @@
 
 Each file part is read chunk by chunk into one growing buffer, which then travels to the upstream
 as it is (aiohttp streams it into the outgoing form), so an upload costs about its own size in memory.
-The whole form is capped at `server.max_request_bytes`: the cap is enforced while reading, before
-the rest arrives.
+The whole form is capped at `server.max_request_bytes`: a declared length over it is refused before
+reading (proxy.body), and the cap is enforced while reading, before the rest arrives. A compressed
+form is refused (415): its images are compressed already.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from proxy.body import check_head, continue_if_expected
 from proxy.core.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from proxy.core.multipart import Part
 
@@ -69,8 +71,11 @@ def _add_field(form: Form, name: str, value: str) -> None:
 
 
 async def read_form(request: web.Request, limit: int) -> Form:
+    # Uploads are images, compressed already: a compressed form gains nothing and is refused (415).
+    check_head(request, limit, accepted=())
     if request.content_type != "multipart/form-data":
         raise UnsupportedMediaType("This endpoint takes multipart/form-data, as OpenAI's does.", code="unsupported_media_type")
+    await continue_if_expected(request)
     budget = _Budget(limit)
     form = Form()
     try:

@@ -21,6 +21,7 @@ from proxy.core.rules import parse_rules
 from proxy.store import FileImageStore
 from tests.fakes.openai import FakeOpenAI
 from tests.hardening.figures import lines
+from tests.serve import start_proxy
 
 CLIENT_KEY = "client-key-1"
 
@@ -31,12 +32,12 @@ ProxyFactory = Callable[..., Awaitable[TestClient]]
 def make_proxy(aiohttp_client: Callable[..., Awaitable[TestClient]], tmp_path: Path) -> ProxyFactory:
     """`await make_proxy(rules_text, env)`: a client for a proxy whose image store lives in tmp_path."""
 
-    async def build(text: str, env: Mapping[str, str] | None = None, *, cancel_on_disconnect: bool = False) -> TestClient:
+    async def build(text: str, env: Mapping[str, str] | None = None) -> TestClient:
         rules = parse_rules(text, dict(env or {}), SCHEMAS)
         store = FileImageStore(tmp_path / "images", rules.server.images.ttl)
-        # As `python -m proxy` serves: a client that disconnects cancels its handler.
-        server_kwargs = {"handler_cancellation": True} if cancel_on_disconnect else None
-        return await aiohttp_client(make_app(rules, store=store), server_kwargs=server_kwargs)
+        # Served as `python -m proxy` serves (a client that disconnects cancels its handler, bodies are
+        # not decoded by aiohttp, ...): the options come from proxy.serving.
+        return await aiohttp_client(await start_proxy(make_app(rules, store=store), rules))
 
     return build
 

@@ -9,6 +9,7 @@
     ├── RequestTimeout               408    invalid_request_error    (body not received in time)
     ├── PayloadTooLarge              413    invalid_request_error
     ├── UnsupportedMediaType         415    invalid_request_error
+    │   └── UnsupportedEncoding      415    invalid_request_error    (+ Accept-Encoding)
     ├── RateLimited                  429    rate_limit_exceeded / insufficient_quota (+ Retry-After)
     ├── UpstreamError           (upstream's 4xx, kept)  as the upstream said
     ├── BadGateway                   502    upstream_error           (upstream 5xx, transport, bad answer)
@@ -117,6 +118,17 @@ class PayloadTooLarge(ProxyError):
 class UnsupportedMediaType(ProxyError):
     status = 415
     type = "invalid_request_error"
+
+
+class UnsupportedEncoding(UnsupportedMediaType):
+    """A Content-Encoding the route cannot decode; `Accept-Encoding` lists the ones it can (RFC 7694 §3)."""
+
+    def __init__(self, message: str, accepted: tuple[str, ...]) -> None:
+        super().__init__(message, code="unsupported_content_encoding")
+        self.accepted = accepted
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), "Accept-Encoding": ", ".join(self.accepted) or "identity"}
 
 
 class RateLimited(ProxyError):

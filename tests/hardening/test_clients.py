@@ -13,6 +13,8 @@ The bounds, as `python -m proxy` runs:
 - `server.body_timeout` (default 120 s): the whole body must arrive in time, else 408 and the
   connection is closed, so trickled and stalled bodies are cut.
 - aiohttp's `max_line_size=8190`, `max_field_size=8190`, at most 128 headers: a head is at most ~1 MB.
+- `server.max_request_bytes` (default 64 MiB) counts a compressed body's decoded bytes, decoded in
+  64 KiB steps: a gzip bomb costs the proxy about the limit.
 The tests run with both timeouts at 1.5 s.
 """
 
@@ -26,6 +28,7 @@ import resource
 import socket
 import sys
 import time
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -455,3 +458,53 @@ async def test_clients_that_leave_mid_upload_release_everything(tmp_path: Path, 
     assert latency < FAST
     assert peak - rss0 < RSS_BOUND
     assert fds1 <= fds0 + 2
+
+
+# -- a compression bomb ------------------------------------------------------------------------------------
+
+DEFAULT_LIMIT = 64 * 1024 * 1024  # server.max_request_bytes as shipped
+BOMB = 512 * 1024 * 1024  # decoded size
+
+
+def gzip_bomb(decoded: int) -> bytes:
+    """A JSON generation whose prompt is `decoded` bytes of spaces, gzipped to about 1/1000 of that."""
+    encoder = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = b" " * (1 << 20)
+    parts = [encoder.compress(b'{"model": "local-image", "prompt": "')]
+    parts += [encoder.compress(block) for _ in range(decoded // len(block))]
+    return b"".join([*parts, encoder.compress(b'"}'), encoder.flush()])
+
+
+async def test_a_gzip_bomb_is_413_with_flat_memory(tmp_path: Path) -> None:
+    """Half a megabyte that decodes to 512 MB: refused once its decoded size passes the limit, and the proxy's
+    peak memory grows by about the limit (the most a body may hold), not by what the bomb would expand to."""
+    bomb = gzip_bomb(BOMB)
+    assert len(bomb) < 1024 * 1024
+    async with serve(tmp_path, text=RULES.replace("  max_request_bytes: 33554432\n", "")) as proxy:
+        await normal_request(proxy)
+        peak0 = proc_status(proxy.pid, "VmHWM")
+        reader, writer = await connect(proxy)
+        writer.write(HEAD + b"Content-Encoding: gzip\r\n" + f"Content-Length: {len(bomb)}\r\n\r\n".encode() + bomb)
+        with contextlib.suppress(ConnectionError, OSError):
+            await writer.drain()  # the proxy may answer and close before it has read everything
+        answer = b""
+        with contextlib.suppress(ConnectionError, OSError):
+            async with asyncio.timeout(30):
+                while chunk := await reader.read(65536):
+                    answer += chunk
+        writer.close()
+        growth = proc_status(proxy.pid, "VmHWM") - peak0
+        latency = await normal_request(proxy)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    print(f"gzip bomb ({len(bomb) // 1024} KB -> {BOMB // 2**20} MB): {head[:40]!r}, "
+          f"peak RSS +{growth / 2**20:.1f} MB (limit {DEFAULT_LIMIT // 2**20} MB); a normal request then took {latency:.3f}s")
+    flat = growth < DEFAULT_LIMIT + 48 * 1024 * 1024  # the limit itself plus generous slack; the bomb is 512 MB
+    record("gzip bomb refused with peak RSS growth under the limit + 48 MB", 1, int(flat))
+    assert flat, f"peak RSS grew {growth / 2**20:.1f} MB on a gzip bomb"
+    assert head.startswith(b"HTTP/1.1 413 "), answer[:300]
+    assert json.loads(body)["error"] == {
+        "message": f"The request body is larger than {DEFAULT_LIMIT} bytes.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "request_too_large",
+    }

@@ -42,6 +42,7 @@ from proxy.core.sse import SSEParser
 from proxy.store import FileImageStore
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
 from tests.hardening.figures import record
+from tests.serve import start_proxy
 
 CHANNEL_TIMEOUT = 0.5  # seconds: the faulty channel's `timeout`
 DOWNLOAD_TIMEOUT = 0.6  # seconds: `server.download.timeout`
@@ -487,8 +488,7 @@ class Rig:
         env = {"HEALTHY": str(self.healthy_server.make_url("")).rstrip("/"), "FAULTY": self.faulty.url, "OPENAI_API_KEY": KEY}
         rules = parse_rules(RULES, env, SCHEMAS)
         store = FileImageStore(self.tmp_path / "images", rules.server.images.ttl)
-        self.proxy = TestServer(make_app(rules, store=store))  # handler_cancellation=True, as `python -m proxy`
-        await self.proxy.start_server()
+        self.proxy = await start_proxy(make_app(rules, store=store), rules)  # as `python -m proxy` serves it
         self.base = str(self.proxy.make_url("")).rstrip("/")
         # Warm up (the pooled connection to the healthy fake exists from here on), then take the baseline.
         async with aiohttp.ClientSession() as session:

@@ -14,17 +14,21 @@ same requests), then sends them one by one and checks the property on every answ
 
 Requests that are valid may succeed (200): every answer is classified, and the figures say how many of
 each kind there were. Oversized bodies are sent streamed and the process's peak RSS is checked.
+Compressed bodies keep the verdict of their plain text; broken, unsupported and bomb encodings are 4xx;
+a declared length over the limit is 413 from the head alone, with or without `Expect: 100-continue`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import io
 import json
 import resource
 import time
 import unicodedata
+import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -643,6 +647,146 @@ async def test_generations_json_bodies(make_proxy: Any, counting_openai: Any) ->
     for label, body in valid_odd_bodies():
         answer = await send(client, fake, "POST", "/v1/images/generations", data=body, headers=auth())
         tally.check(label, MAYBE, answer)
+    tally.finish()
+
+
+# -- compressed bodies -----------------------------------------------------------------------------
+
+
+def raw_deflate(data: bytes) -> bytes:
+    encoder = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return encoder.compress(data) + encoder.flush()
+
+
+ENCODERS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": gzip.compress, "x-gzip": gzip.compress, "deflate": zlib.compress, "deflate ": raw_deflate,
+}
+UNSUPPORTED_CODINGS = ("br", "zstd", "compress", "x-compress", "*", "gzip, gzip", "deflate, gzip", "gzip;q=1", "bogus-coding")
+
+
+def bomb(decoded: int, prefix: bytes = b'{"model": "local-image", "size": "64x64", "prompt": "', fill: bytes = b" ") -> bytes:
+    """A gzip body that decodes to more than `decoded` bytes (whitespace compresses about 1000:1)."""
+    encoder = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = fill * (1 << 20)
+    parts = [encoder.compress(prefix)] + [encoder.compress(block) for _ in range(decoded // len(block) + 1)]
+    return b"".join([*parts, encoder.compress(b'"}'), encoder.flush()])
+
+
+@st.composite
+def compressed_generation(draw: st.DrawFn) -> tuple[str, bytes, str, str]:
+    """(label, body, Content-Encoding, verdict): drawn generations compressed (the verdict is the plain
+    body's), broken compressed data, and junk compressed well."""
+    coding = draw(st.sampled_from(sorted(ENCODERS)))
+    header = coding.strip()
+    kind = draw(st.sampled_from(["generation", "generation", "junk", "truncated", "bitflip", "not compressed"]))
+    if kind == "junk":
+        value = draw(json_values | st.binary(max_size=64))
+        plain = value if isinstance(value, bytes) else json.dumps(value).encode()
+        return f"{header} of junk {plain[:80]!r}", ENCODERS[coding](plain), header, BAD
+    pairs, verdict, _ = draw(generation_body(plausible=draw(st.booleans())))
+    options = {name: value for name, value, _ in pairs}
+    if options.get("stream") is True:
+        verdict = MAYBE if verdict == OK else verdict  # a stream answers SSE, checked elsewhere
+    plain = encode_pairs(pairs)
+    encoded = ENCODERS[coding](plain)
+    label = f"{header} {kind} {plain[:200]!r}"
+    if kind == "truncated":
+        return label, encoded[: draw(st.integers(1, len(encoded) - 1))], header, BAD
+    if kind == "bitflip":
+        at = draw(st.integers(0, len(encoded) - 1))
+        flipped = encoded[:at] + bytes([encoded[at] ^ (1 << draw(st.integers(0, 7)))]) + encoded[at + 1 :]
+        return label, flipped, header, MAYBE  # a flip in a gzip header field may leave it valid
+    if kind == "not compressed":
+        return label, plain, header, BAD
+    return label, encoded, header, verdict
+
+
+async def test_compressed_generation_bodies(make_proxy: Any, counting_openai: Any) -> None:
+    client, fake = await build(make_proxy, counting_openai)
+    tally = Tally("compressed bodies")
+    for label, body, coding, verdict in draw_examples(compressed_generation(), 500):
+        answer = await send(client, fake, "POST", "/v1/images/generations", data=body,
+                            headers={**auth(), "Content-Encoding": coding})
+        tally.check(label, verdict, answer)
+    plain = b'{"model": "local-image", "prompt": "p", "size": "64x64"}'
+    for coding in UNSUPPORTED_CODINGS:
+        answer = await send(client, fake, "POST", "/v1/images/generations", data=plain,
+                            headers={**auth(), "Content-Encoding": coding})
+        tally.check(f"Content-Encoding {coding}", BAD, answer)
+        assert answer.status == 415, (coding, answer.status, answer.body[:200])
+    for coding in ("identity", "", " , identity"):
+        answer = await send(client, fake, "POST", "/v1/images/generations", data=plain,
+                            headers={**auth(), "Content-Encoding": coding})
+        tally.check(f"Content-Encoding {coding!r}", OK, answer)
+    bombs = [
+        ("gzip of spaces just over the limit", bomb(MAX_BYTES)),
+        ("gzip of 64 MiB of spaces", bomb(64 * 1024 * 1024)),
+        ("gzip of 64 MiB of NULs", bomb(64 * 1024 * 1024, fill=b"\x00")),
+        ("gzip of 64 MiB before any JSON", bomb(64 * 1024 * 1024, prefix=b"")),
+    ]
+    for label, body in bombs:
+        for chunked in (False, True):
+            data: Any = chunks_of(body) if chunked else body
+            answer = await send(client, fake, "POST", "/v1/images/generations", data=data,
+                                headers={**auth(), "Content-Encoding": "gzip"})
+            tally.check(f"{label}{' (chunked)' if chunked else ''}", BAD, answer)
+            assert answer.status == 413, (label, answer.status, answer.body[:200])
+    form = encode_form([text_part("model", "dall-e-2"), text_part("prompt", "p"), file_part("image", PNG)], "xyz")
+    for path in ("/v1/images/edits", "/v1/images/variations"):
+        for coding in ("gzip", "deflate", "br"):
+            answer = await send(client, fake, "POST", path, data=ENCODERS.get(coding, gzip.compress)(form),
+                                headers={**auth(), "Content-Encoding": coding,
+                                         "Content-Type": "multipart/form-data; boundary=xyz"})
+            tally.check(f"{path} {coding}", BAD, answer)
+            assert answer.status == 415, (path, coding, answer.status)
+    tally.finish()
+
+
+async def chunks_of(data: bytes, size: int = 65536) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+# -- bodies refused from their head ----------------------------------------------------------------
+
+
+async def early_answer(client: TestClient, head: bytes) -> tuple[bytes, int, bytes]:  # type: ignore[type-arg]
+    """Send a request head and no body at all: (status line, status, body) of the answer, which must come
+    without the body (and without a half-close, which would end the body)."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        async with asyncio.timeout(5):
+            raw_head = await reader.readuntil(b"\r\n\r\n")
+            status_line = raw_head.split(b"\r\n", 1)[0]
+            if status_line.split(b" ")[1:2] == [b"100"]:
+                return status_line, 100, b""
+            length = next((int(line.split(b":", 1)[1]) for line in raw_head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            return status_line, int(status_line.split(b" ")[1]), await reader.readexactly(length)
+    finally:
+        writer.close()
+
+
+async def test_declared_bodies_over_the_limit_are_refused_from_the_head(make_proxy: Any, counting_openai: Any) -> None:
+    client, fake = await build(make_proxy, counting_openai)
+    tally = Tally("bodies refused from their head")
+    routes = {"/v1/images/generations": "application/json", "/v1/images/edits": "multipart/form-data; boundary=b",
+              "/v1/images/variations": "multipart/form-data; boundary=b"}
+    lengths = [MAX_BYTES + 1, 2 * MAX_BYTES, 10**12, *draw_examples(st.integers(MAX_BYTES + 1, 10**15), 20)]
+    extras = ["", "Expect: 100-continue\r\n", "expect: 100-CONTINUE\r\n", "Content-Encoding: gzip\r\n",
+              "Content-Encoding: br\r\nExpect: 100-continue\r\n"]
+    for path, content_type in routes.items():
+        for length in lengths:
+            for extra in extras:
+                head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CLIENT_KEY}\r\n"
+                        f"Content-Type: {content_type}\r\nContent-Length: {length}\r\n{extra}\r\n").encode()
+                before = fake.hits
+                status_line, status, body = await early_answer(client, head)
+                label = f"{path} Content-Length {length} {extra.strip()!r}"
+                tally.check(label, BAD, Answer(status, body, "application/json", fake.hits - before))
+                assert status == 413, (label, status_line)
     tally.finish()
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from proxy.adapters import SCHEMAS
 from proxy.app import make_app
@@ -16,6 +16,7 @@ from proxy.core.rules import parse_rules
 from proxy.ops import reload_rules
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
 from tests.hardening.figures import record
+from tests.serve import start_proxy
 
 RULES = """
 server:
@@ -57,7 +58,8 @@ async def test_async_results_survive_a_disconnect_and_a_reload(
         monkeypatch.setenv(name, value)  # a reload reads the process environment, as SIGHUP does
     path = tmp_path / "rules.yaml"
     path.write_text(RULES)
-    client = await aiohttp_client(make_app(parse_rules(RULES, env, SCHEMAS), rules_path=str(path)))
+    rules = parse_rules(RULES, env, SCHEMAS)
+    client = await aiohttp_client(await start_proxy(make_app(rules, rules_path=str(path)), rules))
     held = 0
     created = await client.post("/v1/images/generations", json=BODY, headers=AUTH)
     task_id = (await created.json())["task_id"]
@@ -73,8 +75,9 @@ async def test_async_results_survive_a_disconnect_and_a_reload(
 async def test_an_async_result_survives_the_replica_that_made_it(aiohttp_server: Any, redis_server: Any) -> None:
     upstream = str((await aiohttp_server(FakeOpenAI(delay=0.4).app())).make_url("")).rstrip("/")
     env = {"UPSTREAM": upstream, "OPENAI_API_KEY": KEY, "STATE": redis_server.url}
-    a = TestClient(TestServer(make_app(parse_rules(RULES, env, SCHEMAS))))
-    b = TestClient(TestServer(make_app(parse_rules(RULES, env, SCHEMAS))))
+    rules = parse_rules(RULES, env, SCHEMAS)
+    a = TestClient(await start_proxy(make_app(rules), rules))
+    b = TestClient(await start_proxy(make_app(rules), rules))
     await a.start_server()
     await b.start_server()
     try:

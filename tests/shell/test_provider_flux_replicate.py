@@ -51,7 +51,7 @@ async def proxy(make_proxy: Any, aiohttp_server: Any, bfl: FakeFlux, replicate: 
         "REPLICATE_API_TOKEN": replicate.api_key,
         **env,
     }
-    return await make_proxy(RULES, values, cancel_on_disconnect=True)
+    return await make_proxy(RULES, values)
 
 
 async def test_flux_result_is_rehosted_before_its_url_expires(make_proxy: Any, aiohttp_server: Any) -> None:

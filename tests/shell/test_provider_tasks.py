@@ -57,7 +57,7 @@ async def proxy(make_proxy: Any, aiohttp_server: Any, kling: FakeKling, dashscop
         "DASHSCOPE_API_KEY": dashscope.api_key,
         **env,
     }
-    return await make_proxy(RULES, values, cancel_on_disconnect=True)
+    return await make_proxy(RULES, values)
 
 
 def sdk(client: Any) -> openai.AsyncOpenAI:

@@ -50,7 +50,7 @@ AUTH = {"Authorization": "Bearer client-key-1"}
 
 async def start(make_proxy: Any, aiohttp_server: Any, first: FakeOpenAI, second: FakeOpenAI | None = None) -> Any:
     urls = [str((await aiohttp_server(fake.app())).make_url("")).rstrip("/") for fake in (first, second or FakeOpenAI())]
-    return await make_proxy(RULES, {"FIRST": urls[0], "SECOND": urls[1], "OPENAI_API_KEY": KEY}, cancel_on_disconnect=True)
+    return await make_proxy(RULES, {"FIRST": urls[0], "SECOND": urls[1], "OPENAI_API_KEY": KEY})
 
 
 async def test_an_idempotent_retry_after_a_disconnect_gets_the_first_answer(make_proxy: Any, aiohttp_server: Any) -> None:

@@ -16,6 +16,7 @@ from proxy.adapters import SCHEMAS
 from proxy.app import make_app
 from proxy.core.rules import parse_rules
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
+from tests.serve import start_proxy
 
 RULES = """
 server:
@@ -44,7 +45,8 @@ def bearer(key: str) -> dict[str, str]:
 async def replicas(aiohttp_client: Any, aiohttp_server: Any, fake: FakeOpenAI, state: str, count: int = 2) -> list[TestClient]:  # type: ignore[type-arg]
     upstream = str((await aiohttp_server(fake.app())).make_url("")).rstrip("/")
     env = {"UPSTREAM": upstream, "OPENAI_API_KEY": KEY, "STATE": state}
-    return [await aiohttp_client(make_app(parse_rules(RULES, env, SCHEMAS))) for _ in range(count)]
+    rules = parse_rules(RULES, env, SCHEMAS)
+    return [await aiohttp_client(await start_proxy(make_app(rules), rules)) for _ in range(count)]
 
 
 async def post(client: Any, key: str = "client-key-1", **body: Any) -> Any:

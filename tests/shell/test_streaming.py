@@ -51,7 +51,7 @@ async def proxy(make_proxy: Any, aiohttp_server: Any, fake: FakeOpenAI, kling: F
         "KLING_ACCESS": kling.access_key,
         "KLING_SECRET": kling.secret_key,
     }
-    return await make_proxy(RULES, env, cancel_on_disconnect=True)
+    return await make_proxy(RULES, env)
 
 
 async def read_event(response: Any) -> tuple[str | None, dict[str, Any] | None]:
