@@ -98,12 +98,20 @@ def within_bounds(width: int, height: int) -> Size:
     return Size(max(1, round(width * scale)), max(1, round(height * scale)))
 
 
-def _inputs(plan: Plan) -> list[Image.Image]:
+def _check_count(plan: Plan) -> None:
+    if not plan.uploads:
+        raise InvalidRequest("An image file is required.", param="image", code="missing_required_parameter")
     if len(plan.uploads) > MAX_INPUTS:
         raise InvalidRequest(f"The local model takes at most {MAX_INPUTS} images.", param="image", code="invalid_value")
     if plan.operation == VARIATION and len(plan.uploads) != 1:
         raise InvalidRequest("A variation takes exactly one image.", param="image", code="invalid_value")
-    return [local_codec.decode(bytes(part.data), "image") for part in plan.uploads]
+
+
+def _decoded(plan: Plan, first: Image.Image) -> Iterator[Image.Image]:
+    """The uploads decoded one at a time (the first is already)."""
+    yield first
+    for part in plan.uploads[1:]:
+        yield local_codec.decode(bytes(part.data), "image")
 
 
 def _keep(plan: Plan, first: Image.Image, count: int, size: Size) -> Image.Image | None:
@@ -131,12 +139,13 @@ def prepare(plan: Plan, order: Order) -> tuple[Size, Canvas | None]:
     """The output size, and for edits and variations the canvas the uploads make."""
     if plan.operation == GENERATE:
         return order.size or DEFAULT_SIZE, None
-    images = _inputs(plan)
-    first = images[0]
+    _check_count(plan)
+    count = len(plan.uploads)
+    first = local_codec.decode(bytes(plan.uploads[0].data), "image")
     size = order.size or within_bounds(*first.size)
     source = hashlib.sha256(b"".join(hashlib.sha256(part.data).digest() for part in plan.uploads)).digest()
-    keep = _keep(plan, first, len(images), size) if plan.operation == EDIT else None
-    return size, Canvas(local_edit.compose(images, size), keep, source)
+    keep = _keep(plan, first, count, size) if plan.operation == EDIT else None
+    return size, Canvas(local_edit.compose(_decoded(plan, first), count, size), keep, source)
 
 
 def draw_one(plan: Plan, order: Order, size: Size, canvas: Canvas | None, index: int) -> Image.Image:

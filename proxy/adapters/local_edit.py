@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 from PIL import Image, ImageOps
 
@@ -49,10 +49,14 @@ def cells(count: int, size: Size) -> list[Box]:
     return boxes
 
 
-def compose(images: Sequence[Image.Image], size: Size) -> Image.Image:
-    """The inputs, one per grid cell, as one RGBA picture of the output size."""
+def compose(images: Iterable[Image.Image], count: int, size: Size) -> Image.Image:
+    """`count` inputs, one per grid cell, as one RGBA picture of the output size.
+
+    `images` may be lazy: each is scaled into its cell before the next is taken, so a request holds
+    one full-size input at a time however many it sent.
+    """
     canvas = Image.new("RGBA", (size.width, size.height), (0, 0, 0, 0))
-    for image, box in zip(images, cells(len(images), size), strict=True):
+    for image, box in zip(images, cells(count, size), strict=True):
         canvas.paste(fit(image, box[2] - box[0], box[3] - box[1]), box[:2])
     return canvas
 

@@ -251,6 +251,10 @@ def test_a_huge_claimed_size_is_refused_before_decoding() -> None:
     assert error.param == "image" and "megapixels" in error.message
 
 
+def test_an_edit_without_images_is_a_400() -> None:
+    assert _fail(_job(EDIT, ())).param == "image"
+
+
 def test_too_many_images_is_a_400() -> None:
     uploads = tuple(_upload(_png((0, 0, 0), (2, 2))) for _ in range(local.MAX_INPUTS + 1))
     assert _fail(_job(EDIT, uploads)).param == "image"

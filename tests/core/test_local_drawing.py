@@ -66,7 +66,7 @@ def test_cells_tile_the_output_exactly() -> None:
 
 def test_compose_places_each_input_in_its_cell() -> None:
     red, blue = Image.new("RGBA", (7, 3), (255, 0, 0, 255)), Image.new("RGBA", (2, 9), (0, 0, 255, 255))
-    canvas = local_edit.compose([red, blue], Size(20, 10))
+    canvas = local_edit.compose(iter([red, blue]), 2, Size(20, 10))
     assert canvas.getpixel((0, 0)) == canvas.getpixel((9, 9)) == (255, 0, 0, 255)
     assert canvas.getpixel((10, 0)) == canvas.getpixel((19, 9)) == (0, 0, 255, 255)
 

@@ -3,6 +3,7 @@ edits (mask, several images), variations, output formats and native streams with
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 from collections.abc import AsyncIterator
@@ -186,3 +187,17 @@ async def test_stream_error_before_any_event_keeps_its_status(sdk: openai.AsyncO
     with pytest.raises(openai.BadRequestError) as caught:
         await sdk.images.generate(model="local-image", prompt="a fox", size="9999x9", stream=True, partial_images=2)
     assert caught.value.body["param"] == "size"  # type: ignore[index]
+
+
+async def test_a_large_image_does_not_hold_the_event_loop(make_proxy: Any) -> None:
+    client = await make_proxy(SHIPPED, {})
+    body = {"model": "local-image", "prompt": "a fox", "size": "4096x4096", "n": 2, "output_format": "webp"}
+    drawing = asyncio.ensure_future(client.post("/v1/images/generations", json=body))
+    await asyncio.sleep(0.2)  # the drawing has started: seconds of Pillow work in a thread
+    health = await client.get("/healthz")
+    assert health.status == 200
+    assert not drawing.done()  # the loop answered while the images were still being drawn
+    response = await drawing
+    assert response.status == 200
+    data = (await response.json())["data"]
+    assert [decoded(item["b64_json"]).size for item in data] == [(4096, 4096)] * 2
