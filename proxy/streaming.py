@@ -2,7 +2,9 @@
 
 Channels that stream natively (OpenAI-type, Seedream) are relayed event by event as the upstream sends
 them; each event passes through the adapter's mapper, and a final image is hosted when the client asked
-for `url` (an extension the stream format allows). Other channels stream by emulation: keep-alive
+for `url` (an extension the stream format allows). A channel that draws its images here (the local
+generator) streams natively too: its adapter's generator yields previews, relayed as `partial_image`
+events while the next one is drawn off the event loop, then the completed images. Other channels stream by emulation: keep-alive
 comments while the work runs, so idle-timeout intermediaries (CDNs, load balancers) keep the
 connection, then one `<kind>.completed` event per image.
 
@@ -18,22 +20,23 @@ import base64
 import binascii
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from proxy.adapters.base import AdapterSpec, Fail, Job, Send, UpstreamResponse
-from proxy.core.errors import BadGateway, ProxyError, UpstreamError
+from proxy.adapters.base import AdapterSpec, Drawn, Fail, Job, Partial, Send, UpstreamResponse
+from proxy.core.errors import BadGateway, GatewayTimeout, ProxyError, UpstreamError
 from proxy.core.mime import sniff_image_type
 from proxy.core.plan import EDIT, Plan
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Rules, iter_usable
-from proxy.core.sse import KEEPALIVE, SSEParser, completed_event, error_payload, format_json_event
+from proxy.core.sse import KEEPALIVE, SSEParser, completed_event, error_payload, format_json_event, partial_image_event
+from proxy.core.translate import with_revised_prompt
 from proxy.driver import Driver, add_usage, should_retry
-from proxy.finish import Delivery, Finisher, convert, measured_size
+from proxy.finish import Delivery, Finisher, convert, deliver, measured_size
 from proxy.inputs import plan_for
 from proxy.observe import note
 from proxy.production import count_usage, produce
@@ -218,14 +221,24 @@ def output_format(result: ImagesResult, image: GeneratedImage) -> str:
     return _FORMATS.get(content_type or "", "png")
 
 
+def event_fields(result: ImagesResult, image: GeneratedImage, plan: Plan) -> dict[str, str]:
+    """The size, quality, background and output format an image event reports."""
+    size = result.extra.get("size") or measured_size(result.images) or plan.fields.get("size") or "auto"
+    asked_background = plan.fields.get("background")
+    background = result.extra.get("background") or (asked_background if asked_background in _BACKGROUNDS else "auto")
+    return {
+        "size": str(size),
+        "quality": str(result.extra.get("quality") or plan.fields.get("quality") or "auto"),
+        "background": str(background),
+        "output_format": output_format(result, image),
+    }
+
+
 def completed_payloads(result: ImagesResult, kind: str, plan: Plan, now: int) -> list[dict[str, Any]]:
     """One `<kind>.completed` event per image, with every field OpenAI's event declares, built from the
     same delivered result a sync answer renders. The request's usage rides on the last event (zeros on
     the others; token counts a provider does not report are zeros beside what it does report, such as
     Kling's units), so events add up to the request."""
-    size = result.extra.get("size") or measured_size(result.images) or plan.fields.get("size") or "auto"
-    asked_background = plan.fields.get("background")
-    background = result.extra.get("background") or (asked_background if asked_background in _BACKGROUNDS else "auto")
     payloads = []
     for index, image in enumerate(result.images):
         last = index == len(result.images) - 1
@@ -234,16 +247,56 @@ def completed_payloads(result: ImagesResult, kind: str, plan: Plan, now: int) ->
             b64_json=image.b64_json,
             url=image.url,
             created_at=result.created or now,
-            size=str(size),
-            quality=str(result.extra.get("quality") or plan.fields.get("quality") or "auto"),
-            background=str(background),
-            output_format=output_format(result, image),
             usage={**zero_usage(), **(result.usage or {})} if last else zero_usage(),
+            **event_fields(result, image, plan),
         )
         if image.revised_prompt is not None:
             payload["revised_prompt"] = image.revised_prompt
         payloads.append(payload)
     return payloads
+
+
+def partial_payload(partial: Partial, kind: str, plan: Plan, now: int) -> dict[str, Any]:
+    """A preview as OpenAI's `<kind>.partial_image` event, its fields those the final image will have."""
+    assert partial.image.b64_json is not None
+    sample = ImagesResult(images=(partial.image,), extra=partial.extra)
+    return partial_image_event(kind=kind, b64_json=partial.image.b64_json, partial_image_index=partial.index,
+                               created_at=now, **event_fields(sample, partial.image, plan))
+
+
+async def _next_drawn(spec: AdapterSpec, steps: Iterator[Drawn], deadline: float, channel: str) -> Drawn | None:
+    """The generator's next step, computed off the event loop when the work is CPU-bound, by the deadline."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            if spec.cpu_bound:
+                return await asyncio.to_thread(next, steps, None)
+            return next(steps, None)
+    except TimeoutError:
+        raise GatewayTimeout(f"channel '{channel}' did not finish in time", code="upstream_deadline") from None
+
+
+async def relay_drawn(sink: Sink, services: Services, delivery: Delivery, plan: Plan, spec: AdapterSpec, job: Job,
+                      kind: str) -> None:
+    """A channel that makes its images itself (the local generator): each preview as soon as it exists,
+    then the completed events, delivered like a sync answer (hosting, revised prompts)."""
+    assert spec.stream_steps is not None
+    steps = spec.stream_steps(job)
+    deadline = asyncio.get_running_loop().time() + job.channel.deadline
+    while True:
+        step = await _next_drawn(spec, steps, deadline, job.channel.name)
+        if isinstance(step, Partial):
+            await sink.send(partial_payload(step, kind, plan, int(time.time())))
+            continue
+        if isinstance(step, Fail):
+            raise step.error
+        if step is None:
+            raise BadGateway(f"channel '{job.channel.name}' ended without images", code="upstream_stream_cut")
+        break
+    here = delivery.from_channel(job.channel, services.rules.server.download)
+    result, _ = await deliver(services.finisher, step.result, here)
+    result = with_revised_prompt(result, plan.client_prompt, plan.rule.translation)
+    for payload in completed_payloads(result, kind, plan, int(time.time())):
+        await sink.send(payload)
 
 
 async def emulate(sink: Sink, work: Callable[[], Awaitable[ImagesResult]], kind: str, plan: Plan) -> None:
@@ -268,7 +321,12 @@ async def emulate(sink: Sink, work: Callable[[], Awaitable[ImagesResult]], kind:
 def streams_natively(rules: Rules, plan: Plan, driver: Driver) -> bool:
     """Whether the model's first channel has a native stream (then its failover list is the native ones)."""
     first = next(iter_usable(rules, plan.rule), None)
-    return first is not None and driver.adapters[first.type].stream_call is not None
+    return first is not None and streams(driver.adapters[first.type])
+
+
+def streams(spec: AdapterSpec) -> bool:
+    """Whether the channel streams natively: over the upstream's own stream, or by drawing it here."""
+    return spec.stream_call is not None or spec.stream_steps is not None
 
 
 async def stream(
@@ -301,14 +359,17 @@ async def _native_with_failover(
     """Native streams fail over like other requests, but only until the first event reached the client."""
     rules, driver, finisher = services.rules, services.driver, services.finisher
     last: ProxyError | None = None
-    channels = [channel for channel in iter_usable(rules, plan.rule) if driver.adapters[channel.type].stream_call is not None]
+    channels = [channel for channel in iter_usable(rules, plan.rule) if streams(driver.adapters[channel.type])]
     for channel in channels:
         note(rule=plan.rule.pattern, channel=channel.name)
         spec = driver.adapters[channel.type]
         channel_plan = await plan_for(plan, channel, spec, driver.inputs or driver.session, driver.download)
         job = Job(channel_plan, channel, driver.key_for(channel, client_key))
         try:
-            await relay_native(sink, driver, finisher, delivery, spec, job, kind)
+            if spec.stream_steps is not None:
+                await relay_drawn(sink, services, delivery, plan, spec, job, kind)
+            else:
+                await relay_native(sink, driver, finisher, delivery, spec, job, kind)
             return
         except ProxyError as error:
             if sink.started or not should_retry(error, channel):

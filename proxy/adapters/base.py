@@ -3,11 +3,13 @@
     Step = Send(call) | Wait(seconds, call) | Done(ImagesResult) | Fail(ProxyError)
 
 `state` rides along with Send and Wait and comes back to `advance`, so an adapter keeps nothing itself.
+An adapter that makes images itself (the local generator) can also stream: a generator of Partial
+previews ending in Done or Fail, which the shell advances and relays.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -15,7 +17,7 @@ from typing import Any
 from proxy.core.errors import ProxyError
 from proxy.core.multipart import Part
 from proxy.core.plan import Plan
-from proxy.core.response import ImagesResult
+from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Channel, ChannelSchema
 from proxy.core.sse import Event
 
@@ -71,6 +73,21 @@ Step = Send | Wait | Done | Fail
 
 
 @dataclass(frozen=True)
+class Partial:
+    """A preview of an image still being made: OpenAI's `partial_image` event, numbered from 0 per image.
+
+    `extra` holds what the final answer's extra will say (size, output_format, background): the event's fields.
+    """
+
+    image: GeneratedImage
+    index: int
+    extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+Drawn = Partial | Done | Fail
+
+
+@dataclass(frozen=True)
 class Job:
     """Everything an adapter may know: the plan, its channel, and the key to use (resolved by the shell)."""
 
@@ -117,6 +134,9 @@ class AdapterSpec:
     # them stream by emulation: keep-alives while the work runs, then one completed event per image.
     stream_call: Callable[[Job], Step] | None = None  # Send(the stream's call) or Fail
     stream_events: Callable[[Job, Event], list[dict[str, Any]]] | None = None
+    # Native streaming with no upstream (the local generator): the job's previews as they are made, then
+    # Done or Fail. The shell advances it (off the event loop when cpu_bound) and relays each preview.
+    stream_steps: Callable[[Job], Iterator[Drawn]] | None = None
     # Headers that authenticate a pass-through request on this channel; None: no pass-through here.
     auth_headers: Callable[[str | None], dict[str, str]] | None = None
 

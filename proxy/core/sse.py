@@ -220,3 +220,30 @@ def completed_event(
     }
     payload.update({key: value for key, value in optional.items() if value is not None})
     return payload
+
+
+def partial_image_event(
+    *,
+    kind: str = "image_generation",
+    b64_json: str,
+    partial_image_index: int,
+    created_at: int | None = None,
+    size: str | None = None,
+    quality: str | None = None,
+    background: str | None = None,
+    output_format: str | None = None,
+) -> dict[str, Any]:
+    """OpenAI's `<kind>.partial_image` payload (a base64 preview, numbered from 0) with only the keys that are known."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown stream kind {kind!r} (known: {', '.join(sorted(KINDS))})")
+    payload: dict[str, Any] = {"type": f"{kind}.partial_image", "b64_json": b64_json,
+                               "partial_image_index": partial_image_index}
+    optional: dict[str, Any] = {
+        "created_at": created_at,
+        "size": size,
+        "quality": quality,
+        "background": background,
+        "output_format": output_format,
+    }
+    payload.update({key: value for key, value in optional.items() if value is not None})
+    return payload

@@ -14,10 +14,10 @@ from proxy.adapters.azure import DEFAULT_API_VERSION, SPEC
 from proxy.adapters.base import Call, Done, Fail, Job, Send, UpstreamResponse
 from proxy.core.errors import BadGateway, ContentPolicyViolation, InvalidRequest, RateLimited, UpstreamError
 from proxy.core.plan import build_plan
-from proxy.core.png import encode_png
 from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Channel, ModelRule
+from tests.fakes.png import encode_png
 
 KEY = "azure-secret-key-0123456789"
 ROOT = "https://contoso.openai.azure.com"

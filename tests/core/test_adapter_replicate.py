@@ -14,10 +14,10 @@ from proxy.adapters.base import Call, Done, Fail, Job, Send, Step, UpstreamRespo
 from proxy.adapters.replicate import SPEC, Prediction, Timing
 from proxy.core.errors import ProxyError
 from proxy.core.plan import build_plan
-from proxy.core.png import encode_png
 from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Channel, ModelRule
+from tests.fakes.png import encode_png
 
 KEY = "r8_replicate-secret-0123456789"
 BASE = "https://api.replicate.com/v1"

@@ -13,10 +13,10 @@ from proxy.adapters.base import Call, Done, Fail, Job, Send, UpstreamResponse
 from proxy.adapters.sdwebui import SPEC
 from proxy.core.errors import BadGateway, InvalidRequest, UpstreamError
 from proxy.core.plan import build_plan
-from proxy.core.png import encode_png
 from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Channel, ModelRule
+from tests.fakes.png import encode_png
 
 BASE = "http://gpu-box:7860"
 PNG_B64 = base64.b64encode(encode_png(1, 1, [b"\x01\x02\x03"])).decode("ascii")

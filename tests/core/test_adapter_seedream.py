@@ -14,11 +14,11 @@ from proxy.adapters.base import Call, Done, Fail, Job, Send, UpstreamResponse
 from proxy.adapters.seedream import FAMILIES, SPEC, fit_size
 from proxy.core.errors import BadGateway, ContentPolicyViolation, RateLimited, ServiceUnavailable, UpstreamError
 from proxy.core.plan import build_plan
-from proxy.core.png import encode_png
 from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Channel, ModelRule
 from proxy.core.sizes import Size
+from tests.fakes.png import encode_png
 
 KEY = "ark-secret-0123456789"
 BASE = "https://ark.cn-beijing.volces.com/api/v3"

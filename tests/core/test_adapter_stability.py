@@ -14,11 +14,11 @@ from proxy.adapters.base import Call, Done, Fail, Job, Send, Step, UpstreamRespo
 from proxy.adapters.stability import SPEC
 from proxy.core.errors import ProxyError
 from proxy.core.plan import build_plan
-from proxy.core.png import encode_png
 from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Channel, ModelRule
 from tests.core.test_multipart import Field, decode_form, form_values
+from tests.fakes.png import encode_png
 
 KEY = "sk-stability-secret-4f9a8b7c"
 BASE = "https://api.stability.ai"

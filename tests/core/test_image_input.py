@@ -20,7 +20,7 @@ from proxy.core.image_input import (
     parse_data_uri,
 )
 from proxy.core.multipart import Part
-from proxy.core.png import encode_png
+from tests.fakes.png import encode_png
 
 PNG = encode_png(2, 2, [b"\x00\x00\x00" * 2] * 2)
 JPEG = b"\xff\xd8\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00" + b"\x00" * 9 + b"\xff\xd9"

@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from proxy.core.mime import image_dimensions, sniff_image_type
-from proxy.core.png import encode_png
+from tests.fakes.png import encode_png
 
 
 def test_png_dimensions_come_from_ihdr() -> None:

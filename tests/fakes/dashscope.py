@@ -17,8 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.core.png import encode_png
 from tests.fakes import Recorder
+from tests.fakes.png import encode_png
 
 PREFIX = "/api/v1"
 TASK_ROUTE = f"{PREFIX}/services/aigc/text2image/image-synthesis"

@@ -17,8 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.core.png import encode_png
 from tests.fakes import Recorder
+from tests.fakes.png import encode_png
 
 PNG = encode_png(1, 1, [b"\xe0\x80\x20"])
 PNG_B64 = base64.b64encode(PNG).decode("ascii")

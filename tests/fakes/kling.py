@@ -20,8 +20,8 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.core.png import encode_png
 from tests.fakes import Recorder
+from tests.fakes.png import encode_png
 
 ROUTE = "/v1/images/generations"
 PNG = encode_png(2, 2, [b"\xff\x00\x00\x00\xff\x00", b"\x00\x00\xff\xff\xff\xff"])

@@ -17,8 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.core.png import encode_png
 from tests.fakes import Recorder
+from tests.fakes.png import encode_png
 
 PREFIX = "/v1"
 PNG = encode_png(2, 2, [b"\x00\xff\x00\xff\x00\x00", b"\xff\xff\xff\x00\x00\xff"])

@@ -17,8 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.core.png import encode_png
 from tests.fakes import Received, Recorder
+from tests.fakes.png import encode_png
 
 PNG = encode_png(2, 2, [b"\x80\x10\x10" * 2, b"\x10\x80\x10" * 2])
 PNG_B64 = base64.b64encode(PNG).decode("ascii")

@@ -16,8 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.core.png import encode_png
 from tests.fakes import Recorder
+from tests.fakes.png import encode_png
 
 PREFIX = "/api/v3"
 PNG = encode_png(2, 2, [b"\x00\xff\x00\x00\xff\x00", b"\xff\x00\xff\x00\x00\xff"])

@@ -19,8 +19,8 @@ from aiohttp import StreamReader, web
 from aiohttp.test_utils import make_mocked_request
 from aiohttp.web_request import FileField
 
-from proxy.core.png import encode_png
 from tests.fakes import Recorder
+from tests.fakes.png import encode_png
 
 PNG = encode_png(1, 1, [b"\x20\x80\xe0"])
 ASPECT_RATIOS = frozenset({"16:9", "1:1", "21:9", "2:3", "3:2", "4:5", "5:4", "9:16", "9:21"})

@@ -897,7 +897,7 @@ def form_body(draw: st.DrawFn, operation: str) -> tuple[list[Part], str]:
     if "model" not in has or (operation == "edits" and "prompt" not in has):
         verdicts.add(BAD)
     if images > 0 and "model" in has:
-        verdicts.add(MAYBE)  # e.g. local-image takes no input images and has no variations: a 400 by the rules
+        verdicts.add(MAYBE)  # e.g. a fuzzed upload local-image cannot decode, or a model without variations: a 400
     verdict = BAD if BAD in verdicts else MAYBE if MAYBE in verdicts else OK
     return parts, verdict
 

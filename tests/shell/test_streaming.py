@@ -36,8 +36,8 @@ models:
     channels: [kling]
   local-image:
     channels: [local]
-  local-legacy:                  # a retired model's translation, served by a channel without native streams
-    channels: [local]
+  kling-legacy:                  # a retired model's translation, served by a channel without native streams
+    channels: [kling]
     revised_prompt: original
 """
 
@@ -148,7 +148,7 @@ async def test_non_streaming_channels_are_emulated_with_keepalives(
     assert [event["usage"]["total_tokens"] for event in events] == [0, 0]
 
 
-async def test_emulated_stream_from_the_local_model(make_proxy: Any, aiohttp_server: Any) -> None:
+async def test_stream_from_the_local_model(make_proxy: Any, aiohttp_server: Any) -> None:
     client = await proxy(make_proxy, aiohttp_server, FakeOpenAI())
     sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="unused", max_retries=0)
     events = [event async for event in await sdk.images.generate(model="local-image", prompt="p", size="64x64", stream=True)]
@@ -158,7 +158,7 @@ async def test_emulated_stream_from_the_local_model(make_proxy: Any, aiohttp_ser
     await sdk.close()
 
 
-async def test_emulated_completed_events_carry_every_field_of_openais_event(make_proxy: Any, aiohttp_server: Any) -> None:
+async def test_local_completed_events_carry_every_field_of_openais_event(make_proxy: Any, aiohttp_server: Any) -> None:
     client = await proxy(make_proxy, aiohttp_server, FakeOpenAI())
     sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="unused", max_retries=0)
     before = int(time.time())
@@ -175,8 +175,8 @@ async def test_emulated_completed_events_carry_every_field_of_openais_event(make
 
 async def test_emulated_streams_get_revised_prompts_and_count_against_the_key(make_proxy: Any, aiohttp_server: Any) -> None:
     client = await proxy(make_proxy, aiohttp_server, FakeOpenAI())
-    response = await client.post("/v1/images/generations", json={"model": "local-legacy", "prompt": "a quiet harbour",
-                                                                 "size": "32x32", "n": 2, "stream": True})
+    response = await client.post("/v1/images/generations", json={"model": "kling-legacy", "prompt": "a quiet harbour",
+                                                                 "n": 2, "stream": True})
     events = [json.loads(block.split("data: ", 1)[1]) for block in (await response.text()).split("\n\n") if "data: " in block]
     assert [event["revised_prompt"] for event in events] == ["a quiet harbour"] * 2
     metrics = await (await client.get("/metrics")).text()
