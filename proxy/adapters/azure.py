@@ -27,6 +27,7 @@ from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, 
 from proxy.adapters.openai import parse_images_response
 from proxy.core.errors import BadGateway, ContentPolicyViolation, InvalidRequest, ProxyError
 from proxy.core.extra_body import merge_extra_body
+from proxy.core.formats import NativeFormats
 from proxy.core.rules import ChannelSchema
 from proxy.core.upstream_errors import error_from_response, scrub
 
@@ -208,10 +209,21 @@ def advance(job: Job, state: Any, response: UpstreamResponse) -> Step:
         return Fail(_no_images(job, response, str(exc)))
 
 
+# gpt-image deployments make png and jpeg (no webp on Azure) and take output_compression; dall-e-3 answers PNG.
+# The deployment name is the upstream model, so a deployment named after dall-e is taken as one.
+GPT_IMAGE_FORMATS = NativeFormats(asked=frozenset({"png", "jpeg"}), default="png", compression=True)
+DALL_E_FORMATS = NativeFormats(default="png")
+
+
+def output_formats(job: Job) -> NativeFormats:
+    return DALL_E_FORMATS if "dall-e" in job.plan.upstream_model.lower() else GPT_IMAGE_FORMATS
+
+
 SPEC = AdapterSpec(
     name="azure",
     schema=ChannelSchema(settings=SETTINGS),
     start=start,
     advance=advance,
     auth_headers=auth_headers,
+    output_formats=output_formats,
 )

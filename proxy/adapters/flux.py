@@ -51,6 +51,7 @@ from proxy.core.errors import (
     UpstreamError,
 )
 from proxy.core.extra_body import merge_extra_body
+from proxy.core.formats import NativeFormats
 from proxy.core.json_body import decode_object
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import PROXY_FIELDS, ChannelSchema
@@ -451,5 +452,7 @@ SPEC = AdapterSpec(
     advance=advance,
     max_n_per_call=1,
     auth_headers=auth_headers,
+    # BFL: output_format jpeg (the default) or png; no compression setting.
+    output_formats=NativeFormats(asked=frozenset({"png", "jpeg"}), default="jpeg"),
 )
 

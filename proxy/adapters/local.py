@@ -16,6 +16,7 @@ import math
 
 from proxy.adapters.base import AdapterSpec, Done, Fail, Job, Step
 from proxy.core.errors import InvalidRequest
+from proxy.core.formats import NativeFormats
 from proxy.core.png import encode_png
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import ChannelSchema
@@ -119,4 +120,5 @@ SPEC = AdapterSpec(
     schema=ChannelSchema(requires_base_url=False, uses_key=False),
     start=start,
     cpu_bound=True,
+    output_formats=NativeFormats(default="png"),
 )

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
 from proxy.core.errors import BadGateway, InvalidRequest, ProxyError
 from proxy.core.extra_body import merge_extra_body
+from proxy.core.formats import NativeFormats
 from proxy.core.mime import sniff_image_type
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import ChannelSchema
@@ -363,4 +364,7 @@ SPEC = AdapterSpec(
     start=start,
     advance=advance,
     needs_image_bytes=True,
+    # The API answers in the server's own `samples_format` setting (png, jpg or webp), which a request
+    # cannot change: nothing is asked and the proxy looks at the bytes.
+    output_formats=NativeFormats(default=None),
 )
