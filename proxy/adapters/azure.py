@@ -6,8 +6,9 @@ base_url may be the resource root (`https://{resource}.openai.azure.com`) or end
   in the body; `api_version` defaults to 2025-04-01-preview (the first dated version serving gpt-image-1).
 - v1: `{root}/openai/v1/images/generations`, `model` = the deployment name; `?api-version=` only when set.
 `deployment` defaults to the rule's upstream model. Body: the OpenAI body (`prompt`, `n`, forwarded fields
-verbatim, `output_format: jpg` -> `jpeg`, `extra_body` adds keys, never replaces one). Unsupported: `output_format` other than
-png/jpeg (Azure has no webp, gif or svg) -> 400 before any round trip. Auth: `api-key: <channel key>` (for
+verbatim, `output_format: jpg` -> `jpeg`, `extra_body` adds keys, never replaces one). `output_format` png/jpeg are the formats
+declared (Azure has no webp: the proxy converts; any other value handed over -> 400 before any round trip).
+Auth: `api-key: <channel key>` (for
 Entra ID leave api_key unset and put `Authorization: Bearer ...` in the channel's headers).
 Answer: the OpenAI ImagesResponse. Failures: the content filter (`content_filter`, `contentFilter`,
 `content_policy_violation`, `moderation_blocked`, inner `ResponsibleAIPolicyViolation`) -> ContentPolicyViolation

@@ -9,8 +9,9 @@ channel setting of the same name; `quality` -> `steps` through the channel's `qu
 `image` -> `init_images` (raw base64: a `data:image/...;base64,` prefix is stripped, URLs are refused with 400,
 since the WebUI fetches them only when its operator allows); `strength` -> `denoising_strength` (img2img only);
 a rule's `upstream_model` -> `override_settings.sd_model_checkpoint`; `extra_body` adds keys (enable_hr, ...).
-Unsupported: `mask` (400: the WebUI paints white where OpenAI masks are transparent), `output_format`,
-`background`, `style` (no per-request equivalent). Auth: none, or HTTP Basic (`--api-auth`) when the channel's
+Unsupported: `mask` (400: the WebUI paints white where OpenAI masks are transparent), `background`, `style`
+(no per-request equivalent); the output format is the server's `samples_format`, so the proxy converts.
+Auth: none, or HTTP Basic (`--api-auth`) when the channel's
 api_key is `user:password`. Answer: `images[]` base64 -> b64_json (type sniffed; PNG unless the WebUI saves
 jpg/webp), skipping a grid (`info.index_of_first_image`) and extension extras beyond n; `info.all_seeds` ->
 `metadata.seeds`. Failures: 422 `detail[]` -> 400 naming the client's param; 500 "Invalid encoded
