@@ -193,7 +193,9 @@ async def serve(request: web.Request, plan: Plan, admission: Admission | None) -
         if plan.stream and plan.wants_async:
             raise InvalidRequest("`stream` and `async` cannot be combined: choose one.", param="stream", code="invalid_value")
         if plan.stream:
-            delivery = Delivery(plan.response_format, public_base(request, rules), services.store.ttl)
+            # OpenAI's stream events carry `b64_json`: that is what a stream delivers unless the client asked
+            # for `url` (the proxy's extension), whatever form the channel answers in.
+            delivery = Delivery(plan.response_format or "b64_json", public_base(request, rules), services.store.ttl)
             response, delivered = await stream(request, services, plan, client_key, delivery)
             return response
         if plan.wants_async:

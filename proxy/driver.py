@@ -27,6 +27,7 @@ import aiohttp
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse, Wait
 from proxy.core.errors import BadGateway, GatewayTimeout, ProxyError, ServiceUnavailable
+from proxy.core.formats import Conversion
 from proxy.core.plan import Plan
 from proxy.core.response import ImagesResult, merge_extras
 from proxy.core.rules import Channel, DownloadRules, Rules, iter_usable
@@ -55,6 +56,7 @@ class Outcome:
     channel: str
     attempts: int
     failed: tuple[ProxyError, ...] = ()  # fan-out calls that failed while others succeeded
+    conversion: Conversion | None = None  # the output format the proxy owes for this channel's images
 
 
 @dataclass
@@ -311,6 +313,6 @@ async def generate(driver: Driver, rules: Rules, plan: Plan, client_key: str | N
                 log.warning("channel %s failed for model %s (attempt %d): %s", channel.name, plan.model, attempts, error.code)
                 last = error
                 continue
-            return Outcome(result, channel.name, attempts, failed)
+            return Outcome(result, channel.name, attempts, failed, channel_plan.conversion)
     assert last is not None
     raise last

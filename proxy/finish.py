@@ -1,4 +1,9 @@
-"""Shell layer: the last step of a generation, giving the client the `response_format` it asked for.
+"""Shell layer: the last step of a generation, giving the client the `output_format` and `response_format` it asked for.
+
+A channel whose provider cannot make the client's output_format (proxy.core.formats) has its images
+converted first: downloaded when the upstream gave a URL, re-encoded (proxy.core.transcode), and from then
+on they are bytes like any other; `metadata.converted` says so. An image that already is in that format
+is left as the upstream gave it.
 
 Bytes from the upstream and a client that wants a URL: the image goes into the store and the URL
 points at the proxy's own `GET /images/{name}`. A URL from the upstream and a client that wants
@@ -12,14 +17,17 @@ import asyncio
 import base64
 import binascii
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import aiohttp
 
 from proxy.core.errors import BadGateway, ProxyError
+from proxy.core.formats import FORMAT_OF_MIME, MIME_TYPES, Conversion
 from proxy.core.mime import image_dimensions, sniff_image_type
 from proxy.core.response import FETCH, HOST, GeneratedImage, ImagesResult, conversion, in_format
 from proxy.core.rules import Channel, DownloadRules
+from proxy.core.transcode import TranscodeError, transcode
 from proxy.driver import Outcome
 from proxy.guard import Refused, as_upstream_error, trusted_for
 from proxy.guard import fetch as guarded_fetch
@@ -28,6 +36,8 @@ from proxy.store import ImageStore
 IMAGE_ROUTE = "/images/"
 # Below this many characters base64 work is cheaper inline than a thread hop.
 _INLINE_LIMIT = 256 * 1024
+# Re-encoding costs far more per byte than base64: only thumbnails are converted on the event loop.
+_INLINE_TRANSCODE_LIMIT = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,7 @@ class Delivery:
     public_base: str
     keep_for: float  # seconds hosted images must stay retrievable (an async task's retention, or the store's ttl)
     trusted: frozenset[str] = frozenset()  # hosts whose result URLs may be private (see proxy.guard)
+    conversion: Conversion | None = None  # the output format the proxy makes of this channel's images
 
     def from_channel(self, channel: Channel, download: DownloadRules) -> Delivery:
         return replace(self, trusted=trusted_for(channel, download))
@@ -57,8 +68,8 @@ def _decode(b64: str) -> bytes:
         raise BadGateway("the upstream returned an image that is not valid base64", code="bad_upstream_response") from None
 
 
-async def _off_loop_if_large(size: int, function: Any, argument: Any) -> Any:
-    if size < _INLINE_LIMIT:
+async def _off_loop_if_large(size: int, function: Any, argument: Any, limit: int = _INLINE_LIMIT) -> Any:
+    if size < limit:
         return function(argument)
     return await asyncio.to_thread(function, argument)
 
@@ -102,7 +113,40 @@ async def rehost(finisher: Finisher, image: GeneratedImage, delivery: Delivery) 
     return replace(hosted, b64_json=image.b64_json)  # only the URL changes: bytes go out only when asked for
 
 
+def _transcoded(data: bytes, wanted: Conversion) -> tuple[str, bytes | None]:
+    """The format the bytes are in, and the bytes in the wanted format (None: they already are)."""
+    source = FORMAT_OF_MIME.get(sniff_image_type(data) or "", "unknown")
+    if not wanted.needed(source):
+        return source, None
+    try:
+        return source, transcode(data, wanted.to, wanted.compression)
+    except TranscodeError as error:
+        raise BadGateway(
+            f"the upstream returned an image that cannot be converted to {wanted.to}: {error}", code="bad_upstream_response"
+        ) from None
+
+
+async def reformat(finisher: Finisher, image: GeneratedImage, delivery: Delivery, wanted: Conversion) -> GeneratedImage:
+    """The image in the client's output_format. A converted image is bytes; it is hosted again when the
+    upstream gave a URL and the client named no response_format, so the answer keeps its shape."""
+    source = image if image.b64_json is not None else await fetch(finisher, image, delivery)
+    assert source.b64_json is not None
+    data: bytes = await _off_loop_if_large(len(source.b64_json), _decode, source.b64_json)
+    made, converted = await _off_loop_if_large(len(data), partial(_transcoded, wanted=wanted), data, _INLINE_TRANSCODE_LIMIT)
+    if converted is None:
+        return image  # already what the client asked for: delivered as the upstream gave it
+    b64: str = await _off_loop_if_large(len(converted), _encode, converted)
+    out = GeneratedImage(
+        b64_json=b64, revised_prompt=image.revised_prompt, content_type=MIME_TYPES[wanted.to], converted_from=made
+    )
+    if image.b64_json is None and delivery.response_format is None:
+        out = replace(await host(finisher, out, delivery), b64_json=None)
+    return out
+
+
 async def convert(finisher: Finisher, image: GeneratedImage, delivery: Delivery) -> GeneratedImage:
+    if delivery.conversion is not None:
+        image = await reformat(finisher, image, delivery, delivery.conversion)
     kind = conversion(image, delivery.response_format)
     if kind == HOST:
         image = await host(finisher, image, delivery)
@@ -143,10 +187,22 @@ async def deliver(finisher: Finisher, result: ImagesResult, delivery: Delivery) 
     images = tuple(answer for answer in answers if isinstance(answer, GeneratedImage))
     if not images and errors:
         raise errors[0]
-    extra = result.extra
+    extra = {**result.extra, **converted_extra(images, delivery.conversion)}
     if "size" not in extra and (size := measured_size(images)) is not None:
         extra = {**extra, "size": size}
     return replace(result, images=tuple(in_format(image, delivery.response_format) for image in images), extra=extra), errors
+
+
+def converted_extra(images: tuple[GeneratedImage, ...], wanted: Conversion | None) -> dict[str, Any]:
+    """What the answer says of a conversion: the format delivered (OpenAI's response-level `output_format`)
+    and, under metadata, `converted: {from, to}` when the proxy re-encoded any image."""
+    if wanted is None:
+        return {}
+    extra: dict[str, Any] = {"output_format": wanted.to}
+    made = next((image.converted_from for image in images if image.converted_from is not None), None)
+    if made is not None:
+        extra["converted"] = {"from": made, "to": wanted.to}
+    return extra
 
 
 def metadata(outcome: Outcome, model: str, upstream_model: str, wanted: int) -> dict[str, Any]:

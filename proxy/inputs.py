@@ -1,10 +1,13 @@
-"""Shell layer: the client's input images, checked once per request and then in the form each channel takes.
+"""Shell layer: the client's input images, checked once per request and then in the form each channel
+takes (and its output format).
 
 `check_client_images` runs once, when the request has been parsed and before any channel is tried: an
 inline image that is not one is a 400 naming `image`, `image[1]` or `mask` whichever channel would have
 served it, even one that forwards the value untouched (proxy.core.image_input says what is checked).
 
-Two conversions happen here, per channel, just before its adapter runs:
+Per channel, just before its adapter runs, the plan gets the `output_format` fields that channel's
+provider can take and the conversion the proxy owes for the rest (proxy.core.plan.with_output_format).
+Two conversions of input images happen here too:
 - an edit sent to a channel without a native edit endpoint becomes a generation whose `image` field
   holds the uploads as data URIs (and `mask` the mask), when the model's rules forward those fields;
 - image URLs sent to a channel that needs the bytes (Stability, Gemini, SD WebUI) are downloaded and
@@ -24,12 +27,12 @@ from typing import Any
 
 import aiohttp
 
-from proxy.adapters.base import AdapterSpec
+from proxy.adapters.base import AdapterSpec, Job
 from proxy.core.errors import InvalidRequest, ProxyError
 from proxy.core.image_input import check_image_fields, check_uploads, inline_size
 from proxy.core.mime import sniff_image_type
 from proxy.core.multipart import Part
-from proxy.core.plan import EDIT, GENERATE, VARIATION, Plan, forwarded
+from proxy.core.plan import EDIT, GENERATE, VARIATION, Plan, forwarded, with_output_format
 from proxy.core.rules import Channel, DownloadRules
 from proxy.guard import Refused, as_client_error, fetch
 
@@ -111,6 +114,7 @@ async def plan_for(
 ) -> Plan:
     """The plan as this channel's adapter can take it, or InvalidRequest when it cannot."""
     plan = replace(plan, upstream_model=plan.rule.upstream_for(channel.name, plan.model))
+    plan = with_output_format(plan, spec.native_formats(Job(plan, channel, None)))
     if plan.operation not in spec.operations:
         if plan.operation == VARIATION:
             raise InvalidRequest(

@@ -1,6 +1,6 @@
 """Shell layer: the one production path every delivery mode shares (sync, async task, emulated stream).
 
-    plan -> driver.generate (channels, failover, retries) -> finish.deliver (the client's format)
+    plan -> driver.generate (channels, failover, retries) -> finish.deliver (the client's formats)
          -> revised prompts for translated legacy models -> per-key usage counted -> Produced
 
 A sync request renders the result as the ImagesResponse body, an async task stores that body, and a
@@ -33,6 +33,7 @@ async def produce(services: Services, plan: Plan, client_key: str | None, delive
     outcome = await generate(services.driver, services.rules, plan, client_key)
     channel = services.rules.channels.get(outcome.channel)
     channel_delivery = delivery.from_channel(channel, services.rules.server.download) if channel is not None else delivery
+    channel_delivery = replace(channel_delivery, conversion=outcome.conversion)
     result, lost = await deliver(services.finisher, outcome.result, channel_delivery)
     outcome = replace(outcome, result=result, failed=outcome.failed + lost)
     result = with_revised_prompt(result, plan.client_prompt, plan.rule.translation)

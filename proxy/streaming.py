@@ -2,11 +2,12 @@
 
 Channels that stream natively (OpenAI-type, Seedream) are relayed event by event as the upstream sends
 them; each event passes through the adapter's mapper, and a final image is hosted when the client asked
-for `url` (an extension the stream format allows). A channel that draws its images here (the local
-generator) streams natively too: its adapter's generator yields previews, relayed as `partial_image`
-events while the next one is drawn off the event loop, then the completed images. Other channels stream by emulation: keep-alive
-comments while the work runs, so idle-timeout intermediaries (CDNs, load balancers) keep the
-connection, then one `<kind>.completed` event per image.
+for `url` (an extension the stream format allows), converted first when the channel cannot make the
+client's `output_format` (Seedream before version 5 writes only JPEG). A channel that draws its images
+here (the local generator) streams natively too: its adapter's generator yields previews, relayed as
+`partial_image` events while the next one is drawn off the event loop, then the completed images.
+Other channels stream by emulation: keep-alive comments while the work runs, so idle-timeout
+intermediaries (CDNs, load balancers) keep the connection, then one `<kind>.completed` event per image.
 
 The response is committed (status 200 sent) as late as possible: a failure before the first event is
 still an ordinary error response with its real status. After that, a failure is an `error` event and
@@ -21,7 +22,7 @@ import binascii
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -110,6 +111,8 @@ async def finish_payload(payload: dict[str, Any], finisher: Finisher, delivery: 
         out["b64_json"] = converted.b64_json
     if delivery.response_format in (None, "url") and converted.url is not None:
         out["url"] = converted.url
+    if delivery.conversion is not None:
+        out["output_format"] = delivery.conversion.to  # the final image was converted to what the client asked
     return out
 
 
@@ -143,7 +146,7 @@ async def relay_native(
         raise step.error
     assert isinstance(step, Send)
     channel, seconds = job.channel.name, job.channel.timeout
-    here = delivery.from_channel(job.channel, driver.download)
+    here = replace(delivery.from_channel(job.channel, driver.download), conversion=job.plan.conversion)
     async with contextlib.AsyncExitStack() as stack:
         async with transport_errors(channel, seconds):
             upstream = await stack.enter_async_context(_request(driver, job, step))

@@ -6,8 +6,9 @@ base_url may be the resource root (`https://{resource}.openai.azure.com`) or end
   in the body; `api_version` defaults to 2025-04-01-preview (the first dated version serving gpt-image-1).
 - v1: `{root}/openai/v1/images/generations`, `model` = the deployment name; `?api-version=` only when set.
 `deployment` defaults to the rule's upstream model. Body: the OpenAI body (`prompt`, `n`, forwarded fields
-verbatim, `output_format: jpg` -> `jpeg`, `extra_body` adds keys, never replaces one). Unsupported: `output_format` other than
-png/jpeg (Azure has no webp, gif or svg) -> 400 before any round trip. Auth: `api-key: <channel key>` (for
+verbatim, `output_format: jpg` -> `jpeg`, `extra_body` adds keys, never replaces one). `output_format` png/jpeg are the formats
+declared (Azure has no webp: the proxy converts; any other value handed over -> 400 before any round trip).
+Auth: `api-key: <channel key>` (for
 Entra ID leave api_key unset and put `Authorization: Bearer ...` in the channel's headers).
 Answer: the OpenAI ImagesResponse. Failures: the content filter (`content_filter`, `contentFilter`,
 `content_policy_violation`, `moderation_blocked`, inner `ResponsibleAIPolicyViolation`) -> ContentPolicyViolation
@@ -27,6 +28,7 @@ from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, 
 from proxy.adapters.openai import parse_images_response
 from proxy.core.errors import BadGateway, ContentPolicyViolation, InvalidRequest, ProxyError
 from proxy.core.extra_body import merge_extra_body
+from proxy.core.formats import NativeFormats
 from proxy.core.rules import ChannelSchema
 from proxy.core.upstream_errors import error_from_response, scrub
 
@@ -208,10 +210,21 @@ def advance(job: Job, state: Any, response: UpstreamResponse) -> Step:
         return Fail(_no_images(job, response, str(exc)))
 
 
+# gpt-image deployments make png and jpeg (no webp on Azure) and take output_compression; dall-e-3 answers PNG.
+# The deployment name is the upstream model, so a deployment named after dall-e is taken as one.
+GPT_IMAGE_FORMATS = NativeFormats(asked=frozenset({"png", "jpeg"}), default="png", compression=True)
+DALL_E_FORMATS = NativeFormats(default="png")
+
+
+def output_formats(job: Job) -> NativeFormats:
+    return DALL_E_FORMATS if "dall-e" in job.plan.upstream_model.lower() else GPT_IMAGE_FORMATS
+
+
 SPEC = AdapterSpec(
     name="azure",
     schema=ChannelSchema(settings=SETTINGS),
     start=start,
     advance=advance,
     auth_headers=auth_headers,
+    output_formats=output_formats,
 )

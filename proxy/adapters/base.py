@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from proxy.core.errors import ProxyError
+from proxy.core.formats import NativeFormats
 from proxy.core.multipart import Part
 from proxy.core.plan import Plan
 from proxy.core.response import GeneratedImage, ImagesResult
@@ -99,6 +100,9 @@ class Job:
         return f"Job(model={self.plan.model!r}, channel={self.channel.name!r})"
 
 
+UNDECLARED_FORMATS = NativeFormats(default=None)
+
+
 def _no_advance(job: Job, state: Any, response: UpstreamResponse) -> Step:
     raise ValueError(f"adapter for channel '{job.channel.name}' sends no requests")
 
@@ -139,8 +143,18 @@ class AdapterSpec:
     stream_steps: Callable[[Job], Iterator[Drawn]] | None = None
     # Headers that authenticate a pass-through request on this channel; None: no pass-through here.
     auth_headers: Callable[[str | None], dict[str, str]] | None = None
+    # The image formats the provider makes itself (proxy.core.formats): the plan's fields carry
+    # `output_format` only when the client's format is among `asked`, and the proxy converts the rest.
+    # A function of the job where it depends on the upstream model. Not declared: nothing is asked and
+    # the proxy looks at the bytes it gets.
+    output_formats: NativeFormats | Callable[[Job], NativeFormats] = UNDECLARED_FORMATS
 
     def per_call(self, job: Job) -> int | None:
         """Most images one call for this job can return (None: any n)."""
         limit = self.max_n_per_call
         return limit(job) if callable(limit) else limit
+
+    def native_formats(self, job: Job) -> NativeFormats:
+        """The formats this job's provider and upstream model make themselves."""
+        formats = self.output_formats
+        return formats(job) if callable(formats) else formats

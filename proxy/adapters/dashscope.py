@@ -56,6 +56,7 @@ from proxy.core.errors import (
     RateLimited,
     UpstreamError,
 )
+from proxy.core.formats import NativeFormats
 from proxy.core.json_body import decode_object
 from proxy.core.mime import sniff_image_type
 from proxy.core.response import GeneratedImage, ImagesResult
@@ -493,6 +494,12 @@ def advance(job: Job, state: Any, response: UpstreamResponse) -> Step:
     return after_create(job, response)
 
 
+def output_formats(job: Job) -> NativeFormats:
+    """DashScope takes no output format. Wanxiang (wan*, wanx*) makes PNG (text-to-image V2 reference);
+    for other models (Qwen-Image) the docs name none, so the proxy looks at the bytes."""
+    return NativeFormats(default="png" if job.plan.upstream_model.startswith("wan") else None)
+
+
 SPEC = AdapterSpec(
     name="dashscope",
     schema=ChannelSchema(settings=frozenset({"sync_models", "poll_interval", "max_poll_interval"}), requires_base_url=False),
@@ -501,4 +508,5 @@ SPEC = AdapterSpec(
     max_n_per_call=MAX_N,
     cancel=cancel,
     auth_headers=auth_headers,
+    output_formats=output_formats,
 )

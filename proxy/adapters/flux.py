@@ -8,8 +8,9 @@ task, the driver fans out. Mapping by model family (from the upstream model's na
 - Ultra (*ultra*) and Kontext (flux-kontext-*): `size` -> `aspect_ratio`, the nearest of 21:9 ... 9:21.
 A forwarded `aspect_ratio` decides the shape everywhere (kept verbatim inside 21:9..9:21 on ratio models; on
 pixel models it shapes `size`'s pixel count, or 1 MP); `size: auto` or no size sends nothing (BFL's default).
-`seed` (-1 means random: not sent), `output_format` png|jpeg (jpg -> jpeg; webp and the rest: 400 param
-output_format). `image` (URL, raw base64 or a data URI, whose prefix is stripped) -> `input_image`,
+`seed` (-1 means random: not sent), `output_format` png|jpeg, the formats declared (the proxy converts to
+webp from png; any other value handed over: 400 param output_format).
+`image` (URL, raw base64 or a data URI, whose prefix is stripped) -> `input_image`,
 `input_image_2`, ... on Kontext (up to 4) and FLUX.2 (up to 8), or `image_prompt` (one image) on FLUX.1 and Ultra;
 `strength` -> `image_prompt_strength` on Ultra only (400 elsewhere). `quality` has no BFL meaning (the tier is
 the endpoint) and is not sent. Other forwarded fields (`safety_tolerance`, `prompt_upsampling`, `raw`, ...) go
@@ -51,6 +52,7 @@ from proxy.core.errors import (
     UpstreamError,
 )
 from proxy.core.extra_body import merge_extra_body
+from proxy.core.formats import NativeFormats
 from proxy.core.json_body import decode_object
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import PROXY_FIELDS, ChannelSchema
@@ -451,5 +453,7 @@ SPEC = AdapterSpec(
     advance=advance,
     max_n_per_call=1,
     auth_headers=auth_headers,
+    # BFL: output_format jpeg (the default) or png; no compression setting.
+    output_formats=NativeFormats(asked=frozenset({"png", "jpeg"}), default="jpeg"),
 )
 

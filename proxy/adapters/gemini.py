@@ -38,6 +38,7 @@ from proxy.core.errors import (
     ServiceUnavailable,
 )
 from proxy.core.extra_body import merge_extra_body
+from proxy.core.formats import NativeFormats
 from proxy.core.mime import sniff_image_type
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import ChannelSchema
@@ -364,6 +365,16 @@ def advance(job: Job, state: Any, response: UpstreamResponse) -> Step:
     return imagen_result(job, data, asked) if asked.family == IMAGEN else gemini_result(job, data)
 
 
+# Imagen: outputOptions.mimeType image/png (the default) or image/jpeg, compressionQuality for JPEG.
+# Gemini image models take no output format; their inline images carry their own type (looked at, not assumed).
+IMAGEN_OUTPUT = NativeFormats(asked=frozenset({"png", "jpeg"}), default="png", compression=True)
+GEMINI_OUTPUT = NativeFormats(default=None)
+
+
+def output_formats(job: Job) -> NativeFormats:
+    return IMAGEN_OUTPUT if family_of(job.plan.upstream_model) == IMAGEN else GEMINI_OUTPUT
+
+
 SPEC = AdapterSpec(
     name="gemini",
     schema=ChannelSchema(settings=frozenset({"person_generation", "response_modalities"}), requires_base_url=False),
@@ -371,4 +382,5 @@ SPEC = AdapterSpec(
     advance=advance,
     max_n_per_call=max_n_per_call,
     needs_image_bytes=True,
+    output_formats=output_formats,
 )

@@ -51,6 +51,7 @@ from proxy.core.errors import (
     ProxyError,
     RateLimited,
 )
+from proxy.core.formats import NativeFormats
 from proxy.core.json_body import decode_object
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import PROXY_FIELDS, Channel, ChannelSchema
@@ -404,5 +405,7 @@ SPEC = AdapterSpec(
     advance=advance,
     max_n_per_call=MAX_N,
     credential=credential,
+    # Kling takes no output format and does not document the one it makes: the proxy looks at the bytes.
+    output_formats=NativeFormats(default=None),
     # No pass-through: it would have to send the channel key, and Kling's key pair is a signing secret.
 )

@@ -27,6 +27,7 @@ from proxy.adapters import local_codec, local_edit
 from proxy.adapters.base import AdapterSpec, Done, Drawn, Fail, Job, Partial, Step
 from proxy.adapters.local_pattern import digest_of, pattern
 from proxy.core.errors import InvalidRequest
+from proxy.core.formats import NativeFormats
 from proxy.core.plan import EDIT, GENERATE, VARIATION, Plan
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import ChannelSchema
@@ -210,4 +211,6 @@ SPEC = AdapterSpec(
     cpu_bound=True,
     operations=frozenset({GENERATE, EDIT, VARIATION}),
     stream_steps=stream_steps,
+    # Pillow encodes every format the Images API has, at the asked compression.
+    output_formats=NativeFormats(asked=frozenset({"png", "jpeg", "webp"}), default="png", compression=True),
 )

@@ -18,6 +18,7 @@ from typing import Any
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
 from proxy.core.errors import BadGateway
 from proxy.core.extra_body import merge_extra_body
+from proxy.core.formats import FORMATS, NativeFormats
 from proxy.core.multipart import Part, text_part
 from proxy.core.plan import EDIT, GENERATE, VARIATION
 from proxy.core.response import GeneratedImage, ImagesResult
@@ -145,6 +146,16 @@ def advance(job: Job, state: Any, response: UpstreamResponse) -> Step:
         return Fail(BadGateway(message, code="bad_upstream_response"))
 
 
+# GPT image models make png, jpeg and webp and take output_compression (OpenAI's image API reference);
+# DALL·E 2 and 3 have no output_format and answer PNG. Relays speaking this API are taken at their word.
+GPT_IMAGE_FORMATS = NativeFormats(asked=frozenset(FORMATS), default="png", compression=True)
+DALL_E_FORMATS = NativeFormats(default="png")
+
+
+def output_formats(job: Job) -> NativeFormats:
+    return DALL_E_FORMATS if job.plan.upstream_model.startswith("dall-e") else GPT_IMAGE_FORMATS
+
+
 SPEC = AdapterSpec(
     name="openai",
     schema=ChannelSchema(),
@@ -154,4 +165,5 @@ SPEC = AdapterSpec(
     operations=frozenset({GENERATE, EDIT, VARIATION}),
     stream_call=stream_call,
     stream_events=stream_events,
+    output_formats=output_formats,
 )

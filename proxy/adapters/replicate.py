@@ -53,6 +53,7 @@ from proxy.core.errors import (
     UpstreamError,
 )
 from proxy.core.extra_body import merge_extra_body
+from proxy.core.formats import FORMATS, NativeFormats
 from proxy.core.json_body import decode_object
 from proxy.core.mime import sniff_image_type
 from proxy.core.response import GeneratedImage, ImagesResult
@@ -425,6 +426,14 @@ def advance(job: Job, state: Any, response: UpstreamResponse) -> Step:
     return after_poll(job, prediction, response)
 
 
+def output_formats(job: Job) -> NativeFormats:
+    """Inputs are per model: one whose rule forwards `output_format` takes png/jpg/webp (the FLUX family on
+    Replicate does); any other is asked for nothing, and what it makes varies (the proxy looks at the bytes)."""
+    if "output_format" in job.plan.rule.passthrough:
+        return NativeFormats(asked=frozenset(FORMATS), default=None)
+    return NativeFormats(default=None)
+
+
 SPEC = AdapterSpec(
     name="replicate",
     schema=ChannelSchema(
@@ -436,4 +445,5 @@ SPEC = AdapterSpec(
     max_n_per_call=1,
     cancel=cancel,
     auth_headers=auth_headers,
+    output_formats=output_formats,
 )

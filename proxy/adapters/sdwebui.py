@@ -9,8 +9,9 @@ channel setting of the same name; `quality` -> `steps` through the channel's `qu
 `image` -> `init_images` (raw base64: a `data:image/...;base64,` prefix is stripped, URLs are refused with 400,
 since the WebUI fetches them only when its operator allows); `strength` -> `denoising_strength` (img2img only);
 a rule's `upstream_model` -> `override_settings.sd_model_checkpoint`; `extra_body` adds keys (enable_hr, ...).
-Unsupported: `mask` (400: the WebUI paints white where OpenAI masks are transparent), `output_format`,
-`background`, `style` (no per-request equivalent). Auth: none, or HTTP Basic (`--api-auth`) when the channel's
+Unsupported: `mask` (400: the WebUI paints white where OpenAI masks are transparent), `background`, `style`
+(no per-request equivalent); the output format is the server's `samples_format`, so the proxy converts.
+Auth: none, or HTTP Basic (`--api-auth`) when the channel's
 api_key is `user:password`. Answer: `images[]` base64 -> b64_json (type sniffed; PNG unless the WebUI saves
 jpg/webp), skipping a grid (`info.index_of_first_image`) and extension extras beyond n; `info.all_seeds` ->
 `metadata.seeds`. Failures: 422 `detail[]` -> 400 naming the client's param; 500 "Invalid encoded
@@ -31,6 +32,7 @@ from typing import Any, TypeVar
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
 from proxy.core.errors import BadGateway, InvalidRequest, ProxyError
 from proxy.core.extra_body import merge_extra_body
+from proxy.core.formats import NativeFormats
 from proxy.core.image_input import parse_data_uri
 from proxy.core.mime import sniff_image_type
 from proxy.core.response import GeneratedImage, ImagesResult
@@ -364,4 +366,7 @@ SPEC = AdapterSpec(
     start=start,
     advance=advance,
     needs_image_bytes=True,
+    # The API answers in the server's own `samples_format` setting (png, jpg or webp), which a request
+    # cannot change: nothing is asked and the proxy looks at the bytes.
+    output_formats=NativeFormats(default=None),
 )

@@ -41,6 +41,7 @@ from proxy.core.errors import (
     UpstreamError,
 )
 from proxy.core.extra_body import merge_extra_body
+from proxy.core.formats import NativeFormats
 from proxy.core.mime import sniff_image_type
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import PROXY_FIELDS, ChannelSchema
@@ -327,6 +328,13 @@ def advance(job: Job, state: Any, response: UpstreamResponse) -> Step:
     return answer_step(job, data)
 
 
+def output_formats(job: Job) -> NativeFormats:
+    """Ark writes JPEG; Seedream 5 models also take `output_format` png|jpeg (sent verbatim)."""
+    if "seedream-5" in job.plan.upstream_model.lower():
+        return NativeFormats(asked=frozenset({"png", "jpeg"}), default="jpeg")
+    return NativeFormats(default="jpeg")
+
+
 SPEC = AdapterSpec(
     name="seedream",
     schema=ChannelSchema(settings=frozenset({"model_families"})),
@@ -334,4 +342,5 @@ SPEC = AdapterSpec(
     advance=advance,
     max_n_per_call=1,
     auth_headers=auth_headers,
+    output_formats=output_formats,
 )

@@ -171,7 +171,9 @@ def stream_call(job: Job) -> Step:
 
 
 def stream_events(job: Job, event: Event) -> list[dict[str, Any]]:
-    return map_event(event, job=job)
+    # A Seedream 5 channel may have been asked for png; any other makes Ark's JPEG.
+    asked = job.plan.fields.get("output_format")
+    return map_event(event, job=job, output_format=asked if isinstance(asked, str) else ARK_OUTPUT_FORMAT)
 
 
 # The seedream channel type, with its native stream.

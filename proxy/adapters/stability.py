@@ -36,6 +36,7 @@ from proxy.core.errors import (
     UpstreamError,
 )
 from proxy.core.extra_body import merge_extra_body
+from proxy.core.formats import FORMATS, NativeFormats
 from proxy.core.mime import EXTENSIONS, sniff_image_type
 from proxy.core.multipart import Part, encode, file_part, text_part
 from proxy.core.response import GeneratedImage, ImagesResult
@@ -301,6 +302,12 @@ def advance(job: Job, state: Any, response: UpstreamResponse) -> Step:
     return Done(_result(answer, answer.image))
 
 
+def output_formats(job: Job) -> NativeFormats:
+    """Ultra and Core make png, jpeg and webp; SD3 png and jpeg (Stability's v2beta reference); png by default."""
+    endpoint = endpoint_for(job.plan.upstream_model)
+    return NativeFormats(asked=frozenset({"png", "jpeg"} if endpoint == "sd3" else FORMATS), default="png")
+
+
 SPEC = AdapterSpec(
     name="stability",
     schema=ChannelSchema(settings=frozenset({"accept"}), requires_base_url=False),
@@ -308,4 +315,5 @@ SPEC = AdapterSpec(
     advance=advance,
     max_n_per_call=1,
     needs_image_bytes=True,
+    output_formats=output_formats,
 )

@@ -34,6 +34,7 @@ from proxy.core.errors import (
     ServiceUnavailable,
 )
 from proxy.core.extra_body import merge_extra_body
+from proxy.core.formats import NativeFormats
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import PROXY_FIELDS, ChannelSchema
 from proxy.core.sizes import AUTO, Size, nearest_size, parse_size
@@ -231,4 +232,6 @@ SPEC = AdapterSpec(
     advance=advance,
     max_n_per_call=1,
     auth_headers=auth_headers,
+    # CogView takes no output format and its docs do not name the one it makes: the proxy looks at the bytes.
+    output_formats=NativeFormats(default=None),
 )

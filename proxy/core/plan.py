@@ -2,18 +2,22 @@
 
 Which fields reach the upstream: `size` and `quality` always (every image API has them); every other
 field only when the model's `passthrough` lists it. `response_format`, `async`, `retries` and `stream`
-are the proxy's own business and are honoured whatever the upstream supports. A field the client sent
-that neither reaches the upstream nor is honoured by the proxy is listed in `ignored`, never dropped silently.
+are the proxy's own business and are honoured whatever the upstream supports. `output_format` (and
+`output_compression` with a jpeg or webp format) is honoured for every model: each channel is asked for
+it when its adapter declares the provider makes it, otherwise the proxy converts (`with_output_format`).
+A field the client sent that neither reaches the upstream nor is honoured by the proxy is listed in
+`ignored`, never dropped silently.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
 from proxy.core.errors import InvalidRequest
+from proxy.core.formats import LOSSY, Conversion, NativeFormats, choose
 from proxy.core.multipart import Part
 from proxy.core.request import ImageRequest
 from proxy.core.rules import ALWAYS_FORWARDED, PROXY_FIELDS, ModelRule
@@ -42,6 +46,10 @@ class Plan:
     client_prompt: str = ""  # the prompt as the client wrote it
     uploads: tuple[Part, ...] = ()  # edits and variations: the client's image files, in order
     mask: Part | None = None
+    output_format: str | None = None  # what the client gets (canonical: png, jpeg, webp); None: the provider's
+    output_compression: int | None = None  # with a jpeg or webp output_format: its compression, 0-100
+    # Set per channel (with_output_format): what the proxy must do to that channel's images, if anything.
+    conversion: Conversion | None = None
 
     def __repr__(self) -> str:
         # Uploads are megabytes; prompts may be private: keep both out of logs and tracebacks.
@@ -91,6 +99,21 @@ def forwarded(name: str, rule: ModelRule) -> bool:
     return name in ALWAYS_FORWARDED or name in rule.passthrough
 
 
+def _format_field(name: str, options: Mapping[str, Any]) -> bool:
+    """Whether the proxy itself honours this field: `output_format` always, `output_compression` when it
+    goes with a lossy output_format (alone, or with png, it is an ordinary passthrough field)."""
+    return name == "output_format" or (name == "output_compression" and options.get("output_format") in LOSSY)
+
+
+def with_output_format(plan: Plan, native: NativeFormats) -> Plan:
+    """The plan for one channel whose provider makes `native` formats: the output fields it is asked for,
+    and the conversion the proxy owes the client when the provider cannot make what it asked."""
+    if plan.output_format is None:
+        return plan
+    choice = choose(plan.output_format, plan.output_compression, native)
+    return replace(plan, fields=MappingProxyType({**plan.fields, **choice.fields}), conversion=choice.conversion)
+
+
 def defaults_for(rule: ModelRule, operation: str) -> dict[str, Any]:
     """The model's defaults that apply to this operation: OpenAI's variations endpoint has no `quality`,
     so a variation sends one only when the client did."""
@@ -105,7 +128,10 @@ def build_plan(request: ImageRequest, rule: ModelRule, operation: str = GENERATE
     _check_size(request.model, options.get("size"), rule)
     _check_values(request.model, options, rule)
     translation = rule.translation
-    fields = translate_fields({name: value for name, value in options.items() if forwarded(name, rule)}, translation)
+    fields = translate_fields(
+        {name: value for name, value in options.items() if forwarded(name, rule) and not _format_field(name, options)},
+        translation,
+    )
     stream = bool(options.get("stream", False))
     if stream and "partial_images" in options:
         # Part of the streaming contract itself: it reaches channels that stream natively.
@@ -114,6 +140,7 @@ def build_plan(request: ImageRequest, rule: ModelRule, operation: str = GENERATE
         name
         for name in request.options
         if not forwarded(name, rule)
+        and not _format_field(name, options)
         and name not in PROXY_FIELDS | translation.folded
         and not (stream and name == "partial_images")
     )
@@ -131,4 +158,6 @@ def build_plan(request: ImageRequest, rule: ModelRule, operation: str = GENERATE
         rule=rule,
         operation=operation,
         stream=stream,
+        output_format=options.get("output_format"),
+        output_compression=options.get("output_compression") if _format_field("output_compression", options) else None,
     )

@@ -17,10 +17,10 @@ from types import MappingProxyType
 from typing import Any
 
 from proxy.core.errors import InvalidRequest
+from proxy.core.formats import FORMATS, canonical_format
 from proxy.core.sizes import normalise_size
 
 RESPONSE_FORMATS = {"url": "url", "b64_json": "b64_json", "base64": "b64_json"}
-OUTPUT_FORMATS = ("png", "jpeg", "jpg", "webp", "gif", "svg")
 _RATIO = re.compile(r"^\s*(\d{1,5})\s*:\s*(\d{1,5})\s*$")
 
 
@@ -121,14 +121,16 @@ def _response_format(param: str, value: Any) -> str:
 
 
 def _output_format(param: str, value: Any) -> str:
-    text = _string(param, value).lower()
-    if text not in OUTPUT_FORMATS:
+    # Only what OpenAI's API defines: the proxy can make each of them from any provider's image (by
+    # conversion where needed), and nothing else, so another format is refused before any paid call.
+    canonical = canonical_format(_string(param, value))
+    if canonical is None:
         raise InvalidRequest(
-            f"Invalid output_format '{value}': expected one of {', '.join(OUTPUT_FORMATS)}.",
+            f"Invalid output_format '{value}': expected one of {', '.join(FORMATS)} ('jpg' is accepted as jpeg).",
             param=param,
             code="invalid_value",
         )
-    return text
+    return canonical
 
 
 def _strength(param: str, value: Any) -> float | int:

@@ -17,6 +17,8 @@ class GeneratedImage:
     # Seconds an upstream URL stays valid, when the provider documents it (BFL: 600). A URL that
     # would die before the proxy's own hosted images do is downloaded and re-hosted, so it is not lost.
     url_ttl: float | None = None
+    # The format the provider made, when the proxy re-encoded the image into the client's output_format.
+    converted_from: str | None = None
 
 
 @dataclass(frozen=True)

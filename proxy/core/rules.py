@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from proxy.core.errors import InvalidRequest, NotFound
+from proxy.core.formats import canonical_format
 from proxy.core.interpolate import interpolate
 from proxy.core.limits import ClientKey, Limits, default_name
 from proxy.core.request import validate_option
@@ -31,6 +32,9 @@ _GLOB_CHARS = frozenset("*?[")
 # Fields every upstream understands, and fields the proxy itself honours (see proxy.core.plan).
 ALWAYS_FORWARDED = frozenset({"size", "quality"})
 PROXY_FIELDS = frozenset({"response_format", "async", "retries", "stream"})
+# Fields the proxy honours for every model, natively or by converting the image (see proxy.core.formats):
+# which channel is asked for them is the adapter's declaration, not the model's passthrough list.
+FORMAT_FIELDS = frozenset({"output_format", "output_compression"})
 
 
 @dataclass(frozen=True)
@@ -497,6 +501,13 @@ def _load_values(reader: _Reader, path: str, data: Any) -> dict[str, tuple[Any, 
         if not isinstance(allowed, list) or not allowed:
             reader.problem(f"{path}.{key}", "expected a non-empty list of allowed values")
             continue
+        if key == "output_format":
+            # Kept in the spelling requests are validated into (jpg -> jpeg), so both spellings match.
+            canonical = [canonical_format(item) if isinstance(item, str) else None for item in allowed]
+            for index, item in enumerate(allowed):
+                if canonical[index] is None:
+                    reader.problem(f"{path}.{key}[{index}]", f"{item!r} is not an output format (png, jpeg, webp)")
+            allowed = list(dict.fromkeys(item for item in canonical if item is not None))
         values[key] = tuple(allowed)
     return values
 
@@ -567,7 +578,7 @@ def _load_model(reader: _Reader, pattern: str, data: Any, channels: Mapping[str,
     passthrough = frozenset(reader.string_list(f"{path}.passthrough", raw.get("passthrough")))
     translation = _load_translation(reader, path, raw)
     for key in defaults:
-        if key not in ALWAYS_FORWARDED | PROXY_FIELDS | passthrough | translation.folded:
+        if key not in ALWAYS_FORWARDED | PROXY_FIELDS | FORMAT_FIELDS | passthrough | translation.folded:
             reader.problem(f"{path}.defaults.{key}", f"'{key}' is never sent upstream: add it to passthrough")
     values = _load_values(reader, f"{path}.values", raw.get("values"))
     for key, allowed in values.items():

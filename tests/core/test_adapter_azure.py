@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
@@ -13,10 +14,12 @@ import pytest
 from proxy.adapters.azure import DEFAULT_API_VERSION, SPEC
 from proxy.adapters.base import Call, Done, Fail, Job, Send, UpstreamResponse
 from proxy.core.errors import BadGateway, ContentPolicyViolation, InvalidRequest, RateLimited, UpstreamError
+from proxy.core.formats import Conversion
 from proxy.core.plan import build_plan
 from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Channel, ModelRule
+from tests.core.jobs import channel_job
 from tests.fakes.png import encode_png
 
 KEY = "azure-secret-key-0123456789"
@@ -48,7 +51,7 @@ def make_job(
         api_key=api_key,
         settings=MappingProxyType(settings or {}),
     )
-    return Job(plan, channel, api_key)
+    return channel_job(SPEC, plan, channel, api_key)
 
 
 def sent(job: Job) -> Call:
@@ -170,9 +173,21 @@ def test_extra_body_cannot_replace_a_validated_field() -> None:
     assert caught.value.param == "extra_body.quality"
 
 
+def test_webp_is_not_asked_of_azure_the_proxy_converts_its_png() -> None:
+    job = make_job({"model": "gpt-image-1", "prompt": "p", "output_format": "webp", "output_compression": 60})
+    assert "output_format" not in sent(job).json and "output_compression" not in sent(job).json
+    assert job.plan.conversion == Conversion("webp", 60)
+    jpeg = make_job({"model": "gpt-image-1", "prompt": "p", "output_format": "jpeg", "output_compression": 60})
+    assert (sent(jpeg).json["output_format"], sent(jpeg).json["output_compression"], jpeg.plan.conversion) == ("jpeg", 60, None)
+    dall_e = make_job({"model": "dall-e-3", "prompt": "p", "output_format": "jpeg"})
+    assert "output_format" not in sent(dall_e).json and dall_e.plan.conversion == Conversion("jpeg")
+
+
 @pytest.mark.parametrize("fmt", ["webp", "gif", "svg"])
 def test_output_formats_azure_lacks_are_a_400_without_a_round_trip(fmt: str) -> None:
-    job = make_job({"model": "gpt-image-1", "prompt": "p", "output_format": fmt}, passthrough=frozenset({"output_format"}))
+    # The shell never asks Azure for these (the proxy converts); the adapter still refuses them if handed one.
+    job = make_job({"model": "gpt-image-1", "prompt": "p"})
+    job = replace(job, plan=replace(job.plan, fields={**job.plan.fields, "output_format": fmt}))
     step = SPEC.start(job)
     assert isinstance(step, Fail)
     error = step.error

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
@@ -12,11 +13,13 @@ import pytest
 from proxy.adapters.base import Call, Done, Fail, Job, Send, Step, UpstreamResponse, Wait
 from proxy.adapters.flux import FLUX1, FLUX2, SPEC, Task, Timing, fit_size
 from proxy.core.errors import ProxyError
+from proxy.core.formats import Conversion
 from proxy.core.plan import build_plan
 from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Channel, ModelRule
 from proxy.core.sizes import Size
+from tests.core.jobs import channel_job
 
 KEY = "bfl-secret-key-0123456789"
 BASE = "https://api.bfl.ai"
@@ -35,7 +38,7 @@ def make_job(body: Mapping[str, Any], *, upstream: str | None = None, passthroug
                      passthrough=frozenset(passthrough))
     channel = Channel(name="bfl", type="flux", base_url=base_url, api_key=KEY,
                       settings=MappingProxyType(dict(settings or {})))
-    return Job(build_plan(request, rule), channel, KEY)
+    return channel_job(SPEC, build_plan(request, rule), channel, KEY)
 
 
 def answer(status: int, body: Any, headers: Mapping[str, str] | None = None) -> UpstreamResponse:
@@ -171,8 +174,11 @@ def test_absent_fields_stay_absent_and_unlisted_fields_never_reach_bfl() -> None
 
 
 def test_webp_is_refused_locally_and_extra_body_is_merged() -> None:
-    webp = SPEC.start(make_job({"model": "flux-pro-1.1", "prompt": "p", "output_format": "webp"}))
-    assert envelope(failed(webp)) == (400, "invalid_request_error", "output_format", "invalid_value", False)
+    webp = make_job({"model": "flux-pro-1.1", "prompt": "p", "output_format": "webp"})
+    # BFL makes no webp: it is asked for lossless png and the proxy converts.
+    assert submitted(webp)[0].json["output_format"] == "png" and webp.plan.conversion == Conversion("webp")
+    handed = replace(webp, plan=replace(webp.plan, fields={**webp.plan.fields, "output_format": "webp"}))
+    assert envelope(failed(SPEC.start(handed))) == (400, "invalid_request_error", "output_format", "invalid_value", False)
     job = make_job({"model": "flux-2-flex", "prompt": "p", "extra_body": {"steps": 30, "guidance": 5}})
     assert submitted(job)[0].json == {"prompt": "p", "steps": 30, "guidance": 5}
     clash = SPEC.start(make_job({"model": "flux-2-flex", "prompt": "p", "seed": 1, "extra_body": {"seed": 2}}))

@@ -13,10 +13,12 @@ import pytest
 from proxy.adapters.base import Call, Done, Fail, Job, Send, Step, UpstreamResponse
 from proxy.adapters.gemini import SPEC
 from proxy.core.errors import ProxyError
+from proxy.core.formats import Conversion
 from proxy.core.plan import build_plan
 from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Channel, ModelRule
+from tests.core.jobs import channel_job
 from tests.fakes.png import encode_png
 
 KEY = "AIzaSyGeminiSecret-0123456789abcdef"
@@ -35,7 +37,7 @@ def make_job(body: Mapping[str, Any], *, passthrough: Iterable[str] = ("aspect_r
                      passthrough=frozenset(passthrough))
     channel = Channel(name="gemini", type="gemini", base_url=BASE, api_key=api_key,
                       settings=MappingProxyType(dict(settings or {})))
-    return Job(build_plan(request, rule), channel, api_key)
+    return channel_job(SPEC, build_plan(request, rule), channel, api_key)
 
 
 def sent(step: Step) -> tuple[Call, Any]:
@@ -149,14 +151,23 @@ def test_extra_body_cannot_replace_what_the_adapter_set() -> None:
     assert envelope(error) == (400, "invalid_request_error", "extra_body.parameters.sampleCount", "invalid_value")
 
 
+def test_formats_the_api_cannot_make_are_not_asked_the_proxy_converts() -> None:
+    webp = make_job({"model": IMAGEN, "prompt": "p", "output_format": "webp", "output_compression": 40})
+    assert "outputOptions" not in sent(SPEC.start(webp))[0].json["parameters"]
+    assert webp.plan.conversion == Conversion("webp", 40)
+    jpeg = make_job({"model": IMAGEN, "prompt": "p", "output_format": "jpeg", "output_compression": 40})
+    assert sent(SPEC.start(jpeg))[0].json["parameters"]["outputOptions"] == {"mimeType": "image/jpeg", "compressionQuality": 40}
+    assert jpeg.plan.conversion is None
+    flash = make_job({"model": FLASH, "prompt": "p", "output_format": "png"})
+    assert "output_format" not in json.dumps(sent(SPEC.start(flash))[0].json) and flash.plan.conversion == Conversion("png")
+
+
 @pytest.mark.parametrize(
     ("body", "passthrough", "param"),
     [
         ({"model": IMAGEN, "prompt": "p", "negative_prompt": "x"}, ("negative_prompt",), "negative_prompt"),
         ({"model": IMAGEN, "prompt": "p", "seed": 3}, ("seed",), "seed"),
         ({"model": IMAGEN, "prompt": "p", "image": PNG_B64}, ("image",), "image"),
-        ({"model": IMAGEN, "prompt": "p", "output_format": "webp"}, ("output_format",), "output_format"),
-        ({"model": FLASH, "prompt": "p", "output_format": "png"}, ("output_format",), "output_format"),
         ({"model": FLASH, "prompt": "p", "image": "https://example.com/a.png"}, ("image",), "image"),
         ({"model": FLASH, "prompt": "p", "image": "%%%"}, ("image",), "image"),
     ],

@@ -19,6 +19,7 @@ from proxy.core.plan import EDIT, VARIATION, build_plan
 from proxy.core.request import parse_image_request
 from proxy.core.response import ImagesResult
 from proxy.core.rules import Channel, ModelRule
+from tests.core.jobs import channel_job
 
 RULE = ModelRule(pattern="local-image", channels=("local",),
                  passthrough=frozenset({"seed", "output_format", "output_compression", "background"}))
@@ -28,7 +29,7 @@ CHANNEL = Channel(name="local", type="local")
 def _job(operation: str = "generate", uploads: tuple[Part, ...] = (), mask: Part | None = None, **body: Any) -> Job:
     fields = {"model": "local-image", "prompt": "a fox", **body}
     plan = build_plan(parse_image_request(fields, require_prompt=operation != VARIATION), RULE, operation)
-    return Job(replace(plan, uploads=uploads, mask=mask), CHANNEL, None)
+    return channel_job(local.SPEC, replace(plan, uploads=uploads, mask=mask), CHANNEL, None)
 
 
 def _result(**body: Any) -> ImagesResult:
@@ -159,8 +160,13 @@ def test_transparent_background_has_real_alpha(output_format: str) -> None:
     assert _image(_result(size="64x64", output_format=output_format)).mode == "RGB"
 
 
+def test_a_format_the_api_does_not_have_is_refused_before_the_adapter() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        _job(size="8x8", output_format="gif")
+    assert (caught.value.status, caught.value.param) == (400, "output_format")
+
+
 @pytest.mark.parametrize(("body", "param"), [
-    ({"output_format": "gif"}, "output_format"),
     ({"output_format": "jpeg", "background": "transparent"}, "background"),
     ({"background": "glass"}, "background"),
 ])

@@ -15,6 +15,7 @@ from proxy.core.plan import build_plan
 from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Channel, ModelRule
+from tests.core.jobs import channel_job
 
 BASE = "https://api.openai.example/v1"
 KEY = "Zx9-openai-channel-key-0123456789"
@@ -42,7 +43,7 @@ HEADERS = {"OpenAI-Organization": "org-42", "Authorization": f"Bearer {KEY}", "C
 
 
 def _job(body: dict[str, Any], rule: ModelRule, channel: Channel = CHANNEL, key: str | None = KEY) -> Job:
-    return Job(build_plan(parse_image_request(body), rule), channel, key)
+    return channel_job(openai.SPEC, build_plan(parse_image_request(body), rule), channel, key)
 
 
 def _response(status: int, body: Any, headers: dict[str, str] | None = None) -> UpstreamResponse:

@@ -13,10 +13,12 @@ import pytest
 from proxy.adapters.base import Call, Done, Fail, Job, Send, Step, UpstreamResponse, Wait
 from proxy.adapters.replicate import SPEC, Prediction, Timing
 from proxy.core.errors import ProxyError
+from proxy.core.formats import Conversion
 from proxy.core.plan import build_plan
 from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Channel, ModelRule
+from tests.core.jobs import channel_job
 from tests.fakes.png import encode_png
 
 KEY = "r8_replicate-secret-0123456789"
@@ -35,7 +37,7 @@ def make_job(body: Mapping[str, Any], *, upstream: str | None = "black-forest-la
                      passthrough=frozenset(passthrough))
     channel = Channel(name="replicate", type="replicate", base_url=BASE, api_key=KEY,
                       settings=MappingProxyType(dict(settings or {})))
-    return Job(build_plan(request, rule), channel, KEY)
+    return channel_job(SPEC, build_plan(request, rule), channel, KEY)
 
 
 def answer(status: int, body: Any, headers: Mapping[str, str] | None = None) -> UpstreamResponse:
@@ -153,8 +155,13 @@ def test_images_go_to_the_configured_input() -> None:
     assert created(raw)[0].json["input"]["input_images"] == [f"data:image/png;base64,{PNG_B64}", "data:image/jpeg;base64,/9j/"]
     junk = SPEC.start(make_job({"model": "x", "prompt": "p", "image": "bm90IGFuIGltYWdl"}))
     assert envelope(failed(junk)) == (400, "invalid_request_error", "image", "invalid_value", False)
-    gif = SPEC.start(make_job({"model": "x", "prompt": "p", "output_format": "gif"}))
-    assert failed(gif).param == "output_format"
+
+
+def test_output_format_is_asked_only_of_models_whose_rule_forwards_it() -> None:
+    webp = make_job({"model": "x", "prompt": "p", "output_format": "webp"})
+    assert created(webp)[0].json["input"]["output_format"] == "webp" and webp.plan.conversion is None
+    other = make_job({"model": "x", "prompt": "p", "output_format": "webp"}, passthrough=("seed",))
+    assert created(other)[0].json["input"] == {"prompt": "p"} and other.plan.conversion == Conversion("webp")
 
 
 def test_extra_body_is_merged_into_input() -> None:

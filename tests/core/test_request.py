@@ -314,18 +314,18 @@ def test_aspect_ratio_must_be_a_string() -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("png", "png"), ("jpg", "jpg"), ("jpeg", "jpeg"), ("webp", "webp"), ("PNG", "png"), ("JPG", "jpg")],
+    [("png", "png"), ("jpg", "jpeg"), ("jpeg", "jpeg"), ("webp", "webp"), ("PNG", "png"), ("JPG", "jpeg"), (" WebP ", "webp")],
 )
 def test_output_format(value: str, expected: str) -> None:
     assert _parse(output_format=value).options["output_format"] == expected
 
 
-@pytest.mark.parametrize("value", ["bmp", "tiff", "heic", "jpe g", ""])
+@pytest.mark.parametrize("value", ["gif", "svg", "bmp", "tiff", "heic", "jpe g", ""])
 def test_bad_output_format(value: str) -> None:
     error = _error(output_format=value)
     _assert_400(error, "output_format")
     assert error.code == "invalid_value"
-    assert error.message.startswith(f"Invalid output_format '{value}': expected one of png, jpeg, jpg, webp")
+    assert error.message == f"Invalid output_format '{value}': expected one of png, jpeg, webp ('jpg' is accepted as jpeg)."
 
 
 def test_output_format_must_be_a_string() -> None:
