@@ -1,18 +1,24 @@
-"""Shell layer: the command line. Arguments and environment -> rules -> a listening server.
+"""Shell layer: the command line. Arguments and environment -> rules -> a bound socket -> the banner.
 
-    python -m proxy [--rules PATH] [--host HOST] [--port PORT]     serve
-    python -m proxy check [--rules PATH]                           validate a rules file and exit
+    imagegate [--rules PATH] [--host HOST] [--port PORT] [--probe]   serve (also `python -m proxy`)
+    imagegate check [--rules PATH]                                  validate a rules file and exit
+    imagegate --version
 
-Every option falls back to an environment variable (PROXY_RULES, PROXY_HOST, PROXY_PORT), so a
-container sets them without a command line. Bad rules print every problem with its YAML path and
-exit with status 2 before anything listens.
+Every option falls back to an environment variable (PROXY_RULES, PROXY_HOST, PROXY_PORT, PROXY_PROBE),
+so a container sets them without a command line. Bad rules print every problem with its YAML path and
+exit with status 2 before anything listens. The banner is printed only once the socket is bound; an
+address that cannot be listened on (busy port, no permission, unknown host) is one line on stderr and
+exit status 3. SIGTERM and SIGINT drain requests in flight for `server.shutdown_grace` seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
+import signal
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,13 +30,17 @@ from proxy.adapters import SCHEMAS
 from proxy.app import log_startup, make_app
 from proxy.core.rules import Rules, RulesError, parse_rules
 from proxy.observe import JsonFormatter, TextFormatter
+from proxy.ops import PROBE_TIMEOUT, probe_channels
 from proxy.serving import server_options
 
 EXIT_BAD_RULES = 2
+EXIT_CANNOT_LISTEN = 3
+_TRUE = ("1", "true", "yes", "on")
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m proxy", description="OpenAI Images API gateway.")
+    parser = argparse.ArgumentParser(prog="imagegate", description="OpenAI Images API gateway.")
+    parser.add_argument("--version", action="version", version=f"imagegate {__version__}")
     parser.add_argument("command", nargs="?", choices=("serve", "check"), default="serve")
     parser.add_argument("--rules", default=env.get("PROXY_RULES", "rules.yaml"), help="rules file (env PROXY_RULES)")
     parser.add_argument("--host", default=env.get("PROXY_HOST", "127.0.0.1"), help="listen address (env PROXY_HOST)")
@@ -40,6 +50,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         choices=("json", "text"),
         default=env.get("PROXY_LOG_FORMAT", "json"),
         help="log lines as JSON objects (default) or plain text (env PROXY_LOG_FORMAT)",
+    )
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        default=env.get("PROXY_PROBE", "").lower() in _TRUE,
+        help=f"at start-up, check that each channel's base URL answers ({PROBE_TIMEOUT:g}s, all at once; env PROXY_PROBE=1)",
     )
     return parser
 
@@ -82,20 +98,96 @@ def configure_logging(log_format: str) -> None:
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
 
 
-def banner(rules: Rules, path: str, host: str, port: int) -> str:
+def channel_lines(rules: Rules, probed: Mapping[str, str | None] | None) -> list[str]:
+    """The channels by what is known of them. Nothing is called ready that was not checked in some way.
+
+    Ready: built in (no network), probed and answering, or (without a probe) holding the key it needs;
+    a keyless network channel (a local SD WebUI) is "not checked" until a probe says it answers.
+    """
+    ready: list[str] = []
+    unchecked: list[str] = []
+    silent: list[str] = []
+    missing: list[str] = []
+    for name, channel in rules.channels.items():
+        if not channel.usable:
+            missing.append(f"{name} ({', '.join(channel.missing_key)})")
+        elif probed is not None and probed.get(name) is not None:
+            silent.append(f"{name} ({probed[name]})")
+        elif probed is None and channel.base_url and channel.api_key is None:
+            unchecked.append(name)
+        else:
+            ready.append(name)
+    lines = [f"ready: {', '.join(ready) or 'none'}"]
+    if silent:
+        lines.append(f"not answering: {', '.join(silent)}")
+    if unchecked:
+        lines.append(f"not checked (no key needed; --probe checks they answer): {', '.join(unchecked)}")
+    if missing:
+        lines.append(f"no credentials: {', '.join(missing)}")
+    return lines
+
+
+def banner(rules: Rules, path: str, url: str, probed: Mapping[str, str | None] | None = None) -> str:
     """What an operator wants to see first: where it listens, what it serves, what is missing."""
-    lines = [f"imagegate {__version__} listening on http://{host}:{port}", f"  rules     {path}"]
+    lines = [f"imagegate {__version__} listening on {url}", f"  rules     {path}"]
     lines.append(
         f"  models    {len(rules.models)}: {', '.join(rule.pattern for rule in rules.models[:12])}"
         + (", ..." if len(rules.models) > 12 else "")
     )
-    ready = [name for name, channel in rules.channels.items() if channel.usable]
-    missing = [f"{name} ({', '.join(channel.missing_key)})" for name, channel in rules.channels.items() if not channel.usable]
-    lines.append(f"  channels  ready: {', '.join(ready) or 'none'}")
-    if missing:
-        lines.append(f"            no credentials: {', '.join(missing)}")
+    channels = channel_lines(rules, probed)
+    lines.append(f"  channels  {channels[0]}")
+    lines.extend(f"            {line}" for line in channels[1:])
     lines.append(f"  auth      {'on' if rules.server.api_keys else 'OFF: server.api_keys is empty, anyone may call'}")
     return "\n".join(lines)
+
+
+def address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class CannotListen(Exception):
+    """The address could not be bound; the message is the one line the operator sees."""
+
+
+def cannot_listen(host: str, port: int, exc: OSError) -> str:
+    """One line for an address that cannot be listened on: no traceback, no asyncio wording."""
+    if isinstance(exc, socket.gaierror):
+        reason = f"unknown host ({(exc.strerror or str(exc)).lower()})"
+    elif exc.errno:
+        reason = os.strerror(exc.errno).lower()
+    else:
+        reason = str(exc)
+    return f"imagegate: cannot listen on {address(host, port)}: {reason}"
+
+
+async def serve(rules: Rules, args: argparse.Namespace) -> None:
+    """Bind, then announce, then serve until SIGTERM or SIGINT; CannotListen when the address cannot be bound."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    runner = web.AppRunner(
+        make_app(rules, rules_path=args.rules),
+        # In-flight generations and streams get minutes to finish on SIGTERM, not aiohttp's default.
+        shutdown_timeout=rules.server.shutdown_grace,
+        **server_options(rules),
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, args.host, args.port).start()
+    except OSError as exc:  # gaierror (unknown host) is an OSError too
+        # Nothing was ever served: close the services without the shutdown path's "draining" announcement.
+        await runner.app.cleanup()
+        raise CannotListen(cannot_listen(args.host, args.port, exc)) from None
+    try:
+        log_startup(rules)  # after binding: a failed start is the one line that says why, nothing else
+        # The port actually bound (`--port 0` asks the system for one), as clients must use it.
+        port = int(runner.addresses[0][1]) if runner.addresses else args.port
+        probed = await probe_channels(ch for ch in rules.channels.values() if ch.usable) if args.probe else None
+        print(banner(rules, args.rules, f"http://{address(args.host, port)}", probed), file=sys.stderr, flush=True)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
@@ -107,19 +199,12 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return EXIT_BAD_RULES
     if args.command == "check":
         return check(rules, args.rules)
-    print(banner(rules, args.rules, args.host, args.port), file=sys.stderr, flush=True)
-    log_startup(rules)
-    web.run_app(
-        make_app(rules, rules_path=args.rules),
-        host=args.host,
-        port=args.port,
-        # In-flight generations and streams get minutes to finish on SIGTERM, not aiohttp's default.
-        shutdown_timeout=rules.server.shutdown_grace,
-        print=None,
-        **server_options(rules),
-    )
+    try:
+        asyncio.run(serve(rules, args))
+    except CannotListen as exc:
+        print(exc, file=sys.stderr, flush=True)
+        return EXIT_CANNOT_LISTEN
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,6 +6,7 @@ Routes:
     POST /v1/images/variations    the same, from one uploaded image
     GET  /v1/images/generations/{task_id}   an async task's state and result (seed 001)
     GET  /images/{name}           images the proxy hosts for `response_format: url`
+    GET  /v1/models[/{id}]        the models the rules serve, merged with the default channel's (proxy.catalog)
     *    /v1/{anything else}      passed through to `default_channel` (proxy.passthrough)
 """
 
@@ -27,10 +28,11 @@ from aiohttp import web
 
 from proxy.adapters import ADAPTERS
 from proxy.body import defer_continue, read_body
+from proxy.catalog import list_models, retrieve_model
 from proxy.core.errors import InvalidRequest, MethodNotAllowed, NotFound, ProxyError, RequestTimeout, ServiceUnavailable
 from proxy.core.form import coerce_fields
 from proxy.core.json_body import encode_body
-from proxy.core.limits import Limits, key_id
+from proxy.core.limits import key_id
 from proxy.core.plan import EDIT, VARIATION, Plan, build_plan
 from proxy.core.request import parse_image_request, parse_json_object
 from proxy.core.response import render
@@ -41,7 +43,7 @@ from proxy.guard import make_guarded_session, trusted_hosts
 from proxy.idempotent import HEADER as IDEMPOTENCY_HEADER
 from proxy.idempotent import check_header, fingerprint, once
 from proxy.inputs import check_client_images
-from proxy.limiter import Admission, admit
+from proxy.limiter import Admission, admit, imageless
 from proxy.metrics import make_metrics
 from proxy.middleware import access_middleware, add_request_id, auth_middleware, error_middleware
 from proxy.observe import note
@@ -326,14 +328,8 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     client_key = request[CLIENT_KEY] or None
     # Pass-through spends the operator's key too (chat, responses with image tools): the key's request
     # limits apply (images per day cannot be counted here: the proxy does not read those bodies).
-    limits = rules.server.limits_for(client_key)
-    counted = Limits(requests_per_minute=limits.requests_per_minute, concurrent=limits.concurrent)
-    admission = await admit(request.app[SERVICES].counters, key_id(client_key), counted, 0) if counted.any else None
-    try:
+    async with imageless(request.app[SERVICES].counters, key_id(client_key), rules.server.limits_for(client_key)):
         return await relay(request, request.app[SESSION], channel, spec, client_key)
-    finally:
-        if admission is not None:
-            await asyncio.shield(admission.settle(0))
 
 
 # -- lifecycle ------------------------------------------------------------------------------------
@@ -449,5 +445,8 @@ def make_app(
         app.router.add_route("*", path, post_only)
     app.router.add_get("/v1/images/generations/{task_id}", task_status)
     app.router.add_get(IMAGE_ROUTE + "{name}", hosted_image)
+    # Model lists are the proxy's own; other methods there (deleting a fine-tune) still pass through.
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model:.+}", retrieve_model)
     app.router.add_route("*", "/v1/{tail:.*}", passthrough)
     return app

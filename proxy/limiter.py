@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from proxy.core.errors import RateLimited
@@ -66,6 +67,22 @@ async def admit(counters: Counters, owner: str, limits: Limits, n: int, clock: C
         # Refused, failed or cancelled halfway: what was already reserved goes back.
         await asyncio.shield(admission.settle(0))
         raise
+
+
+@asynccontextmanager
+async def imageless(counters: Counters, owner: str, limits: Limits) -> AsyncIterator[None]:
+    """A request that makes no images (pass-through, model lists) within its key's request limits.
+
+    It spends the operator's upstream key or the proxy's time all the same, so requests per minute and
+    concurrency count it; images per day cannot (nothing here is an image).
+    """
+    counted = Limits(requests_per_minute=limits.requests_per_minute, concurrent=limits.concurrent)
+    admission = await admit(counters, owner, counted, 0) if counted.any else None
+    try:
+        yield
+    finally:
+        if admission is not None:
+            await asyncio.shield(admission.settle(0))
 
 
 async def _admit(admission: Admission, owner: str, limits: Limits, n: int, now: float) -> Admission:

@@ -6,6 +6,7 @@
     GET /metrics   Prometheus text format; loopback clients only unless `server.metrics` says otherwise
     SIGHUP         re-read the rules file: a valid one applies to new requests, an invalid one is
                    logged and the old rules stay
+    probe_channels the optional start-up check (`--probe`): does each channel's base URL answer?
 None of these is behind client auth: orchestrators do not hold API keys.
 """
 
@@ -17,14 +18,16 @@ import ipaddress
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 
 from proxy.adapters import SCHEMAS
 from proxy.core.errors import AuthenticationFailed, NotFound
-from proxy.core.rules import Rules, RulesError, parse_rules
+from proxy.core.rules import Channel, Rules, RulesError, parse_rules
 from proxy.metrics import CONTENT_TYPE
 from proxy.services import RULES_PATH, SERVICES, Services
 from proxy.store import FileImageStore
@@ -134,3 +137,42 @@ async def watch_reload_signal(app: web.Application) -> AsyncIterator[None]:
     yield
     loop.remove_signal_handler(signal.SIGHUP)
 
+
+
+# -- the start-up probe ---------------------------------------------------------------------------
+
+PROBE_TIMEOUT = 2.0
+
+
+def unreachable_reason(exc: BaseException) -> str:
+    """Why a channel did not answer, in a few words (never a URL, never a header)."""
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    if isinstance(cause, socket.gaierror):
+        return "unknown host"
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(cause, OSError) and cause.errno:
+        return os.strerror(cause.errno).lower()
+    return type(exc).__name__
+
+
+async def probe_channel(session: aiohttp.ClientSession, channel: Channel, timeout: float) -> str | None:
+    """None when the channel's base URL answers HTTP at all (any status: a 401 or 404 is an answer), else why not.
+
+    No key is sent: the probe spends nothing and proves only that something listens and speaks HTTP.
+    """
+    try:
+        async with session.get(channel.base_url, allow_redirects=False, timeout=aiohttp.ClientTimeout(total=timeout)):
+            return None
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        return unreachable_reason(exc)
+
+
+async def probe_channels(channels: Iterable[Channel], timeout: float = PROBE_TIMEOUT) -> dict[str, str | None]:
+    """Probe every channel that has a base URL, all at once: name -> None (answers) or the reason it does not."""
+    targets = [channel for channel in channels if channel.base_url]
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), headers={"User-Agent": "imagegate"}) as session:
+        results = await asyncio.gather(*(probe_channel(session, channel, timeout) for channel in targets))
+    return {channel.name: result for channel, result in zip(targets, results, strict=True)}

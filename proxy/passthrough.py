@@ -1,6 +1,6 @@
 """Shell layer: every other `/v1/*` request goes to the default channel unchanged, streamed both ways.
 
-So the proxy is a drop-in base URL even for clients that also call `/v1/models` or chat. The request
+So the proxy is a drop-in base URL even for clients that also call chat or files. The request
 body is streamed to the upstream as it arrives and the answer is streamed back chunk by chunk with
 `await write()` as backpressure (aiohttp#2557); nothing is buffered whole. Hop-by-hop headers and
 those named in `Connection` are dropped (RFC 9110 §7.6.1), the client's credentials are replaced by

@@ -7,6 +7,7 @@ requests, while requests in flight keep the rules they started with (they hold t
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,7 @@ class Services:
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     draining: bool = False  # shutting down: /readyz answers 503 so balancers move traffic away
     resolver: GuardedResolver | None = None
+    started: int = field(default_factory=lambda: int(time.time()))  # `created` of the models the proxy lists
 
     def use_rules(self, rules: Rules) -> None:
         """Rules for new requests (a reload); download limits and trusted hosts follow them."""

@@ -1,4 +1,4 @@
-"""A fake OpenAI API: `/v1/images/generations` as documented, plus `/v1/models` and a streamed chat.
+"""A fake OpenAI API: `/v1/images/generations` as documented, plus `/v1/models`, `/v1/files` and a streamed chat.
 
 It checks the bearer key as OpenAI does (401 envelope otherwise), answers dall-e models with URLs
 pointing at its own `/files/` route and GPT image models with base64, and can be told to fail.
@@ -76,6 +76,9 @@ class FakeOpenAI:
     stream_delay: float = 0.0
     stream_error_after: int | None = None  # send an error event after this many partial images
     stream_disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+    # What `GET /v1/models` lists (and `GET /v1/models/{id}` finds), and how long it takes to answer.
+    model_ids: list[str] = field(default_factory=lambda: ["gpt-image-1.5", "gpt-4o"])
+    models_delay: float = 0.0
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=256 * 1024 * 1024)  # edits carry big uploads
@@ -83,6 +86,9 @@ class FakeOpenAI:
         app.router.add_post("/v1/images/edits", self.multipart)
         app.router.add_post("/v1/images/variations", self.multipart)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/v1/models/{model}", self.model)
+        app.router.add_delete("/v1/models/{model}", self.delete_model)
+        app.router.add_get("/v1/files", self.file_list)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/files/{name}", self.files)
         return app
@@ -206,12 +212,40 @@ class FakeOpenAI:
         await self.recorder.record(request)
         return web.Response(body=self.image, content_type=self.file_content_type)
 
+    @staticmethod
+    def model_object(model: str) -> dict[str, Any]:
+        return {"id": model, "object": "model", "created": 1698785189, "owned_by": "system"}
+
     async def models(self, request: web.Request) -> web.Response:
         await self.recorder.record(request)
         if not self._authorised(request):
             return openai_error(401, "Incorrect API key provided.", code="invalid_api_key")
+        if self.models_delay:
+            await asyncio.sleep(self.models_delay)
+        return web.json_response({"object": "list", "data": [self.model_object(model) for model in self.model_ids]})
+
+    async def model(self, request: web.Request) -> web.Response:
+        await self.recorder.record(request)
+        if not self._authorised(request):
+            return openai_error(401, "Incorrect API key provided.", code="invalid_api_key")
+        model = request.match_info["model"]
+        if model not in self.model_ids:
+            message = f"The model '{model}' does not exist or you do not have access to it."
+            return openai_error(404, message, param="model", code="model_not_found")
+        return web.json_response(self.model_object(model))
+
+    async def delete_model(self, request: web.Request) -> web.Response:
+        await self.recorder.record(request)
+        if not self._authorised(request):
+            return openai_error(401, "Incorrect API key provided.", code="invalid_api_key")
+        return web.json_response({"id": request.match_info["model"], "object": "model", "deleted": True})
+
+    async def file_list(self, request: web.Request) -> web.Response:
+        await self.recorder.record(request)
+        if not self._authorised(request):
+            return openai_error(401, "Incorrect API key provided.", code="invalid_api_key")
         return web.json_response(
-            {"object": "list", "data": [{"id": "gpt-image-1.5", "object": "model"}]},
+            {"object": "list", "data": [{"id": "file-abc123", "object": "file", "purpose": "vision"}]},
             headers={"X-Upstream": "fake", "Set-Cookie": "session=abc"},
         )
 

@@ -83,12 +83,12 @@ async def test_no_keys_configured_means_open(make_proxy: Any) -> None:
 async def test_passthrough_substitutes_the_channel_key(make_proxy: Any, fake_openai: Any) -> None:
     fake, upstream = fake_openai
     client = await proxy(make_proxy, upstream)
-    response = await client.get("/v1/models?limit=5", headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+    response = await client.get("/v1/files?limit=5", headers={"Authorization": f"Bearer {CLIENT_KEY}"})
     assert response.status == 200
-    assert (await response.json())["data"][0]["id"] == "gpt-image-1.5"
+    assert (await response.json())["data"][0]["id"] == "file-abc123"
     assert response.headers["X-Upstream"] == "fake"
     sent = fake.recorder.received[0]
-    assert sent.path == "/v1/models" and sent.query == {"limit": "5"}
+    assert sent.path == "/v1/files" and sent.query == {"limit": "5"}
     assert sent.header("Authorization") == f"Bearer {KEY}"
     assert sent.header("OpenAI-Project") == "proj_1"
     assert CLIENT_KEY not in json.dumps(sent.headers)
@@ -97,7 +97,7 @@ async def test_passthrough_substitutes_the_channel_key(make_proxy: Any, fake_ope
 async def test_passthrough_needs_a_client_key_too(make_proxy: Any, fake_openai: Any) -> None:
     fake, upstream = fake_openai
     client = await proxy(make_proxy, upstream)
-    response = await client.get("/v1/models")
+    response = await client.get("/v1/files")
     assert response.status == 401
     assert fake.recorder.received == []
 
@@ -113,7 +113,7 @@ async def test_passthrough_strips_hop_by_hop_headers(make_proxy: Any, fake_opena
         "Proxy-Authorization": "Basic abc",
         "X-Kept": "yes",
     }
-    response = await client.get("/v1/models", headers=headers)
+    response = await client.get("/v1/files", headers=headers)
     assert response.status == 200
     sent = fake.recorder.received[0]
     assert sent.header("X-Kept") == "yes"
@@ -138,7 +138,7 @@ async def test_passthrough_keeps_upstream_errors(make_proxy: Any, fake_openai: A
     fake, upstream = fake_openai
     fake.key = "sk-rotated-000000000000"
     client = await proxy(make_proxy, upstream)
-    response = await client.get("/v1/models", headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+    response = await client.get("/v1/files", headers={"Authorization": f"Bearer {CLIENT_KEY}"})
     assert response.status == 401
     assert (await response.json())["error"]["code"] == "invalid_api_key"
 
@@ -147,7 +147,7 @@ async def test_passthrough_key_mode_forwards_the_clients_key(make_proxy: Any, fa
     fake, upstream = fake_openai
     fake.key = CLIENT_KEY  # the upstream knows the client's own key
     client = await proxy(make_proxy, upstream, DEFAULT="relay")
-    response = await client.get("/v1/models", headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+    response = await client.get("/v1/files", headers={"Authorization": f"Bearer {CLIENT_KEY}"})
     assert response.status == 200
     generated = await client.post(
         "/v1/images/generations", json={"model": "relayed", "prompt": "p"}, headers={"Authorization": CLIENT_KEY}
@@ -174,7 +174,7 @@ async def test_other_methods_on_image_routes_are_405_and_never_passed_through(
 
 async def test_no_default_channel_means_unknown_url(make_proxy: Any) -> None:
     client = await make_proxy(OPEN_RULES)
-    response = await client.get("/v1/models")
+    response = await client.get("/v1/files")
     assert response.status == 404
     assert (await response.json())["error"]["code"] == "unknown_url"
 
@@ -182,7 +182,7 @@ async def test_no_default_channel_means_unknown_url(make_proxy: Any) -> None:
 async def test_default_channel_without_its_key_is_503(make_proxy: Any, fake_openai: Any) -> None:
     _, upstream = fake_openai
     client = await make_proxy(RULES, {"UPSTREAM": upstream})
-    response = await client.get("/v1/models", headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+    response = await client.get("/v1/files", headers={"Authorization": f"Bearer {CLIENT_KEY}"})
     assert response.status == 503
     assert "OPENAI_API_KEY" in (await response.json())["error"]["message"]
 

@@ -151,5 +151,13 @@ async def test_memory_backend_keeps_limits_and_idempotency(aiohttp_client: Any, 
 async def test_pass_through_counts_against_the_keys_request_limit(aiohttp_client: Any, aiohttp_server: Any) -> None:
     fake = FakeOpenAI()
     (app,) = await replicas(aiohttp_client, aiohttp_server, fake, "memory", count=1)
-    statuses = [(await app.get("/v1/models", headers=bearer("limited-key"))).status for _ in range(3)]
+    statuses = [(await app.get("/v1/files", headers=bearer("limited-key"))).status for _ in range(3)]
     assert statuses == [200, 200, 429]
+
+
+async def test_model_lists_count_against_the_keys_request_limit_too(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    fake = FakeOpenAI()
+    (app,) = await replicas(aiohttp_client, aiohttp_server, fake, "memory", count=1)
+    paths = ("/v1/models", "/v1/models/x", "/v1/models")
+    statuses = [(await app.get(path, headers=bearer("limited-key"))).status for path in paths]
+    assert statuses == [200, 404, 429]
