@@ -74,6 +74,18 @@ async def test_the_shipped_rules_list_their_keyless_models_without_any_key(make_
         assert abs(model.created - time.time()) < 600
 
 
+async def test_one_key_adds_its_providers_models_as_the_readme_says(make_proxy: Any, fake_openai: Any) -> None:
+    fake, upstream = fake_openai
+    env = {"OPENAI_BASE_URL": f"{upstream}/v1", "OPENAI_API_KEY": KEY}
+    client = await make_proxy((ROOT / "rules.yaml").read_text(), env)
+    sdk = sdk_for(client)
+    page = await sdk.models.list()
+    await sdk.close()
+    ids = [model.id for model in page.data]
+    assert ids[:6] == ["local-image", "dall-e-3", "dall-e-2", "gpt-image-1", "gpt-image-2", "sd-webui"]
+    assert ids[6:] == ["gpt-image-1.5", "gpt-4o"]  # then the default channel's own list (the fake's)
+
+
 async def test_the_list_merges_the_default_channels_own(make_proxy: Any, fake_openai: Any) -> None:
     fake, upstream = fake_openai
     client = await proxy(make_proxy, upstream, OPENAI_API_KEY=KEY)
