@@ -75,7 +75,7 @@ async def test_the_shipped_rules_list_their_keyless_models_without_any_key(make_
 
 
 async def test_one_key_adds_its_providers_models_as_the_readme_says(make_proxy: Any, fake_openai: Any) -> None:
-    fake, upstream = fake_openai
+    _, upstream = fake_openai
     env = {"OPENAI_BASE_URL": f"{upstream}/v1", "OPENAI_API_KEY": KEY}
     client = await make_proxy((ROOT / "rules.yaml").read_text(), env)
     sdk = sdk_for(client)
