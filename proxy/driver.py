@@ -1,6 +1,6 @@
 """Shell layer: runs adapter steps over HTTP, with deadlines, polling, fan-out, retries and failover.
 
-This is the one loop every provider shares (design.md §1). For a plan it tries the model's usable
+This is the one loop every provider shares (ARCHITECTURE.md §2). For a plan it tries the model's usable
 channels in the rules' order; an error marked retryable moves on to the next channel, and after the
 last channel the whole list is tried again while the request's `retries` allow (capped by
 `server.max_retries`). Errors that are not retryable end the request at once: a client mistake, a

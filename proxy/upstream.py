@@ -136,7 +136,7 @@ def _request_kwargs(call: Call) -> dict[str, object]:
 
 @asynccontextmanager
 async def transport_errors(channel: str, timeout: float) -> AsyncIterator[None]:
-    """Turn aiohttp's and asyncio's failures into the proxy's own errors (design.md §4)."""
+    """Turn aiohttp's and asyncio's failures into the proxy's own errors (ARCHITECTURE.md §3)."""
     try:
         yield
     except ProxyError:

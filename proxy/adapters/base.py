@@ -1,4 +1,4 @@
-"""Adapter layer: the values adapters and the driver exchange (design.md §1).
+"""Adapter layer: the values adapters and the driver exchange (ARCHITECTURE.md §5).
 
     Step = Send(call) | Wait(seconds, call) | Done(ImagesResult) | Fail(ProxyError)
 

@@ -32,7 +32,7 @@ Failures `{"request_id", "code", "message"}`: DataInspectionFailed / IPInfringem
 400; Arrearage -> 429 insufficient_quota (not retryable); Throttling* -> 429 retryable; the rest as
 proxy.core.upstream_errors maps their HTTP status (InvalidApiKey 401 / AccessDenied 403 -> 502).
 Sources: help.aliyun.com/zh/model-studio (text-to-image V2, qwen-image, error codes); dashscope-sdk-python
-(client/base_api.py: tasks/{id}, tasks/{id}/cancel); docs.qwencloud.com (wan2.6-t2i sync); providers.md §7.
+(client/base_api.py: tasks/{id}, tasks/{id}/cancel); docs.qwencloud.com (wan2.6-t2i sync).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ arrears, resource pack exhausted, sent as 429) -> 429 insufficient_quota, not re
 retryable; 1304 (IP whitelist) -> 502 (the channel's problem); 1203 at create -> 404 model_not_found;
 the rest as proxy.core.upstream_errors maps their HTTP status.
 Sources: app.klingai.com/global/dev/document-api (copies: artykrd/ai-bot-misha docs/kling_api.md,
-inference-sh/grid api/klingai/docs); providers.md §5.
+inference-sh/grid api/klingai/docs).
 """
 
 from __future__ import annotations
@@ -364,7 +364,7 @@ def task_succeeded(job: Job, data: Mapping[str, Any]) -> Step:
     deduction = data.get("final_unit_deduction")
     return Done(ImagesResult(
         images=images,
-        # Kling stamps milliseconds (providers.md note 29); OpenAI's `created` is seconds.
+        # Kling stamps milliseconds; OpenAI's `created` is seconds.
         created=created // 1000 if isinstance(created, int) and not isinstance(created, bool) else None,
         usage={"final_unit_deduction": deduction} if deduction is not None else None,
     ))

@@ -170,7 +170,7 @@ class Rules:
     warnings: tuple[str, ...] = ()
 
     def match_model(self, name: str) -> ModelRule:
-        """Exact name beats a glob; among globs the first in the file wins (design.md §2)."""
+        """Exact name beats a glob; among globs the first in the file wins (ARCHITECTURE.md §4)."""
         for rule in self.models:
             if not rule.is_glob and rule.pattern == name:
                 return rule

@@ -1,4 +1,4 @@
-"""Core layer: an upstream's failure answer becomes a ProxyError with a faithful status (design.md §3).
+"""Core layer: an upstream's failure answer becomes a ProxyError with a faithful status (ARCHITECTURE.md §3).
 
 Upstream 4xx keep their status and the provider's message; 429 stays 429 with Retry-After (unless it is
 a billing problem, which no retry fixes); 504 and Cloudflare's 524 are gateway timeouts (the work may

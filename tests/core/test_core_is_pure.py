@@ -1,4 +1,4 @@
-"""Keeps the core honest (design.md §1): nothing in proxy/core or proxy/adapters imports I/O, clocks or randomness."""
+"""Keeps the core honest (ARCHITECTURE.md §1): nothing in proxy/core or proxy/adapters imports I/O, clocks or randomness."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Core tests: rules.yaml parsed into frozen values; every problem names its YAML path (design.md §2)."""
+"""Core tests: rules.yaml parsed into frozen values; every problem names its YAML path (ARCHITECTURE.md §4)."""
 
 from __future__ import annotations
 

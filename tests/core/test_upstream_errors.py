@@ -1,4 +1,4 @@
-"""Core tests: an upstream's failure answer becomes a ProxyError with a faithful status (design.md §3)."""
+"""Core tests: an upstream's failure answer becomes a ProxyError with a faithful status (ARCHITECTURE.md §3)."""
 
 from __future__ import annotations
 

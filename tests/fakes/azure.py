@@ -1,6 +1,6 @@
 """Fake Azure OpenAI images upstream: both URL forms, `api-key` auth, api-version checks, content filter.
 
-Routes (providers.md §2):
+Routes:
 - `POST /openai/deployments/{deployment}/images/generations?api-version=<dated version>`
 - `POST /openai/v1/images/generations` (`model` = deployment name; `api-version` absent, `preview` or `latest`)
 Answers as the real service does: 401 for a wrong or missing `api-key`, 404 "Resource not found" without an

@@ -1,4 +1,4 @@
-"""Fake upstream: Google's Generative Language API for images (providers.md §9), Imagen and Gemini.
+"""Fake upstream: Google's Generative Language API for images, Imagen and Gemini.
 
 `POST /v1beta/models/{imagen-*}:predict` -> `{"predictions": [{"bytesBase64Encoded", "mimeType"}]}` and
 `POST /v1beta/models/{model}:generateContent` -> `candidates[0].content.parts` with a text and an inlineData

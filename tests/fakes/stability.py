@@ -1,4 +1,4 @@
-"""Fake upstream: Stability AI v2beta Stable Image generate (providers.md §4), multipart in, JSON or bytes out.
+"""Fake upstream: Stability AI v2beta Stable Image generate, multipart in, JSON or bytes out.
 
 Like the real server it parses the form with aiohttp's `request.post()`, refuses anything that is not
 multipart/form-data, checks the bearer key and the documented field values, and answers per `Accept`:
