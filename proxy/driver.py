@@ -16,10 +16,11 @@ many are missing and why; when every call fails the first error is the answer.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -276,7 +277,7 @@ def attempt_order(channels: Sequence[Channel], pick: float) -> list[Channel]:
 
 def should_retry(error: ProxyError, channel: Channel) -> bool:
     if isinstance(error, GatewayTimeout):
-        return channel.retry_timeouts
+        return channel.retry_timeouts and error.retryable
     return error.retryable
 
 
@@ -285,11 +286,27 @@ def _backoff(error: ProxyError, round_number: int) -> float:
     return min(wanted, MAX_BACKOFF)
 
 
-async def generate(driver: Driver, rules: Rules, plan: Plan, client_key: str | None) -> Outcome:
-    """The plan's images from the first channel that delivers them (failover in the rules' order)."""
-    channels = attempt_order(list(iter_usable(rules, plan.rule)), random.random())
+# One attempt on one channel: the plan's images (and the fan-out calls that failed while others succeeded).
+# A native stream is an attempt too: it relays the images to the client as they come and returns none.
+Attempt = Callable[[Job], Awaitable[tuple[ImagesResult, tuple[ProxyError, ...]]]]
+
+
+async def generate(
+    driver: Driver,
+    rules: Rules,
+    plan: Plan,
+    client_key: str | None,
+    attempt: Attempt | None = None,
+    serves: Callable[[Channel], bool] | None = None,
+) -> Outcome:
+    """The plan's images from the first channel that delivers them (failover in the rules' order, weights,
+    retry rounds with backoff). `attempt` replaces what one channel is asked to do, `serves` narrows the
+    channels to those that can do it (native streams); every delivery mode shares this one loop."""
+    candidates = [channel for channel in iter_usable(rules, plan.rule) if serves is None or serves(channel)]
+    channels = attempt_order(candidates, random.random())
     if not channels:
         raise unusable_reason(rules, plan)
+    run = attempt or functools.partial(run_on_channel, driver)
     rounds = 1 + min(plan.retries, rules.server.max_retries)
     attempts = 0
     last: ProxyError | None = None
@@ -298,15 +315,11 @@ async def generate(driver: Driver, rules: Rules, plan: Plan, client_key: str | N
             await asyncio.sleep(_backoff(last, round_number - 1))
         for channel in channels:
             attempts += 1
-            note(rule=plan.rule.pattern, channel=channel.name, attempts=attempts)
-            if driver.metrics is not None:
-                driver.metrics.attempts.labels(plan.rule.pattern).inc()
-                if attempts > 1:
-                    driver.metrics.failovers.labels(plan.rule.pattern).inc()
+            _count_attempt(driver, plan, channel, attempts)
             try:
                 spec = driver.adapters[channel.type]
                 channel_plan = await plan_for(plan, channel, spec, driver.inputs or driver.session, driver.download)
-                result, failed = await run_on_channel(driver, Job(channel_plan, channel, driver.key_for(channel, client_key)))
+                result, failed = await run(Job(channel_plan, channel, driver.key_for(channel, client_key)))
             except ProxyError as error:
                 if not should_retry(error, channel):
                     raise
@@ -316,3 +329,11 @@ async def generate(driver: Driver, rules: Rules, plan: Plan, client_key: str | N
             return Outcome(result, channel.name, attempts, failed, channel_plan.conversion)
     assert last is not None
     raise last
+
+
+def _count_attempt(driver: Driver, plan: Plan, channel: Channel, attempts: int) -> None:
+    note(rule=plan.rule.pattern, channel=channel.name, attempts=attempts)
+    if driver.metrics is not None:
+        driver.metrics.attempts.labels(plan.rule.pattern).inc()
+        if attempts > 1:
+            driver.metrics.failovers.labels(plan.rule.pattern).inc()

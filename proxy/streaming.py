@@ -36,10 +36,8 @@ from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Rules, iter_usable
 from proxy.core.sse import KEEPALIVE, SSEParser, completed_event, error_payload, format_json_event, partial_image_event
 from proxy.core.translate import with_revised_prompt
-from proxy.driver import Driver, add_usage, should_retry
+from proxy.driver import Driver, add_usage, generate
 from proxy.finish import Delivery, Finisher, convert, deliver, measured_size
-from proxy.inputs import plan_for
-from proxy.observe import note
 from proxy.production import count_usage, produce
 from proxy.services import Services
 from proxy.upstream import MAX_ANSWER_BYTES, form_data, read_capped, transport_errors, with_request_id
@@ -359,25 +357,21 @@ async def stream(
 async def _native_with_failover(
     sink: Sink, services: Services, delivery: Delivery, plan: Plan, client_key: str | None, kind: str
 ) -> None:
-    """Native streams fail over like other requests, but only until the first event reached the client."""
-    rules, driver, finisher = services.rules, services.driver, services.finisher
-    last: ProxyError | None = None
-    channels = [channel for channel in iter_usable(rules, plan.rule) if streams(driver.adapters[channel.type])]
-    for channel in channels:
-        note(rule=plan.rule.pattern, channel=channel.name)
-        spec = driver.adapters[channel.type]
-        channel_plan = await plan_for(plan, channel, spec, driver.inputs or driver.session, driver.download)
-        job = Job(channel_plan, channel, driver.key_for(channel, client_key))
+    """Native streams fail over on the driver's one loop (order, weights, retry rounds, backoff, attempt
+    metrics), but only until the first event reached the client."""
+    driver = services.driver
+
+    async def relay(job: Job) -> tuple[ImagesResult, tuple[ProxyError, ...]]:
+        spec = driver.adapters[job.channel.type]
         try:
             if spec.stream_steps is not None:
                 await relay_drawn(sink, services, delivery, plan, spec, job, kind)
             else:
-                await relay_native(sink, driver, finisher, delivery, spec, job, kind)
-            return
+                await relay_native(sink, driver, services.finisher, delivery, spec, job, kind)
         except ProxyError as error:
-            if sink.started or not should_retry(error, channel):
-                raise
-            last = error
-    if last is not None:
-        raise last
-    raise BadGateway(f"no channel of model '{plan.model}' can stream", code="upstream_unavailable")
+            if sink.started:
+                error.retryable = False  # the client has events already: no other channel may start over
+            raise
+        return ImagesResult(images=()), ()  # the images went to the client as they came
+
+    await generate(driver, services.rules, plan, client_key, relay, lambda channel: streams(driver.adapters[channel.type]))

@@ -155,3 +155,8 @@ class ServiceUnavailable(ProxyError):
 class GatewayTimeout(ProxyError):
     status = 504
     type = "timeout"
+
+    def __init__(self, message: str, *, code: str | None = None, retryable: bool = True) -> None:
+        # Retried only where the channel says `retry_timeouts` (the work may be done and billed), and never
+        # once it is known to exist upstream (a task being polled, a stream the client already receives).
+        super().__init__(message, code=code, retryable=retryable)

@@ -10,6 +10,7 @@ served under `/files/<name>.png` (or `failed` with `fail_task_with` as its task_
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -54,6 +55,7 @@ class FakeKling:
     fail_task_with: str | None = None
     moderate: bool = False
     fail_polls: int = 0
+    poll_delay: float = 0.0  # seconds each poll takes to answer (a stalled status endpoint)
     fail_create_with: tuple[int, dict[str, Any]] | None = None
     recorder: Recorder = field(default_factory=Recorder)
     tasks: dict[str, FakeTask] = field(default_factory=dict)
@@ -110,6 +112,8 @@ class FakeKling:
 
     async def query(self, request: web.Request) -> web.Response:
         await self.recorder.record(request)
+        if self.poll_delay:
+            await asyncio.sleep(self.poll_delay)
         problem = self.auth_problem(request)
         if problem is not None:
             return problem

@@ -168,6 +168,39 @@ async def test_deadline_is_504_and_the_task_is_not_restarted(make_proxy: Any, ai
     assert len([item for item in kling.recorder.received if item.method == "POST"]) == 1
 
 
+PATIENT_RULES = """
+channels:
+  patient:
+    type: kling
+    base_url: ${KLING}
+    api_key: ${KLING_ACCESS_KEY}:${KLING_SECRET_KEY}
+    poll_interval: 0.01
+    timeout: 0.2
+    retry_timeouts: true
+  backup:
+    type: kling
+    base_url: ${KLING}
+    api_key: ${KLING_ACCESS_KEY}:${KLING_SECRET_KEY}
+models:
+  kling-v2:
+    channels: [patient, backup]
+"""
+
+
+async def test_a_poll_that_times_out_never_fails_over_even_where_timeouts_may(make_proxy: Any, aiohttp_server: Any) -> None:
+    # `retry_timeouts` lets a channel retry a call that timed out; once a task exists upstream, a second
+    # channel would start (and bill) a second task, so a failing poll is final.
+    kling = FakeKling(polls_before_done=10_000, poll_delay=1.0)
+    server = await aiohttp_server(kling.app())
+    env = {"KLING": str(server.make_url("")).rstrip("/"), "KLING_ACCESS_KEY": kling.access_key,
+           "KLING_SECRET_KEY": kling.secret_key}
+    client = await make_proxy(PATIENT_RULES, env)
+    response = await client.post("/v1/images/generations", json={"model": "kling-v2", "prompt": "x"})
+    assert response.status == 504
+    assert (await response.json())["error"]["code"] == "upstream_timeout"
+    assert len([item for item in kling.recorder.received if item.method == "POST"]) == 1
+
+
 async def test_a_client_that_disconnects_cancels_the_task(make_proxy: Any, aiohttp_server: Any) -> None:
     dashscope = FakeDashScope(polls_before_done=100)
     client = await proxy(make_proxy, aiohttp_server, FakeKling(), dashscope, POLL="0.5")

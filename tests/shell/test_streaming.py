@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import time
 from typing import Any
 
@@ -193,6 +194,24 @@ async def test_native_streams_count_images_and_tokens_against_the_key(make_proxy
     assert 'imagegate_key_images_total{key="anonymous"} 1.0' in metrics
     total = last["usage"]["total_tokens"]
     assert total > 0 and f'imagegate_key_tokens_total{{key="anonymous",kind="total"}} {float(total)}' in metrics
+
+
+async def test_native_streams_take_retry_rounds_like_any_request(
+    make_proxy: Any, aiohttp_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = FakeOpenAI()
+    fake.failures.append((503, {"error": {"message": "overloaded", "type": "server_error"}}, {"Retry-After": "0"}))
+    client = await proxy(make_proxy, aiohttp_server, fake)
+    with caplog.at_level(logging.INFO, logger="imagegate.access"):
+        response = await client.post("/v1/images/generations",
+                                     json={"model": "gpt-image-1.5", "prompt": "p", "stream": True, "retries": 1})
+        assert response.status == 200
+        name, last = await read_event(response)
+        await response.read()
+    assert name == "image_generation.completed" and last is not None
+    assert len(fake.recorder.received) == 2  # the 503, then the stream
+    lines = [json.loads(record.getMessage()) for record in caplog.records if record.name == "imagegate.access"]
+    assert [(line["status"], line["attempts"]) for line in lines] == [(200, 2)]
 
 
 async def test_an_error_before_the_first_event_keeps_its_status(make_proxy: Any, aiohttp_server: Any) -> None:
