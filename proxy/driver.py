@@ -190,7 +190,10 @@ async def run_job(driver: Driver, spec: AdapterSpec, job: Job) -> ImagesResult:
     except TimeoutError:
         cancel_abandoned(driver, spec, job, progress[0])
         raise GatewayTimeout(
-            f"channel '{job.channel.name}' did not finish within {job.channel.deadline:g} seconds", code="upstream_deadline"
+            f"channel '{job.channel.name}' did not finish within {job.channel.deadline:g} seconds",
+            code="upstream_deadline",
+            # A task that exists upstream (its state is known) may still finish and bill: never start another.
+            retryable=progress[0] is None,
         ) from None
     except asyncio.CancelledError:
         # The client went away in sync mode: stop the paid work we started.

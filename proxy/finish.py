@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import logging
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -33,6 +34,7 @@ from proxy.guard import Refused, as_upstream_error, trusted_for
 from proxy.guard import fetch as guarded_fetch
 from proxy.store import ImageStore
 
+log = logging.getLogger("imagegate.finish")
 IMAGE_ROUTE = "/images/"
 # Below this many characters base64 work is cheaper inline than a thread hop.
 _INLINE_LIMIT = 256 * 1024
@@ -113,26 +115,32 @@ async def rehost(finisher: Finisher, image: GeneratedImage, delivery: Delivery) 
     return replace(hosted, b64_json=image.b64_json)  # only the URL changes: bytes go out only when asked for
 
 
-def _transcoded(data: bytes, wanted: Conversion) -> tuple[str, bytes | None]:
-    """The format the bytes are in, and the bytes in the wanted format (None: they already are)."""
+def _transcoded(data: bytes, wanted: Conversion) -> tuple[str, bytes | None, str | None]:
+    """The format the bytes are in, the bytes in the wanted format (None: they already are, or cannot be),
+    and why they cannot be converted."""
     source = FORMAT_OF_MIME.get(sniff_image_type(data) or "", "unknown")
     if not wanted.needed(source):
-        return source, None
+        return source, None, None
     try:
-        return source, transcode(data, wanted.to, wanted.compression)
+        return source, transcode(data, wanted.to, wanted.compression), None
     except TranscodeError as error:
-        raise BadGateway(
-            f"the upstream returned an image that cannot be converted to {wanted.to}: {error}", code="bad_upstream_response"
-        ) from None
+        return source, None, str(error)
 
 
 async def reformat(finisher: Finisher, image: GeneratedImage, delivery: Delivery, wanted: Conversion) -> GeneratedImage:
     """The image in the client's output_format. A converted image is bytes; it is hosted again when the
-    upstream gave a URL and the client named no response_format, so the answer keeps its shape."""
+    upstream gave a URL and the client named no response_format, so the answer keeps its shape. An image
+    the proxy cannot re-encode was still made and paid for: it is delivered as the provider made it, and
+    the answer says so (`metadata.not_converted`) rather than failing."""
     source = image if image.b64_json is not None else await fetch(finisher, image, delivery)
     assert source.b64_json is not None
     data: bytes = await _off_loop_if_large(len(source.b64_json), _decode, source.b64_json)
-    made, converted = await _off_loop_if_large(len(data), partial(_transcoded, wanted=wanted), data, _INLINE_TRANSCODE_LIMIT)
+    made, converted, problem = await _off_loop_if_large(
+        len(data), partial(_transcoded, wanted=wanted), data, _INLINE_TRANSCODE_LIMIT
+    )
+    if problem is not None:
+        log.warning("an upstream image (%s) could not be converted to %s: %s", made, wanted.to, problem)
+        return replace(source, unconverted=f"{made} could not be converted to {wanted.to}: {problem}")
     if converted is None:
         return image  # already what the client asked for: delivered as the upstream gave it
     b64: str = await _off_loop_if_large(len(converted), _encode, converted)
@@ -195,13 +203,17 @@ async def deliver(finisher: Finisher, result: ImagesResult, delivery: Delivery) 
 
 def converted_extra(images: tuple[GeneratedImage, ...], wanted: Conversion | None) -> dict[str, Any]:
     """What the answer says of a conversion: the format delivered (OpenAI's response-level `output_format`)
-    and, under metadata, `converted: {from, to}` when the proxy re-encoded any image."""
+    and, under metadata, `converted: {from, to}` when the proxy re-encoded any image, `not_converted` when
+    it could not (those images keep the provider's format, so no single `output_format` is claimed)."""
     if wanted is None:
         return {}
-    extra: dict[str, Any] = {"output_format": wanted.to}
+    failed = [image.unconverted for image in images if image.unconverted is not None]
+    extra: dict[str, Any] = {} if failed else {"output_format": wanted.to}
     made = next((image.converted_from for image in images if image.converted_from is not None), None)
     if made is not None:
         extra["converted"] = {"from": made, "to": wanted.to}
+    if failed:
+        extra["not_converted"] = {"count": len(failed), "reason": failed[0]}
     return extra
 
 

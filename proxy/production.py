@@ -14,8 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from proxy.core.errors import ProxyError
+from proxy.core.formats import Conversion
 from proxy.core.plan import Plan
 from proxy.core.response import ImagesResult
+from proxy.core.rules import Channel
 from proxy.core.translate import with_revised_prompt
 from proxy.driver import generate
 from proxy.finish import Delivery, deliver, metadata
@@ -32,14 +35,26 @@ async def produce(services: Services, plan: Plan, client_key: str | None, delive
     """The plan's images from its channels, in the client's format, counted against the client's key."""
     outcome = await generate(services.driver, services.rules, plan, client_key)
     channel = services.rules.channels.get(outcome.channel)
-    channel_delivery = delivery.from_channel(channel, services.rules.server.download) if channel is not None else delivery
-    channel_delivery = replace(channel_delivery, conversion=outcome.conversion)
-    result, lost = await deliver(services.finisher, outcome.result, channel_delivery)
+    result, lost = await finish_result(services, plan, channel, outcome.conversion, outcome.result, delivery)
     outcome = replace(outcome, result=result, failed=outcome.failed + lost)
-    result = with_revised_prompt(result, plan.client_prompt, plan.rule.translation)
     served_by = plan.rule.upstream_for(outcome.channel, plan.model)
     count_usage(services, client_key, len(result.images), result.usage)
     return Produced(result, metadata(outcome, plan.model, served_by, plan.n))
+
+
+async def finish_result(
+    services: Services,
+    plan: Plan,
+    channel: Channel | None,
+    conversion: Conversion | None,
+    result: ImagesResult,
+    delivery: Delivery,
+) -> tuple[ImagesResult, tuple[ProxyError, ...]]:
+    """A channel's images in the client's formats with revised prompts applied (every answer that is not a
+    relayed upstream stream ends here), and the images lost on the way."""
+    here = delivery.from_channel(channel, services.rules.server.download) if channel is not None else delivery
+    delivered, lost = await deliver(services.finisher, result, replace(here, conversion=conversion))
+    return with_revised_prompt(delivered, plan.client_prompt, plan.rule.translation), lost
 
 
 def key_name(services: Services, client_key: str | None) -> str:

@@ -35,10 +35,9 @@ from proxy.core.plan import EDIT, Plan
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Rules, iter_usable
 from proxy.core.sse import KEEPALIVE, SSEParser, completed_event, error_payload, format_json_event, partial_image_event
-from proxy.core.translate import with_revised_prompt
 from proxy.driver import Driver, add_usage, generate
-from proxy.finish import Delivery, Finisher, convert, deliver, measured_size
-from proxy.production import count_usage, produce
+from proxy.finish import Delivery, Finisher, convert, measured_size
+from proxy.production import count_usage, finish_result, produce
 from proxy.services import Services
 from proxy.upstream import MAX_ANSWER_BYTES, form_data, read_capped, transport_errors, with_request_id
 
@@ -109,7 +108,7 @@ async def finish_payload(payload: dict[str, Any], finisher: Finisher, delivery: 
         out["b64_json"] = converted.b64_json
     if delivery.response_format in (None, "url") and converted.url is not None:
         out["url"] = converted.url
-    if delivery.conversion is not None:
+    if delivery.conversion is not None and converted.unconverted is None:
         out["output_format"] = delivery.conversion.to  # the final image was converted to what the client asked
     return out
 
@@ -293,9 +292,8 @@ async def relay_drawn(sink: Sink, services: Services, delivery: Delivery, plan: 
         if step is None:
             raise BadGateway(f"channel '{job.channel.name}' ended without images", code="upstream_stream_cut")
         break
-    here = delivery.from_channel(job.channel, services.rules.server.download)
-    result, _ = await deliver(services.finisher, step.result, here)
-    result = with_revised_prompt(result, plan.client_prompt, plan.rule.translation)
+    # The images that could not be delivered (a failed conversion) are lost either way: the stream sends the rest.
+    result, _ = await finish_result(services, plan, job.channel, job.plan.conversion, step.result, delivery)
     for payload in completed_payloads(result, kind, plan, int(time.time())):
         await sink.send(payload)
 
@@ -343,8 +341,11 @@ async def stream(
 
     try:
         if streams_natively(services.rules, plan, services.driver):
-            await _native_with_failover(sink, services, delivery, plan, client_key, kind)
-            count_usage(services, client_key, sink.completed, sink.usage)
+            try:
+                await _native_with_failover(sink, services, delivery, plan, client_key, kind)
+            finally:
+                # What reached the client is counted, also when the stream then failed or the client left.
+                count_usage(services, client_key, sink.completed, sink.usage)
         else:
             await emulate(sink, work, kind, plan)
     except ProxyError as error:

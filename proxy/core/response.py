@@ -19,6 +19,8 @@ class GeneratedImage:
     url_ttl: float | None = None
     # The format the provider made, when the proxy re-encoded the image into the client's output_format.
     converted_from: str | None = None
+    # Why the proxy could not re-encode it: the image was paid for, so it goes out as the provider made it.
+    unconverted: str | None = None
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import openai
+from aiohttp import web
 from PIL import Image
 
 from tests.fakes import flux as flux_fake
@@ -74,6 +75,29 @@ async def test_a_provider_without_webp_gets_its_png_converted(make_proxy: Any, a
     # CogView takes no output format: it was asked for none.
     assert [sorted(item.json()) for item in zhipu.recorder.received] == [["model", "prompt", "size"]] * 2
     await sdk.close()
+
+
+class UnreadableZhipu(FakeZhipu):
+    """Serves a PNG signature over bytes no decoder can read: an image the provider made and billed."""
+
+    async def file(self, request: web.Request) -> web.Response:
+        return web.Response(body=UNREADABLE, content_type="image/png")
+
+
+UNREADABLE = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+
+
+async def test_an_image_that_cannot_be_converted_is_delivered_as_made(make_proxy: Any, aiohttp_server: Any) -> None:
+    client = await shipped(make_proxy, aiohttp_server, UnreadableZhipu(), FakeFlux(), FakeSeedream())
+    response = await client.post("/v1/images/generations", json={
+        "model": "cogview-4", "prompt": "p", "output_format": "webp", "response_format": "b64_json",
+    })
+    body = await response.json()
+    assert response.status == 200, body
+    assert base64.b64decode(body["data"][0]["b64_json"]) == UNREADABLE  # paid for: never lost to a 502
+    assert "output_format" not in body  # not claimed: the image is not webp
+    assert body["metadata"]["not_converted"]["count"] == 1
+    assert "could not be converted to webp" in body["metadata"]["not_converted"]["reason"]
 
 
 async def test_compression_is_applied_by_the_conversion(make_proxy: Any, aiohttp_server: Any) -> None:

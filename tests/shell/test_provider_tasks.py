@@ -176,6 +176,7 @@ channels:
     api_key: ${KLING_ACCESS_KEY}:${KLING_SECRET_KEY}
     poll_interval: 0.01
     timeout: 0.2
+    deadline: ${DEADLINE:-30}
     retry_timeouts: true
   backup:
     type: kling
@@ -191,14 +192,29 @@ async def test_a_poll_that_times_out_never_fails_over_even_where_timeouts_may(ma
     # `retry_timeouts` lets a channel retry a call that timed out; once a task exists upstream, a second
     # channel would start (and bill) a second task, so a failing poll is final.
     kling = FakeKling(polls_before_done=10_000, poll_delay=1.0)
-    server = await aiohttp_server(kling.app())
-    env = {"KLING": str(server.make_url("")).rstrip("/"), "KLING_ACCESS_KEY": kling.access_key,
-           "KLING_SECRET_KEY": kling.secret_key}
-    client = await make_proxy(PATIENT_RULES, env)
+    client = await patient(make_proxy, aiohttp_server, kling)
     response = await client.post("/v1/images/generations", json={"model": "kling-v2", "prompt": "x"})
     assert response.status == 504
     assert (await response.json())["error"]["code"] == "upstream_timeout"
     assert len([item for item in kling.recorder.received if item.method == "POST"]) == 1
+
+
+async def test_a_task_past_its_deadline_never_fails_over_even_where_timeouts_may(
+    make_proxy: Any, aiohttp_server: Any
+) -> None:
+    kling = FakeKling(polls_before_done=10_000)
+    client = await patient(make_proxy, aiohttp_server, kling, DEADLINE="0.3")
+    response = await client.post("/v1/images/generations", json={"model": "kling-v2", "prompt": "x"})
+    assert response.status == 504
+    assert (await response.json())["error"]["code"] == "upstream_deadline"
+    assert len([item for item in kling.recorder.received if item.method == "POST"]) == 1
+
+
+async def patient(make_proxy: Any, aiohttp_server: Any, kling: FakeKling, **env: str) -> Any:
+    server = await aiohttp_server(kling.app())
+    values = {"KLING": str(server.make_url("")).rstrip("/"), "KLING_ACCESS_KEY": kling.access_key,
+              "KLING_SECRET_KEY": kling.secret_key, **env}
+    return await make_proxy(PATIENT_RULES, values)
 
 
 async def test_a_client_that_disconnects_cancels_the_task(make_proxy: Any, aiohttp_server: Any) -> None:
