@@ -27,8 +27,9 @@ from aiohttp import web
 
 from proxy import __version__
 from proxy.adapters import SCHEMAS
-from proxy.app import log_startup, make_app
+from proxy.app import make_app
 from proxy.core.rules import Rules, RulesError, parse_rules
+from proxy.lifecycle import log_startup
 from proxy.observe import JsonFormatter, TextFormatter
 from proxy.ops import PROBE_TIMEOUT, probe_channels
 from proxy.serving import server_options

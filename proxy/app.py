@@ -1,4 +1,4 @@
-"""Shell layer: the aiohttp application. Routes, auth and error middleware, and the app's lifecycle.
+"""Shell layer: the aiohttp application: its routes and their handlers (the lifecycle is proxy.lifecycle).
 
 Routes:
     POST /v1/images/generations   the product: rules -> adapter -> driver -> finish
@@ -13,15 +13,13 @@ Routes:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -32,38 +30,34 @@ from proxy.catalog import list_models, retrieve_model
 from proxy.core.errors import InvalidRequest, MethodNotAllowed, NotFound, ProxyError, RequestTimeout, ServiceUnavailable
 from proxy.core.form import coerce_fields
 from proxy.core.json_body import encode_body
-from proxy.core.limits import key_id
+from proxy.core.limit_windows import key_id
 from proxy.core.plan import EDIT, VARIATION, Plan, build_plan
 from proxy.core.request import parse_image_request, parse_json_object
 from proxy.core.response import render
 from proxy.core.rules import Rules
-from proxy.driver import Driver
-from proxy.finish import IMAGE_ROUTE, Delivery, Finisher
-from proxy.guard import make_guarded_session, trusted_hosts
+from proxy.finish import IMAGE_ROUTE, Delivery
 from proxy.idempotent import HEADER as IDEMPOTENCY_HEADER
 from proxy.idempotent import check_header, fingerprint, once
-from proxy.inputs import check_client_images
-from proxy.limiter import Admission, admit, imageless
-from proxy.metrics import make_metrics
+from proxy.image_store import ImageStore
+from proxy.input_images import check_client_images
+from proxy.key_limits import Admission, admit, imageless
+from proxy.lifecycle import services_context
 from proxy.middleware import access_middleware, add_request_id, auth_middleware, error_middleware
 from proxy.observe import note
 from proxy.ops import healthz, metrics_endpoint, on_shutdown, readyz, watch_reload_signal
 from proxy.passthrough import relay
 from proxy.production import key_name, produce
 from proxy.services import CLIENT_KEY, RULES, RULES_PATH, SERVICES, STORE, TASK_STORE, Services
-from proxy.state import MemoryIdempotency, SharedState
-from proxy.store import FileImageStore, ImageStore, default_directory
 from proxy.streaming import stream
-from proxy.tasks import FAILED, RUNNING, MemoryTaskStore, TaskRecord, TaskStore, failed, finished, new_record, owner_of
-from proxy.uploads import Form, read_form
-from proxy.upstream import SESSION, make_session
+from proxy.tasks import FAILED, RUNNING, TaskRecord, TaskStore, failed, finished, new_record, owner_of
+from proxy.upload_form import Form, read_form
+from proxy.upstream import SESSION
 
 log = logging.getLogger("imagegate")
 
 
 T = TypeVar("T")
 IGNORED_HEADER = "X-Imagegate-Ignored-Params"
-SWEEP_EVERY = 300.0
 MAX_LOGGED_MODEL = 200  # characters of a client's model name an access line keeps
 
 
@@ -332,90 +326,6 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
         return await relay(request, request.app[SESSION], channel, spec, client_key)
 
 
-# -- lifecycle ------------------------------------------------------------------------------------
-
-
-def open_shared_state(rules: Rules) -> SharedState | None:
-    """The Redis backend when `server.state` names one (imported only then: it is an optional extra)."""
-    if rules.server.state == "memory":
-        return None
-    from proxy.redis_state import open_redis
-
-    return open_redis(rules.server.state, rules.server.images.ttl)
-
-
-def make_store(rules: Rules) -> ImageStore:
-    path = Path(rules.server.images.path) if rules.server.images.path else default_directory()
-    return FileImageStore(path, rules.server.images.ttl)
-
-
-async def _sweep_forever(services: Services) -> None:
-    while True:
-        await asyncio.sleep(SWEEP_EVERY)
-        try:
-            await services.store.sweep()
-            await services.tasks.sweep()
-            if isinstance(services.idempotency, MemoryIdempotency):
-                await services.idempotency.sweep()
-        except (OSError, ProxyError) as exc:
-            log.warning("could not sweep expired images or tasks: %s", exc)
-
-
-async def _drain(running: set[asyncio.Task[Any]], grace: float) -> None:
-    """Let background work (async tasks, cancel calls) finish within the grace period, then stop it."""
-    if not running:
-        return
-    log.info("waiting up to %gs for %d background task(s)", grace, len(running))
-    _, pending = await asyncio.wait(running, timeout=grace)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-
-
-async def _services(app: web.Application) -> AsyncIterator[None]:
-    rules = app[RULES]
-    session = make_session()
-    inputs, resolver = make_guarded_session(trusted_hosts(rules))
-    app[SESSION] = session
-    shared = open_shared_state(rules)
-    store = app[STORE] if STORE in app else shared.store if shared is not None else make_store(rules)
-    tasks = app[TASK_STORE] if TASK_STORE in app else shared.tasks if shared is not None else MemoryTaskStore()
-    metrics = make_metrics()
-    services = Services(
-        rules=rules,
-        driver=Driver(session=session, adapters=ADAPTERS, inputs=inputs, download=rules.server.download, metrics=metrics),
-        finisher=Finisher(session=inputs, store=store, download=rules.server.download),
-        store=store,
-        tasks=tasks,
-        metrics=metrics,
-        resolver=resolver,
-    )
-    if shared is not None:
-        services.counters, services.idempotency = shared.counters, shared.idempotency
-    app[SERVICES] = services
-    sweeper = asyncio.create_task(_sweep_forever(services))
-    yield
-    sweeper.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await sweeper
-    # Async tasks were paid for: they get the same grace as in-flight requests.
-    await _drain(services.background | services.driver.background, services.rules.server.shutdown_grace)
-    # Cancelling stragglers above may have started cancel calls upstream: let those go out too.
-    await _drain(set(services.driver.background), 10.0)
-    await tasks.close()
-    if shared is not None:
-        await shared.close()
-    await inputs.close()
-    await session.close()
-
-
-def log_startup(rules: Rules) -> None:
-    for warning in rules.warnings:
-        log.warning("%s", warning)
-    if not rules.server.api_keys:
-        log.warning("server.api_keys is empty: the proxy accepts requests without a key")
-
-
 def make_app(
     rules: Rules, *, store: ImageStore | None = None, tasks: TaskStore | None = None, rules_path: str | None = None
 ) -> web.Application:
@@ -430,7 +340,7 @@ def make_app(
         app[STORE] = store
     if tasks is not None:
         app[TASK_STORE] = tasks
-    app.cleanup_ctx.append(_services)
+    app.cleanup_ctx.append(services_context)
     app.cleanup_ctx.append(watch_reload_signal)
     app.on_shutdown.append(on_shutdown)
     app.on_response_prepare.append(add_request_id)

@@ -20,8 +20,8 @@ from proxy.adapters import ADAPTERS
 from proxy.adapters.base import Call, UpstreamResponse
 from proxy.core.catalog import find_model, list_body, merge, model_not_found, own_models, upstream_entries, upstream_model
 from proxy.core.errors import ProxyError
-from proxy.core.limits import key_id
-from proxy.limiter import imageless
+from proxy.core.limit_windows import key_id
+from proxy.key_limits import imageless
 from proxy.observe import note
 from proxy.passthrough import upstream_url
 from proxy.services import CLIENT_KEY, SERVICES

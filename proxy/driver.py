@@ -33,7 +33,7 @@ from proxy.core.plan import Plan
 from proxy.core.response import ImagesResult, merge_extras
 from proxy.core.rules import Channel, DownloadRules, Rules, iter_usable
 from proxy.guard import Refused, as_upstream_error, check, host_of, trusted_for
-from proxy.inputs import plan_for
+from proxy.input_images import plan_for
 from proxy.metrics import Metrics
 from proxy.observe import note, upstream_call_took
 from proxy.upstream import send
@@ -66,7 +66,7 @@ class Driver:
 
     session: aiohttp.ClientSession
     adapters: Mapping[str, AdapterSpec]
-    # For client-chosen image URLs only: its resolver refuses private addresses (proxy.inputs).
+    # For client-chosen image URLs only: its resolver refuses private addresses (proxy.input_images).
     inputs: aiohttp.ClientSession | None = None
     download: DownloadRules = field(default_factory=DownloadRules)
     metrics: Metrics | None = None

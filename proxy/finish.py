@@ -32,7 +32,7 @@ from proxy.core.transcode import TranscodeError, transcode
 from proxy.driver import Outcome
 from proxy.guard import Refused, as_upstream_error, trusted_for
 from proxy.guard import fetch as guarded_fetch
-from proxy.store import ImageStore
+from proxy.image_store import ImageStore
 
 log = logging.getLogger("imagegate.finish")
 IMAGE_ROUTE = "/images/"

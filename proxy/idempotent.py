@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.core.errors import InvalidRequest, ServiceUnavailable
-from proxy.state import DONE, RUNNING, Idempotency, IdempotentRecord
+from proxy.shared_state import DONE, RUNNING, Idempotency, IdempotentRecord
 
 log = logging.getLogger("imagegate")
 

@@ -28,9 +28,9 @@ from aiohttp import web
 from proxy.adapters import SCHEMAS
 from proxy.core.errors import AuthenticationFailed, NotFound
 from proxy.core.rules import Channel, Rules, RulesError, parse_rules
+from proxy.image_store import FileImageStore
 from proxy.metrics import CONTENT_TYPE
 from proxy.services import RULES_PATH, SERVICES, Services
-from proxy.store import FileImageStore
 
 log = logging.getLogger("imagegate")
 

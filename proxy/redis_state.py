@@ -21,8 +21,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from proxy.core.errors import ServiceUnavailable
-from proxy.state import IdempotentRecord, SharedState
-from proxy.store import StoredImage, image_name, valid_name
+from proxy.image_store import StoredImage, image_name, valid_name
+from proxy.shared_state import IdempotentRecord, SharedState
 from proxy.tasks import TaskRecord
 
 PREFIX = "imagegate:"

@@ -17,9 +17,9 @@ from proxy.core.rules import Rules
 from proxy.driver import Driver
 from proxy.finish import Finisher
 from proxy.guard import GuardedResolver, trusted_hosts
+from proxy.image_store import ImageStore
 from proxy.metrics import Metrics
-from proxy.state import Counters, Idempotency, MemoryCounters, MemoryIdempotency
-from proxy.store import ImageStore
+from proxy.shared_state import Counters, Idempotency, MemoryCounters, MemoryIdempotency
 from proxy.tasks import TaskStore
 
 

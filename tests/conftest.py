@@ -18,7 +18,7 @@ from aiohttp.web import Application
 from proxy.adapters import SCHEMAS
 from proxy.app import make_app
 from proxy.core.rules import parse_rules
-from proxy.store import FileImageStore
+from proxy.image_store import FileImageStore
 from tests.fakes.openai import FakeOpenAI
 from tests.hardening.figures import lines
 from tests.serve import start_proxy

@@ -17,7 +17,7 @@ import yaml
 from proxy.core.errors import InvalidRequest, NotFound
 from proxy.core.formats import canonical_format
 from proxy.core.interpolate import interpolate
-from proxy.core.limits import ClientKey, Limits, default_name
+from proxy.core.limit_windows import ClientKey, Limits, default_name
 from proxy.core.request import validate_option
 from proxy.core.size_rules import SizeRules, size_problem, widest
 from proxy.core.sizes import normalise_size, parse_ratio, parse_size

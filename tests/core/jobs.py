@@ -1,4 +1,4 @@
-"""Adapter-test helper: a Job as the shell hands it to an adapter (proxy.inputs.plan_for).
+"""Adapter-test helper: a Job as the shell hands it to an adapter (proxy.input_images.plan_for).
 
 The plan carries `output_format` (and `output_compression`) only when the channel's provider makes the
 client's format itself; otherwise it carries the conversion the proxy owes.

@@ -8,7 +8,7 @@ import pytest
 
 from proxy.adapters import SCHEMAS
 from proxy.core.errors import NotFound
-from proxy.core.limits import ClientKey, default_name
+from proxy.core.limit_windows import ClientKey, default_name
 from proxy.core.rules import (
     Channel,
     DownloadRules,

@@ -39,7 +39,7 @@ from proxy.adapters import SCHEMAS
 from proxy.app import make_app
 from proxy.core.rules import parse_rules
 from proxy.core.sse import SSEParser
-from proxy.store import FileImageStore
+from proxy.image_store import FileImageStore
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
 from tests.hardening.figures import record
 from tests.serve import start_proxy

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from proxy.store import FileImageStore
+from proxy.image_store import FileImageStore
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
 from tests.hardening.figures import record
 

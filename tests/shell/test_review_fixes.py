@@ -13,10 +13,10 @@ import pytest
 from aiohttp import web
 
 from proxy.core.errors import ServiceUnavailable
-from proxy.core.limits import Limits
-from proxy.limiter import admit
+from proxy.core.limit_windows import Limits
+from proxy.key_limits import admit
 from proxy.services import SERVICES
-from proxy.state import MemoryCounters, MemoryIdempotency
+from proxy.shared_state import MemoryCounters, MemoryIdempotency
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
 
 RULES = """
@@ -180,7 +180,7 @@ async def test_hosted_image_names_are_not_logged(make_proxy: Any, aiohttp_server
 async def test_expired_idempotency_records_are_swept() -> None:
     now = [0.0]
     store = MemoryIdempotency(clock=lambda: now[0])
-    from proxy.state import DONE, IdempotentRecord
+    from proxy.shared_state import DONE, IdempotentRecord
 
     await store.finish("k", IdempotentRecord("f", DONE, 200, "x" * 1000), ttl=10)
     now[0] = 11.0

@@ -2,7 +2,7 @@
 
     Counters      per-key limit counters (increment with expiry, decrement)
     Idempotency   `Idempotency-Key` records: claimed, then finished with the response to replay
-(async task records are `proxy.tasks.TaskStore`, hosted images `proxy.store.ImageStore`.)
+(async task records are `proxy.tasks.TaskStore`, hosted images `proxy.image_store.ImageStore`.)
 
 The memory versions serve one process; `proxy.redis_state` implements the same interfaces on Redis.
 `open_state` picks them from `server.state`.
@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from proxy.store import ImageStore
+from proxy.image_store import ImageStore
 from proxy.tasks import TaskStore
 
 RUNNING = "running"

@@ -15,8 +15,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from proxy.core.errors import RateLimited
-from proxy.core.limits import DAY, MINUTE, Limits, window
-from proxy.state import Counters
+from proxy.core.limit_windows import DAY, MINUTE, Limits, window
+from proxy.shared_state import Counters
 
 log = logging.getLogger("imagegate")
 

@@ -1,0 +1,111 @@
+"""Shell layer: the application's lifecycle: the shared services made at start-up, the sweeper of
+expired images and tasks, and the drain on shutdown (paid async work gets the grace period).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from proxy.adapters import ADAPTERS
+from proxy.core.errors import ProxyError
+from proxy.core.rules import Rules
+from proxy.driver import Driver
+from proxy.finish import Finisher
+from proxy.guard import make_guarded_session, trusted_hosts
+from proxy.image_store import FileImageStore, ImageStore, default_directory
+from proxy.metrics import make_metrics
+from proxy.services import RULES, SERVICES, STORE, TASK_STORE, Services
+from proxy.shared_state import MemoryIdempotency, SharedState
+from proxy.tasks import MemoryTaskStore
+from proxy.upstream import SESSION, make_session
+
+log = logging.getLogger("imagegate")
+SWEEP_EVERY = 300.0
+
+
+def open_shared_state(rules: Rules) -> SharedState | None:
+    """The Redis backend when `server.state` names one (imported only then: it is an optional extra)."""
+    if rules.server.state == "memory":
+        return None
+    from proxy.redis_state import open_redis
+
+    return open_redis(rules.server.state, rules.server.images.ttl)
+
+
+def make_store(rules: Rules) -> ImageStore:
+    path = Path(rules.server.images.path) if rules.server.images.path else default_directory()
+    return FileImageStore(path, rules.server.images.ttl)
+
+
+async def _sweep_forever(services: Services) -> None:
+    while True:
+        await asyncio.sleep(SWEEP_EVERY)
+        try:
+            await services.store.sweep()
+            await services.tasks.sweep()
+            if isinstance(services.idempotency, MemoryIdempotency):
+                await services.idempotency.sweep()
+        except (OSError, ProxyError) as exc:
+            log.warning("could not sweep expired images or tasks: %s", exc)
+
+
+async def _drain(running: set[asyncio.Task[Any]], grace: float) -> None:
+    """Let background work (async tasks, cancel calls) finish within the grace period, then stop it."""
+    if not running:
+        return
+    log.info("waiting up to %gs for %d background task(s)", grace, len(running))
+    _, pending = await asyncio.wait(running, timeout=grace)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def services_context(app: web.Application) -> AsyncIterator[None]:
+    rules = app[RULES]
+    session = make_session()
+    inputs, resolver = make_guarded_session(trusted_hosts(rules))
+    app[SESSION] = session
+    shared = open_shared_state(rules)
+    store = app[STORE] if STORE in app else shared.store if shared is not None else make_store(rules)
+    tasks = app[TASK_STORE] if TASK_STORE in app else shared.tasks if shared is not None else MemoryTaskStore()
+    metrics = make_metrics()
+    services = Services(
+        rules=rules,
+        driver=Driver(session=session, adapters=ADAPTERS, inputs=inputs, download=rules.server.download, metrics=metrics),
+        finisher=Finisher(session=inputs, store=store, download=rules.server.download),
+        store=store,
+        tasks=tasks,
+        metrics=metrics,
+        resolver=resolver,
+    )
+    if shared is not None:
+        services.counters, services.idempotency = shared.counters, shared.idempotency
+    app[SERVICES] = services
+    sweeper = asyncio.create_task(_sweep_forever(services))
+    yield
+    sweeper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sweeper
+    # Async tasks were paid for: they get the same grace as in-flight requests.
+    await _drain(services.background | services.driver.background, services.rules.server.shutdown_grace)
+    # Cancelling stragglers above may have started cancel calls upstream: let those go out too.
+    await _drain(set(services.driver.background), 10.0)
+    await tasks.close()
+    if shared is not None:
+        await shared.close()
+    await inputs.close()
+    await session.close()
+
+
+def log_startup(rules: Rules) -> None:
+    for warning in rules.warnings:
+        log.warning("%s", warning)
+    if not rules.server.api_keys:
+        log.warning("server.api_keys is empty: the proxy accepts requests without a key")
