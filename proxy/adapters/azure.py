@@ -26,6 +26,7 @@ from urllib.parse import quote, urlencode
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
 from proxy.adapters.openai import parse_images_response
+from proxy.core.channel_settings import unchecked
 from proxy.core.errors import BadGateway, ContentPolicyViolation, InvalidRequest, ProxyError
 from proxy.core.extra_body import merge_extra_body
 from proxy.core.formats import NativeFormats
@@ -36,7 +37,7 @@ DEFAULT_API_VERSION = "2025-04-01-preview"
 V1 = "v1"
 DEPLOYMENT = "deployment"
 OUTPUT_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg"}  # Azure's spelling of what it accepts
-SETTINGS = frozenset({"api_style", "deployment", "api_version"})
+SETTINGS = unchecked("api_style", "deployment", "api_version")
 # Lower-cased codes Azure uses for its content filter, at the top level or in `inner_error`.
 FILTER_CODES = frozenset(
     {"content_filter", "contentfilter", "content_policy_violation", "moderation_blocked", "responsibleaipolicyviolation"}

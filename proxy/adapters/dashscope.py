@@ -48,6 +48,7 @@ from typing import Any
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse, Wait
 from proxy.adapters.polling import MAX_FAILED_POLLS, TaskState, lenient_timing, transient
 from proxy.adapters.polling import next_wait as polling_wait
+from proxy.core.channel_settings import unchecked
 from proxy.core.errors import (
     BadGateway,
     ContentPolicyViolation,
@@ -502,7 +503,7 @@ def output_formats(job: Job) -> NativeFormats:
 
 SPEC = AdapterSpec(
     name="dashscope",
-    schema=ChannelSchema(settings=frozenset({"sync_models", "poll_interval", "max_poll_interval"}), requires_base_url=False),
+    schema=ChannelSchema(settings=unchecked("sync_models", "poll_interval", "max_poll_interval"), requires_base_url=False),
     start=start,
     advance=advance,
     max_n_per_call=MAX_N,

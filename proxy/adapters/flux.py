@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse, Wait
 from proxy.adapters.polling import MAX_FAILED_POLLS, Timing, polls_failed, timing_from_settings, transient
+from proxy.core.channel_settings import unchecked
 from proxy.core.errors import (
     BadGateway,
     ContentPolicyViolation,
@@ -448,7 +449,7 @@ def advance(job: Job, state: Any, response: UpstreamResponse) -> Step:
 
 SPEC = AdapterSpec(
     name="flux",
-    schema=ChannelSchema(settings=frozenset({"poll_interval", "max_poll_interval"}), requires_base_url=False),
+    schema=ChannelSchema(settings=unchecked("poll_interval", "max_poll_interval"), requires_base_url=False),
     start=start,
     advance=advance,
     max_n_per_call=1,

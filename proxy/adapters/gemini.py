@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
+from proxy.core.channel_settings import unchecked
 from proxy.core.errors import (
     BadGateway,
     ContentPolicyViolation,
@@ -377,7 +378,7 @@ def output_formats(job: Job) -> NativeFormats:
 
 SPEC = AdapterSpec(
     name="gemini",
-    schema=ChannelSchema(settings=frozenset({"person_generation", "response_modalities"}), requires_base_url=False),
+    schema=ChannelSchema(settings=unchecked("person_generation", "response_modalities"), requires_base_url=False),
     start=start,
     advance=advance,
     max_n_per_call=max_n_per_call,

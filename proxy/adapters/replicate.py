@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse, Wait
 from proxy.adapters.polling import MAX_FAILED_POLLS, Timing, polls_failed, timing_from_settings, transient
+from proxy.core.channel_settings import unchecked
 from proxy.core.errors import (
     BadGateway,
     ContentPolicyViolation,
@@ -437,7 +438,7 @@ def output_formats(job: Job) -> NativeFormats:
 SPEC = AdapterSpec(
     name="replicate",
     schema=ChannelSchema(
-        settings=frozenset({"wait", "size_mode", "aspect_ratios", "image_input", "poll_interval", "max_poll_interval"}),
+        settings=unchecked("wait", "size_mode", "aspect_ratios", "image_input", "poll_interval", "max_poll_interval"),
         requires_base_url=False,
     ),
     start=start,

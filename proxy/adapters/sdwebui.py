@@ -30,6 +30,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
+from proxy.core.channel_settings import unchecked
 from proxy.core.errors import BadGateway, InvalidRequest, ProxyError
 from proxy.core.extra_body import merge_extra_body
 from proxy.core.formats import NativeFormats
@@ -45,7 +46,7 @@ IMG2IMG = "/sdapi/v1/img2img"
 RANDOM_SEED = -1
 MIN_SIDE = 64
 SIDE_STEP = 8  # the latent is 1/8 of the image: other sides would come back silently cropped
-SETTINGS = frozenset({"default_size", "steps", "cfg_scale", "sampler_name", "scheduler", "quality_steps"})
+SETTINGS = unchecked("default_size", "steps", "cfg_scale", "sampler_name", "scheduler", "quality_steps")
 # The WebUI's body field -> the client's field it came from, so a 422 names what the client can fix.
 CLIENT_PARAMS = MappingProxyType(
     {"width": "size", "height": "size", "batch_size": "n", "init_images": "image", "denoising_strength": "strength"}

@@ -31,6 +31,7 @@ from typing import Any
 
 from proxy.adapters import json_post
 from proxy.adapters.base import AdapterSpec, Done, Fail, Job, Step, UpstreamResponse
+from proxy.core.channel_settings import unchecked
 from proxy.core.errors import (
     BadGateway,
     ContentPolicyViolation,
@@ -337,7 +338,7 @@ def output_formats(job: Job) -> NativeFormats:
 
 SPEC = AdapterSpec(
     name="seedream",
-    schema=ChannelSchema(settings=frozenset({"model_families"})),
+    schema=ChannelSchema(settings=unchecked("model_families")),
     start=start,
     advance=advance,
     max_n_per_call=1,

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
+from proxy.core.channel_settings import unchecked
 from proxy.core.errors import (
     BadGateway,
     ContentPolicyViolation,
@@ -310,7 +311,7 @@ def output_formats(job: Job) -> NativeFormats:
 
 SPEC = AdapterSpec(
     name="stability",
-    schema=ChannelSchema(settings=frozenset({"accept"}), requires_base_url=False),
+    schema=ChannelSchema(settings=unchecked("accept"), requires_base_url=False),
     start=start,
     advance=advance,
     max_n_per_call=1,

@@ -24,6 +24,7 @@ from typing import Any
 
 from proxy.adapters import json_post
 from proxy.adapters.base import AdapterSpec, Done, Fail, Job, Step, UpstreamResponse
+from proxy.core.channel_settings import unchecked
 from proxy.core.errors import (
     BadGateway,
     ContentPolicyViolation,
@@ -227,7 +228,7 @@ def advance(job: Job, state: Any, response: UpstreamResponse) -> Step:
 
 SPEC = AdapterSpec(
     name="zhipu",
-    schema=ChannelSchema(settings=frozenset({"quality_models"})),
+    schema=ChannelSchema(settings=unchecked("quality_models")),
     start=start,
     advance=advance,
     max_n_per_call=1,

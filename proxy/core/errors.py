@@ -152,6 +152,14 @@ class ServiceUnavailable(ProxyError):
     type = "server_error"
 
 
+class ChannelMisconfigured(ServiceUnavailable):
+    """The channel cannot serve this request as the operator configured it (an upstream model name its
+    endpoint does not know, say). Another channel may: retryable, like a channel whose key is unset."""
+
+    def __init__(self, channel: str, problem: str) -> None:
+        super().__init__(f"channel '{channel}' is misconfigured: {problem}", code="channel_misconfigured", retryable=True)
+
+
 class GatewayTimeout(ProxyError):
     status = 504
     type = "timeout"

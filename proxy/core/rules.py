@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from proxy.core.channel_settings import Relation, Setting, parse_settings
 from proxy.core.errors import InvalidRequest, NotFound
 from proxy.core.formats import canonical_format
 from proxy.core.interpolate import interpolate
@@ -41,7 +42,9 @@ FORMAT_FIELDS = frozenset({"output_format", "output_compression"})
 class ChannelSchema:
     """What an adapter needs from a channel entry, beyond the keys every channel has."""
 
-    settings: frozenset[str] = frozenset()
+    # The settings its channels may set, with their types and ranges (proxy.core.channel_settings).
+    settings: Mapping[str, Setting] = field(default_factory=lambda: MappingProxyType({}))
+    relations: tuple[Relation, ...] = ()
     requires_base_url: bool = True
     uses_key: bool = True
 
@@ -372,7 +375,7 @@ def _load_channel(reader: _Reader, name: str, data: Any, schemas: Mapping[str, C
     if schema is None:
         reader.problem(f"{path}.type", f"unknown adapter type '{kind}' (known: {', '.join(sorted(schemas))})")
         return None
-    raw = reader.mapping(path, data, _CHANNEL_KEYS | schema.settings)
+    raw = reader.mapping(path, data, _CHANNEL_KEYS | frozenset(schema.settings))
     base_url = reader.string(f"{path}.base_url", raw["base_url"])[0].rstrip("/") if "base_url" in raw else ""
     if schema.requires_base_url and not base_url:
         reader.problem(f"{path}.base_url", f"a '{kind}' channel needs a base_url")
@@ -400,8 +403,17 @@ def _load_channel(reader: _Reader, name: str, data: Any, schemas: Mapping[str, C
         retry_timeouts=_flag(reader, path, raw, "retry_timeouts"),
         weight=_integer(reader, path, raw, "weight", 0, 0),
         headers=MappingProxyType({key: reader.string(f"{path}.headers.{key}", value)[0] for key, value in headers.items()}),
-        settings=MappingProxyType({key: _setting(reader, f"{path}.{key}", raw[key]) for key in schema.settings if key in raw}),
+        settings=_settings(reader, path, raw, schema),
     )
+
+
+def _settings(reader: _Reader, path: str, raw: Mapping[str, Any], schema: ChannelSchema) -> Mapping[str, Any]:
+    """The adapter's settings, checked against its declaration (every declared one, defaults filled in)."""
+    written = {key: _setting(reader, f"{path}.{key}", raw[key]) for key in schema.settings if key in raw}
+    values, problems = parse_settings(written, schema.settings, schema.relations)
+    for key, message in problems:
+        reader.problem(f"{path}.{key}", message)
+    return MappingProxyType(values)
 
 
 def _flag(reader: _Reader, path: str, raw: Mapping[str, Any], key: str) -> bool:

@@ -63,7 +63,7 @@ def failure(job: Job, state: Any, response: UpstreamResponse) -> Any:
 def test_spec() -> None:
     assert SPEC.name == "dashscope"
     assert SPEC.max_n_per_call == 4
-    assert SPEC.schema.settings == frozenset({"sync_models", "poll_interval", "max_poll_interval"})
+    assert frozenset(SPEC.schema.settings) == frozenset({"sync_models", "poll_interval", "max_poll_interval"})
 
 
 def test_the_whole_task_from_create_to_images() -> None:

@@ -71,7 +71,7 @@ def polling(job: Job, polling_url: str = POLL, **extra: Any) -> Wait:
 
 def test_spec() -> None:
     assert (SPEC.name, SPEC.max_n_per_call, SPEC.cancel) == ("flux", 1, None)
-    assert SPEC.schema.settings == frozenset({"poll_interval", "max_poll_interval"})
+    assert frozenset(SPEC.schema.settings) == frozenset({"poll_interval", "max_poll_interval"})
     assert not SPEC.schema.requires_base_url
 
 

@@ -80,7 +80,7 @@ def test_spec() -> None:
     assert SPEC.max_n_per_call == 9
     assert SPEC.cancel is None  # Kling documents no cancel endpoint
     assert SPEC.auth_headers is None
-    assert SPEC.schema.settings == frozenset({"hd_models", "poll_interval", "max_poll_interval"})
+    assert frozenset(SPEC.schema.settings) == frozenset({"hd_models", "poll_interval", "max_poll_interval"})
 
 
 def test_credential_is_an_hs256_jwt_signed_with_the_secret_key() -> None:

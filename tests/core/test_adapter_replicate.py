@@ -79,7 +79,7 @@ def running(job: Job, **extra: Any) -> Wait:
 def test_spec() -> None:
     assert (SPEC.name, SPEC.max_n_per_call) == ("replicate", 1)
     assert SPEC.cancel is not None
-    assert SPEC.schema.settings == frozenset({"wait", "size_mode", "aspect_ratios", "image_input", "poll_interval",
+    assert frozenset(SPEC.schema.settings) == frozenset({"wait", "size_mode", "aspect_ratios", "image_input", "poll_interval",
                                               "max_poll_interval"})
 
 

@@ -70,7 +70,7 @@ USAGE = {"generated_images": 1, "output_tokens": 16384, "total_tokens": 16384}
 
 
 def test_spec_declares_no_native_n() -> None:
-    assert (SPEC.name, SPEC.max_n_per_call, SPEC.schema.settings) == ("seedream", 1, frozenset({"model_families"}))
+    assert (SPEC.name, SPEC.max_n_per_call, frozenset(SPEC.schema.settings)) == ("seedream", 1, frozenset({"model_families"}))
 
 
 def test_success_round_trip() -> None:
