@@ -2,6 +2,10 @@
 
 An adapter never awaits anything. Given a Job it returns a Step (what to send, or the result);
 given what came back it returns the next Step. The shell's driver owns the I/O.
+
+`register(spec)` is the one registration point (ARCHITECTURE.md §7): a channel whose `type` is the
+spec's name is served by it. The built-in adapters register here; a provider kept outside the package
+registers the same way before the rules are loaded.
 """
 
 from __future__ import annotations
@@ -40,5 +44,27 @@ _ALL = (
     flux.SPEC,
     replicate.SPEC,
 )
-ADAPTERS: Mapping[str, AdapterSpec] = MappingProxyType({spec.name: spec for spec in _ALL})
-SCHEMAS: Mapping[str, ChannelSchema] = MappingProxyType({name: spec.schema for name, spec in ADAPTERS.items()})
+_REGISTERED: dict[str, AdapterSpec] = {}
+_SCHEMAS: dict[str, ChannelSchema] = {}
+# Read-only views that follow registrations: the rules loader reads SCHEMAS, the driver ADAPTERS.
+ADAPTERS: Mapping[str, AdapterSpec] = MappingProxyType(_REGISTERED)
+SCHEMAS: Mapping[str, ChannelSchema] = MappingProxyType(_SCHEMAS)
+
+
+def register(spec: AdapterSpec) -> AdapterSpec:
+    """Serve channels of `type: <spec.name>` with `spec`. A name is registered once (ValueError otherwise)."""
+    if _REGISTERED.get(spec.name, spec) is not spec:
+        raise ValueError(f"an adapter named '{spec.name}' is already registered")
+    _REGISTERED[spec.name] = spec
+    _SCHEMAS[spec.name] = spec.schema
+    return spec
+
+
+def unregister(name: str) -> None:
+    """Forget the adapter registered as `name` (its channels no longer load)."""
+    _REGISTERED.pop(name, None)
+    _SCHEMAS.pop(name, None)
+
+
+for _spec in _ALL:
+    register(_spec)
