@@ -18,7 +18,16 @@ from aiohttp import web
 
 from proxy.adapters import ADAPTERS
 from proxy.adapters.base import Call, UpstreamResponse
-from proxy.core.catalog import find_model, list_body, merge, model_not_found, own_models, upstream_entries, upstream_model
+from proxy.core.catalog import (
+    askable,
+    find_model,
+    list_body,
+    merge,
+    model_not_found,
+    own_models,
+    upstream_entries,
+    upstream_model,
+)
 from proxy.core.errors import ProxyError
 from proxy.core.limit_windows import key_id
 from proxy.key_limits import imageless
@@ -86,6 +95,8 @@ async def retrieve_model(request: web.Request) -> web.Response:
         own = find_model(services.rules, name, services.started)
         if own is not None:
             return web.json_response(own)
+        if not askable(name):
+            raise model_not_found(name)
         answer = await ask_default_channel(request, "/v1/models/" + quote(name, safe="/:@"))
     found = upstream_model(_decoded(answer.body), name) if answer is not None and answer.status == 200 else None
     if answer is not None and answer.status not in (200, 404):

@@ -79,6 +79,12 @@ def list_body(models: list[dict[str, Any]]) -> dict[str, Any]:
     return {"object": "list", "data": models}
 
 
+def askable(name: str) -> bool:
+    """Whether a model name may be asked of the default channel: a `.` or `..` path segment would make
+    `/v1/models/{name}` another path upstream (`../files`), so such a name is simply not found."""
+    return not any(segment in (".", "..") for segment in name.split("/"))
+
+
 def model_not_found(name: str) -> NotFound:
     return NotFound(f"The model '{name}' does not exist or you do not have access to it.", param="model",
                     code="model_not_found")

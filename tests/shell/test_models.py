@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -206,3 +207,24 @@ async def test_other_methods_on_a_model_are_still_passed_through(make_proxy: Any
     assert await response.json() == {"id": "ft:gpt-4o:acme::abc123", "object": "model", "deleted": True}
     (sent,) = fake.recorder.received
     assert (sent.method, sent.header("Authorization")) == ("DELETE", f"Bearer {KEY}")
+
+
+async def raw_get(client: Any, path: str) -> tuple[int, dict[str, Any]]:
+    """GET `path` exactly as written (HTTP clients resolve dot segments before sending)."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer {CLIENT_KEY}\r\n"
+                 "Connection: close\r\n\r\n".encode())
+    head, _, body = (await reader.read()).partition(b"\r\n\r\n")
+    writer.close()
+    return int(head.split()[1]), json.loads(body)
+
+
+async def test_a_model_name_with_dot_segments_never_reaches_another_upstream_path(make_proxy: Any, fake_openai: Any) -> None:
+    fake, upstream = fake_openai
+    client = await proxy(make_proxy, upstream, OPENAI_API_KEY=KEY)
+    for path in ("/v1/models/%2E%2E/files", "/v1/models/a/%2e%2e/%2e%2e/files", "/v1/models/ft:x/%2E/y", "/v1/models/x/../files"):
+        status, body = await raw_get(client, path)
+        assert (status, body["error"]["code"]) == (404, "model_not_found"), path
+    assert fake.recorder.received == []
+    status, _ = await raw_get(client, "/v1/models/my.model..v2")  # dots inside a name are part of the name
+    assert status == 404 and [sent.path for sent in fake.recorder.received] == ["/v1/models/my.model..v2"]
