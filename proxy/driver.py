@@ -32,6 +32,7 @@ from proxy.core.formats import Conversion
 from proxy.core.plan import Plan
 from proxy.core.response import ImagesResult, merge_extras
 from proxy.core.rules import Channel, DownloadRules, Rules, iter_usable
+from proxy.cpu import off_loop
 from proxy.guard import Refused, as_upstream_error, check, host_of, trusted_for
 from proxy.input_images import plan_for
 from proxy.metrics import Metrics
@@ -102,7 +103,7 @@ class Driver:
 async def _first_step(spec: AdapterSpec, job: Job) -> Step:
     if spec.cpu_bound:
         # The local generator encodes PNGs: keep that off the event loop.
-        return await asyncio.to_thread(spec.start, job)
+        return await off_loop(spec.start, job)
     return spec.start(job)
 
 

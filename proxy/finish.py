@@ -29,6 +29,7 @@ from proxy.core.mime import image_dimensions, sniff_image_type
 from proxy.core.response import FETCH, HOST, GeneratedImage, ImagesResult, conversion, in_format
 from proxy.core.rules import Channel, DownloadRules
 from proxy.core.transcode import TranscodeError, transcode
+from proxy.cpu import off_loop
 from proxy.driver import Outcome
 from proxy.guard import Refused, as_upstream_error, trusted_for
 from proxy.guard import fetch as guarded_fetch
@@ -73,7 +74,7 @@ def _decode(b64: str) -> bytes:
 async def _off_loop_if_large(size: int, function: Any, argument: Any, limit: int = _INLINE_LIMIT) -> Any:
     if size < limit:
         return function(argument)
-    return await asyncio.to_thread(function, argument)
+    return await off_loop(function, argument)
 
 
 async def host(finisher: Finisher, image: GeneratedImage, delivery: Delivery) -> GeneratedImage:

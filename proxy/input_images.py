@@ -19,7 +19,6 @@ trust the host, every redirect checked, size cap, timeout, images only).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -34,6 +33,7 @@ from proxy.core.mime import sniff_image_type
 from proxy.core.multipart import Part
 from proxy.core.plan import EDIT, GENERATE, VARIATION, Plan, forwarded, with_output_format
 from proxy.core.rules import Channel, DownloadRules
+from proxy.cpu import off_loop
 from proxy.guard import Refused, as_client_error, fetch
 
 # As in proxy.finish: below this many characters the scan is cheaper inline than a thread hop.
@@ -46,7 +46,7 @@ async def check_client_images(options: Mapping[str, Any], uploads: Sequence[Part
         check_image_fields(options)
     else:
         # Megabytes of base64 are scanned in a worker thread, never on the event loop.
-        await asyncio.to_thread(check_image_fields, options)
+        await off_loop(check_image_fields, options)
     check_uploads(uploads, mask)  # a few bytes per file, already in memory
 
 
@@ -67,7 +67,7 @@ def data_uri(data: bytes | bytearray, content_type: str) -> str:
 
 async def _upload_uri(part: Part) -> str:
     content_type = sniff_image_type(bytes(part.data[:512])) or part.content_type or "image/png"
-    return await asyncio.to_thread(data_uri, part.data, content_type)
+    return await off_loop(data_uri, part.data, content_type)
 
 
 async def uploads_as_fields(plan: Plan) -> Plan:
@@ -102,7 +102,7 @@ async def inline_urls(plan: Plan, session: aiohttp.ClientSession, download: Down
     for item in items:
         if item in _urls(item):
             data, content_type = await download_input(session, item, download)
-            inlined.append(await asyncio.to_thread(data_uri, data, content_type))
+            inlined.append(await off_loop(data_uri, data, content_type))
         else:
             inlined.append(item)
     fields = {**plan.fields, "image": inlined if isinstance(value, list) else inlined[0]}

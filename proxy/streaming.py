@@ -35,6 +35,7 @@ from proxy.core.plan import EDIT, Plan
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Rules, iter_usable
 from proxy.core.sse import KEEPALIVE, SSEParser, completed_event, error_payload, format_json_event, partial_image_event
+from proxy.cpu import off_loop
 from proxy.driver import Driver, add_usage, generate
 from proxy.finish import Delivery, Finisher, convert, measured_size
 from proxy.production import count_usage, finish_result, produce
@@ -269,7 +270,7 @@ async def _next_drawn(spec: AdapterSpec, steps: Iterator[Drawn], deadline: float
     try:
         async with asyncio.timeout_at(deadline):
             if spec.cpu_bound:
-                return await asyncio.to_thread(next, steps, None)
+                return await off_loop(next, steps, None)
             return next(steps, None)
     except TimeoutError:
         raise GatewayTimeout(f"channel '{channel}' did not finish in time", code="upstream_deadline") from None

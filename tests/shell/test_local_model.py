@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -201,3 +202,21 @@ async def test_a_large_image_does_not_hold_the_event_loop(make_proxy: Any) -> No
     assert response.status == 200
     data = (await response.json())["data"]
     assert [decoded(item["b64_json"]).size for item in data] == [(4096, 4096)] * 2
+
+
+async def test_drawing_does_not_wait_behind_a_busy_default_executor(make_proxy: Any) -> None:
+    # The loop's default executor also resolves host names and writes hosted images: image work has a
+    # pool of its own, so a default executor full of slow jobs delays no drawing.
+    client = await make_proxy(SHIPPED, {})
+    body = {"model": "local-image", "prompt": "a lighthouse", "size": "256x256", "output_format": "webp"}
+    loop = asyncio.get_running_loop()
+    release = threading.Event()
+    blockers = [loop.run_in_executor(None, release.wait, 30) for _ in range(64)]
+    try:
+        response = await asyncio.wait_for(client.post("/v1/images/generations", json=body), 10)
+        answer = await response.json()
+        assert response.status == 200, answer
+        assert decoded(answer["data"][0]["b64_json"]).format == "WEBP"
+    finally:
+        release.set()
+        await asyncio.gather(*blockers)
