@@ -54,7 +54,7 @@ async def continue_if_expected(request: web.Request) -> None:
         request.writer.output_size = 0  # as aiohttp's own handler: the interim answer is not the response
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
+async def read_body(request: web.Request, limit: int) -> bytearray:
     """The whole body, decoded when it was compressed, at most `limit` bytes once decoded."""
     coding = check_head(request, limit, DECODED)
     await continue_if_expected(request)
@@ -67,4 +67,4 @@ async def read_body(request: web.Request, limit: int) -> bytes:
                 raise too_large(limit)
     if inflater is not None:
         inflater.finish()
-    return bytes(body)
+    return body  # not copied into bytes: a body near the limit would briefly cost twice its size

@@ -29,7 +29,7 @@ POLL = 0.1
 _KEPT_HEADERS = ("Content-Type", "X-Imagegate-Ignored-Params")
 
 
-def fingerprint(parts: Iterable[bytes]) -> str:
+def fingerprint(parts: Iterable[bytes | bytearray]) -> str:
     digest = hashlib.sha256()
     for part in parts:
         digest.update(len(part).to_bytes(8, "big"))

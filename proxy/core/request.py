@@ -232,7 +232,7 @@ def _check_strings(data: Any) -> None:
             stack.extend(item)
 
 
-def loads_strict(text: str | bytes) -> Any:
+def loads_strict(text: str | bytes | bytearray) -> Any:
     """json.loads that accepts only what RFC 8259 calls JSON text: no NaN/Infinity, no overflowing
     numbers, no lone surrogates. Raises ValueError (or RecursionError on absurd nesting)."""
     data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
@@ -240,7 +240,7 @@ def loads_strict(text: str | bytes) -> Any:
     return data
 
 
-def parse_json_object(body: bytes) -> dict[str, Any]:
+def parse_json_object(body: bytes | bytearray) -> dict[str, Any]:
     """The body as a JSON object, whatever Content-Type the client claimed (seed 000's curl sends none)."""
     if not body.strip():
         raise InvalidRequest("The request body is empty: expected a JSON object.", code="invalid_json")
