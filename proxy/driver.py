@@ -209,8 +209,9 @@ def split_n(n: int, per_call: int | None) -> list[int]:
     return [min(per_call, n - start) for start in range(0, n, per_call)]
 
 
-def merge_results(results: Sequence[ImagesResult]) -> ImagesResult:
-    """One response from several calls' answers: images in call order, usage summed where numeric."""
+def merge_results(results: Sequence[ImagesResult], starts: Sequence[int] | None = None) -> ImagesResult:
+    """One response from several calls' answers: images in call order, usage summed where numeric.
+    `starts`: where each call's images begin among the images asked for (per-image extras are renumbered)."""
     usage: dict[str, Any] | None = None
     for result in results:
         if result.usage is not None:
@@ -219,7 +220,7 @@ def merge_results(results: Sequence[ImagesResult]) -> ImagesResult:
         images=tuple(image for result in results for image in result.images),
         created=results[0].created,
         usage=usage,
-        extra=merge_extras([result.extra for result in results]),
+        extra=merge_extras([result.extra for result in results], starts),
     )
 
 
@@ -248,14 +249,16 @@ async def run_on_channel(driver: Driver, job: Job) -> tuple[ImagesResult, tuple[
         return await run_job(driver, spec, job), ()
     jobs = [replace(job, plan=replace(job.plan, n=count)) for count in counts]
     answers = await asyncio.gather(*(_limited(driver, spec, part) for part in jobs), return_exceptions=True)
+    starts = [sum(counts[:number]) for number in range(len(counts))]
     results = [answer for answer in answers if isinstance(answer, ImagesResult)]
+    result_starts = [start for start, answer in zip(starts, answers, strict=True) if isinstance(answer, ImagesResult)]
     errors = tuple(answer for answer in answers if isinstance(answer, ProxyError))
     unexpected = [answer for answer in answers if isinstance(answer, BaseException) and not isinstance(answer, ProxyError)]
     if unexpected:
         raise unexpected[0]
     if not results:
         raise errors[0]
-    return merge_results(results), errors
+    return merge_results(results, result_starts), errors
 
 
 def unusable_reason(rules: Rules, plan: Plan) -> ServiceUnavailable:

@@ -71,13 +71,31 @@ def render_image(image: GeneratedImage) -> dict[str, Any]:
     return item
 
 
-def merge_extras(extras: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Several calls' extras as one: per-image lists concatenate in call order, anything else the first wins."""
+# Response extras that count images (Gemini's filtered_images): several calls' counts add up.
+COUNTED_EXTRAS = frozenset({"filtered_images"})
+
+
+def _shifted(value: list[Any], start: int) -> list[Any]:
+    # Per-image records ({index, code, message}) number the images of their own call: renumber them
+    # in the whole request's order.
+    return [{**item, "index": item["index"] + start} if isinstance(item, Mapping) and isinstance(item.get("index"), int)
+            else item for item in value]
+
+
+def merge_extras(extras: Sequence[Mapping[str, Any]], starts: Sequence[int] | None = None) -> dict[str, Any]:
+    """Several calls' extras as one. `starts[i]`: the position of call i's first image in the request.
+
+    Per-image lists concatenate in call order (their `index` fields renumbered), counts add up,
+    anything else the first call's value wins.
+    """
     merged: dict[str, Any] = {}
-    for extra in extras:
+    for number, extra in enumerate(extras):
+        start = starts[number] if starts is not None else 0
         for key, value in extra.items():
-            if isinstance(value, list) and isinstance(merged.get(key), list):
-                merged[key] = [*merged[key], *value]
+            if isinstance(value, list):
+                merged[key] = [*merged.get(key, []), *_shifted(value, start)]
+            elif key in COUNTED_EXTRAS and isinstance(value, int) and not isinstance(value, bool):
+                merged[key] = merged.get(key, 0) + value
             else:
                 merged.setdefault(key, value)
     return merged

@@ -103,3 +103,21 @@ def test_attempt_order_picks_the_first_by_weight_and_keeps_the_rest_in_order() -
     assert attempt_order([a, b, c], 0.24) == [a, b, c]
     assert attempt_order([a, b, c], 0.25) == [b, a, c]
     assert attempt_order([a, b, c], 0.99) == [b, a, c]
+
+
+def test_merge_renumbers_failed_images_and_adds_up_filtered_counts() -> None:
+    # n=4 fanned out as 2+2, the first call lost to an error: the calls that answered began at images 2 and 4
+    # (of a 6-image request split 2+2+2); each numbered its failures from 0.
+    second = ImagesResult(images=(_image("c"),), extra={
+        "failed_images": [{"index": 1, "code": "moderation", "message": "no"}], "filtered_images": 1, "seeds": [7]})
+    third = ImagesResult(images=(_image("e"),), extra={
+        "failed_images": [{"index": 0, "code": "timeout", "message": "late"}], "filtered_images": 1, "seeds": [9]})
+    merged = merge_results([second, third], [2, 4])
+    assert merged.extra == {
+        "failed_images": [
+            {"index": 3, "code": "moderation", "message": "no"},
+            {"index": 4, "code": "timeout", "message": "late"},
+        ],
+        "filtered_images": 2,
+        "seeds": [7, 9],
+    }
