@@ -258,3 +258,15 @@ async def test_stream_and_async_together_are_refused(make_proxy: Any, aiohttp_se
     )
     assert response.status == 400
     assert (await response.json())["error"]["param"] == "stream"
+
+
+async def test_a_stream_that_fails_mid_way_counts_only_what_was_delivered(make_proxy: Any, aiohttp_server: Any) -> None:
+    client = await proxy(make_proxy, aiohttp_server, FakeOpenAI(stream_error_after=1))
+    response = await client.post("/v1/images/generations",
+                                 json={"model": "gpt-image-1.5", "prompt": "p", "stream": True, "partial_images": 2})
+    events = [await read_event(response) for _ in range(3)]
+    assert [name for name, _ in events] == ["image_generation.partial_image", "error", None]
+    metrics = await (await client.get("/metrics")).text()
+    # A preview is no image, and the failed image brought no usage: nothing is counted against the key.
+    assert 'imagegate_key_images_total{key="anonymous"} 0.0' in metrics
+    assert 'imagegate_key_tokens_total{key="anonymous"' not in metrics
