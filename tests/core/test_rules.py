@@ -68,7 +68,7 @@ models:
     channels: [openai]
     upstream_model: gpt-image-1
     defaults: {quality: auto}
-    passthrough: [background, output_format]
+    passthrough: [background, moderation]
   local-image:
     channels: [local]
 """
@@ -148,7 +148,7 @@ def test_full_valid_file() -> None:
     assert gpt.upstream_model == "gpt-image-1"
     assert gpt.sizes is None
     assert gpt.max_n == 10
-    assert gpt.passthrough == frozenset({"background", "output_format"})
+    assert gpt.passthrough == frozenset({"background", "moderation"})
     assert local_model == ModelRule(pattern="local-image", channels=("local",))
     assert dalle.is_glob is False
 
@@ -674,3 +674,16 @@ def test_the_replicas_example_rules_load() -> None:
     rules = parse_rules(text, {"REDIS_URL": "redis://redis:6379/0"}, SCHEMAS)
     assert rules.server.state == "redis://redis:6379/0"
     assert rules.server.limits.requests_per_minute == 120
+
+
+def test_output_format_in_passthrough_is_flagged_as_changing_nothing() -> None:
+    text = """
+    channels:
+      up: {type: openai, base_url: "https://a.example.com"}
+    models:
+      m: {channels: [up], passthrough: [output_format, output_compression]}
+    """
+    rules = parse_rules(textwrap.dedent(text), {}, SCHEMAS)
+    (warning,) = rules.warnings
+    assert warning.startswith("models.m.passthrough: output_format is honoured for every model")
+    assert rules.match_model("m").passthrough == frozenset({"output_format", "output_compression"})
