@@ -35,6 +35,7 @@ from proxy.core.plan import EDIT, Plan
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Rules, iter_usable
 from proxy.core.sse import KEEPALIVE, SSEParser, completed_event, error_payload, format_json_event, partial_image_event
+from proxy.core.translate import revised_prompt
 from proxy.cpu import off_loop
 from proxy.driver import Driver, add_usage, generate
 from proxy.finish import Delivery, Finisher, convert, measured_size
@@ -114,6 +115,15 @@ async def finish_payload(payload: dict[str, Any], finisher: Finisher, delivery: 
     return out
 
 
+def with_revised_prompt(payload: dict[str, Any], plan: Plan) -> dict[str, Any]:
+    """A completed event with the revised_prompt a sync answer would have given its image."""
+    given = payload.get("revised_prompt")
+    if not str(payload.get("type", "")).endswith(".completed") or not (given is None or isinstance(given, str)):
+        return payload
+    wanted = revised_prompt(given, plan.client_prompt, plan.rule.translation)
+    return payload if wanted == given else {**payload, "revised_prompt": wanted}
+
+
 def _request(driver: Driver, job: Job, step: Send) -> Any:
     call = step.call
     body: dict[str, Any] = {"json": call.json} if call.json is not None else {"data": form_data(call.form or ())}
@@ -174,7 +184,7 @@ async def relay_native(
                     if payload.get("type") == "error" and not sink.started:
                         # Nothing sent yet: a real error status, and the next channel may still serve it.
                         raise error_from_event(channel, payload)
-                    await sink.send(await finish_payload(renamed(payload, kind), finisher, here))
+                    await sink.send(with_revised_prompt(await finish_payload(renamed(payload, kind), finisher, here), job.plan))
                     if payload.get("type") == "error":
                         return
         if parser.pending:

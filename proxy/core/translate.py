@@ -81,9 +81,18 @@ def fold_prompt(prompt: str, options: Mapping[str, Any], translation: Translatio
     return prompt
 
 
+def revised_prompt(given: str | None, prompt: str, translation: Translation) -> str | None:
+    """The revised_prompt an image goes out with: legacy models always returned one, so where the target
+    gave none it is the client's own prompt (a variation has no prompt, so it gets none)."""
+    if translation.revised_prompt != ORIGINAL or given or not prompt:
+        return given
+    return prompt
+
+
 def with_revised_prompt(result: ImagesResult, prompt: str, translation: Translation) -> ImagesResult:
-    """Legacy models always returned `revised_prompt`: give the client's own prompt where the target gave none."""
+    """Every image with its revised_prompt (see revised_prompt)."""
     if translation.revised_prompt != ORIGINAL:
         return result
-    images = tuple(image if image.revised_prompt else replace(image, revised_prompt=prompt) for image in result.images)
+    images = tuple(replace(image, revised_prompt=revised_prompt(image.revised_prompt, prompt, translation))
+                   for image in result.images)
     return replace(result, images=images)

@@ -123,3 +123,8 @@ models:
         "models.m.revised_prompt",
         "models.m.upstream_model.elsewhere",
     ]
+
+
+def test_a_variation_has_no_prompt_to_revise() -> None:
+    result = ImagesResult(images=(GeneratedImage(url="https://cdn.example.com/a.png"),))
+    assert with_revised_prompt(result, "", Translation(revised_prompt=ORIGINAL)) == result

@@ -1,0 +1,157 @@
+"""One production path: every way of asking for images (sync, async task, native stream, emulated
+stream, edit, variation) gets the same channel order and failover, attempt metrics, revised-prompt
+handling and usage accounting (ARCHITECTURE.md §2).
+
+Each model's first channel is down (nothing listens on its port), so every request must fail over to
+the second; the models are retired names whose answers carry the client's prompt as `revised_prompt`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import FormData
+
+from tests.fakes.kling import FakeKling
+from tests.fakes.openai import KEY, FakeOpenAI, tiny_png
+
+RULES = """
+channels:
+  down:
+    type: openai
+    base_url: http://127.0.0.1:${DOWN}/v1
+    api_key: down-key
+  openai:
+    type: openai
+    base_url: ${UPSTREAM}/v1
+    api_key: ${OPENAI_API_KEY}
+  kling-down:
+    type: kling
+    base_url: http://127.0.0.1:${DOWN}
+    api_key: ${KLING_ACCESS}:${KLING_SECRET}
+  kling:
+    type: kling
+    base_url: ${KLING}
+    api_key: ${KLING_ACCESS}:${KLING_SECRET}
+    poll_interval: 0.02
+    max_poll_interval: 0.02
+models:
+  legacy:                        # native streams (OpenAI's image events)
+    channels: [down, openai]
+    upstream_model: gpt-image-1
+    revised_prompt: original
+  legacy-kling:                  # no native stream: emulated
+    channels: [kling-down, kling]
+    upstream_model: kling-v2
+    revised_prompt: original
+"""
+PROMPT = "a lighthouse at dusk"
+Images = list[dict[str, Any]]
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def events(text: str) -> list[dict[str, Any]]:
+    return [json.loads(block.split("data: ", 1)[1]) for block in text.split("\n\n") if "data: " in block]
+
+
+async def sync(client: Any) -> Images:
+    response = await client.post("/v1/images/generations", json={"model": "legacy", "prompt": PROMPT})
+    body = await response.json()
+    assert response.status == 200, body
+    assert (body["metadata"]["channel"], body["metadata"]["attempts"]) == ("openai", 2)
+    return list(body["data"])
+
+
+async def async_task(client: Any) -> Images:
+    created = await client.post("/v1/images/generations", json={"model": "legacy", "prompt": PROMPT, "async": True})
+    task_id = (await created.json())["task_id"]
+    for _ in range(500):
+        body = await (await client.get(f"/v1/images/generations/{task_id}")).json()
+        if body["task_status"] != "running":
+            break
+        await asyncio.sleep(0.02)
+    assert body["task_status"] == "succeed", body
+    assert (body["metadata"]["channel"], body["metadata"]["attempts"]) == ("openai", 2)
+    return list(body["data"])
+
+
+async def native_stream(client: Any) -> Images:
+    response = await client.post("/v1/images/generations", json={"model": "legacy", "prompt": PROMPT, "stream": True})
+    sent = events(await response.text())
+    assert [event["type"] for event in sent] == ["image_generation.completed"]
+    return sent
+
+
+async def emulated_stream(client: Any) -> Images:
+    response = await client.post("/v1/images/generations", json={"model": "legacy-kling", "prompt": PROMPT, "stream": True})
+    sent = events(await response.text())
+    assert [event["type"] for event in sent] == ["image_generation.completed"]
+    return sent
+
+
+def upload(route: str) -> Callable[[Any], Awaitable[Images]]:
+    async def send(client: Any) -> Images:
+        form = FormData()
+        form.add_field("model", "legacy")
+        if route == "edits":
+            form.add_field("prompt", PROMPT)
+        form.add_field("image", tiny_png(), filename="in.png", content_type="image/png")
+        response = await client.post(f"/v1/images/{route}", data=form)
+        body = await response.json()
+        assert response.status == 200, body
+        assert (body["metadata"]["channel"], body["metadata"]["attempts"]) == ("openai", 2)
+        return list(body["data"])
+
+    return send
+
+
+PATHS = {
+    "sync": sync,
+    "async": async_task,
+    "native stream": native_stream,
+    "emulated stream": emulated_stream,
+    "edit": upload("edits"),
+    "variation": upload("variations"),
+}
+
+
+def metric(text: str, name: str, labels: str) -> float:
+    found = re.search(rf"^{name}\{{{re.escape(labels)}\}} (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_every_path_fails_over_counts_and_revises_the_same_way(make_proxy: Any, aiohttp_server: Any, path: str) -> None:
+    openai, kling = FakeOpenAI(), FakeKling()
+    env = {
+        "DOWN": str(closed_port()),
+        "UPSTREAM": str((await aiohttp_server(openai.app())).make_url("")).rstrip("/"),
+        "OPENAI_API_KEY": KEY,
+        "KLING": str((await aiohttp_server(kling.app())).make_url("")).rstrip("/"),
+        "KLING_ACCESS": kling.access_key,
+        "KLING_SECRET": kling.secret_key,
+    }
+    client = await make_proxy(RULES, env)
+    images = await PATHS[path](client)
+    model = "legacy-kling" if path == "emulated stream" else "legacy"
+    # The down channel was tried first, then the live one served the one image asked for.
+    served_by = kling if path == "emulated stream" else openai
+    assert len([call for call in served_by.recorder.received if call.method == "POST"]) == 1
+    assert len(images) == 1 and all(image.get("b64_json") or image.get("url") for image in images)
+    # A retired model's answer says the prompt as the client wrote it (a variation has none to say).
+    assert [image.get("revised_prompt") for image in images] == [None if path == "variation" else PROMPT]
+    metrics = await (await client.get("/metrics")).text()
+    assert metric(metrics, "imagegate_attempts_total", f'model="{model}"') == 2.0
+    assert metric(metrics, "imagegate_failovers_total", f'model="{model}"') == 1.0
+    assert metric(metrics, "imagegate_key_images_total", 'key="anonymous"') == 1.0
