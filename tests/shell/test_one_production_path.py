@@ -46,6 +46,12 @@ models:
     channels: [down, openai]
     upstream_model: gpt-image-1
     revised_prompt: original
+  only-down:                     # one channel, and it is down: every round fails
+    channels: [down]
+    upstream_model: gpt-image-1
+  only-down-kling:
+    channels: [kling-down]
+    upstream_model: kling-v2
   legacy-kling:                  # no native stream: emulated
     channels: [kling-down, kling]
     upstream_model: kling-v2
@@ -155,3 +161,37 @@ async def test_every_path_fails_over_counts_and_revises_the_same_way(make_proxy:
     assert metric(metrics, "imagegate_attempts_total", f'model="{model}"') == 2.0
     assert metric(metrics, "imagegate_failovers_total", f'model="{model}"') == 1.0
     assert metric(metrics, "imagegate_key_images_total", 'key="anonymous"') == 1.0
+
+
+async def refused(client: Any, path: str) -> tuple[int, str]:
+    """The status and error code a request on `path` ends with when its only channel is down (retries: 1)."""
+    model = "only-down-kling" if path == "emulated stream" else "only-down"
+    fields = {"model": model, "prompt": PROMPT, "retries": 1}
+    if path in ("edit", "variation"):
+        form = FormData({key: str(value) for key, value in fields.items() if path == "edit" or key != "prompt"})
+        form.add_field("image", tiny_png(), filename="in.png", content_type="image/png")
+        response = await client.post("/v1/images/" + ("edits" if path == "edit" else "variations"), data=form)
+        return response.status, (await response.json())["error"]["code"]
+    extra = {"async": True} if path == "async" else {"stream": True} if "stream" in path else {}
+    response = await client.post("/v1/images/generations", json={**fields, **extra})
+    body = await response.json()
+    task_id = body.get("task_id")
+    for _ in range(500 if path == "async" else 0):
+        # The task's own status answers with the error's status once it has failed.
+        response = await client.get(f"/v1/images/generations/{task_id}")
+        body = await response.json()
+        if body["task_status"] != "running":
+            break
+        await asyncio.sleep(0.02)
+    return response.status, body["error"]["code"]
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_every_path_takes_the_same_retry_rounds_and_ends_with_the_same_error(make_proxy: Any, path: str) -> None:
+    client = await make_proxy(RULES, {"DOWN": str(closed_port()), "UPSTREAM": "http://127.0.0.1:9", "OPENAI_API_KEY": KEY,
+                                      "KLING": "http://127.0.0.1:9", "KLING_ACCESS": "a", "KLING_SECRET": "s"})
+    assert await refused(client, path) == (502, "upstream_unreachable")
+    model = "only-down-kling" if path == "emulated stream" else "only-down"
+    metrics = await (await client.get("/metrics")).text()
+    assert metric(metrics, "imagegate_attempts_total", f'model="{model}"') == 2.0  # one channel, two rounds
+    assert metric(metrics, "imagegate_key_images_total", 'key="anonymous"') == 0.0
