@@ -4,6 +4,7 @@
   wants them (also used by pass-through).
 - `json_call(job, url, body, auth)`: one JSON POST with the channel's own headers, the key as the
   provider spells it, and the body.
+- `upstream_failure(job, response)`: the shared mapping of a non-2xx answer (core.upstream_errors), scrubbed.
 - `misconfigured(job, problem)`: the one error for a channel the operator set up wrong (503, retryable).
 
 An adapter raises a ProxyError where the request cannot go on (the client's input, a misconfiguration,
@@ -16,8 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from proxy.adapters.base import Call, Job
-from proxy.core.errors import ChannelMisconfigured
+from proxy.adapters.base import Call, Job, UpstreamResponse
+from proxy.core.errors import ChannelMisconfigured, ProxyError
+from proxy.core.upstream_errors import error_from_response
 
 AuthHeaders = Callable[[str | None], dict[str, str]]
 
@@ -48,6 +50,24 @@ def json_call(
     """POST `body` as JSON to `url` with the channel's headers, the key and any `headers` of the call's own."""
     sent = {**job.channel.headers, **auth(job.api_key), **(headers or {}), "Content-Type": "application/json"}
     return Call("POST", url, headers=sent, json=body, timeout=timeout)
+
+
+def upstream_failure(
+    job: Job, response: UpstreamResponse, *, body: bytes | None = None, secrets: tuple[str | None, ...] | None = None
+) -> ProxyError:
+    """The error for a non-2xx answer by status (core.upstream_errors), scrubbed of the key.
+
+    `body`: the answer recast in OpenAI's envelope by an adapter whose provider has its own; `secrets`: what
+    to scrub when the key has more spellings than itself.
+    """
+    return error_from_response(
+        response.status,
+        response.headers,
+        response.body if body is None else body,
+        channel=job.channel.name,
+        secrets=(job.api_key,) if secrets is None else secrets,
+        client_key=job.channel.passthrough_key,
+    )
 
 
 def misconfigured(job: Job, problem: str) -> ChannelMisconfigured:
