@@ -21,13 +21,12 @@ strings (an unquoted YAML date is taken as the version it spells).
 from __future__ import annotations
 
 import datetime
-import json
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from proxy.adapters.base import AdapterSpec, Done, Fail, Job, Send, Step, UpstreamResponse
-from proxy.adapters.kit import header_key, json_call, upstream_failure
+from proxy.adapters.base import AdapterSpec, Fail, Job, Send, Step, UpstreamResponse
+from proxy.adapters.kit import error_object, header_key, images_step, json_call, upstream_failure
 from proxy.adapters.openai import DALL_E_FORMATS, is_dall_e, parse_images_response
 from proxy.core.channel_settings import Setting, SettingError, one_of
 from proxy.core.errors import BadGateway, ContentPolicyViolation, InvalidRequest, ProxyError
@@ -125,16 +124,6 @@ def start(job: Job) -> Step:
     return Send(json_call(job, where.url, build_body(job, where), AUTH))
 
 
-def error_object(body: bytes) -> dict[str, Any] | None:
-    """The `error` object of an Azure answer, if it has one."""
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    error = data.get("error") if isinstance(data, dict) else None
-    return error if isinstance(error, dict) else None
-
-
 def _inner(error: dict[str, Any]) -> dict[str, Any]:
     # Images answers spell it `inner_error`; the chat-style content filter answers `innererror`.
     inner = error.get("inner_error", error.get("innererror"))
@@ -176,23 +165,15 @@ def failure(job: Job, response: UpstreamResponse) -> ProxyError:
     return upstream_failure(job, response)
 
 
-def _no_images(job: Job, response: UpstreamResponse, reason: str) -> ProxyError:
-    # Older API versions report a filtered output as a 200 with `error` and no data.
-    error = error_object(response.body)
-    if error is not None and is_filtered(error):
-        return moderation_error(job, error)
-    message = f"channel '{job.channel.name}' answered with no usable images: {reason}"
-    return BadGateway(scrub(message, (job.api_key,))[:_MAX_MESSAGE], code="bad_upstream_response")
-
-
 def advance(job: Job, state: None, response: UpstreamResponse) -> Step:
-    if not 200 <= response.status < 300:
-        return Fail(failure(job, response))
-    try:
-        # Parse the (megabytes of base64) success body once; only a failed parse looks at it again.
-        return Done(parse_images_response(response.body))
-    except (ValueError, RecursionError) as exc:
-        return Fail(_no_images(job, response, str(exc)))
+    # The (megabytes of base64) success body is parsed once; only a 2xx without images is looked at again.
+    step = images_step(job, response, failure, parse_images_response)
+    if isinstance(step, Fail) and 200 <= response.status < 300:
+        # Older API versions report a filtered output as a 200 with `error` and no data.
+        error = error_object(response.body)
+        if error is not None and is_filtered(error):
+            return Fail(moderation_error(job, error))
+    return step
 
 
 # gpt-image deployments make png and jpeg (no webp on Azure) and take output_compression; dall-e-3 answers PNG.

@@ -21,20 +21,18 @@ Imagen takes `n` natively (sampleCount 1..4, one call); Gemini has no `n`, so th
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from proxy.adapters.base import AdapterSpec, Done, Fail, Job, Send, Step, UpstreamResponse
+from proxy.adapters.inline_images import inline_image
 from proxy.adapters.kit import header_key, json_call, upstream_failure
 from proxy.core.channel_settings import names, one_of
 from proxy.core.errors import BadGateway, ContentPolicyViolation, InvalidRequest, ProxyError, RateLimited
 from proxy.core.extra_body import merge_extra_body
 from proxy.core.formats import NativeFormats
-from proxy.core.mime import sniff_image_type
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import ChannelSchema
 from proxy.core.sizes import AUTO, Size, nearest_ratio, parse_ratio, parse_size
@@ -149,34 +147,20 @@ def imagen_body(job: Job) -> dict[str, Any]:
     return {"instances": [{"prompt": job.plan.prompt}], "parameters": parameters}
 
 
-def inline_image(value: str) -> dict[str, Any]:
+def inline_data(value: str) -> dict[str, Any]:
     """A Gemini `inlineData` part from a data URI or raw base64 (Gemini wants raw base64 plus a mimeType)."""
-    text = value.strip()
-    if text.startswith(("http://", "https://")):
-        raise InvalidRequest("This channel needs the image bytes: send the image as base64 or a data URI, not a URL.",
-                             param="image", code="invalid_value")
-    declared: str | None = None
-    if text.startswith("data:"):
-        header, _, text = text.partition(",")
-        declared = header[5:].split(";")[0].strip().lower() or None
-    data = "".join(text.split())
-    try:
-        # The first 32 characters decode to 24 bytes, enough for every magic number sniffed.
-        head = base64.b64decode(data[:32], validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidRequest("'image' is neither valid base64 nor a base64 data URI.", param="image",
-                             code="invalid_value") from None
-    mime = sniff_image_type(head) or declared
+    image = inline_image(value)
+    mime = image.media_type()
     if mime is None or not mime.startswith("image/"):
         raise InvalidRequest("'image' is not a recognisable image (PNG, JPEG, WebP or GIF).", param="image",
                              code="invalid_value")
-    return {"inlineData": {"mimeType": mime, "data": data}}
+    return {"inlineData": {"mimeType": mime, "data": image.payload}}
 
 
 def gemini_body(job: Job) -> dict[str, Any]:
     fields = job.plan.fields
     images = fields.get("image", [])
-    parts = [{"text": job.plan.prompt}, *(inline_image(item) for item in ([images] if isinstance(images, str) else images))]
+    parts = [{"text": job.plan.prompt}, *(inline_data(item) for item in ([images] if isinstance(images, str) else images))]
     image_config: dict[str, Any] = {}
     shape = _wanted_shape(fields)
     if shape is not None:

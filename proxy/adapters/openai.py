@@ -15,8 +15,8 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
-from proxy.adapters.kit import bearer, json_call, upstream_failure
+from proxy.adapters.base import AdapterSpec, Call, Job, Send, Step, UpstreamResponse
+from proxy.adapters.kit import bearer, images_step, json_call, upstream_failure
 from proxy.core.errors import BadGateway
 from proxy.core.extra_body import merge_extra_body
 from proxy.core.formats import FORMATS, NativeFormats
@@ -123,14 +123,7 @@ def parse_images_response(body: bytes) -> ImagesResult:
 
 
 def advance(job: Job, state: None, response: UpstreamResponse) -> Step:
-    if not 200 <= response.status < 300:
-        return Fail(upstream_failure(job, response))
-    try:
-        return Done(parse_images_response(response.body))
-    except (ValueError, RecursionError) as exc:
-        # A 200 that carries no images is a failure, never a success with an empty list.
-        message = f"channel '{job.channel.name}' answered with no usable images: {exc}"
-        return Fail(BadGateway(message, code="bad_upstream_response"))
+    return images_step(job, response, upstream_failure, parse_images_response)
 
 
 # GPT image models make png, jpeg and webp and take output_compression (OpenAI's image API reference);

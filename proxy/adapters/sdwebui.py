@@ -21,21 +21,20 @@ image" -> 400 `image`; the rest via proxy.core.upstream_errors (5xx -> 502, 401 
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import re
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from proxy.adapters.base import AdapterSpec, Done, Fail, Job, Send, Step, UpstreamResponse
-from proxy.adapters.kit import json_call, misconfigured, upstream_failure
+from proxy.adapters.base import AdapterSpec, Job, Send, Step, UpstreamResponse
+from proxy.adapters.inline_images import sniff_base64
+from proxy.adapters.kit import images_step, json_call, misconfigured, upstream_failure
 from proxy.core.channel_settings import Setting, SettingError
-from proxy.core.errors import BadGateway, InvalidRequest, ProxyError
+from proxy.core.errors import InvalidRequest, ProxyError
 from proxy.core.extra_body import merge_extra_body
 from proxy.core.formats import NativeFormats
 from proxy.core.image_input import parse_data_uri
-from proxy.core.mime import sniff_image_type
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import ChannelSchema
 from proxy.core.sizes import AUTO, Size, parse_size
@@ -221,20 +220,12 @@ def _info(value: Any) -> dict[str, Any]:
     return info if isinstance(info, dict) else {}
 
 
-def _content_type(b64: str) -> str | None:
-    # 24 base64 characters are 18 bytes: enough for every magic number, without decoding megabytes.
-    try:
-        return sniff_image_type(base64.b64decode(b64[:24]))
-    except (binascii.Error, ValueError):
-        return None
-
-
 def _image(item: Any) -> GeneratedImage:
     if not isinstance(item, str) or not item:
         raise ValueError("images[] holds something other than base64 text")
     prefix = _DATA_URI.match(item[:80])
     b64 = item[prefix.end() :] if prefix is not None else item
-    return GeneratedImage(b64_json=b64, content_type=_content_type(b64))
+    return GeneratedImage(b64_json=b64, content_type=sniff_base64(b64))
 
 
 def _first_index(info: Mapping[str, Any]) -> int:
@@ -312,14 +303,8 @@ def failure(job: Job, response: UpstreamResponse) -> ProxyError:
 
 
 def advance(job: Job, state: None, response: UpstreamResponse) -> Step:
-    if not 200 <= response.status < 300:
-        return Fail(failure(job, response))
-    try:
-        return Done(parse_answer(response.body, job.plan.n))
-    except (ValueError, RecursionError) as exc:
-        # A 200 without images (send_images off, a broken extension) is a failure, never an empty success.
-        message = f"channel '{job.channel.name}' answered with no usable images: {exc}"
-        return Fail(BadGateway(message, code="bad_upstream_response"))
+    # A 200 without images (send_images off, a broken extension) is a failure, never an empty success.
+    return images_step(job, response, failure, lambda body: parse_answer(body, job.plan.n))
 
 
 SPEC = AdapterSpec(

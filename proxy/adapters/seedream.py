@@ -21,8 +21,6 @@ Sources: volcengine.com/docs/82379/1541523 (image API), /1299023 (error codes); 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import math
 from collections.abc import Mapping
@@ -30,7 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.adapters.base import AdapterSpec, Done, Fail, Job, Send, Step, UpstreamResponse
-from proxy.adapters.kit import bearer, json_call, upstream_failure
+from proxy.adapters.inline_images import sniff_base64
+from proxy.adapters.kit import bearer, error_object, json_call, upstream_failure
 from proxy.core.channel_settings import name_map
 from proxy.core.errors import (
     BadGateway,
@@ -43,7 +42,6 @@ from proxy.core.errors import (
 )
 from proxy.core.extra_body import merge_extra_body
 from proxy.core.formats import NativeFormats
-from proxy.core.mime import sniff_image_type
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import PROXY_FIELDS, ChannelSchema
 from proxy.core.sizes import AUTO, Size, parse_size
@@ -84,7 +82,6 @@ _FRAGMENTS = (
 # Input image types Ark takes (jpeg, png, webp, bmp, tiff, gif), by MIME type -> its data-URI format.
 IMAGE_FORMATS = {"image/jpeg": "jpeg", "image/png": "png", "image/webp": "webp", "image/gif": "gif",
                  "image/bmp": "bmp", "image/tiff": "tiff"}
-_SNIFF_CHARS = 32  # base64 characters decoded to sniff a raw image: 24 bytes cover every signature used
 
 BILLING_CODES = frozenset({"QuotaExceeded", "SetLimitExceeded", "AccountOverdueError"})
 OVERLOAD_CODES = frozenset({"ServerOverloaded"})
@@ -139,14 +136,6 @@ def map_size(text: str, family: str | None) -> str | None:
     return str(fit_size(size, limits))
 
 
-def _sniff(raw: str) -> str | None:
-    try:
-        head = base64.b64decode(raw[:_SNIFF_CHARS], validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    return sniff_image_type(head)
-
-
 def map_image(value: str) -> str:
     """An input image as Ark wants it: a URL, or `data:image/<lower-case format>;base64,...`."""
     if value.startswith(("http://", "https://")):
@@ -156,7 +145,7 @@ def map_image(value: str) -> str:
         if sep and ";base64" in header.lower():
             return f"{header.lower()},{payload}"
     else:
-        image_format = IMAGE_FORMATS.get(_sniff(value.strip()) or "")
+        image_format = IMAGE_FORMATS.get(sniff_base64(value.strip()) or "")
         if image_format is not None:
             return f"data:image/{image_format};base64,{value.strip()}"
     raise InvalidRequest(
@@ -226,17 +215,8 @@ def classify(job: Job, error: Mapping[str, Any], status: int, headers: Mapping[s
     return None
 
 
-def _error_object(body: bytes) -> Mapping[str, Any] | None:
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    error = data.get("error") if isinstance(data, dict) else None
-    return error if isinstance(error, dict) else None
-
-
 def error_for(job: Job, response: UpstreamResponse) -> ProxyError:
-    error = _error_object(response.body)
+    error = error_object(response.body)
     mapped = classify(job, error, response.status, response.headers) if error is not None else None
     return mapped if mapped is not None else upstream_failure(job, response)
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
+from proxy.adapters.inline_images import inline_image
 from proxy.adapters.kit import bearer, misconfigured, upstream_failure
 from proxy.core.channel_settings import one_of
 from proxy.core.errors import BadGateway, ContentPolicyViolation, InvalidRequest, ProxyError, RateLimited, UpstreamError
@@ -113,20 +114,14 @@ def _image_bytes(value: Any) -> tuple[bytes, str]:
         if len(value) != 1:
             raise InvalidRequest("This model takes exactly one input image.", param="image", code="invalid_value")
         value = value[0]
-    text = str(value).strip()
-    if text.startswith(("http://", "https://")):
-        raise InvalidRequest("This channel needs the image bytes: send the image as base64 or a data URI, not a URL.",
-                             param="image", code="invalid_value")
-    declared: str | None = None
-    if text.startswith("data:"):
-        header, _, text = text.partition(",")
-        declared = header[5:].split(";")[0].strip().lower() or None
+    image = inline_image(str(value))
     try:
-        data = base64.b64decode("".join(text.split()), validate=True)
+        data = base64.b64decode(image.payload, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidRequest("'image' is neither valid base64 nor a base64 data URI.", param="image",
                              code="invalid_value") from None
-    content_type = sniff_image_type(data) or declared
+    # The whole file is at hand here: its type from all of it (an SVG's tag may lie past the head).
+    content_type = sniff_image_type(data) or image.declared
     if content_type not in INPUT_TYPES:
         raise InvalidRequest("'image' must be a PNG, JPEG or WebP image.", param="image", code="invalid_value")
     return data, content_type

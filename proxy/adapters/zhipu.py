@@ -22,8 +22,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from proxy.adapters.base import AdapterSpec, Done, Fail, Job, Send, Step, UpstreamResponse
-from proxy.adapters.kit import bearer, json_call, upstream_failure
+from proxy.adapters.base import AdapterSpec, Job, Send, Step, UpstreamResponse
+from proxy.adapters.kit import bearer, error_object, images_step, json_call, upstream_failure
 from proxy.core.channel_settings import Setting, names
 from proxy.core.errors import (
     BadGateway,
@@ -152,12 +152,8 @@ def start(job: Job) -> Step:
 
 def _business_error(body: bytes) -> tuple[str | None, str | None]:
     """(code, message) from `{"error": {"code": "1301", "message": ...}}`; the code may arrive as a number."""
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        return None, None
-    error = data.get("error") if isinstance(data, dict) else None
-    if not isinstance(error, dict):
+    error = error_object(body)
+    if error is None:
         return None, None
     code, message = error.get("code"), error.get("message")
     return (None if code is None else str(code)), (None if message is None else str(message))
@@ -206,14 +202,7 @@ def parse_answer(body: bytes) -> ImagesResult:
 
 
 def advance(job: Job, state: None, response: UpstreamResponse) -> Step:
-    if not 200 <= response.status < 300:
-        return Fail(error_for(job, response))
-    try:
-        return Done(parse_answer(response.body))
-    except (ValueError, RecursionError) as exc:
-        # A 200 that carries no images is a failure, never a success with an empty list.
-        message = scrub(f"channel '{job.channel.name}' answered with no usable images: {exc}", (job.api_key,))
-        return Fail(BadGateway(message, code="bad_upstream_response"))
+    return images_step(job, response, error_for, parse_answer)
 
 
 SPEC = AdapterSpec(
