@@ -11,6 +11,7 @@ import pytest
 
 from proxy.adapters.base import Call, Done, Fail, Job, Send, Step, UpstreamResponse
 from proxy.adapters.gemini import SPEC
+from proxy.core.channel_settings import parse_settings
 from proxy.core.errors import ProxyError
 from proxy.core.formats import Conversion
 from proxy.core.plan import build_plan
@@ -270,8 +271,8 @@ def test_gemini_aspect_ratio_wins_and_images_go_inline_without_the_data_prefix()
 
 
 def test_response_modalities_without_image_are_refused_when_the_rules_load() -> None:
-    with pytest.raises(AssertionError, match="must include IMAGE"):
-        make_job({"model": FLASH, "prompt": "p"}, settings={"response_modalities": ["TEXT"]})
+    _, problems = parse_settings({"response_modalities": ["TEXT"]}, SPEC.schema.settings, SPEC.schema.relations)
+    assert problems == [("response_modalities", "must include IMAGE, got ['TEXT']")]
 
 
 # -- Gemini: the answer -----------------------------------------------------------------------------------
