@@ -12,32 +12,33 @@ Auth: `api-key: <channel key>` (for
 Entra ID leave api_key unset and put `Authorization: Bearer ...` in the channel's headers).
 Answer: the OpenAI ImagesResponse. Failures: the content filter (`content_filter`, `contentFilter`,
 `content_policy_violation`, `moderation_blocked`, inner `ResponsibleAIPolicyViolation`) -> ContentPolicyViolation
-in any status, a 200 carrying `error` included; `DeploymentNotFound` -> 502 (the channel is misconfigured,
-not the request); everything else via proxy.core.upstream_errors.
+in any status, a 200 carrying `error` included; `DeploymentNotFound` -> 502 (the channel points at a deployment
+that does not exist, not the request's fault; retryable); everything else via proxy.core.upstream_errors.
+Settings (checked when the rules load): `api_style` v1|deployment, `deployment` and `api_version` non-empty
+strings (an unquoted YAML date is taken as the version it spells).
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
-from proxy.adapters.openai import parse_images_response
-from proxy.core.channel_settings import unchecked
+from proxy.adapters.base import AdapterSpec, Fail, Job, Send, Step, UpstreamResponse
+from proxy.adapters.kit import error_object, header_key, images_step, json_call, upstream_failure
+from proxy.adapters.openai import DALL_E_FORMATS, is_dall_e, parse_images_response
+from proxy.core.channel_settings import Setting, SettingError, one_of
 from proxy.core.errors import BadGateway, ContentPolicyViolation, InvalidRequest, ProxyError
 from proxy.core.extra_body import merge_extra_body
 from proxy.core.formats import NativeFormats
 from proxy.core.rules import ChannelSchema
-from proxy.core.upstream_errors import error_from_response, scrub
+from proxy.core.upstream_errors import scrub
 
 DEFAULT_API_VERSION = "2025-04-01-preview"
 V1 = "v1"
 DEPLOYMENT = "deployment"
 OUTPUT_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg"}  # Azure's spelling of what it accepts
-SETTINGS = unchecked("api_style", "deployment", "api_version")
 # Lower-cased codes Azure uses for its content filter, at the top level or in `inner_error`.
 FILTER_CODES = frozenset(
     {"content_filter", "contentfilter", "content_policy_violation", "moderation_blocked", "responsibleaipolicyviolation"}
@@ -52,20 +53,19 @@ class Target:
     v1: bool
 
 
-def auth_headers(api_key: str | None) -> dict[str, str]:
-    return {"api-key": api_key} if api_key else {}
+AUTH = header_key("api-key")
 
 
-def _setting(job: Job, name: str) -> str | None:
-    value = job.channel.settings.get(name)
-    if value is None:
-        return None
-    if isinstance(value, datetime.date):
-        # YAML reads an unquoted `api_version: 2024-10-21` as a date.
-        return value.isoformat()
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"setting '{name}' must be a non-empty string")
-    return value.strip()
+def _name(value: Any) -> str:
+    # YAML reads an unquoted `api_version: 2024-10-21` as a date: it stands for the version it spells.
+    text = value.isoformat() if isinstance(value, datetime.date) else value
+    if not isinstance(text, str) or not text.strip():
+        raise SettingError(f"expected a non-empty string, got {value!r}")
+    return text.strip()
+
+
+# No defaults: without `api_style` the base_url decides, without `deployment` the upstream model is the one.
+SETTINGS = {"api_style": one_of(V1, DEPLOYMENT), "deployment": Setting(_name), "api_version": Setting(_name)}
 
 
 def _resource_root(base_url: str) -> str:
@@ -76,19 +76,17 @@ def _resource_root(base_url: str) -> str:
 
 
 def _is_v1(job: Job) -> bool:
-    style = _setting(job, "api_style")
+    style = job.channel.settings.get("api_style")
     if style is None:
         return job.channel.base_url.endswith("/openai/v1")
-    if style not in (V1, DEPLOYMENT):
-        raise ValueError(f"setting 'api_style' must be '{V1}' or '{DEPLOYMENT}', got {style!r}")
-    return style == V1
+    return bool(style == V1)
 
 
 def target(job: Job) -> Target:
-    """Where the request goes; ValueError when the channel's settings are unusable."""
+    """Where the request goes."""
     root = _resource_root(job.channel.base_url)
-    deployment = _setting(job, "deployment") or job.plan.upstream_model
-    api_version = _setting(job, "api_version")
+    deployment = job.channel.settings.get("deployment") or job.plan.upstream_model
+    api_version = job.channel.settings.get("api_version")
     if _is_v1(job):
         query = f"?{urlencode({'api-version': api_version})}" if api_version else ""
         return Target(f"{root}/openai/v1/images/generations{query}", deployment, v1=True)
@@ -97,11 +95,11 @@ def target(job: Job) -> Target:
     return Target(url, deployment, v1=False)
 
 
-def check_output_format(job: Job) -> InvalidRequest | None:
+def check_output_format(job: Job) -> None:
     value = job.plan.fields.get("output_format")
     if value is None or value in OUTPUT_FORMATS:
-        return None
-    return InvalidRequest(
+        return
+    raise InvalidRequest(
         f"Invalid output_format '{value}': Azure OpenAI supports png and jpeg only.",
         param="output_format",
         code="invalid_value",
@@ -121,27 +119,9 @@ def build_body(job: Job, where: Target) -> dict[str, Any]:
 
 
 def start(job: Job) -> Step:
-    problem = check_output_format(job)
-    if problem is not None:
-        return Fail(problem)
-    try:
-        where = target(job)
-    except ValueError as exc:
-        message = f"channel '{job.channel.name}' is misconfigured: {exc}"
-        # Retryable so that the driver fails over to the model's next channel.
-        return Fail(BadGateway(message, code="channel_misconfigured", retryable=True))
-    headers = {**job.channel.headers, **auth_headers(job.api_key), "Content-Type": "application/json"}
-    return Send(Call("POST", where.url, headers=headers, json=build_body(job, where)))
-
-
-def error_object(body: bytes) -> dict[str, Any] | None:
-    """The `error` object of an Azure answer, if it has one."""
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    error = data.get("error") if isinstance(data, dict) else None
-    return error if isinstance(error, dict) else None
+    check_output_format(job)
+    where = target(job)
+    return Send(json_call(job, where.url, build_body(job, where), AUTH))
 
 
 def _inner(error: dict[str, Any]) -> dict[str, Any]:
@@ -182,43 +162,27 @@ def failure(job: Job, response: UpstreamResponse) -> ProxyError:
         deployment = scrub(str(error.get("message", "")), (job.api_key,))[:_MAX_MESSAGE]
         message = f"channel '{job.channel.name}' names an Azure deployment that does not exist: {deployment}"
         return BadGateway(message, code="upstream_deployment_not_found", retryable=True)
-    return error_from_response(
-        response.status,
-        response.headers,
-        response.body,
-        channel=job.channel.name,
-        secrets=(job.api_key,),
-        client_key=job.channel.passthrough_key,
-    )
+    return upstream_failure(job, response)
 
 
-def _no_images(job: Job, response: UpstreamResponse, reason: str) -> ProxyError:
-    # Older API versions report a filtered output as a 200 with `error` and no data.
-    error = error_object(response.body)
-    if error is not None and is_filtered(error):
-        return moderation_error(job, error)
-    message = f"channel '{job.channel.name}' answered with no usable images: {reason}"
-    return BadGateway(scrub(message, (job.api_key,))[:_MAX_MESSAGE], code="bad_upstream_response")
-
-
-def advance(job: Job, state: Any, response: UpstreamResponse) -> Step:
-    if not 200 <= response.status < 300:
-        return Fail(failure(job, response))
-    try:
-        # Parse the (megabytes of base64) success body once; only a failed parse looks at it again.
-        return Done(parse_images_response(response.body))
-    except (ValueError, RecursionError) as exc:
-        return Fail(_no_images(job, response, str(exc)))
+def advance(job: Job, state: None, response: UpstreamResponse) -> Step:
+    # The (megabytes of base64) success body is parsed once; only a 2xx without images is looked at again.
+    step = images_step(job, response, failure, parse_images_response)
+    if isinstance(step, Fail) and 200 <= response.status < 300:
+        # Older API versions report a filtered output as a 200 with `error` and no data.
+        error = error_object(response.body)
+        if error is not None and is_filtered(error):
+            return Fail(moderation_error(job, error))
+    return step
 
 
 # gpt-image deployments make png and jpeg (no webp on Azure) and take output_compression; dall-e-3 answers PNG.
 # The deployment name is the upstream model, so a deployment named after dall-e is taken as one.
 GPT_IMAGE_FORMATS = NativeFormats(asked=frozenset({"png", "jpeg"}), default="png", compression=True)
-DALL_E_FORMATS = NativeFormats(default="png")
 
 
 def output_formats(job: Job) -> NativeFormats:
-    return DALL_E_FORMATS if "dall-e" in job.plan.upstream_model.lower() else GPT_IMAGE_FORMATS
+    return DALL_E_FORMATS if is_dall_e(job.plan.upstream_model) else GPT_IMAGE_FORMATS
 
 
 SPEC = AdapterSpec(
@@ -226,6 +190,6 @@ SPEC = AdapterSpec(
     schema=ChannelSchema(settings=SETTINGS),
     start=start,
     advance=advance,
-    auth_headers=auth_headers,
+    auth_headers=AUTH,
     output_formats=output_formats,
 )

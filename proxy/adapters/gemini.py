@@ -21,30 +21,22 @@ Imagen takes `n` natively (sampleCount 1..4, one call); Gemini has no `n`, so th
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
-from proxy.core.channel_settings import unchecked
-from proxy.core.errors import (
-    BadGateway,
-    ContentPolicyViolation,
-    InvalidRequest,
-    ProxyError,
-    RateLimited,
-    ServiceUnavailable,
-)
+from proxy.adapters.base import AdapterSpec, Done, Fail, Job, Send, Step, UpstreamResponse
+from proxy.adapters.inline_images import inline_image
+from proxy.adapters.kit import header_key, json_call, upstream_failure
+from proxy.core.channel_settings import names, one_of
+from proxy.core.errors import BadGateway, ContentPolicyViolation, InvalidRequest, ProxyError, RateLimited
 from proxy.core.extra_body import merge_extra_body
 from proxy.core.formats import NativeFormats
-from proxy.core.mime import sniff_image_type
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import ChannelSchema
 from proxy.core.sizes import AUTO, Size, nearest_ratio, parse_ratio, parse_size
-from proxy.core.upstream_errors import error_from_response, scrub
+from proxy.core.upstream_errors import scrub
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
 IMAGEN = "imagen"
@@ -55,6 +47,9 @@ IMAGEN_RATIOS = ("1:1", "3:4", "4:3", "9:16", "16:9")
 GEMINI_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
 IMAGEN_FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg"}
 DEFAULT_MODALITIES = ("TEXT", "IMAGE")
+# Imagen's personGeneration values (sent only when the channel sets one; Google's default is allow_adult).
+PERSON_GENERATION = ("dont_allow", "allow_adult", "allow_all")
+AUTH = header_key("x-goog-api-key")
 # Forwarded fields each family understands; anything else would be an upstream 400, so it is a 400 here.
 SUPPORTED = {
     IMAGEN: frozenset({"size", "quality", "aspect_ratio", "output_format", "output_compression", "extra_body"}),
@@ -85,8 +80,21 @@ def max_n_per_call(job: Job) -> int:
     return IMAGEN_MAX_N if family_of(job.plan.upstream_model) == IMAGEN else 1
 
 
-def auth_headers(api_key: str | None) -> dict[str, str]:
-    return {"x-goog-api-key": api_key} if api_key else {}
+def _modalities_have_image(values: Mapping[str, Any]) -> tuple[str, str] | None:
+    # An image model asked for text alone would answer with no image.
+    if "IMAGE" in values["response_modalities"]:
+        return None
+    return "response_modalities", f"must include IMAGE, got {list(values['response_modalities'])!r}"
+
+
+SCHEMA = ChannelSchema(
+    settings={
+        "person_generation": one_of(*PERSON_GENERATION),
+        "response_modalities": names(DEFAULT_MODALITIES, allowed=DEFAULT_MODALITIES),
+    },
+    relations=(_modalities_have_image,),
+    requires_base_url=False,
+)
 
 
 def _wanted_shape(fields: Mapping[str, Any]) -> Size | None:
@@ -139,41 +147,20 @@ def imagen_body(job: Job) -> dict[str, Any]:
     return {"instances": [{"prompt": job.plan.prompt}], "parameters": parameters}
 
 
-def inline_image(value: str) -> dict[str, Any]:
+def inline_data(value: str) -> dict[str, Any]:
     """A Gemini `inlineData` part from a data URI or raw base64 (Gemini wants raw base64 plus a mimeType)."""
-    text = value.strip()
-    if text.startswith(("http://", "https://")):
-        raise InvalidRequest("This channel needs the image bytes: send the image as base64 or a data URI, not a URL.",
-                             param="image", code="invalid_value")
-    declared: str | None = None
-    if text.startswith("data:"):
-        header, _, text = text.partition(",")
-        declared = header[5:].split(";")[0].strip().lower() or None
-    data = "".join(text.split())
-    try:
-        # The first 32 characters decode to 24 bytes, enough for every magic number sniffed.
-        head = base64.b64decode(data[:32], validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidRequest("'image' is neither valid base64 nor a base64 data URI.", param="image",
-                             code="invalid_value") from None
-    mime = sniff_image_type(head) or declared
+    image = inline_image(value)
+    mime = image.media_type()
     if mime is None or not mime.startswith("image/"):
         raise InvalidRequest("'image' is not a recognisable image (PNG, JPEG, WebP or GIF).", param="image",
                              code="invalid_value")
-    return {"inlineData": {"mimeType": mime, "data": data}}
-
-
-def _modalities(job: Job) -> list[str]:
-    value = job.channel.settings.get("response_modalities", list(DEFAULT_MODALITIES))
-    if not isinstance(value, list) or "IMAGE" not in value or not all(item in DEFAULT_MODALITIES for item in value):
-        raise ValueError(f"setting 'response_modalities' must be [IMAGE] or [TEXT, IMAGE], got {value!r}")
-    return [str(item) for item in value]
+    return {"inlineData": {"mimeType": mime, "data": image.payload}}
 
 
 def gemini_body(job: Job) -> dict[str, Any]:
     fields = job.plan.fields
     images = fields.get("image", [])
-    parts = [{"text": job.plan.prompt}, *(inline_image(item) for item in ([images] if isinstance(images, str) else images))]
+    parts = [{"text": job.plan.prompt}, *(inline_data(item) for item in ([images] if isinstance(images, str) else images))]
     image_config: dict[str, Any] = {}
     shape = _wanted_shape(fields)
     if shape is not None:
@@ -181,7 +168,7 @@ def gemini_body(job: Job) -> dict[str, Any]:
     tier = image_tier(fields)
     if tier != "1K":
         image_config["imageSize"] = tier
-    config: dict[str, Any] = {"responseModalities": _modalities(job)}
+    config: dict[str, Any] = {"responseModalities": list(job.channel.settings["response_modalities"])}
     if image_config:
         config["imageConfig"] = image_config
     return {"contents": [{"role": "user", "parts": parts}], "generationConfig": config}
@@ -190,21 +177,13 @@ def gemini_body(job: Job) -> dict[str, Any]:
 def start(job: Job) -> Step:
     family = family_of(job.plan.upstream_model)
     model = job.plan.upstream_model.removeprefix("models/")
-    try:
-        _check_fields(job.plan.fields, family, job.plan.model)
-        body = imagen_body(job) if family == IMAGEN else gemini_body(job)
-        # Nested objects merge, so extra_body can add to `parameters` or `generationConfig` (never replace).
-        body = merge_extra_body(body, job.plan.fields.get("extra_body", {}))
-    except InvalidRequest as exc:
-        return Fail(exc)
-    except ValueError as exc:
-        # An operator's mistake, not the client's: another channel may still serve the model.
-        return Fail(ServiceUnavailable(f"channel '{job.channel.name}' is misconfigured: {exc}",
-                                       code="channel_misconfigured", retryable=True))
-    headers = {**job.channel.headers, **auth_headers(job.api_key), "Content-Type": "application/json"}
+    _check_fields(job.plan.fields, family, job.plan.model)
+    body = imagen_body(job) if family == IMAGEN else gemini_body(job)
+    # Nested objects merge, so extra_body can add to `parameters` or `generationConfig` (never replace).
+    body = merge_extra_body(body, job.plan.fields.get("extra_body", {}))
     method = "predict" if family == IMAGEN else "generateContent"
     url = f"{job.channel.base_url or DEFAULT_BASE_URL}/models/{model}:{method}"
-    return Send(Call("POST", url, headers=headers, json=body), state=Asked(family, job.plan.n))
+    return Send(json_call(job, url, body, AUTH), state=Asked(family, job.plan.n))
 
 
 @dataclass(frozen=True)
@@ -256,8 +235,7 @@ def error_for(job: Job, response: UpstreamResponse) -> ProxyError:
     # Put Google's envelope into OpenAI's shape so the shared mapping keeps its message and status name.
     body = response.body if parsed.message is None else json.dumps(
         {"error": {"message": parsed.message, "code": (parsed.status or "").lower() or None}}).encode()
-    error = error_from_response(response.status, response.headers, body, channel=job.channel.name, secrets=secrets,
-                                client_key=job.channel.passthrough_key)
+    error = upstream_failure(job, response, body=body)
     if isinstance(error, RateLimited) and error.retryable and parsed.retry_delay is not None:
         error.retry_after = parsed.retry_delay
     return error
@@ -353,17 +331,16 @@ def gemini_result(job: Job, data: dict[str, Any]) -> Step:
     return Done(ImagesResult(images=images, usage=usage_from(data.get("usageMetadata"))))
 
 
-def advance(job: Job, state: Any, response: UpstreamResponse) -> Step:
+def advance(job: Job, state: Asked, response: UpstreamResponse) -> Step:
     if not 200 <= response.status < 300:
         return Fail(error_for(job, response))
-    asked = state if isinstance(state, Asked) else Asked(family_of(job.plan.upstream_model), job.plan.n)
     try:
         data = json.loads(response.body)
     except (ValueError, RecursionError) as exc:
         return _bad_answer(job, f"the answer is not JSON ({exc})")
     if not isinstance(data, dict):
         return _bad_answer(job, "the answer is not a JSON object")
-    return imagen_result(job, data, asked) if asked.family == IMAGEN else gemini_result(job, data)
+    return imagen_result(job, data, state) if state.family == IMAGEN else gemini_result(job, data)
 
 
 # Imagen: outputOptions.mimeType image/png (the default) or image/jpeg, compressionQuality for JPEG.
@@ -378,7 +355,7 @@ def output_formats(job: Job) -> NativeFormats:
 
 SPEC = AdapterSpec(
     name="gemini",
-    schema=ChannelSchema(settings=unchecked("person_generation", "response_modalities"), requires_base_url=False),
+    schema=SCHEMA,
     start=start,
     advance=advance,
     max_n_per_call=max_n_per_call,

@@ -4,6 +4,9 @@
   wants them (also used by pass-through).
 - `json_call(job, url, body, auth)`: one JSON POST with the channel's own headers, the key as the
   provider spells it, and the body.
+- `upstream_failure(job, response)`: the shared mapping of a non-2xx answer (core.upstream_errors), scrubbed.
+- `error_object(body)`: the `{"error": {...}}` object most providers answer failures with.
+- `images_step(job, response, failure, parse)`: a one-call answer: the failure, the images, or `bad_answer`.
 - `misconfigured(job, problem)`: the one error for a channel the operator set up wrong (503, retryable).
 
 An adapter raises a ProxyError where the request cannot go on (the client's input, a misconfiguration,
@@ -13,11 +16,14 @@ wrap their bodies in try/except.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from proxy.adapters.base import Call, Job
-from proxy.core.errors import ChannelMisconfigured
+from proxy.adapters.base import Call, Done, Fail, Job, Step, UpstreamResponse
+from proxy.core.errors import BadGateway, ChannelMisconfigured, ProxyError
+from proxy.core.response import ImagesResult
+from proxy.core.upstream_errors import error_from_response, scrub
 
 AuthHeaders = Callable[[str | None], dict[str, str]]
 
@@ -48,6 +54,56 @@ def json_call(
     """POST `body` as JSON to `url` with the channel's headers, the key and any `headers` of the call's own."""
     sent = {**job.channel.headers, **auth(job.api_key), **(headers or {}), "Content-Type": "application/json"}
     return Call("POST", url, headers=sent, json=body, timeout=timeout)
+
+
+def upstream_failure(
+    job: Job, response: UpstreamResponse, *, body: bytes | None = None, secrets: tuple[str | None, ...] | None = None
+) -> ProxyError:
+    """The error for a non-2xx answer by status (core.upstream_errors), scrubbed of the key.
+
+    `body`: the answer recast in OpenAI's envelope by an adapter whose provider has its own; `secrets`: what
+    to scrub when the key has more spellings than itself.
+    """
+    return error_from_response(
+        response.status,
+        response.headers,
+        response.body if body is None else body,
+        channel=job.channel.name,
+        secrets=(job.api_key,) if secrets is None else secrets,
+        client_key=job.channel.passthrough_key,
+    )
+
+
+def error_object(body: bytes) -> dict[str, Any] | None:
+    """The `error` object of a JSON answer `{"error": {...}}`, if it has one."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    return error if isinstance(error, dict) else None
+
+
+def bad_answer(job: Job, why: str) -> BadGateway:
+    """A 2xx that carries no usable image: a failure, never a success with an empty list."""
+    message = scrub(f"channel '{job.channel.name}' answered with no usable images: {why}", (job.api_key,))
+    return BadGateway(message[:500], code="bad_upstream_response")
+
+
+def images_step(
+    job: Job,
+    response: UpstreamResponse,
+    failure: Callable[[Job, UpstreamResponse], ProxyError],
+    parse: Callable[[bytes], ImagesResult],
+) -> Step:
+    """A one-call provider's answer: `failure` for a non-2xx, else the images `parse` reads from the body
+    (a ValueError from it, or a body nested past the parser's depth, is `bad_answer`)."""
+    if not 200 <= response.status < 300:
+        return Fail(failure(job, response))
+    try:
+        return Done(parse(response.body))
+    except (ValueError, RecursionError) as exc:
+        return Fail(bad_answer(job, str(exc)))
 
 
 def misconfigured(job: Job, problem: str) -> ChannelMisconfigured:

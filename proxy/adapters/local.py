@@ -24,7 +24,7 @@ from typing import Any
 from PIL import Image
 
 from proxy.adapters import local_codec, local_edit
-from proxy.adapters.base import AdapterSpec, Done, Drawn, Fail, Job, Partial, Step
+from proxy.adapters.base import AdapterSpec, Done, Drawn, Job, Partial, Step
 from proxy.adapters.local_pattern import digest_of, pattern
 from proxy.core.errors import InvalidRequest
 from proxy.core.formats import NativeFormats
@@ -169,18 +169,14 @@ def _encoded(image: Image.Image, order: Order) -> GeneratedImage:
 
 
 def draw(job: Job, partials: int) -> Iterator[Drawn]:
-    """The request's images one by one, each preceded by `partials` previews; ends with Done or Fail.
+    """The request's images one by one, each preceded by `partials` previews; ends with Done.
 
     A generator, so a stream can send each preview as soon as it exists; the work between two steps
-    is a pure function of the job.
+    is a pure function of the job. A request it cannot draw raises InvalidRequest at the first step.
     """
     plan = job.plan
-    try:
-        order = order_of(plan)
-        size, canvas = prepare(plan, order)
-    except InvalidRequest as error:
-        yield Fail(error)
-        return
+    order = order_of(plan)
+    size, canvas = prepare(plan, order)
     extra: dict[str, Any] = {"size": str(size), "output_format": local_codec.FORMATS[order.output_format][2]}
     if plan.fields.get("background") in BACKGROUNDS - {"auto"}:
         extra["background"] = plan.fields["background"]
@@ -197,7 +193,7 @@ def start(job: Job) -> Step:
     for step in draw(job, 0):
         if not isinstance(step, Partial):
             return step
-    raise AssertionError("draw ends with Done or Fail")
+    raise AssertionError("draw ends with Done")
 
 
 def stream_steps(job: Job) -> Iterator[Drawn]:

@@ -15,7 +15,8 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
+from proxy.adapters.base import AdapterSpec, Call, Job, Send, Step, UpstreamResponse
+from proxy.adapters.kit import bearer, images_step, json_call, upstream_failure
 from proxy.core.errors import BadGateway
 from proxy.core.extra_body import merge_extra_body
 from proxy.core.formats import FORMATS, NativeFormats
@@ -24,13 +25,9 @@ from proxy.core.plan import EDIT, GENERATE, VARIATION
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import ChannelSchema
 from proxy.core.sse import Event, error_payload, is_done
-from proxy.core.upstream_errors import error_from_response, scrub
+from proxy.core.upstream_errors import scrub
 
 RESPONSE_EXTRAS = ("background", "output_format", "quality", "size")
-
-
-def auth_headers(api_key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def build_body(job: Job) -> dict[str, Any]:
@@ -65,10 +62,9 @@ _PATHS = {GENERATE: "/images/generations", EDIT: "/images/edits", VARIATION: "/i
 def start(job: Job) -> Step:
     url = f"{job.channel.base_url}{_PATHS[job.plan.operation]}"
     if job.plan.operation == GENERATE:
-        headers = {**job.channel.headers, **auth_headers(job.api_key), "Content-Type": "application/json"}
-        return Send(Call("POST", url, headers=headers, json=build_body(job)))
+        return Send(json_call(job, url, build_body(job)))
     # Multipart: the shell sets the Content-Type with its boundary.
-    headers = {**job.channel.headers, **auth_headers(job.api_key)}
+    headers = {**job.channel.headers, **bearer(job.api_key)}
     return Send(Call("POST", url, headers=headers, form=build_form(job)))
 
 
@@ -126,24 +122,8 @@ def parse_images_response(body: bytes) -> ImagesResult:
     )
 
 
-def advance(job: Job, state: Any, response: UpstreamResponse) -> Step:
-    if not 200 <= response.status < 300:
-        return Fail(
-            error_from_response(
-                response.status,
-                response.headers,
-                response.body,
-                channel=job.channel.name,
-                secrets=(job.api_key,),
-                client_key=job.channel.passthrough_key,
-            )
-        )
-    try:
-        return Done(parse_images_response(response.body))
-    except (ValueError, RecursionError) as exc:
-        # A 200 that carries no images is a failure, never a success with an empty list.
-        message = f"channel '{job.channel.name}' answered with no usable images: {exc}"
-        return Fail(BadGateway(message, code="bad_upstream_response"))
+def advance(job: Job, state: None, response: UpstreamResponse) -> Step:
+    return images_step(job, response, upstream_failure, parse_images_response)
 
 
 # GPT image models make png, jpeg and webp and take output_compression (OpenAI's image API reference);
@@ -152,8 +132,13 @@ GPT_IMAGE_FORMATS = NativeFormats(asked=frozenset(FORMATS), default="png", compr
 DALL_E_FORMATS = NativeFormats(default="png")
 
 
+def is_dall_e(upstream_model: str) -> bool:
+    """A DALL·E model: `dall-e-3`, a relay's `openai/dall-e-2`, an Azure deployment named after one."""
+    return "dall-e" in upstream_model.lower()
+
+
 def output_formats(job: Job) -> NativeFormats:
-    return DALL_E_FORMATS if job.plan.upstream_model.startswith("dall-e") else GPT_IMAGE_FORMATS
+    return DALL_E_FORMATS if is_dall_e(job.plan.upstream_model) else GPT_IMAGE_FORMATS
 
 
 SPEC = AdapterSpec(
@@ -161,7 +146,7 @@ SPEC = AdapterSpec(
     schema=ChannelSchema(),
     start=start,
     advance=advance,
-    auth_headers=auth_headers,
+    auth_headers=bearer,
     operations=frozenset({GENERATE, EDIT, VARIATION}),
     stream_call=stream_call,
     stream_events=stream_events,

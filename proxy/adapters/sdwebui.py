@@ -21,32 +21,30 @@ image" -> 400 `image`; the rest via proxy.core.upstream_errors (5xx -> 502, 401 
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
-from proxy.core.channel_settings import unchecked
-from proxy.core.errors import BadGateway, InvalidRequest, ProxyError
+from proxy.adapters.base import AdapterSpec, Job, Send, Step, UpstreamResponse
+from proxy.adapters.inline_images import sniff_base64
+from proxy.adapters.kit import images_step, json_call, misconfigured, upstream_failure
+from proxy.core.channel_settings import Setting, SettingError
+from proxy.core.errors import InvalidRequest, ProxyError
 from proxy.core.extra_body import merge_extra_body
 from proxy.core.formats import NativeFormats
 from proxy.core.image_input import parse_data_uri
-from proxy.core.mime import sniff_image_type
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import ChannelSchema
 from proxy.core.sizes import AUTO, Size, parse_size
-from proxy.core.upstream_errors import error_from_response, scrub
+from proxy.core.upstream_errors import scrub
 
 TXT2IMG = "/sdapi/v1/txt2img"
 IMG2IMG = "/sdapi/v1/img2img"
 RANDOM_SEED = -1
 MIN_SIDE = 64
 SIDE_STEP = 8  # the latent is 1/8 of the image: other sides would come back silently cropped
-SETTINGS = unchecked("default_size", "steps", "cfg_scale", "sampler_name", "scheduler", "quality_steps")
 # The WebUI's body field -> the client's field it came from, so a 422 names what the client can fix.
 CLIENT_PARAMS = MappingProxyType(
     {"width": "size", "height": "size", "batch_size": "n", "init_images": "image", "denoising_strength": "strength"}
@@ -58,73 +56,55 @@ _MAX_MESSAGE = 500
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Settings:
-    default_size: Size | None = None
-    steps: int | None = None
-    cfg_scale: float | None = None
-    sampler_name: str | None = None
-    scheduler: str | None = None
-    quality_steps: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+# The checks below serve both the channel's settings (when the rules load) and the same fields sent by a
+# client (forwarded unchecked by the rules: a 400 naming the field).
 
 
 def _steps(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"expected a positive integer, got {value!r}")
+        raise SettingError(f"expected a positive integer, got {value!r}")
     return value
 
 
 def _cfg_scale(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError(f"expected a positive number, got {value!r}")
+        raise SettingError(f"expected a positive number, got {value!r}")
     return float(value)
 
 
 def _name(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected a non-empty string, got {value!r}")
+        raise SettingError(f"expected a non-empty string, got {value!r}")
     return value
 
 
 def _size(value: Any) -> Size:
     size = parse_size(value) if isinstance(value, str) else None
     if size is None:
-        raise ValueError(f"expected WIDTHxHEIGHT, got {value!r}")
+        raise SettingError(f"expected WIDTHxHEIGHT, got {value!r}")
     if min(size.width, size.height) < MIN_SIDE or size.width % SIDE_STEP or size.height % SIDE_STEP:
-        raise ValueError(f"both sides of {size} must be multiples of {SIDE_STEP} and at least {MIN_SIDE}")
+        raise SettingError(f"both sides of {size} must be multiples of {SIDE_STEP} and at least {MIN_SIDE}")
     return size
 
 
 def _quality_steps(value: Any) -> Mapping[str, int]:
     if not isinstance(value, dict):
-        raise ValueError(f"expected a mapping of quality to steps, got {value!r}")
+        raise SettingError(f"expected a mapping of quality to steps, got {value!r}")
     return MappingProxyType({str(quality): _steps(steps) for quality, steps in value.items()})
 
 
-def _optional(settings: Mapping[str, Any], name: str, check: Callable[[Any], T]) -> T | None:
-    if settings.get(name) is None:
-        return None
-    try:
-        return check(settings[name])
-    except ValueError as exc:
-        raise ValueError(f"setting '{name}': {exc}") from None
-
-
-def read_settings(settings: Mapping[str, Any]) -> Settings:
-    """The channel's settings, checked; ValueError names the bad one."""
-    return Settings(
-        default_size=_optional(settings, "default_size", _size),
-        steps=_optional(settings, "steps", _steps),
-        cfg_scale=_optional(settings, "cfg_scale", _cfg_scale),
-        sampler_name=_optional(settings, "sampler_name", _name),
-        scheduler=_optional(settings, "scheduler", _name),
-        quality_steps=_optional(settings, "quality_steps", _quality_steps) or MappingProxyType({}),
-    )
+# No defaults but `quality_steps`: an unset setting leaves the WebUI's own default.
+SETTINGS = {
+    "default_size": Setting(_size),
+    "steps": Setting(_steps),
+    "cfg_scale": Setting(_cfg_scale),
+    "sampler_name": Setting(_name),
+    "scheduler": Setting(_name),
+    "quality_steps": Setting(_quality_steps, MappingProxyType({})),
+}
 
 
 def _credentials(api_key: str) -> str:
-    if ":" not in api_key:
-        raise ValueError("api_key must be 'user:password', as given to the WebUI's --api-auth")
     return base64.b64encode(api_key.encode()).decode("ascii")
 
 
@@ -150,26 +130,26 @@ def _client(fields: Mapping[str, Any], name: str, check: Callable[[Any], T]) -> 
         raise InvalidRequest(f"Invalid '{name}': {exc}.", param=name, code="invalid_value") from None
 
 
-def resolve_size(fields: Mapping[str, Any], settings: Settings) -> Size | None:
+def resolve_size(fields: Mapping[str, Any], settings: Mapping[str, Any]) -> Size | None:
     text = fields.get("size")
     if text is None or text == AUTO:
-        return settings.default_size
+        return settings.get("default_size")
     try:
         return _size(text)
     except ValueError as exc:
         raise InvalidRequest(f"Invalid size for Stable Diffusion WebUI: {exc}.", param="size", code="invalid_size") from None
 
 
-def sampling(fields: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
+def sampling(fields: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
     """steps, cfg_scale, sampler_name, scheduler: the client's value, else the channel's; absent stays absent."""
     quality = fields.get("quality")
-    by_quality = settings.quality_steps.get(str(quality)) if quality is not None else None
-    steps = _client(fields, "steps", _steps) or by_quality or settings.steps
+    by_quality = settings["quality_steps"].get(str(quality)) if quality is not None else None
+    steps = _client(fields, "steps", _steps) or by_quality or settings.get("steps")
     chosen = {
         "steps": steps,
-        "cfg_scale": _client(fields, "cfg_scale", _cfg_scale) or settings.cfg_scale,
-        "sampler_name": _client(fields, "sampler_name", _name) or settings.sampler_name,
-        "scheduler": _client(fields, "scheduler", _name) or settings.scheduler,
+        "cfg_scale": _client(fields, "cfg_scale", _cfg_scale) or settings.get("cfg_scale"),
+        "sampler_name": _client(fields, "sampler_name", _name) or settings.get("sampler_name"),
+        "scheduler": _client(fields, "scheduler", _name) or settings.get("scheduler"),
     }
     return {name: value for name, value in chosen.items() if value is not None}
 
@@ -196,9 +176,9 @@ def _img2img(fields: Mapping[str, Any]) -> dict[str, Any]:
     return body
 
 
-def build_body(job: Job, settings: Settings) -> tuple[str, dict[str, Any]]:
+def build_body(job: Job) -> tuple[str, dict[str, Any]]:
     """The WebUI path and JSON body; raises InvalidRequest naming the client's param."""
-    plan, fields = job.plan, job.plan.fields
+    plan, fields, settings = job.plan, job.plan.fields, job.channel.settings
     if "mask" in fields:
         raise InvalidRequest(
             "Stable Diffusion WebUI channels do not take 'mask' (its masks paint white where OpenAI's are transparent).",
@@ -222,24 +202,11 @@ def build_body(job: Job, settings: Settings) -> tuple[str, dict[str, Any]]:
     return path, body
 
 
-def _misconfigured(job: Job, problem: str) -> Fail:
-    # Retryable so that the driver fails over to the model's next channel.
-    message = f"channel '{job.channel.name}' is misconfigured: {problem}"
-    return Fail(BadGateway(message, code="channel_misconfigured", retryable=True))
-
-
 def start(job: Job) -> Step:
-    try:
-        settings = read_settings(job.channel.settings)
-        auth = basic_auth(job.api_key)
-    except ValueError as exc:
-        return _misconfigured(job, str(exc))
-    try:
-        path, body = build_body(job, settings)
-    except InvalidRequest as exc:
-        return Fail(exc)
-    headers = {**job.channel.headers, **auth, "Content-Type": "application/json"}
-    return Send(Call("POST", f"{job.channel.base_url}{path}", headers=headers, json=body))
+    if job.api_key and ":" not in job.api_key:
+        raise misconfigured(job, "api_key must be 'user:password', as given to the WebUI's --api-auth")
+    path, body = build_body(job)
+    return Send(json_call(job, f"{job.channel.base_url}{path}", body, basic_auth))
 
 
 def _info(value: Any) -> dict[str, Any]:
@@ -253,20 +220,12 @@ def _info(value: Any) -> dict[str, Any]:
     return info if isinstance(info, dict) else {}
 
 
-def _content_type(b64: str) -> str | None:
-    # 24 base64 characters are 18 bytes: enough for every magic number, without decoding megabytes.
-    try:
-        return sniff_image_type(base64.b64decode(b64[:24]))
-    except (binascii.Error, ValueError):
-        return None
-
-
 def _image(item: Any) -> GeneratedImage:
     if not isinstance(item, str) or not item:
         raise ValueError("images[] holds something other than base64 text")
     prefix = _DATA_URI.match(item[:80])
     b64 = item[prefix.end() :] if prefix is not None else item
-    return GeneratedImage(b64_json=b64, content_type=_content_type(b64))
+    return GeneratedImage(b64_json=b64, content_type=sniff_base64(b64))
 
 
 def _first_index(info: Mapping[str, Any]) -> int:
@@ -340,25 +299,12 @@ def failure(job: Job, response: UpstreamResponse) -> ProxyError:
             return InvalidRequest("Stable Diffusion WebUI could not decode 'image'.", param="image", code="invalid_image")
     # Everything else keeps the shared meaning (429, channel auth, 4xx kept, 5xx -> 502) with the WebUI's text.
     body = json.dumps({"error": {"message": message}}).encode() if message else response.body
-    return error_from_response(
-        response.status,
-        response.headers,
-        body,
-        channel=job.channel.name,
-        secrets=secrets,
-        client_key=job.channel.passthrough_key,
-    )
+    return upstream_failure(job, response, body=body, secrets=secrets)
 
 
-def advance(job: Job, state: Any, response: UpstreamResponse) -> Step:
-    if not 200 <= response.status < 300:
-        return Fail(failure(job, response))
-    try:
-        return Done(parse_answer(response.body, job.plan.n))
-    except (ValueError, RecursionError) as exc:
-        # A 200 without images (send_images off, a broken extension) is a failure, never an empty success.
-        message = f"channel '{job.channel.name}' answered with no usable images: {exc}"
-        return Fail(BadGateway(message, code="bad_upstream_response"))
+def advance(job: Job, state: None, response: UpstreamResponse) -> Step:
+    # A 200 without images (send_images off, a broken extension) is a failure, never an empty success.
+    return images_step(job, response, failure, lambda body: parse_answer(body, job.plan.n))
 
 
 SPEC = AdapterSpec(

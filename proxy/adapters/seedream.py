@@ -21,17 +21,16 @@ Sources: volcengine.com/docs/82379/1541523 (image API), /1299023 (error codes); 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.adapters import json_post
-from proxy.adapters.base import AdapterSpec, Done, Fail, Job, Step, UpstreamResponse
-from proxy.core.channel_settings import unchecked
+from proxy.adapters.base import AdapterSpec, Done, Fail, Job, Send, Step, UpstreamResponse
+from proxy.adapters.inline_images import sniff_base64
+from proxy.adapters.kit import bearer, error_object, json_call, upstream_failure
+from proxy.core.channel_settings import name_map
 from proxy.core.errors import (
     BadGateway,
     ContentPolicyViolation,
@@ -43,11 +42,10 @@ from proxy.core.errors import (
 )
 from proxy.core.extra_body import merge_extra_body
 from proxy.core.formats import NativeFormats
-from proxy.core.mime import sniff_image_type
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import PROXY_FIELDS, ChannelSchema
 from proxy.core.sizes import AUTO, Size, parse_size
-from proxy.core.upstream_errors import error_from_response, parse_retry_after, scrub
+from proxy.core.upstream_errors import parse_retry_after, scrub
 
 
 @dataclass(frozen=True)
@@ -84,21 +82,20 @@ _FRAGMENTS = (
 # Input image types Ark takes (jpeg, png, webp, bmp, tiff, gif), by MIME type -> its data-URI format.
 IMAGE_FORMATS = {"image/jpeg": "jpeg", "image/png": "png", "image/webp": "webp", "image/gif": "gif",
                  "image/bmp": "bmp", "image/tiff": "tiff"}
-_SNIFF_CHARS = 32  # base64 characters decoded to sniff a raw image: 24 bytes cover every signature used
 
 BILLING_CODES = frozenset({"QuotaExceeded", "SetLimitExceeded", "AccountOverdueError"})
 OVERLOAD_CODES = frozenset({"ServerOverloaded"})
 _MAPPED = frozenset({"size", "quality", "image", "extra_body"})
 
 
-def auth_headers(api_key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+# `model_families`: endpoint ID -> the family whose size limits apply (one of FAMILIES).
+SETTINGS = {"model_families": name_map(values=tuple(FAMILIES))}
 
 
 def family_of(model: str, settings: Mapping[str, Any]) -> str | None:
-    configured = settings.get("model_families")
-    if isinstance(configured, Mapping) and model in configured:
-        return str(configured[model])
+    configured: Mapping[str, str] = settings["model_families"]
+    if model in configured:
+        return configured[model]
     lowered = model.lower()
     return next((family for fragment, family in _FRAGMENTS if fragment in lowered), None)
 
@@ -139,14 +136,6 @@ def map_size(text: str, family: str | None) -> str | None:
     return str(fit_size(size, limits))
 
 
-def _sniff(raw: str) -> str | None:
-    try:
-        head = base64.b64decode(raw[:_SNIFF_CHARS], validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    return sniff_image_type(head)
-
-
 def map_image(value: str) -> str:
     """An input image as Ark wants it: a URL, or `data:image/<lower-case format>;base64,...`."""
     if value.startswith(("http://", "https://")):
@@ -156,7 +145,7 @@ def map_image(value: str) -> str:
         if sep and ";base64" in header.lower():
             return f"{header.lower()},{payload}"
     else:
-        image_format = IMAGE_FORMATS.get(_sniff(value.strip()) or "")
+        image_format = IMAGE_FORMATS.get(sniff_base64(value.strip()) or "")
         if image_format is not None:
             return f"data:image/{image_format};base64,{value.strip()}"
     raise InvalidRequest(
@@ -188,7 +177,7 @@ def build_body(job: Job) -> dict[str, Any]:
 
 
 def start(job: Job) -> Step:
-    return json_post.start(job, "/images/generations", build_body, auth_headers)
+    return Send(json_call(job, f"{job.channel.base_url}/images/generations", build_body(job)))
 
 
 def _is_moderation(code: str) -> bool:
@@ -226,28 +215,10 @@ def classify(job: Job, error: Mapping[str, Any], status: int, headers: Mapping[s
     return None
 
 
-def _error_object(body: bytes) -> Mapping[str, Any] | None:
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    error = data.get("error") if isinstance(data, dict) else None
-    return error if isinstance(error, dict) else None
-
-
 def error_for(job: Job, response: UpstreamResponse) -> ProxyError:
-    error = _error_object(response.body)
+    error = error_object(response.body)
     mapped = classify(job, error, response.status, response.headers) if error is not None else None
-    if mapped is not None:
-        return mapped
-    return error_from_response(
-        response.status,
-        response.headers,
-        response.body,
-        channel=job.channel.name,
-        secrets=(job.api_key,),
-        client_key=job.channel.passthrough_key,
-    )
+    return mapped if mapped is not None else upstream_failure(job, response)
 
 
 def _image(item: Mapping[str, Any]) -> GeneratedImage | None:
@@ -316,7 +287,7 @@ def _all_failed(job: Job, data: Mapping[str, Any], failures: list[dict[str, Any]
     return BadGateway(f"channel '{job.channel.name}' answered with no usable images", code="bad_upstream_response")
 
 
-def advance(job: Job, state: Any, response: UpstreamResponse) -> Step:
+def advance(job: Job, state: None, response: UpstreamResponse) -> Step:
     if not 200 <= response.status < 300:
         return Fail(error_for(job, response))
     try:
@@ -338,10 +309,10 @@ def output_formats(job: Job) -> NativeFormats:
 
 SPEC = AdapterSpec(
     name="seedream",
-    schema=ChannelSchema(settings=unchecked("model_families")),
+    schema=ChannelSchema(settings=SETTINGS),
     start=start,
     advance=advance,
     max_n_per_call=1,
-    auth_headers=auth_headers,
+    auth_headers=bearer,
     output_formats=output_formats,
 )

@@ -26,16 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
-from proxy.core.channel_settings import unchecked
-from proxy.core.errors import (
-    BadGateway,
-    ContentPolicyViolation,
-    InvalidRequest,
-    ProxyError,
-    RateLimited,
-    ServiceUnavailable,
-    UpstreamError,
-)
+from proxy.adapters.inline_images import inline_image
+from proxy.adapters.kit import bearer, misconfigured, upstream_failure
+from proxy.core.channel_settings import one_of
+from proxy.core.errors import BadGateway, ContentPolicyViolation, InvalidRequest, ProxyError, RateLimited, UpstreamError
 from proxy.core.extra_body import merge_extra_body
 from proxy.core.formats import FORMATS, NativeFormats
 from proxy.core.mime import EXTENSIONS, sniff_image_type
@@ -43,13 +37,14 @@ from proxy.core.multipart import Part, encode, file_part, text_part
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import ChannelSchema
 from proxy.core.sizes import AUTO, Size, nearest_ratio, parse_ratio, parse_size
-from proxy.core.upstream_errors import error_from_response, scrub
+from proxy.core.upstream_errors import scrub
 
 DEFAULT_BASE_URL = "https://api.stability.ai"
 ASPECT_RATIOS = ("16:9", "1:1", "21:9", "2:3", "3:2", "4:5", "5:4", "9:16", "9:21")
 ENDPOINTS = {"stable-image-ultra": "ultra", "stable-image-core": "core"}
 IMAGE_ENDPOINTS = frozenset({"ultra", "sd3"})  # core is text-to-image only
 ACCEPTS = ("application/json", "image/*")
+SETTINGS = {"accept": one_of(*ACCEPTS, default=ACCEPTS[0])}  # the answer's shape: JSON with base64, or the bytes
 OUTPUT_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
 FORMAT_NAMES = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}  # OpenAI's output_format spelling
 INPUT_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})
@@ -75,10 +70,6 @@ def endpoint_for(upstream_model: str) -> str | None:
     if upstream_model in ENDPOINTS:
         return ENDPOINTS[upstream_model]
     return "sd3" if upstream_model.startswith("sd3") else None
-
-
-def auth_headers(api_key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def _form_value(value: Any) -> str:
@@ -123,20 +114,14 @@ def _image_bytes(value: Any) -> tuple[bytes, str]:
         if len(value) != 1:
             raise InvalidRequest("This model takes exactly one input image.", param="image", code="invalid_value")
         value = value[0]
-    text = str(value).strip()
-    if text.startswith(("http://", "https://")):
-        raise InvalidRequest("This channel needs the image bytes: send the image as base64 or a data URI, not a URL.",
-                             param="image", code="invalid_value")
-    declared: str | None = None
-    if text.startswith("data:"):
-        header, _, text = text.partition(",")
-        declared = header[5:].split(";")[0].strip().lower() or None
+    image = inline_image(str(value))
     try:
-        data = base64.b64decode("".join(text.split()), validate=True)
+        data = base64.b64decode(image.payload, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidRequest("'image' is neither valid base64 nor a base64 data URI.", param="image",
                              code="invalid_value") from None
-    content_type = sniff_image_type(data) or declared
+    # The whole file is at hand here: its type from all of it (an SVG's tag may lie past the head).
+    content_type = sniff_image_type(data) or image.declared
     if content_type not in INPUT_TYPES:
         raise InvalidRequest("'image' must be a PNG, JPEG or WebP image.", param="image", code="invalid_value")
     return data, content_type
@@ -186,26 +171,15 @@ def _with_extra_body(parts: list[Part], extra: Mapping[str, Any]) -> list[Part]:
     return texts + [text_part(name, _form_value(value)) for name, value in extra.items()] + files
 
 
-def _misconfigured(job: Job, problem: str) -> Fail:
-    # An operator's mistake, not the client's: another channel may still serve the model.
-    return Fail(ServiceUnavailable(f"channel '{job.channel.name}' is misconfigured: {problem}",
-                                   code="channel_misconfigured", retryable=True))
-
-
 def start(job: Job) -> Step:
     endpoint = endpoint_for(job.plan.upstream_model)
     if endpoint is None:
-        return _misconfigured(job, f"'{job.plan.upstream_model}' is not a Stable Image model "
-                                   "(stable-image-ultra, stable-image-core or sd3*)")
-    accept = job.channel.settings.get("accept", ACCEPTS[0])
-    if accept not in ACCEPTS:
-        return _misconfigured(job, f"setting 'accept' must be one of {', '.join(ACCEPTS)}, got {accept!r}")
-    try:
-        fmt = output_format(job.plan.fields, endpoint)
-        form = encode(build_parts(job, endpoint, fmt))
-    except InvalidRequest as exc:
-        return Fail(exc)
-    headers = {**job.channel.headers, **auth_headers(job.api_key), "Content-Type": form.content_type, "Accept": accept}
+        raise misconfigured(job, f"'{job.plan.upstream_model}' is not a Stable Image model "
+                                 "(stable-image-ultra, stable-image-core or sd3*)")
+    fmt = output_format(job.plan.fields, endpoint)
+    form = encode(build_parts(job, endpoint, fmt))
+    headers = {**job.channel.headers, **bearer(job.api_key), "Content-Type": form.content_type,
+               "Accept": job.channel.settings["accept"]}
     base_url = job.channel.base_url or DEFAULT_BASE_URL
     call = Call("POST", f"{base_url}/v2beta/stable-image/generate/{endpoint}", headers=headers, data=form.body)
     return Send(call, state=Asked(content_type=f"image/{fmt or 'png'}"))
@@ -237,8 +211,7 @@ def error_for(job: Job, response: UpstreamResponse) -> ProxyError:
                              type="insufficient_quota", code="insufficient_quota")
     # Put Stability's envelope into OpenAI's shape so the shared mapping reads its message and name.
     body = response.body if name is None else json.dumps({"error": {"message": message, "code": name}}).encode()
-    error = error_from_response(response.status, response.headers, body, channel=job.channel.name, secrets=secrets,
-                                client_key=job.channel.passthrough_key)
+    error = upstream_failure(job, response, body=body)
     if isinstance(error, RateLimited) and error.retryable and error.retry_after is None:
         error.retry_after = LOCKOUT_SECONDS
     return error
@@ -284,12 +257,11 @@ def _result(answer: Answer, image: str) -> ImagesResult:
     return ImagesResult(images=(GeneratedImage(b64_json=image, content_type=answer.content_type),), extra=extra)
 
 
-def advance(job: Job, state: Any, response: UpstreamResponse) -> Step:
+def advance(job: Job, state: Asked, response: UpstreamResponse) -> Step:
     if not 200 <= response.status < 300:
         return Fail(error_for(job, response))
-    asked = state if isinstance(state, Asked) else Asked("image/png")
     try:
-        answer = parse_answer(response, asked)
+        answer = parse_answer(response, state)
     except (ValueError, RecursionError) as exc:
         return Fail(BadGateway(f"channel '{job.channel.name}' answered with no usable image: {exc}",
                                code="bad_upstream_response"))
@@ -311,7 +283,7 @@ def output_formats(job: Job) -> NativeFormats:
 
 SPEC = AdapterSpec(
     name="stability",
-    schema=ChannelSchema(settings=unchecked("accept"), requires_base_url=False),
+    schema=ChannelSchema(settings=SETTINGS, requires_base_url=False),
     start=start,
     advance=advance,
     max_n_per_call=1,

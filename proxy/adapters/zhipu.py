@@ -22,9 +22,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from proxy.adapters import json_post
-from proxy.adapters.base import AdapterSpec, Done, Fail, Job, Step, UpstreamResponse
-from proxy.core.channel_settings import unchecked
+from proxy.adapters.base import AdapterSpec, Job, Send, Step, UpstreamResponse
+from proxy.adapters.kit import bearer, error_object, images_step, json_call, upstream_failure
+from proxy.core.channel_settings import Setting, names
 from proxy.core.errors import (
     BadGateway,
     ContentPolicyViolation,
@@ -39,7 +39,7 @@ from proxy.core.formats import NativeFormats
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import PROXY_FIELDS, ChannelSchema
 from proxy.core.sizes import AUTO, Size, nearest_size, parse_size
-from proxy.core.upstream_errors import error_from_response, parse_retry_after, scrub
+from proxy.core.upstream_errors import parse_retry_after, scrub
 
 # Seed 001 and the Z.AI reference list the same seven sizes; 1024x1024 is the provider default.
 SIZES = tuple(
@@ -66,8 +66,16 @@ MODEL_NOT_FOUND_CODES = frozenset({"1211"})
 _MAPPED = frozenset({"size", "quality", "watermark", "user", "safety_identifier", "extra_body"})
 
 
-def auth_headers(api_key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+_MODEL_NAMES = names()
+
+
+def _model_names(value: Any) -> tuple[str, ...]:
+    # A single name written without list brackets in YAML is still one model, not its characters.
+    return tuple(_MODEL_NAMES.parse([value] if isinstance(value, str) else value))
+
+
+# `quality_models`: the upstream models that take `quality` (a list, or one name).
+SETTINGS = {"quality_models": Setting(_model_names, DEFAULT_QUALITY_MODELS)}
 
 
 def _custom_size_ok(size: Size) -> bool:
@@ -84,13 +92,6 @@ def map_size(text: str, model: str) -> str:
     if size in SIZES or (model.startswith(CUSTOM_SIZE_PREFIX) and _custom_size_ok(size)):
         return str(size)
     return str(nearest_size(size, SIZES))
-
-
-def _quality_models(job: Job) -> frozenset[str]:
-    configured = job.channel.settings.get("quality_models", DEFAULT_QUALITY_MODELS)
-    # A single name written without list brackets in YAML is still one model, not its characters.
-    names = [configured] if isinstance(configured, str) else configured
-    return frozenset(str(name) for name in names)
 
 
 def map_quality(value: str) -> str | None:
@@ -128,7 +129,7 @@ def build_body(job: Job) -> dict[str, Any]:
     body: dict[str, Any] = {"model": plan.upstream_model, "prompt": plan.prompt}
     if "size" in fields:
         body["size"] = map_size(fields["size"], plan.upstream_model)
-    if "quality" in fields and plan.upstream_model in _quality_models(job):
+    if "quality" in fields and plan.upstream_model in job.channel.settings["quality_models"]:
         quality = map_quality(fields["quality"])
         if quality is not None:
             body["quality"] = quality
@@ -146,17 +147,13 @@ def build_body(job: Job) -> dict[str, Any]:
 
 
 def start(job: Job) -> Step:
-    return json_post.start(job, "/images/generations", build_body, auth_headers)
+    return Send(json_call(job, f"{job.channel.base_url}/images/generations", build_body(job)))
 
 
 def _business_error(body: bytes) -> tuple[str | None, str | None]:
     """(code, message) from `{"error": {"code": "1301", "message": ...}}`; the code may arrive as a number."""
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        return None, None
-    error = data.get("error") if isinstance(data, dict) else None
-    if not isinstance(error, dict):
+    error = error_object(body)
+    if error is None:
         return None, None
     code, message = error.get("code"), error.get("message")
     return (None if code is None else str(code)), (None if message is None else str(message))
@@ -166,7 +163,7 @@ def error_for(job: Job, response: UpstreamResponse) -> ProxyError:
     """The ProxyError for a non-2xx Zhipu answer, keyed on its business code before its HTTP status."""
     code, message = _business_error(response.body)
     if code is None:
-        return _generic_error(job, response)
+        return upstream_failure(job, response)
     text = scrub(f"{message or 'no message'} (zhipu code {code})", (job.api_key,))
     if code in MODERATION_CODES:
         return ContentPolicyViolation(text)
@@ -183,18 +180,7 @@ def error_for(job: Job, response: UpstreamResponse) -> ProxyError:
         return BadGateway(message, code="upstream_auth_failed", retryable=True)
     if code in MODEL_NOT_FOUND_CODES:
         return NotFound(text, param="model", code="model_not_found")
-    return _generic_error(job, response)
-
-
-def _generic_error(job: Job, response: UpstreamResponse) -> ProxyError:
-    return error_from_response(
-        response.status,
-        response.headers,
-        response.body,
-        channel=job.channel.name,
-        secrets=(job.api_key,),
-        client_key=job.channel.passthrough_key,
-    )
+    return upstream_failure(job, response)
 
 
 def parse_answer(body: bytes) -> ImagesResult:
@@ -215,24 +201,17 @@ def parse_answer(body: bytes) -> ImagesResult:
     )
 
 
-def advance(job: Job, state: Any, response: UpstreamResponse) -> Step:
-    if not 200 <= response.status < 300:
-        return Fail(error_for(job, response))
-    try:
-        return Done(parse_answer(response.body))
-    except (ValueError, RecursionError) as exc:
-        # A 200 that carries no images is a failure, never a success with an empty list.
-        message = scrub(f"channel '{job.channel.name}' answered with no usable images: {exc}", (job.api_key,))
-        return Fail(BadGateway(message, code="bad_upstream_response"))
+def advance(job: Job, state: None, response: UpstreamResponse) -> Step:
+    return images_step(job, response, error_for, parse_answer)
 
 
 SPEC = AdapterSpec(
     name="zhipu",
-    schema=ChannelSchema(settings=unchecked("quality_models")),
+    schema=ChannelSchema(settings=SETTINGS),
     start=start,
     advance=advance,
     max_n_per_call=1,
-    auth_headers=auth_headers,
+    auth_headers=bearer,
     # CogView takes no output format and its docs do not name the one it makes: the proxy looks at the bytes.
     output_formats=NativeFormats(default=None),
 )

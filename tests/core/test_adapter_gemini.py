@@ -5,19 +5,20 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterable, Mapping
-from types import MappingProxyType
 from typing import Any
 
 import pytest
 
 from proxy.adapters.base import Call, Done, Fail, Job, Send, Step, UpstreamResponse
 from proxy.adapters.gemini import SPEC
+from proxy.core.channel_settings import parse_settings
 from proxy.core.errors import ProxyError
 from proxy.core.formats import Conversion
 from proxy.core.plan import build_plan
 from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Channel, ModelRule
+from tests.core.adapter_steps import declared, started
 from tests.core.jobs import channel_job
 from tests.fakes.png import encode_png
 
@@ -36,7 +37,7 @@ def make_job(body: Mapping[str, Any], *, passthrough: Iterable[str] = ("aspect_r
     rule = ModelRule(pattern=request.model, channels=("gemini",), upstream_model=upstream, max_n=4,
                      passthrough=frozenset(passthrough))
     channel = Channel(name="gemini", type="gemini", base_url=BASE, api_key=api_key,
-                      settings=MappingProxyType(dict(settings or {})))
+                      settings=declared(SPEC, settings))
     return channel_job(SPEC, build_plan(request, rule), channel, api_key)
 
 
@@ -146,7 +147,7 @@ def test_extra_body_cannot_replace_what_the_adapter_set() -> None:
     job = make_job({"model": IMAGEN, "prompt": "p", "extra_body": {"parameters": {"sampleCount": 4}}},
                    passthrough=("extra_body",))
 
-    error = failed(SPEC.start(job))
+    error = failed(started(SPEC, job))
 
     assert envelope(error) == (400, "invalid_request_error", "extra_body.parameters.sampleCount", "invalid_value")
 
@@ -175,7 +176,7 @@ def test_formats_the_api_cannot_make_are_not_asked_the_proxy_converts() -> None:
 def test_what_the_gemini_api_would_reject_is_a_400_naming_the_param(
     body: dict[str, Any], passthrough: tuple[str, ...], param: str
 ) -> None:
-    error = failed(SPEC.start(make_job(body, passthrough=passthrough)))
+    error = failed(started(SPEC, make_job(body, passthrough=passthrough)))
 
     assert (error.status, error.type, error.param) == (400, "invalid_request_error", param)
 
@@ -269,10 +270,9 @@ def test_gemini_aspect_ratio_wins_and_images_go_inline_without_the_data_prefix()
     }
 
 
-def test_bad_response_modalities_setting_is_a_misconfigured_channel() -> None:
-    error = failed(SPEC.start(make_job({"model": FLASH, "prompt": "p"}, settings={"response_modalities": ["TEXT"]})))
-
-    assert envelope(error) == (503, "server_error", None, "channel_misconfigured")
+def test_response_modalities_without_image_are_refused_when_the_rules_load() -> None:
+    _, problems = parse_settings({"response_modalities": ["TEXT"]}, SPEC.schema.settings, SPEC.schema.relations)
+    assert problems == [("response_modalities", "must include IMAGE, got ['TEXT']")]
 
 
 # -- Gemini: the answer -----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from proxy.adapters import local
-from proxy.adapters.base import Done, Fail, Job, Partial
+from proxy.adapters.base import Done, Job, Partial
 from proxy.core.errors import InvalidRequest
 from proxy.core.multipart import Part
 from proxy.core.plan import EDIT, VARIATION, build_plan
@@ -39,10 +39,9 @@ def _result(**body: Any) -> ImagesResult:
 
 
 def _fail(job: Job) -> InvalidRequest:
-    step = local.SPEC.start(job)
-    assert isinstance(step, Fail), step
-    assert isinstance(step.error, InvalidRequest)
-    return step.error
+    with pytest.raises(InvalidRequest) as raised:
+        local.SPEC.start(job)
+    return raised.value
 
 
 def _bytes(result: ImagesResult, index: int = 0) -> bytes:
@@ -323,8 +322,10 @@ def test_stream_without_partial_images_is_just_done() -> None:
 
 def test_stream_steps_fail_on_bad_input() -> None:
     assert local.SPEC.stream_steps is not None
-    steps = list(local.SPEC.stream_steps(_job(size="5000x5000", stream=True, partial_images=2)))
-    assert len(steps) == 1 and isinstance(steps[0], Fail) and steps[0].error.param == "size"
+    steps = local.SPEC.stream_steps(_job(size="5000x5000", stream=True, partial_images=2))
+    with pytest.raises(InvalidRequest) as raised:
+        next(steps)
+    assert raised.value.param == "size"
 
 
 def test_spec() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -18,6 +17,7 @@ from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Channel, ModelRule
 from proxy.core.sizes import Size
+from tests.core.adapter_steps import declared, started
 from tests.fakes.png import encode_png
 
 KEY = "ark-secret-0123456789"
@@ -41,7 +41,7 @@ def make_job(
 ) -> Job:
     request = parse_image_request(body)
     rule = ModelRule(pattern=request.model, channels=("ark",), upstream_model=upstream, max_n=4, passthrough=passthrough)
-    channel = Channel(name="ark", type="seedream", base_url=BASE, api_key=KEY, settings=MappingProxyType(settings or {}))
+    channel = Channel(name="ark", type="seedream", base_url=BASE, api_key=KEY, settings=declared(SPEC, settings))
     return Job(build_plan(request, rule), channel, KEY)
 
 
@@ -166,7 +166,7 @@ def test_input_images() -> None:
 
 def test_raw_base64_of_no_image_is_a_client_error() -> None:
     raw = base64.b64encode(b"plain text, not an image at all").decode()
-    step = SPEC.start(make_job({"model": V40, "prompt": "p", "image": raw}))
+    step = started(SPEC, make_job({"model": V40, "prompt": "p", "image": raw}))
     assert isinstance(step, Fail)
     assert (step.error.status, step.error.param, step.error.code) == (400, "image", "invalid_value")
 

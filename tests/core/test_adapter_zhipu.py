@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -24,6 +23,7 @@ from proxy.core.plan import build_plan
 from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Channel, ModelRule
+from tests.core.adapter_steps import declared, started
 
 KEY = "zhipu-secret-0123456789"
 BASE = "https://open.bigmodel.cn/api/paas/v4"
@@ -43,7 +43,7 @@ def make_job(
     request = parse_image_request(body)
     rule = ModelRule(pattern=request.model, channels=("zhipu",), upstream_model=upstream, sizes=sizes,
                      max_n=4, passthrough=passthrough)
-    channel = Channel(name="zhipu", type="zhipu", base_url=BASE, api_key=KEY, settings=MappingProxyType(settings or {}))
+    channel = Channel(name="zhipu", type="zhipu", base_url=BASE, api_key=KEY, settings=declared(SPEC, settings))
     return Job(build_plan(request, rule), channel, KEY)
 
 
@@ -114,7 +114,7 @@ def test_quality_is_mapped_and_only_sent_where_accepted() -> None:
 
 
 def test_unknown_quality_is_a_client_error() -> None:
-    step = SPEC.start(make_job({"model": "cogview-4-250304", "prompt": "a cat", "quality": "ultra"}))
+    step = started(SPEC, make_job({"model": "cogview-4-250304", "prompt": "a cat", "quality": "ultra"}))
     assert isinstance(step, Fail)
     assert isinstance(step.error, InvalidRequest)
     assert (step.error.status, step.error.param, step.error.code) == (400, "quality", "invalid_value")
@@ -151,7 +151,7 @@ def test_user_becomes_user_id_and_extra_body_is_merged_verbatim() -> None:
 
 
 def test_short_user_is_a_client_error() -> None:
-    step = SPEC.start(make_job({"model": "cogview-4", "prompt": "a cat", "user": "bob"}))
+    step = started(SPEC, make_job({"model": "cogview-4", "prompt": "a cat", "user": "bob"}))
     assert isinstance(step, Fail)
     assert (step.error.status, step.error.param) == (400, "user")
 

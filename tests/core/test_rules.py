@@ -687,3 +687,53 @@ def test_output_format_in_passthrough_is_flagged_as_changing_nothing() -> None:
     (warning,) = rules.warnings
     assert warning.startswith("models.m.passthrough: output_format is honoured for every model")
     assert rules.match_model("m").passthrough == frozenset({"output_format", "output_compression"})
+
+
+@pytest.mark.parametrize(
+    ("channel", "setting", "expected"),
+    [
+        ("{type: stability, api_key: k, accept: text/html}", "accept", "expected one of application/json, image/*"),
+        ("{type: sdwebui, base_url: 'http://w', steps: -1}", "steps", "expected a positive integer, got -1"),
+        ("{type: sdwebui, base_url: 'http://w', default_size: 1000x7}", "default_size", "multiples of 8"),
+        ("{type: sdwebui, base_url: 'http://w', cfg_scale: 0}", "cfg_scale", "expected a positive number"),
+        ("{type: sdwebui, base_url: 'http://w', quality_steps: {high: many}}", "quality_steps", "positive integer"),
+        ("{type: gemini, api_key: k, person_generation: bogus}", "person_generation", "expected one of dont_allow"),
+        ("{type: gemini, api_key: k, response_modalities: [TEXT]}", "response_modalities", "must include IMAGE"),
+        ("{type: gemini, api_key: k, response_modalities: [AUDIO, IMAGE]}", "response_modalities", "unknown 'AUDIO'"),
+        ("{type: azure, base_url: 'https://a', api_key: k, api_style: v2}", "api_style", "expected one of v1, deployment"),
+        ("{type: azure, base_url: 'https://a', api_key: k, deployment: ''}", "deployment", "non-empty string"),
+        ("{type: seedream, base_url: 'https://a', api_key: k, model_families: {ep-1: seedream-9}}", "model_families",
+         "unknown 'seedream-9'"),
+        ("{type: zhipu, base_url: 'https://a', api_key: k, quality_models: [cogview-4, 3]}", "quality_models",
+         "expected a list of names"),
+    ],
+)
+def test_a_sync_adapter_setting_it_cannot_use_is_refused_when_the_rules_load(channel: str, setting: str,
+                                                                              expected: str) -> None:
+    problem = _only_problem(f"channels:\n  s: {channel}\nmodels:\n  m: {{channels: [s]}}\n")
+    assert problem.path == f"channels.s.{setting}"
+    assert expected in problem.message
+
+
+def test_sync_adapter_settings_are_kept_parsed_with_their_defaults() -> None:
+    rules = parse_rules(
+        """
+channels:
+  az: {type: azure, base_url: 'https://a', api_key: k, api_version: 2024-10-21}
+  st: {type: stability, api_key: k}
+  ge: {type: gemini, api_key: k}
+  zh: {type: zhipu, base_url: 'https://a', api_key: k, quality_models: cogview-4}
+  sd: {type: sdwebui, base_url: 'http://w', default_size: 768x512, cfg_scale: 7}
+models:
+  m: {channels: [az, st, ge, zh, sd]}
+""",
+        {},
+        SCHEMAS,
+    )
+    channels = rules.channels
+    assert channels["az"].settings == {"api_version": "2024-10-21"}  # an unquoted YAML date, as written
+    assert channels["st"].settings == {"accept": "application/json"}
+    assert channels["ge"].settings == {"response_modalities": ("TEXT", "IMAGE")}
+    assert channels["zh"].settings == {"quality_models": ("cogview-4",)}  # one name without brackets
+    sd = channels["sd"].settings
+    assert (str(sd["default_size"]), sd["cfg_scale"], dict(sd["quality_steps"])) == ("768x512", 7.0, {})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from types import MappingProxyType
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -14,6 +13,7 @@ from proxy.core.plan import build_plan
 from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage
 from proxy.core.rules import Channel, ModelRule
+from tests.core.adapter_steps import declared
 from tests.fakes.azure import PNG_B64, FakeAzure
 
 KEY = FakeAzure().api_key
@@ -22,7 +22,7 @@ KEY = FakeAzure().api_key
 def make_job(client: TestClient[Any, Any], body: dict[str, Any], settings: dict[str, Any], *, key: str = KEY) -> Job:
     plan = build_plan(parse_image_request(body), ModelRule(pattern=body["model"], channels=("azure",)))
     base_url = str(client.make_url("")).rstrip("/")
-    channel = Channel(name="azure", type="azure", base_url=base_url, api_key=key, settings=MappingProxyType(settings))
+    channel = Channel(name="azure", type="azure", base_url=base_url, api_key=key, settings=declared(SPEC, settings))
     return Job(plan, channel, key)
 
 

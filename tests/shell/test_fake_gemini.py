@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from types import MappingProxyType
 from typing import Any
 
 from aiohttp import web
@@ -15,6 +14,7 @@ from proxy.core.plan import build_plan
 from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Channel, ModelRule
+from tests.core.adapter_steps import declared
 from tests.fakes.gemini import PNG_B64, FakeGemini
 
 ClientMaker = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
@@ -51,7 +51,7 @@ async def run(client: TestClient[Any, Any], fake: FakeGemini, body: dict[str, An
     request = parse_image_request(body)
     rule = ModelRule(pattern=request.model, channels=("gemini",), max_n=4)
     channel = Channel(name="gemini", type="gemini", base_url=str(client.make_url("/v1beta")), api_key=fake.api_key,
-                      settings=MappingProxyType({}))
+                      settings=declared(SPEC))
     job = Job(build_plan(request, rule), channel, fake.api_key)
     step = SPEC.start(job)
     assert isinstance(step, Send)

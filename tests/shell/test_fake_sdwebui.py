@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from types import MappingProxyType
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -14,6 +13,7 @@ from proxy.core.errors import BadGateway, InvalidRequest, UpstreamError
 from proxy.core.plan import build_plan
 from proxy.core.request import parse_image_request
 from proxy.core.rules import Channel, ModelRule
+from tests.core.adapter_steps import declared
 from tests.fakes.sdwebui import PNG_B64, FakeSDWebUI
 
 PASSTHROUGH = frozenset({"seed", "negative_prompt", "image", "strength", "sampler_name", "steps"})
@@ -25,7 +25,7 @@ def make_job(
     rule = ModelRule(pattern=body["model"], channels=("webui",), passthrough=PASSTHROUGH)
     plan = build_plan(parse_image_request(body), rule)
     base_url = str(client.make_url("")).rstrip("/")
-    channel = Channel(name="webui", type="sdwebui", base_url=base_url, api_key=key, settings=MappingProxyType(settings or {}))
+    channel = Channel(name="webui", type="sdwebui", base_url=base_url, api_key=key, settings=declared(SPEC, settings))
     return Job(plan, channel, key)
 
 
