@@ -45,12 +45,11 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
 from proxy.adapters.kit import bearer, json_call
-from proxy.adapters.polling import TIMING_RELATIONS, TaskState, Timing, failed_poll, listed, next_poll, setting, transient
+from proxy.adapters.polling import Polling, TaskState, Timing, forwarded, listed, setting, status_error, transient
 from proxy.core.channel_settings import names
 from proxy.core.errors import (
     BadGateway,
@@ -64,9 +63,8 @@ from proxy.core.formats import NativeFormats
 from proxy.core.json_body import decode_object
 from proxy.core.mime import sniff_image_type
 from proxy.core.response import GeneratedImage, ImagesResult
-from proxy.core.rules import PROXY_FIELDS, ChannelSchema
 from proxy.core.sizes import AUTO, Size, nearest_size, parse_size
-from proxy.core.upstream_errors import error_from_response, parse_retry_after, scrub
+from proxy.core.upstream_errors import parse_retry_after, scrub
 
 DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com/api/v1"
 TASK_PATH = "/services/aigc/text2image/image-synthesis"
@@ -79,7 +77,6 @@ URL_TTL = 86400.0  # result URLs and task data are kept 24 h
 MAX_N = 4
 MAX_SEED = 2**31 - 1
 
-TIMING = Timing(first=1.0, cap=8.0)  # the default poll schedule
 
 PENDING = frozenset({"PENDING", "RUNNING"})
 MODERATION_CODES = frozenset({"DataInspectionFailed", "IPInfringementSuspect"})
@@ -114,13 +111,6 @@ FAMILIES: tuple[tuple[str, SizeRule], ...] = (
     ("wanx", SizeRule(sides=(512, 1440))),
 )
 _MAPPED = frozenset({"size", "quality", "n", "image", "negative_prompt", "seed", "watermark", "extra_body"})
-
-
-SCHEMA = ChannelSchema(
-    settings={"sync_models": listed(names(DEFAULT_SYNC_MODELS)), **TIMING.settings()},
-    relations=TIMING_RELATIONS,
-    requires_base_url=False,
-)
 
 
 @dataclass(frozen=True)
@@ -243,10 +233,7 @@ def _parameters(job: Job, n: int) -> dict[str, Any]:
         parameters["seed"] = seed
     if "watermark" in fields:
         parameters["watermark"] = bool(fields["watermark"])
-    for name, value in fields.items():
-        if name not in _MAPPED and name not in PROXY_FIELDS:
-            parameters[name] = value
-    return parameters
+    return {**parameters, **forwarded(fields, _MAPPED)}
 
 
 def _merge(body: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -296,6 +283,10 @@ def poll_call(job: Job, task: Task) -> Call:
     return Call("GET", f"{_base_url(job)}/tasks/{task.task_id}", headers=headers)
 
 
+POLLING = Polling(Timing(first=1.0, cap=8.0), poll_call)
+SCHEMA = POLLING.schema(sync_models=listed(names(DEFAULT_SYNC_MODELS)))
+
+
 def cancel(job: Job, state: Task | None) -> Call | None:
     """Best-effort cancel of a task nobody will collect (DashScope only cancels it while PENDING)."""
     if state is None:
@@ -335,17 +326,8 @@ def error_for(job: Job, response: UpstreamResponse) -> ProxyError:
     known = code_error(job, code, message, response)
     if known is not None:
         return known
-    if 200 <= response.status < 300:
-        text = scrub(f"channel '{job.channel.name}' failed: {message} (dashscope code {code})", (job.api_key,))
-        return BadGateway(text, code="upstream_error", retryable=True)
-    return error_from_response(
-        response.status,
-        response.headers,
-        response.body,
-        channel=job.channel.name,
-        secrets=(job.api_key,),
-        client_key=job.channel.passthrough_key,
-    )
+    detail = f"{message} (dashscope code {code})"
+    return status_error(job, response, detail, (job.api_key,), client_key=job.channel.passthrough_key)
 
 
 def _failed(response: UpstreamResponse, data: Mapping[str, Any] | None) -> bool:
@@ -363,13 +345,21 @@ def _usage(data: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return usage if isinstance(usage, dict) else None
 
 
-def after_sync(job: Job, response: UpstreamResponse) -> Step:
+def _answer(response: UpstreamResponse) -> tuple[Mapping[str, Any], Mapping[str, Any]] | None:
+    """(the answer, its `output`) of a successful DashScope answer; None for a failed one."""
     data = decode_object(response.body)
-    if _failed(response, data):
-        return Fail(error_for(job, response))
-    assert data is not None
+    if data is None or _failed(response, data):
+        return None
     output = data.get("output")
-    choices = output.get("choices") if isinstance(output, dict) else None
+    return data, output if isinstance(output, dict) else {}
+
+
+def after_sync(job: Job, response: UpstreamResponse) -> Step:
+    answer = _answer(response)
+    if answer is None:
+        return Fail(error_for(job, response))
+    data, output = answer
+    choices = output.get("choices")
     urls = [
         item.get("image")
         for choice in (choices if isinstance(choices, list) else [])
@@ -384,15 +374,15 @@ def after_sync(job: Job, response: UpstreamResponse) -> Step:
 
 
 def after_create(job: Job, response: UpstreamResponse) -> Step:
-    data = decode_object(response.body)
-    if _failed(response, data):
+    if is_sync(job):
+        return after_sync(job, response)
+    answer = _answer(response)
+    if answer is None:
         return Fail(error_for(job, response))
-    assert data is not None
-    output = data.get("output")
-    task_id = output.get("task_id") if isinstance(output, dict) else None
+    task_id = answer[1].get("task_id")
     if not isinstance(task_id, str) or not task_id:
         return _bad_answer(job, "the create answer has no output.task_id")
-    return next_poll(Task(task_id), TIMING.for_channel(job.channel.settings), partial(poll_call, job))
+    return POLLING.next(job, Task(task_id))
 
 
 def lost(job: Job, task: Task, response: UpstreamResponse) -> Fail:
@@ -446,19 +436,18 @@ def task_succeeded(job: Job, data: Mapping[str, Any], output: Mapping[str, Any])
 
 
 def after_poll(job: Job, task: Task, response: UpstreamResponse) -> Step:
-    timing, poll = TIMING.for_channel(job.channel.settings), partial(poll_call, job)
     if transient(response.status):
         why = f"HTTP {response.status}: {error_for(job, response).message}"
-        return failed_poll(job, task, response, poll, timing, why=why)
+        return POLLING.failed(job, task, response, why=why)
     if not 200 <= response.status < 300:
         return lost(job, task, response)
     data = decode_object(response.body)
     output = data.get("output") if data is not None else None
     if data is None or _failed(response, data) or not isinstance(output, dict):
-        return failed_poll(job, task, response, poll, timing, why="an unreadable answer")
+        return POLLING.failed(job, task, response, why="an unreadable answer")
     status = output.get("task_status")
     if status in PENDING:
-        return next_poll(task, timing, poll)
+        return POLLING.next(job, task)
     if status == "SUCCEEDED":
         return task_succeeded(job, data, output)
     if status == "FAILED":
@@ -471,14 +460,6 @@ def after_poll(job: Job, task: Task, response: UpstreamResponse) -> Step:
     return _bad_answer(job, f"unknown task_status {status!r}")
 
 
-def advance(job: Job, state: Task | None, response: UpstreamResponse) -> Step:
-    if state is not None:
-        return after_poll(job, state, response)
-    if is_sync(job):
-        return after_sync(job, response)
-    return after_create(job, response)
-
-
 def output_formats(job: Job) -> NativeFormats:
     """DashScope takes no output format. Wanxiang (wan*, wanx*) makes PNG (text-to-image V2 reference);
     for other models (Qwen-Image) the docs name none, so the proxy looks at the bytes."""
@@ -489,7 +470,7 @@ SPEC = AdapterSpec(
     name="dashscope",
     schema=SCHEMA,
     start=start,
-    advance=advance,
+    advance=POLLING.advance(after_create, after_poll),
     max_n_per_call=MAX_N,
     cancel=cancel,
     auth_headers=bearer,

@@ -40,19 +40,17 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
 from proxy.adapters.kit import header_key, json_call, misconfigured
-from proxy.adapters.polling import TIMING_RELATIONS, TaskState, Timing, failed_poll, next_poll, transient
+from proxy.adapters.polling import Polling, TaskState, Timing, forwarded, seed_and_format, transient
 from proxy.core.errors import BadGateway, ContentPolicyViolation, InvalidRequest, ProxyError, UpstreamError
 from proxy.core.extra_body import merge_extra_body
 from proxy.core.formats import NativeFormats
 from proxy.core.json_body import decode_object
 from proxy.core.response import GeneratedImage, ImagesResult
-from proxy.core.rules import PROXY_FIELDS, ChannelSchema
 from proxy.core.sizes import AUTO, Size, nearest_ratio, parse_ratio, parse_size
 from proxy.core.upstream_errors import error_from_response, scrub
 
@@ -63,7 +61,6 @@ RATIO_RANGE = (9 / 21, 21 / 9)
 DEFAULT_PIXELS = 1024 * 1024  # the pixel budget when only an aspect ratio gives the shape
 OUTPUT_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg"}
 SAMPLE_TTL = 600.0  # "result.sample expires after 10 minutes"
-TIMING = Timing(first=0.5, cap=5.0)  # the default poll schedule
 PENDING = "Pending"
 READY = "Ready"
 MODERATED = frozenset({"Request Moderated", "Content Moderated"})
@@ -174,17 +171,6 @@ def shape_fields(fields: Mapping[str, Any], family: Family) -> dict[str, Any]:
     return {"width": fitted.width, "height": fitted.height}
 
 
-def output_format(value: str) -> str:
-    mapped = OUTPUT_FORMATS.get(value)
-    if mapped is None:
-        raise InvalidRequest(
-            f"Invalid output_format '{value}' for this model. Supported values: png, jpeg.",
-            param="output_format",
-            code="invalid_value",
-        )
-    return mapped
-
-
 def strip_data_uri(value: str) -> str:
     """BFL takes a URL or raw base64: a `data:...;base64,` prefix is removed."""
     text = value.strip()
@@ -215,19 +201,12 @@ def build_body(job: Job) -> dict[str, Any]:
     """The submit body; raises InvalidRequest for a value BFL cannot take."""
     fields = job.plan.fields
     family = family_of(job.plan.upstream_model)
-    body: dict[str, Any] = {"prompt": job.plan.prompt, **shape_fields(fields, family)}
-    if "seed" in fields and fields["seed"] >= 0:
-        body["seed"] = fields["seed"]
-    if "output_format" in fields:
-        body["output_format"] = output_format(fields["output_format"])
+    body: dict[str, Any] = {"prompt": job.plan.prompt, **shape_fields(fields, family), **seed_and_format(fields, OUTPUT_FORMATS)}
     if "image" in fields:
         body.update(image_fields(fields["image"], family))
     if "strength" in fields:
         body.update(strength_fields(fields["strength"], family))
-    for name, value in fields.items():
-        if name not in MAPPED and name not in PROXY_FIELDS:
-            body[name] = value
-    return merge_extra_body(body, fields.get("extra_body", {}))
+    return merge_extra_body({**body, **forwarded(fields, MAPPED)}, fields.get("extra_body", {}))
 
 
 def base_url(job: Job) -> str:
@@ -258,6 +237,9 @@ def poll_call(job: Job, task: Task) -> Call:
     return Call("GET", task.polling_url, headers=headers)
 
 
+POLLING = Polling(Timing(first=0.5, cap=5.0), poll_call)
+
+
 def _number(value: Any) -> float | None:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
@@ -284,7 +266,7 @@ def after_submit(job: Job, response: UpstreamResponse) -> Step:
     if not isinstance(polling_url, str) or urlsplit(polling_url).scheme not in ("http", "https"):
         return _bad_answer(job, f"polling_url {polling_url!r} is not an http(s) URL")
     task = Task(task_id, polling_url=polling_url, send_key=may_send_key(job, polling_url), usage=_usage(data))
-    return next_poll(task, TIMING.for_channel(job.channel.settings), partial(poll_call, job))
+    return POLLING.next(job, task)
 
 
 def _detail(data: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
@@ -395,28 +377,21 @@ def after_poll(job: Job, task: Task, response: UpstreamResponse) -> Step:
             return step
     if response.status == 404:
         return lost(job, task)
-    timing, poll = TIMING.for_channel(job.channel.settings), partial(poll_call, job)
     if transient(response.status):
-        return failed_poll(job, task, response, poll, timing)
+        return POLLING.failed(job, task, response)
     if not 200 <= response.status < 300:
         return Fail(_final(submit_error(job, response)))
     if not isinstance(status, str):
-        return failed_poll(job, task, response, poll, timing, why="an unreadable answer")
+        return POLLING.failed(job, task, response, why="an unreadable answer")
     # Pending, or a status newer than this adapter: keep polling (the driver's deadline bounds it).
-    return next_poll(task, timing, poll)
-
-
-def advance(job: Job, state: Task | None, response: UpstreamResponse) -> Step:
-    if state is None:
-        return after_submit(job, response)
-    return after_poll(job, state, response)
+    return POLLING.next(job, task)
 
 
 SPEC = AdapterSpec(
     name="flux",
-    schema=ChannelSchema(settings=TIMING.settings(), relations=TIMING_RELATIONS, requires_base_url=False),
+    schema=POLLING.schema(),
     start=start,
-    advance=advance,
+    advance=POLLING.advance(after_submit, after_poll),
     max_n_per_call=1,
     auth_headers=auth_headers,
     # BFL: output_format jpeg (the default) or png; no compression setting.

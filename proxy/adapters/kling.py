@@ -40,12 +40,11 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
 from proxy.adapters.kit import bearer, json_call
-from proxy.adapters.polling import TIMING_RELATIONS, TaskState, Timing, failed_poll, listed, next_poll, setting, transient
+from proxy.adapters.polling import Polling, TaskState, Timing, forwarded, listed, setting, status_error, transient
 from proxy.core.channel_settings import names
 from proxy.core.errors import (
     BadGateway,
@@ -58,9 +57,9 @@ from proxy.core.errors import (
 from proxy.core.formats import NativeFormats
 from proxy.core.json_body import decode_object
 from proxy.core.response import GeneratedImage, ImagesResult
-from proxy.core.rules import PROXY_FIELDS, Channel, ChannelSchema
+from proxy.core.rules import Channel
 from proxy.core.sizes import AUTO, Size, nearest_ratio, parse_ratio, parse_size
-from proxy.core.upstream_errors import error_from_response, parse_retry_after, scrub
+from proxy.core.upstream_errors import parse_retry_after, scrub
 
 DEFAULT_BASE_URL = "https://api-singapore.klingai.com"
 PATH = "/v1/images/generations"
@@ -75,7 +74,6 @@ AUTO_RATIO = "1:1"  # OpenAI's `auto` has no Kling equivalent: square, as OpenAI
 QUALITY = {"std": "1k", "standard": "1k", "medium": "1k", "low": "1k", "pro": "2k", "hd": "2k", "high": "2k"}
 DEFAULT_HD_MODELS = ("kling-v2", "kling-v2-1")  # "2k only kling-v2 text-to-image" (newer docs add v2-1)
 
-TIMING = Timing(first=1.0, cap=8.0)  # the default poll schedule
 
 PENDING = frozenset({"submitted", "processing"})
 MODERATION_CODES = frozenset({1300, 1301})
@@ -90,13 +88,6 @@ _DATA_URI = re.compile(r"^data:[^,;]*(;[^,]*)?;base64,", re.IGNORECASE)
 _MAPPED = frozenset({
     "size", "quality", "aspect_ratio", "image", "negative_prompt", "strength", "image_fidelity", "watermark", "extra_body",
 })
-
-
-SCHEMA = ChannelSchema(
-    settings={"hd_models": listed(names(DEFAULT_HD_MODELS)), **TIMING.settings()},
-    relations=TIMING_RELATIONS,
-    requires_base_url=False,
-)
 
 
 @dataclass(frozen=True)
@@ -215,9 +206,7 @@ def build_body(job: Job) -> dict[str, Any]:
     if "watermark" in fields:
         # Tri-state: only an explicit choice reaches Kling.
         body["watermark_info"] = {"enabled": bool(fields["watermark"])}
-    for name, value in fields.items():
-        if name not in _MAPPED and name not in PROXY_FIELDS:
-            body[name] = value
+    body.update(forwarded(fields, _MAPPED))
     body.update(fields.get("extra_body", {}))
     return body
 
@@ -230,6 +219,10 @@ def _looks_like_key_pair(api_key: str | None) -> bool:
 def poll_call(job: Job, task: Task) -> Call:
     headers = {**job.channel.headers, **bearer(job.api_key)}
     return Call("GET", f"{_base_url(job)}{PATH}/{task.task_id}", headers=headers)
+
+
+POLLING = Polling(Timing(first=1.0, cap=8.0), poll_call)
+SCHEMA = POLLING.schema(hd_models=listed(names(DEFAULT_HD_MODELS)))
 
 
 def start(job: Job) -> Step:
@@ -269,16 +262,7 @@ def error_for(job: Job, response: UpstreamResponse) -> ProxyError:
         return BadGateway(f"channel '{job.channel.name}' was refused: {text}", code="upstream_auth_failed", retryable=True)
     if code in MODEL_NOT_FOUND_CODES:
         return NotFound(text, param="model", code="model_not_found")
-    if 200 <= response.status < 300:
-        return BadGateway(f"channel '{job.channel.name}' failed: {text}", code="upstream_error", retryable=True)
-    return error_from_response(
-        response.status,
-        response.headers,
-        response.body,
-        channel=job.channel.name,
-        secrets=_secrets(job),
-        client_key=False,
-    )
+    return status_error(job, response, text, _secrets(job), client_key=False)
 
 
 def _bad_answer(job: Job, what: str) -> Fail:
@@ -307,7 +291,7 @@ def after_create(job: Job, response: UpstreamResponse) -> Step:
     task_id = data.get("task_id") if data is not None else None
     if not isinstance(task_id, str) or not task_id:
         return _bad_answer(job, "the create answer has no task_id")
-    return next_poll(Task(task_id), TIMING.for_channel(job.channel.settings), partial(poll_call, job))
+    return POLLING.next(job, Task(task_id))
 
 
 def lost(job: Job, task: Task, response: UpstreamResponse) -> Fail:
@@ -358,18 +342,17 @@ def _index(item: Mapping[str, Any]) -> int:
 
 
 def after_poll(job: Job, task: Task, response: UpstreamResponse) -> Step:
-    timing, poll = TIMING.for_channel(job.channel.settings), partial(poll_call, job)
     if transient(response.status):
         why = f"HTTP {response.status}: {error_for(job, response).message}"
-        return failed_poll(job, task, response, poll, timing, why=why, secrets=_secrets(job))
+        return POLLING.failed(job, task, response, why=why, secrets=_secrets(job))
     if not _ok(response):
         return lost(job, task, response)
     data = _task_data(response)
     if data is None:
-        return failed_poll(job, task, response, poll, timing, why="an unreadable answer", secrets=_secrets(job))
+        return POLLING.failed(job, task, response, why="an unreadable answer", secrets=_secrets(job))
     status = data.get("task_status")
     if status in PENDING:
-        return next_poll(task, timing, poll)
+        return POLLING.next(job, task)
     if status == "succeed":
         return task_succeeded(job, data)
     if status == "failed":
@@ -377,17 +360,11 @@ def after_poll(job: Job, task: Task, response: UpstreamResponse) -> Step:
     return _bad_answer(job, f"unknown task_status {status!r}")
 
 
-def advance(job: Job, state: Task | None, response: UpstreamResponse) -> Step:
-    if state is not None:
-        return after_poll(job, state, response)
-    return after_create(job, response)
-
-
 SPEC = AdapterSpec(
     name="kling",
     schema=SCHEMA,
     start=start,
-    advance=advance,
+    advance=POLLING.advance(after_create, after_poll),
     max_n_per_call=MAX_N,
     credential=credential,
     # Kling takes no output format and does not document the one it makes: the proxy looks at the bytes.

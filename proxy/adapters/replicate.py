@@ -41,13 +41,12 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
 from proxy.adapters.kit import bearer, json_call, misconfigured
-from proxy.adapters.polling import TIMING_RELATIONS, TaskState, Timing, failed_poll, listed, next_poll, setting, transient
+from proxy.adapters.polling import Polling, TaskState, Timing, forwarded, listed, seed_and_format, setting, transient
 from proxy.core.channel_settings import Setting, SettingError, integer, names, one_of, text
 from proxy.core.errors import BadGateway, ContentPolicyViolation, GatewayTimeout, InvalidRequest, ProxyError, UpstreamError
 from proxy.core.extra_body import merge_extra_body
@@ -55,7 +54,6 @@ from proxy.core.formats import FORMATS, NativeFormats
 from proxy.core.json_body import decode_object
 from proxy.core.mime import sniff_image_type
 from proxy.core.response import GeneratedImage, ImagesResult
-from proxy.core.rules import PROXY_FIELDS, ChannelSchema
 from proxy.core.sizes import AUTO, Size, nearest_ratio, parse_ratio, parse_size
 from proxy.core.upstream_errors import error_from_response, scrub
 
@@ -66,7 +64,6 @@ DEFAULT_WAIT = 60  # Replicate holds a create for at most 60 s
 DEFAULT_PIXELS = 1024 * 1024  # the pixel budget when only an aspect ratio gives the shape
 OUTPUT_FORMATS = {"png": "png", "jpeg": "jpg", "jpg": "jpg", "webp": "webp"}
 OUTPUT_TTL = 3600.0  # replicate.delivery file URLs expire after about an hour
-TIMING = Timing(first=0.5, cap=5.0)  # the default poll schedule
 RUNNING = frozenset({"starting", "processing"})
 _MODEL = re.compile(r"^([A-Za-z0-9][\w.-]*)/([A-Za-z0-9][\w.-]*)(?::([0-9A-Za-z]+))?$")
 _ID = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -95,19 +92,6 @@ def _ratios_setting() -> Setting:
         return ratios
 
     return Setting(parse, ASPECT_RATIOS)
-
-
-SCHEMA = ChannelSchema(
-    settings={
-        "wait": _wait_setting(),
-        "size_mode": one_of(*SIZE_MODES, default=SIZE_MODES[0]),
-        "aspect_ratios": _ratios_setting(),
-        "image_input": text("image"),
-        **TIMING.settings(),
-    },
-    relations=TIMING_RELATIONS,
-    requires_base_url=False,
-)
 
 
 @dataclass(frozen=True)
@@ -143,17 +127,6 @@ def shape_inputs(job: Job, fields: Mapping[str, Any]) -> dict[str, Any]:
     return {} if shape is None else {"aspect_ratio": nearest_ratio(shape, setting(job, SCHEMA, "aspect_ratios"))}
 
 
-def output_format(value: str) -> str:
-    mapped = OUTPUT_FORMATS.get(value)
-    if mapped is None:
-        raise InvalidRequest(
-            f"Invalid output_format '{value}' for this model. Supported values: png, jpg, webp.",
-            param="output_format",
-            code="invalid_value",
-        )
-    return mapped
-
-
 def image_input(value: str) -> str:
     """A URL or data URI as given; raw base64 becomes a data URI of the type its bytes show."""
     text = value.strip()
@@ -176,21 +149,14 @@ def image_input(value: str) -> str:
 def build_input(job: Job) -> dict[str, Any]:
     """The prediction's `input`; raises InvalidRequest for a value that cannot be sent."""
     fields = job.plan.fields
-    inputs: dict[str, Any] = {"prompt": job.plan.prompt, **shape_inputs(job, fields)}
-    if "seed" in fields and fields["seed"] >= 0:
-        inputs["seed"] = fields["seed"]
-    if "output_format" in fields:
-        inputs["output_format"] = output_format(fields["output_format"])
+    inputs: dict[str, Any] = {"prompt": job.plan.prompt, **shape_inputs(job, fields), **seed_and_format(fields, OUTPUT_FORMATS)}
     if "strength" in fields:
         inputs["prompt_strength"] = fields["strength"]
     if "image" in fields:
         image = fields["image"]
         sent = [image_input(item) for item in image] if isinstance(image, list) else image_input(image)
         inputs[setting(job, SCHEMA, "image_input")] = sent
-    for name, value in fields.items():
-        if name not in MAPPED and name not in PROXY_FIELDS:
-            inputs[name] = value
-    return merge_extra_body(inputs, fields.get("extra_body", {}))
+    return merge_extra_body({**inputs, **forwarded(fields, MAPPED)}, fields.get("extra_body", {}))
 
 
 def base_url(job: Job) -> str:
@@ -228,6 +194,15 @@ def _headers(job: Job) -> dict[str, str]:
 
 def poll_call(job: Job, prediction: Prediction) -> Call:
     return Call("GET", prediction.get_url, headers=_headers(job))
+
+
+POLLING = Polling(Timing(first=0.5, cap=5.0), poll_call)
+SCHEMA = POLLING.schema(
+    wait=_wait_setting(),
+    size_mode=one_of(*SIZE_MODES, default=SIZE_MODES[0]),
+    aspect_ratios=_ratios_setting(),
+    image_input=text("image"),
+)
 
 
 def cancel(job: Job, state: Prediction | None) -> Call | None:
@@ -300,7 +275,7 @@ def step_for(job: Job, prediction: Prediction, data: Mapping[str, Any]) -> Step:
         return failed(job, prediction.task_id, str(status), data)
     if status not in RUNNING:
         return _bad_answer(job, f"prediction {prediction.task_id} has unknown status {status!r}")
-    return next_poll(prediction, TIMING.for_channel(job.channel.settings), partial(poll_call, job))
+    return POLLING.next(job, prediction)
 
 
 def after_create(job: Job, response: UpstreamResponse) -> Step:
@@ -367,9 +342,8 @@ def after_poll(job: Job, prediction: Prediction, response: UpstreamResponse) -> 
         # Polling again cannot bring a prediction back: fail at once.
         return Fail(BadGateway(f"channel '{job.channel.name}' lost prediction {prediction.task_id} (HTTP 404)",
                                code="upstream_task_lost"))
-    timing, poll = TIMING.for_channel(job.channel.settings), partial(poll_call, job)
     if transient(response.status):
-        return failed_poll(job, prediction, response, poll, timing)
+        return POLLING.failed(job, prediction, response)
     if not 200 <= response.status < 300:
         error = create_error(job, response)
         # The prediction exists and may bill: no failover may start a second one.
@@ -377,14 +351,8 @@ def after_poll(job: Job, prediction: Prediction, response: UpstreamResponse) -> 
         return Fail(error)
     data = decode_object(response.body)
     if data is None or not isinstance(data.get("status"), str):
-        return failed_poll(job, prediction, response, poll, timing, why="an unreadable answer")
+        return POLLING.failed(job, prediction, response, why="an unreadable answer")
     return step_for(job, prediction, data)
-
-
-def advance(job: Job, state: Prediction | None, response: UpstreamResponse) -> Step:
-    if state is None:
-        return after_create(job, response)
-    return after_poll(job, state, response)
 
 
 def output_formats(job: Job) -> NativeFormats:
@@ -399,7 +367,7 @@ SPEC = AdapterSpec(
     name="replicate",
     schema=SCHEMA,
     start=start,
-    advance=advance,
+    advance=POLLING.advance(after_create, after_poll),
     max_n_per_call=1,
     cancel=cancel,
     auth_headers=bearer,
