@@ -74,7 +74,6 @@ AUTO_RATIO = "1:1"  # OpenAI's `auto` has no Kling equivalent: square, as OpenAI
 QUALITY = {"std": "1k", "standard": "1k", "medium": "1k", "low": "1k", "pro": "2k", "hd": "2k", "high": "2k"}
 DEFAULT_HD_MODELS = ("kling-v2", "kling-v2-1")  # "2k only kling-v2 text-to-image" (newer docs add v2-1)
 
-
 PENDING = frozenset({"submitted", "processing"})
 MODERATION_CODES = frozenset({1300, 1301})
 BILLING_CODES = frozenset({1100, 1101, 1102})
