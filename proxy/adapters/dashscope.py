@@ -12,9 +12,11 @@ then `GET {base_url}/tasks/{task_id}` with waits from `poll_interval` (1 s) doub
 revised_prompt); items carrying `code`/`message` failed: the rest are returned and the failures listed
 under the response's `failed_images` ({index, code, message}); all failed -> the first item's error.
 FAILED -> the error `output.code`/`message` describe; CANCELED / UNKNOWN (expired or unknown task) -> 502.
-Three poll answers in a row that are 5xx/429 -> 502; any other 4xx on a poll -> 502 at once (neither is
-retried: the task may still run and be billed). Cancel: `POST {base_url}/tasks/{task_id}/cancel`
+A poll answered 5xx/429 or unreadably is polled again (after its Retry-After); three in a row -> 502
+upstream_poll_failed (adapters.polling); any other 4xx on a poll -> 502 upstream_task_lost at once (neither
+is retried: the task may still run and be billed). Cancel: `POST {base_url}/tasks/{task_id}/cancel`
 (DashScope cancels PENDING tasks only; best-effort).
+Settings (checked when the rules load): `sync_models` (a list, or one name), `poll_interval`, `max_poll_interval`.
 Mapping: `n` is ALWAYS sent (wanx defaults to 4 and bills each); qwen-image models make one image per
 call (rules must say `max_n: 1`; more -> 400 param n), wan models up to 4 (max_n_per_call 4).
 `size` WxH -> "W*H": qwen-image/-plus -> the nearest by shape of 1664*928 1472*1140 1328*1328 1140*1472
@@ -42,13 +44,13 @@ import binascii
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
-from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse, Wait
-from proxy.adapters.polling import MAX_FAILED_POLLS, TaskState, lenient_timing, transient
-from proxy.adapters.polling import next_wait as polling_wait
-from proxy.core.channel_settings import unchecked
+from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
+from proxy.adapters.kit import bearer, json_call
+from proxy.adapters.polling import Polling, TaskState, Timing, forwarded, listed, setting, status_error, transient
+from proxy.core.channel_settings import names
 from proxy.core.errors import (
     BadGateway,
     ContentPolicyViolation,
@@ -61,9 +63,8 @@ from proxy.core.formats import NativeFormats
 from proxy.core.json_body import decode_object
 from proxy.core.mime import sniff_image_type
 from proxy.core.response import GeneratedImage, ImagesResult
-from proxy.core.rules import PROXY_FIELDS, ChannelSchema
 from proxy.core.sizes import AUTO, Size, nearest_size, parse_size
-from proxy.core.upstream_errors import error_from_response, parse_retry_after, scrub
+from proxy.core.upstream_errors import parse_retry_after, scrub
 
 DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com/api/v1"
 TASK_PATH = "/services/aigc/text2image/image-synthesis"
@@ -76,9 +77,6 @@ URL_TTL = 86400.0  # result URLs and task data are kept 24 h
 MAX_N = 4
 MAX_SEED = 2**31 - 1
 
-DEFAULT_POLL_INTERVAL = 1.0
-DEFAULT_MAX_POLL_INTERVAL = 8.0
-MAX_DOUBLINGS = 16  # polls after which the pause stops doubling (max_poll_interval caps it long before)
 
 PENDING = frozenset({"PENDING", "RUNNING"})
 MODERATION_CODES = frozenset({"DataInspectionFailed", "IPInfringementSuspect"})
@@ -115,30 +113,23 @@ FAMILIES: tuple[tuple[str, SizeRule], ...] = (
 _MAPPED = frozenset({"size", "quality", "n", "image", "negative_prompt", "seed", "watermark", "extra_body"})
 
 
-Task = TaskState  # the polling state, shared with the other task adapters
+@dataclass(frozen=True)
+class Task(TaskState):
+    """A DashScope task being polled (its id is all DashScope needs)."""
 
 
 # --- request ----------------------------------------------------------------------------------------
-
-
-def auth_headers(api_key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def _base_url(job: Job) -> str:
     return job.channel.base_url or DEFAULT_BASE_URL
 
 
-def _names(value: Any) -> frozenset[str]:
-    # A single name written without list brackets in YAML is still one model, not its characters.
-    return frozenset(str(name) for name in ([value] if isinstance(value, str) else value or ()))
-
-
 def is_sync(job: Job) -> bool:
     """Whether the model runs on the synchronous multimodal endpoint (else it is a task)."""
     model = job.plan.upstream_model
-    names = _names(job.channel.settings.get("sync_models", DEFAULT_SYNC_MODELS))
-    return model in names or _SNAPSHOT.sub("", model) in names
+    sync_models = setting(job, SCHEMA, "sync_models")
+    return model in sync_models or _SNAPSHOT.sub("", model) in sync_models
 
 
 def size_rule(model: str) -> SizeRule | None:
@@ -242,10 +233,7 @@ def _parameters(job: Job, n: int) -> dict[str, Any]:
         parameters["seed"] = seed
     if "watermark" in fields:
         parameters["watermark"] = bool(fields["watermark"])
-    for name, value in fields.items():
-        if name not in _MAPPED and name not in PROXY_FIELDS:
-            parameters[name] = value
-    return parameters
+    return {**parameters, **forwarded(fields, _MAPPED)}
 
 
 def _merge(body: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -283,34 +271,27 @@ def sync_body(job: Job) -> dict[str, Any]:
     return _merge(body, fields.get("extra_body", {}))
 
 
-def _json_headers(job: Job, *, task: bool) -> dict[str, str]:
-    headers = {**job.channel.headers, **auth_headers(job.api_key), "Content-Type": "application/json"}
-    if task:
-        # Required on image-synthesis; on the multimodal endpoint it draws 403 AccessDenied.
-        headers[ASYNC_HEADER] = "enable"
-    return headers
-
-
 def start(job: Job) -> Step:
-    sync = is_sync(job)
-    try:
-        body = sync_body(job) if sync else task_body(job)
-    except InvalidRequest as exc:
-        return Fail(exc)
-    url = f"{_base_url(job)}{SYNC_PATH if sync else TASK_PATH}"
-    return Send(Call("POST", url, headers=_json_headers(job, task=not sync), json=body))
+    if is_sync(job):
+        return Send(json_call(job, f"{_base_url(job)}{SYNC_PATH}", sync_body(job)))
+    # Required on image-synthesis; on the multimodal endpoint it draws 403 AccessDenied.
+    return Send(json_call(job, f"{_base_url(job)}{TASK_PATH}", task_body(job), headers={ASYNC_HEADER: "enable"}))
 
 
 def poll_call(job: Job, task: Task) -> Call:
-    headers = {**job.channel.headers, **auth_headers(job.api_key)}
+    headers = {**job.channel.headers, **bearer(job.api_key)}
     return Call("GET", f"{_base_url(job)}/tasks/{task.task_id}", headers=headers)
 
 
-def cancel(job: Job, state: Any) -> Call | None:
+POLLING = Polling(Timing(first=1.0, cap=8.0), poll_call)
+SCHEMA = POLLING.schema(sync_models=listed(names(DEFAULT_SYNC_MODELS)))
+
+
+def cancel(job: Job, state: Task | None) -> Call | None:
     """Best-effort cancel of a task nobody will collect (DashScope only cancels it while PENDING)."""
-    if not isinstance(state, Task):
+    if state is None:
         return None
-    headers = {**job.channel.headers, **auth_headers(job.api_key)}
+    headers = {**job.channel.headers, **bearer(job.api_key)}
     return Call("POST", f"{_base_url(job)}/tasks/{state.task_id}/cancel", headers=headers)
 
 
@@ -345,17 +326,8 @@ def error_for(job: Job, response: UpstreamResponse) -> ProxyError:
     known = code_error(job, code, message, response)
     if known is not None:
         return known
-    if 200 <= response.status < 300:
-        text = scrub(f"channel '{job.channel.name}' failed: {message} (dashscope code {code})", (job.api_key,))
-        return BadGateway(text, code="upstream_error", retryable=True)
-    return error_from_response(
-        response.status,
-        response.headers,
-        response.body,
-        channel=job.channel.name,
-        secrets=(job.api_key,),
-        client_key=job.channel.passthrough_key,
-    )
+    detail = f"{message} (dashscope code {code})"
+    return status_error(job, response, detail, (job.api_key,), client_key=job.channel.passthrough_key)
 
 
 def _failed(response: UpstreamResponse, data: Mapping[str, Any] | None) -> bool:
@@ -373,13 +345,21 @@ def _usage(data: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return usage if isinstance(usage, dict) else None
 
 
-def after_sync(job: Job, response: UpstreamResponse) -> Step:
+def _answer(response: UpstreamResponse) -> tuple[Mapping[str, Any], Mapping[str, Any]] | None:
+    """(the answer, its `output`) of a successful DashScope answer; None for a failed one."""
     data = decode_object(response.body)
-    if _failed(response, data):
-        return Fail(error_for(job, response))
-    assert data is not None
+    if data is None or _failed(response, data):
+        return None
     output = data.get("output")
-    choices = output.get("choices") if isinstance(output, dict) else None
+    return data, output if isinstance(output, dict) else {}
+
+
+def after_sync(job: Job, response: UpstreamResponse) -> Step:
+    answer = _answer(response)
+    if answer is None:
+        return Fail(error_for(job, response))
+    data, output = answer
+    choices = output.get("choices")
     urls = [
         item.get("image")
         for choice in (choices if isinstance(choices, list) else [])
@@ -393,29 +373,19 @@ def after_sync(job: Job, response: UpstreamResponse) -> Step:
     return Done(ImagesResult(images=images, usage=_usage(data)))
 
 
-def next_wait(job: Job, task: Task) -> Wait:
-    """Wait, then poll: the pause doubles with every poll, from poll_interval up to max_poll_interval."""
-    timing = lenient_timing(job.channel.settings, DEFAULT_POLL_INTERVAL, DEFAULT_MAX_POLL_INTERVAL,
-                            max_doublings=MAX_DOUBLINGS)
-    return polling_wait(task, timing, lambda following: poll_call(job, following))
-
-
 def after_create(job: Job, response: UpstreamResponse) -> Step:
-    data = decode_object(response.body)
-    if _failed(response, data):
+    if is_sync(job):
+        return after_sync(job, response)
+    answer = _answer(response)
+    if answer is None:
         return Fail(error_for(job, response))
-    assert data is not None
-    output = data.get("output")
-    task_id = output.get("task_id") if isinstance(output, dict) else None
+    task_id = answer[1].get("task_id")
     if not isinstance(task_id, str) or not task_id:
         return _bad_answer(job, "the create answer has no output.task_id")
-    return next_wait(job, Task(task_id))
+    return POLLING.next(job, Task(task_id))
 
 
-def after_failed_poll(job: Job, task: Task, response: UpstreamResponse) -> Step:
-    failed = task.failed_polls + 1
-    if transient(response.status) and failed < MAX_FAILED_POLLS:
-        return next_wait(job, replace(task, failed_polls=failed))
+def lost(job: Job, task: Task, response: UpstreamResponse) -> Fail:
     data = decode_object(response.body)
     detail = str(data.get("message") or data.get("code")) if data is not None else f"HTTP {response.status}"
     message = scrub(f"channel '{job.channel.name}' lost track of task {task.task_id} (HTTP {response.status}): {detail}",
@@ -466,15 +436,18 @@ def task_succeeded(job: Job, data: Mapping[str, Any], output: Mapping[str, Any])
 
 
 def after_poll(job: Job, task: Task, response: UpstreamResponse) -> Step:
+    if transient(response.status):
+        why = f"HTTP {response.status}: {error_for(job, response).message}"
+        return POLLING.failed(job, task, response, why=why)
+    if not 200 <= response.status < 300:
+        return lost(job, task, response)
     data = decode_object(response.body)
     output = data.get("output") if data is not None else None
-    if _failed(response, data) or not isinstance(output, dict):
-        return after_failed_poll(job, task, response if not 200 <= response.status < 300 else replace(response, status=502))
-    assert data is not None
+    if data is None or _failed(response, data) or not isinstance(output, dict):
+        return POLLING.failed(job, task, response, why="an unreadable answer")
     status = output.get("task_status")
-    task = replace(task, failed_polls=0)
     if status in PENDING:
-        return next_wait(job, task)
+        return POLLING.next(job, task)
     if status == "SUCCEEDED":
         return task_succeeded(job, data, output)
     if status == "FAILED":
@@ -487,14 +460,6 @@ def after_poll(job: Job, task: Task, response: UpstreamResponse) -> Step:
     return _bad_answer(job, f"unknown task_status {status!r}")
 
 
-def advance(job: Job, state: Any, response: UpstreamResponse) -> Step:
-    if isinstance(state, Task):
-        return after_poll(job, state, response)
-    if is_sync(job):
-        return after_sync(job, response)
-    return after_create(job, response)
-
-
 def output_formats(job: Job) -> NativeFormats:
     """DashScope takes no output format. Wanxiang (wan*, wanx*) makes PNG (text-to-image V2 reference);
     for other models (Qwen-Image) the docs name none, so the proxy looks at the bytes."""
@@ -503,11 +468,11 @@ def output_formats(job: Job) -> NativeFormats:
 
 SPEC = AdapterSpec(
     name="dashscope",
-    schema=ChannelSchema(settings=unchecked("sync_models", "poll_interval", "max_poll_interval"), requires_base_url=False),
+    schema=SCHEMA,
     start=start,
-    advance=advance,
+    advance=POLLING.advance(after_create, after_poll),
     max_n_per_call=MAX_N,
     cancel=cancel,
-    auth_headers=auth_headers,
+    auth_headers=bearer,
     output_formats=output_formats,
 )

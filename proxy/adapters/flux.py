@@ -18,13 +18,15 @@ verbatim; `extra_body` is merged last.
 Submit answer `{"id", "polling_url", "cost"?, "input_mp"?, "output_mp"?}`: the polling_url is used exactly as
 given (BFL routes tasks across clusters such as api.eu2.bfl.ai), only when it is http(s). The key goes with a
 poll only to the channel's own host or an https *.bfl.ai host: a secret never leaves for another host.
-Polls wait `poll_interval` (0.5 s), doubling up to `max_poll_interval` (5 s) (channel settings).
+Polls wait `poll_interval` (0.5 s), doubling up to `max_poll_interval` (5 s) (channel settings, checked when the
+rules load).
 Poll answer `{"id", "status", "result", "progress", "details"}`: Pending (or a status we do not know) -> poll
 again; Ready -> `result.sample` as url with url_ttl 600 (the signed URL dies after 10 minutes, so the shell
 re-hosts it; the download carries no key), `result.seed` -> `metadata.seeds`, `result.prompt` when it differs ->
 revised_prompt, `cost`/`input_mp`/`output_mp` -> usage; Request/Content Moderated -> 400 moderation_blocked;
-Error -> 502; Task not found (or a 404) -> 502 at once. A poll that fails (5xx, 429, unreadable) is retried;
-three in a row -> 502. Every failure after the submit is not retryable: the task may already be billed.
+Error -> 502; Task not found (or a 404) -> 502 upstream_task_lost at once. A poll that fails (5xx, 429,
+unreadable) is polled again (after its Retry-After); three in a row -> 502 upstream_poll_failed
+(adapters.polling). Every failure after the submit is not retryable: the task may already be billed.
 Submit failures: 402 -> 402 insufficient_quota, not retried (a rate-limit 429 would invite retries that cannot
 help); 400/422 FastAPI `{"detail": [{"loc", "msg"}]}` -> 400 with the client's param; 429 -> retryable 429 with
 Retry-After; 401/403 -> 502 (the channel's key); 5xx -> retryable 502 (nothing started).
@@ -37,28 +39,20 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse, Wait
-from proxy.adapters.polling import MAX_FAILED_POLLS, Timing, polls_failed, timing_from_settings, transient
-from proxy.core.channel_settings import unchecked
-from proxy.core.errors import (
-    BadGateway,
-    ContentPolicyViolation,
-    InvalidRequest,
-    ProxyError,
-    ServiceUnavailable,
-    UpstreamError,
-)
+from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
+from proxy.adapters.kit import header_key, json_call, misconfigured
+from proxy.adapters.polling import Polling, TaskState, Timing, forwarded, seed_and_format, transient
+from proxy.core.errors import BadGateway, ContentPolicyViolation, InvalidRequest, ProxyError, UpstreamError
 from proxy.core.extra_body import merge_extra_body
 from proxy.core.formats import NativeFormats
 from proxy.core.json_body import decode_object
 from proxy.core.response import GeneratedImage, ImagesResult
-from proxy.core.rules import PROXY_FIELDS, ChannelSchema
 from proxy.core.sizes import AUTO, Size, nearest_ratio, parse_ratio, parse_size
-from proxy.core.upstream_errors import error_from_response, parse_retry_after, scrub
+from proxy.core.upstream_errors import error_from_response, scrub
 
 DEFAULT_BASE_URL = "https://api.bfl.ai"
 TRUSTED_DOMAIN = "bfl.ai"  # BFL's own clusters (api.bfl.ai, api.eu2.bfl.ai, ...) may hold a task
@@ -67,8 +61,6 @@ RATIO_RANGE = (9 / 21, 21 / 9)
 DEFAULT_PIXELS = 1024 * 1024  # the pixel budget when only an aspect ratio gives the shape
 OUTPUT_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg"}
 SAMPLE_TTL = 600.0  # "result.sample expires after 10 minutes"
-POLL_INTERVAL = 0.5
-MAX_POLL_INTERVAL = 5.0
 PENDING = "Pending"
 READY = "Ready"
 MODERATED = frozenset({"Request Moderated", "Content Moderated"})
@@ -103,20 +95,15 @@ KONTEXT = Family("kontext", None, "input_image", 4)
 
 
 @dataclass(frozen=True)
-class Task:
-    """The conversation's state: before the submit answer task_id is empty."""
+class Task(TaskState):
+    """A BFL task being polled: where to poll it, and what its submit answer said it costs."""
 
-    timing: Timing
-    task_id: str = ""
     polling_url: str = ""
     send_key: bool = False  # the polling_url's host may see the key
-    polls: int = 0  # polls sent so far
-    failures: int = 0  # consecutive polls that failed
     usage: tuple[tuple[str, float], ...] = ()
 
 
-def auth_headers(api_key: str | None) -> dict[str, str]:
-    return {"x-key": api_key} if api_key else {}
+auth_headers = header_key("x-key")
 
 
 def family_of(model: str) -> Family:
@@ -184,17 +171,6 @@ def shape_fields(fields: Mapping[str, Any], family: Family) -> dict[str, Any]:
     return {"width": fitted.width, "height": fitted.height}
 
 
-def output_format(value: str) -> str:
-    mapped = OUTPUT_FORMATS.get(value)
-    if mapped is None:
-        raise InvalidRequest(
-            f"Invalid output_format '{value}' for this model. Supported values: png, jpeg.",
-            param="output_format",
-            code="invalid_value",
-        )
-    return mapped
-
-
 def strip_data_uri(value: str) -> str:
     """BFL takes a URL or raw base64: a `data:...;base64,` prefix is removed."""
     text = value.strip()
@@ -225,25 +201,12 @@ def build_body(job: Job) -> dict[str, Any]:
     """The submit body; raises InvalidRequest for a value BFL cannot take."""
     fields = job.plan.fields
     family = family_of(job.plan.upstream_model)
-    body: dict[str, Any] = {"prompt": job.plan.prompt, **shape_fields(fields, family)}
-    if "seed" in fields and fields["seed"] >= 0:
-        body["seed"] = fields["seed"]
-    if "output_format" in fields:
-        body["output_format"] = output_format(fields["output_format"])
+    body: dict[str, Any] = {"prompt": job.plan.prompt, **shape_fields(fields, family), **seed_and_format(fields, OUTPUT_FORMATS)}
     if "image" in fields:
         body.update(image_fields(fields["image"], family))
     if "strength" in fields:
         body.update(strength_fields(fields["strength"], family))
-    for name, value in fields.items():
-        if name not in MAPPED and name not in PROXY_FIELDS:
-            body[name] = value
-    return merge_extra_body(body, fields.get("extra_body", {}))
-
-
-def _misconfigured(job: Job, problem: str) -> Fail:
-    # An operator's mistake, not the client's: another channel may still serve the model.
-    return Fail(ServiceUnavailable(f"channel '{job.channel.name}' is misconfigured: {problem}",
-                                   code="channel_misconfigured", retryable=True))
+    return merge_extra_body({**body, **forwarded(fields, MAPPED)}, fields.get("extra_body", {}))
 
 
 def base_url(job: Job) -> str:
@@ -253,18 +216,9 @@ def base_url(job: Job) -> str:
 def start(job: Job) -> Step:
     model = job.plan.upstream_model
     if not _MODEL.match(model):
-        return _misconfigured(job, f"'{model}' is not a BFL endpoint name (e.g. flux-pro-1.1)")
-    try:
-        timing = timing_from_settings(job.channel.settings, POLL_INTERVAL, MAX_POLL_INTERVAL)
-    except ValueError as exc:
-        return _misconfigured(job, str(exc))
-    try:
-        body = build_body(job)
-    except InvalidRequest as exc:
-        return Fail(exc)
-    headers = {**job.channel.headers, **auth_headers(job.api_key), "Content-Type": "application/json",
-               "Accept": "application/json"}
-    return Send(Call("POST", f"{base_url(job)}/v1/{model}", headers=headers, json=body), state=Task(timing))
+        raise misconfigured(job, f"'{model}' is not a BFL endpoint name (e.g. flux-pro-1.1)")
+    body = build_body(job)
+    return Send(json_call(job, f"{base_url(job)}/v1/{model}", body, auth_headers, headers={"Accept": "application/json"}))
 
 
 def may_send_key(job: Job, url: str) -> bool:
@@ -283,6 +237,9 @@ def poll_call(job: Job, task: Task) -> Call:
     return Call("GET", task.polling_url, headers=headers)
 
 
+POLLING = Polling(Timing(first=0.5, cap=5.0), poll_call)
+
+
 def _number(value: Any) -> float | None:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
@@ -298,7 +255,7 @@ def _bad_answer(job: Job, why: str, *, retryable: bool = False) -> Fail:
     return Fail(BadGateway(message, code="bad_upstream_response", retryable=retryable))
 
 
-def after_submit(job: Job, task: Task, response: UpstreamResponse) -> Step:
+def after_submit(job: Job, response: UpstreamResponse) -> Step:
     if not 200 <= response.status < 300:
         return Fail(submit_error(job, response))
     data = decode_object(response.body) or {}
@@ -308,9 +265,8 @@ def after_submit(job: Job, task: Task, response: UpstreamResponse) -> Step:
         return _bad_answer(job, "no task id in the answer")
     if not isinstance(polling_url, str) or urlsplit(polling_url).scheme not in ("http", "https"):
         return _bad_answer(job, f"polling_url {polling_url!r} is not an http(s) URL")
-    task = replace(task, task_id=task_id, polling_url=polling_url, send_key=may_send_key(job, polling_url),
-                   usage=_usage(data))
-    return Wait(task.timing.delay(0), poll_call(job, task), task)
+    task = Task(task_id, polling_url=polling_url, send_key=may_send_key(job, polling_url), usage=_usage(data))
+    return POLLING.next(job, task)
 
 
 def _detail(data: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
@@ -368,14 +324,6 @@ def _final(error: ProxyError) -> ProxyError:
     return error
 
 
-def _failed_poll(job: Job, task: Task, why: str, retry_after: float | None = None) -> Step:
-    failures = task.failures + 1
-    if failures >= MAX_FAILED_POLLS:
-        return polls_failed(job.channel.name, f"task {task.task_id}", failures, why, (job.api_key,))
-    task = replace(task, polls=task.polls + 1, failures=failures)
-    return Wait(task.timing.retry_delay(task.polls, retry_after), poll_call(job, task), task)
-
-
 def _moderation_reasons(data: Mapping[str, Any]) -> str:
     details = data.get("details")
     reasons = details.get("Moderation Reasons") if isinstance(details, dict) else None
@@ -429,29 +377,21 @@ def after_poll(job: Job, task: Task, response: UpstreamResponse) -> Step:
             return step
     if response.status == 404:
         return lost(job, task)
-    if 200 <= response.status < 300:
-        if not isinstance(status, str):
-            return _failed_poll(job, task, "an unreadable answer")
-        # Pending, or a status newer than this adapter: keep polling (the driver's deadline bounds it).
-        task = replace(task, polls=task.polls + 1, failures=0)
-        return Wait(task.timing.delay(task.polls), poll_call(job, task), task)
     if transient(response.status):
-        return _failed_poll(job, task, f"HTTP {response.status}", parse_retry_after(response.headers))
-    return Fail(_final(submit_error(job, response)))
-
-
-def advance(job: Job, state: Any, response: UpstreamResponse) -> Step:
-    task = state if isinstance(state, Task) else Task(Timing(POLL_INTERVAL, MAX_POLL_INTERVAL))
-    if not task.task_id:
-        return after_submit(job, task, response)
-    return after_poll(job, task, response)
+        return POLLING.failed(job, task, response)
+    if not 200 <= response.status < 300:
+        return Fail(_final(submit_error(job, response)))
+    if not isinstance(status, str):
+        return POLLING.failed(job, task, response, why="an unreadable answer")
+    # Pending, or a status newer than this adapter: keep polling (the driver's deadline bounds it).
+    return POLLING.next(job, task)
 
 
 SPEC = AdapterSpec(
     name="flux",
-    schema=ChannelSchema(settings=unchecked("poll_interval", "max_poll_interval"), requires_base_url=False),
+    schema=POLLING.schema(),
     start=start,
-    advance=advance,
+    advance=POLLING.advance(after_submit, after_poll),
     max_n_per_call=1,
     auth_headers=auth_headers,
     # BFL: output_format jpeg (the default) or png; no compression setting.

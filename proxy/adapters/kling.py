@@ -19,8 +19,10 @@ Polling `GET {base_url}/v1/images/generations/{task_id}`: waits start at `poll_i
 double up to `max_poll_interval` (8 s). submitted/processing -> wait again; succeed -> `task_result.images[]`
 (`url`, or `watermark_url` when the client asked for a watermark; URLs live 30 days); failed -> the error
 its `task_status_msg` describes (content-risk wording -> moderation 400; else 502, not retried: a second
-task could be billed twice). Three poll answers in a row that are 5xx/429 -> 502 (not retried); any other
-4xx on a poll -> 502 at once (the task is lost to us). Kling has no cancel endpoint.
+task could be billed twice). A poll answered 5xx/429 or unreadably is polled again (after its Retry-After);
+three in a row -> 502 upstream_poll_failed (adapters.polling); any other 4xx on a poll -> 502
+upstream_task_lost at once. Neither is retried. Kling has no cancel endpoint.
+Settings (checked when the rules load): `hd_models` (a list, or one name), `poll_interval`, `max_poll_interval`.
 Failures (HTTP + business code): 1300/1301 -> moderation 400; 1100/1101/1102 (account exception,
 arrears, resource pack exhausted, sent as 429) -> 429 insufficient_quota, not retryable; 1302/1303 -> 429
 retryable; 1304 (IP whitelist) -> 502 (the channel's problem); 1203 at create -> 404 model_not_found;
@@ -37,13 +39,13 @@ import hmac
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass
 from typing import Any
 
-from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse, Wait
-from proxy.adapters.polling import MAX_FAILED_POLLS, TaskState, lenient_timing, transient
-from proxy.adapters.polling import next_wait as polling_wait
-from proxy.core.channel_settings import unchecked
+from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
+from proxy.adapters.kit import bearer, json_call
+from proxy.adapters.polling import Polling, TaskState, Timing, forwarded, listed, setting, status_error, transient
+from proxy.core.channel_settings import names
 from proxy.core.errors import (
     BadGateway,
     ContentPolicyViolation,
@@ -55,9 +57,9 @@ from proxy.core.errors import (
 from proxy.core.formats import NativeFormats
 from proxy.core.json_body import decode_object
 from proxy.core.response import GeneratedImage, ImagesResult
-from proxy.core.rules import PROXY_FIELDS, Channel, ChannelSchema
+from proxy.core.rules import Channel
 from proxy.core.sizes import AUTO, Size, nearest_ratio, parse_ratio, parse_size
-from proxy.core.upstream_errors import error_from_response, parse_retry_after, scrub
+from proxy.core.upstream_errors import parse_retry_after, scrub
 
 DEFAULT_BASE_URL = "https://api-singapore.klingai.com"
 PATH = "/v1/images/generations"
@@ -71,10 +73,6 @@ NO_WIDE_MODELS = frozenset({"kling-v1"})  # 21:9 is not offered on kling-v1
 AUTO_RATIO = "1:1"  # OpenAI's `auto` has no Kling equivalent: square, as OpenAI's default size is
 QUALITY = {"std": "1k", "standard": "1k", "medium": "1k", "low": "1k", "pro": "2k", "hd": "2k", "high": "2k"}
 DEFAULT_HD_MODELS = ("kling-v2", "kling-v2-1")  # "2k only kling-v2 text-to-image" (newer docs add v2-1)
-
-DEFAULT_POLL_INTERVAL = 1.0
-DEFAULT_MAX_POLL_INTERVAL = 8.0
-MAX_DOUBLINGS = 16  # polls after which the pause stops doubling (max_poll_interval caps it long before)
 
 PENDING = frozenset({"submitted", "processing"})
 MODERATION_CODES = frozenset({1300, 1301})
@@ -91,7 +89,9 @@ _MAPPED = frozenset({
 })
 
 
-Task = TaskState  # the polling state, shared with the other task adapters
+@dataclass(frozen=True)
+class Task(TaskState):
+    """A Kling task being polled (its id is all Kling needs)."""
 
 
 # --- credential -------------------------------------------------------------------------------------
@@ -130,20 +130,9 @@ def _base_url(job: Job) -> str:
     return job.channel.base_url or DEFAULT_BASE_URL
 
 
-def auth_headers(api_key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
-
-
 def _secrets(job: Job) -> tuple[str | None, ...]:
     pair = job.channel.api_key or ""
     return (job.api_key, pair, *pair.split(":"))
-
-
-def _hd_models(job: Job) -> frozenset[str]:
-    configured = job.channel.settings.get("hd_models", DEFAULT_HD_MODELS)
-    # A single name written without list brackets in YAML is still one model, not its characters.
-    names = [configured] if isinstance(configured, str) else configured
-    return frozenset(str(name) for name in names)
 
 
 def map_aspect_ratio(fields: Mapping[str, Any], model: str) -> str | None:
@@ -173,7 +162,7 @@ def map_resolution(job: Job) -> str | None:
             param="quality",
             code="invalid_value",
         )
-    if mapped == "2k" and job.plan.upstream_model in _hd_models(job):
+    if mapped == "2k" and job.plan.upstream_model in setting(job, SCHEMA, "hd_models"):
         return mapped
     return None
 
@@ -216,9 +205,7 @@ def build_body(job: Job) -> dict[str, Any]:
     if "watermark" in fields:
         # Tri-state: only an explicit choice reaches Kling.
         body["watermark_info"] = {"enabled": bool(fields["watermark"])}
-    for name, value in fields.items():
-        if name not in _MAPPED and name not in PROXY_FIELDS:
-            body[name] = value
+    body.update(forwarded(fields, _MAPPED))
     body.update(fields.get("extra_body", {}))
     return body
 
@@ -228,13 +215,13 @@ def _looks_like_key_pair(api_key: str | None) -> bool:
     return api_key is None or ":" in api_key
 
 
-def _json_headers(job: Job) -> dict[str, str]:
-    return {**job.channel.headers, **auth_headers(job.api_key), "Content-Type": "application/json"}
-
-
 def poll_call(job: Job, task: Task) -> Call:
-    headers = {**job.channel.headers, **auth_headers(job.api_key)}
+    headers = {**job.channel.headers, **bearer(job.api_key)}
     return Call("GET", f"{_base_url(job)}{PATH}/{task.task_id}", headers=headers)
+
+
+POLLING = Polling(Timing(first=1.0, cap=8.0), poll_call)
+SCHEMA = POLLING.schema(hd_models=listed(names(DEFAULT_HD_MODELS)))
 
 
 def start(job: Job) -> Step:
@@ -242,11 +229,7 @@ def start(job: Job) -> Step:
         # The shell mints the JWT (SPEC.credential); sending the raw secret key would leak it.
         message = f"channel '{job.channel.name}' has no Kling token: its api_key must be ACCESS_KEY:SECRET_KEY"
         return Fail(BadGateway(message, code="upstream_auth_failed"))
-    try:
-        body = build_body(job)
-    except InvalidRequest as exc:
-        return Fail(exc)
-    return Send(Call("POST", f"{_base_url(job)}{PATH}", headers=_json_headers(job), json=body))
+    return Send(json_call(job, f"{_base_url(job)}{PATH}", build_body(job)))
 
 
 # --- answers ----------------------------------------------------------------------------------------
@@ -278,16 +261,7 @@ def error_for(job: Job, response: UpstreamResponse) -> ProxyError:
         return BadGateway(f"channel '{job.channel.name}' was refused: {text}", code="upstream_auth_failed", retryable=True)
     if code in MODEL_NOT_FOUND_CODES:
         return NotFound(text, param="model", code="model_not_found")
-    if 200 <= response.status < 300:
-        return BadGateway(f"channel '{job.channel.name}' failed: {text}", code="upstream_error", retryable=True)
-    return error_from_response(
-        response.status,
-        response.headers,
-        response.body,
-        channel=job.channel.name,
-        secrets=_secrets(job),
-        client_key=False,
-    )
+    return status_error(job, response, text, _secrets(job), client_key=False)
 
 
 def _bad_answer(job: Job, what: str) -> Fail:
@@ -309,13 +283,6 @@ def _ok(response: UpstreamResponse) -> bool:
     return 200 <= response.status < 300 and _business_code(body) in (0, None)
 
 
-def next_wait(job: Job, task: Task) -> Wait:
-    """Wait, then poll: the pause doubles with every poll, from poll_interval up to max_poll_interval."""
-    timing = lenient_timing(job.channel.settings, DEFAULT_POLL_INTERVAL, DEFAULT_MAX_POLL_INTERVAL,
-                            max_doublings=MAX_DOUBLINGS)
-    return polling_wait(task, timing, lambda following: poll_call(job, following))
-
-
 def after_create(job: Job, response: UpstreamResponse) -> Step:
     if not _ok(response):
         return Fail(error_for(job, response))
@@ -323,13 +290,10 @@ def after_create(job: Job, response: UpstreamResponse) -> Step:
     task_id = data.get("task_id") if data is not None else None
     if not isinstance(task_id, str) or not task_id:
         return _bad_answer(job, "the create answer has no task_id")
-    return next_wait(job, Task(task_id))
+    return POLLING.next(job, Task(task_id))
 
 
-def after_failed_poll(job: Job, task: Task, response: UpstreamResponse) -> Step:
-    failed = task.failed_polls + 1
-    if transient(response.status) and failed < MAX_FAILED_POLLS:
-        return next_wait(job, replace(task, failed_polls=failed))
+def lost(job: Job, task: Task, response: UpstreamResponse) -> Fail:
     cause = error_for(job, response).message
     message = f"channel '{job.channel.name}' lost track of task {task.task_id} (HTTP {response.status}): {cause}"
     # Not retried: the task may still run and be billed; a second one would be billed again.
@@ -377,15 +341,17 @@ def _index(item: Mapping[str, Any]) -> int:
 
 
 def after_poll(job: Job, task: Task, response: UpstreamResponse) -> Step:
+    if transient(response.status):
+        why = f"HTTP {response.status}: {error_for(job, response).message}"
+        return POLLING.failed(job, task, response, why=why, secrets=_secrets(job))
     if not _ok(response):
-        return after_failed_poll(job, task, response)
+        return lost(job, task, response)
     data = _task_data(response)
     if data is None:
-        return after_failed_poll(job, task, replace(response, status=502))
+        return POLLING.failed(job, task, response, why="an unreadable answer", secrets=_secrets(job))
     status = data.get("task_status")
-    task = replace(task, failed_polls=0)
     if status in PENDING:
-        return next_wait(job, task)
+        return POLLING.next(job, task)
     if status == "succeed":
         return task_succeeded(job, data)
     if status == "failed":
@@ -393,17 +359,11 @@ def after_poll(job: Job, task: Task, response: UpstreamResponse) -> Step:
     return _bad_answer(job, f"unknown task_status {status!r}")
 
 
-def advance(job: Job, state: Any, response: UpstreamResponse) -> Step:
-    if isinstance(state, Task):
-        return after_poll(job, state, response)
-    return after_create(job, response)
-
-
 SPEC = AdapterSpec(
     name="kling",
-    schema=ChannelSchema(settings=unchecked("hd_models", "poll_interval", "max_poll_interval"), requires_base_url=False),
+    schema=SCHEMA,
     start=start,
-    advance=advance,
+    advance=POLLING.advance(after_create, after_poll),
     max_n_per_call=MAX_N,
     credential=credential,
     # Kling takes no output format and does not document the one it makes: the proxy looks at the bytes.

@@ -1,9 +1,14 @@
-"""Adapter layer: polling a task API (flux, replicate, kling, dashscope): the schedule and the failure budget.
+"""Adapter layer: what the task adapters (flux, replicate, kling, dashscope) share: the polling state, the
+schedule, the failed-poll rule, and the few request and error mappings they have in common.
 
 After the submit the adapter polls the task. Polls wait `poll_interval` seconds at first, doubling with every
-poll up to `max_poll_interval` (both channel settings; each adapter brings its own defaults). A poll that fails
-in a way that may pass (5xx, 429) is retried; MAX_FAILED_POLLS failures in a row end the task with a
-non-retryable 502 (the task exists and may be billed: no failover may start a second one).
+poll up to `max_poll_interval` (both channel settings, declared by `Polling.schema`, checked when the rules
+load; each adapter brings its own defaults). Every task adapter keeps a `TaskState` (its own subclass adds
+what its provider needs) and follows one rule for a poll that got no usable answer (`Polling.failed`): a
+failure that may pass (5xx, 429, an unreadable answer) is polled again, after the upstream's Retry-After
+when it gives one (at most `max_poll_interval`); MAX_FAILED_POLLS failures in a row end the task with a
+non-retryable 502 `upstream_poll_failed` (the task exists and may be billed: no failover may start a
+second one). Transport failures of a poll are retried by the driver and never reach the adapter.
 Pure: no I/O and no clock; the driver does the waiting a Wait step asks for.
 """
 
@@ -11,81 +16,51 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar
 
-from proxy.adapters.base import Call, Fail, Wait
-from proxy.core.errors import BadGateway
-from proxy.core.upstream_errors import scrub
+from proxy.adapters.base import Call, Fail, Job, Step, UpstreamResponse, Wait
+from proxy.core.channel_settings import Setting, not_below, seconds
+from proxy.core.errors import BadGateway, InvalidRequest, ProxyError
+from proxy.core.rules import PROXY_FIELDS, ChannelSchema
+from proxy.core.upstream_errors import error_from_response, parse_retry_after, scrub
 
 MAX_FAILED_POLLS = 3  # consecutive failed polls that end the task
+MAX_DOUBLINGS = 16  # polls after which the pause stops doubling (max_poll_interval caps it long before)
 
 
 @dataclass(frozen=True)
 class Timing:
+    """A poll schedule: `first` seconds, doubling with every poll up to `cap`."""
+
     first: float
     cap: float
-    max_doublings: int = 32  # polls after which the pause stops doubling (it keeps its size, at most cap)
 
     def delay(self, polls: int) -> float:
-        """Seconds before poll number `polls` (0-based): first, 2*first, 4*first, ... up to cap."""
-        return min(self.first * 2.0 ** min(polls, self.max_doublings), self.cap)
+        """Seconds before the poll that follows `polls` earlier ones: first, 2*first, 4*first, ... up to cap."""
+        return min(self.first * 2.0 ** min(polls, MAX_DOUBLINGS), self.cap)
 
-    def retry_delay(self, polls: int, retry_after: float | None) -> float:
-        """Seconds before poll `polls` after a failed one: the upstream's Retry-After (at most cap), else delay."""
-        return self.delay(polls) if retry_after is None else min(retry_after, self.cap)
+    def for_channel(self, settings: Mapping[str, Any]) -> Timing:
+        """This default schedule as the channel's (already checked) settings change it.
+
+        An unset `max_poll_interval` is this cap, or `poll_interval` when that is larger, so setting only
+        `poll_interval` never conflicts with the default cap.
+        """
+        first = float(settings.get("poll_interval", self.first))
+        cap = settings.get("max_poll_interval")
+        return Timing(first, max(self.cap, first) if cap is None else float(cap))
 
 
 @dataclass(frozen=True)
 class TaskState:
-    """What a task adapter (kling, dashscope) remembers between polls."""
+    """What a task adapter remembers between polls; a provider's own state subclasses it."""
 
+    noun: ClassVar[str] = "task"  # what the provider calls it, in error messages
     task_id: str
     polls: int = 0  # polls sent so far: drives the backoff
     failed_polls: int = 0  # consecutive polls that got no usable answer
 
 
-def next_wait(task: TaskState, timing: Timing, poll_call: Callable[[TaskState], Call]) -> Wait:
-    """Wait, then poll: the pause doubles with every poll, from the first interval up to the cap."""
-    following = replace(task, polls=task.polls + 1)
-    return Wait(timing.delay(task.polls), poll_call(following), following)
-
-
-def _seconds(settings: Mapping[str, Any], name: str, default: float) -> float:
-    value = settings.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError(f"setting '{name}' must be a positive number of seconds, got {value!r}")
-    return float(value)
-
-
-def timing_from_settings(settings: Mapping[str, Any], default_first: float, default_cap: float) -> Timing:
-    """The schedule from the channel settings; ValueError (naming the setting) when they make no sense.
-
-    An unset cap is at least the first interval, so setting only `poll_interval` never conflicts.
-    """
-    first = _seconds(settings, "poll_interval", default_first)
-    cap = _seconds(settings, "max_poll_interval", max(default_cap, first))
-    if cap < first:
-        raise ValueError("setting 'max_poll_interval' must not be below 'poll_interval'")
-    return Timing(first, cap)
-
-
-def _seconds_or_default(settings: Mapping[str, Any], name: str, default: float) -> float:
-    value = settings.get(name, default)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return default
-    return number if number > 0 else default
-
-
-def lenient_timing(settings: Mapping[str, Any], default_first: float, default_cap: float, *, max_doublings: int) -> Timing:
-    """The schedule from the channel settings, never an error: a value that is no positive number is its default.
-
-    A cap below the first interval is kept as it is (every pause is then the cap).
-    """
-    first = _seconds_or_default(settings, "poll_interval", default_first)
-    cap = _seconds_or_default(settings, "max_poll_interval", default_cap)
-    return Timing(first, cap, max_doublings)
+State = TypeVar("State", bound=TaskState)
 
 
 def transient(status: int) -> bool:
@@ -93,8 +68,101 @@ def transient(status: int) -> bool:
     return status == 429 or status >= 500
 
 
+@dataclass(frozen=True)
+class Polling(Generic[State]):
+    """How one task adapter polls: its default schedule and the call that asks after a task."""
+
+    timing: Timing
+    call: Callable[[Job, State], Call]
+
+    def schema(self, **settings: Setting) -> ChannelSchema:
+        """The adapter's channel settings: its own, and the schedule's (max_poll_interval not below poll_interval)."""
+        timing = {"poll_interval": seconds(self.timing.first), "max_poll_interval": seconds()}
+        return ChannelSchema(settings={**settings, **timing}, relations=(not_below("max_poll_interval", "poll_interval"),),
+                             requires_base_url=False)
+
+    def next(self, job: Job, task: State) -> Wait:
+        """Wait, then poll a task that is still running: the pause doubles with every poll."""
+        following = replace(task, polls=task.polls + 1, failed_polls=0)
+        return Wait(self._schedule(job).delay(task.polls), self.call(job, following), following)
+
+    def failed(self, job: Job, task: State, response: UpstreamResponse, *, why: str | None = None,
+               secrets: Iterable[str | None] = ()) -> Wait | Fail:
+        """The one rule for a poll without a usable answer (a transient HTTP status, or `why` it is unusable).
+
+        Polled again after the upstream's Retry-After (at most the schedule's cap) or the usual pause;
+        MAX_FAILED_POLLS in a row end the task: 502 upstream_poll_failed, not retryable.
+        """
+        failures = task.failed_polls + 1
+        if failures >= MAX_FAILED_POLLS:
+            reason = why or f"HTTP {response.status}"
+            return polls_failed(job.channel.name, f"{task.noun} {task.task_id}", failures, reason, (job.api_key, *secrets))
+        timing, retry_after = self._schedule(job), parse_retry_after(response.headers)
+        following = replace(task, polls=task.polls + 1, failed_polls=failures)
+        pause = timing.delay(task.polls) if retry_after is None else min(retry_after, timing.cap)
+        return Wait(pause, self.call(job, following), following)
+
+    def advance(self, submitted: Callable[[Job, UpstreamResponse], Step],
+                polled: Callable[[Job, State, UpstreamResponse], Step]) -> Callable[[Job, State | None, UpstreamResponse], Step]:
+        """The adapter's `advance`: the submit's answer while there is no task yet, else a poll's."""
+
+        def advance(job: Job, state: State | None, response: UpstreamResponse) -> Step:
+            return submitted(job, response) if state is None else polled(job, state, response)
+
+        return advance
+
+    def _schedule(self, job: Job) -> Timing:
+        return self.timing.for_channel(job.channel.settings)
+
+
 def polls_failed(channel: str, what: str, failures: int, why: str, secrets: Iterable[str | None]) -> Fail:
     """The end of a task whose last `failures` polls failed in a row (`what`: "task <id>", ...)."""
     message = scrub(f"channel '{channel}' could not report {what}: {failures} polls failed in a row, the last with {why}",
                     secrets)
     return Fail(BadGateway(message, code="upstream_poll_failed"))
+
+
+# --- settings, requests and errors the task adapters have in common ---------------------------------
+
+
+def setting(job: Job, schema: ChannelSchema, name: str) -> Any:
+    """The channel's value of a declared setting: checked when the rules loaded, the declared default
+    where the channel has none (a channel made in code rather than loaded from rules)."""
+    return job.channel.settings.get(name, schema.settings[name].default)
+
+
+def listed(setting: Setting) -> Setting:
+    """A list setting that may also be written as one bare string (`hd_models: kling-v2` is one name,
+    not its letters), as the adapters have always read it."""
+    return Setting(lambda value: setting.parse([value] if isinstance(value, str) else value), setting.default)
+
+
+def forwarded(fields: Mapping[str, Any], mapped: frozenset[str]) -> dict[str, Any]:
+    """The plan's fields the adapter does not map itself (those the rule forwards go to the provider as they are)."""
+    return {name: value for name, value in fields.items() if name not in mapped and name not in PROXY_FIELDS}
+
+
+def seed_and_format(fields: Mapping[str, Any], formats: Mapping[str, str]) -> dict[str, Any]:
+    """`seed` (-1 means random: not sent) and `output_format` in the provider's own name for it."""
+    sent: dict[str, Any] = {}
+    if "seed" in fields and fields["seed"] >= 0:
+        sent["seed"] = fields["seed"]
+    if "output_format" in fields:
+        mapped = formats.get(fields["output_format"])
+        if mapped is None:
+            supported = ", ".join(dict.fromkeys(formats.values()))
+            raise InvalidRequest(f"Invalid output_format '{fields['output_format']}' for this model. "
+                                 f"Supported values: {supported}.", param="output_format", code="invalid_value")
+        sent["output_format"] = mapped
+    return sent
+
+
+def status_error(job: Job, response: UpstreamResponse, detail: str, secrets: tuple[str | None, ...], *,
+                 client_key: bool) -> ProxyError:
+    """The error for a failed answer whose envelope named nothing more specific: a 2xx that carries a failure
+    is a retryable 502; anything else is what its HTTP status maps to."""
+    if 200 <= response.status < 300:
+        message = scrub(f"channel '{job.channel.name}' failed: {detail}", secrets)
+        return BadGateway(message, code="upstream_error", retryable=True)
+    return error_from_response(response.status, response.headers, response.body, channel=job.channel.name,
+                               secrets=secrets, client_key=client_key)

@@ -21,7 +21,10 @@ to another host); polls wait `poll_interval` (0.5 s) doubling up to `max_poll_in
 failed -> 400 moderation_blocked when the error mentions NSFW/sensitive content, else 502; canceled -> 502
 (it may have run and billed); aborted (its deadline passed before it started: nothing ran) -> 504, retryable.
 All of these, and a finished prediction without images, are not retryable except aborted: the prediction ran.
-A poll that fails (5xx, 429, unreadable) is retried; three in a row -> 502; a 404 -> 502 at once.
+A poll that fails (5xx, 429, unreadable) is polled again (after its Retry-After); three in a row -> 502
+upstream_poll_failed (adapters.polling); a 404 -> 502 upstream_task_lost at once.
+Settings are checked when the rules load: `wait` (0-60, or false), `size_mode`, `aspect_ratios` (W:H, a list
+or one), `image_input`, `poll_interval`, `max_poll_interval`.
 Cancel: `POST urls.cancel` (same host rule) or `{base_url}/predictions/{id}/cancel`.
 Create failures (problem+json `{"title", "detail", "status"}`): 402 / "insufficient credit" -> 402
 insufficient_quota, not retried; 422 with `invalid_fields` -> 400 naming the client's param; 429 -> retryable
@@ -37,30 +40,22 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse, Wait
-from proxy.adapters.polling import MAX_FAILED_POLLS, Timing, polls_failed, timing_from_settings, transient
-from proxy.core.channel_settings import unchecked
-from proxy.core.errors import (
-    BadGateway,
-    ContentPolicyViolation,
-    GatewayTimeout,
-    InvalidRequest,
-    ProxyError,
-    ServiceUnavailable,
-    UpstreamError,
-)
+from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
+from proxy.adapters.kit import bearer, json_call, misconfigured
+from proxy.adapters.polling import Polling, TaskState, Timing, forwarded, listed, seed_and_format, setting, transient
+from proxy.core.channel_settings import Setting, SettingError, integer, names, one_of, text
+from proxy.core.errors import BadGateway, ContentPolicyViolation, GatewayTimeout, InvalidRequest, ProxyError, UpstreamError
 from proxy.core.extra_body import merge_extra_body
 from proxy.core.formats import FORMATS, NativeFormats
 from proxy.core.json_body import decode_object
 from proxy.core.mime import sniff_image_type
 from proxy.core.response import GeneratedImage, ImagesResult
-from proxy.core.rules import PROXY_FIELDS, ChannelSchema
 from proxy.core.sizes import AUTO, Size, nearest_ratio, parse_ratio, parse_size
-from proxy.core.upstream_errors import error_from_response, parse_retry_after, scrub
+from proxy.core.upstream_errors import error_from_response, scrub
 
 DEFAULT_BASE_URL = "https://api.replicate.com/v1"
 ASPECT_RATIOS = ("1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "21:9", "9:21", "4:5", "5:4")
@@ -69,8 +64,6 @@ DEFAULT_WAIT = 60  # Replicate holds a create for at most 60 s
 DEFAULT_PIXELS = 1024 * 1024  # the pixel budget when only an aspect ratio gives the shape
 OUTPUT_FORMATS = {"png": "png", "jpeg": "jpg", "jpg": "jpg", "webp": "webp"}
 OUTPUT_TTL = 3600.0  # replicate.delivery file URLs expire after about an hour
-POLL_INTERVAL = 0.5
-MAX_POLL_INTERVAL = 5.0
 RUNNING = frozenset({"starting", "processing"})
 _MODEL = re.compile(r"^([A-Za-z0-9][\w.-]*)/([A-Za-z0-9][\w.-]*)(?::([0-9A-Za-z]+))?$")
 _ID = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -82,58 +75,32 @@ _BILLING = re.compile(r"insufficient credit", re.IGNORECASE)
 MAPPED = frozenset({"size", "quality", "aspect_ratio", "seed", "output_format", "image", "strength", "extra_body"})
 
 
-@dataclass(frozen=True)
-class Settings:
-    wait: int
-    size_mode: str
-    aspect_ratios: tuple[str, ...]
-    image_input: str
-    timing: Timing
+def _wait_setting() -> Setting:
+    """`wait`: 1-60 seconds, 0 or false for none."""
+    seconds = integer(DEFAULT_WAIT, low=0, high=DEFAULT_WAIT)
+    return Setting(lambda value: 0 if value is False else seconds.parse(value), seconds.default)
+
+
+def _ratios_setting() -> Setting:
+    """`aspect_ratios`: a non-empty list of W:H ratios (or one)."""
+    written = listed(names())
+
+    def parse(value: Any) -> tuple[str, ...]:
+        ratios: tuple[str, ...] = written.parse(value)
+        if not ratios or any(parse_ratio(ratio) is None for ratio in ratios):
+            raise SettingError(f"expected a list of W:H ratios, got {value!r}")
+        return ratios
+
+    return Setting(parse, ASPECT_RATIOS)
 
 
 @dataclass(frozen=True)
-class Prediction:
-    """The conversation's state: before the create answer prediction_id is empty."""
+class Prediction(TaskState):
+    """A prediction being polled, with the URLs Replicate named for it."""
 
-    timing: Timing
-    prediction_id: str = ""
+    noun = "prediction"
     get_url: str = ""
     cancel_url: str = ""
-    polls: int = 0  # polls sent so far
-    failures: int = 0  # consecutive polls that failed
-
-
-def auth_headers(api_key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
-
-
-def _wait(settings: Mapping[str, Any]) -> int:
-    value = settings.get("wait", DEFAULT_WAIT)
-    if value is False:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= DEFAULT_WAIT:
-        raise ValueError(f"setting 'wait' must be 0 (off) or 1-60 seconds, got {value!r}")
-    return value
-
-
-def _ratios(settings: Mapping[str, Any]) -> tuple[str, ...]:
-    value = settings.get("aspect_ratios", ASPECT_RATIOS)
-    ratios = [value] if isinstance(value, str) else value
-    if not isinstance(ratios, (list, tuple)) or not ratios or any(parse_ratio(str(r)) is None for r in ratios):
-        raise ValueError(f"setting 'aspect_ratios' must be a list of W:H ratios, got {value!r}")
-    return tuple(str(ratio) for ratio in ratios)
-
-
-def settings_of(settings: Mapping[str, Any]) -> Settings:
-    """The channel's settings, checked; ValueError names the one that makes no sense."""
-    size_mode = settings.get("size_mode", SIZE_MODES[0])
-    if size_mode not in SIZE_MODES:
-        raise ValueError(f"setting 'size_mode' must be one of {', '.join(SIZE_MODES)}, got {size_mode!r}")
-    image_input = settings.get("image_input", "image")
-    if not isinstance(image_input, str) or not image_input:
-        raise ValueError(f"setting 'image_input' must be an input name, got {image_input!r}")
-    return Settings(_wait(settings), size_mode, _ratios(settings), image_input,
-                    timing_from_settings(settings, POLL_INTERVAL, MAX_POLL_INTERVAL))
 
 
 def _requested_size(fields: Mapping[str, Any]) -> Size | None:
@@ -148,27 +115,16 @@ def _shaped(ratio: tuple[int, int], size: Size | None) -> Size:
     return Size(max(8, round(width / 8) * 8), max(8, round(pixels / width / 8) * 8))
 
 
-def shape_inputs(fields: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
+def shape_inputs(job: Job, fields: Mapping[str, Any]) -> dict[str, Any]:
     """`aspect_ratio` or `width`/`height`; {} leaves the model's default."""
     ratio = parse_ratio(fields["aspect_ratio"]) if "aspect_ratio" in fields else None
     size = _requested_size(fields)
-    if settings.size_mode == "width_height":
+    if setting(job, SCHEMA, "size_mode") == "width_height":
         if ratio is not None:
             size = _shaped(ratio, size)
         return {} if size is None else {"width": size.width, "height": size.height}
     shape = Size(*ratio) if ratio is not None else size
-    return {} if shape is None else {"aspect_ratio": nearest_ratio(shape, settings.aspect_ratios)}
-
-
-def output_format(value: str) -> str:
-    mapped = OUTPUT_FORMATS.get(value)
-    if mapped is None:
-        raise InvalidRequest(
-            f"Invalid output_format '{value}' for this model. Supported values: png, jpg, webp.",
-            param="output_format",
-            code="invalid_value",
-        )
-    return mapped
+    return {} if shape is None else {"aspect_ratio": nearest_ratio(shape, setting(job, SCHEMA, "aspect_ratios"))}
 
 
 def image_input(value: str) -> str:
@@ -190,58 +146,37 @@ def image_input(value: str) -> str:
     return f"data:{content_type};base64,{text}"
 
 
-def build_input(job: Job, settings: Settings) -> dict[str, Any]:
+def build_input(job: Job) -> dict[str, Any]:
     """The prediction's `input`; raises InvalidRequest for a value that cannot be sent."""
     fields = job.plan.fields
-    inputs: dict[str, Any] = {"prompt": job.plan.prompt, **shape_inputs(fields, settings)}
-    if "seed" in fields and fields["seed"] >= 0:
-        inputs["seed"] = fields["seed"]
-    if "output_format" in fields:
-        inputs["output_format"] = output_format(fields["output_format"])
+    inputs: dict[str, Any] = {"prompt": job.plan.prompt, **shape_inputs(job, fields), **seed_and_format(fields, OUTPUT_FORMATS)}
     if "strength" in fields:
         inputs["prompt_strength"] = fields["strength"]
     if "image" in fields:
         image = fields["image"]
-        inputs[settings.image_input] = [image_input(item) for item in image] if isinstance(image, list) else image_input(image)
-    for name, value in fields.items():
-        if name not in MAPPED and name not in PROXY_FIELDS:
-            inputs[name] = value
-    return merge_extra_body(inputs, fields.get("extra_body", {}))
+        sent = [image_input(item) for item in image] if isinstance(image, list) else image_input(image)
+        inputs[setting(job, SCHEMA, "image_input")] = sent
+    return merge_extra_body({**inputs, **forwarded(fields, MAPPED)}, fields.get("extra_body", {}))
 
 
 def base_url(job: Job) -> str:
     return job.channel.base_url or DEFAULT_BASE_URL
 
 
-def create_call(job: Job, settings: Settings, inputs: dict[str, Any], model: re.Match[str]) -> Call:
+def create_call(job: Job, inputs: dict[str, Any], model: re.Match[str]) -> Call:
     owner, name, version = model.groups()
-    headers = {**job.channel.headers, **auth_headers(job.api_key), "Content-Type": "application/json"}
-    if settings.wait:
-        headers["Prefer"] = f"wait={settings.wait}"
+    wait = setting(job, SCHEMA, "wait")
+    headers = {"Prefer": f"wait={wait}"} if wait else {}
     if version is not None:
-        return Call("POST", f"{base_url(job)}/predictions", headers=headers, json={"version": version, "input": inputs})
-    return Call("POST", f"{base_url(job)}/models/{owner}/{name}/predictions", headers=headers, json={"input": inputs})
-
-
-def _misconfigured(job: Job, problem: str) -> Fail:
-    # An operator's mistake, not the client's: another channel may still serve the model.
-    return Fail(ServiceUnavailable(f"channel '{job.channel.name}' is misconfigured: {problem}",
-                                   code="channel_misconfigured", retryable=True))
+        return json_call(job, f"{base_url(job)}/predictions", {"version": version, "input": inputs}, headers=headers)
+    return json_call(job, f"{base_url(job)}/models/{owner}/{name}/predictions", {"input": inputs}, headers=headers)
 
 
 def start(job: Job) -> Step:
     model = _MODEL.match(job.plan.upstream_model)
     if model is None:
-        return _misconfigured(job, f"'{job.plan.upstream_model}' is not a Replicate model (owner/name[:version])")
-    try:
-        settings = settings_of(job.channel.settings)
-    except ValueError as exc:
-        return _misconfigured(job, str(exc))
-    try:
-        inputs = build_input(job, settings)
-    except InvalidRequest as exc:
-        return Fail(exc)
-    return Send(create_call(job, settings, inputs, model), state=Prediction(settings.timing))
+        raise misconfigured(job, f"'{job.plan.upstream_model}' is not a Replicate model (owner/name[:version])")
+    return Send(create_call(job, build_input(job), model))
 
 
 def _own_url(job: Job, url: Any) -> str | None:
@@ -254,16 +189,25 @@ def _own_url(job: Job, url: Any) -> str | None:
 
 
 def _headers(job: Job) -> dict[str, str]:
-    return {**job.channel.headers, **auth_headers(job.api_key)}
+    return {**job.channel.headers, **bearer(job.api_key)}
 
 
 def poll_call(job: Job, prediction: Prediction) -> Call:
     return Call("GET", prediction.get_url, headers=_headers(job))
 
 
-def cancel(job: Job, state: Any) -> Call | None:
+POLLING = Polling(Timing(first=0.5, cap=5.0), poll_call)
+SCHEMA = POLLING.schema(
+    wait=_wait_setting(),
+    size_mode=one_of(*SIZE_MODES, default=SIZE_MODES[0]),
+    aspect_ratios=_ratios_setting(),
+    image_input=text("image"),
+)
+
+
+def cancel(job: Job, state: Prediction | None) -> Call | None:
     """The call that stops a running prediction; None before Replicate named one."""
-    if not isinstance(state, Prediction) or not state.prediction_id:
+    if state is None:
         return None
     return Call("POST", state.cancel_url, headers=_headers(job))
 
@@ -326,15 +270,15 @@ def step_for(job: Job, prediction: Prediction, data: Mapping[str, Any]) -> Step:
     """The next step for a prediction object (from the create answer or a poll)."""
     status = data.get("status")
     if status == "succeeded":
-        return succeeded(job, prediction.prediction_id, data)
+        return succeeded(job, prediction.task_id, data)
     if status in ("failed", "canceled", "aborted"):
-        return failed(job, prediction.prediction_id, str(status), data)
+        return failed(job, prediction.task_id, str(status), data)
     if status not in RUNNING:
-        return _bad_answer(job, f"prediction {prediction.prediction_id} has unknown status {status!r}")
-    return Wait(prediction.timing.delay(prediction.polls), poll_call(job, prediction), prediction)
+        return _bad_answer(job, f"prediction {prediction.task_id} has unknown status {status!r}")
+    return POLLING.next(job, prediction)
 
 
-def after_create(job: Job, prediction: Prediction, response: UpstreamResponse) -> Step:
+def after_create(job: Job, response: UpstreamResponse) -> Step:
     if not 200 <= response.status < 300:
         return Fail(create_error(job, response))
     data = decode_object(response.body) or {}
@@ -342,8 +286,7 @@ def after_create(job: Job, prediction: Prediction, response: UpstreamResponse) -
     if not isinstance(prediction_id, str) or not _ID.match(prediction_id):
         return _bad_answer(job, f"prediction id {prediction_id!r} is missing or malformed")
     get_url, cancel_url = _urls(job, prediction_id, data)
-    prediction = replace(prediction, prediction_id=prediction_id, get_url=get_url, cancel_url=cancel_url)
-    return step_for(job, prediction, data)
+    return step_for(job, Prediction(prediction_id, get_url=get_url, cancel_url=cancel_url), data)
 
 
 def _problem(data: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
@@ -370,7 +313,7 @@ def client_param(field: str | None, job: Job) -> str | None:
     name = field.removeprefix("input.").split(".")[0]
     if name in job.plan.fields.get("extra_body", {}):
         return f"extra_body.{name}"
-    if name == job.channel.settings.get("image_input", "image"):
+    if name == setting(job, SCHEMA, "image_input"):
         return "image"
     if name == "aspect_ratio":
         return "aspect_ratio" if "aspect_ratio" in job.plan.fields else "size"
@@ -394,21 +337,13 @@ def create_error(job: Job, response: UpstreamResponse) -> ProxyError:
                                client_key=job.channel.passthrough_key)
 
 
-def _failed_poll(job: Job, prediction: Prediction, why: str, retry_after: float | None = None) -> Step:
-    failures = prediction.failures + 1
-    if failures >= MAX_FAILED_POLLS:
-        return polls_failed(job.channel.name, f"prediction {prediction.prediction_id}", failures, why, (job.api_key,))
-    prediction = replace(prediction, polls=prediction.polls + 1, failures=failures)
-    return Wait(prediction.timing.retry_delay(prediction.polls, retry_after), poll_call(job, prediction), prediction)
-
-
 def after_poll(job: Job, prediction: Prediction, response: UpstreamResponse) -> Step:
     if response.status == 404:
         # Polling again cannot bring a prediction back: fail at once.
-        return Fail(BadGateway(f"channel '{job.channel.name}' lost prediction {prediction.prediction_id} (HTTP 404)",
+        return Fail(BadGateway(f"channel '{job.channel.name}' lost prediction {prediction.task_id} (HTTP 404)",
                                code="upstream_task_lost"))
     if transient(response.status):
-        return _failed_poll(job, prediction, f"HTTP {response.status}", parse_retry_after(response.headers))
+        return POLLING.failed(job, prediction, response)
     if not 200 <= response.status < 300:
         error = create_error(job, response)
         # The prediction exists and may bill: no failover may start a second one.
@@ -416,15 +351,8 @@ def after_poll(job: Job, prediction: Prediction, response: UpstreamResponse) -> 
         return Fail(error)
     data = decode_object(response.body)
     if data is None or not isinstance(data.get("status"), str):
-        return _failed_poll(job, prediction, "an unreadable answer")
-    return step_for(job, replace(prediction, polls=prediction.polls + 1, failures=0), data)
-
-
-def advance(job: Job, state: Any, response: UpstreamResponse) -> Step:
-    prediction = state if isinstance(state, Prediction) else Prediction(Timing(POLL_INTERVAL, MAX_POLL_INTERVAL))
-    if not prediction.prediction_id:
-        return after_create(job, prediction, response)
-    return after_poll(job, prediction, response)
+        return POLLING.failed(job, prediction, response, why="an unreadable answer")
+    return step_for(job, prediction, data)
 
 
 def output_formats(job: Job) -> NativeFormats:
@@ -437,14 +365,11 @@ def output_formats(job: Job) -> NativeFormats:
 
 SPEC = AdapterSpec(
     name="replicate",
-    schema=ChannelSchema(
-        settings=unchecked("wait", "size_mode", "aspect_ratios", "image_input", "poll_interval", "max_poll_interval"),
-        requires_base_url=False,
-    ),
+    schema=SCHEMA,
     start=start,
-    advance=advance,
+    advance=POLLING.advance(after_create, after_poll),
     max_n_per_call=1,
     cancel=cancel,
-    auth_headers=auth_headers,
+    auth_headers=bearer,
     output_formats=output_formats,
 )

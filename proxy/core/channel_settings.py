@@ -152,7 +152,3 @@ def parse_settings(
         problems.extend(problem for relation in relations if (problem := relation(values)) is not None)
     return values, problems
 
-
-def unchecked(*setting_names: str) -> dict[str, Setting]:
-    """Settings kept as written, checked only when a request uses them (being replaced by declarations)."""
-    return {name: Setting(lambda value: value) for name in setting_names}

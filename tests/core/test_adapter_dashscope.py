@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+import pytest
+
 from proxy.adapters.base import Call, Done, Fail, Job, Send, UpstreamResponse, Wait
 from proxy.adapters.dashscope import SPEC, Task, is_sync, map_size
 from proxy.core.errors import BadGateway, ContentPolicyViolation, InvalidRequest, RateLimited, UpstreamError
@@ -106,8 +108,9 @@ def test_n_is_always_explicit_and_fields_land_where_dashscope_wants_them() -> No
         "parameters": {"n": 1, "seed": 42, "watermark": False, "prompt_extend": True},
     }
     assert "seed" not in sent(make_job({"model": "wanx2.1-t2i-plus", "prompt": "p", "seed": -1})).json["parameters"]
-    step = SPEC.start(make_job({"model": "wanx2.1-t2i-plus", "prompt": "p", "seed": 2**31}))
-    assert isinstance(step, Fail) and step.error.param == "seed"
+    with pytest.raises(InvalidRequest) as refused:
+        SPEC.start(make_job({"model": "wanx2.1-t2i-plus", "prompt": "p", "seed": 2**31}))
+    assert refused.value.param == "seed"
 
 
 def test_watermark_is_tri_state() -> None:
@@ -117,9 +120,9 @@ def test_watermark_is_tri_state() -> None:
 
 
 def test_task_models_take_no_image() -> None:
-    step = SPEC.start(make_job({"model": "wanx2.1-t2i-turbo", "prompt": "p", "image": "https://x/y.png"}))
-    assert isinstance(step, Fail) and isinstance(step.error, InvalidRequest)
-    assert step.error.param == "image"
+    with pytest.raises(InvalidRequest) as refused:
+        SPEC.start(make_job({"model": "wanx2.1-t2i-turbo", "prompt": "p", "image": "https://x/y.png"}))
+    assert refused.value.param == "image"
 
 
 def test_sizes() -> None:
@@ -170,15 +173,16 @@ def test_sync_images_become_content_items() -> None:
                    settings={"sync_models": ["qwen-image-edit"]})
     content = sent(job).json["input"]["messages"][0]["content"]
     assert content == [{"image": "https://x/a.png"}, {"image": f"data:image/png;base64,{raw}"}, {"text": "make it blue"}]
-    bad = SPEC.start(make_job({"model": "qwen-image-edit", "prompt": "p", "image": "bm90IGFuIGltYWdl"},
-                              settings={"sync_models": ["qwen-image-edit"]}))
-    assert isinstance(bad, Fail) and bad.error.param == "image"
+    with pytest.raises(InvalidRequest) as bad:
+        SPEC.start(make_job({"model": "qwen-image-edit", "prompt": "p", "image": "bm90IGFuIGltYWdl"},
+                            settings={"sync_models": ["qwen-image-edit"]}))
+    assert bad.value.param == "image"
 
 
 def test_qwen_image_makes_one_image_per_call() -> None:
-    step = SPEC.start(make_job({"model": "qwen-image", "prompt": "p", "n": 2}))
-    assert isinstance(step, Fail) and isinstance(step.error, InvalidRequest)
-    assert step.error.param == "n"
+    with pytest.raises(InvalidRequest) as refused:
+        SPEC.start(make_job({"model": "qwen-image", "prompt": "p", "n": 2}))
+    assert refused.value.param == "n"
 
 
 def test_partial_success_lists_the_failures() -> None:
@@ -246,7 +250,27 @@ def test_three_failed_polls_in_a_row_give_up() -> None:
         assert isinstance(step, Wait) and step.state.failed_polls == expected
     assert isinstance(step, Wait)
     error = failure(job, step.state, answer(503, {"code": "ServiceUnavailable", "message": "busy"}))
-    assert (error.status, error.code, error.retryable) == (502, "upstream_task_lost", False)
+    assert (error.status, error.code, error.retryable) == (502, "upstream_poll_failed", False)
+    assert "3 polls failed in a row" in error.message and "busy" in error.message
+
+
+def test_a_poll_answered_429_or_503_waits_the_retry_after_at_most_the_cap() -> None:
+    job = make_job({"model": "wanx2.1-t2i-turbo", "prompt": "p"}, settings={"poll_interval": 2})
+    limited = answer(429, {"code": "Throttling", "message": "slow down"}, {"retry-after": "5"})
+    step = SPEC.advance(job, Task("t-1", polls=1), limited)
+    assert step == Wait(5.0, POLL, Task("t-1", polls=2, failed_polls=1))
+    step = SPEC.advance(job, step.state, answer(503, {"code": "ServiceUnavailable", "message": "busy"}, {"retry-after": "90"}))
+    assert isinstance(step, Wait) and step.seconds == 8.0  # the default max_poll_interval
+    error = failure(job, step.state, answer(503, {"code": "ServiceUnavailable", "message": "busy"}, {"retry-after": "1"}))
+    assert (error.status, error.code, error.retryable) == (502, "upstream_poll_failed", False)
+
+
+def test_an_unset_max_poll_interval_never_caps_below_poll_interval() -> None:
+    job = make_job({"model": "wanx2.1-t2i-turbo", "prompt": "p"}, settings={"poll_interval": 10})
+    step = SPEC.advance(job, None, task("PENDING"))
+    assert isinstance(step, Wait) and step.seconds == 10.0
+    step = SPEC.advance(job, step.state, task("RUNNING"))
+    assert isinstance(step, Wait) and step.seconds == 10.0
 
 
 def test_a_4xx_poll_fails_at_once() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from proxy.adapters.base import Call, Done, Fail, Job, Send, Step, UpstreamResponse, Wait
-from proxy.adapters.flux import FLUX1, FLUX2, SPEC, Task, Timing, fit_size
+from proxy.adapters.flux import FLUX1, FLUX2, SPEC, Task, fit_size
 from proxy.core.errors import ProxyError
 from proxy.core.formats import Conversion
 from proxy.core.plan import build_plan
@@ -159,10 +159,10 @@ def test_images_map_to_input_image_or_image_prompt() -> None:
                                         "input_image_3": "https://x/c.png"}
     ultra = make_job({"model": "flux-pro-1.1-ultra", "prompt": "p", "image": "iVBORw0K", "strength": 0.3})
     assert submitted(ultra)[0].json == {"prompt": "p", "image_prompt": "iVBORw0K", "image_prompt_strength": 0.3}
-    too_many = SPEC.start(make_job({"model": "flux-pro-1.1", "prompt": "p", "image": ["a", "b"]}))
-    assert envelope(failed(too_many)) == (400, "invalid_request_error", "image", "invalid_value", False)
-    strength = SPEC.start(make_job({"model": "flux-2-pro", "prompt": "p", "strength": 0.5}))
-    assert envelope(failed(strength))[2:4] == ("strength", "unsupported_parameter")
+    too_many = refused(lambda: SPEC.start(make_job({"model": "flux-pro-1.1", "prompt": "p", "image": ["a", "b"]})))
+    assert envelope(too_many) == (400, "invalid_request_error", "image", "invalid_value", False)
+    strength = refused(lambda: SPEC.start(make_job({"model": "flux-2-pro", "prompt": "p", "strength": 0.5})))
+    assert envelope(strength)[2:4] == ("strength", "unsupported_parameter")
 
 
 def test_absent_fields_stay_absent_and_unlisted_fields_never_reach_bfl() -> None:
@@ -178,11 +178,13 @@ def test_webp_is_refused_locally_and_extra_body_is_merged() -> None:
     # BFL makes no webp: it is asked for lossless png and the proxy converts.
     assert submitted(webp)[0].json["output_format"] == "png" and webp.plan.conversion == Conversion("webp")
     handed = replace(webp, plan=replace(webp.plan, fields={**webp.plan.fields, "output_format": "webp"}))
-    assert envelope(failed(SPEC.start(handed))) == (400, "invalid_request_error", "output_format", "invalid_value", False)
+    refusal = refused(lambda: SPEC.start(handed))
+    assert envelope(refusal) == (400, "invalid_request_error", "output_format", "invalid_value", False)
     job = make_job({"model": "flux-2-flex", "prompt": "p", "extra_body": {"steps": 30, "guidance": 5}})
     assert submitted(job)[0].json == {"prompt": "p", "steps": 30, "guidance": 5}
-    clash = SPEC.start(make_job({"model": "flux-2-flex", "prompt": "p", "seed": 1, "extra_body": {"seed": 2}}))
-    assert failed(clash).param == "extra_body.seed"
+    clash = refused(lambda: SPEC.start(make_job({"model": "flux-2-flex", "prompt": "p", "seed": 1,
+                                                 "extra_body": {"seed": 2}})))
+    assert clash.param == "extra_body.seed"
 
 
 @pytest.mark.parametrize("status", ["Request Moderated", "Content Moderated"])
@@ -220,7 +222,7 @@ def test_three_failed_polls_in_a_row_end_the_task() -> None:
     assert isinstance(step, Wait) and step.seconds == 1.0
     # A good poll in between resets the count.
     step = SPEC.advance(job, step.state, answer(200, {"status": "Pending"}))
-    assert isinstance(step, Wait) and step.state.failures == 0
+    assert isinstance(step, Wait) and step.state.failed_polls == 0
     step = SPEC.advance(job, step.state, answer(503, {"detail": "busy"}))
     assert isinstance(step, Wait)
     step = SPEC.advance(job, step.state, answer(429, {"detail": "slow down"}, {"retry-after": "3"}))
@@ -282,10 +284,32 @@ def test_submit_errors() -> None:
     assert (refused.status, refused.code, refused.retryable) == (502, "upstream_auth_failed", True)
 
 
-def test_bad_settings_and_model_names_are_misconfiguration() -> None:
-    bad = SPEC.start(make_job({"model": "flux-pro-1.1", "prompt": "p"}, settings={"poll_interval": 0}))
-    assert envelope(failed(bad))[::3] == (503, "channel_misconfigured")
-    path = SPEC.start(make_job({"model": "x", "prompt": "p"}, upstream="../v2/x"))
-    assert failed(path).code == "channel_misconfigured"
+def test_a_bad_model_name_is_misconfiguration_and_the_poll_settings_set_the_schedule() -> None:
+    path = refused(lambda: SPEC.start(make_job({"model": "x", "prompt": "p"}, upstream="../v2/x")))
+    assert envelope(path)[::3] == (503, "channel_misconfigured")
     fast = make_job({"model": "flux-pro-1.1", "prompt": "p"}, settings={"poll_interval": 0.01, "max_poll_interval": 0.02})
-    assert submitted(fast)[1] == Task(Timing(0.01, 0.02))
+    first = polling(fast)
+    assert first.seconds == 0.01 and first.state == Task("task-1", polls=1, polling_url=POLL, send_key=True)
+    second = SPEC.advance(fast, first.state, answer(200, {"status": "Pending"}))
+    third = SPEC.advance(fast, second.state, answer(200, {"status": "Pending"}))
+    assert isinstance(second, Wait) and isinstance(third, Wait) and (second.seconds, third.seconds) == (0.02, 0.02)
+
+
+def test_a_poll_answered_429_or_503_waits_the_retry_after_at_most_the_cap() -> None:
+    job = make_job({"model": "flux-pro-1.1", "prompt": "p"})
+    step = SPEC.advance(job, polling(job).state, answer(429, {"detail": "slow down"}, {"retry-after": "4"}))
+    assert isinstance(step, Wait) and (step.seconds, step.state.failed_polls) == (4.0, 1)
+    step = SPEC.advance(job, step.state, answer(503, {"detail": "busy"}, {"retry-after": "90"}))
+    assert isinstance(step, Wait) and step.seconds == 5.0  # max_poll_interval
+    error = failed(SPEC.advance(job, step.state, answer(503, {"detail": "busy"}, {"retry-after": "1"})))
+    assert envelope(error) == (502, "upstream_error", None, "upstream_poll_failed", False)
+
+
+def refused(make: Callable[[], Step]) -> ProxyError:
+    """The error a step ends with, raised or returned as a Fail (the driver treats the two alike)."""
+    try:
+        step = make()
+    except ProxyError as error:
+        assert KEY not in error.message
+        return error
+    return failed(step)

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+import pytest
+
 from proxy.adapters.base import Call, Done, Fail, Job, Send, UpstreamResponse, Wait
 from proxy.adapters.kling import SPEC, Task, credential, map_aspect_ratio
 from proxy.core.errors import BadGateway, ContentPolicyViolation, InvalidRequest, NotFound, RateLimited
@@ -173,11 +175,11 @@ def test_quality_maps_to_resolution_only_where_2k_exists() -> None:
     assert "resolution" not in body("std")
     assert "resolution" not in body("auto")
     assert "resolution" not in body("hd", "kling-v1")
-    custom = make_job({"model": "kling-v1-5", "prompt": "p", "quality": "hd"}, settings={"hd_models": "kling-v1-5"})
+    custom = make_job({"model": "kling-v1-5", "prompt": "p", "quality": "hd"}, settings={"hd_models": ("kling-v1-5",)})
     assert sent(custom).json["resolution"] == "2k"
-    step = SPEC.start(make_job({"model": "kling-v2", "prompt": "p", "quality": "ultra"}))
-    assert isinstance(step, Fail) and isinstance(step.error, InvalidRequest)
-    assert (step.error.param, step.error.code) == ("quality", "invalid_value")
+    with pytest.raises(InvalidRequest) as refused:
+        SPEC.start(make_job({"model": "kling-v2", "prompt": "p", "quality": "ultra"}))
+    assert (refused.value.param, refused.value.code) == ("quality", "invalid_value")
 
 
 def test_image_inputs_and_fidelity() -> None:
@@ -199,11 +201,12 @@ def test_image_inputs_and_fidelity() -> None:
 def test_negative_prompt_is_refused_with_an_image() -> None:
     alone = make_job({"model": "kling-v1", "prompt": "p", "negative_prompt": "blur"})
     assert sent(alone).json["negative_prompt"] == "blur"
-    step = SPEC.start(make_job({"model": "kling-v1", "prompt": "p", "negative_prompt": "blur", "image": "https://x/y.png"}))
-    assert isinstance(step, Fail) and isinstance(step.error, InvalidRequest)
-    assert step.error.param == "negative_prompt"
-    two = SPEC.start(make_job({"model": "kling-v1", "prompt": "p", "image": ["https://x/1.png", "https://x/2.png"]}))
-    assert isinstance(two, Fail) and two.error.param == "image"
+    with pytest.raises(InvalidRequest) as refused:
+        SPEC.start(make_job({"model": "kling-v1", "prompt": "p", "negative_prompt": "blur", "image": "https://x/y.png"}))
+    assert refused.value.param == "negative_prompt"
+    with pytest.raises(InvalidRequest) as two:
+        SPEC.start(make_job({"model": "kling-v1", "prompt": "p", "image": ["https://x/1.png", "https://x/2.png"]}))
+    assert two.value.param == "image"
 
 
 def test_watermark_is_tri_state_and_picks_the_watermarked_url() -> None:
@@ -273,7 +276,18 @@ def test_three_failed_polls_in_a_row_give_up() -> None:
     assert isinstance(step, Wait) and step.state.failed_polls == 2
     error = failure(job, step.state, answer(504, {"code": 5002, "message": "timeout"}))
     assert isinstance(error, BadGateway)
-    assert (error.code, error.retryable) == ("upstream_task_lost", False)
+    assert (error.status, error.code, error.retryable) == (502, "upstream_poll_failed", False)
+    assert "3 polls failed in a row" in error.message and "timeout" in error.message
+
+
+def test_a_poll_answered_429_or_503_waits_the_retry_after_at_most_the_cap() -> None:
+    job = make_job({"model": "kling-v1", "prompt": "p"}, settings={"max_poll_interval": 6})
+    step = SPEC.advance(job, Task("t-1", polls=1), answer(429, {"code": 1302, "message": "too fast"}, {"retry-after": "4"}))
+    assert step == Wait(4.0, POLL, Task("t-1", polls=2, failed_polls=1))
+    step = SPEC.advance(job, step.state, answer(503, {"code": 5001, "message": "busy"}, {"retry-after": "90"}))
+    assert isinstance(step, Wait) and step.seconds == 6.0  # max_poll_interval
+    error = failure(job, step.state, answer(503, {"code": 5001, "message": "busy"}, {"retry-after": "1"}))
+    assert (error.status, error.code, error.retryable) == (502, "upstream_poll_failed", False)
 
 
 def test_an_unknown_task_fails_at_once() -> None:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
 import pytest
 
 from proxy.adapters.base import Call, Done, Fail, Job, Send, Step, UpstreamResponse, Wait
-from proxy.adapters.replicate import SPEC, Prediction, Timing
+from proxy.adapters.replicate import SPEC, Prediction
 from proxy.core.errors import ProxyError
 from proxy.core.formats import Conversion
 from proxy.core.plan import build_plan
@@ -153,8 +153,8 @@ def test_images_go_to_the_configured_input() -> None:
     raw = make_job({"model": "x", "prompt": "p", "image": [PNG_B64, "data:image/jpeg;base64,/9j/"]},
                    settings={"image_input": "input_images"})
     assert created(raw)[0].json["input"]["input_images"] == [f"data:image/png;base64,{PNG_B64}", "data:image/jpeg;base64,/9j/"]
-    junk = SPEC.start(make_job({"model": "x", "prompt": "p", "image": "bm90IGFuIGltYWdl"}))
-    assert envelope(failed(junk)) == (400, "invalid_request_error", "image", "invalid_value", False)
+    junk = refused(lambda: SPEC.start(make_job({"model": "x", "prompt": "p", "image": "bm90IGFuIGltYWdl"})))
+    assert envelope(junk) == (400, "invalid_request_error", "image", "invalid_value", False)
 
 
 def test_output_format_is_asked_only_of_models_whose_rule_forwards_it() -> None:
@@ -167,8 +167,8 @@ def test_output_format_is_asked_only_of_models_whose_rule_forwards_it() -> None:
 def test_extra_body_is_merged_into_input() -> None:
     job = make_job({"model": "x", "prompt": "p", "extra_body": {"num_inference_steps": 4, "disable_safety_checker": False}})
     assert created(job)[0].json == {"input": {"prompt": "p", "num_inference_steps": 4, "disable_safety_checker": False}}
-    clash = SPEC.start(make_job({"model": "x", "prompt": "p", "extra_body": {"prompt": "other"}}))
-    assert failed(clash).param == "extra_body.prompt"
+    clash = refused(lambda: SPEC.start(make_job({"model": "x", "prompt": "p", "extra_body": {"prompt": "other"}})))
+    assert clash.param == "extra_body.prompt"
 
 
 @pytest.mark.parametrize("error", ["NSFW content detected. Try running it again, or try a different prompt.",
@@ -199,7 +199,7 @@ def test_three_failed_polls_end_it_and_404_ends_it_at_once() -> None:
     for status in (500, 503):
         assert isinstance(step, Wait)
         step = SPEC.advance(job, step.state, answer(status, {"detail": "oops"}))
-    assert isinstance(step, Wait) and step.state.failures == 2
+    assert isinstance(step, Wait) and step.state.failed_polls == 2
     error = failed(SPEC.advance(job, step.state, answer(429, {"detail": "Request was throttled."})))
     assert envelope(error) == (502, "upstream_error", None, "upstream_poll_failed", False)
     lost = failed(SPEC.advance(job, running(job).state, answer(404, {"detail": "Not found.", "status": 404})))
@@ -259,9 +259,33 @@ def test_create_errors() -> None:
     assert (token.status, token.code, token.retryable) == (502, "upstream_auth_failed", True)
 
 
-def test_bad_settings_and_model_names_are_misconfiguration() -> None:
-    for settings in ({"wait": 61}, {"size_mode": "pixels"}, {"aspect_ratios": ["wide"]}, {"poll_interval": -1}):
-        assert failed(SPEC.start(make_job({"model": "x", "prompt": "p"}, settings=settings))).code == "channel_misconfigured"
-    assert failed(SPEC.start(make_job({"model": "x", "prompt": "p"}, upstream="sdxl"))).code == "channel_misconfigured"
-    fast = make_job({"model": "x", "prompt": "p"}, settings={"poll_interval": 0.01, "max_poll_interval": 0.05})
-    assert created(fast)[1] == Prediction(Timing(0.01, 0.05))
+def test_a_bad_model_name_is_misconfiguration_and_the_poll_settings_set_the_schedule() -> None:
+    misnamed = refused(lambda: SPEC.start(make_job({"model": "x", "prompt": "p"}, upstream="sdxl")))
+    assert envelope(misnamed)[::3] == (503, "channel_misconfigured")
+    fast = make_job({"model": "x", "prompt": "p"}, settings={"poll_interval": 0.01, "max_poll_interval": 0.015})
+    first = running(fast)
+    assert first.seconds == 0.01 and first.state == Prediction("p-1", polls=1, get_url=f"{BASE}/predictions/p-1",
+                                                                cancel_url=f"{BASE}/predictions/p-1/cancel")
+    second = SPEC.advance(fast, first.state, answer(200, prediction("processing")))
+    assert isinstance(second, Wait) and second.seconds == 0.015
+
+
+def test_a_poll_answered_429_or_503_waits_the_retry_after_at_most_the_cap() -> None:
+    job = make_job({"model": "x", "prompt": "p"})
+    step = SPEC.advance(job, running(job).state, answer(429, {"detail": "throttled"}, {"retry-after": "4"}))
+    assert isinstance(step, Wait) and (step.seconds, step.state.failed_polls) == (4.0, 1)
+    step = SPEC.advance(job, step.state, answer(503, {"detail": "busy"}, {"retry-after": "90"}))
+    assert isinstance(step, Wait) and step.seconds == 5.0  # max_poll_interval
+    error = failed(SPEC.advance(job, step.state, answer(503, {"detail": "busy"}, {"retry-after": "1"})))
+    assert envelope(error) == (502, "upstream_error", None, "upstream_poll_failed", False)
+    assert "prediction p-1" in error.message
+
+
+def refused(make: Callable[[], Step]) -> ProxyError:
+    """The error a step ends with, raised or returned as a Fail (the driver treats the two alike)."""
+    try:
+        step = make()
+    except ProxyError as error:
+        assert KEY not in error.message
+        return error
+    return failed(step)

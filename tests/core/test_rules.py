@@ -737,3 +737,51 @@ models:
     assert channels["zh"].settings == {"quality_models": ("cogview-4",)}  # one name without brackets
     sd = channels["sd"].settings
     assert (str(sd["default_size"]), sd["cfg_scale"], dict(sd["quality_steps"])) == ("768x512", 7.0, {})
+
+
+TASK_CHANNEL = """
+channels:
+  k:
+    type: {type}
+    api_key: k
+    {setting}
+models:
+  m: {{channels: [k]}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("kind", "setting", "problem"),
+    [
+        ("kling", "poll_interval: -1", "channels.k.poll_interval: expected a number of seconds above 0, got -1"),
+        ("flux", "poll_interval: fast", "channels.k.poll_interval: expected a number of seconds above 0, got 'fast'"),
+        ("dashscope", "{poll_interval: 4, max_poll_interval: 2}",
+         "channels.k.max_poll_interval: must not be below poll_interval (4), got 2"),
+        ("replicate", "size_mode: bogus", "channels.k.size_mode: expected one of aspect_ratio, width_height, got 'bogus'"),
+        ("replicate", "wait: 61", "channels.k.wait: expected a whole number from 0 to 60, got 61"),
+        ("replicate", "aspect_ratios: [wide]", "channels.k.aspect_ratios: expected a list of W:H ratios, got ['wide']"),
+        ("replicate", "image_input: ''", "channels.k.image_input: expected a non-empty string, got ''"),
+        ("kling", "hd_models: [1]", "channels.k.hd_models: expected a list of names, got [1]"),
+        ("dashscope", "sync_models: {a: b}", "channels.k.sync_models: expected a list of names, got {'a': 'b'}"),
+    ],
+)
+def test_task_channel_settings_are_checked_when_the_rules_load(kind: str, setting: str, problem: str) -> None:
+    if setting.startswith("{"):
+        setting = "\n    ".join(part.strip() for part in setting.strip("{}").split(","))
+    text = TASK_CHANNEL.format(type=kind, setting=setting)
+    assert str(_only_problem(text)) == problem
+
+
+def test_task_channel_settings_get_their_defaults_when_the_rules_load() -> None:
+    def settings(kind: str, setting: str = "") -> dict[str, object]:
+        return dict(parse_rules(TASK_CHANNEL.format(type=kind, setting=setting), {}, SCHEMAS).channels["k"].settings)
+
+    assert settings("flux") == {"poll_interval": 0.5}
+    assert settings("kling", "hd_models: kling-v1-5") == {"hd_models": ("kling-v1-5",), "poll_interval": 1.0}
+    assert settings("dashscope", "sync_models: []")["sync_models"] == ()
+    assert settings("replicate", "wait: false") == {
+        "wait": 0, "size_mode": "aspect_ratio", "image_input": "image", "poll_interval": 0.5,
+        "aspect_ratios": ("1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "21:9", "9:21", "4:5", "5:4"),
+    }
+    # An unset max_poll_interval never conflicts with a poll_interval above its default cap.
+    assert settings("kling", "poll_interval: 30") == {"hd_models": ("kling-v2", "kling-v2-1"), "poll_interval": 30}

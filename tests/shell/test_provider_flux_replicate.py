@@ -130,3 +130,13 @@ async def test_replicate_prediction_is_cancelled_when_the_client_leaves(make_pro
             break
         await asyncio.sleep(0.02)
     assert replicate.cancelled == list(replicate.predictions)
+
+
+async def test_three_failed_polls_are_a_502_poll_failure_on_flux_and_replicate(make_proxy: Any, aiohttp_server: Any) -> None:
+    bfl, replicate = FakeFlux(polls_before_done=1, fail_polls=3), FakeReplicate(polls_before_done=1, fail_polls=3)
+    client = await proxy(make_proxy, aiohttp_server, bfl, replicate, WAIT="0")
+    for model, fake in (("flux-pro-1.1", bfl), ("flux-schnell", replicate)):
+        response = await client.post("/v1/images/generations", json={"model": model, "prompt": "x", "retries": 3})
+        assert response.status == 502, model
+        assert (await response.json())["error"]["code"] == "upstream_poll_failed"
+        assert [item.method for item in fake.recorder.received] == ["POST", "GET", "GET", "GET"], model

@@ -30,7 +30,7 @@ channels:
     base_url: ${DASHSCOPE}/api/v1
     api_key: ${DASHSCOPE_API_KEY}
     poll_interval: ${POLL:-0.01}
-    max_poll_interval: 0.02
+    max_poll_interval: ${POLL:-0.02}
 models:
   kling-v2:
     channels: [kling]
@@ -134,6 +134,16 @@ async def test_failing_polls_end_the_request_without_a_second_task(make_proxy: A
     polls = [item for item in dashscope.recorder.received if item.method == "GET"]
     assert len(creates) == 1  # a poll failure never starts (and bills) a second task
     assert len(polls) == 3
+    assert (await response.json())["error"]["code"] == "upstream_poll_failed"
+
+
+async def test_three_failed_kling_polls_are_a_502_poll_failure(make_proxy: Any, aiohttp_server: Any) -> None:
+    kling = FakeKling(polls_before_done=1, fail_polls=3)
+    client = await proxy(make_proxy, aiohttp_server, kling, FakeDashScope())
+    response = await client.post("/v1/images/generations", json={"model": "kling-v2", "prompt": "x", "retries": 3})
+    assert response.status == 502
+    assert (await response.json())["error"]["code"] == "upstream_poll_failed"
+    assert [item.method for item in kling.recorder.received] == ["POST", "GET", "GET", "GET"]
 
 
 async def test_expired_result_urls_are_reported_not_delivered(make_proxy: Any, aiohttp_server: Any) -> None:
