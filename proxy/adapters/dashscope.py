@@ -48,23 +48,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
-from proxy.adapters.kit import bearer, json_call
+from proxy.adapters.kit import BILLING, MODERATION, RATE_LIMIT, bearer, coded_error, json_call, meaning_of
 from proxy.adapters.polling import Polling, TaskState, Timing, forwarded, listed, setting, status_error, transient
 from proxy.core.channel_settings import names
 from proxy.core.errors import (
     BadGateway,
-    ContentPolicyViolation,
     InvalidRequest,
     ProxyError,
-    RateLimited,
     UpstreamError,
 )
 from proxy.core.formats import NativeFormats
 from proxy.core.json_body import decode_object
 from proxy.core.mime import sniff_image_type
 from proxy.core.response import GeneratedImage, ImagesResult
-from proxy.core.sizes import AUTO, Size, nearest_size, parse_size
-from proxy.core.upstream_errors import parse_retry_after, scrub
+from proxy.core.sizes import AUTO, Size, clamp_ratio, nearest_size, parse_size
+from proxy.core.upstream_errors import scrub
 
 DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com/api/v1"
 TASK_PATH = "/services/aigc/text2image/image-synthesis"
@@ -79,8 +77,7 @@ MAX_SEED = 2**31 - 1
 
 
 PENDING = frozenset({"PENDING", "RUNNING"})
-MODERATION_CODES = frozenset({"DataInspectionFailed", "IPInfringementSuspect"})
-BILLING_CODES = frozenset({"Arrearage"})
+CODES = {MODERATION: frozenset({"DataInspectionFailed", "IPInfringementSuspect"}), BILLING: frozenset({"Arrearage"})}
 _SNAPSHOT = re.compile(r"-\d[\d-]*$")  # qwen-image-plus-2025-12-30 is a dated snapshot of qwen-image-plus
 _SNIFF_CHARS = 32  # base64 characters decoded to sniff a raw image: 24 bytes cover every signature used
 
@@ -136,15 +133,6 @@ def size_rule(model: str) -> SizeRule | None:
     return next((rule for prefix, rule in FAMILIES if model.startswith(prefix)), None)
 
 
-def _clamp_ratio(size: Size, max_ratio: float) -> Size:
-    # Widen the short side just enough to bring the shape inside [1/max_ratio, max_ratio].
-    if size.width > size.height * max_ratio:
-        return Size(size.width, math.ceil(size.width / max_ratio))
-    if size.height > size.width * max_ratio:
-        return Size(math.ceil(size.height / max_ratio), size.height)
-    return size
-
-
 def fit_sides(size: Size, low: int, high: int) -> Size:
     """`size` scaled (shape kept) so both sides lie in [low, high]; extreme shapes are clamped at the ends."""
     scale = 1.0
@@ -158,7 +146,7 @@ def fit_sides(size: Size, low: int, high: int) -> Size:
 
 def fit_pixels(size: Size, low: int, high: int, max_ratio: float) -> Size:
     """`size` scaled (shape kept) into the pixel range [low, high]; unchanged when already inside."""
-    size = _clamp_ratio(size, max_ratio)
+    size = clamp_ratio(size, max_ratio)
     if low <= size.pixels <= high:
         return size
     target = low if size.pixels < low else high
@@ -307,15 +295,9 @@ def code_error(job: Job, code: str | None, message: str, response: UpstreamRespo
     text = scrub(f"{message} (dashscope code {code})", (job.api_key,))
     if code is None:
         return None
-    if code in MODERATION_CODES or code.startswith("DataInspection"):
-        return ContentPolicyViolation(text)
-    if code in BILLING_CODES:
-        # A 400 at DashScope, but what the client needs to know is OpenAI's insufficient_quota.
-        return RateLimited(text, code="insufficient_quota", type="insufficient_quota", retryable=False)
-    if code.startswith("Throttling"):
-        retry_after = parse_retry_after(response.headers) if response is not None else None
-        return RateLimited(text, code="rate_limit_exceeded", retryable=True, retry_after=retry_after)
-    return None
+    meaning = MODERATION if code.startswith("DataInspection") else RATE_LIMIT if code.startswith("Throttling") else None
+    # Arrearage is a 400 at DashScope, but what the client needs to know is OpenAI's insufficient_quota.
+    return coded_error(job, meaning or meaning_of(code, CODES), text, response.headers if response is not None else {})
 
 
 def error_for(job: Job, response: UpstreamResponse) -> ProxyError:

@@ -8,6 +8,9 @@
 - `error_object(body)`: the `{"error": {...}}` object most providers answer failures with.
 - `images_step(job, response, failure, parse)`: a one-call answer: the failure, the images, or `bad_answer`.
 - `misconfigured(job, problem)`: the one error for a channel the operator set up wrong (503, retryable).
+- `coded_error(job, meaning, text, headers)`: what a provider's own error code means to an OpenAI client
+  (moderation, billing, rate limit, busy, unusable account, unknown model), written once for every
+  provider whose failures carry business codes; `meaning_of(code, table)` reads an adapter's table.
 
 An adapter raises a ProxyError where the request cannot go on (the client's input, a misconfiguration,
 an upstream failure); the driver treats a raised error exactly as a returned `Fail`, so adapters do not
@@ -21,11 +24,27 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from proxy.adapters.base import Call, Done, Fail, Job, Step, UpstreamResponse
-from proxy.core.errors import BadGateway, ChannelMisconfigured, ProxyError
+from proxy.core.errors import (
+    BadGateway,
+    ChannelMisconfigured,
+    ContentPolicyViolation,
+    NotFound,
+    ProxyError,
+    RateLimited,
+    ServiceUnavailable,
+)
 from proxy.core.response import ImagesResult
-from proxy.core.upstream_errors import error_from_response, scrub
+from proxy.core.upstream_errors import error_from_response, parse_retry_after, scrub
 
 AuthHeaders = Callable[[str | None], dict[str, str]]
+
+# What a provider's business code can mean to the client (an adapter maps its codes to these).
+MODERATION = "moderation"
+BILLING = "billing"
+RATE_LIMIT = "rate_limit"
+BUSY = "busy"
+ACCOUNT = "account"
+NO_MODEL = "no_model"
 
 
 def bearer(api_key: str | None) -> dict[str, str]:
@@ -109,3 +128,28 @@ def images_step(
 def misconfigured(job: Job, problem: str) -> ChannelMisconfigured:
     """The error for a channel that cannot serve this request as configured (raise it)."""
     return ChannelMisconfigured(job.channel.name, problem)
+
+
+def meaning_of(code: object, table: Mapping[str, frozenset[Any]]) -> str | None:
+    """The meaning whose codes in `table` include `code` ({MODERATION: {...}, BILLING: {...}}), if any."""
+    return next((meaning for meaning, codes in table.items() if code in codes), None)
+
+
+def coded_error(job: Job, meaning: str | None, text: str, headers: Mapping[str, str]) -> ProxyError | None:
+    """The error a business code's meaning calls for; None: the code says nothing the status does not."""
+    if meaning == MODERATION:
+        return ContentPolicyViolation(text)
+    if meaning == BILLING:
+        # Arrears often arrive as HTTP 429, but no retry fixes them: OpenAI's insufficient_quota, not a rate limit.
+        return RateLimited(text, code="insufficient_quota", type="insufficient_quota", retryable=False)
+    if meaning == RATE_LIMIT:
+        return RateLimited(text, code="rate_limit_exceeded", retryable=True, retry_after=parse_retry_after(headers))
+    if meaning == BUSY:
+        return ServiceUnavailable(f"channel '{job.channel.name}' is busy: {text}", code="upstream_unavailable", retryable=True)
+    if meaning == ACCOUNT:
+        # The channel's account is unusable; another channel may still serve the request.
+        return BadGateway(f"channel '{job.channel.name}' account is unusable: {text}", code="upstream_auth_failed",
+                          retryable=True)
+    if meaning == NO_MODEL:
+        return NotFound(text, param="model", code="model_not_found")
+    return None

@@ -43,23 +43,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
-from proxy.adapters.kit import bearer, json_call
+from proxy.adapters.kit import ACCOUNT, BILLING, MODERATION, NO_MODEL, RATE_LIMIT, bearer, coded_error, json_call, meaning_of
 from proxy.adapters.polling import Polling, TaskState, Timing, forwarded, listed, setting, status_error, transient
 from proxy.core.channel_settings import names
 from proxy.core.errors import (
     BadGateway,
     ContentPolicyViolation,
     InvalidRequest,
-    NotFound,
     ProxyError,
-    RateLimited,
 )
 from proxy.core.formats import NativeFormats
 from proxy.core.json_body import decode_object
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Channel
 from proxy.core.sizes import AUTO, Size, nearest_ratio, parse_ratio, parse_size
-from proxy.core.upstream_errors import parse_retry_after, scrub
+from proxy.core.upstream_errors import scrub
 
 DEFAULT_BASE_URL = "https://api-singapore.klingai.com"
 PATH = "/v1/images/generations"
@@ -75,11 +73,14 @@ QUALITY = {"std": "1k", "standard": "1k", "medium": "1k", "low": "1k", "pro": "2
 DEFAULT_HD_MODELS = ("kling-v2", "kling-v2-1")  # "2k only kling-v2 text-to-image" (newer docs add v2-1)
 
 PENDING = frozenset({"submitted", "processing"})
-MODERATION_CODES = frozenset({1300, 1301})
-BILLING_CODES = frozenset({1100, 1101, 1102})
-RATE_CODES = frozenset({1302, 1303})
-CHANNEL_CODES = frozenset({1304})
-MODEL_NOT_FOUND_CODES = frozenset({1203})
+# Business codes -> what they mean to the client (adapters.kit.coded_error).
+CODES = {
+    MODERATION: frozenset({1300, 1301}),
+    BILLING: frozenset({1100, 1101, 1102}),
+    RATE_LIMIT: frozenset({1302, 1303}),
+    ACCOUNT: frozenset({1304}),
+    NO_MODEL: frozenset({1203}),
+}
 # Wording Kling uses in task_status_msg when its risk control stops a task (English and Chinese consoles).
 _RISK_WORDS = re.compile(r"risk|safety|sensitive|policy|moderat|风控|安全|敏感|违规", re.IGNORECASE)
 _DATA_URI = re.compile(r"^data:[^,;]*(;[^,]*)?;base64,", re.IGNORECASE)
@@ -250,17 +251,9 @@ def error_for(job: Job, response: UpstreamResponse) -> ProxyError:
     code = _business_code(data)
     message = str(data.get("message") or "no message") if data is not None else "no message"
     text = scrub(f"{message} (kling code {code})", _secrets(job))
-    if code in MODERATION_CODES:
-        return ContentPolicyViolation(text)
-    if code in BILLING_CODES:
-        # Arrears arrive as HTTP 429 but no retry fixes them: OpenAI's insufficient_quota, not a rate limit.
-        return RateLimited(text, code="insufficient_quota", type="insufficient_quota", retryable=False)
-    if code in RATE_CODES:
-        return RateLimited(text, code="rate_limit_exceeded", retryable=True, retry_after=parse_retry_after(response.headers))
-    if code in CHANNEL_CODES:
-        return BadGateway(f"channel '{job.channel.name}' was refused: {text}", code="upstream_auth_failed", retryable=True)
-    if code in MODEL_NOT_FOUND_CODES:
-        return NotFound(text, param="model", code="model_not_found")
+    known = coded_error(job, meaning_of(code, CODES), text, response.headers)
+    if known is not None:
+        return known
     return status_error(job, response, text, _secrets(job), client_key=False)
 
 

@@ -29,23 +29,31 @@ from typing import Any
 
 from proxy.adapters.base import AdapterSpec, Done, Fail, Job, Send, Step, UpstreamResponse
 from proxy.adapters.inline_images import sniff_base64
-from proxy.adapters.kit import bearer, error_object, json_call, upstream_failure
+from proxy.adapters.kit import (
+    BILLING,
+    BUSY,
+    MODERATION,
+    RATE_LIMIT,
+    bearer,
+    coded_error,
+    error_object,
+    json_call,
+    meaning_of,
+    upstream_failure,
+)
 from proxy.core.channel_settings import name_map
 from proxy.core.errors import (
     BadGateway,
-    ContentPolicyViolation,
     InvalidRequest,
     ProxyError,
-    RateLimited,
-    ServiceUnavailable,
     UpstreamError,
 )
 from proxy.core.extra_body import merge_extra_body
 from proxy.core.formats import NativeFormats
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import PROXY_FIELDS, ChannelSchema
-from proxy.core.sizes import AUTO, Size, parse_size
-from proxy.core.upstream_errors import parse_retry_after, scrub
+from proxy.core.sizes import AUTO, Size, clamp_ratio, parse_size
+from proxy.core.upstream_errors import scrub
 
 
 @dataclass(frozen=True)
@@ -83,8 +91,7 @@ _FRAGMENTS = (
 IMAGE_FORMATS = {"image/jpeg": "jpeg", "image/png": "png", "image/webp": "webp", "image/gif": "gif",
                  "image/bmp": "bmp", "image/tiff": "tiff"}
 
-BILLING_CODES = frozenset({"QuotaExceeded", "SetLimitExceeded", "AccountOverdueError"})
-OVERLOAD_CODES = frozenset({"ServerOverloaded"})
+CODES = {BILLING: frozenset({"QuotaExceeded", "SetLimitExceeded", "AccountOverdueError"}), BUSY: frozenset({"ServerOverloaded"})}
 _MAPPED = frozenset({"size", "quality", "image", "extra_body"})
 
 
@@ -100,18 +107,9 @@ def family_of(model: str, settings: Mapping[str, Any]) -> str | None:
     return next((family for fragment, family in _FRAGMENTS if fragment in lowered), None)
 
 
-def _clamp_ratio(size: Size, max_ratio: float) -> Size:
-    # Widen the short side just enough to bring the shape inside [1/max_ratio, max_ratio].
-    if size.width > size.height * max_ratio:
-        return Size(size.width, math.ceil(size.width / max_ratio))
-    if size.height > size.width * max_ratio:
-        return Size(math.ceil(size.height / max_ratio), size.height)
-    return size
-
-
 def fit_size(size: Size, limits: SizeLimits) -> Size:
     """`size` scaled (shape kept) to the nearest size within the pixel range; unchanged when already inside."""
-    size = _clamp_ratio(size, limits.max_ratio)
+    size = clamp_ratio(size, limits.max_ratio)
     if limits.min_pixels <= size.pixels <= limits.max_pixels:
         return size
     scale = math.sqrt((limits.min_pixels if size.pixels < limits.min_pixels else limits.max_pixels) / size.pixels)
@@ -196,19 +194,21 @@ def _param_of(code: str, param: Any) -> str | None:
     return name.lower() if dot and kind in ("InvalidParameter", "MissingParameter") else None
 
 
+def _meaning(code: str) -> str | None:
+    if _is_moderation(code):
+        return MODERATION
+    if _is_rate_limit(code):
+        return RATE_LIMIT
+    return meaning_of(code, CODES)
+
+
 def classify(job: Job, error: Mapping[str, Any], status: int, headers: Mapping[str, str]) -> ProxyError | None:
     """The ProxyError for an Ark `error` object whose code says more than the status; None: by status."""
     code = str(error.get("code") or "")
     text = scrub(f"{error.get('message') or 'no message'} (ark code {code or 'none'})", (job.api_key,))
-    if _is_moderation(code):
-        return ContentPolicyViolation(text)
-    if code in BILLING_CODES:
-        return RateLimited(text, code="insufficient_quota", type="insufficient_quota", retryable=False)
-    if _is_rate_limit(code):
-        return RateLimited(text, code="rate_limit_exceeded", retryable=True, retry_after=parse_retry_after(headers))
-    if code in OVERLOAD_CODES:
-        message = f"channel '{job.channel.name}' is overloaded: {text}"
-        return ServiceUnavailable(message, code="upstream_unavailable", retryable=True)
+    known = coded_error(job, _meaning(code), text, headers)
+    if known is not None:
+        return known
     if 400 <= status < 500 and status not in (401, 403, 429):
         # Ark's `type` (BadRequest, NotFound) is no OpenAI type: the client sees invalid_request_error.
         return UpstreamError(text, status=status, param=_param_of(code, error.get("param")), code=code or None)

@@ -23,23 +23,32 @@ from collections.abc import Mapping
 from typing import Any
 
 from proxy.adapters.base import AdapterSpec, Job, Send, Step, UpstreamResponse
-from proxy.adapters.kit import bearer, error_object, images_step, json_call, upstream_failure
+from proxy.adapters.kit import (
+    ACCOUNT,
+    BILLING,
+    BUSY,
+    MODERATION,
+    NO_MODEL,
+    RATE_LIMIT,
+    bearer,
+    coded_error,
+    error_object,
+    images_step,
+    json_call,
+    meaning_of,
+    upstream_failure,
+)
 from proxy.core.channel_settings import Setting, names
 from proxy.core.errors import (
-    BadGateway,
-    ContentPolicyViolation,
     InvalidRequest,
-    NotFound,
     ProxyError,
-    RateLimited,
-    ServiceUnavailable,
 )
 from proxy.core.extra_body import merge_extra_body
 from proxy.core.formats import NativeFormats
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import PROXY_FIELDS, ChannelSchema
 from proxy.core.sizes import AUTO, Size, nearest_size, parse_size
-from proxy.core.upstream_errors import parse_retry_after, scrub
+from proxy.core.upstream_errors import scrub
 
 # Seed 001 and the Z.AI reference list the same seven sizes; 1024x1024 is the provider default.
 SIZES = tuple(
@@ -55,12 +64,14 @@ QUALITY = {"hd": "hd", "high": "hd", "xhigh": "hd", "max": "hd", "standard": "st
 USER_ID_LENGTH = (6, 128)
 
 # Business codes (docs.bigmodel.cn/cn/api/api-code). Zhipu sends 429 for arrears as well as for load.
-MODERATION_CODES = frozenset({"1301"})
-BILLING_CODES = frozenset({"1113", "1304", "1308", "1309", "1310"})
-RATE_CODES = frozenset({"1302", "1303", "1305"})
-BUSY_CODES = frozenset({"1312"})
-ACCOUNT_CODES = frozenset({"1110", "1111", "1112", "1120", "1121"})
-MODEL_NOT_FOUND_CODES = frozenset({"1211"})
+CODES = {
+    MODERATION: frozenset({"1301"}),
+    BILLING: frozenset({"1113", "1304", "1308", "1309", "1310"}),
+    RATE_LIMIT: frozenset({"1302", "1303", "1305"}),
+    BUSY: frozenset({"1312"}),
+    ACCOUNT: frozenset({"1110", "1111", "1112", "1120", "1121"}),
+    NO_MODEL: frozenset({"1211"}),
+}
 
 # Fields with a mapping of their own, and proxy-only fields Zhipu has no use for.
 _MAPPED = frozenset({"size", "quality", "watermark", "user", "safety_identifier", "extra_body"})
@@ -165,21 +176,9 @@ def error_for(job: Job, response: UpstreamResponse) -> ProxyError:
     if code is None:
         return upstream_failure(job, response)
     text = scrub(f"{message or 'no message'} (zhipu code {code})", (job.api_key,))
-    if code in MODERATION_CODES:
-        return ContentPolicyViolation(text)
-    if code in BILLING_CODES:
-        # Arrears arrive as HTTP 429 but no retry fixes them: OpenAI's insufficient_quota, not a rate limit.
-        return RateLimited(text, code="insufficient_quota", type="insufficient_quota", retryable=False)
-    if code in RATE_CODES:
-        return RateLimited(text, code="rate_limit_exceeded", retryable=True, retry_after=parse_retry_after(response.headers))
-    if code in BUSY_CODES:
-        return ServiceUnavailable(f"channel '{job.channel.name}' is busy: {text}", code="upstream_unavailable", retryable=True)
-    if code in ACCOUNT_CODES:
-        # The channel's account is unusable; another channel may still serve the request.
-        message = f"channel '{job.channel.name}' account is unusable: {text}"
-        return BadGateway(message, code="upstream_auth_failed", retryable=True)
-    if code in MODEL_NOT_FOUND_CODES:
-        return NotFound(text, param="model", code="model_not_found")
+    known = coded_error(job, meaning_of(code, CODES), text, response.headers)
+    if known is not None:
+        return known
     return upstream_failure(job, response)
 
 

@@ -53,6 +53,15 @@ def parse_ratio(text: str) -> tuple[int, int] | None:
     return (width, height) if width > 0 and height > 0 else None
 
 
+def clamp_ratio(size: Size, max_ratio: float) -> Size:
+    """`size` widened on its short side just enough to bring its shape inside [1/max_ratio, max_ratio]."""
+    if size.width > size.height * max_ratio:
+        return Size(size.width, math.ceil(size.width / max_ratio))
+    if size.height > size.width * max_ratio:
+        return Size(math.ceil(size.height / max_ratio), size.height)
+    return size
+
+
 def _log_distance(a: float, b: float) -> float:
     # Ratios compare on a log scale, so 2:1 and 1:2 are equally far from 1:1.
     return abs(math.log(a) - math.log(b))
