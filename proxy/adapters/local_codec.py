@@ -2,8 +2,9 @@
 
 Decoding takes PNG, JPEG, WebP and GIF only: Pillow's other plugins (EPS runs Ghostscript, for one) are
 never offered bytes a client chose. The dimensions are read from the header and bounded before any
-pixel is decoded, so a small file that claims a huge image costs nothing. Encoding writes `png`,
-`jpeg` (`jpg` is the same) or `webp`; `output_compression` is the JPEG / WebP quality, as OpenAI uses it.
+pixel is decoded, so a small file that claims a huge image costs nothing. Encoding (core.transcode.encode,
+shared with conversions) writes `png`, `jpeg` (`jpg` is the same) or `webp`; `output_compression` is the
+JPEG / WebP quality, as OpenAI uses it.
 Everything here is computation on bytes in memory.
 """
 
@@ -13,6 +14,7 @@ import io
 
 from PIL import Image
 
+from proxy.core import transcode
 from proxy.core.errors import InvalidRequest
 from proxy.core.mime import image_dimensions
 
@@ -27,7 +29,6 @@ FORMATS = {
     "webp": ("WEBP", "image/webp", "webp"),
 }
 TRANSPARENT_FORMATS = frozenset({"png", "webp"})
-DEFAULT_COMPRESSION = 100  # OpenAI's default: best quality
 
 
 def _refuse(param: str, reason: str) -> InvalidRequest:
@@ -70,15 +71,5 @@ def decode_mask(data: bytes) -> Image.Image:
 
 
 def encode(image: Image.Image, output_format: str, compression: int | None) -> bytes:
-    """The image in the format asked for; alpha is kept for PNG and WebP and dropped for JPEG."""
-    pillow_format = FORMATS[output_format][0]
-    opaque = image.mode != "RGBA" or image.getchannel("A").getextrema() == (255, 255)
-    if pillow_format == "JPEG" or opaque:
-        image = image.convert("RGB")  # three channels where alpha says nothing: smaller files
-    buffer = io.BytesIO()
-    quality = DEFAULT_COMPRESSION if compression is None else compression
-    if pillow_format == "PNG":
-        image.save(buffer, "PNG", compress_level=6)
-    else:
-        image.save(buffer, pillow_format, quality=quality)
-    return buffer.getvalue()
+    """The image in the format asked for (core.transcode.encode: alpha kept for PNG and WebP)."""
+    return transcode.encode(image, FORMATS[output_format][2], compression)

@@ -44,24 +44,32 @@ def _for_format(image: Image.Image, to: str) -> Image.Image:
     return image.convert("RGBA" if _has_alpha(image) else "RGB")
 
 
-def transcode(data: bytes, to: str, compression: int | None = None) -> bytes:
-    """`data` (any image Pillow reads) encoded as `to` (png, jpeg or webp); `compression` 0-100 sets the
-    jpeg/webp quality (100: best), and is meaningless for png."""
+def encode(image: Image.Image, to: str, compression: int | None = None) -> bytes:
+    """`image` encoded as `to` (png, jpeg or webp): the one Pillow encoder, for conversions and the local
+    generator. `compression` 0-100 sets the jpeg/webp quality (100: best) and is meaningless for png."""
     if to not in _PIL_NAMES:
         raise ValueError(f"cannot encode images as {to!r}")
-    quality = DEFAULT_COMPRESSION if compression is None else compression
+    image = _for_format(image, to)
+    if image.mode == "RGBA" and image.getchannel("A").getextrema() == (255, 255):
+        image = image.convert("RGB")  # an alpha channel that says nothing only makes the file larger
     out = io.BytesIO()
+    if to == "png":
+        image.save(out, "PNG")
+    else:
+        image.save(out, _PIL_NAMES[to], quality=DEFAULT_COMPRESSION if compression is None else compression)
+    return out.getvalue()
+
+
+def transcode(data: bytes, to: str, compression: int | None = None) -> bytes:
+    """`data` (any image Pillow reads) encoded as `to` (see encode); TranscodeError when it is no image."""
+    if to not in _PIL_NAMES:
+        raise ValueError(f"cannot encode images as {to!r}")
     try:
         with warnings.catch_warnings():
             # Pillow warns before it refuses: a huge image is an error here, not a warning.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as opened:
                 opened.load()
-                image = _for_format(opened, to)
-                if to == "png":
-                    image.save(out, "PNG")
-                else:
-                    image.save(out, _PIL_NAMES[to], quality=quality)
+                return encode(opened, to, compression)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise TranscodeError(f"not a readable image: {error}") from None
-    return out.getvalue()
