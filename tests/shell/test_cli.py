@@ -143,3 +143,22 @@ def test_text_log_format_writes_text_access_lines(tmp_path: Path) -> None:
     assert " INFO imagegate.access: POST /v1/images/generations 200 request_id=" in line
     assert " model=local-image " in line and " channel=local " in line
     assert "{" not in line and '"status"' not in line
+
+
+def test_check_refuses_bad_adapter_settings_naming_each(tmp_path: Path) -> None:
+    rules = tmp_path / "settings.yaml"
+    rules.write_text(
+        "channels:\n"
+        "  k: {type: kling, api_key: 'a:b', poll_interval: -1}\n"
+        "  r: {type: replicate, api_key: r, size_mode: bogus}\n"
+        "  s: {type: stability, api_key: s, accept: text/html}\n"
+        "models:\n  m: {channels: [k, r, s]}\n"
+    )
+    result = run_cli("check", "--rules", str(rules))
+    assert result.returncode == 2
+    for expected in (
+        "channels.k.poll_interval: expected a number of seconds above 0, got -1",
+        "channels.r.size_mode: expected one of aspect_ratio, width_height, got 'bogus'",
+        "channels.s.accept: expected one of",
+    ):
+        assert expected in result.stderr, result.stderr
