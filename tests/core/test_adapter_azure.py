@@ -19,7 +19,7 @@ from proxy.core.plan import build_plan
 from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Channel, ModelRule
-from tests.core.jobs import channel_job
+from tests.factories import channel_job
 from tests.fakes.png import encode_png
 
 KEY = "azure-secret-key-0123456789"

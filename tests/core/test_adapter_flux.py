@@ -19,7 +19,7 @@ from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Channel, ModelRule
 from proxy.core.sizes import Size
-from tests.core.jobs import channel_job
+from tests.factories import channel_job
 
 KEY = "bfl-secret-key-0123456789"
 BASE = "https://api.bfl.ai"

@@ -15,7 +15,7 @@ from proxy.core.plan import build_plan
 from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Channel, ModelRule
-from tests.core.jobs import channel_job
+from tests.factories import channel_job
 
 BASE = "https://api.openai.example/v1"
 KEY = "Zx9-openai-channel-key-0123456789"

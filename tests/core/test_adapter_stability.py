@@ -19,8 +19,7 @@ from proxy.core.plan import build_plan
 from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Channel, ModelRule
-from tests.core.jobs import channel_job
-from tests.core.test_multipart import Field, decode_form, form_values
+from tests.factories import Field, channel_job, decode_form, form_values
 from tests.fakes.png import encode_png
 
 KEY = "sk-stability-secret-4f9a8b7c"

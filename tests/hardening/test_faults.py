@@ -40,9 +40,9 @@ from proxy.app import make_app
 from proxy.core.rules import parse_rules
 from proxy.core.sse import SSEParser
 from proxy.image_store import FileImageStore
+from tests.factories import start_proxy
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
 from tests.hardening.figures import record
-from tests.serve import start_proxy
 
 CHANNEL_TIMEOUT = 0.5  # seconds: the faulty channel's `timeout`
 DOWNLOAD_TIMEOUT = 0.6  # seconds: `server.download.timeout`

@@ -42,9 +42,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from proxy.services import SERVICES
+from tests.factories import CLIENT_KEY, auth
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
 from tests.hardening.figures import record
-from tests.shell.conftest import CLIENT_KEY, auth
 
 MAX_BYTES = 2 * 1024 * 1024
 

@@ -14,9 +14,9 @@ from proxy.adapters import SCHEMAS
 from proxy.app import make_app
 from proxy.core.rules import parse_rules
 from proxy.ops import reload_rules
+from tests.factories import start_proxy
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
 from tests.hardening.figures import record
-from tests.serve import start_proxy
 
 RULES = """
 server:

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from tests.factories import CLIENT_KEY
 from tests.fakes.openai import KEY
-from tests.shell.conftest import CLIENT_KEY
 
 RULES = """
 server:

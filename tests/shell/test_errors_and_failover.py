@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
+from tests.factories import auth
 from tests.fakes.openai import KEY, FakeOpenAI
-from tests.shell.conftest import auth
 
 RULES = """
 server:

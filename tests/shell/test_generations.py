@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from tests.factories import CLIENT_KEY, auth
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
-from tests.shell.conftest import CLIENT_KEY, auth
 
 RULES = """
 server:

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from aiohttp import FormData
 
+from tests.factories import auth
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
 from tests.fakes.sdwebui import FakeSDWebUI
 from tests.fakes.seedream import PREFIX as ARK_PREFIX
 from tests.fakes.seedream import FakeSeedream
-from tests.shell.conftest import auth
 
 RULES = """
 server:

@@ -14,8 +14,8 @@ import pytest
 from aiohttp import web
 
 from proxy import catalog
+from tests.factories import CLIENT_KEY, auth
 from tests.fakes.openai import KEY, FakeOpenAI
-from tests.shell.conftest import CLIENT_KEY, auth
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = """

@@ -15,8 +15,8 @@ from aiohttp.test_utils import TestClient
 from proxy.adapters import SCHEMAS
 from proxy.app import make_app
 from proxy.core.rules import parse_rules
+from tests.factories import start_proxy
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
-from tests.serve import start_proxy
 
 RULES = """
 server:

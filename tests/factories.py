@@ -1,0 +1,306 @@
+"""Factories the test modules share, so no test file carries its own copy of them.
+
+- jobs: `make_job` (a Job from a client body, with the rule, channel and plan knobs as keywords) and
+  `channel_job` (a Job as the shell hands it to an adapter);
+- upstream answers: `answer` (an UpstreamResponse from a status and a JSON value or raw bytes);
+- rules: `rules_yaml` / `make_rules` (rules text or `Rules` from channel and model dicts) and the usual
+  channels `OPENAI` and `LOCAL`;
+- the proxy under test: `start_proxy` (served as `python -m proxy` serves it), and in front of a fake
+  upstream: `serve_fake`, `proxy_with_fake`;
+- clients: `CLIENT_KEY`, `auth`, and `poll_task` for `async: true` requests;
+- processes: `ROOT`, `clean_env`, `run_cli`, `free_port` and `RedisServer`;
+- multipart forms: `decode_form` (a strict decoder for proxy.core.multipart's output) and `form_values`.
+
+The fixtures themselves live in tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web import Application
+
+from proxy.adapters import SCHEMAS
+from proxy.adapters.base import AdapterSpec, Job, UpstreamResponse
+from proxy.core.plan import GENERATE, Plan, build_plan, with_output_format
+from proxy.core.request import parse_image_request
+from proxy.core.rules import Channel, ModelRule, Rules, parse_rules
+from proxy.serving import server_options
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# --- clients ---------------------------------------------------------------------------------------------
+
+CLIENT_KEY = "client-key-1"
+
+
+def auth(key: str = CLIENT_KEY) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def poll_task(client: Any, task_id: str, headers: dict[str, str], until: str, limit: float = 10.0) -> Any:
+    """GET an `async: true` task until its status is `until` (or `limit` seconds pass): (response, body)."""
+    deadline = asyncio.get_running_loop().time() + limit
+    while True:
+        response = await client.get(f"/v1/images/generations/{task_id}", headers=headers)
+        body = await response.json()
+        if body.get("task_status") == until or asyncio.get_running_loop().time() > deadline:
+            return response, body
+        await asyncio.sleep(0.02)
+
+
+# --- jobs ------------------------------------------------------------------------------------------------
+
+
+def channel_job(spec: AdapterSpec, plan: Plan, channel: Channel, api_key: str | None) -> Job:
+    """A Job as the shell hands it to an adapter (proxy.input_images.plan_for): the plan carries
+    `output_format` (and `output_compression`) only when the channel's provider makes the client's format
+    itself; otherwise it carries the conversion the proxy owes."""
+    job = Job(plan, channel, api_key)
+    return replace(job, plan=with_output_format(plan, spec.native_formats(job)))
+
+
+_SAME = object()  # `key` left out: the job uses the channel's api_key
+
+
+def make_job(
+    body: Mapping[str, Any],
+    rule: ModelRule | None = None,
+    *,
+    spec: AdapterSpec | None = None,
+    channel: Channel | str = "openai",
+    channel_type: str | None = None,
+    base_url: str = "",
+    api_key: str | None = None,
+    key: Any = _SAME,
+    upstream: str | None = None,
+    passthrough: Iterable[str] = (),
+    max_n: int | None = None,
+    sizes: tuple[str, ...] | None = None,
+    settings: Mapping[str, Any] | None = None,
+    operation: str = GENERATE,
+) -> Job:
+    """A Job for the client `body`.
+
+    The rule is `rule`, or one for the body's model routed to the channel with `upstream`, `passthrough`,
+    `max_n` and `sizes`. The channel is `channel` when it is a Channel, else one of that name and
+    `channel_type` (default: the name) with `base_url`, `api_key` and `settings`. The job sends `key`
+    (default: the channel's api_key). With `spec`, the plan is finished as the shell finishes it
+    (`channel_job`); without, it is `build_plan`'s plan as is.
+    """
+    request = parse_image_request(body)
+    if isinstance(channel, str):
+        channel = Channel(name=channel, type=channel_type or channel, base_url=base_url, api_key=api_key,
+                          settings=MappingProxyType(dict(settings or {})))
+    if rule is None:
+        limits: dict[str, Any] = {} if max_n is None else {"max_n": max_n}
+        rule = ModelRule(pattern=request.model, channels=(channel.name,), upstream_model=upstream, sizes=sizes,
+                         passthrough=frozenset(passthrough), **limits)
+    plan = build_plan(request, rule, operation)
+    job_key = channel.api_key if key is _SAME else key
+    if spec is not None:
+        return channel_job(spec, plan, channel, job_key)
+    return Job(plan, channel, job_key)
+
+
+# --- upstream answers ------------------------------------------------------------------------------------
+
+JSON_TYPE = MappingProxyType({"content-type": "application/json"})
+
+
+def answer(status: int, body: Any, headers: Mapping[str, str] | None = None) -> UpstreamResponse:
+    """What an upstream answered: `body` as JSON, or as is when it is bytes; no headers unless given."""
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return UpstreamResponse(status=status, headers=dict(headers or {}), body=raw)
+
+
+# --- rules -----------------------------------------------------------------------------------------------
+
+# The two channels most shell tests route to: a fake OpenAI at ${UPSTREAM} and the built-in local model.
+OPENAI: dict[str, Any] = {"type": "openai", "base_url": "${UPSTREAM}/v1", "api_key": "${OPENAI_API_KEY}"}
+LOCAL: dict[str, Any] = {"type": "local"}
+
+
+def rules_yaml(
+    models: Mapping[str, Mapping[str, Any]],
+    channels: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    server: Mapping[str, Any] | None = None,
+    default_channel: str | None = None,
+) -> str:
+    """Rules text: `server`, `default_channel`, `channels` (default: openai and local) and `models`."""
+    document: dict[str, Any] = {}
+    if server is not None:
+        document["server"] = dict(server)
+    if default_channel is not None:
+        document["default_channel"] = default_channel
+    document["channels"] = {name: dict(value) for name, value in (channels or {"openai": OPENAI, "local": LOCAL}).items()}
+    document["models"] = {name: dict(value) for name, value in models.items()}
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+def make_rules(
+    models: Mapping[str, Mapping[str, Any]],
+    channels: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    server: Mapping[str, Any] | None = None,
+    default_channel: str | None = None,
+) -> Rules:
+    """`Rules` parsed from `rules_yaml(...)` with the real adapters' schemas."""
+    text = rules_yaml(models, channels, server=server, default_channel=default_channel)
+    return parse_rules(text, dict(env or {}), SCHEMAS)
+
+
+# --- the proxy in front of a fake upstream ---------------------------------------------------------------
+
+ProxyFactory = Callable[..., Awaitable[TestClient]]  # type: ignore[type-arg]
+
+
+async def start_proxy(app: Application, rules: Rules) -> TestServer:
+    """A started TestServer for `app` with the CLI's server options (aiohttp_client's `server_kwargs` are not
+    passed on to the server, so the options are given to `start_server` here)."""
+    server = TestServer(app)
+    options = server_options(rules)
+    del options["handler_cancellation"]  # TestServer always sets it, to True as the CLI does
+    await server.start_server(**options)
+    return server
+
+
+async def serve_fake(aiohttp_server: Callable[[Application], Awaitable[TestServer]], fake: Any) -> str:
+    """Start a fake from tests/fakes; its base URL without the trailing slash."""
+    server = await aiohttp_server(fake.app())
+    return str(server.make_url("")).rstrip("/")
+
+
+async def proxy_with_fake(
+    make_proxy: ProxyFactory,
+    aiohttp_server: Callable[[Application], Awaitable[TestServer]],
+    fake: Any,
+    rules: str,
+    **env: str,
+) -> TestClient:  # type: ignore[type-arg]
+    """A client for the proxy on `rules`, with ${UPSTREAM} the started `fake` and ${OPENAI_API_KEY} its key
+    (a fake with a `key`, as FakeOpenAI); `env` adds to or overrides them."""
+    upstream = await serve_fake(aiohttp_server, fake)
+    keys = {"OPENAI_API_KEY": fake.key} if hasattr(fake, "key") else {}
+    return await make_proxy(rules, {"UPSTREAM": upstream, **keys, **env})
+
+
+# --- processes -------------------------------------------------------------------------------------------
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment of a fresh machine: no provider keys, no PROXY_* settings."""
+    env = {
+        key: value for key, value in os.environ.items() if not key.endswith(("_API_KEY", "_KEY")) and not key.startswith("PROXY_")
+    }
+    return {**env, **extra}
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m proxy ARGS` from the repository root (default environment: `clean_env()`)."""
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args], cwd=ROOT, env=env or clean_env(), capture_output=True, text=True, timeout=60
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A real redis-server on loopback for one test; `stop` and `start` simulate an outage."""
+
+    def __init__(self, binary: str, directory: Path) -> None:
+        self.binary, self.directory, self.port = binary, directory, free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(100):
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+# --- multipart forms -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    filename: str | None
+    content_type: str | None
+    data: bytes
+
+
+def decode_form(body: bytes, content_type: str) -> list[Field]:
+    """A strict decoder for the encoder's output: exact bytes, CRLF everywhere, one final delimiter."""
+    match = re.fullmatch(r"multipart/form-data; boundary=([0-9A-Za-z'()+_,./:=?-]{1,70})", content_type)
+    assert match is not None, content_type
+    delimiter = b"--" + match.group(1).encode("ascii")
+    closing = delimiter + b"--\r\n"
+    assert body.startswith(delimiter + b"\r\n") and body.endswith(closing)
+    fields = []
+    for segment in body[: -len(closing)].split(delimiter + b"\r\n")[1:]:
+        assert segment.endswith(b"\r\n")
+        head, separator, data = segment[:-2].partition(b"\r\n\r\n")
+        assert separator, segment[:200]
+        headers = dict(line.split(": ", 1) for line in head.decode("utf-8").split("\r\n"))
+        disposition = headers["Content-Disposition"]
+        name = re.search(r'; name="([^"]*)"', disposition)
+        filename = re.search(r'; filename="([^"]*)"', disposition)
+        assert disposition.startswith("form-data; ") and name is not None
+        fields.append(Field(name.group(1), filename.group(1) if filename else None, headers.get("Content-Type"), data))
+    return fields
+
+
+def form_values(fields: list[Field]) -> list[tuple[str, str]]:
+    """The text fields as (name, value), in order."""
+    return [(field.name, field.data.decode("utf-8")) for field in fields if field.filename is None]
