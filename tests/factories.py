@@ -88,6 +88,7 @@ def make_job(
     api_key: str | None = None,
     key: Any = _SAME,
     upstream: str | None = None,
+    upstream_model: str | None = None,
     passthrough: Iterable[str] = (),
     max_n: int | None = None,
     sizes: tuple[str, ...] | None = None,
@@ -96,11 +97,11 @@ def make_job(
 ) -> Job:
     """A Job for the client `body`.
 
-    The rule is `rule`, or one for the body's model routed to the channel with `upstream`, `passthrough`,
-    `max_n` and `sizes`. The channel is `channel` when it is a Channel, else one of that name and
-    `channel_type` (default: the name) with `base_url`, `api_key` and `settings`. The job sends `key`
-    (default: the channel's api_key). With `spec`, the plan is finished as the shell finishes it
-    (`channel_job`); without, it is `build_plan`'s plan as is.
+    The rule is `rule`, or one for the body's model routed to the channel with `upstream` (or, by the
+    rule's own name, `upstream_model`), `passthrough`, `max_n` and `sizes`. The channel is `channel` when
+    it is a Channel, else one of that name and `channel_type` (default: the name) with `base_url`,
+    `api_key` and `settings`. The job sends `key` (default: the channel's api_key). With `spec`, the plan
+    is finished as the shell finishes it (`channel_job`); without, it is `build_plan`'s plan as is.
     """
     request = parse_image_request(body)
     if isinstance(channel, str):
@@ -108,7 +109,7 @@ def make_job(
                           settings=MappingProxyType(dict(settings or {})))
     if rule is None:
         limits: dict[str, Any] = {} if max_n is None else {"max_n": max_n}
-        rule = ModelRule(pattern=request.model, channels=(channel.name,), upstream_model=upstream, sizes=sizes,
+        rule = ModelRule(pattern=request.model, channels=(channel.name,), upstream_model=upstream or upstream_model, sizes=sizes,
                          passthrough=frozenset(passthrough), **limits)
     plan = build_plan(request, rule, operation)
     job_key = channel.api_key if key is _SAME else key
@@ -119,13 +120,14 @@ def make_job(
 
 # --- upstream answers ------------------------------------------------------------------------------------
 
-JSON_TYPE = MappingProxyType({"content-type": "application/json"})
-
-
-def answer(status: int, body: Any, headers: Mapping[str, str] | None = None) -> UpstreamResponse:
-    """What an upstream answered: `body` as JSON, or as is when it is bytes; no headers unless given."""
+def answer(
+    status: int, body: Any, headers: Mapping[str, str] | None = None, *, content_type: str | None = None
+) -> UpstreamResponse:
+    """What an upstream answered: `body` as JSON, or as is when it is bytes. The headers are `headers`; when
+    none are given, a Content-Type of `content_type` if one is, else none."""
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return UpstreamResponse(status=status, headers=dict(headers or {}), body=raw)
+    default = {"content-type": content_type} if content_type else {}
+    return UpstreamResponse(status=status, headers=dict(headers or default), body=raw)
 
 
 # --- rules -----------------------------------------------------------------------------------------------
@@ -133,6 +135,17 @@ def answer(status: int, body: Any, headers: Mapping[str, str] | None = None) -> 
 # The two channels most shell tests route to: a fake OpenAI at ${UPSTREAM} and the built-in local model.
 OPENAI: dict[str, Any] = {"type": "openai", "base_url": "${UPSTREAM}/v1", "api_key": "${OPENAI_API_KEY}"}
 LOCAL: dict[str, Any] = {"type": "local"}
+
+# dall-e-3 as OpenAI takes it: one image a call, three sizes, two qualities.
+DALLE3 = ModelRule(
+    pattern="dall-e-3",
+    channels=("openai",),
+    defaults=MappingProxyType({"quality": "standard", "response_format": "url"}),
+    sizes=("1024x1024", "1792x1024", "1024x1792"),
+    max_n=1,
+    passthrough=frozenset({"response_format", "style", "user"}),
+    values=MappingProxyType({"quality": ("standard", "hd")}),
+)
 
 
 def rules_yaml(

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import base64
 import datetime
-import json
 from dataclasses import replace
-from types import MappingProxyType
+from functools import partial
 from typing import Any
 
 import pytest
@@ -15,11 +14,8 @@ from proxy.adapters.azure import DEFAULT_API_VERSION, SPEC
 from proxy.adapters.base import Call, Done, Fail, Job, Send, UpstreamResponse
 from proxy.core.errors import BadGateway, ContentPolicyViolation, InvalidRequest, RateLimited, UpstreamError
 from proxy.core.formats import Conversion
-from proxy.core.plan import build_plan
-from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
-from proxy.core.rules import Channel, ModelRule
-from tests.factories import channel_job
+from tests import factories
 from tests.fakes.png import encode_png
 
 KEY = "azure-secret-key-0123456789"
@@ -28,30 +24,7 @@ PNG_B64 = base64.b64encode(encode_png(1, 1, [b"\x01\x02\x03"])).decode("ascii")
 JSON_HEADERS = {"api-key": KEY, "Content-Type": "application/json"}
 
 
-def make_job(
-    body: dict[str, Any],
-    *,
-    base_url: str = ROOT,
-    settings: dict[str, Any] | None = None,
-    passthrough: frozenset[str] = frozenset(),
-    upstream_model: str | None = None,
-    api_key: str | None = KEY,
-) -> Job:
-    rule = ModelRule(
-        pattern=body["model"],
-        channels=("azure",),
-        upstream_model=upstream_model,
-        passthrough=passthrough,
-    )
-    plan = build_plan(parse_image_request(body), rule)
-    channel = Channel(
-        name="azure",
-        type="azure",
-        base_url=base_url,
-        api_key=api_key,
-        settings=MappingProxyType(settings or {}),
-    )
-    return channel_job(SPEC, plan, channel, api_key)
+make_job = partial(factories.make_job, spec=SPEC, channel="azure", base_url=ROOT, api_key=KEY)
 
 
 def sent(job: Job) -> Call:
@@ -60,9 +33,7 @@ def sent(job: Job) -> Call:
     return step.call
 
 
-def answer(status: int, body: Any, headers: dict[str, str] | None = None) -> UpstreamResponse:
-    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return UpstreamResponse(status=status, headers=headers or {"content-type": "application/json"}, body=raw)
+answer = partial(factories.answer, content_type="application/json")
 
 
 def failed(job: Job, response: UpstreamResponse) -> Any:

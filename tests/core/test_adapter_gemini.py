@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Mapping
-from types import MappingProxyType
+from functools import partial
 from typing import Any
 
 import pytest
@@ -14,11 +13,8 @@ from proxy.adapters.base import Call, Done, Fail, Job, Send, Step, UpstreamRespo
 from proxy.adapters.gemini import SPEC
 from proxy.core.errors import ProxyError
 from proxy.core.formats import Conversion
-from proxy.core.plan import build_plan
-from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
-from proxy.core.rules import Channel, ModelRule
-from tests.factories import channel_job
+from tests import factories
 from tests.fakes.png import encode_png
 
 KEY = "AIzaSyGeminiSecret-0123456789abcdef"
@@ -30,14 +26,8 @@ IMAGEN = "imagen-4.0-generate-001"
 FLASH = "gemini-2.5-flash-image"
 
 
-def make_job(body: Mapping[str, Any], *, passthrough: Iterable[str] = ("aspect_ratio",),
-             settings: Mapping[str, Any] | None = None, api_key: str = KEY, upstream: str | None = None) -> Job:
-    request = parse_image_request(body)
-    rule = ModelRule(pattern=request.model, channels=("gemini",), upstream_model=upstream, max_n=4,
-                     passthrough=frozenset(passthrough))
-    channel = Channel(name="gemini", type="gemini", base_url=BASE, api_key=api_key,
-                      settings=MappingProxyType(dict(settings or {})))
-    return channel_job(SPEC, build_plan(request, rule), channel, api_key)
+make_job = partial(factories.make_job, spec=SPEC, channel="gemini", base_url=BASE, api_key=KEY, max_n=4,
+                   passthrough=("aspect_ratio",))
 
 
 def sent(step: Step) -> tuple[Call, Any]:

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import base64
-import json
-from collections.abc import Iterable, Mapping
-from types import MappingProxyType
+from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import pytest
 
-from proxy.adapters.base import Call, Done, Fail, Job, Send, Step, UpstreamResponse, Wait
+from proxy.adapters.base import Call, Done, Fail, Job, Send, Step, Wait
 from proxy.adapters.replicate import SPEC, Prediction, Timing
 from proxy.core.errors import ProxyError
 from proxy.core.formats import Conversion
-from proxy.core.plan import build_plan
-from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
-from proxy.core.rules import Channel, ModelRule
-from tests.factories import channel_job
+from tests import factories
+from tests.factories import answer
 from tests.fakes.png import encode_png
 
 KEY = "r8_replicate-secret-0123456789"
@@ -30,18 +27,8 @@ PNG_B64 = base64.b64encode(encode_png(1, 1, [b"\x00\x80\xff"])).decode()
 FIELDS = ("seed", "output_format", "image", "strength", "aspect_ratio", "negative_prompt", "extra_body", "go_fast")
 
 
-def make_job(body: Mapping[str, Any], *, upstream: str | None = "black-forest-labs/flux-schnell",
-             passthrough: Iterable[str] = FIELDS, settings: Mapping[str, Any] | None = None) -> Job:
-    request = parse_image_request(body)
-    rule = ModelRule(pattern=request.model, channels=("replicate",), upstream_model=upstream, max_n=4,
-                     passthrough=frozenset(passthrough))
-    channel = Channel(name="replicate", type="replicate", base_url=BASE, api_key=KEY,
-                      settings=MappingProxyType(dict(settings or {})))
-    return channel_job(SPEC, build_plan(request, rule), channel, KEY)
-
-
-def answer(status: int, body: Any, headers: Mapping[str, str] | None = None) -> UpstreamResponse:
-    return UpstreamResponse(status=status, headers=headers or {}, body=json.dumps(body).encode())
+make_job = partial(factories.make_job, spec=SPEC, channel="replicate", base_url=BASE, api_key=KEY, max_n=4,
+                   upstream="black-forest-labs/flux-schnell", passthrough=FIELDS)
 
 
 def prediction(status: str, *, output: Any = None, error: Any = None, pid: str = "p-1", host: str = BASE) -> dict[str, Any]:

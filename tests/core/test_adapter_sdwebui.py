@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from types import MappingProxyType
+from functools import partial
 from typing import Any
 
 import pytest
@@ -12,10 +12,8 @@ import pytest
 from proxy.adapters.base import Call, Done, Fail, Job, Send, UpstreamResponse
 from proxy.adapters.sdwebui import SPEC
 from proxy.core.errors import BadGateway, InvalidRequest, UpstreamError
-from proxy.core.plan import build_plan
-from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
-from proxy.core.rules import Channel, ModelRule
+from tests import factories
 from tests.fakes.png import encode_png
 
 BASE = "http://gpu-box:7860"
@@ -28,19 +26,8 @@ ALL_EXTRAS = frozenset(
     {"seed", "negative_prompt", "image", "strength", "steps", "cfg_scale", "sampler_name", "scheduler", "mask", "extra_body"}
 )
 
-
-def make_job(
-    body: dict[str, Any],
-    *,
-    settings: dict[str, Any] | None = None,
-    passthrough: frozenset[str] = ALL_EXTRAS,
-    upstream_model: str | None = None,
-    api_key: str | None = None,
-) -> Job:
-    rule = ModelRule(pattern=body["model"], channels=("webui",), upstream_model=upstream_model, passthrough=passthrough, max_n=8)
-    plan = build_plan(parse_image_request(body), rule)
-    channel = Channel(name="webui", type="sdwebui", base_url=BASE, api_key=api_key, settings=MappingProxyType(settings or {}))
-    return Job(plan, channel, api_key)
+make_job = partial(factories.make_job, channel="webui", channel_type="sdwebui", base_url=BASE, max_n=8,
+                   passthrough=ALL_EXTRAS)
 
 
 def sent(job: Job) -> Call:
@@ -55,8 +42,7 @@ def refused(job: Job) -> Any:
     return step.error
 
 
-def answer(status: int, body: Any) -> UpstreamResponse:
-    return UpstreamResponse(status=status, headers={"content-type": "application/json"}, body=json.dumps(body).encode())
+answer = partial(factories.answer, content_type="application/json")
 
 
 def webui_answer(images: list[str], info: dict[str, Any] | str) -> dict[str, Any]:
