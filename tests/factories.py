@@ -3,10 +3,12 @@
 - jobs: `make_job` (a Job from a client body, with the rule, channel and plan knobs as keywords) and
   `channel_job` (a Job as the shell hands it to an adapter);
 - upstream answers: `answer` (an UpstreamResponse from a status and a JSON value or raw bytes);
+- an adapter against a fake upstream: `round_trip` (one call, sent and advanced) and `drive` (the whole
+  job on the real driver);
 - rules: `rules_yaml` / `make_rules` (rules text or `Rules` from channel and model dicts) and the usual
   channels `OPENAI` and `LOCAL`;
 - the proxy under test: `start_proxy` (served as `python -m proxy` serves it), and in front of a fake
-  upstream: `serve_fake`, `proxy_with_fake`;
+  upstream: `serve_fake`, `proxy_with_fake`; `url_of` a started test server or client;
 - clients: `CLIENT_KEY`, `auth`, and `poll_task` for `async: true` requests;
 - processes: `ROOT`, `clean_env`, `run_cli`, `free_port` and `RedisServer`;
 - multipart forms: `decode_form` (a strict decoder for proxy.core.multipart's output) and `form_values`.
@@ -30,15 +32,17 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import aiohttp
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web import Application
 
 from proxy.adapters import SCHEMAS
-from proxy.adapters.base import AdapterSpec, Job, UpstreamResponse
+from proxy.adapters.base import AdapterSpec, Job, Send, Step, UpstreamResponse
 from proxy.core.plan import GENERATE, Plan, build_plan, with_output_format
 from proxy.core.request import parse_image_request
 from proxy.core.rules import Channel, ModelRule, Rules, parse_rules
+from proxy.driver import Driver, run_job
 from proxy.serving import server_options
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,6 +134,25 @@ def answer(
     return UpstreamResponse(status=status, headers=dict(headers or default), body=raw)
 
 
+# --- an adapter against a fake upstream -------------------------------------------------------------------
+
+
+async def round_trip(client: TestClient, spec: AdapterSpec, job: Job) -> Step:  # type: ignore[type-arg]
+    """Start `job`, send its call through the test `client` and advance with what came back."""
+    step = spec.start(job)
+    assert isinstance(step, Send), step
+    call = step.call
+    async with client.session.request(call.method, call.url, headers=dict(call.headers), json=call.json) as resp:
+        response = UpstreamResponse(resp.status, {k.lower(): v for k, v in resp.headers.items()}, await resp.read())
+    return spec.advance(job, step.state, response)
+
+
+async def drive(spec: AdapterSpec, job: Job) -> Any:
+    """The whole job on the real driver, in a session of its own: the result, or the ProxyError raised."""
+    async with aiohttp.ClientSession() as session:
+        return await run_job(Driver(session, {spec.name: spec}), spec, job)
+
+
 # --- rules -----------------------------------------------------------------------------------------------
 
 # The two channels most shell tests route to: a fake OpenAI at ${UPSTREAM} and the built-in local model.
@@ -194,10 +217,14 @@ async def start_proxy(app: Application, rules: Rules) -> TestServer:
     return server
 
 
+def url_of(server: TestServer | TestClient, path: str = "") -> str:  # type: ignore[type-arg]
+    """The started test server's (or client's) URL for `path`, without a trailing slash."""
+    return str(server.make_url(path)).rstrip("/")
+
+
 async def serve_fake(aiohttp_server: Callable[[Application], Awaitable[TestServer]], fake: Any) -> str:
     """Start a fake from tests/fakes; its base URL without the trailing slash."""
-    server = await aiohttp_server(fake.app())
-    return str(server.make_url("")).rstrip("/")
+    return url_of(await aiohttp_server(fake.app()))
 
 
 async def proxy_with_fake(
