@@ -159,7 +159,15 @@ async def drive(spec: AdapterSpec, job: Job) -> Any:
 OPENAI: dict[str, Any] = {"type": "openai", "base_url": "${UPSTREAM}/v1", "api_key": "${OPENAI_API_KEY}"}
 LOCAL: dict[str, Any] = {"type": "local"}
 
-# dall-e-3 as OpenAI takes it: one image a call, three sizes, two qualities.
+# dall-e-3 as OpenAI takes it: one image a call, three sizes, two qualities (as a rule, and for rules_yaml).
+DALL_E_3: dict[str, Any] = {
+    "channels": ["openai"],
+    "defaults": {"quality": "standard", "response_format": "url"},
+    "sizes": ["1024x1024", "1792x1024", "1024x1792"],
+    "values": {"quality": ["standard", "hd"]},
+    "max_n": 1,
+    "passthrough": ["response_format", "style", "user"],
+}
 DALLE3 = ModelRule(
     pattern="dall-e-3",
     channels=("openai",),

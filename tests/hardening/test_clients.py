@@ -37,34 +37,23 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from tests.factories import LOCAL, OPENAI, rules_yaml
 from tests.fakes.openai import KEY, FakeOpenAI
 from tests.hardening.figures import record
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = 1.0  # seconds a well-behaved request may take while abusers are connected
 RSS_BOUND = 100 * 1024 * 1024
-RULES = """
-server:
-  keepalive_timeout: 1.5   # the deadline for a request head (slowloris)
-  body_timeout: 1.5        # the deadline for a whole body (trickled or stalled)
-  shutdown_grace: 1
-  max_request_bytes: 33554432
-  images:
-    path: ${IMAGES}
-channels:
-  openai:
-    type: openai
-    base_url: ${UPSTREAM}/v1
-    api_key: ${OPENAI_API_KEY}
-    timeout: 10
-  local:
-    type: local
-models:
-  gpt-image-1.5:
-    channels: [openai]
-  local-image:
-    channels: [local]
-"""
+MODELS = {"gpt-image-1.5": {"channels": ["openai"]}, "local-image": {"channels": ["local"]}}
+CHANNELS = {"openai": {**OPENAI, "timeout": 10}, "local": LOCAL}
+SERVER = {
+    "keepalive_timeout": 1.5,  # the deadline for a request head (slowloris)
+    "body_timeout": 1.5,  # the deadline for a whole body (trickled or stalled)
+    "shutdown_grace": 1,
+    "max_request_bytes": 33554432,
+    "images": {"path": "${IMAGES}"},
+}
+RULES = rules_yaml(MODELS, CHANNELS, server=SERVER)
 # -- the proxy process --------------------------------------------------------------------------------
 
 
@@ -323,7 +312,7 @@ IDLE = 2000
 async def test_thousands_of_idle_connections(tmp_path: Path) -> None:
     raise_fd_limit(IDLE * 2 + 1024)  # the proxy inherits the limit: it needs one descriptor per connection too
     # Idle connections live until keepalive_timeout: long enough here to hold them all while measuring.
-    async with serve(tmp_path, text=RULES.replace("keepalive_timeout: 1.5", "keepalive_timeout: 30")) as proxy:
+    async with serve(tmp_path, text=rules_yaml(MODELS, CHANNELS, server={**SERVER, "keepalive_timeout": 30})) as proxy:
         await normal_request(proxy)
         rss0, fds0 = proxy.rss(), proxy.fds()
         opened: list[asyncio.StreamWriter] = []
@@ -480,7 +469,8 @@ async def test_a_gzip_bomb_is_413_with_flat_memory(tmp_path: Path) -> None:
     peak memory grows by about the limit (the most a body may hold), not by what the bomb would expand to."""
     bomb = gzip_bomb(BOMB)
     assert len(bomb) < 1024 * 1024
-    async with serve(tmp_path, text=RULES.replace("  max_request_bytes: 33554432\n", "")) as proxy:
+    unlimited = {key: value for key, value in SERVER.items() if key != "max_request_bytes"}
+    async with serve(tmp_path, text=rules_yaml(MODELS, CHANNELS, server=unlimited)) as proxy:
         await normal_request(proxy)
         peak0 = proc_status(proxy.pid, "VmHWM")
         reader, writer = await connect(proxy)

@@ -14,23 +14,12 @@ from proxy.adapters import SCHEMAS
 from proxy.app import make_app
 from proxy.core.rules import parse_rules
 from proxy.ops import reload_rules
-from tests.factories import start_proxy
+from tests.factories import OPENAI, rules_yaml, start_proxy
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
 from tests.hardening.figures import record
 
-RULES = """
-server:
-  state: ${STATE:-memory}
-  api_keys: [client-key-1]
-channels:
-  openai:
-    type: openai
-    base_url: ${UPSTREAM}/v1
-    api_key: ${OPENAI_API_KEY}
-models:
-  gpt-image-*:
-    channels: [openai]
-"""
+SERVER = {"state": "${STATE:-memory}", "api_keys": ["client-key-1"]}
+RULES = rules_yaml({"gpt-image-*": {"channels": ["openai"]}}, {"openai": OPENAI}, server=SERVER)
 AUTH = {"Authorization": "Bearer client-key-1"}
 BODY = {"model": "gpt-image-1.5", "prompt": "p", "async": True, "response_format": "url"}
 
@@ -64,7 +53,7 @@ async def test_async_results_survive_a_disconnect_and_a_reload(
     created = await client.post("/v1/images/generations", json=BODY, headers=AUTH)
     task_id = (await created.json())["task_id"]
     created.close()  # the client goes away at once
-    path.write_text(RULES.replace("gpt-image-*", "gpt-image-1.5"))
+    path.write_text(rules_yaml({"gpt-image-1.5": {"channels": ["openai"]}}, {"openai": OPENAI}, server=SERVER))
     assert await reload_rules(client.server.app)  # and the rules change while the task runs
     answer = await finished(client, task_id)
     held += answer["task_status"] == "succeed" and await image_of(client, answer) == PNG

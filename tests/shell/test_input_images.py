@@ -10,42 +10,26 @@ from typing import Any
 import pytest
 from aiohttp import FormData
 
-from tests.factories import auth
+from tests.factories import OPENAI, auth, rules_yaml
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
 from tests.fakes.sdwebui import FakeSDWebUI
 from tests.fakes.seedream import PREFIX as ARK_PREFIX
 from tests.fakes.seedream import FakeSeedream
 
-RULES = """
-server:
-  api_keys: [client-key-1]
-  download: {allow_hosts: ["127.0.0.1"]}
-channels:
-  openai:
-    type: openai
-    base_url: ${UPSTREAM}/v1
-    api_key: ${OPENAI_API_KEY}
-  ark:
-    type: seedream
-    base_url: ${ARK}
-    api_key: ${ARK_API_KEY}
-  webui:
-    type: sdwebui
-    base_url: ${WEBUI}
-models:
-  gpt-image-1:
-    channels: [openai]
-    passthrough: [image, mask]
-  dall-e-2:
-    channels: [openai]
-  doubao-seedream-4.0:
-    channels: [ark]
-    upstream_model: doubao-seedream-4-0-250828
-    passthrough: [image]
-  sd-webui:
-    channels: [webui]
-    passthrough: [image, strength]
-"""
+RULES = rules_yaml(
+    {
+        "gpt-image-1": {"channels": ["openai"], "passthrough": ["image", "mask"]},
+        "dall-e-2": {"channels": ["openai"]},
+        "doubao-seedream-4.0": {"channels": ["ark"], "upstream_model": "doubao-seedream-4-0-250828", "passthrough": ["image"]},
+        "sd-webui": {"channels": ["webui"], "passthrough": ["image", "strength"]},
+    },
+    channels={
+        "openai": OPENAI,
+        "ark": {"type": "seedream", "base_url": "${ARK}", "api_key": "${ARK_API_KEY}"},
+        "webui": {"type": "sdwebui", "base_url": "${WEBUI}"},
+    },
+    server={"api_keys": ["client-key-1"], "download": {"allow_hosts": ["127.0.0.1"]}},
+)
 
 JPEG = b"\xff\xd8\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00" + b"\x00" * 9 + b"\xff\xd9"
 HTML = b"<!doctype html><html><head><title>login</title></head><body>not an image</body></html>"

@@ -14,36 +14,25 @@ import pytest
 from aiohttp import web
 
 from proxy import catalog
-from tests.factories import CLIENT_KEY, auth
+from tests.factories import CLIENT_KEY, LOCAL, OPENAI, auth, rules_yaml
 from tests.fakes.openai import KEY, FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[2]
-RULES = """
-server:
-  api_keys: [client-key-1]
-default_channel: openai
-channels:
-  openai:
-    type: openai
-    base_url: ${UPSTREAM}/v1
-    api_key: ${OPENAI_API_KEY}
-    headers: {OpenAI-Project: proj_1}
-  local:
-    type: local
-  stability:
-    type: stability
-    base_url: ${UPSTREAM}
-    api_key: ${STABILITY_API_KEY}
-models:
-  local-image:
-    channels: [local]
-  gpt-image-1.5:
-    channels: [openai]
-  gpt-image-*:
-    channels: [openai]
-  stable-image-core:
-    channels: [stability]
-"""
+RULES = rules_yaml(
+    {
+        "local-image": {"channels": ["local"]},
+        "gpt-image-1.5": {"channels": ["openai"]},
+        "gpt-image-*": {"channels": ["openai"]},
+        "stable-image-core": {"channels": ["stability"]},
+    },
+    channels={
+        "openai": {**OPENAI, "headers": {"OpenAI-Project": "proj_1"}},
+        "local": LOCAL,
+        "stability": {"type": "stability", "base_url": "${UPSTREAM}", "api_key": "${STABILITY_API_KEY}"},
+    },
+    server={"api_keys": ["client-key-1"]},
+    default_channel="openai",
+)
 OWN = {"object": "model", "owned_by": "imagegate"}
 
 

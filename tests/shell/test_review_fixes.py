@@ -17,34 +17,25 @@ from proxy.core.limit_windows import Limits
 from proxy.key_limits import admit
 from proxy.services import SERVICES
 from proxy.shared_state import MemoryCounters, MemoryIdempotency
+from tests.factories import rules_yaml
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
 
-RULES = """
-server:
-  api_keys: [client-key-1, {key: one-at-a-time, name: solo, limits: {concurrent: 1, images_per_day: 100}}]
-channels:
-  first:
-    type: openai
-    base_url: ${FIRST}/v1
-    api_key: ${OPENAI_API_KEY}
-  second:
-    type: openai
-    base_url: ${SECOND}/v1
-    api_key: ${OPENAI_API_KEY}
-  stability:
-    type: stability
-    base_url: ${SECOND}
-    api_key: ${OPENAI_API_KEY}
-models:
-  gpt-image-*:
-    channels: [first, second]
-  urls-only:
-    channels: [first]
-    upstream_model: dall-e-2   # answers with URLs: the proxy downloads them for b64_json
-  stable-image-core:
-    channels: [stability]
-    passthrough: [image]
-"""
+RULES = rules_yaml(
+    {
+        "gpt-image-*": {"channels": ["first", "second"]},
+        # dall-e-2 answers with URLs: the proxy downloads them for b64_json
+        "urls-only": {"channels": ["first"], "upstream_model": "dall-e-2"},
+        "stable-image-core": {"channels": ["stability"], "passthrough": ["image"]},
+    },
+    channels={
+        "first": {"type": "openai", "base_url": "${FIRST}/v1", "api_key": "${OPENAI_API_KEY}"},
+        "second": {"type": "openai", "base_url": "${SECOND}/v1", "api_key": "${OPENAI_API_KEY}"},
+        "stability": {"type": "stability", "base_url": "${SECOND}", "api_key": "${OPENAI_API_KEY}"},
+    },
+    server={
+        "api_keys": ["client-key-1", {"key": "one-at-a-time", "name": "solo", "limits": {"concurrent": 1, "images_per_day": 100}}]
+    },
+)
 AUTH = {"Authorization": "Bearer client-key-1"}
 
 

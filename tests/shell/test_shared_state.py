@@ -15,27 +15,25 @@ from aiohttp.test_utils import TestClient
 from proxy.adapters import SCHEMAS
 from proxy.app import make_app
 from proxy.core.rules import parse_rules
-from tests.factories import start_proxy
+from tests.factories import OPENAI, rules_yaml, start_proxy
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
 
-RULES = """
-server:
-  state: ${STATE:-memory}
-  api_keys:
-    - client-key-1
-    - {key: limited-key, name: team-a, limits: {requests_per_minute: 2}}
-    - {key: one-at-a-time, name: team-b, limits: {concurrent: 1}}
-    - {key: few-images, name: team-c, limits: {images_per_day: 3}}
-default_channel: openai
-channels:
-  openai:
-    type: openai
-    base_url: ${UPSTREAM}/v1
-    api_key: ${OPENAI_API_KEY}
-models:
-  gpt-image-*:
-    channels: [openai]
-"""
+RULES = rules_yaml(
+    {
+        "gpt-image-*": {"channels": ["openai"]},
+    },
+    channels={"openai": OPENAI},
+    server={
+        "state": "${STATE:-memory}",
+        "api_keys": [
+            "client-key-1",
+            {"key": "limited-key", "name": "team-a", "limits": {"requests_per_minute": 2}},
+            {"key": "one-at-a-time", "name": "team-b", "limits": {"concurrent": 1}},
+            {"key": "few-images", "name": "team-c", "limits": {"images_per_day": 3}},
+        ],
+    },
+    default_channel="openai",
+)
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -16,20 +16,17 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.factories import OPENAI, rules_yaml
 from tests.fakes.openai import KEY, FakeOpenAI, tiny_png
 
 ROOT = Path(__file__).resolve().parents[2]
 UPLOAD = 30 * 1024 * 1024
-RULES = """
-channels:
-  openai:
-    type: openai
-    base_url: ${UPSTREAM}/v1
-    api_key: ${OPENAI_API_KEY}
-models:
-  gpt-image-*:
-    channels: [openai]
-"""
+RULES = rules_yaml(
+    {
+        "gpt-image-*": {"channels": ["openai"]},
+    },
+    channels={"openai": OPENAI},
+)
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc to read peak RSS")
 
