@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import FormData
 
-from tests.factories import OPENAI, auth, rules_yaml
+from tests.factories import CLIENT_KEY, OPENAI, auth, rules_yaml
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
 from tests.fakes.sdwebui import FakeSDWebUI
 from tests.fakes.seedream import PREFIX as ARK_PREFIX
@@ -191,3 +191,19 @@ async def test_uploaded_images_still_reach_openai_byte_identical(proxy: Proxy) -
     assert response.status == 200, await response.text()
     files = [(part.name, part.data) for part in proxy.fakes["openai"].forms[0] if part.filename is not None]
     assert files == [("image[]", PNG), ("image[]", JPEG), ("mask", PNG)]
+
+
+async def test_malformed_image_urls_are_a_400(make_proxy: Any) -> None:
+    # Nothing may reach the upstream: the channel points at a closed port, so an attempt would be a 502.
+    rules = rules_yaml(
+        {"stable-image-core": {"channels": ["stability"], "passthrough": ["image"]}},
+        {"stability": {"type": "stability", "base_url": "http://127.0.0.1:9", "api_key": "sk-test"}},
+        server={"api_keys": [CLIENT_KEY]},
+    )
+    client = await make_proxy(rules)
+    for url in ("http://example.com:99999/x.png", "http://[::1/x.png", "http://example.com:abc/x.png"):
+        response = await client.post(
+            "/v1/images/generations", json={"model": "stable-image-core", "prompt": "p", "image": url}, headers=auth()
+        )
+        assert response.status == 400, url
+        assert (await response.json())["error"]["param"] == "image"

@@ -216,3 +216,17 @@ async def test_sigterm_lets_the_request_in_flight_finish_and_refuses_new_ones(ai
                 await generate(fresh, served, "local-image")
         assert await slow == 200
     assert await asyncio.wait_for(served.process.wait(), timeout=10) == 0
+
+
+async def test_hosted_image_names_are_not_logged(make_proxy: Any, aiohttp_server: Any, caplog: pytest.LogCaptureFixture) -> None:
+    client = await proxy_with_fake(make_proxy, aiohttp_server, FakeOpenAI(), RULES)
+    with caplog.at_level(logging.INFO, logger="imagegate.access"):
+        body = await (
+            await client.post(
+                "/v1/images/generations", json={"model": "gpt-image-1.5", "prompt": "p", "response_format": "url"}, headers=AUTH
+            )
+        ).json()
+        url = body["data"][0]["url"]
+        name = url.rsplit("/", 1)[1]
+        assert (await client.get(url[url.index("/images/") :])).status == 200
+    assert name not in caplog.text and "/images/{name}" in caplog.text
