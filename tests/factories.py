@@ -10,7 +10,7 @@
 - the proxy under test: `start_proxy` (served as `python -m proxy` serves it), and in front of a fake
   upstream: `serve_fake`, `proxy_with_fake`; `url_of` a started test server or client;
 - clients: `CLIENT_KEY`, `auth`, and `poll_task` for `async: true` requests;
-- processes: `ROOT`, `clean_env`, `run_cli`, `free_port` and `RedisServer`;
+- processes: `ROOT`, `clean_env`, `run_cli`, `free_port`, `wait_listening` and `RedisServer`;
 - multipart forms: `decode_form` (a strict decoder for proxy.core.multipart's output) and `form_values`.
 
 The fixtures themselves live in tests/conftest.py.
@@ -271,6 +271,28 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _log_text(log: Path | None, otherwise: str) -> str:
+    return log.read_text() if log is not None else otherwise
+
+
+async def wait_listening(
+    port: int, process: asyncio.subprocess.Process | None = None, log: Path | None = None, *, tries: int = 300,
+    pause: float = 0.05,
+) -> None:
+    """Return once 127.0.0.1:`port` accepts a connection. AssertionError (with the `log`'s text, if given)
+    when `process` exits first or after `tries` attempts `pause` seconds apart."""
+    for _ in range(tries):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            if process is not None and process.returncode is not None:
+                raise AssertionError(_log_text(log, "the proxy exited")) from None
+            await asyncio.sleep(pause)
+    raise AssertionError(_log_text(log, "the proxy did not start"))
 
 
 class RedisServer:

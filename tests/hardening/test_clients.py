@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import resource
-import socket
 import sys
 import time
 import zlib
@@ -37,7 +36,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.factories import LOCAL, OPENAI, rules_yaml
+from tests.factories import LOCAL, OPENAI, free_port, rules_yaml, wait_listening
 from tests.fakes.openai import KEY, FakeOpenAI
 from tests.hardening.figures import record
 
@@ -55,12 +54,6 @@ SERVER = {
 }
 RULES = rules_yaml(MODELS, CHANNELS, server=SERVER)
 # -- the proxy process --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def proc_status(pid: int, field_name: str) -> int:
@@ -114,17 +107,7 @@ async def serve(tmp_path: Path, upstream: str = "http://127.0.0.1:9", text: str 
         )
     proxy = Proxy(process, port, log)
     try:
-        for _ in range(300):
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                break
-            except OSError:
-                if process.returncode is not None:
-                    raise AssertionError(log.read_text()) from None
-                await asyncio.sleep(0.05)
-        else:
-            raise AssertionError(log.read_text())
+        await wait_listening(port, process, log)
         yield proxy
     finally:
         if process.returncode is None:

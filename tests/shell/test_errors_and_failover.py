@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import socket
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.factories import auth, rules_yaml
+from tests.factories import auth, free_port, rules_yaml
 from tests.fakes.openai import KEY, FakeOpenAI
 
 MODELS = {
@@ -26,12 +25,6 @@ CHANNELS: dict[str, dict[str, Any]] = {
     "keyless": {"type": "openai", "base_url": "${BACKUP}/v1", "api_key": "${MISSING_KEY}"},
 }
 RULES = rules_yaml(MODELS, CHANNELS, server={"max_retries": 3})
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def two_fakes(aiohttp_server: Any) -> tuple[FakeOpenAI, str, FakeOpenAI, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from proxy import catalog
-from tests.factories import CLIENT_KEY, LOCAL, OPENAI, auth, rules_yaml
+from tests.factories import CLIENT_KEY, LOCAL, OPENAI, auth, free_port, rules_yaml
 from tests.fakes.openai import KEY, FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,12 +41,6 @@ async def proxy(make_proxy: Any, upstream: str, **env: str) -> Any:
 
 def sdk_for(client: Any) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key=CLIENT_KEY, max_retries=0)
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_the_shipped_rules_list_their_keyless_models_without_any_key(make_proxy: Any) -> None:
@@ -117,7 +110,7 @@ async def test_a_default_channel_in_trouble_costs_the_client_nothing(
     if trouble == "not a list":
         app = web.Application()
         app.router.add_get("/v1/models", maintenance)
-    upstream = f"http://127.0.0.1:{closed_port()}"
+    upstream = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     if trouble != "down":
         upstream = str((await aiohttp_server(app)).make_url("")).rstrip("/")
     if trouble == "slow":

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import aiohttp
 import pytest
 
 from proxy.ops import on_shutdown
-from tests.factories import proxy_with_fake, rules_yaml
+from tests.factories import free_port, proxy_with_fake, rules_yaml, wait_listening
 from tests.fakes.openai import KEY, FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,12 +136,6 @@ async def test_prompts_are_logged_only_when_the_rules_opt_in(
 # -- the process: reload and shutdown, driven by real signals ---------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Served:
     def __init__(self, process: asyncio.subprocess.Process, port: int, log: Path) -> None:
         self.process, self.port, self.log = process, port, log
@@ -160,14 +153,8 @@ async def serve(tmp_path: Path, upstream: str, text: str) -> Served:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "proxy", "--rules", str(rules), "--port", str(port), cwd=ROOT, env=env, stdout=sink, stderr=sink
         )
-    for _ in range(300):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return Served(process, port, log)
-        except OSError:
-            await asyncio.sleep(0.1)
-    raise AssertionError(log.read_text())
+    await wait_listening(port, process, log, pause=0.1)
+    return Served(process, port, log)
 
 
 async def generate(session: aiohttp.ClientSession, served: Served, model: str) -> int:

@@ -8,7 +8,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.factories import rules_yaml
+from tests.factories import rules_yaml, serve_fake
 from tests.fakes import flux as flux_fake
 from tests.fakes import replicate as replicate_fake
 from tests.fakes.flux import FakeFlux
@@ -45,12 +45,10 @@ RULES = rules_yaml(
 
 
 async def proxy(make_proxy: Any, aiohttp_server: Any, bfl: FakeFlux, replicate: FakeReplicate, **env: str) -> Any:
-    bfl_server = await aiohttp_server(bfl.app())
-    replicate_server = await aiohttp_server(replicate.app())
     values = {
-        "BFL": str(bfl_server.make_url("")).rstrip("/"),
+        "BFL": await serve_fake(aiohttp_server, bfl),
         "BFL_API_KEY": bfl.api_key,
-        "REPLICATE": str(replicate_server.make_url("")).rstrip("/"),
+        "REPLICATE": await serve_fake(aiohttp_server, replicate),
         "REPLICATE_API_TOKEN": replicate.api_key,
         **env,
     }

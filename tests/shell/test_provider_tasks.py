@@ -11,7 +11,7 @@ import openai
 import pytest
 from aiohttp import web
 
-from tests.factories import rules_yaml
+from tests.factories import rules_yaml, serve_fake
 from tests.fakes import dashscope as dashscope_fake
 from tests.fakes import kling as kling_fake
 from tests.fakes.dashscope import FakeDashScope
@@ -48,13 +48,11 @@ RULES = rules_yaml(
 
 
 async def proxy(make_proxy: Any, aiohttp_server: Any, kling: FakeKling, dashscope: FakeDashScope, **env: str) -> Any:
-    kling_server = await aiohttp_server(kling.app())
-    dashscope_server = await aiohttp_server(dashscope.app())
     values = {
-        "KLING": str(kling_server.make_url("")).rstrip("/"),
+        "KLING": await serve_fake(aiohttp_server, kling),
         "KLING_ACCESS_KEY": kling.access_key,
         "KLING_SECRET_KEY": kling.secret_key,
-        "DASHSCOPE": str(dashscope_server.make_url("")).rstrip("/"),
+        "DASHSCOPE": await serve_fake(aiohttp_server, dashscope),
         "DASHSCOPE_API_KEY": dashscope.api_key,
         **env,
     }

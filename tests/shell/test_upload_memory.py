@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.factories import OPENAI, rules_yaml
+from tests.factories import OPENAI, free_port, rules_yaml, wait_listening
 from tests.fakes.openai import KEY, FakeOpenAI, tiny_png
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,23 +35,6 @@ def peak_rss(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     raise AssertionError("no VmHWM")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def wait_listening(port: int) -> None:
-    for _ in range(300):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.1)
-    raise AssertionError("the proxy did not start")
 
 
 async def edit(session: aiohttp.ClientSession, port: int, image: bytes) -> int:
@@ -77,7 +59,7 @@ async def test_a_30_mb_upload_raises_peak_rss_by_well_under_three_times_its_size
         sys.executable, "-m", "proxy", "--rules", str(rules), "--port", str(port), cwd=ROOT, env=env, stdout=log, stderr=log
     )
     try:
-        await wait_listening(port)
+        await wait_listening(port, pause=0.1)
         async with aiohttp.ClientSession() as session:
             assert await edit(session, port, tiny_png()) == 200  # warm up every code path first
             before = peak_rss(process.pid)
