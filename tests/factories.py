@@ -8,7 +8,7 @@
 - rules: `rules_yaml` / `make_rules` (rules text or `Rules` from channel and model dicts) and the usual
   channels `OPENAI` and `LOCAL`;
 - the proxy under test: `start_proxy` (served as `python -m proxy` serves it), and in front of a fake
-  upstream: `serve_fake`, `proxy_with_fake`; `url_of` a started test server or client;
+  upstream: `serve_fake`, `serve_fakes`, `proxy_with_fake`; `url_of` a started test server or client;
 - clients: `CLIENT_KEY`, `auth`, and `poll_task` for `async: true` requests;
 - processes: `ROOT`, `clean_env`, `run_cli`, `free_port`, `wait_listening` and `RedisServer`;
 - multipart forms: `decode_form` (a strict decoder for proxy.core.multipart's output) and `form_values`.
@@ -233,6 +233,11 @@ def url_of(server: TestServer | TestClient, path: str = "") -> str:  # type: ign
 async def serve_fake(aiohttp_server: Callable[[Application], Awaitable[TestServer]], fake: Any) -> str:
     """Start a fake from tests/fakes; its base URL without the trailing slash."""
     return url_of(await aiohttp_server(fake.app()))
+
+
+async def serve_fakes(aiohttp_server: Callable[[Application], Awaitable[TestServer]], fakes: Mapping[str, Any]) -> dict[str, str]:
+    """Start each fake; their base URLs by the same names."""
+    return {name: await serve_fake(aiohttp_server, fake) for name, fake in fakes.items()}
 
 
 async def proxy_with_fake(

@@ -36,7 +36,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.factories import LOCAL, OPENAI, free_port, rules_yaml, wait_listening
+from tests.factories import LOCAL, OPENAI, free_port, rules_yaml, url_of, wait_listening
 from tests.fakes.openai import KEY, FakeOpenAI
 from tests.hardening.figures import record
 
@@ -340,7 +340,7 @@ async def test_a_client_that_leaves_mid_stream_closes_the_upstream_stream(tmp_pa
     upstream = TestServer(fake.app())
     await upstream.start_server()
     try:
-        async with serve(tmp_path, str(upstream.make_url("")).rstrip("/")) as proxy:
+        async with serve(tmp_path, url_of(upstream)) as proxy:
             await normal_request(proxy)
             fds0 = proxy.fds()
             left = 0
@@ -394,7 +394,7 @@ async def test_clients_that_leave_mid_upload_release_everything(tmp_path: Path, 
     upstream = TestServer(fake.app())
     await upstream.start_server()
     try:
-        async with serve(tmp_path, str(upstream.make_url("")).rstrip("/")) as proxy:
+        async with serve(tmp_path, url_of(upstream)) as proxy:
             await normal_request(proxy)
             rss0, fds0 = proxy.rss(), proxy.fds()
             peak = rss0

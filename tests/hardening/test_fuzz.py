@@ -42,7 +42,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from proxy.services import SERVICES
-from tests.factories import CLIENT_KEY, DALL_E_3, auth, rules_yaml
+from tests.factories import CLIENT_KEY, DALL_E_3, auth, rules_yaml, url_of
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
 from tests.hardening.figures import record
 
@@ -304,7 +304,7 @@ class CountingFake(FakeOpenAI):
 async def counting_openai(aiohttp_server: Callable[[web.Application], Awaitable[TestServer]]) -> tuple[CountingFake, str]:
     fake = CountingFake()
     server = await aiohttp_server(fake.app())
-    return fake, str(server.make_url("")).rstrip("/")
+    return fake, url_of(server)
 
 
 async def build(make_proxy: Any, counting_openai: Any) -> tuple[TestClient, CountingFake]:  # type: ignore[type-arg]

@@ -14,7 +14,7 @@ from proxy.adapters import SCHEMAS
 from proxy.app import make_app
 from proxy.core.rules import parse_rules
 from proxy.ops import reload_rules
-from tests.factories import OPENAI, rules_yaml, start_proxy
+from tests.factories import OPENAI, rules_yaml, serve_fake, start_proxy
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
 from tests.hardening.figures import record
 
@@ -41,7 +41,7 @@ async def image_of(client: Any, answer: dict[str, Any]) -> bytes:
 async def test_async_results_survive_a_disconnect_and_a_reload(
     aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    upstream = str((await aiohttp_server(FakeOpenAI(delay=0.3).app())).make_url("")).rstrip("/")
+    upstream = await serve_fake(aiohttp_server, FakeOpenAI(delay=0.3))
     env = {"UPSTREAM": upstream, "OPENAI_API_KEY": KEY}
     for name, value in env.items():
         monkeypatch.setenv(name, value)  # a reload reads the process environment, as SIGHUP does
@@ -62,7 +62,7 @@ async def test_async_results_survive_a_disconnect_and_a_reload(
 
 
 async def test_an_async_result_survives_the_replica_that_made_it(aiohttp_server: Any, redis_server: Any) -> None:
-    upstream = str((await aiohttp_server(FakeOpenAI(delay=0.4).app())).make_url("")).rstrip("/")
+    upstream = await serve_fake(aiohttp_server, FakeOpenAI(delay=0.4))
     env = {"UPSTREAM": upstream, "OPENAI_API_KEY": KEY, "STATE": redis_server.url}
     rules = parse_rules(RULES, env, SCHEMAS)
     a = TestClient(await start_proxy(make_app(rules), rules))

@@ -10,7 +10,7 @@ import openai
 import pytest
 from aiohttp import FormData
 
-from tests.factories import LOCAL, OPENAI, rules_yaml
+from tests.factories import LOCAL, OPENAI, rules_yaml, serve_fakes
 from tests.fakes import kling as kling_fake
 from tests.fakes.kling import FakeKling
 from tests.fakes.openai import KEY, PNG, FakeOpenAI, tiny_png
@@ -54,7 +54,7 @@ async def proxy(make_proxy: Any, aiohttp_server: Any, **env: str) -> tuple[Any, 
         "ark": FakeSeedream(),
         "kling": FakeKling(polls_before_done=0),
     }
-    urls = {name: str((await aiohttp_server(fake.app())).make_url("")).rstrip("/") for name, fake in fakes.items()}
+    urls = await serve_fakes(aiohttp_server, fakes)
     values = {
         "UPSTREAM": urls["openai"],
         "OPENAI_API_KEY": KEY,

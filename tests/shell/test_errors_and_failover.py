@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.factories import auth, free_port, rules_yaml
+from tests.factories import auth, free_port, rules_yaml, url_of
 from tests.fakes.openai import KEY, FakeOpenAI
 
 MODELS = {
@@ -31,7 +31,7 @@ async def two_fakes(aiohttp_server: Any) -> tuple[FakeOpenAI, str, FakeOpenAI, s
     primary, backup = FakeOpenAI(), FakeOpenAI()
     first: TestServer = await aiohttp_server(primary.app())
     second: TestServer = await aiohttp_server(backup.app())
-    return primary, str(first.make_url("")).rstrip("/"), backup, str(second.make_url("")).rstrip("/")
+    return primary, url_of(first), backup, url_of(second)
 
 
 async def post(client: Any, model: str, **extra: Any) -> tuple[int, dict[str, Any], Any]:
@@ -197,7 +197,7 @@ async def test_unreachable_channel_is_502_and_fails_over(make_proxy: Any, aiohtt
     backup = FakeOpenAI()
     server = await aiohttp_server(backup.app())
     dead = f"http://127.0.0.1:{free_port()}"
-    client = await make_proxy(RULES, {"PRIMARY": dead, "BACKUP": str(server.make_url("")).rstrip("/"), "OPENAI_API_KEY": KEY})
+    client = await make_proxy(RULES, {"PRIMARY": dead, "BACKUP": url_of(server), "OPENAI_API_KEY": KEY})
     status, body, _ = await post(client, "solo")
     assert status == 502
     assert body["error"]["code"] == "upstream_unreachable"

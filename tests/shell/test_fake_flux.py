@@ -14,7 +14,7 @@ from proxy.adapters.base import Job
 from proxy.adapters.flux import SPEC
 from proxy.core.errors import ContentPolicyViolation, ProxyError
 from tests import factories
-from tests.factories import drive
+from tests.factories import drive, url_of
 from tests.fakes.flux import COST, NO_CREDITS, PNG, FakeFlux
 
 KEY = {"x-key": "bfl-test-key"}
@@ -88,7 +88,7 @@ def make_job(base_url: str, model: str = "flux-pro-1.1", **body: Any) -> Job:
 async def test_the_adapter_drives_the_fake_end_to_end(aiohttp_server: Callable[[Application], Awaitable[TestServer]]) -> None:
     fake = FakeFlux(polls_before_done=2, fail_polls=1)
     server = await aiohttp_server(fake.app())
-    base = str(server.make_url("")).rstrip("/")
+    base = url_of(server)
     result = await drive(SPEC, make_job(base, size="1792x1024", seed=7))
     assert result.images[0].url == f"{base}/files/task-1.png"
     assert result.images[0].url_ttl == 600.0
@@ -103,5 +103,5 @@ async def test_the_adapter_reports_moderation(aiohttp_server: Callable[[Applicat
     fake = FakeFlux(polls_before_done=1, moderate="Content Moderated")
     server = await aiohttp_server(fake.app())
     with pytest.raises(ProxyError) as caught:
-        await drive(SPEC, make_job(str(server.make_url("")).rstrip("/")))
+        await drive(SPEC, make_job(url_of(server)))
     assert isinstance(caught.value, ContentPolicyViolation)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.factories import CLIENT_KEY, DALL_E_3, auth, rules_yaml
+from tests.factories import CLIENT_KEY, DALL_E_3, auth, rules_yaml, url_of
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
 
 MODELS: dict[str, Any] = {
@@ -155,7 +155,7 @@ async def test_b64_from_upstream_becomes_a_hosted_url(make_proxy: Any, fake_open
     assert body["size"] == "1024x1024"
     url = body["data"][0]["url"]
     assert url.startswith(str(client.make_url("/images/")))
-    image = await client.get(url.split(str(client.make_url("")).rstrip("/"))[1])  # no key needed
+    image = await client.get(url.split(url_of(client))[1])  # no key needed
     assert image.status == 200
     assert image.headers["Content-Type"] == "image/png"
     assert await image.read() == PNG
@@ -271,7 +271,7 @@ async def test_sdk_url_and_b64_json(make_proxy: Any, fake_openai: Any) -> None:
     assert as_b64.usage is not None and as_b64.usage.total_tokens == 4170
     local = await sdk.images.generate(model="local-image", prompt="a cat", size="256x256", response_format="url")
     assert local.data is not None and local.data[0].url is not None
-    png = await client.get(local.data[0].url.split(str(client.make_url("")).rstrip("/"))[1])
+    png = await client.get(local.data[0].url.split(url_of(client))[1])
     assert (await png.read())[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(openai.BadRequestError) as caught:
         await sdk.images.generate(model="dall-e-3", prompt="a cat", size="256x256")

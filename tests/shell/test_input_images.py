@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import FormData
 
-from tests.factories import CLIENT_KEY, OPENAI, auth, rules_yaml
+from tests.factories import CLIENT_KEY, OPENAI, auth, rules_yaml, serve_fakes
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
 from tests.fakes.sdwebui import FakeSDWebUI
 from tests.fakes.seedream import PREFIX as ARK_PREFIX
@@ -56,7 +56,7 @@ class Proxy:
 @pytest.fixture
 async def proxy(make_proxy: Any, aiohttp_server: Any) -> Proxy:
     fakes: dict[str, Any] = {"openai": FakeOpenAI(), "ark": FakeSeedream(), "webui": FakeSDWebUI()}
-    urls = {name: str((await aiohttp_server(fake.app())).make_url("")).rstrip("/") for name, fake in fakes.items()}
+    urls = await serve_fakes(aiohttp_server, fakes)
     env = {
         "UPSTREAM": urls["openai"],
         "OPENAI_API_KEY": KEY,

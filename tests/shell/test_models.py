@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from proxy import catalog
-from tests.factories import CLIENT_KEY, LOCAL, OPENAI, auth, free_port, rules_yaml
+from tests.factories import CLIENT_KEY, LOCAL, OPENAI, auth, free_port, rules_yaml, url_of
 from tests.fakes.openai import KEY, FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,7 +112,7 @@ async def test_a_default_channel_in_trouble_costs_the_client_nothing(
         app.router.add_get("/v1/models", maintenance)
     upstream = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     if trouble != "down":
-        upstream = str((await aiohttp_server(app)).make_url("")).rstrip("/")
+        upstream = url_of(await aiohttp_server(app))
     if trouble == "slow":
         monkeypatch.setattr(catalog, "MODELS_TIMEOUT", 0.3)
         fake.models_delay = 5.0

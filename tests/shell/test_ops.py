@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from proxy.ops import on_shutdown
-from tests.factories import free_port, proxy_with_fake, rules_yaml, wait_listening
+from tests.factories import free_port, proxy_with_fake, rules_yaml, serve_fake, wait_listening
 from tests.fakes.openai import KEY, FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -165,7 +165,7 @@ async def generate(session: aiohttp.ClientSession, served: Served, model: str) -
 
 async def test_sighup_reloads_valid_rules_and_keeps_them_on_invalid_ones(aiohttp_server: Any, tmp_path: Path) -> None:
     fake = FakeOpenAI(delay=1.0)
-    upstream = str((await aiohttp_server(fake.app())).make_url("")).rstrip("/")
+    upstream = await serve_fake(aiohttp_server, fake)
     served = await serve(tmp_path, upstream, RULES)
     try:
         async with aiohttp.ClientSession() as session:
@@ -191,7 +191,7 @@ async def test_sighup_reloads_valid_rules_and_keeps_them_on_invalid_ones(aiohttp
 
 async def test_sigterm_lets_the_request_in_flight_finish_and_refuses_new_ones(aiohttp_server: Any, tmp_path: Path) -> None:
     fake = FakeOpenAI(delay=1.5)
-    upstream = str((await aiohttp_server(fake.app())).make_url("")).rstrip("/")
+    upstream = await serve_fake(aiohttp_server, fake)
     served = await serve(tmp_path, upstream, RULES)
     async with aiohttp.ClientSession() as session:
         slow = asyncio.ensure_future(generate(session, served, "gpt-image-1.5"))

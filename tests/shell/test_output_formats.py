@@ -14,7 +14,7 @@ import openai
 from aiohttp import web
 from PIL import Image
 
-from tests.factories import poll_task
+from tests.factories import poll_task, url_of
 from tests.fakes import flux as flux_fake
 from tests.fakes import seedream as seedream_fake
 from tests.fakes import zhipu as zhipu_fake
@@ -43,7 +43,7 @@ async def shipped(make_proxy: Any, aiohttp_server: Any, zhipu: FakeZhipu, bfl: F
     env = {
         "ZHIPU_BASE_URL": str(zhipu_server.make_url(zhipu_fake.PREFIX)),
         "ZHIPU_API_KEY": zhipu.api_key,
-        "BFL_BASE_URL": str(bfl_server.make_url("")).rstrip("/"),
+        "BFL_BASE_URL": url_of(bfl_server),
         "BFL_API_KEY": bfl.api_key,
         "ARK_BASE_URL": str(ark_server.make_url(seedream_fake.PREFIX)),
         "ARK_API_KEY": ark.api_key,

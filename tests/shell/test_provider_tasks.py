@@ -11,7 +11,7 @@ import openai
 import pytest
 from aiohttp import web
 
-from tests.factories import rules_yaml, serve_fake
+from tests.factories import rules_yaml, serve_fake, url_of
 from tests.fakes import dashscope as dashscope_fake
 from tests.fakes import kling as kling_fake
 from tests.fakes.dashscope import FakeDashScope
@@ -210,7 +210,7 @@ async def test_a_task_past_its_deadline_never_fails_over_even_where_timeouts_may
 
 async def patient(make_proxy: Any, aiohttp_server: Any, kling: FakeKling, **env: str) -> Any:
     server = await aiohttp_server(kling.app())
-    values = {"KLING": str(server.make_url("")).rstrip("/"), "KLING_ACCESS_KEY": kling.access_key,
+    values = {"KLING": url_of(server), "KLING_ACCESS_KEY": kling.access_key,
               "KLING_SECRET_KEY": kling.secret_key, **env}
     return await make_proxy(PATIENT_RULES, values)
 

@@ -19,7 +19,7 @@ from proxy.core.limit_windows import Limits
 from proxy.core.rules import parse_rules
 from proxy.key_limits import admit
 from proxy.shared_state import DONE, IdempotentRecord, MemoryCounters, MemoryIdempotency
-from tests.factories import OPENAI, rules_yaml, start_proxy
+from tests.factories import OPENAI, rules_yaml, serve_fake, start_proxy
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
 
 RULES = rules_yaml(
@@ -45,7 +45,7 @@ def bearer(key: str) -> dict[str, str]:
 
 
 async def replicas(aiohttp_client: Any, aiohttp_server: Any, fake: FakeOpenAI, state: str, count: int = 2) -> list[TestClient]:  # type: ignore[type-arg]
-    upstream = str((await aiohttp_server(fake.app())).make_url("")).rstrip("/")
+    upstream = await serve_fake(aiohttp_server, fake)
     env = {"UPSTREAM": upstream, "OPENAI_API_KEY": KEY, "STATE": state}
     rules = parse_rules(RULES, env, SCHEMAS)
     return [await aiohttp_client(await start_proxy(make_app(rules), rules)) for _ in range(count)]

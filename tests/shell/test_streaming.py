@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from proxy import streaming as streaming_shell
-from tests.factories import LOCAL, OPENAI, rules_yaml
+from tests.factories import LOCAL, OPENAI, rules_yaml, serve_fake
 from tests.fakes.kling import FakeKling
 from tests.fakes.openai import KEY, PNG, FakeOpenAI, tiny_png
 
@@ -42,9 +42,9 @@ RULES = rules_yaml(
 async def proxy(make_proxy: Any, aiohttp_server: Any, fake: FakeOpenAI, kling: FakeKling | None = None) -> Any:
     kling = kling or FakeKling()
     env = {
-        "UPSTREAM": str((await aiohttp_server(fake.app())).make_url("")).rstrip("/"),
+        "UPSTREAM": await serve_fake(aiohttp_server, fake),
         "OPENAI_API_KEY": KEY,
-        "KLING": str((await aiohttp_server(kling.app())).make_url("")).rstrip("/"),
+        "KLING": await serve_fake(aiohttp_server, kling),
         "KLING_ACCESS": kling.access_key,
         "KLING_SECRET": kling.secret_key,
     }

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.factories import OPENAI, free_port, rules_yaml, wait_listening
+from tests.factories import OPENAI, free_port, rules_yaml, url_of, wait_listening
 from tests.fakes.openai import KEY, FakeOpenAI, tiny_png
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,7 +53,7 @@ async def test_a_30_mb_upload_raises_peak_rss_by_well_under_three_times_its_size
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
     port = free_port()
-    env = {**os.environ, "UPSTREAM": str(upstream.make_url("")).rstrip("/"), "OPENAI_API_KEY": KEY}
+    env = {**os.environ, "UPSTREAM": url_of(upstream), "OPENAI_API_KEY": KEY}
     log = (tmp_path / "proxy.log").open("wb")
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "proxy", "--rules", str(rules), "--port", str(port), cwd=ROOT, env=env, stdout=log, stderr=log
