@@ -3,6 +3,8 @@
 - jobs: `make_job` (a Job from a client body, with the rule, channel and plan knobs as keywords) and
   `channel_job` (a Job as the shell hands it to an adapter);
 - upstream answers: `answer` (an UpstreamResponse from a status and a JSON value or raw bytes);
+- adapter steps: `start_call` / `start_send` (a job's first call), `send_parts`, `fail_error`,
+  `advance_error` / `advance_error_from` (the error a step fails with, no secret in its message) and `envelope`;
 - an adapter against a fake upstream: `round_trip` (one call, sent and advanced) and `drive` (the whole
   job on the real driver);
 - rules: `rules_yaml` / `make_rules` (rules text or `Rules` from channel and model dicts) and the usual
@@ -38,7 +40,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web import Application
 
 from proxy.adapters import SCHEMAS
-from proxy.adapters.base import AdapterSpec, Job, Send, Step, UpstreamResponse
+from proxy.adapters.base import AdapterSpec, Call, Fail, Job, Send, Step, UpstreamResponse
+from proxy.core.errors import ProxyError
 from proxy.core.plan import GENERATE, Plan, build_plan, with_output_format
 from proxy.core.request import parse_image_request
 from proxy.core.rules import Channel, ModelRule, Rules, parse_rules
@@ -132,6 +135,51 @@ def answer(
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     default = {"content-type": content_type} if content_type else {}
     return UpstreamResponse(status=status, headers=dict(headers or default), body=raw)
+
+
+# --- adapter steps ---------------------------------------------------------------------------------------
+
+
+def send_parts(step: Step) -> tuple[Call, Any]:
+    """The call and state of a step that must be a Send."""
+    assert isinstance(step, Send), step
+    return step.call, step.state
+
+
+def start_send(spec: AdapterSpec, job: Job) -> tuple[Call, Any]:
+    """The call and state `spec` starts `job` with."""
+    return send_parts(spec.start(job))
+
+
+def start_call(spec: AdapterSpec, job: Job) -> Call:
+    """The call `spec` starts `job` with."""
+    return send_parts(spec.start(job))[0]
+
+
+def fail_error(step: Step, secrets: Iterable[str] = ()) -> Any:
+    """The error of a step that must be a Fail; none of `secrets` may appear in its message."""
+    assert isinstance(step, Fail), step
+    for secret in secrets:
+        assert secret not in step.error.message
+    return step.error
+
+
+def advance_error_from(
+    spec: AdapterSpec, job: Job, state: Any, response: UpstreamResponse, secrets: Iterable[str] = ()
+) -> Any:
+    """The error `spec` fails `job` with when `response` answers the call made in `state`."""
+    return fail_error(spec.advance(job, state, response), secrets)
+
+
+def advance_error(spec: AdapterSpec, job: Job, response: UpstreamResponse, secrets: Iterable[str] = ()) -> Any:
+    """The error `spec` fails `job` with when `response` answers its first call (made with no state)."""
+    return advance_error_from(spec, job, None, response, secrets)
+
+
+def envelope(error: ProxyError, retryable: bool = False) -> tuple[Any, ...]:
+    """What a client sees of an error: status, type, param and code (and whether it is retried)."""
+    seen = (error.status, error.type, error.param, error.code)
+    return (*seen, error.retryable) if retryable else seen
 
 
 # --- an adapter against a fake upstream -------------------------------------------------------------------

@@ -6,16 +6,16 @@ import base64
 import datetime
 from dataclasses import replace
 from functools import partial
-from typing import Any
 
 import pytest
 
 from proxy.adapters.azure import DEFAULT_API_VERSION, SPEC
-from proxy.adapters.base import Call, Done, Fail, Job, Send, UpstreamResponse
+from proxy.adapters.base import Call, Done, Fail, Send
 from proxy.core.errors import BadGateway, ContentPolicyViolation, InvalidRequest, RateLimited, UpstreamError
 from proxy.core.formats import Conversion
 from proxy.core.response import GeneratedImage, ImagesResult
 from tests import factories
+from tests.factories import advance_error, start_call
 from tests.fakes.png import encode_png
 
 KEY = "azure-secret-key-0123456789"
@@ -27,20 +27,13 @@ JSON_HEADERS = {"api-key": KEY, "Content-Type": "application/json"}
 make_job = partial(factories.make_job, spec=SPEC, channel="azure", base_url=ROOT, api_key=KEY)
 
 
-def sent(job: Job) -> Call:
-    step = SPEC.start(job)
-    assert isinstance(step, Send), step
-    return step.call
+sent = partial(start_call, SPEC)
 
 
 answer = partial(factories.answer, content_type="application/json")
 
 
-def failed(job: Job, response: UpstreamResponse) -> Any:
-    step = SPEC.advance(job, None, response)
-    assert isinstance(step, Fail), step
-    assert KEY not in step.error.message
-    return step.error
+failed = partial(advance_error, SPEC, secrets=(KEY,))
 
 
 # --- the call -------------------------------------------------------------------------------------------

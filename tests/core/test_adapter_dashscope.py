@@ -6,12 +6,12 @@ import base64
 from functools import partial
 from typing import Any
 
-from proxy.adapters.base import Call, Done, Fail, Job, Send, UpstreamResponse, Wait
+from proxy.adapters.base import Call, Done, Fail, UpstreamResponse, Wait
 from proxy.adapters.dashscope import SPEC, Task, is_sync, map_size
 from proxy.core.errors import BadGateway, ContentPolicyViolation, InvalidRequest, RateLimited, UpstreamError
 from proxy.core.response import GeneratedImage, ImagesResult
 from tests import factories
-from tests.factories import answer
+from tests.factories import advance_error_from, answer, start_call
 
 KEY = "sk-dashscope-0123456789abcdef"
 BASE = "https://dashscope.aliyuncs.com/api/v1"
@@ -33,17 +33,10 @@ def task(status: str, **more: Any) -> UpstreamResponse:
     return answer(200, {"request_id": "r-1", "output": {"task_id": "t-1", "task_status": status, **more}})
 
 
-def sent(job: Job) -> Call:
-    step = SPEC.start(job)
-    assert isinstance(step, Send)
-    return step.call
+sent = partial(start_call, SPEC)
 
 
-def failure(job: Job, state: Any, response: UpstreamResponse) -> Any:
-    step = SPEC.advance(job, state, response)
-    assert isinstance(step, Fail)
-    assert KEY not in step.error.message
-    return step.error
+failure = partial(advance_error_from, SPEC, secrets=(KEY,))
 
 
 def test_spec() -> None:

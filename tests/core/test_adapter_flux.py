@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from proxy.adapters.base import Call, Done, Fail, Job, Send, Step, UpstreamResponse, Wait
+from proxy.adapters.base import Call, Done, Job, Step, UpstreamResponse, Wait
 from proxy.adapters.flux import FLUX1, FLUX2, SPEC, Task, Timing, fit_size
 from proxy.core.errors import ProxyError
 from proxy.core.formats import Conversion
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.sizes import Size
 from tests import factories
-from tests.factories import answer
+from tests.factories import answer, fail_error, start_send
 
 KEY = "bfl-secret-key-0123456789"
 BASE = "https://api.bfl.ai"
@@ -32,20 +32,13 @@ make_job = partial(factories.make_job, spec=SPEC, channel="bfl", channel_type="f
                    max_n=4, passthrough=FIELDS)
 
 
-def submitted(job: Job) -> tuple[Call, Any]:
-    step = SPEC.start(job)
-    assert isinstance(step, Send), step
-    return step.call, step.state
+submitted = partial(start_send, SPEC)
 
 
-def failed(step: Step) -> ProxyError:
-    assert isinstance(step, Fail), step
-    assert KEY not in step.error.message
-    return step.error
+failed = partial(fail_error, secrets=(KEY,))
 
 
-def envelope(error: ProxyError) -> tuple[int, str, str | None, str | None, bool]:
-    return error.status, error.type, error.param, error.code, error.retryable
+envelope = partial(factories.envelope, retryable=True)
 
 
 def polling(job: Job, polling_url: str = POLL, **extra: Any) -> Wait:

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from proxy.adapters.base import Call, Done, Fail, Job, Send, Step, UpstreamResponse
+from proxy.adapters.base import Done, Job, Step, UpstreamResponse
 from proxy.adapters.gemini import SPEC
-from proxy.core.errors import ProxyError
 from proxy.core.formats import Conversion
 from proxy.core.response import GeneratedImage, ImagesResult
 from tests import factories
+from tests.factories import envelope, fail_error, send_parts
 from tests.fakes.png import encode_png
 
 KEY = "AIzaSyGeminiSecret-0123456789abcdef"
@@ -30,18 +30,10 @@ make_job = partial(factories.make_job, spec=SPEC, channel="gemini", base_url=BAS
                    passthrough=("aspect_ratio",))
 
 
-def sent(step: Step) -> tuple[Call, Any]:
-    assert isinstance(step, Send), step
-    return step.call, step.state
+sent = send_parts
 
 
-def failed(step: Step) -> ProxyError:
-    assert isinstance(step, Fail), step
-    return step.error
-
-
-def envelope(error: ProxyError) -> tuple[int, str, str | None, str | None]:
-    return error.status, error.type, error.param, error.code
+failed = fail_error
 
 
 def advance(job: Job, response: UpstreamResponse) -> Step:

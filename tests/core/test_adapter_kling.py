@@ -10,13 +10,13 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
-from proxy.adapters.base import Call, Done, Fail, Job, Send, UpstreamResponse, Wait
+from proxy.adapters.base import Call, Done, Fail, UpstreamResponse, Wait
 from proxy.adapters.kling import SPEC, Task, credential, map_aspect_ratio
 from proxy.core.errors import BadGateway, ContentPolicyViolation, InvalidRequest, NotFound, RateLimited
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Channel
 from tests import factories
-from tests.factories import answer
+from tests.factories import advance_error_from, answer, start_call
 
 ACCESS, SECRET = "ak-test-access", "sk-test-secret-0123456789"
 PAIR = f"{ACCESS}:{SECRET}"
@@ -46,17 +46,10 @@ def created() -> UpstreamResponse:
 POLL = Call("GET", f"{CREATE_URL}/t-1", headers=POLL_HEADERS)
 
 
-def sent(job: Job) -> Call:
-    step = SPEC.start(job)
-    assert isinstance(step, Send)
-    return step.call
+sent = partial(start_call, SPEC)
 
 
-def failure(job: Job, state: Any, response: UpstreamResponse) -> Any:
-    step = SPEC.advance(job, state, response)
-    assert isinstance(step, Fail)
-    assert SECRET not in step.error.message and JWT not in step.error.message
-    return step.error
+failure = partial(advance_error_from, SPEC, secrets=(SECRET, JWT))
 
 
 def _unb64(part: str) -> bytes:

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from proxy.adapters.base import Call, Done, Fail, Job, Send, Step, Wait
+from proxy.adapters.base import Call, Done, Job, Step, Wait
 from proxy.adapters.replicate import SPEC, Prediction, Timing
 from proxy.core.errors import ProxyError
 from proxy.core.formats import Conversion
 from proxy.core.response import GeneratedImage, ImagesResult
 from tests import factories
-from tests.factories import answer
+from tests.factories import answer, fail_error, start_send
 from tests.fakes.png import encode_png
 
 KEY = "r8_replicate-secret-0123456789"
@@ -40,20 +40,13 @@ def prediction(status: str, *, output: Any = None, error: Any = None, pid: str =
     }
 
 
-def created(job: Job) -> tuple[Call, Any]:
-    step = SPEC.start(job)
-    assert isinstance(step, Send), step
-    return step.call, step.state
+created = partial(start_send, SPEC)
 
 
-def failed(step: Step) -> ProxyError:
-    assert isinstance(step, Fail), step
-    assert KEY not in step.error.message
-    return step.error
+failed = partial(fail_error, secrets=(KEY,))
 
 
-def envelope(error: ProxyError) -> tuple[int, str, str | None, str | None, bool]:
-    return error.status, error.type, error.param, error.code, error.retryable
+envelope = partial(factories.envelope, retryable=True)
 
 
 def running(job: Job, **extra: Any) -> Wait:

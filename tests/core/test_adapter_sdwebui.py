@@ -14,6 +14,7 @@ from proxy.adapters.sdwebui import SPEC
 from proxy.core.errors import BadGateway, InvalidRequest, UpstreamError
 from proxy.core.response import GeneratedImage, ImagesResult
 from tests import factories
+from tests.factories import advance_error, start_call
 from tests.fakes.png import encode_png
 
 BASE = "http://gpu-box:7860"
@@ -30,10 +31,7 @@ make_job = partial(factories.make_job, channel="webui", channel_type="sdwebui", 
                    passthrough=ALL_EXTRAS)
 
 
-def sent(job: Job) -> Call:
-    step = SPEC.start(job)
-    assert isinstance(step, Send), step
-    return step.call
+sent = partial(start_call, SPEC)
 
 
 def refused(job: Job) -> Any:
@@ -49,10 +47,7 @@ def webui_answer(images: list[str], info: dict[str, Any] | str) -> dict[str, Any
     return {"images": images, "parameters": {"prompt": "p"}, "info": info if isinstance(info, str) else json.dumps(info)}
 
 
-def failed(job: Job, response: UpstreamResponse) -> Any:
-    step = SPEC.advance(job, None, response)
-    assert isinstance(step, Fail), step
-    return step.error
+failed = partial(advance_error, SPEC)
 
 
 # --- the call -------------------------------------------------------------------------------------------

@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from proxy.adapters.base import Call, Done, Fail, Job, Send, UpstreamResponse
+from proxy.adapters.base import Call, Done, Fail, Job, Send
 from proxy.adapters.seedream import FAMILIES, SPEC, fit_size
 from proxy.core.errors import BadGateway, ContentPolicyViolation, RateLimited, ServiceUnavailable, UpstreamError
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.sizes import Size
 from tests import factories
-from tests.factories import answer
+from tests.factories import advance_error, answer
 from tests.fakes.png import encode_png
 
 KEY = "ark-secret-0123456789"
@@ -39,11 +39,7 @@ def sent_body(job: Job) -> Any:
     return step.call.json
 
 
-def failure(job: Job, response: UpstreamResponse) -> Any:
-    step = SPEC.advance(job, None, response)
-    assert isinstance(step, Fail)
-    assert KEY not in step.error.message
-    return step.error
+failure = partial(advance_error, SPEC, secrets=(KEY,))
 
 
 def ark_error(code: str, message: str, param: str = "", kind: str = "BadRequest") -> dict[str, Any]:

@@ -11,13 +11,12 @@ from typing import Any
 
 import pytest
 
-from proxy.adapters.base import Call, Done, Fail, Job, Send, Step, UpstreamResponse
+from proxy.adapters.base import Call, Done, Job, Step, UpstreamResponse
 from proxy.adapters.stability import SPEC
-from proxy.core.errors import ProxyError
 from proxy.core.formats import Conversion
 from proxy.core.response import GeneratedImage, ImagesResult
 from tests import factories
-from tests.factories import Field, decode_form, form_values
+from tests.factories import Field, decode_form, envelope, fail_error, form_values, send_parts
 from tests.fakes.png import encode_png
 
 KEY = "sk-stability-secret-4f9a8b7c"
@@ -32,9 +31,7 @@ make_job = partial(factories.make_job, spec=SPEC, channel="stability", base_url=
                    passthrough=STABLE_FIELDS)
 
 
-def sent(step: Step) -> tuple[Call, Any]:
-    assert isinstance(step, Send), step
-    return step.call, step.state
+sent = send_parts
 
 
 def form_of(call: Call) -> list[Field]:
@@ -42,13 +39,7 @@ def form_of(call: Call) -> list[Field]:
     return decode_form(call.data, call.headers["Content-Type"])
 
 
-def failed(step: Step) -> ProxyError:
-    assert isinstance(step, Fail), step
-    return step.error
-
-
-def envelope(error: ProxyError) -> tuple[int, str, str | None, str | None]:
-    return error.status, error.type, error.param, error.code
+failed = fail_error
 
 
 def stability_error(status: int, name: str, *errors: str, headers: Mapping[str, str] | None = None) -> UpstreamResponse:

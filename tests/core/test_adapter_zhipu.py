@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from proxy.adapters.base import Call, Done, Fail, Job, Send, UpstreamResponse
+from proxy.adapters.base import Call, Done, Fail, UpstreamResponse
 from proxy.adapters.zhipu import SPEC, map_size
 from proxy.core.errors import (
     BadGateway,
@@ -20,7 +20,7 @@ from proxy.core.errors import (
 )
 from proxy.core.response import GeneratedImage, ImagesResult
 from tests import factories
-from tests.factories import answer
+from tests.factories import advance_error, answer, start_call
 
 KEY = "zhipu-secret-0123456789"
 BASE = "https://open.bigmodel.cn/api/paas/v4"
@@ -33,17 +33,10 @@ make_job = partial(factories.make_job, channel="zhipu", base_url=BASE, api_key=K
                    passthrough=frozenset({"watermark", "user", "extra_body"}))
 
 
-def sent_call(job: Job) -> Call:
-    step = SPEC.start(job)
-    assert isinstance(step, Send)
-    return step.call
+sent_call = partial(start_call, SPEC)
 
 
-def failure(job: Job, response: UpstreamResponse) -> Any:
-    step = SPEC.advance(job, None, response)
-    assert isinstance(step, Fail)
-    assert KEY not in step.error.message
-    return step.error
+failure = partial(advance_error, SPEC, secrets=(KEY,))
 
 
 def test_spec_declares_no_native_n() -> None:
