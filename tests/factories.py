@@ -7,8 +7,9 @@
   `advance_error` / `advance_error_from` (the error a step fails with, no secret in its message) and `envelope`;
 - an adapter against a fake upstream: `round_trip` (one call, sent and advanced) and `drive` (the whole
   job on the real driver);
-- rules: `rules_yaml` / `make_rules` (rules text or `Rules` from channel and model dicts) and the usual
-  channels `OPENAI` and `LOCAL`;
+- rules: `rules_yaml` / `make_rules` (rules text or `Rules` from channel and model dicts), the usual
+  channels `OPENAI` and `LOCAL`, and dall-e-3 as OpenAI takes it (`DALL_E_3` for rules_yaml, `DALLE3` as a
+  ModelRule);
 - the proxy under test: `start_proxy` (served as `python -m proxy` serves it), and in front of a fake
   upstream: `serve_fake`, `serve_fakes`, `proxy_with_fake`; `url_of` a started test server or client;
 - clients: `CLIENT_KEY`, `auth`, and `poll_task` for `async: true` requests;
