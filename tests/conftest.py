@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -19,13 +17,9 @@ from proxy.adapters import SCHEMAS
 from proxy.app import make_app
 from proxy.core.rules import parse_rules
 from proxy.image_store import FileImageStore
+from tests.factories import ProxyFactory, RedisServer, serve_fake, start_proxy
 from tests.fakes.openai import FakeOpenAI
 from tests.hardening.figures import lines
-from tests.serve import start_proxy
-
-CLIENT_KEY = "client-key-1"
-
-ProxyFactory = Callable[..., Awaitable[TestClient]]
 
 
 @pytest.fixture
@@ -45,60 +39,7 @@ def make_proxy(aiohttp_client: Callable[..., Awaitable[TestClient]], tmp_path: P
 @pytest.fixture
 async def fake_openai(aiohttp_server: Callable[[Application], Awaitable[TestServer]]) -> tuple[FakeOpenAI, str]:
     fake = FakeOpenAI()
-    server = await aiohttp_server(fake.app())
-    return fake, str(server.make_url("")).rstrip("/")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisServer:
-    """A real redis-server on loopback for one test; `stop` and `start` simulate an outage."""
-
-    def __init__(self, binary: str, directory: Path) -> None:
-        self.binary, self.directory, self.port = binary, directory, _free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        import time
-
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(100):
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
+    return fake, await serve_fake(aiohttp_server, fake)
 
 
 @pytest.fixture

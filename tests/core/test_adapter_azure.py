@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import base64
 import datetime
-import json
 from dataclasses import replace
-from typing import Any
+from functools import partial
 
 import pytest
 
 from proxy.adapters.azure import DEFAULT_API_VERSION, SPEC
-from proxy.adapters.base import Call, Done, Fail, Job, Send, UpstreamResponse
+from proxy.adapters.base import Call, Done, Fail, Send
 from proxy.core.errors import BadGateway, ContentPolicyViolation, InvalidRequest, RateLimited, UpstreamError
 from proxy.core.formats import Conversion
-from proxy.core.plan import build_plan
-from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
-from proxy.core.rules import Channel, ModelRule
-from tests.core.adapter_steps import declared, started
-from tests.core.jobs import channel_job
+from tests import factories
+from tests.factories import advance_error, start_call, started
 from tests.fakes.png import encode_png
 
 KEY = "azure-secret-key-0123456789"
@@ -28,48 +24,16 @@ PNG_B64 = base64.b64encode(encode_png(1, 1, [b"\x01\x02\x03"])).decode("ascii")
 JSON_HEADERS = {"api-key": KEY, "Content-Type": "application/json"}
 
 
-def make_job(
-    body: dict[str, Any],
-    *,
-    base_url: str = ROOT,
-    settings: dict[str, Any] | None = None,
-    passthrough: frozenset[str] = frozenset(),
-    upstream_model: str | None = None,
-    api_key: str | None = KEY,
-) -> Job:
-    rule = ModelRule(
-        pattern=body["model"],
-        channels=("azure",),
-        upstream_model=upstream_model,
-        passthrough=passthrough,
-    )
-    plan = build_plan(parse_image_request(body), rule)
-    channel = Channel(
-        name="azure",
-        type="azure",
-        base_url=base_url,
-        api_key=api_key,
-        settings=declared(SPEC, settings),
-    )
-    return channel_job(SPEC, plan, channel, api_key)
+make_job = partial(factories.make_job, spec=SPEC, channel="azure", base_url=ROOT, api_key=KEY)
 
 
-def sent(job: Job) -> Call:
-    step = SPEC.start(job)
-    assert isinstance(step, Send), step
-    return step.call
+sent = partial(start_call, SPEC)
 
 
-def answer(status: int, body: Any, headers: dict[str, str] | None = None) -> UpstreamResponse:
-    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return UpstreamResponse(status=status, headers=headers or {"content-type": "application/json"}, body=raw)
+answer = partial(factories.answer, content_type="application/json")
 
 
-def failed(job: Job, response: UpstreamResponse) -> Any:
-    step = SPEC.advance(job, None, response)
-    assert isinstance(step, Fail), step
-    assert KEY not in step.error.message
-    return step.error
+failed = partial(advance_error, SPEC, secrets=(KEY,))
 
 
 # --- the call -------------------------------------------------------------------------------------------

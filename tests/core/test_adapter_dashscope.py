@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import base64
-import json
-from collections.abc import Mapping
-from types import MappingProxyType
+from functools import partial
 from typing import Any
 
 import pytest
 
-from proxy.adapters.base import Call, Done, Fail, Job, Send, UpstreamResponse, Wait
+from proxy.adapters.base import Call, Done, UpstreamResponse, Wait
 from proxy.adapters.dashscope import SPEC, Task, is_sync, map_size
 from proxy.core.errors import BadGateway, ContentPolicyViolation, InvalidRequest, RateLimited, UpstreamError
-from proxy.core.plan import build_plan
-from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
-from proxy.core.rules import Channel, ModelRule
+from tests import factories
+from tests.factories import advance_error_from, answer, start_call
 
 KEY = "sk-dashscope-0123456789abcdef"
 BASE = "https://dashscope.aliyuncs.com/api/v1"
@@ -28,38 +25,20 @@ POLL = Call("GET", f"{BASE}/tasks/t-1", headers={"Authorization": f"Bearer {KEY}
 TTL = 86400.0
 
 
-def make_job(
-    body: Mapping[str, Any],
-    *,
-    passthrough: frozenset[str] = frozenset({"negative_prompt", "seed", "watermark", "prompt_extend", "image", "extra_body"}),
-    upstream: str | None = None,
-    settings: Mapping[str, Any] | None = None,
-) -> Job:
-    request = parse_image_request(body)
-    rule = ModelRule(pattern=request.model, channels=("dashscope",), upstream_model=upstream, max_n=4, passthrough=passthrough)
-    channel = Channel(name="dashscope", type="dashscope", base_url=BASE, api_key=KEY, settings=MappingProxyType(settings or {}))
-    return Job(build_plan(request, rule), channel, KEY)
-
-
-def answer(status: int, body: Any, headers: Mapping[str, str] | None = None) -> UpstreamResponse:
-    return UpstreamResponse(status=status, headers=headers or {}, body=json.dumps(body).encode())
+make_job = partial(
+    factories.make_job, channel="dashscope", base_url=BASE, api_key=KEY, max_n=4,
+    passthrough=frozenset({"negative_prompt", "seed", "watermark", "prompt_extend", "image", "extra_body"}),
+)
 
 
 def task(status: str, **more: Any) -> UpstreamResponse:
     return answer(200, {"request_id": "r-1", "output": {"task_id": "t-1", "task_status": status, **more}})
 
 
-def sent(job: Job) -> Call:
-    step = SPEC.start(job)
-    assert isinstance(step, Send)
-    return step.call
+sent = partial(start_call, SPEC)
 
 
-def failure(job: Job, state: Any, response: UpstreamResponse) -> Any:
-    step = SPEC.advance(job, state, response)
-    assert isinstance(step, Fail)
-    assert KEY not in step.error.message
-    return step.error
+failure = partial(advance_error_from, SPEC, secrets=(KEY,))
 
 
 def test_spec() -> None:

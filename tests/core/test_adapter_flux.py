@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-from types import MappingProxyType
+from functools import partial
 from typing import Any
 
 import pytest
 
-from proxy.adapters.base import Call, Done, Fail, Job, Send, Step, UpstreamResponse, Wait
+from proxy.adapters.base import Call, Done, Job, Step, UpstreamResponse, Wait
 from proxy.adapters.flux import FLUX1, FLUX2, SPEC, Task, fit_size
 from proxy.core.errors import ProxyError
 from proxy.core.formats import Conversion
-from proxy.core.plan import build_plan
-from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
-from proxy.core.rules import Channel, ModelRule
 from proxy.core.sizes import Size
-from tests.core.jobs import channel_job
+from tests import factories
+from tests.factories import answer, fail_error, start_send
 
 KEY = "bfl-secret-key-0123456789"
 BASE = "https://api.bfl.ai"
@@ -31,34 +28,17 @@ FIELDS = ("seed", "output_format", "image", "strength", "aspect_ratio", "safety_
           "extra_body")
 
 
-def make_job(body: Mapping[str, Any], *, upstream: str | None = None, passthrough: Iterable[str] = FIELDS,
-             base_url: str = BASE, settings: Mapping[str, Any] | None = None) -> Job:
-    request = parse_image_request(body)
-    rule = ModelRule(pattern=request.model, channels=("bfl",), upstream_model=upstream, max_n=4,
-                     passthrough=frozenset(passthrough))
-    channel = Channel(name="bfl", type="flux", base_url=base_url, api_key=KEY,
-                      settings=MappingProxyType(dict(settings or {})))
-    return channel_job(SPEC, build_plan(request, rule), channel, KEY)
+make_job = partial(factories.make_job, spec=SPEC, channel="bfl", channel_type="flux", base_url=BASE, api_key=KEY,
+                   max_n=4, passthrough=FIELDS)
 
 
-def answer(status: int, body: Any, headers: Mapping[str, str] | None = None) -> UpstreamResponse:
-    return UpstreamResponse(status=status, headers=headers or {}, body=json.dumps(body).encode())
+submitted = partial(start_send, SPEC)
 
 
-def submitted(job: Job) -> tuple[Call, Any]:
-    step = SPEC.start(job)
-    assert isinstance(step, Send), step
-    return step.call, step.state
+failed = partial(fail_error, secrets=(KEY,))
 
 
-def failed(step: Step) -> ProxyError:
-    assert isinstance(step, Fail), step
-    assert KEY not in step.error.message
-    return step.error
-
-
-def envelope(error: ProxyError) -> tuple[int, str, str | None, str | None, bool]:
-    return error.status, error.type, error.param, error.code, error.retryable
+envelope = partial(factories.envelope, retryable=True)
 
 
 def polling(job: Job, polling_url: str = POLL, **extra: Any) -> Wait:

@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Mapping
+from functools import partial
 from typing import Any
 
 import pytest
 
-from proxy.adapters.base import Call, Done, Fail, Job, Send, Step, UpstreamResponse
+from proxy.adapters.base import Done, Job, Step, UpstreamResponse
 from proxy.adapters.gemini import SPEC
 from proxy.core.channel_settings import parse_settings
-from proxy.core.errors import ProxyError
 from proxy.core.formats import Conversion
-from proxy.core.plan import build_plan
-from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
-from proxy.core.rules import Channel, ModelRule
-from tests.core.adapter_steps import declared, started
-from tests.core.jobs import channel_job
+from tests import factories
+from tests.factories import envelope, fail_error, send_parts, started
 from tests.fakes.png import encode_png
 
 KEY = "AIzaSyGeminiSecret-0123456789abcdef"
@@ -31,28 +27,14 @@ IMAGEN = "imagen-4.0-generate-001"
 FLASH = "gemini-2.5-flash-image"
 
 
-def make_job(body: Mapping[str, Any], *, passthrough: Iterable[str] = ("aspect_ratio",),
-             settings: Mapping[str, Any] | None = None, api_key: str = KEY, upstream: str | None = None) -> Job:
-    request = parse_image_request(body)
-    rule = ModelRule(pattern=request.model, channels=("gemini",), upstream_model=upstream, max_n=4,
-                     passthrough=frozenset(passthrough))
-    channel = Channel(name="gemini", type="gemini", base_url=BASE, api_key=api_key,
-                      settings=declared(SPEC, settings))
-    return channel_job(SPEC, build_plan(request, rule), channel, api_key)
+make_job = partial(factories.make_job, spec=SPEC, channel="gemini", base_url=BASE, api_key=KEY, max_n=4,
+                   passthrough=("aspect_ratio",))
 
 
-def sent(step: Step) -> tuple[Call, Any]:
-    assert isinstance(step, Send), step
-    return step.call, step.state
+sent = send_parts
 
 
-def failed(step: Step) -> ProxyError:
-    assert isinstance(step, Fail), step
-    return step.error
-
-
-def envelope(error: ProxyError) -> tuple[int, str, str | None, str | None]:
-    return error.status, error.type, error.param, error.code
+failed = fail_error
 
 
 def advance(job: Job, response: UpstreamResponse) -> Step:

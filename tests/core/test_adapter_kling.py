@@ -7,18 +7,18 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping
-from types import MappingProxyType
+from functools import partial
 from typing import Any
 
 import pytest
 
-from proxy.adapters.base import Call, Done, Fail, Job, Send, UpstreamResponse, Wait
+from proxy.adapters.base import Call, Done, Fail, UpstreamResponse, Wait
 from proxy.adapters.kling import SPEC, Task, credential, map_aspect_ratio
 from proxy.core.errors import BadGateway, ContentPolicyViolation, InvalidRequest, NotFound, RateLimited
-from proxy.core.plan import build_plan
-from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
-from proxy.core.rules import Channel, ModelRule
+from proxy.core.rules import Channel
+from tests import factories
+from tests.factories import advance_error_from, answer, start_call
 
 ACCESS, SECRET = "ak-test-access", "sk-test-secret-0123456789"
 PAIR = f"{ACCESS}:{SECRET}"
@@ -30,22 +30,10 @@ POLL_HEADERS = {"Authorization": f"Bearer {JWT}"}
 TTL = 30 * 86400.0
 
 
-def make_job(
-    body: Mapping[str, Any],
-    *,
-    passthrough: frozenset[str] = frozenset({"negative_prompt", "image", "strength", "watermark", "aspect_ratio"}),
-    upstream: str | None = None,
-    settings: Mapping[str, Any] | None = None,
-    key: str | None = JWT,
-) -> Job:
-    request = parse_image_request(body)
-    rule = ModelRule(pattern=request.model, channels=("kling",), upstream_model=upstream, max_n=9, passthrough=passthrough)
-    channel = Channel(name="kling", type="kling", base_url=BASE, api_key=PAIR, settings=MappingProxyType(settings or {}))
-    return Job(build_plan(request, rule), channel, key)
-
-
-def answer(status: int, body: Any, headers: Mapping[str, str] | None = None) -> UpstreamResponse:
-    return UpstreamResponse(status=status, headers=headers or {}, body=json.dumps(body).encode())
+make_job = partial(
+    factories.make_job, channel="kling", base_url=BASE, api_key=PAIR, key=JWT, max_n=9,
+    passthrough=frozenset({"negative_prompt", "image", "strength", "watermark", "aspect_ratio"}),
+)
 
 
 def task(status: str, **more: Any) -> UpstreamResponse:
@@ -60,17 +48,10 @@ def created() -> UpstreamResponse:
 POLL = Call("GET", f"{CREATE_URL}/t-1", headers=POLL_HEADERS)
 
 
-def sent(job: Job) -> Call:
-    step = SPEC.start(job)
-    assert isinstance(step, Send)
-    return step.call
+sent = partial(start_call, SPEC)
 
 
-def failure(job: Job, state: Any, response: UpstreamResponse) -> Any:
-    step = SPEC.advance(job, state, response)
-    assert isinstance(step, Fail)
-    assert SECRET not in step.error.message and JWT not in step.error.message
-    return step.error
+failure = partial(advance_error_from, SPEC, secrets=(SECRET, JWT))
 
 
 def _unb64(part: str) -> bytes:

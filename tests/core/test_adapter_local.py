@@ -19,7 +19,7 @@ from proxy.core.plan import EDIT, VARIATION, build_plan
 from proxy.core.request import parse_image_request
 from proxy.core.response import ImagesResult
 from proxy.core.rules import Channel, ModelRule
-from tests.core.jobs import channel_job
+from tests.factories import channel_job
 
 RULE = ModelRule(pattern="local-image", channels=("local",),
                  passthrough=frozenset({"seed", "output_format", "output_compression", "background"}))

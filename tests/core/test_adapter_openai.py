@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from types import MappingProxyType
 from typing import Any
 
@@ -11,11 +12,9 @@ import pytest
 from proxy.adapters import openai
 from proxy.adapters.base import Call, Done, Fail, Job, Send, UpstreamResponse
 from proxy.core.errors import BadGateway, RateLimited, UpstreamError
-from proxy.core.plan import build_plan
-from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Channel, ModelRule
-from tests.core.jobs import channel_job
+from tests.factories import DALLE3, answer, make_job
 
 BASE = "https://api.openai.example/v1"
 KEY = "Zx9-openai-channel-key-0123456789"
@@ -23,15 +22,6 @@ CHANNEL = Channel(name="openai", type="openai", base_url=BASE, api_key=KEY,
                   headers=MappingProxyType({"OpenAI-Organization": "org-42"}))
 PASSTHROUGH = Channel(name="relay", type="openai", base_url=BASE, api_key="passthrough")
 
-DALLE3 = ModelRule(
-    pattern="dall-e-3",
-    channels=("openai",),
-    defaults=MappingProxyType({"quality": "standard", "response_format": "url"}),
-    sizes=("1024x1024", "1792x1024", "1024x1792"),
-    max_n=1,
-    passthrough=frozenset({"response_format", "style", "user"}),
-    values=MappingProxyType({"quality": ("standard", "hd")}),
-)
 GPT_IMAGE = ModelRule(
     pattern="gpt-image-*",
     channels=("openai",),
@@ -43,12 +33,10 @@ HEADERS = {"OpenAI-Organization": "org-42", "Authorization": f"Bearer {KEY}", "C
 
 
 def _job(body: dict[str, Any], rule: ModelRule, channel: Channel = CHANNEL, key: str | None = KEY) -> Job:
-    return channel_job(openai.SPEC, build_plan(parse_image_request(body), rule), channel, key)
+    return make_job(body, rule, spec=openai.SPEC, channel=channel, key=key)
 
 
-def _response(status: int, body: Any, headers: dict[str, str] | None = None) -> UpstreamResponse:
-    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return UpstreamResponse(status=status, headers=headers or {"content-type": "application/json"}, body=raw)
+_response = partial(answer, content_type="application/json")
 
 
 def _fail(job: Job, response: UpstreamResponse) -> Any:

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import base64
-import json
-from collections.abc import Callable, Iterable, Mapping
-from types import MappingProxyType
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import pytest
 
-from proxy.adapters.base import Call, Done, Fail, Job, Send, Step, UpstreamResponse, Wait
+from proxy.adapters.base import Call, Done, Job, Step, Wait
 from proxy.adapters.replicate import SPEC, Prediction
 from proxy.core.errors import ProxyError
 from proxy.core.formats import Conversion
-from proxy.core.plan import build_plan
-from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
-from proxy.core.rules import Channel, ModelRule
-from tests.core.jobs import channel_job
+from tests import factories
+from tests.factories import answer, fail_error, start_send
 from tests.fakes.png import encode_png
 
 KEY = "r8_replicate-secret-0123456789"
@@ -30,18 +27,8 @@ PNG_B64 = base64.b64encode(encode_png(1, 1, [b"\x00\x80\xff"])).decode()
 FIELDS = ("seed", "output_format", "image", "strength", "aspect_ratio", "negative_prompt", "extra_body", "go_fast")
 
 
-def make_job(body: Mapping[str, Any], *, upstream: str | None = "black-forest-labs/flux-schnell",
-             passthrough: Iterable[str] = FIELDS, settings: Mapping[str, Any] | None = None) -> Job:
-    request = parse_image_request(body)
-    rule = ModelRule(pattern=request.model, channels=("replicate",), upstream_model=upstream, max_n=4,
-                     passthrough=frozenset(passthrough))
-    channel = Channel(name="replicate", type="replicate", base_url=BASE, api_key=KEY,
-                      settings=MappingProxyType(dict(settings or {})))
-    return channel_job(SPEC, build_plan(request, rule), channel, KEY)
-
-
-def answer(status: int, body: Any, headers: Mapping[str, str] | None = None) -> UpstreamResponse:
-    return UpstreamResponse(status=status, headers=headers or {}, body=json.dumps(body).encode())
+make_job = partial(factories.make_job, spec=SPEC, channel="replicate", base_url=BASE, api_key=KEY, max_n=4,
+                   upstream="black-forest-labs/flux-schnell", passthrough=FIELDS)
 
 
 def prediction(status: str, *, output: Any = None, error: Any = None, pid: str = "p-1", host: str = BASE) -> dict[str, Any]:
@@ -53,20 +40,13 @@ def prediction(status: str, *, output: Any = None, error: Any = None, pid: str =
     }
 
 
-def created(job: Job) -> tuple[Call, Any]:
-    step = SPEC.start(job)
-    assert isinstance(step, Send), step
-    return step.call, step.state
+created = partial(start_send, SPEC)
 
 
-def failed(step: Step) -> ProxyError:
-    assert isinstance(step, Fail), step
-    assert KEY not in step.error.message
-    return step.error
+failed = partial(fail_error, secrets=(KEY,))
 
 
-def envelope(error: ProxyError) -> tuple[int, str, str | None, str | None, bool]:
-    return error.status, error.type, error.param, error.code, error.retryable
+envelope = partial(factories.envelope, retryable=True)
 
 
 def running(job: Job, **extra: Any) -> Wait:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from functools import partial
 from typing import Any
 
 import pytest
@@ -11,11 +12,9 @@ import pytest
 from proxy.adapters.base import Call, Done, Fail, Job, Send, UpstreamResponse
 from proxy.adapters.sdwebui import SPEC
 from proxy.core.errors import BadGateway, InvalidRequest, UpstreamError
-from proxy.core.plan import build_plan
-from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
-from proxy.core.rules import Channel, ModelRule
-from tests.core.adapter_steps import declared, started
+from tests import factories
+from tests.factories import advance_error, start_call, started
 from tests.fakes.png import encode_png
 
 BASE = "http://gpu-box:7860"
@@ -28,25 +27,12 @@ ALL_EXTRAS = frozenset(
     {"seed", "negative_prompt", "image", "strength", "steps", "cfg_scale", "sampler_name", "scheduler", "mask", "extra_body"}
 )
 
-
-def make_job(
-    body: dict[str, Any],
-    *,
-    settings: dict[str, Any] | None = None,
-    passthrough: frozenset[str] = ALL_EXTRAS,
-    upstream_model: str | None = None,
-    api_key: str | None = None,
-) -> Job:
-    rule = ModelRule(pattern=body["model"], channels=("webui",), upstream_model=upstream_model, passthrough=passthrough, max_n=8)
-    plan = build_plan(parse_image_request(body), rule)
-    channel = Channel(name="webui", type="sdwebui", base_url=BASE, api_key=api_key, settings=declared(SPEC, settings))
-    return Job(plan, channel, api_key)
+make_job = partial(factories.make_job, spec=SPEC, finished=False,
+                   channel="webui", channel_type="sdwebui", base_url=BASE, max_n=8,
+                   passthrough=ALL_EXTRAS)
 
 
-def sent(job: Job) -> Call:
-    step = SPEC.start(job)
-    assert isinstance(step, Send), step
-    return step.call
+sent = partial(start_call, SPEC)
 
 
 def refused(job: Job) -> Any:
@@ -55,18 +41,14 @@ def refused(job: Job) -> Any:
     return step.error
 
 
-def answer(status: int, body: Any) -> UpstreamResponse:
-    return UpstreamResponse(status=status, headers={"content-type": "application/json"}, body=json.dumps(body).encode())
+answer = partial(factories.answer, content_type="application/json")
 
 
 def webui_answer(images: list[str], info: dict[str, Any] | str) -> dict[str, Any]:
     return {"images": images, "parameters": {"prompt": "p"}, "info": info if isinstance(info, str) else json.dumps(info)}
 
 
-def failed(job: Job, response: UpstreamResponse) -> Any:
-    step = SPEC.advance(job, None, response)
-    assert isinstance(step, Fail), step
-    return step.error
+failed = partial(advance_error, SPEC)
 
 
 # --- the call -------------------------------------------------------------------------------------------

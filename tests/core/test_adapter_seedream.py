@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import base64
-import json
-from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import pytest
 
-from proxy.adapters.base import Call, Done, Fail, Job, Send, UpstreamResponse
+from proxy.adapters.base import Call, Done, Fail, Job, Send
 from proxy.adapters.seedream import FAMILIES, SPEC, fit_size
 from proxy.core.errors import BadGateway, ContentPolicyViolation, RateLimited, ServiceUnavailable, UpstreamError
-from proxy.core.plan import build_plan
-from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
-from proxy.core.rules import Channel, ModelRule
 from proxy.core.sizes import Size
-from tests.core.adapter_steps import declared, started
+from tests import factories
+from tests.factories import advance_error, answer, started
 from tests.fakes.png import encode_png
 
 KEY = "ark-secret-0123456789"
@@ -32,17 +29,9 @@ PASSTHROUGH = frozenset({"watermark", "response_format", "seed", "guidance_scale
 PNG_B64 = base64.b64encode(encode_png(1, 1, [b"\x00\x00\x00"])).decode()
 
 
-def make_job(
-    body: Mapping[str, Any],
-    *,
-    passthrough: frozenset[str] = PASSTHROUGH,
-    upstream: str | None = None,
-    settings: Mapping[str, Any] | None = None,
-) -> Job:
-    request = parse_image_request(body)
-    rule = ModelRule(pattern=request.model, channels=("ark",), upstream_model=upstream, max_n=4, passthrough=passthrough)
-    channel = Channel(name="ark", type="seedream", base_url=BASE, api_key=KEY, settings=declared(SPEC, settings))
-    return Job(build_plan(request, rule), channel, KEY)
+make_job = partial(factories.make_job, spec=SPEC, finished=False,
+                   channel="ark", channel_type="seedream", base_url=BASE, api_key=KEY, max_n=4,
+                   passthrough=PASSTHROUGH)
 
 
 def sent_body(job: Job) -> Any:
@@ -51,15 +40,7 @@ def sent_body(job: Job) -> Any:
     return step.call.json
 
 
-def answer(status: int, body: Any, headers: Mapping[str, str] | None = None) -> UpstreamResponse:
-    return UpstreamResponse(status=status, headers=headers or {}, body=json.dumps(body).encode())
-
-
-def failure(job: Job, response: UpstreamResponse) -> Any:
-    step = SPEC.advance(job, None, response)
-    assert isinstance(step, Fail)
-    assert KEY not in step.error.message
-    return step.error
+failure = partial(advance_error, SPEC, secrets=(KEY,))
 
 
 def ark_error(code: str, message: str, param: str = "", kind: str = "BadRequest") -> dict[str, Any]:

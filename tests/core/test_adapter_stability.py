@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import pytest
 
-from proxy.adapters.base import Call, Done, Fail, Job, Send, Step, UpstreamResponse
+from proxy.adapters.base import Call, Done, Job, Step, UpstreamResponse
 from proxy.adapters.stability import SPEC
-from proxy.core.errors import ProxyError
 from proxy.core.formats import Conversion
-from proxy.core.plan import build_plan
-from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
-from proxy.core.rules import Channel, ModelRule
-from tests.core.adapter_steps import declared, started
-from tests.core.jobs import channel_job
-from tests.core.test_multipart import Field, decode_form, form_values
+from tests import factories
+from tests.factories import Field, decode_form, envelope, fail_error, form_values, send_parts, started
 from tests.fakes.png import encode_png
 
 KEY = "sk-stability-secret-4f9a8b7c"
@@ -31,19 +27,11 @@ JSON_HEADERS = {"content-type": "application/json"}
 STABLE_FIELDS = ("negative_prompt", "seed", "style_preset", "output_format", "aspect_ratio", "image", "strength")
 
 
-def make_job(body: Mapping[str, Any], *, upstream: str | None = None, passthrough: Iterable[str] = STABLE_FIELDS,
-             settings: Mapping[str, Any] | None = None, api_key: str = KEY) -> Job:
-    request = parse_image_request(body)
-    rule = ModelRule(pattern=request.model, channels=("stability",), upstream_model=upstream, max_n=4,
-                     passthrough=frozenset(passthrough))
-    channel = Channel(name="stability", type="stability", base_url=BASE, api_key=api_key,
-                      settings=declared(SPEC, settings))
-    return channel_job(SPEC, build_plan(request, rule), channel, api_key)
+make_job = partial(factories.make_job, spec=SPEC, channel="stability", base_url=BASE, api_key=KEY, max_n=4,
+                   passthrough=STABLE_FIELDS)
 
 
-def sent(step: Step) -> tuple[Call, Any]:
-    assert isinstance(step, Send), step
-    return step.call, step.state
+sent = send_parts
 
 
 def form_of(call: Call) -> list[Field]:
@@ -51,13 +39,7 @@ def form_of(call: Call) -> list[Field]:
     return decode_form(call.data, call.headers["Content-Type"])
 
 
-def failed(step: Step) -> ProxyError:
-    assert isinstance(step, Fail), step
-    return step.error
-
-
-def envelope(error: ProxyError) -> tuple[int, str, str | None, str | None]:
-    return error.status, error.type, error.param, error.code
+failed = fail_error
 
 
 def stability_error(status: int, name: str, *errors: str, headers: Mapping[str, str] | None = None) -> UpstreamResponse:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import pytest
 
-from proxy.adapters.base import Call, Done, Fail, Job, Send, UpstreamResponse
+from proxy.adapters.base import Call, Done, Fail, UpstreamResponse
 from proxy.adapters.zhipu import SPEC, map_size
 from proxy.core.errors import (
     BadGateway,
@@ -19,11 +18,9 @@ from proxy.core.errors import (
     RateLimited,
     ServiceUnavailable,
 )
-from proxy.core.plan import build_plan
-from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
-from proxy.core.rules import Channel, ModelRule
-from tests.core.adapter_steps import declared, started
+from tests import factories
+from tests.factories import advance_error, answer, start_call, started
 
 KEY = "zhipu-secret-0123456789"
 BASE = "https://open.bigmodel.cn/api/paas/v4"
@@ -32,36 +29,15 @@ HEADERS = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
 SIZES = ("1024x1024", "768x1344", "864x1152", "1344x768", "1152x864", "1440x720", "720x1440")
 
 
-def make_job(
-    body: Mapping[str, Any],
-    *,
-    passthrough: frozenset[str] = frozenset({"watermark", "user", "extra_body"}),
-    sizes: tuple[str, ...] | None = SIZES,
-    upstream: str | None = None,
-    settings: Mapping[str, Any] | None = None,
-) -> Job:
-    request = parse_image_request(body)
-    rule = ModelRule(pattern=request.model, channels=("zhipu",), upstream_model=upstream, sizes=sizes,
-                     max_n=4, passthrough=passthrough)
-    channel = Channel(name="zhipu", type="zhipu", base_url=BASE, api_key=KEY, settings=declared(SPEC, settings))
-    return Job(build_plan(request, rule), channel, KEY)
+make_job = partial(factories.make_job, spec=SPEC, finished=False,
+                   channel="zhipu", base_url=BASE, api_key=KEY, sizes=SIZES, max_n=4,
+                   passthrough=frozenset({"watermark", "user", "extra_body"}))
 
 
-def sent_call(job: Job) -> Call:
-    step = SPEC.start(job)
-    assert isinstance(step, Send)
-    return step.call
+sent_call = partial(start_call, SPEC)
 
 
-def answer(status: int, body: Any, headers: Mapping[str, str] | None = None) -> UpstreamResponse:
-    return UpstreamResponse(status=status, headers=headers or {}, body=json.dumps(body).encode())
-
-
-def failure(job: Job, response: UpstreamResponse) -> Any:
-    step = SPEC.advance(job, None, response)
-    assert isinstance(step, Fail)
-    assert KEY not in step.error.message
-    return step.error
+failure = partial(advance_error, SPEC, secrets=(KEY,))
 
 
 def test_spec_declares_no_native_n() -> None:

@@ -2,30 +2,26 @@
 
 from __future__ import annotations
 
-from proxy.adapters import SCHEMAS
 from proxy.core.catalog import find_model, merge, own_models, served_names, upstream_entries, upstream_model
-from proxy.core.rules import parse_rules
+from tests.factories import LOCAL, make_rules
 
-RULES = """
-channels:
-  local: {type: local}
-  openai: {type: openai, base_url: http://x/v1, api_key: "${OPENAI_API_KEY}"}
-models:
-  local-image: {channels: [local]}
-  gpt-image-*: {channels: [openai]}
-  dall-e-3: {channels: [openai]}
-  fallback: {channels: [openai, local]}
-  "img-[ab]": {channels: [local]}
-"""
+MODELS = {
+    "local-image": {"channels": ["local"]},
+    "gpt-image-*": {"channels": ["openai"]},
+    "dall-e-3": {"channels": ["openai"]},
+    "fallback": {"channels": ["openai", "local"]},
+    "img-[ab]": {"channels": ["local"]},
+}
+CHANNELS = {"local": LOCAL, "openai": {"type": "openai", "base_url": "http://x/v1", "api_key": "${OPENAI_API_KEY}"}}
 
 
 def test_exact_names_with_a_usable_channel_are_served_in_file_order() -> None:
-    assert served_names(parse_rules(RULES, {}, SCHEMAS)) == ("local-image", "fallback")
-    assert served_names(parse_rules(RULES, {"OPENAI_API_KEY": "k"}, SCHEMAS)) == ("local-image", "dall-e-3", "fallback")
+    assert served_names(make_rules(MODELS, CHANNELS)) == ("local-image", "fallback")
+    assert served_names(make_rules(MODELS, CHANNELS, env={"OPENAI_API_KEY": "k"})) == ("local-image", "dall-e-3", "fallback")
 
 
 def test_model_objects_have_openais_fields() -> None:
-    rules = parse_rules(RULES, {}, SCHEMAS)
+    rules = make_rules(MODELS, CHANNELS)
     assert own_models(rules, 1700000000)[0] == {"id": "local-image", "object": "model", "created": 1700000000,
                                                 "owned_by": "imagegate"}
     assert find_model(rules, "fallback", 5) == {"id": "fallback", "object": "model", "created": 5, "owned_by": "imagegate"}

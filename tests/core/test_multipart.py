@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from email.message import MIMEPart
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -11,43 +10,10 @@ from email.policy import HTTP
 import pytest
 
 from proxy.core.multipart import BOUNDARY_PREFIX, encode, file_part, pick_boundary, text_part
+from tests.factories import Field, decode_form
 
 # Every byte value, CRLFs and things that look like delimiters: what a binary image part can hold.
 AWKWARD = bytes(range(256)) + b"\r\n--\r\n\r\n--imagegate-\r\n"
-
-
-@dataclass(frozen=True)
-class Field:
-    name: str
-    filename: str | None
-    content_type: str | None
-    data: bytes
-
-
-def decode_form(body: bytes, content_type: str) -> list[Field]:
-    """A strict decoder for the encoder's output: exact bytes, CRLF everywhere, one final delimiter."""
-    match = re.fullmatch(r"multipart/form-data; boundary=([0-9A-Za-z'()+_,./:=?-]{1,70})", content_type)
-    assert match is not None, content_type
-    delimiter = b"--" + match.group(1).encode("ascii")
-    closing = delimiter + b"--\r\n"
-    assert body.startswith(delimiter + b"\r\n") and body.endswith(closing)
-    fields = []
-    for segment in body[: -len(closing)].split(delimiter + b"\r\n")[1:]:
-        assert segment.endswith(b"\r\n")
-        head, separator, data = segment[:-2].partition(b"\r\n\r\n")
-        assert separator, segment[:200]
-        headers = dict(line.split(": ", 1) for line in head.decode("utf-8").split("\r\n"))
-        disposition = headers["Content-Disposition"]
-        name = re.search(r'; name="([^"]*)"', disposition)
-        filename = re.search(r'; filename="([^"]*)"', disposition)
-        assert disposition.startswith("form-data; ") and name is not None
-        fields.append(Field(name.group(1), filename.group(1) if filename else None, headers.get("Content-Type"), data))
-    return fields
-
-
-def form_values(fields: list[Field]) -> list[tuple[str, str]]:
-    """The text fields as (name, value), in order."""
-    return [(field.name, field.data.decode("utf-8")) for field in fields if field.filename is None]
 
 
 def email_parts(body: bytes, content_type: str) -> list[MIMEPart]:

@@ -12,16 +12,8 @@ from proxy.core.plan import Plan, build_plan, forwarded
 from proxy.core.request import parse_image_request
 from proxy.core.rules import ModelRule
 from proxy.core.size_rules import SizeRules
+from tests.factories import DALLE3
 
-DALLE3 = ModelRule(
-    pattern="dall-e-3",
-    channels=("openai",),
-    defaults=MappingProxyType({"quality": "standard", "response_format": "url"}),
-    sizes=("1024x1024", "1792x1024", "1024x1792"),
-    max_n=1,
-    passthrough=frozenset({"response_format", "style", "user"}),
-    values=MappingProxyType({"quality": ("standard", "hd")}),
-)
 GPT_IMAGE = ModelRule(
     pattern="gpt-image-*",
     channels=("openai",),

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-from types import MappingProxyType
 from typing import Any
 
 import pytest
 
 from proxy.adapters.base import Job
 from proxy.adapters.seedream_stream import map_event, stream_body, usage_of
-from proxy.core.plan import Plan
-from proxy.core.rules import Channel
 from proxy.core.sse import Event, SSEParser, format_json_event
+from tests import factories
 
 KEY = "ark-secret-0123456789"
 MODEL = "doubao-seedream-4-0-250828"
@@ -32,9 +30,8 @@ def event(payload: dict[str, Any], *, named: bool = True) -> Event:
 
 
 def make_job() -> Job:
-    plan = Plan(model="seedream", upstream_model=MODEL, prompt="a cat", n=2, fields=MappingProxyType({}),
-                response_format=None)
-    return Job(plan=plan, channel=Channel(name="ark", type="seedream", api_key=KEY), api_key=KEY)
+    return factories.make_job({"model": "seedream", "prompt": "a cat", "n": 2}, channel="ark", channel_type="seedream",
+                              api_key=KEY, upstream=MODEL)
 
 
 def test_stream_body_adds_stream_and_keeps_the_rest() -> None:

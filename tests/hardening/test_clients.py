@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import resource
-import socket
 import sys
 import time
 import zlib
@@ -37,41 +36,24 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from tests.factories import LOCAL, OPENAI, free_port, rules_yaml, url_of, wait_listening
 from tests.fakes.openai import KEY, FakeOpenAI
 from tests.hardening.figures import record
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = 1.0  # seconds a well-behaved request may take while abusers are connected
 RSS_BOUND = 100 * 1024 * 1024
-RULES = """
-server:
-  keepalive_timeout: 1.5   # the deadline for a request head (slowloris)
-  body_timeout: 1.5        # the deadline for a whole body (trickled or stalled)
-  shutdown_grace: 1
-  max_request_bytes: 33554432
-  images:
-    path: ${IMAGES}
-channels:
-  openai:
-    type: openai
-    base_url: ${UPSTREAM}/v1
-    api_key: ${OPENAI_API_KEY}
-    timeout: 10
-  local:
-    type: local
-models:
-  gpt-image-1.5:
-    channels: [openai]
-  local-image:
-    channels: [local]
-"""
+MODELS = {"gpt-image-1.5": {"channels": ["openai"]}, "local-image": {"channels": ["local"]}}
+CHANNELS = {"openai": {**OPENAI, "timeout": 10}, "local": LOCAL}
+SERVER = {
+    "keepalive_timeout": 1.5,  # the deadline for a request head (slowloris)
+    "body_timeout": 1.5,  # the deadline for a whole body (trickled or stalled)
+    "shutdown_grace": 1,
+    "max_request_bytes": 33554432,
+    "images": {"path": "${IMAGES}"},
+}
+RULES = rules_yaml(MODELS, CHANNELS, server=SERVER)
 # -- the proxy process --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def proc_status(pid: int, field_name: str) -> int:
@@ -125,17 +107,7 @@ async def serve(tmp_path: Path, upstream: str = "http://127.0.0.1:9", text: str 
         )
     proxy = Proxy(process, port, log)
     try:
-        for _ in range(300):
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                break
-            except OSError:
-                if process.returncode is not None:
-                    raise AssertionError(log.read_text()) from None
-                await asyncio.sleep(0.05)
-        else:
-            raise AssertionError(log.read_text())
+        await wait_listening(port, process, log)
         yield proxy
     finally:
         if process.returncode is None:
@@ -323,7 +295,7 @@ IDLE = 2000
 async def test_thousands_of_idle_connections(tmp_path: Path) -> None:
     raise_fd_limit(IDLE * 2 + 1024)  # the proxy inherits the limit: it needs one descriptor per connection too
     # Idle connections live until keepalive_timeout: long enough here to hold them all while measuring.
-    async with serve(tmp_path, text=RULES.replace("keepalive_timeout: 1.5", "keepalive_timeout: 30")) as proxy:
+    async with serve(tmp_path, text=rules_yaml(MODELS, CHANNELS, server={**SERVER, "keepalive_timeout": 30})) as proxy:
         await normal_request(proxy)
         rss0, fds0 = proxy.rss(), proxy.fds()
         opened: list[asyncio.StreamWriter] = []
@@ -368,7 +340,7 @@ async def test_a_client_that_leaves_mid_stream_closes_the_upstream_stream(tmp_pa
     upstream = TestServer(fake.app())
     await upstream.start_server()
     try:
-        async with serve(tmp_path, str(upstream.make_url("")).rstrip("/")) as proxy:
+        async with serve(tmp_path, url_of(upstream)) as proxy:
             await normal_request(proxy)
             fds0 = proxy.fds()
             left = 0
@@ -422,7 +394,7 @@ async def test_clients_that_leave_mid_upload_release_everything(tmp_path: Path, 
     upstream = TestServer(fake.app())
     await upstream.start_server()
     try:
-        async with serve(tmp_path, str(upstream.make_url("")).rstrip("/")) as proxy:
+        async with serve(tmp_path, url_of(upstream)) as proxy:
             await normal_request(proxy)
             rss0, fds0 = proxy.rss(), proxy.fds()
             peak = rss0
@@ -480,7 +452,8 @@ async def test_a_gzip_bomb_is_413_with_flat_memory(tmp_path: Path) -> None:
     peak memory grows by about the limit (the most a body may hold), not by what the bomb would expand to."""
     bomb = gzip_bomb(BOMB)
     assert len(bomb) < 1024 * 1024
-    async with serve(tmp_path, text=RULES.replace("  max_request_bytes: 33554432\n", "")) as proxy:
+    unlimited = {key: value for key, value in SERVER.items() if key != "max_request_bytes"}
+    async with serve(tmp_path, text=rules_yaml(MODELS, CHANNELS, server=unlimited)) as proxy:
         await normal_request(proxy)
         peak0 = proc_status(proxy.pid, "VmHWM")
         reader, writer = await connect(proxy)

@@ -40,9 +40,9 @@ from proxy.app import make_app
 from proxy.core.rules import parse_rules
 from proxy.core.sse import SSEParser
 from proxy.image_store import FileImageStore
+from tests.factories import start_proxy, url_of
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
 from tests.hardening.figures import record
-from tests.serve import start_proxy
 
 CHANNEL_TIMEOUT = 0.5  # seconds: the faulty channel's `timeout`
 DOWNLOAD_TIMEOUT = 0.6  # seconds: `server.download.timeout`
@@ -485,11 +485,11 @@ class Rig:
         await self.healthy_server.start_server()
         await self.faulty.start()
         self.faulty.redirect_port = self.healthy_server.port  # type: ignore[attr-defined]
-        env = {"HEALTHY": str(self.healthy_server.make_url("")).rstrip("/"), "FAULTY": self.faulty.url, "OPENAI_API_KEY": KEY}
+        env = {"HEALTHY": url_of(self.healthy_server), "FAULTY": self.faulty.url, "OPENAI_API_KEY": KEY}
         rules = parse_rules(RULES, env, SCHEMAS)
         store = FileImageStore(self.tmp_path / "images", rules.server.images.ttl)
         self.proxy = await start_proxy(make_app(rules, store=store), rules)  # as `python -m proxy` serves it
-        self.base = str(self.proxy.make_url("")).rstrip("/")
+        self.base = url_of(self.proxy)
         # Warm up (the pooled connection to the healthy fake exists from here on), then take the baseline.
         async with aiohttp.ClientSession() as session:
             await _healthy(session, self.base)

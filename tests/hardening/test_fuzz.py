@@ -42,56 +42,57 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from proxy.services import SERVICES
+from tests.factories import CLIENT_KEY, DALL_E_3, auth, rules_yaml, url_of
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
 from tests.hardening.figures import record
-from tests.shell.conftest import CLIENT_KEY, auth
 
 MAX_BYTES = 2 * 1024 * 1024
 
-RULES = """
-server:
-  api_keys: [client-key-1]
-  max_request_bytes: {max_bytes}
-  max_retries: 1
-  download: {max_bytes: 1048576, timeout: 2}
-default_channel: openai
-channels:
-  openai:
-    type: openai
-    base_url: ${UPSTREAM}/v1
-    api_key: ${OPENAI_API_KEY}
-  local:
-    type: local
-models:
-  local-image:
-    channels: [local]
-    sizes: [64x64, 128x128]
-    max_n: 2
-    passthrough: [seed]
-  dall-e-3:
-    channels: [openai]
-    defaults: {quality: standard, response_format: url}
-    sizes: [1024x1024, 1792x1024, 1024x1792]
-    values: {quality: [standard, hd]}
-    max_n: 1
-    passthrough: [response_format, style, user]
-  dall-e-2:
-    channels: [openai]
-    sizes: [256x256, 512x512, 1024x1024]
-    max_n: 4
-    passthrough: [response_format]
-  edit-any:
-    channels: [openai]
-    upstream_model: gpt-image-1
-    max_n: 4
-    passthrough: [image, strength, mask, extra_body, background, watermark, style, output_format,
-                  output_compression, seed, aspect_ratio, negative_prompt, moderation]
-  gpt-image-*:
-    channels: [openai]
-    defaults: {quality: auto}
-    max_n: 2
-    passthrough: [background, output_format]
-""".replace("{max_bytes}", str(MAX_BYTES))
+RULES = rules_yaml(
+    {
+        "local-image": {"channels": ["local"], "sizes": ["64x64", "128x128"], "max_n": 2, "passthrough": ["seed"]},
+        "dall-e-3": DALL_E_3,
+        "dall-e-2": {
+            "channels": ["openai"],
+            "sizes": ["256x256", "512x512", "1024x1024"],
+            "max_n": 4,
+            "passthrough": ["response_format"],
+        },
+        "edit-any": {
+            "channels": ["openai"],
+            "upstream_model": "gpt-image-1",
+            "max_n": 4,
+            "passthrough": [
+                "image",
+                "strength",
+                "mask",
+                "extra_body",
+                "background",
+                "watermark",
+                "style",
+                "output_format",
+                "output_compression",
+                "seed",
+                "aspect_ratio",
+                "negative_prompt",
+                "moderation",
+            ],
+        },
+        "gpt-image-*": {
+            "channels": ["openai"],
+            "defaults": {"quality": "auto"},
+            "max_n": 2,
+            "passthrough": ["background", "output_format"],
+        },
+    },
+    server={
+        "api_keys": [CLIENT_KEY],
+        "max_request_bytes": MAX_BYTES,
+        "max_retries": 1,
+        "download": {"max_bytes": 1048576, "timeout": 2},
+    },
+    default_channel="openai",
+)
 
 MODELS = ("local-image", "dall-e-3", "dall-e-2", "edit-any", "gpt-image-1", "gpt-image-1.5")
 # Messages the fake upstream answers with: a 4xx carrying one of them came from the upstream, not the proxy.
@@ -303,7 +304,7 @@ class CountingFake(FakeOpenAI):
 async def counting_openai(aiohttp_server: Callable[[web.Application], Awaitable[TestServer]]) -> tuple[CountingFake, str]:
     fake = CountingFake()
     server = await aiohttp_server(fake.app())
-    return fake, str(server.make_url("")).rstrip("/")
+    return fake, url_of(server)
 
 
 async def build(make_proxy: Any, counting_openai: Any) -> tuple[TestClient, CountingFake]:  # type: ignore[type-arg]

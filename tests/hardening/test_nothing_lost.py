@@ -14,23 +14,12 @@ from proxy.adapters import SCHEMAS
 from proxy.app import make_app
 from proxy.core.rules import parse_rules
 from proxy.ops import reload_rules
+from tests.factories import OPENAI, rules_yaml, serve_fake, start_proxy
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
 from tests.hardening.figures import record
-from tests.serve import start_proxy
 
-RULES = """
-server:
-  state: ${STATE:-memory}
-  api_keys: [client-key-1]
-channels:
-  openai:
-    type: openai
-    base_url: ${UPSTREAM}/v1
-    api_key: ${OPENAI_API_KEY}
-models:
-  gpt-image-*:
-    channels: [openai]
-"""
+SERVER = {"state": "${STATE:-memory}", "api_keys": ["client-key-1"]}
+RULES = rules_yaml({"gpt-image-*": {"channels": ["openai"]}}, {"openai": OPENAI}, server=SERVER)
 AUTH = {"Authorization": "Bearer client-key-1"}
 BODY = {"model": "gpt-image-1.5", "prompt": "p", "async": True, "response_format": "url"}
 
@@ -52,7 +41,7 @@ async def image_of(client: Any, answer: dict[str, Any]) -> bytes:
 async def test_async_results_survive_a_disconnect_and_a_reload(
     aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    upstream = str((await aiohttp_server(FakeOpenAI(delay=0.3).app())).make_url("")).rstrip("/")
+    upstream = await serve_fake(aiohttp_server, FakeOpenAI(delay=0.3))
     env = {"UPSTREAM": upstream, "OPENAI_API_KEY": KEY}
     for name, value in env.items():
         monkeypatch.setenv(name, value)  # a reload reads the process environment, as SIGHUP does
@@ -64,7 +53,7 @@ async def test_async_results_survive_a_disconnect_and_a_reload(
     created = await client.post("/v1/images/generations", json=BODY, headers=AUTH)
     task_id = (await created.json())["task_id"]
     created.close()  # the client goes away at once
-    path.write_text(RULES.replace("gpt-image-*", "gpt-image-1.5"))
+    path.write_text(rules_yaml({"gpt-image-1.5": {"channels": ["openai"]}}, {"openai": OPENAI}, server=SERVER))
     assert await reload_rules(client.server.app)  # and the rules change while the task runs
     answer = await finished(client, task_id)
     held += answer["task_status"] == "succeed" and await image_of(client, answer) == PNG
@@ -73,7 +62,7 @@ async def test_async_results_survive_a_disconnect_and_a_reload(
 
 
 async def test_an_async_result_survives_the_replica_that_made_it(aiohttp_server: Any, redis_server: Any) -> None:
-    upstream = str((await aiohttp_server(FakeOpenAI(delay=0.4).app())).make_url("")).rstrip("/")
+    upstream = await serve_fake(aiohttp_server, FakeOpenAI(delay=0.4))
     env = {"UPSTREAM": upstream, "OPENAI_API_KEY": KEY, "STATE": redis_server.url}
     rules = parse_rules(RULES, env, SCHEMAS)
     a = TestClient(await start_proxy(make_app(rules), rules))

@@ -12,38 +12,26 @@ import pytest
 from aiohttp import web
 
 from proxy.image_store import FileImageStore
+from tests.factories import LOCAL, OPENAI, proxy_with_fake, rules_yaml
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
 from tests.hardening.figures import record
 
 CLIENT = "client-secret-key-0123456789"
-RULES = """
-server:
-  api_keys: [CLIENT]
-  download: {allow_hosts: ["${ALLOW:-none.invalid}"]}
-default_channel: openai
-channels:
-  openai:
-    type: openai
-    base_url: ${UPSTREAM}/v1
-    api_key: ${OPENAI_API_KEY}
-  stability:
-    type: stability
-    base_url: ${UPSTREAM}
-    api_key: ${OPENAI_API_KEY}
-  local:
-    type: local
-models:
-  gpt-image-*:
-    channels: [openai]
-  dall-e-2:
-    channels: [openai]
-    passthrough: [response_format]
-  stable-image-ultra:
-    channels: [stability]
-    passthrough: [image, strength]
-  local-image:
-    channels: [local]
-""".replace("CLIENT", CLIENT)
+RULES = rules_yaml(
+    {
+        "gpt-image-*": {"channels": ["openai"]},
+        "dall-e-2": {"channels": ["openai"], "passthrough": ["response_format"]},
+        "stable-image-ultra": {"channels": ["stability"], "passthrough": ["image", "strength"]},
+        "local-image": {"channels": ["local"]},
+    },
+    channels={
+        "openai": OPENAI,
+        "stability": {"type": "stability", "base_url": "${UPSTREAM}", "api_key": "${OPENAI_API_KEY}"},
+        "local": LOCAL,
+    },
+    server={"api_keys": [CLIENT], "download": {"allow_hosts": ["${ALLOW:-none.invalid}"]}},
+    default_channel="openai",
+)
 AUTH = {"Authorization": f"Bearer {CLIENT}"}
 
 ATTACKS = [
@@ -70,14 +58,9 @@ ATTACKS = [
 ]
 
 
-async def start(make_proxy: Any, aiohttp_server: Any, fake: FakeOpenAI, **env: str) -> Any:
-    upstream = str((await aiohttp_server(fake.app())).make_url("")).rstrip("/")
-    return await make_proxy(RULES, {"UPSTREAM": upstream, "OPENAI_API_KEY": KEY, **env})
-
-
 async def test_client_image_urls_into_the_private_network_are_refused(make_proxy: Any, aiohttp_server: Any) -> None:
     fake = FakeOpenAI()
-    client = await start(make_proxy, aiohttp_server, fake)
+    client = await proxy_with_fake(make_proxy, aiohttp_server, fake, RULES)
     blocked = 0
     for url in ATTACKS:
         response = await client.post(
@@ -98,7 +81,7 @@ async def test_a_redirect_from_a_trusted_host_to_an_untrusted_one_is_refused(mak
     app = web.Application()
     app.router.add_get("/bounce.png", bounce)
     server = await aiohttp_server(app)
-    client = await start(make_proxy, aiohttp_server, FakeOpenAI(), ALLOW="127.0.0.1")
+    client = await proxy_with_fake(make_proxy, aiohttp_server, FakeOpenAI(), RULES, ALLOW="127.0.0.1")
     response = await client.post(
         "/v1/images/generations",
         json={"model": "stable-image-ultra", "prompt": "p", "image": str(server.make_url("/bounce.png"))},
@@ -114,7 +97,7 @@ async def test_upstream_result_urls_into_the_private_network_are_refused(make_pr
             await self.recorder.record(request)
             return web.json_response({"created": 1, "data": [{"url": "http://169.254.169.254/latest/meta-data/iam"}]})
 
-    client = await start(make_proxy, aiohttp_server, Pointing())
+    client = await proxy_with_fake(make_proxy, aiohttp_server, Pointing(), RULES)
     response = await client.post(
         "/v1/images/generations", json={"model": "dall-e-2", "prompt": "p", "response_format": "b64_json"}, headers=AUTH
     )
@@ -131,7 +114,7 @@ async def test_no_secret_reaches_a_log_an_error_a_response_or_a_metric(
         (401, {"error": {"message": f"Incorrect API key provided: {KEY}"}}, {}),
         (429, {"error": {"message": f"slow down {KEY}", "code": "rate_limit_exceeded"}}, {"Retry-After": "1"}),
     ]
-    client = await start(make_proxy, aiohttp_server, fake)
+    client = await proxy_with_fake(make_proxy, aiohttp_server, fake, RULES)
     texts: list[str] = []
     with caplog.at_level(logging.DEBUG):
         requests = [
@@ -173,7 +156,7 @@ def test_hosted_image_names_are_unguessable_and_the_store_cannot_be_escaped(tmp_
 
 
 async def test_request_smuggling_headers_are_refused(make_proxy: Any, aiohttp_server: Any) -> None:
-    client = await start(make_proxy, aiohttp_server, FakeOpenAI())
+    client = await proxy_with_fake(make_proxy, aiohttp_server, FakeOpenAI(), RULES)
     port = client.server.port
     attacks = [
         b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",

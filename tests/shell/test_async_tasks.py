@@ -7,48 +7,24 @@ import base64
 from typing import Any
 
 from proxy.tasks import MemoryTaskStore
-from tests.fakes.openai import KEY, PNG, FakeOpenAI
+from tests.factories import poll_task, proxy_with_fake, rules_yaml
+from tests.fakes.openai import PNG, FakeOpenAI
 
-RULES = """
-server:
-  api_keys: [key-a, key-b]
-  tasks: {retention: 600}
-channels:
-  openai:
-    type: openai
-    base_url: ${UPSTREAM}/v1
-    api_key: ${OPENAI_API_KEY}
-  local:
-    type: local
-models:
-  gpt-image-*:
-    channels: [openai]
-  local-image:
-    channels: [local]
-"""
+RULES = rules_yaml(
+    {
+        "gpt-image-*": {"channels": ["openai"]},
+        "local-image": {"channels": ["local"]},
+    },
+    server={"api_keys": ["key-a", "key-b"], "tasks": {"retention": 600}},
+)
 
 A = {"Authorization": "Bearer key-a"}
 B = {"Authorization": "Bearer key-b"}
 
 
-async def start(make_proxy: Any, aiohttp_server: Any, fake: FakeOpenAI) -> Any:
-    server = await aiohttp_server(fake.app())
-    return await make_proxy(RULES, {"UPSTREAM": str(server.make_url("")).rstrip("/"), "OPENAI_API_KEY": KEY})
-
-
-async def poll(client: Any, task_id: str, headers: dict[str, str], until: str, limit: float = 10.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + limit
-    while True:
-        response = await client.get(f"/v1/images/generations/{task_id}", headers=headers)
-        body = await response.json()
-        if body.get("task_status") == until or asyncio.get_running_loop().time() > deadline:
-            return response, body
-        await asyncio.sleep(0.02)
-
-
 async def test_async_answers_at_once_then_serves_the_result(make_proxy: Any, aiohttp_server: Any) -> None:
     fake = FakeOpenAI(delay=0.3)
-    client = await start(make_proxy, aiohttp_server, fake)
+    client = await proxy_with_fake(make_proxy, aiohttp_server, fake, RULES)
     created = await client.post(
         "/v1/images/generations",
         json={"model": "gpt-image-1.5", "prompt": "p", "async": True, "response_format": "url"},
@@ -58,9 +34,9 @@ async def test_async_answers_at_once_then_serves_the_result(make_proxy: Any, aio
     first = await created.json()
     assert first["data"] == [] and first["task_status"] == "pending"
     assert len(first["task_id"]) == 36 and isinstance(first["created"], int)
-    _, running = await poll(client, first["task_id"], A, "running")
+    _, running = await poll_task(client, first["task_id"], A, "running")
     assert running["task_status"] == "running" and running["data"] == []
-    response, done = await poll(client, first["task_id"], A, "succeed")
+    response, done = await poll_task(client, first["task_id"], A, "succeed")
     assert response.status == 200
     assert done["task_status"] == "succeed" and done["task_id"] == first["task_id"]
     assert done["metadata"] == {"model": "gpt-image-1.5", "upstream_model": "gpt-image-1.5", "channel": "openai", "attempts": 1}
@@ -72,12 +48,12 @@ async def test_async_answers_at_once_then_serves_the_result(make_proxy: Any, aio
 
 
 async def test_a_task_is_visible_only_to_its_key(make_proxy: Any, aiohttp_server: Any) -> None:
-    client = await start(make_proxy, aiohttp_server, FakeOpenAI())
+    client = await proxy_with_fake(make_proxy, aiohttp_server, FakeOpenAI(), RULES)
     created = await client.post(
         "/v1/images/generations", json={"model": "local-image", "prompt": "p", "size": "16x16", "async": True}, headers=A
     )
     task_id = (await created.json())["task_id"]
-    _, done = await poll(client, task_id, A, "succeed")
+    _, done = await poll_task(client, task_id, A, "succeed")
     assert base64.b64decode(done["data"][0]["b64_json"])[:8] == b"\x89PNG\r\n\x1a\n"
     other = await client.get(f"/v1/images/generations/{task_id}", headers=B)
     assert other.status == 404
@@ -89,9 +65,9 @@ async def test_a_task_is_visible_only_to_its_key(make_proxy: Any, aiohttp_server
 async def test_a_failed_task_reports_the_error_with_its_status(make_proxy: Any, aiohttp_server: Any) -> None:
     fake = FakeOpenAI()
     fake.failures.append((400, {"error": {"message": "Bad prompt.", "type": "invalid_request_error", "param": "prompt"}}, {}))
-    client = await start(make_proxy, aiohttp_server, fake)
+    client = await proxy_with_fake(make_proxy, aiohttp_server, fake, RULES)
     created = await client.post("/v1/images/generations", json={"model": "gpt-image-1", "prompt": "p", "async": True}, headers=A)
-    response, body = await poll(client, (await created.json())["task_id"], A, "failed")
+    response, body = await poll_task(client, (await created.json())["task_id"], A, "failed")
     assert response.status == 400
     assert body["task_status"] == "failed"
     assert body["error"]["message"] == "Bad prompt." and body["error"]["param"] == "prompt"
@@ -99,7 +75,7 @@ async def test_a_failed_task_reports_the_error_with_its_status(make_proxy: Any, 
 
 async def test_validation_errors_are_immediate_not_tasks(make_proxy: Any, aiohttp_server: Any) -> None:
     fake = FakeOpenAI()
-    client = await start(make_proxy, aiohttp_server, fake)
+    client = await proxy_with_fake(make_proxy, aiohttp_server, fake, RULES)
     response = await client.post("/v1/images/generations", json={"model": "gpt-image-1", "prompt": "", "async": True}, headers=A)
     assert response.status == 400
     assert (await response.json())["error"]["param"] == "prompt"
@@ -107,12 +83,12 @@ async def test_validation_errors_are_immediate_not_tasks(make_proxy: Any, aiohtt
 
 async def test_the_work_continues_after_the_client_leaves(make_proxy: Any, aiohttp_server: Any) -> None:
     fake = FakeOpenAI(delay=0.2)
-    client = await start(make_proxy, aiohttp_server, fake)
+    client = await proxy_with_fake(make_proxy, aiohttp_server, fake, RULES)
     created = await client.post("/v1/images/generations", json={"model": "gpt-image-1", "prompt": "p", "async": True}, headers=A)
     task_id = (await created.json())["task_id"]
     created.close()
     await asyncio.sleep(0.5)  # nobody polls meanwhile
-    _, body = await poll(client, task_id, A, "succeed")
+    _, body = await poll_task(client, task_id, A, "succeed")
     assert body["task_status"] == "succeed"
     assert len(fake.recorder.received) == 1
 

@@ -7,39 +7,25 @@ from typing import Any
 
 import pytest
 
+from tests.factories import CLIENT_KEY, LOCAL, OPENAI, rules_yaml
 from tests.fakes.openai import KEY
-from tests.shell.conftest import CLIENT_KEY
 
-RULES = """
-server:
-  api_keys: [client-key-1, client-key-2]
-default_channel: ${DEFAULT:-openai}
-channels:
-  openai:
-    type: openai
-    base_url: ${UPSTREAM}/v1
-    api_key: ${OPENAI_API_KEY}
-    headers: {OpenAI-Project: proj_1}
-  relay:
-    type: openai
-    base_url: ${UPSTREAM}/v1
-    api_key: passthrough
-  local:
-    type: local
-models:
-  local-image:
-    channels: [local]
-  relayed:
-    channels: [relay]
-    upstream_model: gpt-image-1.5
-"""
+RULES = rules_yaml(
+    {
+        "local-image": {"channels": ["local"]},
+        "relayed": {"channels": ["relay"], "upstream_model": "gpt-image-1.5"},
+    },
+    channels={
+        "openai": {**OPENAI, "headers": {"OpenAI-Project": "proj_1"}},
+        "relay": {"type": "openai", "base_url": "${UPSTREAM}/v1", "api_key": "passthrough"},
+        "local": LOCAL,
+    },
+    server={"api_keys": ["client-key-1", "client-key-2"]},
+    default_channel="${DEFAULT:-openai}",
+)
 
-OPEN_RULES = """
-channels:
-  local: {type: local}
-models:
-  local-image: {channels: [local]}
-"""
+OPEN_MODELS = {"local-image": {"channels": ["local"]}}
+OPEN_RULES = rules_yaml(OPEN_MODELS, channels={"local": LOCAL})
 
 BODY = {"model": "local-image", "prompt": "p", "size": "32x32"}
 
@@ -188,7 +174,7 @@ async def test_default_channel_without_its_key_is_503(make_proxy: Any, fake_open
 
 
 async def test_oversized_request_is_413(make_proxy: Any) -> None:
-    client = await make_proxy(OPEN_RULES.replace("channels:", "server: {max_request_bytes: 2048}\nchannels:", 1))
+    client = await make_proxy(rules_yaml(OPEN_MODELS, channels={"local": LOCAL}, server={"max_request_bytes": 2048}))
     response = await client.post("/v1/images/generations", json={**BODY, "prompt": "x" * 5000})
     assert response.status == 413
     assert (await response.json())["error"]["code"] == "request_too_large"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -12,21 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment of a fresh machine: no provider keys, no PROXY_* settings."""
-    env = {
-        key: value for key, value in os.environ.items() if not key.endswith(("_API_KEY", "_KEY")) and not key.startswith("PROXY_")
-    }
-    return {**env, **extra}
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args], cwd=ROOT, env=env or clean_env(), capture_output=True, text=True, timeout=60
-    )
+from tests.factories import ROOT, clean_env, free_port, run_cli
 
 
 def test_check_passes_on_the_shipped_rules_without_keys() -> None:
@@ -65,12 +50,6 @@ def test_missing_rules_file_is_reported(tmp_path: Path) -> None:
     result = run_cli("check", "--rules", str(tmp_path / "absent.yaml"))
     assert result.returncode == 2
     assert "cannot read the rules file" in result.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def post_json(url: str, body: dict[str, object]) -> dict[str, object]:

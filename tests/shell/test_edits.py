@@ -10,6 +10,7 @@ import openai
 import pytest
 from aiohttp import FormData
 
+from tests.factories import LOCAL, OPENAI, rules_yaml, serve_fakes
 from tests.fakes import kling as kling_fake
 from tests.fakes.kling import FakeKling
 from tests.fakes.openai import KEY, PNG, FakeOpenAI, tiny_png
@@ -17,51 +18,29 @@ from tests.fakes.seedream import PREFIX as ARK_PREFIX
 from tests.fakes.seedream import FakeSeedream
 from tests.fakes.stability import FakeStability, Upload
 
-RULES = """
-server:
-  max_request_bytes: ${MAX_BYTES:-67108864}
-  download: {allow_hosts: ["${ALLOW:-none.invalid}"]}
-channels:
-  openai:
-    type: openai
-    base_url: ${UPSTREAM}/v1
-    api_key: ${OPENAI_API_KEY}
-  stability:
-    type: stability
-    base_url: ${STABILITY}
-    api_key: ${STABILITY_API_KEY}
-  ark:
-    type: seedream
-    base_url: ${ARK}
-    api_key: ${ARK_API_KEY}
-  kling:
-    type: kling
-    base_url: ${KLING}
-    api_key: ${KLING_ACCESS}:${KLING_SECRET}
-    poll_interval: 0.01
-  local:
-    type: local
-models:
-  gpt-image-*:
-    channels: [openai]
-    passthrough: [background, output_format, input_fidelity]
-  dall-e-2:
-    channels: [openai]
-    defaults: {quality: standard}   # a generation default; OpenAI's variations endpoint has no quality
-    passthrough: [response_format]
-  stable-image-ultra:
-    channels: [stability]
-    passthrough: [image, strength]
-  doubao-seedream-4.0:
-    channels: [ark]
-    upstream_model: doubao-seedream-4-0-250828
-    passthrough: [image, watermark]
-  kling-v2:
-    channels: [kling]
-    passthrough: [image]
-  local-image:
-    channels: [local]
-"""
+RULES = rules_yaml(
+    {
+        "gpt-image-*": {"channels": ["openai"], "passthrough": ["background", "output_format", "input_fidelity"]},
+        # the quality default is for generations: OpenAI's variations endpoint has no quality
+        "dall-e-2": {"channels": ["openai"], "defaults": {"quality": "standard"}, "passthrough": ["response_format"]},
+        "stable-image-ultra": {"channels": ["stability"], "passthrough": ["image", "strength"]},
+        "doubao-seedream-4.0": {
+            "channels": ["ark"],
+            "upstream_model": "doubao-seedream-4-0-250828",
+            "passthrough": ["image", "watermark"],
+        },
+        "kling-v2": {"channels": ["kling"], "passthrough": ["image"]},
+        "local-image": {"channels": ["local"]},
+    },
+    channels={
+        "openai": OPENAI,
+        "stability": {"type": "stability", "base_url": "${STABILITY}", "api_key": "${STABILITY_API_KEY}"},
+        "ark": {"type": "seedream", "base_url": "${ARK}", "api_key": "${ARK_API_KEY}"},
+        "kling": {"type": "kling", "base_url": "${KLING}", "api_key": "${KLING_ACCESS}:${KLING_SECRET}", "poll_interval": 0.01},
+        "local": LOCAL,
+    },
+    server={"max_request_bytes": "${MAX_BYTES:-67108864}", "download": {"allow_hosts": ["${ALLOW:-none.invalid}"]}},
+)
 
 IMAGE_A = tiny_png(4, 4, (10, 20, 30))
 IMAGE_B = tiny_png(3, 5, (200, 100, 0))
@@ -75,7 +54,7 @@ async def proxy(make_proxy: Any, aiohttp_server: Any, **env: str) -> tuple[Any, 
         "ark": FakeSeedream(),
         "kling": FakeKling(polls_before_done=0),
     }
-    urls = {name: str((await aiohttp_server(fake.app())).make_url("")).rstrip("/") for name, fake in fakes.items()}
+    urls = await serve_fakes(aiohttp_server, fakes)
     values = {
         "UPSTREAM": urls["openai"],
         "OPENAI_API_KEY": KEY,

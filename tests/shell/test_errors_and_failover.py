@@ -3,66 +3,35 @@
 from __future__ import annotations
 
 import json
-import socket
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
 
+from tests.factories import auth, free_port, rules_yaml, url_of
 from tests.fakes.openai import KEY, FakeOpenAI
-from tests.shell.conftest import auth
 
-RULES = """
-server:
-  max_retries: 3
-channels:
-  primary:
-    type: openai
-    base_url: ${PRIMARY}/v1
-    api_key: ${OPENAI_API_KEY}
-    timeout: ${TIMEOUT:-30}
-  patient:
-    type: openai
-    base_url: ${PRIMARY}/v1
-    api_key: ${OPENAI_API_KEY}
-    retry_timeouts: true
-  backup:
-    type: openai
-    base_url: ${BACKUP}/v1
-    api_key: ${OPENAI_API_KEY}
-  keyless:
-    type: openai
-    base_url: ${BACKUP}/v1
-    api_key: ${MISSING_KEY}
-models:
-  solo:
-    channels: [primary]
-    upstream_model: gpt-image-1.5
-  pair:
-    channels: [primary, backup]
-    upstream_model: gpt-image-1.5
-  patient-pair:
-    channels: [patient, backup]
-    upstream_model: gpt-image-1.5
-  skips-keyless:
-    channels: [keyless, backup]
-    upstream_model: gpt-image-1.5
-  unavailable:
-    channels: [keyless]
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+MODELS = {
+    "solo": {"channels": ["primary"], "upstream_model": "gpt-image-1.5"},
+    "pair": {"channels": ["primary", "backup"], "upstream_model": "gpt-image-1.5"},
+    "patient-pair": {"channels": ["patient", "backup"], "upstream_model": "gpt-image-1.5"},
+    "skips-keyless": {"channels": ["keyless", "backup"], "upstream_model": "gpt-image-1.5"},
+    "unavailable": {"channels": ["keyless"]},
+}
+CHANNELS: dict[str, dict[str, Any]] = {
+    "primary": {"type": "openai", "base_url": "${PRIMARY}/v1", "api_key": "${OPENAI_API_KEY}", "timeout": "${TIMEOUT:-30}"},
+    "patient": {"type": "openai", "base_url": "${PRIMARY}/v1", "api_key": "${OPENAI_API_KEY}", "retry_timeouts": True},
+    "backup": {"type": "openai", "base_url": "${BACKUP}/v1", "api_key": "${OPENAI_API_KEY}"},
+    "keyless": {"type": "openai", "base_url": "${BACKUP}/v1", "api_key": "${MISSING_KEY}"},
+}
+RULES = rules_yaml(MODELS, CHANNELS, server={"max_retries": 3})
 
 
 async def two_fakes(aiohttp_server: Any) -> tuple[FakeOpenAI, str, FakeOpenAI, str]:
     primary, backup = FakeOpenAI(), FakeOpenAI()
     first: TestServer = await aiohttp_server(primary.app())
     second: TestServer = await aiohttp_server(backup.app())
-    return primary, str(first.make_url("")).rstrip("/"), backup, str(second.make_url("")).rstrip("/")
+    return primary, url_of(first), backup, url_of(second)
 
 
 async def post(client: Any, model: str, **extra: Any) -> tuple[int, dict[str, Any], Any]:
@@ -228,7 +197,7 @@ async def test_unreachable_channel_is_502_and_fails_over(make_proxy: Any, aiohtt
     backup = FakeOpenAI()
     server = await aiohttp_server(backup.app())
     dead = f"http://127.0.0.1:{free_port()}"
-    client = await make_proxy(RULES, {"PRIMARY": dead, "BACKUP": str(server.make_url("")).rstrip("/"), "OPENAI_API_KEY": KEY})
+    client = await make_proxy(RULES, {"PRIMARY": dead, "BACKUP": url_of(server), "OPENAI_API_KEY": KEY})
     status, body, _ = await post(client, "solo")
     assert status == 502
     assert body["error"]["code"] == "upstream_unreachable"
@@ -278,7 +247,7 @@ async def test_rate_limit_fails_over_to_the_next_channel(make_proxy: Any, aiohtt
 
 
 async def test_timeouts_are_retried_only_where_the_channel_allows(make_proxy: Any, aiohttp_server: Any) -> None:
-    text = RULES.replace("    timeout: ${TIMEOUT:-30}\n", "    timeout: ${TIMEOUT:-30}\n    retry_timeouts: true\n")
+    text = rules_yaml(MODELS, {**CHANNELS, "primary": {**CHANNELS["primary"], "retry_timeouts": True}}, server={"max_retries": 3})
     primary, primary_url, backup, backup_url = await two_fakes(aiohttp_server)
     primary.delay = 1.0
     client = await make_proxy(text, {"PRIMARY": primary_url, "BACKUP": backup_url, "OPENAI_API_KEY": KEY, "TIMEOUT": "0.2"})
@@ -288,7 +257,9 @@ async def test_timeouts_are_retried_only_where_the_channel_allows(make_proxy: An
 
 
 async def test_weighted_channels_share_first_attempts(make_proxy: Any, aiohttp_server: Any) -> None:
-    text = RULES.replace("    api_key: ${OPENAI_API_KEY}\n", "    api_key: ${OPENAI_API_KEY}\n    weight: 1\n")
+    weighted = {name: {**channel, "weight": 1} if channel["api_key"] == "${OPENAI_API_KEY}" else channel
+                for name, channel in CHANNELS.items()}
+    text = rules_yaml(MODELS, weighted, server={"max_retries": 3})
     primary, primary_url, backup, backup_url = await two_fakes(aiohttp_server)
     client = await make_proxy(text, {"PRIMARY": primary_url, "BACKUP": backup_url, "OPENAI_API_KEY": KEY})
     for _ in range(40):

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from types import MappingProxyType
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 from aiohttp.web import Application
@@ -15,10 +13,8 @@ from yarl import URL
 from proxy.adapters.base import Job
 from proxy.adapters.flux import SPEC
 from proxy.core.errors import ContentPolicyViolation, ProxyError
-from proxy.core.plan import build_plan
-from proxy.core.request import parse_image_request
-from proxy.core.rules import Channel, ModelRule
-from proxy.driver import Driver, run_job
+from tests import factories
+from tests.factories import drive, url_of
 from tests.fakes.flux import COST, NO_CREDITS, PNG, FakeFlux
 
 KEY = {"x-key": "bfl-test-key"}
@@ -84,23 +80,16 @@ async def test_failing_polls_and_creates(aiohttp_client: Any) -> None:
 
 
 def make_job(base_url: str, model: str = "flux-pro-1.1", **body: Any) -> Job:
-    request = parse_image_request({"model": model, "prompt": "a cat", **body})
-    rule = ModelRule(pattern=model, channels=("bfl",), passthrough=frozenset({"seed"}))
-    settings = MappingProxyType({"poll_interval": 0.01, "max_poll_interval": 0.02})
-    return Job(build_plan(request, rule), Channel("bfl", "flux", base_url, "bfl-test-key", settings=settings),
-               "bfl-test-key")
-
-
-async def run(job: Job) -> Any:
-    async with aiohttp.ClientSession() as session:
-        return await run_job(Driver(session, {"flux": SPEC}), SPEC, job)
+    fast = {"poll_interval": 0.01, "max_poll_interval": 0.02}
+    return factories.make_job({"model": model, "prompt": "a cat", **body}, channel="bfl", channel_type="flux", base_url=base_url,
+                              api_key="bfl-test-key", passthrough={"seed"}, settings=fast)
 
 
 async def test_the_adapter_drives_the_fake_end_to_end(aiohttp_server: Callable[[Application], Awaitable[TestServer]]) -> None:
     fake = FakeFlux(polls_before_done=2, fail_polls=1)
     server = await aiohttp_server(fake.app())
-    base = str(server.make_url("")).rstrip("/")
-    result = await run(make_job(base, size="1792x1024", seed=7))
+    base = url_of(server)
+    result = await drive(SPEC, make_job(base, size="1792x1024", seed=7))
     assert result.images[0].url == f"{base}/files/task-1.png"
     assert result.images[0].url_ttl == 600.0
     assert result.usage == {"cost": COST, "input_mp": 0.0, "output_mp": 1.05}
@@ -114,5 +103,5 @@ async def test_the_adapter_reports_moderation(aiohttp_server: Callable[[Applicat
     fake = FakeFlux(polls_before_done=1, moderate="Content Moderated")
     server = await aiohttp_server(fake.app())
     with pytest.raises(ProxyError) as caught:
-        await run(make_job(str(server.make_url("")).rstrip("/")))
+        await drive(SPEC, make_job(url_of(server)))
     assert isinstance(caught.value, ContentPolicyViolation)

@@ -8,13 +8,11 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from proxy.adapters.base import Done, Fail, Job, Send, Step, UpstreamResponse
+from proxy.adapters.base import Done, Fail, Step
 from proxy.adapters.gemini import SPEC
-from proxy.core.plan import build_plan
-from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
-from proxy.core.rules import Channel, ModelRule
-from tests.core.adapter_steps import declared
+from tests import factories
+from tests.factories import round_trip
 from tests.fakes.gemini import PNG_B64, FakeGemini
 
 ClientMaker = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
@@ -48,16 +46,9 @@ async def test_fake_serves_predict_and_generate_content_and_checks_the_key(aioht
 
 async def run(client: TestClient[Any, Any], fake: FakeGemini, body: dict[str, Any]) -> Step:
     """One adapter round trip against the fake: start, send the Call, advance with what came back."""
-    request = parse_image_request(body)
-    rule = ModelRule(pattern=request.model, channels=("gemini",), max_n=4)
-    channel = Channel(name="gemini", type="gemini", base_url=str(client.make_url("/v1beta")), api_key=fake.api_key,
-                      settings=declared(SPEC))
-    job = Job(build_plan(request, rule), channel, fake.api_key)
-    step = SPEC.start(job)
-    assert isinstance(step, Send)
-    async with client.session.post(step.call.url, json=step.call.json, headers=dict(step.call.headers)) as answer:
-        response = UpstreamResponse(answer.status, {k.lower(): v for k, v in answer.headers.items()}, await answer.read())
-    return SPEC.advance(job, step.state, response)
+    job = factories.make_job(body, spec=SPEC, finished=False,
+                             channel="gemini", base_url=str(client.make_url("/v1beta")), api_key=fake.api_key, max_n=4)
+    return await round_trip(client, SPEC, job)
 
 
 async def test_the_adapters_calls_are_accepted_and_moderation_surfaces(aiohttp_client: ClientMaker) -> None:

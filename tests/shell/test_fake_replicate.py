@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from types import MappingProxyType
 from typing import Any
 
 import aiohttp
@@ -15,11 +14,9 @@ from yarl import URL
 from proxy.adapters.base import Job, Send, Wait
 from proxy.adapters.replicate import SPEC
 from proxy.core.errors import ContentPolicyViolation, ProxyError
-from proxy.core.plan import build_plan
-from proxy.core.request import parse_image_request
-from proxy.core.rules import Channel, ModelRule
-from proxy.driver import Driver, run_job
 from proxy.upstream import send
+from tests import factories
+from tests.factories import drive
 from tests.fakes.replicate import NO_CREDIT, NSFW, PNG, FakeReplicate
 
 TOKEN = "r8_test-token"
@@ -83,11 +80,10 @@ async def test_predictions_can_fail(aiohttp_client: Any, moderate: bool, error: 
 
 
 def make_job(base_url: str, **settings: Any) -> Job:
-    request = parse_image_request({"model": "flux-schnell", "prompt": "a cat", "size": "1024x1792", "seed": 9})
-    rule = ModelRule(pattern="flux-schnell", channels=("replicate",), upstream_model="black-forest-labs/flux-schnell",
-                     passthrough=frozenset({"seed"}))
-    fast = MappingProxyType({"poll_interval": 0.01, "max_poll_interval": 0.02, **settings})
-    return Job(build_plan(request, rule), Channel("replicate", "replicate", base_url, TOKEN, settings=fast), TOKEN)
+    fast = {"poll_interval": 0.01, "max_poll_interval": 0.02, **settings}
+    return factories.make_job({"model": "flux-schnell", "prompt": "a cat", "size": "1024x1792", "seed": 9}, channel="replicate",
+                              base_url=base_url, api_key=TOKEN, upstream="black-forest-labs/flux-schnell", passthrough={"seed"},
+                              settings=fast)
 
 
 Server = Callable[[Application], Awaitable[TestServer]]
@@ -98,15 +94,10 @@ async def started(aiohttp_server: Server, fake: FakeReplicate) -> str:
     return str(server.make_url("/v1"))
 
 
-async def run(job: Job) -> Any:
-    async with aiohttp.ClientSession() as session:
-        return await run_job(Driver(session, {"replicate": SPEC}), SPEC, job)
-
-
 async def test_the_adapter_polls_the_fake_to_success(aiohttp_server: Server) -> None:
     fake = FakeReplicate(polls_before_done=2, fail_polls=1)
     base = await started(aiohttp_server, fake)
-    result = await run(make_job(base))
+    result = await drive(SPEC, make_job(base))
     assert result.images[0].url == base.replace("/v1", "/files/pred1.png")
     received = fake.recorder.received
     assert received[0].json() == {"input": {"prompt": "a cat", "aspect_ratio": "9:16", "seed": 9}}
@@ -117,7 +108,7 @@ async def test_the_adapter_polls_the_fake_to_success(aiohttp_server: Server) -> 
 
 async def test_the_adapter_finishes_within_prefer_wait(aiohttp_server: Server) -> None:
     fake = FakeReplicate(finish_within_wait=True)
-    result = await run(make_job(await started(aiohttp_server, fake)))
+    result = await drive(SPEC, make_job(await started(aiohttp_server, fake)))
     assert len(result.images) == 1 and result.usage == {"predict_time": 0.8}
     assert len(fake.recorder.received) == 1
 
@@ -126,7 +117,7 @@ async def test_the_adapter_reports_nsfw_and_cancels(aiohttp_server: Server) -> N
     fake = FakeReplicate(polls_before_done=0, moderate=True)
     base = await started(aiohttp_server, fake)
     with pytest.raises(ProxyError) as caught:
-        await run(make_job(base, wait=0))
+        await drive(SPEC, make_job(base, wait=0))
     assert isinstance(caught.value, ContentPolicyViolation)
     fake.moderate = False
     fake.polls_before_done = 5

@@ -7,13 +7,11 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from proxy.adapters.base import Done, Fail, Job, Send, Step, UpstreamResponse
+from proxy.adapters.base import Done, Fail, Job
 from proxy.adapters.sdwebui import SPEC
 from proxy.core.errors import BadGateway, InvalidRequest, UpstreamError
-from proxy.core.plan import build_plan
-from proxy.core.request import parse_image_request
-from proxy.core.rules import Channel, ModelRule
-from tests.core.adapter_steps import declared
+from tests import factories
+from tests.factories import round_trip, url_of
 from tests.fakes.sdwebui import PNG_B64, FakeSDWebUI
 
 PASSTHROUGH = frozenset({"seed", "negative_prompt", "image", "strength", "sampler_name", "steps"})
@@ -22,20 +20,9 @@ PASSTHROUGH = frozenset({"seed", "negative_prompt", "image", "strength", "sample
 def make_job(
     client: TestClient[Any, Any], body: dict[str, Any], *, key: str | None = None, settings: dict[str, Any] | None = None
 ) -> Job:
-    rule = ModelRule(pattern=body["model"], channels=("webui",), passthrough=PASSTHROUGH)
-    plan = build_plan(parse_image_request(body), rule)
-    base_url = str(client.make_url("")).rstrip("/")
-    channel = Channel(name="webui", type="sdwebui", base_url=base_url, api_key=key, settings=declared(SPEC, settings))
-    return Job(plan, channel, key)
-
-
-async def round_trip(client: TestClient[Any, Any], job: Job) -> Step:
-    step = SPEC.start(job)
-    assert isinstance(step, Send)
-    call = step.call
-    async with client.session.request(call.method, call.url, headers=dict(call.headers), json=call.json) as resp:
-        answer = UpstreamResponse(resp.status, {k.lower(): v for k, v in resp.headers.items()}, await resp.read())
-    return SPEC.advance(job, None, answer)
+    return factories.make_job(body, spec=SPEC, finished=False,
+                              channel="webui", channel_type="sdwebui", base_url=url_of(client), api_key=key,
+                              settings=settings, passthrough=PASSTHROUGH)
 
 
 async def test_txt2img_success_shape(aiohttp_client: Any) -> None:
@@ -54,7 +41,7 @@ async def test_adapter_round_trip_txt2img_and_img2img(aiohttp_client: Any) -> No
     fake = FakeSDWebUI(return_grid=True, extra_images=1)
     client = await aiohttp_client(fake.app())
     step = await round_trip(
-        client, make_job(client, {"model": "sd", "prompt": "p", "n": 3, "size": "640x448"}, settings={"steps": 20})
+        client, SPEC, make_job(client, {"model": "sd", "prompt": "p", "n": 3, "size": "640x448"}, settings={"steps": 20})
     )
     assert isinstance(step, Done)
     assert [image.b64_json for image in step.result.images] == [PNG_B64] * 3
@@ -69,7 +56,7 @@ async def test_adapter_round_trip_txt2img_and_img2img(aiohttp_client: Any) -> No
         "steps": 20,
     }
     job = make_job(client, {"model": "sd", "prompt": "p", "image": f"data:image/png;base64,{PNG_B64}", "strength": 0.4})
-    step = await round_trip(client, job)
+    step = await round_trip(client, SPEC, job)
     assert isinstance(step, Done) and len(step.result.images) == 1
     received = fake.recorder.received[1]
     assert received.path == "/sdapi/v1/img2img"
@@ -80,9 +67,9 @@ async def test_adapter_round_trip_txt2img_and_img2img(aiohttp_client: Any) -> No
 async def test_basic_auth(aiohttp_client: Any) -> None:
     fake = FakeSDWebUI(credentials=("painter", "pw"))
     client = await aiohttp_client(fake.app())
-    step = await round_trip(client, make_job(client, {"model": "sd", "prompt": "p"}, key="painter:pw"))
+    step = await round_trip(client, SPEC, make_job(client, {"model": "sd", "prompt": "p"}, key="painter:pw"))
     assert isinstance(step, Done)
-    step = await round_trip(client, make_job(client, {"model": "sd", "prompt": "p"}, key="painter:wrong"))
+    step = await round_trip(client, SPEC, make_job(client, {"model": "sd", "prompt": "p"}, key="painter:wrong"))
     assert isinstance(step, Fail) and isinstance(step.error, BadGateway)
     assert step.error.code == "upstream_auth_failed" and "Incorrect username or password" in step.error.message
     async with client.post("/sdapi/v1/txt2img", json={"prompt": "p"}) as resp:
@@ -92,15 +79,15 @@ async def test_basic_auth(aiohttp_client: Any) -> None:
 async def test_upstream_errors(aiohttp_client: Any) -> None:
     fake = FakeSDWebUI()
     client = await aiohttp_client(fake.app())
-    step = await round_trip(client, make_job(client, {"model": "sd", "prompt": "p", "sampler_name": "Nope"}))
+    step = await round_trip(client, SPEC, make_job(client, {"model": "sd", "prompt": "p", "sampler_name": "Nope"}))
     assert isinstance(step, Fail) and isinstance(step.error, UpstreamError)
     assert (step.error.status, step.error.message) == (404, "Sampler not found")
-    step = await round_trip(client, make_job(client, {"model": "sd", "prompt": "p", "image": "bm90IGFuIGltYWdl"}))
+    step = await round_trip(client, SPEC, make_job(client, {"model": "sd", "prompt": "p", "image": "bm90IGFuIGltYWdl"}))
     assert isinstance(step, Fail) and isinstance(step.error, InvalidRequest) and step.error.param == "image"
     async with client.post("/sdapi/v1/txt2img", json={"prompt": "p", "width": "wide"}) as resp:
         assert resp.status == 422
         assert (await resp.json())["detail"][0]["loc"] == ["body", "width"]
     fake.fail_with = (500, {"error": "OutOfMemoryError", "detail": "", "body": "", "errors": "CUDA out of memory."})
-    step = await round_trip(client, make_job(client, {"model": "sd", "prompt": "p"}))
+    step = await round_trip(client, SPEC, make_job(client, {"model": "sd", "prompt": "p"}))
     assert isinstance(step, Fail) and step.error.status == 502 and step.error.retryable
     assert "CUDA out of memory." in step.error.message

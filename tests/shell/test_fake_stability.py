@@ -16,7 +16,7 @@ from proxy.core.plan import build_plan
 from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Channel, ModelRule
-from tests.core.adapter_steps import declared
+from tests.factories import declared, url_of
 from tests.fakes.stability import PNG, FakeStability, Upload
 
 ClientMaker = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
@@ -59,7 +59,7 @@ async def test_the_adapters_multipart_call_is_parsed_by_aiohttp_and_answered(aio
     image = f"data:image/png;base64,{base64.b64encode(PNG).decode()}"
     request = parse_image_request({"model": "sd3.5-large", "prompt": "a fox, 狐", "image": image, "strength": 0.4})
     rule = ModelRule(pattern="sd3.5-large", channels=("stability",), passthrough=frozenset({"image", "strength"}))
-    channel = Channel(name="stability", type="stability", base_url=str(client.make_url("")).rstrip("/"),
+    channel = Channel(name="stability", type="stability", base_url=url_of(client),
                       api_key=fake.api_key, settings=declared(SPEC, {"accept": "application/json"}))
     job = Job(build_plan(request, rule), channel, fake.api_key)
     step = SPEC.start(job)

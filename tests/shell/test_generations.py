@@ -9,43 +9,22 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from tests.factories import CLIENT_KEY, DALL_E_3, auth, rules_yaml, url_of
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
-from tests.shell.conftest import CLIENT_KEY, auth
 
-RULES = """
-server:
-  api_keys: [client-key-1]
-default_channel: openai
-channels:
-  openai:
-    type: openai
-    base_url: ${UPSTREAM}/v1
-    api_key: ${OPENAI_API_KEY}
-  local:
-    type: local
-models:
-  local-image:
-    channels: [local]
-  dall-e-3:
-    channels: [openai]
-    defaults: {quality: standard, response_format: url}
-    sizes: [1024x1024, 1792x1024, 1024x1792]
-    values: {quality: [standard, hd]}
-    max_n: 1
-    passthrough: [response_format, style, user]
-  dall-e-2:
-    channels: [openai]
-    sizes: [256x256, 512x512, 1024x1024]
-    passthrough: [response_format]
-  styled:
-    channels: [openai]
-    upstream_model: dall-e-2
-    passthrough: [style, background, watermark, extra_body]
-  gpt-image-*:
-    channels: [openai]
-    defaults: {quality: auto}
-    passthrough: [background, output_format]
-"""
+MODELS: dict[str, Any] = {
+    "local-image": {"channels": ["local"]},
+    "dall-e-3": DALL_E_3,
+    "dall-e-2": {"channels": ["openai"], "sizes": ["256x256", "512x512", "1024x1024"], "passthrough": ["response_format"]},
+    "styled": {
+        "channels": ["openai"],
+        "upstream_model": "dall-e-2",
+        "passthrough": ["style", "background", "watermark", "extra_body"],
+    },
+    "gpt-image-*": {"channels": ["openai"], "defaults": {"quality": "auto"}, "passthrough": ["background", "output_format"]},
+}
+SERVER = {"api_keys": ["client-key-1"]}
+RULES = rules_yaml(MODELS, server=SERVER, default_channel="openai")
 
 
 async def proxy_for(make_proxy: Any, upstream: str, text: str = RULES) -> TestClient:  # type: ignore[type-arg]
@@ -141,9 +120,8 @@ async def test_fields_the_rules_do_not_forward_are_reported_not_sent(make_proxy:
 async def test_url_from_upstream_becomes_b64_when_asked(make_proxy: Any, fake_openai: Any) -> None:
     fake, upstream = fake_openai
     # The upstream ignores response_format here: dall-e-3 passes it, so force a URL answer.
-    client = await proxy_for(
-        make_proxy, upstream, RULES.replace("passthrough: [response_format, style, user]", "passthrough: [style]")
-    )
+    models = {**MODELS, "dall-e-3": {**DALL_E_3, "passthrough": ["style"]}}
+    client = await proxy_for(make_proxy, upstream, rules_yaml(models, server=SERVER, default_channel="openai"))
     status, body, _ = await generate(client, {"model": "dall-e-3", "prompt": "p", "response_format": "b64_json"})
     assert status == 200
     assert "response_format" not in fake.recorder.received[0].json()
@@ -177,7 +155,7 @@ async def test_b64_from_upstream_becomes_a_hosted_url(make_proxy: Any, fake_open
     assert body["size"] == "1024x1024"
     url = body["data"][0]["url"]
     assert url.startswith(str(client.make_url("/images/")))
-    image = await client.get(url.split(str(client.make_url("")).rstrip("/"))[1])  # no key needed
+    image = await client.get(url.split(url_of(client))[1])  # no key needed
     assert image.status == 200
     assert image.headers["Content-Type"] == "image/png"
     assert await image.read() == PNG
@@ -185,7 +163,7 @@ async def test_b64_from_upstream_becomes_a_hosted_url(make_proxy: Any, fake_open
 
 async def test_public_base_url_builds_hosted_urls(make_proxy: Any, fake_openai: Any) -> None:
     _, upstream = fake_openai
-    text = RULES.replace("  api_keys: [client-key-1]", "  api_keys: [client-key-1]\n  public_base_url: https://img.example.com/")
+    text = rules_yaml(MODELS, server={**SERVER, "public_base_url": "https://img.example.com/"}, default_channel="openai")
     client = await proxy_for(make_proxy, upstream, text)
     _, body, _ = await generate(client, {"model": "gpt-image-1", "prompt": "cat", "response_format": "url"})
     assert body["data"][0]["url"].startswith("https://img.example.com/images/")
@@ -293,7 +271,7 @@ async def test_sdk_url_and_b64_json(make_proxy: Any, fake_openai: Any) -> None:
     assert as_b64.usage is not None and as_b64.usage.total_tokens == 4170
     local = await sdk.images.generate(model="local-image", prompt="a cat", size="256x256", response_format="url")
     assert local.data is not None and local.data[0].url is not None
-    png = await client.get(local.data[0].url.split(str(client.make_url("")).rstrip("/"))[1])
+    png = await client.get(local.data[0].url.split(url_of(client))[1])
     assert (await png.read())[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(openai.BadRequestError) as caught:
         await sdk.images.generate(model="dall-e-3", prompt="a cat", size="256x256")

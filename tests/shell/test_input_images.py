@@ -10,42 +10,26 @@ from typing import Any
 import pytest
 from aiohttp import FormData
 
+from tests.factories import CLIENT_KEY, OPENAI, auth, rules_yaml, serve_fakes
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
 from tests.fakes.sdwebui import FakeSDWebUI
 from tests.fakes.seedream import PREFIX as ARK_PREFIX
 from tests.fakes.seedream import FakeSeedream
-from tests.shell.conftest import auth
 
-RULES = """
-server:
-  api_keys: [client-key-1]
-  download: {allow_hosts: ["127.0.0.1"]}
-channels:
-  openai:
-    type: openai
-    base_url: ${UPSTREAM}/v1
-    api_key: ${OPENAI_API_KEY}
-  ark:
-    type: seedream
-    base_url: ${ARK}
-    api_key: ${ARK_API_KEY}
-  webui:
-    type: sdwebui
-    base_url: ${WEBUI}
-models:
-  gpt-image-1:
-    channels: [openai]
-    passthrough: [image, mask]
-  dall-e-2:
-    channels: [openai]
-  doubao-seedream-4.0:
-    channels: [ark]
-    upstream_model: doubao-seedream-4-0-250828
-    passthrough: [image]
-  sd-webui:
-    channels: [webui]
-    passthrough: [image, strength]
-"""
+RULES = rules_yaml(
+    {
+        "gpt-image-1": {"channels": ["openai"], "passthrough": ["image", "mask"]},
+        "dall-e-2": {"channels": ["openai"]},
+        "doubao-seedream-4.0": {"channels": ["ark"], "upstream_model": "doubao-seedream-4-0-250828", "passthrough": ["image"]},
+        "sd-webui": {"channels": ["webui"], "passthrough": ["image", "strength"]},
+    },
+    channels={
+        "openai": OPENAI,
+        "ark": {"type": "seedream", "base_url": "${ARK}", "api_key": "${ARK_API_KEY}"},
+        "webui": {"type": "sdwebui", "base_url": "${WEBUI}"},
+    },
+    server={"api_keys": ["client-key-1"], "download": {"allow_hosts": ["127.0.0.1"]}},
+)
 
 JPEG = b"\xff\xd8\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00" + b"\x00" * 9 + b"\xff\xd9"
 HTML = b"<!doctype html><html><head><title>login</title></head><body>not an image</body></html>"
@@ -72,7 +56,7 @@ class Proxy:
 @pytest.fixture
 async def proxy(make_proxy: Any, aiohttp_server: Any) -> Proxy:
     fakes: dict[str, Any] = {"openai": FakeOpenAI(), "ark": FakeSeedream(), "webui": FakeSDWebUI()}
-    urls = {name: str((await aiohttp_server(fake.app())).make_url("")).rstrip("/") for name, fake in fakes.items()}
+    urls = await serve_fakes(aiohttp_server, fakes)
     env = {
         "UPSTREAM": urls["openai"],
         "OPENAI_API_KEY": KEY,
@@ -207,3 +191,19 @@ async def test_uploaded_images_still_reach_openai_byte_identical(proxy: Proxy) -
     assert response.status == 200, await response.text()
     files = [(part.name, part.data) for part in proxy.fakes["openai"].forms[0] if part.filename is not None]
     assert files == [("image[]", PNG), ("image[]", JPEG), ("mask", PNG)]
+
+
+async def test_malformed_image_urls_are_a_400(make_proxy: Any) -> None:
+    # Nothing may reach the upstream: the channel points at a closed port, so an attempt would be a 502.
+    rules = rules_yaml(
+        {"stable-image-core": {"channels": ["stability"], "passthrough": ["image"]}},
+        {"stability": {"type": "stability", "base_url": "http://127.0.0.1:9", "api_key": "sk-test"}},
+        server={"api_keys": [CLIENT_KEY]},
+    )
+    client = await make_proxy(rules)
+    for url in ("http://example.com:99999/x.png", "http://[::1/x.png", "http://example.com:abc/x.png"):
+        response = await client.post(
+            "/v1/images/generations", json={"model": "stable-image-core", "prompt": "p", "image": url}, headers=auth()
+        )
+        assert response.status == 400, url
+        assert (await response.json())["error"]["param"] == "image"

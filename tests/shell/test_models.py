@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -15,36 +14,25 @@ import pytest
 from aiohttp import web
 
 from proxy import catalog
+from tests.factories import CLIENT_KEY, LOCAL, OPENAI, auth, free_port, rules_yaml, url_of
 from tests.fakes.openai import KEY, FakeOpenAI
-from tests.shell.conftest import CLIENT_KEY, auth
 
 ROOT = Path(__file__).resolve().parents[2]
-RULES = """
-server:
-  api_keys: [client-key-1]
-default_channel: openai
-channels:
-  openai:
-    type: openai
-    base_url: ${UPSTREAM}/v1
-    api_key: ${OPENAI_API_KEY}
-    headers: {OpenAI-Project: proj_1}
-  local:
-    type: local
-  stability:
-    type: stability
-    base_url: ${UPSTREAM}
-    api_key: ${STABILITY_API_KEY}
-models:
-  local-image:
-    channels: [local]
-  gpt-image-1.5:
-    channels: [openai]
-  gpt-image-*:
-    channels: [openai]
-  stable-image-core:
-    channels: [stability]
-"""
+RULES = rules_yaml(
+    {
+        "local-image": {"channels": ["local"]},
+        "gpt-image-1.5": {"channels": ["openai"]},
+        "gpt-image-*": {"channels": ["openai"]},
+        "stable-image-core": {"channels": ["stability"]},
+    },
+    channels={
+        "openai": {**OPENAI, "headers": {"OpenAI-Project": "proj_1"}},
+        "local": LOCAL,
+        "stability": {"type": "stability", "base_url": "${UPSTREAM}", "api_key": "${STABILITY_API_KEY}"},
+    },
+    server={"api_keys": ["client-key-1"]},
+    default_channel="openai",
+)
 OWN = {"object": "model", "owned_by": "imagegate"}
 
 
@@ -54,12 +42,6 @@ async def proxy(make_proxy: Any, upstream: str, **env: str) -> Any:
 
 def sdk_for(client: Any) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key=CLIENT_KEY, max_retries=0)
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_the_shipped_rules_list_their_keyless_models_without_any_key(make_proxy: Any) -> None:
@@ -129,9 +111,9 @@ async def test_a_default_channel_in_trouble_costs_the_client_nothing(
     if trouble == "not a list":
         app = web.Application()
         app.router.add_get("/v1/models", maintenance)
-    upstream = f"http://127.0.0.1:{closed_port()}"
+    upstream = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     if trouble != "down":
-        upstream = str((await aiohttp_server(app)).make_url("")).rstrip("/")
+        upstream = url_of(await aiohttp_server(app))
     if trouble == "slow":
         monkeypatch.setattr(catalog, "MODELS_TIMEOUT", 0.3)
         fake.models_delay = 5.0

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,36 +15,18 @@ import aiohttp
 import pytest
 
 from proxy.ops import on_shutdown
+from tests.factories import free_port, proxy_with_fake, rules_yaml, serve_fake, wait_listening
 from tests.fakes.openai import KEY, FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[2]
-RULES = """
-server:
-  api_keys: [client-key-1]
-  shutdown_grace: 20
-channels:
-  openai:
-    type: openai
-    base_url: ${UPSTREAM}/v1
-    api_key: ${OPENAI_API_KEY}
-  local:
-    type: local
-models:
-  gpt-image-*:
-    channels: [openai]
-  local-image:
-    channels: [local]
-"""
+MODELS = {"gpt-image-*": {"channels": ["openai"]}, "local-image": {"channels": ["local"]}}
+SERVER = {"api_keys": ["client-key-1"], "shutdown_grace": 20}
+RULES = rules_yaml(MODELS, server=SERVER)
 AUTH = {"Authorization": "Bearer client-key-1"}
 
 
-async def start(make_proxy: Any, aiohttp_server: Any, fake: FakeOpenAI, text: str = RULES) -> Any:
-    server = await aiohttp_server(fake.app())
-    return await make_proxy(text, {"UPSTREAM": str(server.make_url("")).rstrip("/"), "OPENAI_API_KEY": KEY})
-
-
 async def test_health_and_readiness_need_no_key(make_proxy: Any, aiohttp_server: Any) -> None:
-    client = await start(make_proxy, aiohttp_server, FakeOpenAI())
+    client = await proxy_with_fake(make_proxy, aiohttp_server, FakeOpenAI(), RULES)
     health = await client.get("/healthz")
     assert (health.status, await health.json()) == (200, {"status": "ok"})
     ready = await client.get("/readyz")
@@ -70,7 +51,7 @@ def sample(text: str, name: str, **labels: str) -> float:
 async def test_metrics_move_with_requests(make_proxy: Any, aiohttp_server: Any) -> None:
     fake = FakeOpenAI()
     fake.failures.append((500, {"error": {"message": "boom"}}, {}))
-    client = await start(make_proxy, aiohttp_server, fake)
+    client = await proxy_with_fake(make_proxy, aiohttp_server, fake, RULES)
     for _ in range(2):
         await client.post("/v1/images/generations", json={"model": "gpt-image-1.5", "prompt": "p"}, headers=AUTH)
     await client.post("/v1/images/generations", json={"model": "gpt-image-1.5", "prompt": ""}, headers=AUTH)
@@ -95,8 +76,8 @@ async def test_metrics_move_with_requests(make_proxy: Any, aiohttp_server: Any) 
 
 
 async def test_metrics_are_guarded_by_their_own_token(make_proxy: Any, aiohttp_server: Any) -> None:
-    text = RULES.replace("  shutdown_grace: 20\n", "  shutdown_grace: 20\n  metrics: {token: scrape-me}\n")
-    client = await start(make_proxy, aiohttp_server, FakeOpenAI(), text)
+    text = rules_yaml(MODELS, server={**SERVER, "metrics": {"token": "scrape-me"}})
+    client = await proxy_with_fake(make_proxy, aiohttp_server, FakeOpenAI(), text)
     assert (await client.get("/metrics")).status == 403
     assert (await client.get("/metrics", headers={"Authorization": "Bearer wrong"})).status == 403
     assert (await client.get("/metrics", headers={"Authorization": "Bearer scrape-me"})).status == 200
@@ -106,7 +87,7 @@ async def test_a_request_id_travels_client_log_upstream_response(
     make_proxy: Any, aiohttp_server: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     fake = FakeOpenAI()
-    client = await start(make_proxy, aiohttp_server, fake)
+    client = await proxy_with_fake(make_proxy, aiohttp_server, fake, RULES)
     with caplog.at_level(logging.INFO, logger="imagegate.access"):
         response = await client.post(
             "/v1/images/generations",
@@ -129,7 +110,7 @@ async def test_a_request_id_travels_client_log_upstream_response(
 async def test_a_refused_request_names_its_model_in_the_access_line(
     make_proxy: Any, aiohttp_server: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    client = await start(make_proxy, aiohttp_server, FakeOpenAI())
+    client = await proxy_with_fake(make_proxy, aiohttp_server, FakeOpenAI(), RULES)
     with caplog.at_level(logging.INFO, logger="imagegate.access"):
         bad_size = await client.post("/v1/images/generations", headers=AUTH,
                                      json={"model": "local-image", "prompt": "p", "size": "huge"})
@@ -145,20 +126,14 @@ async def test_a_refused_request_names_its_model_in_the_access_line(
 async def test_prompts_are_logged_only_when_the_rules_opt_in(
     make_proxy: Any, aiohttp_server: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    text = RULES.replace("  shutdown_grace: 20\n", "  shutdown_grace: 20\n  log_prompts: true\n")
-    client = await start(make_proxy, aiohttp_server, FakeOpenAI(), text)
+    text = rules_yaml(MODELS, server={**SERVER, "log_prompts": True})
+    client = await proxy_with_fake(make_proxy, aiohttp_server, FakeOpenAI(), text)
     with caplog.at_level(logging.INFO, logger="imagegate.access"):
         await client.post("/v1/images/generations", json={"model": "gpt-image-1.5", "prompt": "a heron"}, headers=AUTH)
     assert any(json.loads(r.getMessage()).get("prompt") == "a heron" for r in caplog.records if r.name == "imagegate.access")
 
 
 # -- the process: reload and shutdown, driven by real signals ---------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Served:
@@ -178,14 +153,8 @@ async def serve(tmp_path: Path, upstream: str, text: str) -> Served:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "proxy", "--rules", str(rules), "--port", str(port), cwd=ROOT, env=env, stdout=sink, stderr=sink
         )
-    for _ in range(300):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return Served(process, port, log)
-        except OSError:
-            await asyncio.sleep(0.1)
-    raise AssertionError(log.read_text())
+    await wait_listening(port, process, log, pause=0.1)
+    return Served(process, port, log)
 
 
 async def generate(session: aiohttp.ClientSession, served: Served, model: str) -> int:
@@ -196,13 +165,14 @@ async def generate(session: aiohttp.ClientSession, served: Served, model: str) -
 
 async def test_sighup_reloads_valid_rules_and_keeps_them_on_invalid_ones(aiohttp_server: Any, tmp_path: Path) -> None:
     fake = FakeOpenAI(delay=1.0)
-    upstream = str((await aiohttp_server(fake.app())).make_url("")).rstrip("/")
+    upstream = await serve_fake(aiohttp_server, fake)
     served = await serve(tmp_path, upstream, RULES)
     try:
         async with aiohttp.ClientSession() as session:
             slow = asyncio.ensure_future(generate(session, served, "gpt-image-1.5"))
             await asyncio.sleep(0.3)  # the slow request is in flight
-            (tmp_path / "rules.yaml").write_text(RULES.replace("  local-image:", "  renamed-local:"))
+            renamed = {"gpt-image-*": MODELS["gpt-image-*"], "renamed-local": MODELS["local-image"]}
+            (tmp_path / "rules.yaml").write_text(rules_yaml(renamed, server=SERVER))
             served.process.send_signal(signal.SIGHUP)
             await asyncio.sleep(0.5)
             assert await generate(session, served, "renamed-local") == 200
@@ -221,7 +191,7 @@ async def test_sighup_reloads_valid_rules_and_keeps_them_on_invalid_ones(aiohttp
 
 async def test_sigterm_lets_the_request_in_flight_finish_and_refuses_new_ones(aiohttp_server: Any, tmp_path: Path) -> None:
     fake = FakeOpenAI(delay=1.5)
-    upstream = str((await aiohttp_server(fake.app())).make_url("")).rstrip("/")
+    upstream = await serve_fake(aiohttp_server, fake)
     served = await serve(tmp_path, upstream, RULES)
     async with aiohttp.ClientSession() as session:
         slow = asyncio.ensure_future(generate(session, served, "gpt-image-1.5"))
@@ -233,3 +203,17 @@ async def test_sigterm_lets_the_request_in_flight_finish_and_refuses_new_ones(ai
                 await generate(fresh, served, "local-image")
         assert await slow == 200
     assert await asyncio.wait_for(served.process.wait(), timeout=10) == 0
+
+
+async def test_hosted_image_names_are_not_logged(make_proxy: Any, aiohttp_server: Any, caplog: pytest.LogCaptureFixture) -> None:
+    client = await proxy_with_fake(make_proxy, aiohttp_server, FakeOpenAI(), RULES)
+    with caplog.at_level(logging.INFO, logger="imagegate.access"):
+        body = await (
+            await client.post(
+                "/v1/images/generations", json={"model": "gpt-image-1.5", "prompt": "p", "response_format": "url"}, headers=AUTH
+            )
+        ).json()
+        url = body["data"][0]["url"]
+        name = url.rsplit("/", 1)[1]
+        assert (await client.get(url[url.index("/images/") :])).status == 200
+    assert name not in caplog.text and "/images/{name}" in caplog.text

@@ -14,13 +14,13 @@ import openai
 from aiohttp import web
 from PIL import Image
 
+from tests.factories import poll_task, url_of
 from tests.fakes import flux as flux_fake
 from tests.fakes import seedream as seedream_fake
 from tests.fakes import zhipu as zhipu_fake
 from tests.fakes.flux import FakeFlux
 from tests.fakes.seedream import FakeSeedream
 from tests.fakes.zhipu import FakeZhipu
-from tests.shell.test_async_tasks import poll
 
 SHIPPED = (Path(__file__).resolve().parents[2] / "rules.yaml").read_text()
 
@@ -43,7 +43,7 @@ async def shipped(make_proxy: Any, aiohttp_server: Any, zhipu: FakeZhipu, bfl: F
     env = {
         "ZHIPU_BASE_URL": str(zhipu_server.make_url(zhipu_fake.PREFIX)),
         "ZHIPU_API_KEY": zhipu.api_key,
-        "BFL_BASE_URL": str(bfl_server.make_url("")).rstrip("/"),
+        "BFL_BASE_URL": url_of(bfl_server),
         "BFL_API_KEY": bfl.api_key,
         "ARK_BASE_URL": str(ark_server.make_url(seedream_fake.PREFIX)),
         "ARK_API_KEY": ark.api_key,
@@ -175,7 +175,7 @@ async def test_an_async_task_delivers_the_converted_format(make_proxy: Any, aioh
         "response_format": "b64_json",
     })
     task = await created.json()
-    _, done = await poll(client, task["task_id"], {}, "succeed")
+    _, done = await poll_task(client, task["task_id"], {}, "succeed")
     assert done["task_status"] == "succeed"
     assert base64.b64decode(done["data"][0]["b64_json"]).startswith(b"\xff\xd8\xff")
     assert done["metadata"]["converted"] == {"from": "png", "to": "jpeg"} and done["output_format"] == "jpeg"

@@ -8,46 +8,47 @@ from typing import Any
 import openai
 import pytest
 
+from tests.factories import rules_yaml, serve_fake
 from tests.fakes import flux as flux_fake
 from tests.fakes import replicate as replicate_fake
 from tests.fakes.flux import FakeFlux
 from tests.fakes.replicate import FakeReplicate
 
-RULES = """
-channels:
-  bfl:
-    type: flux
-    base_url: ${BFL}
-    api_key: ${BFL_API_KEY}
-    poll_interval: 0.01
-    max_poll_interval: 0.02
-  replicate:
-    type: replicate
-    base_url: ${REPLICATE}/v1
-    api_key: ${REPLICATE_API_TOKEN}
-    wait: ${WAIT:-60}
-    poll_interval: ${POLL:-0.01}
-    max_poll_interval: 0.5
-models:
-  flux-pro-1.1:
-    channels: [bfl]
-    max_n: 4
-    passthrough: [seed, output_format]
-  flux-schnell:
-    channels: [replicate]
-    upstream_model: black-forest-labs/flux-schnell
-    max_n: 4
-    passthrough: [seed, output_format, extra_body]
-"""
+RULES = rules_yaml(
+    {
+        "flux-pro-1.1": {"channels": ["bfl"], "max_n": 4, "passthrough": ["seed", "output_format"]},
+        "flux-schnell": {
+            "channels": ["replicate"],
+            "upstream_model": "black-forest-labs/flux-schnell",
+            "max_n": 4,
+            "passthrough": ["seed", "output_format", "extra_body"],
+        },
+    },
+    channels={
+        "bfl": {
+            "type": "flux",
+            "base_url": "${BFL}",
+            "api_key": "${BFL_API_KEY}",
+            "poll_interval": 0.01,
+            "max_poll_interval": 0.02,
+        },
+        "replicate": {
+            "type": "replicate",
+            "base_url": "${REPLICATE}/v1",
+            "api_key": "${REPLICATE_API_TOKEN}",
+            "wait": "${WAIT:-60}",
+            "poll_interval": "${POLL:-0.01}",
+            "max_poll_interval": 0.5,
+        },
+    },
+)
 
 
 async def proxy(make_proxy: Any, aiohttp_server: Any, bfl: FakeFlux, replicate: FakeReplicate, **env: str) -> Any:
-    bfl_server = await aiohttp_server(bfl.app())
-    replicate_server = await aiohttp_server(replicate.app())
     values = {
-        "BFL": str(bfl_server.make_url("")).rstrip("/"),
+        "BFL": await serve_fake(aiohttp_server, bfl),
         "BFL_API_KEY": bfl.api_key,
-        "REPLICATE": str(replicate_server.make_url("")).rstrip("/"),
+        "REPLICATE": await serve_fake(aiohttp_server, replicate),
         "REPLICATE_API_TOKEN": replicate.api_key,
         **env,
     }

@@ -11,49 +11,48 @@ import openai
 import pytest
 from aiohttp import web
 
+from tests.factories import rules_yaml, serve_fake, url_of
 from tests.fakes import dashscope as dashscope_fake
 from tests.fakes import kling as kling_fake
 from tests.fakes.dashscope import FakeDashScope
 from tests.fakes.kling import FakeKling
 
-RULES = """
-channels:
-  kling:
-    type: kling
-    base_url: ${KLING}
-    api_key: ${KLING_ACCESS_KEY}:${KLING_SECRET_KEY}
-    poll_interval: 0.01
-    max_poll_interval: 0.02
-    deadline: ${DEADLINE:-30}
-  dashscope:
-    type: dashscope
-    base_url: ${DASHSCOPE}/api/v1
-    api_key: ${DASHSCOPE_API_KEY}
-    poll_interval: ${POLL:-0.01}
-    max_poll_interval: ${POLL:-0.02}
-models:
-  kling-v2:
-    channels: [kling]
-    max_n: 9
-    passthrough: [negative_prompt, watermark]
-  wanx2.1-t2i-turbo:
-    channels: [dashscope]
-    max_n: 4
-    passthrough: [negative_prompt, seed, watermark, prompt_extend]
-  qwen-image-plus:
-    channels: [dashscope]
-    max_n: 1
-"""
+RULES = rules_yaml(
+    {
+        "kling-v2": {"channels": ["kling"], "max_n": 9, "passthrough": ["negative_prompt", "watermark"]},
+        "wanx2.1-t2i-turbo": {
+            "channels": ["dashscope"],
+            "max_n": 4,
+            "passthrough": ["negative_prompt", "seed", "watermark", "prompt_extend"],
+        },
+        "qwen-image-plus": {"channels": ["dashscope"], "max_n": 1},
+    },
+    channels={
+        "kling": {
+            "type": "kling",
+            "base_url": "${KLING}",
+            "api_key": "${KLING_ACCESS_KEY}:${KLING_SECRET_KEY}",
+            "poll_interval": 0.01,
+            "max_poll_interval": 0.02,
+            "deadline": "${DEADLINE:-30}",
+        },
+        "dashscope": {
+            "type": "dashscope",
+            "base_url": "${DASHSCOPE}/api/v1",
+            "api_key": "${DASHSCOPE_API_KEY}",
+            "poll_interval": "${POLL:-0.01}",
+            "max_poll_interval": "${POLL:-0.02}",
+        },
+    },
+)
 
 
 async def proxy(make_proxy: Any, aiohttp_server: Any, kling: FakeKling, dashscope: FakeDashScope, **env: str) -> Any:
-    kling_server = await aiohttp_server(kling.app())
-    dashscope_server = await aiohttp_server(dashscope.app())
     values = {
-        "KLING": str(kling_server.make_url("")).rstrip("/"),
+        "KLING": await serve_fake(aiohttp_server, kling),
         "KLING_ACCESS_KEY": kling.access_key,
         "KLING_SECRET_KEY": kling.secret_key,
-        "DASHSCOPE": str(dashscope_server.make_url("")).rstrip("/"),
+        "DASHSCOPE": await serve_fake(aiohttp_server, dashscope),
         "DASHSCOPE_API_KEY": dashscope.api_key,
         **env,
     }
@@ -178,24 +177,23 @@ async def test_deadline_is_504_and_the_task_is_not_restarted(make_proxy: Any, ai
     assert len([item for item in kling.recorder.received if item.method == "POST"]) == 1
 
 
-PATIENT_RULES = """
-channels:
-  patient:
-    type: kling
-    base_url: ${KLING}
-    api_key: ${KLING_ACCESS_KEY}:${KLING_SECRET_KEY}
-    poll_interval: 0.01
-    timeout: 0.2
-    deadline: ${DEADLINE:-30}
-    retry_timeouts: true
-  backup:
-    type: kling
-    base_url: ${KLING}
-    api_key: ${KLING_ACCESS_KEY}:${KLING_SECRET_KEY}
-models:
-  kling-v2:
-    channels: [patient, backup]
-"""
+PATIENT_RULES = rules_yaml(
+    {
+        "kling-v2": {"channels": ["patient", "backup"]},
+    },
+    channels={
+        "patient": {
+            "type": "kling",
+            "base_url": "${KLING}",
+            "api_key": "${KLING_ACCESS_KEY}:${KLING_SECRET_KEY}",
+            "poll_interval": 0.01,
+            "timeout": 0.2,
+            "deadline": "${DEADLINE:-30}",
+            "retry_timeouts": True,
+        },
+        "backup": {"type": "kling", "base_url": "${KLING}", "api_key": "${KLING_ACCESS_KEY}:${KLING_SECRET_KEY}"},
+    },
+)
 
 
 async def test_a_poll_that_times_out_never_fails_over_even_where_timeouts_may(make_proxy: Any, aiohttp_server: Any) -> None:
@@ -222,7 +220,7 @@ async def test_a_task_past_its_deadline_never_fails_over_even_where_timeouts_may
 
 async def patient(make_proxy: Any, aiohttp_server: Any, kling: FakeKling, **env: str) -> Any:
     server = await aiohttp_server(kling.app())
-    values = {"KLING": str(server.make_url("")).rstrip("/"), "KLING_ACCESS_KEY": kling.access_key,
+    values = {"KLING": url_of(server), "KLING_ACCESS_KEY": kling.access_key,
               "KLING_SECRET_KEY": kling.secret_key, **env}
     return await make_proxy(PATIENT_RULES, values)
 

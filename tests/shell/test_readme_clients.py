@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.shell.test_cli import ROOT, clean_env
+from tests.factories import ROOT, clean_env
 
 README_BASE = "http://127.0.0.1:8080"
 BANNER = re.compile(r"^imagegate \S+ listening on (http://127\.0\.0\.1:\d+)$", re.MULTILINE)

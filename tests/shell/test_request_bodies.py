@@ -18,28 +18,13 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.factories import rules_yaml
 from tests.fakes.openai import KEY, PNG
 
 LIMIT = 65536
-RULES = """
-server:
-  max_request_bytes: 65536
-  body_timeout: 30          # far longer than any answer below may take
-default_channel: openai
-channels:
-  openai:
-    type: openai
-    base_url: ${UPSTREAM}/v1
-    api_key: ${OPENAI_API_KEY}
-  local:
-    type: local
-models:
-  local-image:
-    channels: [local]
-  dall-e-2:
-    channels: [openai]
-    passthrough: [response_format]
-"""
+MODELS = {"local-image": {"channels": ["local"]}, "dall-e-2": {"channels": ["openai"], "passthrough": ["response_format"]}}
+SERVER = {"max_request_bytes": 65536, "body_timeout": 30}  # the body timeout: far longer than any answer below may take
+RULES = rules_yaml(MODELS, server=SERVER, default_channel="openai")
 LOCAL = {"model": "local-image", "prompt": "a lighthouse", "size": "32x32"}
 REMOTE = {"model": "dall-e-2", "prompt": "a lighthouse at dusk", "response_format": "b64_json"}
 ROUTES = ("/v1/images/generations", "/v1/images/edits", "/v1/images/variations")
@@ -124,7 +109,7 @@ async def test_a_small_body_with_expect_gets_100_continue_and_is_served(make_pro
 
 async def test_a_refused_key_is_answered_instead_of_100_continue(make_proxy: Any, fake_openai: Any) -> None:
     _, upstream = fake_openai
-    rules = RULES.replace("server:", "server:\n  api_keys: [right-key]", 1)
+    rules = rules_yaml(MODELS, server={"api_keys": ["right-key"], **SERVER}, default_channel="openai")
     client = await make_proxy(rules, {"UPSTREAM": upstream, "OPENAI_API_KEY": KEY})
     reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
     try:

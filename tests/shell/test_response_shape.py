@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tests.factories import url_of
 from tests.fakes import zhipu as zhipu_fake
 from tests.fakes.sdwebui import FakeSDWebUI
 from tests.fakes.stability import FakeStability
@@ -45,7 +46,7 @@ async def test_zhipu_content_filter_is_under_metadata(make_proxy: Any, aiohttp_s
 async def test_stability_seeds_of_every_call_are_under_metadata(make_proxy: Any, aiohttp_server: Any) -> None:
     stability = FakeStability()
     server = await aiohttp_server(stability.app())
-    client = await make_proxy(SHIPPED, {"STABILITY_BASE_URL": str(server.make_url("")).rstrip("/"),
+    client = await make_proxy(SHIPPED, {"STABILITY_BASE_URL": url_of(server),
                                         "STABILITY_API_KEY": stability.api_key})
 
     answer = await generate(client, {"model": "stable-image-core", "prompt": "a castle", "n": 2, "seed": 77,
@@ -60,7 +61,7 @@ async def test_stability_seeds_of_every_call_are_under_metadata(make_proxy: Any,
 async def test_sdwebui_seeds_are_under_metadata(make_proxy: Any, aiohttp_server: Any) -> None:
     webui = FakeSDWebUI()
     server = await aiohttp_server(webui.app())
-    client = await make_proxy(SHIPPED, {"SDWEBUI_BASE_URL": str(server.make_url("")).rstrip("/")})
+    client = await make_proxy(SHIPPED, {"SDWEBUI_BASE_URL": url_of(server)})
 
     answer = await generate(client, {"model": "sd-webui", "prompt": "a robot", "n": 2, "seed": 7, "size": "512x512"})
 

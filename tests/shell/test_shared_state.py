@@ -10,32 +10,34 @@ import asyncio
 import base64
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from proxy.adapters import SCHEMAS
 from proxy.app import make_app
+from proxy.core.limit_windows import Limits
 from proxy.core.rules import parse_rules
+from proxy.key_limits import admit
+from proxy.shared_state import DONE, IdempotentRecord, MemoryCounters, MemoryIdempotency
+from tests.factories import OPENAI, rules_yaml, serve_fake, start_proxy
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
-from tests.serve import start_proxy
 
-RULES = """
-server:
-  state: ${STATE:-memory}
-  api_keys:
-    - client-key-1
-    - {key: limited-key, name: team-a, limits: {requests_per_minute: 2}}
-    - {key: one-at-a-time, name: team-b, limits: {concurrent: 1}}
-    - {key: few-images, name: team-c, limits: {images_per_day: 3}}
-default_channel: openai
-channels:
-  openai:
-    type: openai
-    base_url: ${UPSTREAM}/v1
-    api_key: ${OPENAI_API_KEY}
-models:
-  gpt-image-*:
-    channels: [openai]
-"""
+RULES = rules_yaml(
+    {
+        "gpt-image-*": {"channels": ["openai"]},
+    },
+    channels={"openai": OPENAI},
+    server={
+        "state": "${STATE:-memory}",
+        "api_keys": [
+            "client-key-1",
+            {"key": "limited-key", "name": "team-a", "limits": {"requests_per_minute": 2}},
+            {"key": "one-at-a-time", "name": "team-b", "limits": {"concurrent": 1}},
+            {"key": "few-images", "name": "team-c", "limits": {"images_per_day": 3}},
+        ],
+    },
+    default_channel="openai",
+)
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -43,7 +45,7 @@ def bearer(key: str) -> dict[str, str]:
 
 
 async def replicas(aiohttp_client: Any, aiohttp_server: Any, fake: FakeOpenAI, state: str, count: int = 2) -> list[TestClient]:  # type: ignore[type-arg]
-    upstream = str((await aiohttp_server(fake.app())).make_url("")).rstrip("/")
+    upstream = await serve_fake(aiohttp_server, fake)
     env = {"UPSTREAM": upstream, "OPENAI_API_KEY": KEY, "STATE": state}
     rules = parse_rules(RULES, env, SCHEMAS)
     return [await aiohttp_client(await start_proxy(make_app(rules), rules)) for _ in range(count)]
@@ -161,3 +163,25 @@ async def test_model_lists_count_against_the_keys_request_limit_too(aiohttp_clie
     paths = ("/v1/models", "/v1/models/x", "/v1/models")
     statuses = [(await app.get(path, headers=bearer("limited-key"))).status for path in paths]
     assert statuses == [200, 404, 429]
+
+
+async def test_a_busy_concurrency_gauge_does_not_expire_under_its_requests() -> None:
+    now = [0.0]
+    counters = MemoryCounters(clock=lambda: now[0])
+    first = await admit(counters, "k", Limits(concurrent=1), 1, clock=lambda: now[0])
+    await first.settle(1)
+    now[0] = 3590.0
+    busy = await admit(counters, "k", Limits(concurrent=1), 1, clock=lambda: now[0])  # still running at 3601
+    now[0] = 3601.0
+    with pytest.raises(Exception, match="concurrent"):
+        await admit(counters, "k", Limits(concurrent=1), 1, clock=lambda: now[0])
+    await busy.settle(1)
+    assert await counters.incr("k-probe", 0, 10) == 0
+
+
+async def test_expired_idempotency_records_are_swept() -> None:
+    now = [0.0]
+    store = MemoryIdempotency(clock=lambda: now[0])
+    await store.finish("k", IdempotentRecord("f", DONE, 200, "x" * 1000), ttl=10)
+    now[0] = 11.0
+    assert await store.sweep() == 1

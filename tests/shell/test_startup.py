@@ -21,7 +21,7 @@ from proxy.__main__ import EXIT_CANNOT_LISTEN, cannot_listen, channel_lines
 from proxy.adapters import SCHEMAS
 from proxy.core.rules import parse_rules
 from proxy.ops import probe_channels
-from tests.shell.test_cli import ROOT, clean_env, free_port, run_cli
+from tests.factories import ROOT, clean_env, free_port, run_cli
 
 BANNER = re.compile(r"^imagegate \S+ listening on http://127\.0\.0\.1:(\d+)$")
 

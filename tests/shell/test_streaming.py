@@ -13,42 +13,38 @@ import openai
 import pytest
 
 from proxy import streaming as streaming_shell
+from tests.factories import LOCAL, OPENAI, rules_yaml, serve_fake
 from tests.fakes.kling import FakeKling
 from tests.fakes.openai import KEY, PNG, FakeOpenAI, tiny_png
 
-RULES = """
-channels:
-  openai:
-    type: openai
-    base_url: ${UPSTREAM}/v1
-    api_key: ${OPENAI_API_KEY}
-  kling:
-    type: kling
-    base_url: ${KLING}
-    api_key: ${KLING_ACCESS}:${KLING_SECRET}
-    poll_interval: 0.05
-    max_poll_interval: 0.05
-  local:
-    type: local
-models:
-  gpt-image-*:
-    channels: [openai]
-  kling-v2:
-    channels: [kling]
-  local-image:
-    channels: [local]
-  kling-legacy:                  # a retired model's translation, served by a channel without native streams
-    channels: [kling]
-    revised_prompt: original
-"""
+RULES = rules_yaml(
+    {
+        "gpt-image-*": {"channels": ["openai"]},
+        "kling-v2": {"channels": ["kling"]},
+        "local-image": {"channels": ["local"]},
+        # a retired model's translation, served by a channel without native streams
+        "kling-legacy": {"channels": ["kling"], "revised_prompt": "original"},
+    },
+    channels={
+        "openai": OPENAI,
+        "kling": {
+            "type": "kling",
+            "base_url": "${KLING}",
+            "api_key": "${KLING_ACCESS}:${KLING_SECRET}",
+            "poll_interval": 0.05,
+            "max_poll_interval": 0.05,
+        },
+        "local": LOCAL,
+    },
+)
 
 
 async def proxy(make_proxy: Any, aiohttp_server: Any, fake: FakeOpenAI, kling: FakeKling | None = None) -> Any:
     kling = kling or FakeKling()
     env = {
-        "UPSTREAM": str((await aiohttp_server(fake.app())).make_url("")).rstrip("/"),
+        "UPSTREAM": await serve_fake(aiohttp_server, fake),
         "OPENAI_API_KEY": KEY,
-        "KLING": str((await aiohttp_server(kling.app())).make_url("")).rstrip("/"),
+        "KLING": await serve_fake(aiohttp_server, kling),
         "KLING_ACCESS": kling.access_key,
         "KLING_SECRET": kling.secret_key,
     }

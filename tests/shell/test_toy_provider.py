@@ -23,8 +23,8 @@ from aiohttp.test_utils import TestServer
 
 from proxy.adapters import ADAPTERS, SCHEMAS, unregister
 from proxy.core.rules import RulesError, parse_rules
+from tests.factories import auth
 from tests.fakes.png import encode_png
-from tests.shell.conftest import auth
 
 TOY_MODULE = '''
 """Adapter layer: Toy Images (`POST {base_url}/draw`), a provider used to show how one is added.

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,20 +15,17 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.factories import OPENAI, free_port, rules_yaml, url_of, wait_listening
 from tests.fakes.openai import KEY, FakeOpenAI, tiny_png
 
 ROOT = Path(__file__).resolve().parents[2]
 UPLOAD = 30 * 1024 * 1024
-RULES = """
-channels:
-  openai:
-    type: openai
-    base_url: ${UPSTREAM}/v1
-    api_key: ${OPENAI_API_KEY}
-models:
-  gpt-image-*:
-    channels: [openai]
-"""
+RULES = rules_yaml(
+    {
+        "gpt-image-*": {"channels": ["openai"]},
+    },
+    channels={"openai": OPENAI},
+)
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc to read peak RSS")
 
@@ -39,23 +35,6 @@ def peak_rss(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     raise AssertionError("no VmHWM")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def wait_listening(port: int) -> None:
-    for _ in range(300):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.1)
-    raise AssertionError("the proxy did not start")
 
 
 async def edit(session: aiohttp.ClientSession, port: int, image: bytes) -> int:
@@ -74,13 +53,13 @@ async def test_a_30_mb_upload_raises_peak_rss_by_well_under_three_times_its_size
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
     port = free_port()
-    env = {**os.environ, "UPSTREAM": str(upstream.make_url("")).rstrip("/"), "OPENAI_API_KEY": KEY}
+    env = {**os.environ, "UPSTREAM": url_of(upstream), "OPENAI_API_KEY": KEY}
     log = (tmp_path / "proxy.log").open("wb")
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "proxy", "--rules", str(rules), "--port", str(port), cwd=ROOT, env=env, stdout=log, stderr=log
     )
     try:
-        await wait_listening(port)
+        await wait_listening(port, pause=0.1)
         async with aiohttp.ClientSession() as session:
             assert await edit(session, port, tiny_png()) == 200  # warm up every code path first
             before = peak_rss(process.pid)

@@ -1,4 +1,5 @@
-"""Core-style tests of the driver's pure helpers: splitting n across calls and merging their answers."""
+"""Core-style tests of the driver's pure helpers: splitting n across calls, merging their answers, and the order
+in which a model's channels are tried."""
 
 from __future__ import annotations
 
