@@ -47,17 +47,19 @@ class UpstreamResponse:
     body: bytes
 
 
+# `state` is the adapter's own frozen dataclass (or None), opaque to the driver, which only hands it back
+# to the same adapter's `advance` (and `cancel`); each adapter types those parameters with its dataclass.
 @dataclass(frozen=True)
 class Send:
     call: Call
-    state: Any = None
+    state: object = None
 
 
 @dataclass(frozen=True)
 class Wait:
     seconds: float
     call: Call
-    state: Any = None
+    state: object = None
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ class Job:
 UNDECLARED_FORMATS = NativeFormats(default=None)
 
 
-def _no_advance(job: Job, state: Any, response: UpstreamResponse) -> Step:
+def _no_advance(job: Job, state: object, response: UpstreamResponse) -> Step:
     raise ValueError(f"adapter for channel '{job.channel.name}' sends no requests")
 
 
@@ -112,6 +114,8 @@ class AdapterSpec:
     name: str
     schema: ChannelSchema
     start: Callable[[Job], Step]
+    # `Any` for the state here only: each adapter's advance takes its own state dataclass, which a
+    # Callable over `object` would not admit (parameters are contravariant).
     advance: Callable[[Job, Any, UpstreamResponse], Step] = _no_advance
     # Starting does real CPU work (the local generator): the shell runs it off the event loop.
     cpu_bound: bool = False
