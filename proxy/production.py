@@ -17,6 +17,7 @@ from typing import Any
 from proxy.core.errors import ProxyError
 from proxy.core.formats import Conversion
 from proxy.core.plan import Plan
+from proxy.core.pricing import cost, delivered, render_usd
 from proxy.core.response import ImagesResult
 from proxy.core.rules import Channel
 from proxy.core.translate import with_revised_prompt
@@ -39,7 +40,13 @@ async def produce(services: Services, plan: Plan, client_key: str | None, delive
     outcome = replace(outcome, result=result, failed=outcome.failed + lost)
     served_by = plan.rule.upstream_for(outcome.channel, plan.model)
     count_usage(services, client_key, len(result.images), result.usage)
-    return Produced(result, metadata(outcome, plan.model, served_by, plan.n))
+    return Produced(result, {**metadata(outcome, plan.model, served_by, plan.n), **cost_metadata(plan, result)})
+
+
+def cost_metadata(plan: Plan, result: ImagesResult) -> dict[str, Any]:
+    """`cost_usd`: what the delivered images cost at the model's price (absent when it has none)."""
+    spent = cost(plan.rule.price, delivered(result, plan.fields.get("size"), plan.fields.get("quality")), result.usage)
+    return {} if spent is None else {"cost_usd": render_usd(spent)}
 
 
 async def finish_result(

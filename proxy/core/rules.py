@@ -19,6 +19,7 @@ from proxy.core.errors import InvalidRequest, NotFound
 from proxy.core.formats import canonical_format
 from proxy.core.interpolate import interpolate
 from proxy.core.limit_windows import ClientKey, Limits, default_name
+from proxy.core.pricing import Price, PriceError, parse_price
 from proxy.core.request import validate_option
 from proxy.core.size_rules import SizeRules, size_problem, widest
 from proxy.core.sizes import normalise_size, parse_ratio, parse_size
@@ -97,6 +98,7 @@ class ModelRule:
     translation: Translation = field(default_factory=Translation)
     # Per-channel names for the upstream model (an alias served by several providers): channel -> name.
     upstream_models: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    price: Price | None = None  # None: the model's images are not priced (their cost is not known)
 
     def upstream_for(self, channel: str, requested: str) -> str:
         return self.upstream_models.get(channel) or self.upstream_model or requested
@@ -273,7 +275,7 @@ _CHANNEL_KEYS = frozenset(
     {"type", "base_url", "api_key", "timeout", "concurrency", "deadline", "retry_timeouts", "weight", "headers"}
 )
 _MODEL_KEYS = frozenset(
-    {"channels", "upstream_model", "defaults", "sizes", "size_rules", "max_n", "passthrough", "values"}
+    {"channels", "upstream_model", "defaults", "sizes", "size_rules", "max_n", "passthrough", "values", "price"}
     | {"translate", "upstream_sizes", "upstream_size_multiple", "prompt_suffix", "revised_prompt"}
 )
 
@@ -592,13 +594,8 @@ def _load_model(reader: _Reader, pattern: str, data: Any, channels: Mapping[str,
         reader.warnings.append(f"{path}.passthrough: output_format is honoured for every model (asked of a provider "
                                "that makes it, converted otherwise): listing it changes nothing")
     translation = _load_translation(reader, path, raw)
-    for key in defaults:
-        if key not in ALWAYS_FORWARDED | PROXY_FIELDS | FORMAT_FIELDS | passthrough | translation.folded:
-            reader.problem(f"{path}.defaults.{key}", f"'{key}' is never sent upstream: add it to passthrough")
     values = _load_values(reader, f"{path}.values", raw.get("values"))
-    for key, allowed in values.items():
-        if key in defaults and defaults[key] not in allowed:
-            reader.problem(f"{path}.defaults.{key}", f"'{defaults[key]}' is not one of the model's values for {key}")
+    _check_defaults(reader, path, defaults, passthrough | translation.folded, values)
     max_n = reader.number(f"{path}.max_n", raw.get("max_n", DEFAULT_MAX_N), minimum=1, integer=True)
     upstream, per_channel = _load_upstream(reader, f"{path}.upstream_model", raw.get("upstream_model"), names)
     return ModelRule(
@@ -613,7 +610,28 @@ def _load_model(reader: _Reader, pattern: str, data: Any, channels: Mapping[str,
         max_n=int(max_n or DEFAULT_MAX_N),
         passthrough=passthrough,
         values=MappingProxyType(values),
+        price=_load_price(reader, f"{path}.price", raw["price"]) if "price" in raw else None,
     )
+
+
+def _check_defaults(
+    reader: _Reader, path: str, defaults: Mapping[str, Any], sent: frozenset[str], values: Mapping[str, tuple[Any, ...]]
+) -> None:
+    """A default must reach the upstream (`sent`: passthrough and folded fields) and be one of the model's values."""
+    for key in defaults:
+        if key not in ALWAYS_FORWARDED | PROXY_FIELDS | FORMAT_FIELDS | sent:
+            reader.problem(f"{path}.defaults.{key}", f"'{key}' is never sent upstream: add it to passthrough")
+    for key, allowed in values.items():
+        if key in defaults and defaults[key] not in allowed:
+            reader.problem(f"{path}.defaults.{key}", f"'{defaults[key]}' is not one of the model's values for {key}")
+
+
+def _load_price(reader: _Reader, path: str, data: Any) -> Price | None:
+    try:
+        return parse_price(data)
+    except PriceError as error:
+        reader.problem(f"{path}.{error.path}" if error.path else path, str(error))
+        return None
 
 
 def load_rules(data: Any, env: Mapping[str, str], schemas: Mapping[str, ChannelSchema]) -> Rules:

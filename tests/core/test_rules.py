@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from decimal import Decimal
 
 import pytest
 
@@ -76,7 +77,7 @@ models:
 ENV = {"CLIENT_KEY": "client-key-1", "OPENAI_API_KEY": SECRET}
 
 MODEL_KEYS = (
-    "channels, defaults, max_n, passthrough, prompt_suffix, revised_prompt, size_rules, sizes, translate, upstream_model, "
+    "channels, defaults, max_n, passthrough, price, prompt_suffix, revised_prompt, size_rules, sizes, translate, upstream_model, "
     "upstream_size_multiple, upstream_sizes, values"
 )
 
@@ -785,3 +786,36 @@ def test_task_channel_settings_get_their_defaults_when_the_rules_load() -> None:
     }
     # An unset max_poll_interval never conflicts with a poll_interval above its default cap.
     assert settings("kling", "poll_interval: 30") == {"hd_models": ("kling-v2", "kling-v2-1"), "poll_interval": 30}
+
+
+PRICED = """
+channels:
+  up: {type: openai, base_url: "https://a.example.com"}
+models:
+  priced: {channels: [up], price: {per_image: {"1024x1024 hd": 0.08, "*": 0.04}}}
+  unpriced: {channels: [up]}
+"""
+
+
+def test_a_models_price_is_parsed_exactly() -> None:
+    rules = parse_rules(PRICED, {}, SCHEMAS)
+    price = rules.match_model("priced").price
+    assert price is not None
+    assert price.per_image == (("1024x1024", "hd", Decimal("0.08")), ("*", "*", Decimal("0.04")))
+    assert rules.match_model("unpriced").price is None
+
+
+@pytest.mark.parametrize(
+    ("price", "problem"),
+    [
+        ('{per_image: 1, per_megapixel: 1}',
+         "models.priced.price.per_megapixel: a price is per image or per megapixel, not both"),
+        ('{per_image: {"* hd": free}}', 'models.priced.price.per_image["* hd"]: expected an amount in USD, got \'free\''),
+        ("0.04", "models.priced.price: expected per_image, per_megapixel or per_million_tokens"),
+    ],
+)
+def test_a_bad_price_is_named_by_its_path(price: str, problem: str) -> None:
+    text = PRICED.replace('{per_image: {"1024x1024 hd": 0.08, "*": 0.04}}', price)
+    with pytest.raises(RulesError) as caught:
+        parse_rules(text, {}, SCHEMAS)
+    assert str(caught.value).splitlines() == [problem]

@@ -40,8 +40,11 @@ class FakeZhipu:
     # Canned failure answered instead of an image: (HTTP status, JSON body), e.g. MODERATED or ARREARS.
     fail_with: tuple[int, dict[str, Any]] | None = None
     content_filter: list[dict[str, Any]] = field(default_factory=lambda: [{"role": "assistant", "level": 3}])
+    # Refuse every k-th call with the content-filter code (0: never), for partial fan-out failures.
+    moderate_every: int = 0
     recorder: Recorder = field(default_factory=Recorder)
     served: int = 0
+    calls: int = 0
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -55,6 +58,9 @@ class FakeZhipu:
             return web.json_response({"error": {"code": "1002", "message": "Authorization Token非法"}}, status=401)
         if self.fail_with is not None:
             return web.json_response(self.fail_with[1], status=self.fail_with[0])
+        self.calls += 1
+        if self.moderate_every and self.calls % self.moderate_every == 0:
+            return web.json_response(MODERATED[1], status=MODERATED[0])
         body = received.json()
         if not body.get("model") or not body.get("prompt"):
             return web.json_response({"error": {"code": "1213", "message": "未正常接收到prompt参数"}}, status=400)

@@ -8,7 +8,6 @@ from typing import Any
 
 import openai
 import pytest
-from aiohttp import web
 
 from tests.fakes import seedream as seedream_fake
 from tests.fakes import zhipu as zhipu_fake
@@ -16,19 +15,6 @@ from tests.fakes.seedream import FakeSeedream
 from tests.fakes.zhipu import FakeZhipu
 
 SHIPPED = (Path(__file__).resolve().parents[2] / "rules.yaml").read_text()
-
-
-class FlakyZhipu(FakeZhipu):
-    """Refuses every second call with Zhipu's content-filter code, to exercise partial fan-out failure."""
-
-    calls = 0
-
-    async def generate(self, request: web.Request) -> web.Response:
-        self.calls += 1
-        if self.calls % 2 == 0:
-            await self.recorder.record(request)
-            return web.json_response(zhipu_fake.MODERATED[1], status=zhipu_fake.MODERATED[0])
-        return await super().generate(request)
 
 
 async def shipped_proxy(make_proxy: Any, aiohttp_server: Any, zhipu: FakeZhipu, ark: FakeSeedream) -> openai.AsyncOpenAI:
@@ -84,7 +70,7 @@ async def test_cogview_b64_json_is_downloaded_and_watermark_absent_stays_absent(
 
 
 async def test_cogview_partial_fan_out_failure_delivers_what_exists(make_proxy: Any, aiohttp_server: Any) -> None:
-    zhipu = FlakyZhipu()
+    zhipu = FakeZhipu(moderate_every=2)
     sdk = await shipped_proxy(make_proxy, aiohttp_server, zhipu, FakeSeedream())
     raw = await sdk.images.with_raw_response.generate(model="cogview-3-plus", prompt="cat", n=4)
     answer = raw.parse()

@@ -1,0 +1,93 @@
+"""What an answer cost (`metadata.cost_usd`), at the model's price in the rules: per image by size and
+quality, per reported token, per megapixel; only delivered images count."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from tests.factories import LOCAL, OPENAI, auth, poll_task, rules_yaml, url_of
+from tests.fakes.openai import KEY, FakeOpenAI
+from tests.fakes.zhipu import FakeZhipu
+
+MODELS: dict[str, Any] = {
+    "dall-e-2": {"channels": ["openai"], "price": {"per_image": {"256x256": 0.016, "512x512": 0.018, "*": 0.02}}},
+    "gpt-image-1": {
+        "channels": ["openai"],
+        "price": {"per_million_tokens": {"text_input": 5, "image_input": 10, "image_output": 40}, "per_image": 0.25},
+    },
+    "local-image": {"channels": ["local"], "price": {"per_megapixel": 0.5}},
+    "local-unpriced": {"channels": ["local"]},
+    "cogview-4": {"channels": ["zhipu"], "max_n": 4, "price": {"per_image": {"* hd": 0.08, "*": 0.04}}},
+}
+CHANNELS: dict[str, Any] = {
+    "openai": OPENAI,
+    "local": LOCAL,
+    "zhipu": {"type": "zhipu", "base_url": "${ZHIPU}/api/paas/v4", "api_key": "${ZHIPU_API_KEY}"},
+}
+RULES = rules_yaml(MODELS, CHANNELS, server={"api_keys": ["client-key-1"]})
+
+
+async def proxy(make_proxy: Any, aiohttp_server: Any, fake: FakeOpenAI, zhipu: FakeZhipu | None = None) -> Any:
+    zhipu = zhipu or FakeZhipu()
+    env = {
+        "UPSTREAM": url_of(await aiohttp_server(fake.app())),
+        "OPENAI_API_KEY": KEY,
+        "ZHIPU": url_of(await aiohttp_server(zhipu.app())),
+        "ZHIPU_API_KEY": zhipu.api_key,
+    }
+    return await make_proxy(RULES, env)
+
+
+async def generate(client: Any, **body: Any) -> dict[str, Any]:
+    response = await client.post("/v1/images/generations", json=body, headers=auth())
+    answer: dict[str, Any] = await response.json()
+    assert response.status == 200, answer
+    return answer
+
+
+async def test_per_image_prices_follow_the_size_of_each_delivered_image(make_proxy: Any, aiohttp_server: Any) -> None:
+    client = await proxy(make_proxy, aiohttp_server, FakeOpenAI())
+    small = await generate(client, model="dall-e-2", prompt="p", n=3, size="256x256")
+    assert len(small["data"]) == 3 and small["metadata"]["cost_usd"] == 0.048
+    large = await generate(client, model="dall-e-2", prompt="p", size="1024x1024")
+    assert large["metadata"]["cost_usd"] == 0.02
+
+
+async def test_reported_tokens_are_what_a_gpt_image_costs(make_proxy: Any, aiohttp_server: Any) -> None:
+    client = await proxy(make_proxy, aiohttp_server, FakeOpenAI())
+    body = await generate(client, model="gpt-image-1", prompt="p")
+    # The fake reports 10 text tokens in and 4,160 image tokens out.
+    expected = (Decimal(10) * 5 + Decimal(4160) * 40) / Decimal(1_000_000)
+    assert body["usage"]["output_tokens"] == 4160
+    assert body["metadata"]["cost_usd"] == float(expected)
+
+
+async def test_megapixels_are_counted_from_the_delivered_size(make_proxy: Any, aiohttp_server: Any) -> None:
+    client = await proxy(make_proxy, aiohttp_server, FakeOpenAI())
+    body = await generate(client, model="local-image", prompt="p", n=2, size="1000x500")
+    assert body["metadata"]["cost_usd"] == 0.5  # two images of half a megapixel at $0.50 each
+    unpriced = await generate(client, model="local-unpriced", prompt="p")
+    assert "cost_usd" not in unpriced["metadata"]
+
+
+async def test_an_async_task_reports_its_cost_and_a_failure_costs_nothing(make_proxy: Any, aiohttp_server: Any) -> None:
+    fake = FakeOpenAI()
+    client = await proxy(make_proxy, aiohttp_server, fake)
+    created = await client.post("/v1/images/generations", json={"model": "dall-e-2", "prompt": "p", "n": 2, "async": True},
+                                headers=auth())
+    _, task = await poll_task(client, (await created.json())["task_id"], auth(), "succeed")
+    assert task["metadata"]["cost_usd"] == 0.04
+    fake.failures.append((500, {"error": {"message": "boom", "type": "server_error"}}, {}))
+    failed = await client.post("/v1/images/generations", json={"model": "dall-e-2", "prompt": "p"}, headers=auth())
+    body = await failed.json()
+    assert failed.status == 502 and "metadata" not in body
+
+
+async def test_a_partial_fan_out_costs_what_was_delivered(make_proxy: Any, aiohttp_server: Any) -> None:
+    zhipu = FakeZhipu(moderate_every=2)
+    client = await proxy(make_proxy, aiohttp_server, FakeOpenAI(), zhipu)
+    # CogView makes one image per call: four calls, every second refused.
+    body = await generate(client, model="cogview-4", prompt="p", n=4, quality="hd")
+    assert len(body["data"]) == 2 and body["metadata"]["failed"]["count"] == 2
+    assert body["metadata"]["cost_usd"] == 0.16
