@@ -139,11 +139,14 @@ def parse_settings(
 ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """The channel's settings (every declared one, defaults filled in) and the problems, each (setting, message).
 
-    A default of None means "unset": such a setting is left out unless the channel writes it.
+    A default of None means "unset": such a setting is left out unless the channel writes it; a value
+    written as null is unset too (its default applies).
     """
     values: dict[str, Any] = {name: setting.default for name, setting in declared.items() if setting.default is not None}
     problems: list[tuple[str, str]] = []
     for name, value in written.items():
+        if value is None:
+            continue  # `setting:` with no value (or `~`) leaves it unset, as it always has
         try:
             values[name] = declared[name].parse(value)
         except SettingError as error:

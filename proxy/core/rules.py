@@ -590,9 +590,6 @@ def _load_model(reader: _Reader, pattern: str, data: Any, channels: Mapping[str,
     elif size_rules is not None and "size" in defaults and (broken := size_problem(defaults["size"], size_rules)):
         reader.problem(f"{path}.defaults.size", f"'{defaults['size']}' breaks the model's size_rules: {broken}")
     passthrough = frozenset(reader.string_list(f"{path}.passthrough", raw.get("passthrough")))
-    if "output_format" in passthrough:
-        reader.warnings.append(f"{path}.passthrough: output_format is honoured for every model (asked of a provider "
-                               "that makes it, converted otherwise): listing it changes nothing")
     translation = _load_translation(reader, path, raw)
     values = _load_values(reader, f"{path}.values", raw.get("values"))
     _check_defaults(reader, path, defaults, passthrough | translation.folded, values)

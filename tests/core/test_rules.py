@@ -677,18 +677,6 @@ def test_the_replicas_example_rules_load() -> None:
     assert rules.server.limits.requests_per_minute == 120
 
 
-def test_output_format_in_passthrough_is_flagged_as_changing_nothing() -> None:
-    text = """
-    channels:
-      up: {type: openai, base_url: "https://a.example.com"}
-    models:
-      m: {channels: [up], passthrough: [output_format, output_compression]}
-    """
-    rules = parse_rules(textwrap.dedent(text), {}, SCHEMAS)
-    (warning,) = rules.warnings
-    assert warning.startswith("models.m.passthrough: output_format is honoured for every model")
-    assert rules.match_model("m").passthrough == frozenset({"output_format", "output_compression"})
-
 
 @pytest.mark.parametrize(
     ("channel", "setting", "expected"),
@@ -819,3 +807,20 @@ def test_a_bad_price_is_named_by_its_path(price: str, problem: str) -> None:
     with pytest.raises(RulesError) as caught:
         parse_rules(text, {}, SCHEMAS)
     assert str(caught.value).splitlines() == [problem]
+
+
+def test_a_setting_written_as_null_is_unset() -> None:
+    text = """
+    channels:
+      k: {type: kling, api_key: "a:b", poll_interval: null, hd_models: ~}
+      s: {type: sdwebui, base_url: "http://w", steps: null}
+    models:
+      m: {channels: [k, s]}
+    """
+    nulls = parse_rules(textwrap.dedent(text), {}, SCHEMAS)
+    unset = parse_rules(textwrap.dedent(text).replace(", poll_interval: null, hd_models: ~", "").replace(", steps: null", ""),
+                        {}, SCHEMAS)
+    assert {name: dict(channel.settings) for name, channel in nulls.channels.items()} == {
+        name: dict(channel.settings) for name, channel in unset.channels.items()
+    }
+    assert nulls.channels["k"].settings["poll_interval"] == 1.0 and "steps" not in nulls.channels["s"].settings
