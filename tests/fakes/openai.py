@@ -164,7 +164,12 @@ class FakeOpenAI:
             items = [{"b64_json": base64.b64encode(self.image).decode()} for _ in range(n)]
         else:
             items = [{"url": f"{request.scheme}://{request.host}/files/edit-{index}.png"} for index in range(n)]
-        return web.json_response({"created": 1700000001, "data": items})
+        answer: dict[str, Any] = {"created": 1700000001, "data": items}
+        if model.startswith("gpt-image") and request.path.endswith("/edits"):
+            # GPT image edits report usage as generations do (text and image input tokens, image output).
+            answer["usage"] = {"input_tokens": 330, "input_tokens_details": {"image_tokens": 320, "text_tokens": 10},
+                               "output_tokens": 3840, "total_tokens": 4170}
+        return web.json_response(answer)
 
     async def stream(self, request: web.Request, kind: str, partials: int) -> web.StreamResponse:
         """OpenAI's image stream: `<kind>.partial_image` events, then `<kind>.completed` with usage."""

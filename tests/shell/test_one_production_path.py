@@ -2,8 +2,9 @@
 stream, edit, variation) gets the same channel order and failover, attempt metrics, revised-prompt
 handling and usage accounting (ARCHITECTURE.md §2).
 
-Each model's first channel is down (nothing listens on its port), so every request must fail over to
-the second; the models are retired names whose answers carry the client's prompt as `revised_prompt`.
+Each model's first channel is down (nothing listens on its port): first in the list (`legacy`), or first
+by weight though listed last (`weighted`), so every request must fail over to the live one. The models
+are retired names whose answers carry the client's prompt as `revised_prompt`.
 """
 
 from __future__ import annotations
@@ -31,10 +32,20 @@ channels:
     type: openai
     base_url: ${UPSTREAM}/v1
     api_key: ${OPENAI_API_KEY}
+  down-weighted:                 # load spreading puts a weighted channel first, wherever it is listed
+    type: openai
+    base_url: http://127.0.0.1:${DOWN}/v1
+    api_key: down-key
+    weight: 1
   kling-down:
     type: kling
     base_url: http://127.0.0.1:${DOWN}
     api_key: ${KLING_ACCESS}:${KLING_SECRET}
+  kling-down-weighted:
+    type: kling
+    base_url: http://127.0.0.1:${DOWN}
+    api_key: ${KLING_ACCESS}:${KLING_SECRET}
+    weight: 1
   kling:
     type: kling
     base_url: ${KLING}
@@ -56,6 +67,14 @@ models:
     channels: [kling-down, kling]
     upstream_model: kling-v2
     revised_prompt: original
+  weighted:
+    channels: [openai, down-weighted]
+    upstream_model: gpt-image-1
+    revised_prompt: original
+  weighted-kling:
+    channels: [kling, kling-down-weighted]
+    upstream_model: kling-v2
+    revised_prompt: original
 """
 PROMPT = "a lighthouse at dusk"
 Images = list[dict[str, Any]]
@@ -71,16 +90,16 @@ def events(text: str) -> list[dict[str, Any]]:
     return [json.loads(block.split("data: ", 1)[1]) for block in text.split("\n\n") if "data: " in block]
 
 
-async def sync(client: Any) -> Images:
-    response = await client.post("/v1/images/generations", json={"model": "legacy", "prompt": PROMPT})
+async def sync(client: Any, model: str) -> Images:
+    response = await client.post("/v1/images/generations", json={"model": model, "prompt": PROMPT})
     body = await response.json()
     assert response.status == 200, body
     assert (body["metadata"]["channel"], body["metadata"]["attempts"]) == ("openai", 2)
     return list(body["data"])
 
 
-async def async_task(client: Any) -> Images:
-    created = await client.post("/v1/images/generations", json={"model": "legacy", "prompt": PROMPT, "async": True})
+async def async_task(client: Any, model: str) -> Images:
+    created = await client.post("/v1/images/generations", json={"model": model, "prompt": PROMPT, "async": True})
     task_id = (await created.json())["task_id"]
     for _ in range(500):
         body = await (await client.get(f"/v1/images/generations/{task_id}")).json()
@@ -92,24 +111,25 @@ async def async_task(client: Any) -> Images:
     return list(body["data"])
 
 
-async def native_stream(client: Any) -> Images:
-    response = await client.post("/v1/images/generations", json={"model": "legacy", "prompt": PROMPT, "stream": True})
+async def native_stream(client: Any, model: str) -> Images:
+    response = await client.post("/v1/images/generations", json={"model": model, "prompt": PROMPT, "stream": True})
     sent = events(await response.text())
     assert [event["type"] for event in sent] == ["image_generation.completed"]
     return sent
 
 
-async def emulated_stream(client: Any) -> Images:
-    response = await client.post("/v1/images/generations", json={"model": "legacy-kling", "prompt": PROMPT, "stream": True})
+async def emulated_stream(client: Any, model: str) -> Images:
+    body = {"model": f"{model}-kling", "prompt": PROMPT, "stream": True}
+    response = await client.post("/v1/images/generations", json=body)
     sent = events(await response.text())
     assert [event["type"] for event in sent] == ["image_generation.completed"]
     return sent
 
 
-def upload(route: str) -> Callable[[Any], Awaitable[Images]]:
-    async def send(client: Any) -> Images:
+def upload(route: str) -> Callable[[Any, str], Awaitable[Images]]:
+    async def send(client: Any, model: str) -> Images:
         form = FormData()
-        form.add_field("model", "legacy")
+        form.add_field("model", model)
         if route == "edits":
             form.add_field("prompt", PROMPT)
         form.add_field("image", tiny_png(), filename="in.png", content_type="image/png")
@@ -132,13 +152,21 @@ PATHS = {
 }
 
 
-def metric(text: str, name: str, labels: str) -> float:
+def metric(text: str, name: str, labels: str) -> float | None:
+    """A series' value in the /metrics text; None when the series is not there at all."""
     found = re.search(rf"^{name}\{{{re.escape(labels)}\}} (\S+)$", text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
+    return float(found.group(1)) if found else None
 
 
+# Total tokens the fake reports per path (emulated: Kling reports none; variations: OpenAI's have no usage).
+TOKENS = {"sync": 4170.0, "async": 4170.0, "native stream": 105.0, "emulated stream": None, "edit": 4170.0, "variation": None}
+
+
+@pytest.mark.parametrize("order", ["legacy", "weighted"])
 @pytest.mark.parametrize("path", PATHS)
-async def test_every_path_fails_over_counts_and_revises_the_same_way(make_proxy: Any, aiohttp_server: Any, path: str) -> None:
+async def test_every_path_fails_over_counts_and_revises_the_same_way(
+    make_proxy: Any, aiohttp_server: Any, path: str, order: str
+) -> None:
     openai, kling = FakeOpenAI(), FakeKling()
     env = {
         "DOWN": str(closed_port()),
@@ -149,8 +177,8 @@ async def test_every_path_fails_over_counts_and_revises_the_same_way(make_proxy:
         "KLING_SECRET": kling.secret_key,
     }
     client = await make_proxy(RULES, env)
-    images = await PATHS[path](client)
-    model = "legacy-kling" if path == "emulated stream" else "legacy"
+    images = await PATHS[path](client, order)
+    model = f"{order}-kling" if path == "emulated stream" else order
     # The down channel was tried first, then the live one served the one image asked for.
     served_by = kling if path == "emulated stream" else openai
     assert len([call for call in served_by.recorder.received if call.method == "POST"]) == 1
@@ -161,6 +189,7 @@ async def test_every_path_fails_over_counts_and_revises_the_same_way(make_proxy:
     assert metric(metrics, "imagegate_attempts_total", f'model="{model}"') == 2.0
     assert metric(metrics, "imagegate_failovers_total", f'model="{model}"') == 1.0
     assert metric(metrics, "imagegate_key_images_total", 'key="anonymous"') == 1.0
+    assert metric(metrics, "imagegate_key_tokens_total", 'key="anonymous",kind="total"') == TOKENS[path]
 
 
 async def refused(client: Any, path: str) -> tuple[int, str]:
@@ -194,4 +223,4 @@ async def test_every_path_takes_the_same_retry_rounds_and_ends_with_the_same_err
     model = "only-down-kling" if path == "emulated stream" else "only-down"
     metrics = await (await client.get("/metrics")).text()
     assert metric(metrics, "imagegate_attempts_total", f'model="{model}"') == 2.0  # one channel, two rounds
-    assert metric(metrics, "imagegate_key_images_total", 'key="anonymous"') == 0.0
+    assert metric(metrics, "imagegate_key_images_total", 'key="anonymous"') in (None, 0.0)  # no image counted
