@@ -31,6 +31,8 @@ class Metrics:
     key_requests: Any
     key_images: Any
     key_tokens: Any
+    images: Any
+    cost: Any
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
@@ -71,5 +73,13 @@ def make_metrics() -> Metrics | None:
         key_tokens=Counter(
             "imagegate_key_tokens", "Upstream tokens reported, by client key name and kind.", ["key", "kind"],
             registry=registry,
+        ),
+        images=Counter(
+            "imagegate_images", "Images delivered, by client key name, model and channel.", ["key", "model", "channel"],
+            registry=registry,
+        ),
+        cost=Counter(
+            "imagegate_cost_usd", "What delivered images cost at the models' prices (USD), by client key name, model "
+            "and channel.", ["key", "model", "channel"], registry=registry,
         ),
     )

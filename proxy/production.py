@@ -10,14 +10,15 @@ key is charged for, does not depend on how it asked to receive it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from typing import Any
 
 from proxy.core.errors import ProxyError
 from proxy.core.formats import Conversion
 from proxy.core.plan import Plan
-from proxy.core.pricing import cost, delivered, render_usd
+from proxy.core.pricing import Delivered, Price, cost, delivered, render_usd
 from proxy.core.response import ImagesResult
 from proxy.core.rules import Channel
 from proxy.core.translate import with_revised_prompt
@@ -39,14 +40,10 @@ async def produce(services: Services, plan: Plan, client_key: str | None, delive
     result, lost = await finish_result(services, plan, channel, outcome.conversion, outcome.result, delivery)
     outcome = replace(outcome, result=result, failed=outcome.failed + lost)
     served_by = plan.rule.upstream_for(outcome.channel, plan.model)
-    count_usage(services, client_key, len(result.images), result.usage)
-    return Produced(result, {**metadata(outcome, plan.model, served_by, plan.n), **cost_metadata(plan, result)})
-
-
-def cost_metadata(plan: Plan, result: ImagesResult) -> dict[str, Any]:
-    """`cost_usd`: what the delivered images cost at the model's price (absent when it has none)."""
-    spent = cost(plan.rule.price, delivered(result, plan.fields.get("size"), plan.fields.get("quality")), result.usage)
-    return {} if spent is None else {"cost_usd": render_usd(spent)}
+    images = delivered(result, plan.fields.get("size"), plan.fields.get("quality"))
+    spent = count_usage(services, client_key, Served(plan.model, outcome.channel, images), result.usage, plan.rule.price)
+    cost_field = {} if spent is None else {"cost_usd": render_usd(spent)}
+    return Produced(result, {**metadata(outcome, plan.model, served_by, plan.n), **cost_field})
 
 
 async def finish_result(
@@ -69,14 +66,31 @@ def key_name(services: Services, client_key: str | None) -> str:
     return client.name if client is not None else "anonymous"
 
 
-def count_usage(services: Services, client_key: str | None, images: int, usage: Mapping[str, Any] | None) -> None:
-    """Images and tokens delivered to a key, for the per-key metrics."""
+@dataclass(frozen=True)
+class Served:
+    """What reached a client: the model asked for, the channel that made it, and the images as priced."""
+
+    model: str
+    channel: str
+    images: Sequence[Delivered]
+
+
+def count_usage(
+    services: Services, client_key: str | None, served: Served, usage: Mapping[str, Any] | None, price: Price | None
+) -> Decimal | None:
+    """Images, tokens and cost delivered to a key, for the metrics (by key name; images and cost also by
+    model and channel). Returns what the images cost at the model's price (None: it has none)."""
+    spent = cost(price, served.images, usage)
     metrics = services.metrics
     if metrics is None:
-        return
+        return spent
     name = key_name(services, client_key)
-    metrics.key_images.labels(name).inc(images)
+    metrics.key_images.labels(name).inc(len(served.images))
+    metrics.images.labels(name, served.model, served.channel).inc(len(served.images))
+    if spent is not None:
+        metrics.cost.labels(name, served.model, served.channel).inc(float(spent))
     for kind in ("input_tokens", "output_tokens", "total_tokens"):
         value = (usage or {}).get(kind)
         if isinstance(value, int) and not isinstance(value, bool):
             metrics.key_tokens.labels(name, kind.removesuffix("_tokens")).inc(value)
+    return spent

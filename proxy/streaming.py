@@ -22,7 +22,7 @@ import binascii
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -32,14 +32,16 @@ from proxy.adapters.base import AdapterSpec, Drawn, Fail, Job, Partial, Send, Up
 from proxy.core.errors import BadGateway, GatewayTimeout, ProxyError, UpstreamError
 from proxy.core.mime import sniff_image_type
 from proxy.core.plan import EDIT, Plan
+from proxy.core.pricing import Delivered
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Rules, iter_usable
+from proxy.core.sizes import parse_size
 from proxy.core.sse import KEEPALIVE, SSEParser, completed_event, error_payload, format_json_event, partial_image_event
 from proxy.core.translate import revised_prompt
 from proxy.cpu import off_loop
 from proxy.driver import Driver, add_usage, generate
 from proxy.finish import Delivery, Finisher, convert, measured_size
-from proxy.production import count_usage, finish_result, produce
+from proxy.production import Served, count_usage, finish_result, produce
 from proxy.services import Services
 from proxy.upstream import MAX_ANSWER_BYTES, form_data, read_capped, transport_errors, with_request_id
 
@@ -55,6 +57,8 @@ class Sink:
     response: web.StreamResponse | None = None
     completed: int = 0  # final images sent: what the client got (and is charged for)
     usage: dict[str, Any] | None = None  # the tokens the completed events reported, summed
+    channel: str = ""  # the channel whose stream is relayed
+    delivered: list[Delivered] = field(default_factory=list)  # the final images, as priced
 
     @property
     def started(self) -> bool:
@@ -73,6 +77,7 @@ class Sink:
         await (await self._open()).write(format_json_event(payload, event=str(payload.get("type"))))
         if str(payload.get("type", "")).endswith(".completed"):
             self.completed += 1
+            self.delivered.append(_priced(payload))
             if isinstance(payload.get("usage"), Mapping):
                 self.usage = add_usage(self.usage or {}, payload["usage"])
 
@@ -83,6 +88,14 @@ class Sink:
         response = await self._open()
         await response.write_eof()
         return response
+
+
+def _priced(payload: Mapping[str, Any]) -> Delivered:
+    """A completed event's image as priced: its size and quality as the event says, pixels from the size."""
+    size, quality = payload.get("size"), payload.get("quality")
+    text = size if isinstance(size, str) else None
+    parsed = parse_size(text) if text else None
+    return Delivered(text, quality if isinstance(quality, str) else None, parsed.pixels if parsed else None)
 
 
 def event_kind(plan: Plan) -> str:
@@ -356,7 +369,8 @@ async def stream(
                 await _native_with_failover(sink, services, delivery, plan, client_key, kind)
             finally:
                 # What reached the client is counted, also when the stream then failed or the client left.
-                count_usage(services, client_key, sink.completed, sink.usage)
+                served = Served(plan.model, sink.channel, sink.delivered)
+                count_usage(services, client_key, served, sink.usage, plan.rule.price)
         else:
             await emulate(sink, work, kind, plan)
     except ProxyError as error:
@@ -375,6 +389,7 @@ async def _native_with_failover(
 
     async def relay(job: Job) -> tuple[ImagesResult, tuple[ProxyError, ...]]:
         spec = driver.adapters[job.channel.type]
+        sink.channel = job.channel.name
         try:
             if spec.stream_steps is not None:
                 await relay_drawn(sink, services, delivery, plan, spec, job, kind)

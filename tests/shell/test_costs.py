@@ -91,3 +91,26 @@ async def test_a_partial_fan_out_costs_what_was_delivered(make_proxy: Any, aioht
     body = await generate(client, model="cogview-4", prompt="p", n=4, quality="hd")
     assert len(body["data"]) == 2 and body["metadata"]["failed"]["count"] == 2
     assert body["metadata"]["cost_usd"] == 0.16
+
+
+async def test_cost_and_images_are_counted_by_key_model_and_channel_answered_or_streamed(
+    make_proxy: Any, aiohttp_server: Any
+) -> None:
+    client = await proxy(make_proxy, aiohttp_server, FakeOpenAI())
+    await generate(client, model="dall-e-2", prompt="p", n=2, size="512x512")
+    streamed = await client.post("/v1/images/generations", json={"model": "gpt-image-1", "prompt": "p", "stream": True},
+                                 headers=auth())
+    assert "image_generation.completed" in await streamed.text()
+    metrics = await (await client.get("/metrics", headers=auth())).text()
+    series = {line.split(" ")[0]: float(line.split(" ")[1]) for line in metrics.splitlines()
+              if line.startswith(("imagegate_cost_usd_total{", "imagegate_images_total{"))}
+    name = next(key for key in series if "dall-e-2" in key).split('key="')[1].split('"')[0]
+    labels = f'channel="openai",key="{name}",model="%s"'
+    # The stream's completed event reported 5 input and 100 output tokens (the fake's figures).
+    streamed_cost = float((Decimal(5) * 5 + Decimal(100) * 40) / Decimal(1_000_000))
+    assert series == {
+        "imagegate_images_total{" + labels % "dall-e-2" + "}": 2.0,
+        "imagegate_cost_usd_total{" + labels % "dall-e-2" + "}": 0.036,
+        "imagegate_images_total{" + labels % "gpt-image-1" + "}": 1.0,
+        "imagegate_cost_usd_total{" + labels % "gpt-image-1" + "}": streamed_cost,
+    }
