@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Awaitable, Coroutine, Mapping
 from dataclasses import replace
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -27,6 +28,7 @@ from aiohttp import web
 from proxy.adapters import ADAPTERS
 from proxy.body import defer_continue, read_body
 from proxy.catalog import list_models, retrieve_model
+from proxy.core.budgets import ceiling
 from proxy.core.errors import InvalidRequest, MethodNotAllowed, NotFound, ProxyError, RequestTimeout, ServiceUnavailable
 from proxy.core.form import coerce_fields
 from proxy.core.json_body import encode_body
@@ -75,10 +77,12 @@ def public_base(request: web.Request, rules: Rules) -> str:
     return f"{request.scheme}://{request.host}"
 
 
-async def produce_body(services: Services, plan: Plan, client_key: str | None, delivery: Delivery) -> dict[str, Any]:
-    """The ImagesResponse body a sync request answers and an async task keeps."""
+async def produce_body(
+    services: Services, plan: Plan, client_key: str | None, delivery: Delivery
+) -> tuple[dict[str, Any], Decimal | None]:
+    """The ImagesResponse body a sync request answers and an async task keeps, and what its images cost."""
     produced = await produce(services, plan, client_key, delivery)
-    return render(produced.result, int(time.time()), produced.metadata)
+    return render(produced.result, int(time.time()), produced.metadata), produced.cost
 
 
 async def run_task(
@@ -87,23 +91,25 @@ async def run_task(
     """An async task's whole life; nothing the client does afterwards cancels it."""
     if services.metrics is not None:
         services.metrics.async_tasks.inc()
-    delivered = 0
+    delivered, spent = 0, None
     try:
-        delivered = await _run_task(services, record, plan, client_key, delivery)
+        delivered, spent = await _run_task(services, record, plan, client_key, delivery)
     finally:
         if services.metrics is not None:
             services.metrics.async_tasks.dec()
         if admission is not None:
-            await admission.settle(delivered)
+            await admission.settle(delivered, spent)
 
 
-async def _run_task(services: Services, record: TaskRecord, plan: Plan, client_key: str | None, delivery: Delivery) -> int:
+async def _run_task(
+    services: Services, record: TaskRecord, plan: Plan, client_key: str | None, delivery: Delivery
+) -> tuple[int, Decimal | None]:
     await keep(services.tasks, replace(record, status=RUNNING))
     try:
-        body = await produce_body(services, plan, client_key, delivery)
+        body, spent = await produce_body(services, plan, client_key, delivery)
     except ProxyError as error:
         await keep(services.tasks, failed(record, error.envelope(), error.status))
-        return 0
+        return 0, None
     except asyncio.CancelledError:
         # Shutdown ran out of grace: say so in the record rather than leave it "running" forever.
         stopped = ServiceUnavailable("The proxy shut down before the task finished.", code="task_interrupted")
@@ -113,9 +119,9 @@ async def _run_task(services: Services, record: TaskRecord, plan: Plan, client_k
         log.exception("async task %s failed unexpectedly", record.id)
         internal = ProxyError("The proxy failed to run the task.", code="internal_error")
         await keep(services.tasks, failed(record, internal.envelope(), internal.status))
-        return 0
+        return 0, None
     await keep(services.tasks, finished(record, body))
-    return len(body["data"])
+    return len(body["data"]), spent
 
 
 async def keep(tasks: TaskStore, record: TaskRecord, attempts: int = 8) -> None:
@@ -171,7 +177,11 @@ async def admitted(request: web.Request, plan: Plan) -> web.StreamResponse:
     if services.metrics is not None:
         services.metrics.key_requests.labels(key_name(services, client_key)).inc()
     limits = services.rules.server.limits_for(client_key)
-    admission = await admit(services.counters, key_id(client_key), limits, plan.n) if limits.any else None
+    budget = services.rules.server.budget_for(client_key)
+    admission = None
+    if limits.any or budget.any:
+        reserve = ceiling(plan.rule.price, plan.n, plan.fields.get("size"), plan.fields.get("quality"))
+        admission = await admit(services.counters, key_id(client_key), limits, plan.n, budget=budget, reserve=reserve)
     return await serve(request, plan, admission)
 
 
@@ -184,7 +194,7 @@ async def serve(request: web.Request, plan: Plan, admission: Admission | None) -
     note(model=plan.model, rule=plan.rule.pattern, n=plan.n, operation=plan.operation, stream=plan.stream or None)
     if rules.server.log_prompts:
         note(prompt=plan.client_prompt)
-    delivered = 0
+    delivered, spent = 0, None
     try:
         if plan.stream and plan.wants_async:
             raise InvalidRequest("`stream` and `async` cannot be combined: choose one.", param="stream", code="invalid_value")
@@ -192,7 +202,7 @@ async def serve(request: web.Request, plan: Plan, admission: Admission | None) -
             # OpenAI's stream events carry `b64_json`: that is what a stream delivers unless the client asked
             # for `url` (the proxy's extension), whatever form the channel answers in.
             delivery = Delivery(plan.response_format or "b64_json", public_base(request, rules), services.store.ttl)
-            response, delivered = await stream(request, services, plan, client_key, delivery)
+            response, delivered, spent = await stream(request, services, plan, client_key, delivery)
             return response
         if plan.wants_async:
             retention = rules.server.tasks.retention
@@ -203,12 +213,12 @@ async def serve(request: web.Request, plan: Plan, admission: Admission | None) -
             admission = None  # the task settles it when it ends
             return web.json_response(record.view(), headers=headers)
         delivery = Delivery(plan.response_format, public_base(request, rules), services.store.ttl)
-        body = await produce_body(services, plan, client_key, delivery)
+        body, spent = await produce_body(services, plan, client_key, delivery)
         delivered = len(body["data"])
         return json_answer(body, headers=headers)
     finally:
         if admission is not None:
-            await asyncio.shield(admission.settle(delivered))
+            await asyncio.shield(admission.settle(delivered, spent))
 
 
 async def generations(request: web.Request) -> web.StreamResponse:

@@ -1,8 +1,10 @@
 """Shell layer: per-key limits, counted in the shared backend so they hold across replicas.
 
 Checked before any upstream call, in this order: requests per minute, images per day (the request's
-`n` is reserved up front and the part not delivered is given back), generations at once. A refused
-request is a 429 naming the limit, with `Retry-After` until the window frees up.
+`n` is reserved up front and the part not delivered is given back), the key's budget in USD per day
+and per month (the request's highest possible cost is reserved up front, then settled to what the
+delivered images really cost), generations at once. A refused request is a 429 naming the limit, with
+`Retry-After` until the window frees up (a spent budget is OpenAI's `insufficient_quota`).
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal
 
+from proxy.core.budgets import Budget, micro, month_window
 from proxy.core.errors import RateLimited
 from proxy.core.limit_windows import DAY, MINUTE, Limits, window
 from proxy.shared_state import Counters
@@ -22,6 +26,8 @@ log = logging.getLogger("imagegate")
 
 # A generation never runs this long; the counter of one that never released (a crash) cannot stick.
 CONCURRENCY_TTL = 3600
+MONTH_TTL = 32 * DAY
+NO_BUDGET = Budget()
 
 
 def _refused(limit: str, allowed: int, retry_after: float) -> RateLimited:
@@ -36,20 +42,40 @@ def _refused(limit: str, allowed: int, retry_after: float) -> RateLimited:
 
 @dataclass
 class Admission:
-    """What one admitted request holds: released when it ends, images refunded if not delivered."""
+    """What one admitted request holds: released when it ends, images refunded if not delivered, its
+    budget reservation settled to what the delivered images cost."""
 
     counters: Counters
     concurrency_key: str | None = None
     images_key: str | None = None
     reserved_images: int = 0
+    budget_keys: list[tuple[str, int]] = field(default_factory=list)  # (counter, ttl) reserved in
+    reserved_micro: int = 0  # micro-dollars reserved in each budget counter
 
-    async def settle(self, delivered: int) -> None:
-        """Give back what was not used. Never raises: a counter blip must not turn a delivered answer into an error."""
+    async def settle(self, delivered: int, spent: Decimal | None = None) -> None:
+        """Give back what was not used. Never raises: a counter blip must not turn a delivered answer into an error.
+
+        `spent`: what the delivered images cost; None where it is not known (then each delivered image
+        is taken to cost its share of the reservation)."""
         if self.images_key is not None and delivered < self.reserved_images:
             await _quietly(self.counters.decr(self.images_key, self.reserved_images - delivered))
+        if self.budget_keys:
+            share = self.reserved_micro * delivered // max(self.reserved_images, 1)
+            await self._settle_budget(micro(spent) if spent is not None else share)
         if self.concurrency_key is not None:
             await _quietly(self.counters.decr(self.concurrency_key, 1))
         self.images_key = self.concurrency_key = None  # settling twice gives back nothing twice
+        self.budget_keys = []
+
+    async def _settle_budget(self, actual: int) -> None:
+        for key, ttl in self.budget_keys:
+            if actual < self.reserved_micro:
+                await _quietly(self.counters.decr(key, self.reserved_micro - actual))
+            elif actual > self.reserved_micro:  # tokens beyond the estimate: the spend still counts
+                await _quietly(self._add(key, actual - self.reserved_micro, ttl))
+
+    async def _add(self, key: str, amount: int, ttl: int) -> None:
+        await self.counters.incr(key, amount, ttl)
 
 
 async def _quietly(work: Awaitable[None]) -> None:
@@ -59,10 +85,23 @@ async def _quietly(work: Awaitable[None]) -> None:
         log.warning("could not give back a limit counter: %s", type(exc).__name__)
 
 
-async def admit(counters: Counters, owner: str, limits: Limits, n: int, clock: Callable[[], float] = time.time) -> Admission:
-    admission = Admission(counters)
+async def admit(
+    counters: Counters,
+    owner: str,
+    limits: Limits,
+    n: int,
+    clock: Callable[[], float] = time.time,
+    *,
+    budget: Budget = NO_BUDGET,
+    reserve: Decimal = Decimal(0),
+) -> Admission:
+    """Count a request of `n` images against the key's limits, and `reserve` USD against its budget."""
+    admission = Admission(counters, reserved_images=n)
     try:
-        return await _admit(admission, owner, limits, n, clock())
+        await _admit(admission, owner, limits, n, clock())
+        if budget.any:
+            await _reserve(admission, owner, budget, reserve, clock())
+        return admission
     except BaseException:
         # Refused, failed or cancelled halfway: what was already reserved goes back.
         await asyncio.shield(admission.settle(0))
@@ -95,7 +134,7 @@ async def _admit(admission: Admission, owner: str, limits: Limits, n: int, now: 
         number, left = window(now, DAY)
         key = f"ipd:{owner}:{number}"
         reserved = await counters.incr(key, n, DAY + 60)
-        admission.images_key, admission.reserved_images = key, n  # from here on, a refusal gives them back
+        admission.images_key = key  # from here on, a refusal gives them back
         if reserved > limits.images_per_day:
             raise _refused("images_per_day", limits.images_per_day, left)
     if limits.concurrent is not None:
@@ -106,3 +145,32 @@ async def _admit(admission: Admission, owner: str, limits: Limits, n: int, now: 
         if running > limits.concurrent:
             raise _refused("concurrent", limits.concurrent, 1.0)
     return admission
+
+
+def _spent(period: str, allowed: Decimal, cost: Decimal, retry_after: float) -> RateLimited:
+    return RateLimited(
+        f"This key's budget of ${allowed} per {period} is spent, or this request (up to ${cost:.6f}) would exceed it. "
+        f"It resets in {retry_after:.0f}s.",
+        code="budget_exceeded",
+        type="insufficient_quota",
+        param=None,
+        retry_after=max(1.0, retry_after),
+    )
+
+
+async def _reserve(admission: Admission, owner: str, budget: Budget, reserve: Decimal, now: float) -> None:
+    """Reserve `reserve` USD in the key's day and month budgets (both, or neither: a refusal gives back)."""
+    amount = micro(reserve)
+    admission.reserved_micro = amount
+    day, day_left = window(now, DAY)
+    month, month_left = month_window(now)
+    for period, allowed, key, ttl, left in (
+        ("day", budget.usd_per_day, f"usd-day:{owner}:{day}", DAY + 60, day_left),
+        ("month", budget.usd_per_month, f"usd-month:{owner}:{month}", MONTH_TTL, month_left),
+    ):
+        if allowed is None:
+            continue
+        total = await admission.counters.incr(key, amount, ttl)
+        admission.budget_keys.append((key, ttl))  # from here on, a refusal gives it back
+        if total > micro(allowed):
+            raise _spent(period, allowed, reserve, left)

@@ -31,6 +31,7 @@ from proxy.services import Services
 class Produced:
     result: ImagesResult  # delivered in the client's format, revised prompts applied
     metadata: dict[str, Any]  # how it was made: models, channel, attempts, missing images
+    cost: Decimal | None = None  # what the delivered images cost at the model's price (None: unpriced)
 
 
 async def produce(services: Services, plan: Plan, client_key: str | None, delivery: Delivery) -> Produced:
@@ -43,7 +44,7 @@ async def produce(services: Services, plan: Plan, client_key: str | None, delive
     images = delivered(result, plan.fields.get("size"), plan.fields.get("quality"))
     spent = count_usage(services, client_key, Served(plan.model, outcome.channel, images), result.usage, plan.rule.price)
     cost_field = {} if spent is None else {"cost_usd": render_usd(spent)}
-    return Produced(result, {**metadata(outcome, plan.model, served_by, plan.n), **cost_field})
+    return Produced(result, {**metadata(outcome, plan.model, served_by, plan.n), **cost_field}, spent)
 
 
 async def finish_result(

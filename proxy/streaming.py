@@ -23,6 +23,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -58,6 +59,7 @@ class Sink:
     completed: int = 0  # final images sent: what the client got (and is charged for)
     usage: dict[str, Any] | None = None  # the tokens the completed events reported, summed
     channel: str = ""  # the channel whose stream is relayed
+    cost: Decimal | None = None  # what the delivered images cost at the model's price
     delivered: list[Delivered] = field(default_factory=list)  # the final images, as priced
 
     @property
@@ -354,14 +356,16 @@ def streams(spec: AdapterSpec) -> bool:
 
 async def stream(
     request: web.Request, services: Services, plan: Plan, client_key: str | None, delivery: Delivery
-) -> tuple[web.StreamResponse, int]:
-    """The stream's response, and how many final images it delivered."""
+) -> tuple[web.StreamResponse, int, Decimal | None]:
+    """The stream's response, how many final images it delivered, and what they cost."""
     sink = Sink(request)
     kind = event_kind(plan)
 
     async def work() -> ImagesResult:
         # The production path of a sync request: same failover, delivery, revised prompts and usage.
-        return (await produce(services, plan, client_key, delivery)).result
+        produced = await produce(services, plan, client_key, delivery)
+        sink.cost = produced.cost
+        return produced.result
 
     try:
         if streams_natively(services.rules, plan, services.driver):
@@ -370,14 +374,14 @@ async def stream(
             finally:
                 # What reached the client is counted, also when the stream then failed or the client left.
                 served = Served(plan.model, sink.channel, sink.delivered)
-                count_usage(services, client_key, served, sink.usage, plan.rule.price)
+                sink.cost = count_usage(services, client_key, served, sink.usage, plan.rule.price)
         else:
             await emulate(sink, work, kind, plan)
     except ProxyError as error:
         if not sink.started:
             raise
         await sink.send(error_payload(error.envelope()))
-    return await sink.close(), sink.completed
+    return await sink.close(), sink.completed, sink.cost
 
 
 async def _native_with_failover(

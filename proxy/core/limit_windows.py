@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from proxy.core.budgets import Budget
+
 MINUTE = 60
 DAY = 86400
 
@@ -33,6 +35,7 @@ class ClientKey:
     key: str = field(repr=False)
     name: str
     limits: Limits | None = None  # None: the server's default limits apply
+    budget: Budget | None = None  # None: the server's default budget applies
 
 
 def key_id(key: str | None) -> str:

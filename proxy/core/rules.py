@@ -9,11 +9,13 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import Any
 
 import yaml
 
+from proxy.core.budgets import Budget
 from proxy.core.channel_settings import Relation, Setting, parse_settings
 from proxy.core.errors import InvalidRequest, NotFound
 from proxy.core.formats import canonical_format
@@ -152,6 +154,7 @@ class ServerRules:
     # Where shared state lives: "memory" (one process) or a redis:// URL (several replicas).
     state: str = field(default="memory", repr=False)
     limits: Limits = field(default_factory=Limits)  # for every key without limits of its own
+    budget: Budget = field(default_factory=Budget)  # for every key without a budget of its own
     idempotency_retention: int = 86400
 
     @property
@@ -164,6 +167,10 @@ class ServerRules:
     def limits_for(self, key: str | None) -> Limits:
         client = self.client(key)
         return client.limits if client is not None and client.limits is not None else self.limits
+
+    def budget_for(self, key: str | None) -> Budget:
+        client = self.client(key)
+        return client.budget if client is not None and client.budget is not None else self.budget
 
 
 @dataclass(frozen=True)
@@ -269,7 +276,9 @@ _TOP_KEYS = frozenset({"server", "default_channel", "channels", "models"})
 _SERVER_KEYS = frozenset(
     {"api_keys", "public_base_url", "max_request_bytes", "max_retries", "images", "download", "tasks"}
     | {"metrics", "log_prompts", "shutdown_grace", "state", "limits", "idempotency", "keepalive_timeout", "body_timeout"}
+    | {"budget"}
 )
+_BUDGET_KEYS = frozenset({"usd_per_day", "usd_per_month"})
 _LIMIT_KEYS = frozenset({"requests_per_minute", "concurrent", "images_per_day"})
 _CHANNEL_KEYS = frozenset(
     {"type", "base_url", "api_key", "timeout", "concurrency", "deadline", "retry_timeouts", "weight", "headers"}
@@ -320,6 +329,7 @@ def _load_server(reader: _Reader, data: Any) -> ServerRules:
         body_timeout=_seconds(reader, "server", raw, "body_timeout", defaults.body_timeout),
         state=_load_state(reader, raw.get("state", "memory")),
         limits=_load_limits(reader, "server.limits", raw.get("limits")),
+        budget=_load_budget(reader, "server.budget", raw.get("budget")),
         idempotency_retention=_integer(reader, "server.idempotency", idempotency, "retention", defaults.idempotency_retention, 1),
     )
 
@@ -341,20 +351,38 @@ def _load_limits(reader: _Reader, path: str, data: Any) -> Limits:
     return Limits(**values)
 
 
+def _load_budget(reader: _Reader, path: str, data: Any) -> Budget:
+    raw = reader.mapping(path, data, _BUDGET_KEYS)
+    amounts: dict[str, Decimal] = {}
+    for key in _BUDGET_KEYS & raw.keys():
+        value = raw[key]
+        try:
+            # Through str: 0.1 in YAML is the decimal 0.1, not the float nearest to it.
+            amount = Decimal(str(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        except InvalidOperation:
+            amount = None
+        if amount is None or not amount.is_finite() or amount <= 0:
+            reader.problem(f"{path}.{key}", f"expected an amount in USD above 0, got {value!r}")
+            continue
+        amounts[key] = amount
+    return Budget(**amounts)
+
+
 def _load_client(reader: _Reader, path: str, item: Any) -> ClientKey | None:
     """A key as a string, or `{key, name?, limits?}`. An unset variable is a problem: it must not open auth."""
     if isinstance(item, dict):
-        raw = reader.mapping(path, item, frozenset({"key", "name", "limits"}))
+        raw = reader.mapping(path, item, frozenset({"key", "name", "limits", "budget"}))
         key = reader.string(f"{path}.key", raw.get("key", ""))[0]
         name = reader.string(f"{path}.name", raw["name"])[0] if "name" in raw else ""
         limits = _load_limits(reader, f"{path}.limits", raw.get("limits")) if "limits" in raw else None
+        budget = _load_budget(reader, f"{path}.budget", raw.get("budget")) if "budget" in raw else None
     else:
-        key, name, limits = reader.string(path, item)[0], "", None
+        key, name, limits, budget = reader.string(path, item)[0], "", None, None
     if not key:
         if isinstance(item, dict):
             reader.problem(f"{path}.key", "a client key needs a non-empty `key`")
         return None
-    return ClientKey(key=key, name=name or default_name(key), limits=limits)
+    return ClientKey(key=key, name=name or default_name(key), limits=limits, budget=budget)
 
 
 def _integer(reader: _Reader, path: str, raw: Mapping[str, Any], key: str, default: int, minimum: int) -> int:

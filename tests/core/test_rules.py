@@ -824,3 +824,26 @@ def test_a_setting_written_as_null_is_unset() -> None:
         name: dict(channel.settings) for name, channel in unset.channels.items()
     }
     assert nulls.channels["k"].settings["poll_interval"] == 1.0 and "steps" not in nulls.channels["s"].settings
+
+
+def test_budgets_are_parsed_exactly_and_a_bad_one_is_named() -> None:
+    text = """
+    server:
+      budget: {usd_per_month: 1000}
+      api_keys:
+        - {key: a, budget: {usd_per_day: 0.1}}
+        - b
+    channels:
+      up: {type: openai, base_url: "https://a.example.com"}
+    models:
+      m: {channels: [up]}
+    """
+    server = parse_rules(textwrap.dedent(text), {}, SCHEMAS).server
+    assert server.budget_for("a").usd_per_day == Decimal("0.1") and server.budget_for("a").usd_per_month is None
+    assert server.budget_for("b").usd_per_month == Decimal(1000)
+    with pytest.raises(RulesError) as caught:
+        parse_rules(textwrap.dedent(text).replace("usd_per_day: 0.1", "usd_per_day: -1, usd_per_week: 2"), {}, SCHEMAS)
+    assert sorted(str(caught.value).splitlines()) == [
+        "server.api_keys[0].budget.usd_per_day: expected an amount in USD above 0, got -1",
+        "server.api_keys[0].budget.usd_per_week: unknown key (known: usd_per_day, usd_per_month)",
+    ]

@@ -1,0 +1,103 @@
+"""Per-key budgets in USD: the highest possible cost is reserved before any upstream call, a spent budget
+is OpenAI's 429 insufficient_quota with no call, and the reservation is settled to the real cost. Held
+under concurrency, and across replicas through a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from proxy.adapters import SCHEMAS
+from proxy.app import make_app
+from proxy.core.rules import parse_rules
+from tests.factories import OPENAI, rules_yaml, serve_fake, start_proxy
+from tests.fakes.openai import KEY, FakeOpenAI
+
+RULES = rules_yaml(
+    {
+        "dall-e-2": {"channels": ["openai"], "price": {"per_image": {"256x256": 0.016, "*": 0.02}}, "max_n": 10},
+        "gpt-image-1": {"channels": ["openai"], "price": {"per_million_tokens": {"text_input": 5, "image_output": 40}}},
+        "free": {"channels": ["openai"], "upstream_model": "dall-e-2"},
+    },
+    channels={"openai": OPENAI},
+    server={
+        "state": "${STATE:-memory}",
+        "budget": {"usd_per_month": 1000},
+        "api_keys": [
+            {"key": "five-images", "name": "team-a", "budget": {"usd_per_day": 0.1}},
+            {"key": "monthly", "name": "team-b", "budget": {"usd_per_month": 0.05}},
+            {"key": "tokens", "name": "team-c", "budget": {"usd_per_day": 1}},
+            "unbudgeted-by-itself",
+        ],
+    },
+)
+
+
+async def proxies(aiohttp_client: Any, aiohttp_server: Any, fake: FakeOpenAI, state: str = "memory", count: int = 1
+                  ) -> list[TestClient]:  # type: ignore[type-arg]
+    upstream = await serve_fake(aiohttp_server, fake)
+    rules = parse_rules(RULES, {"UPSTREAM": upstream, "OPENAI_API_KEY": KEY, "STATE": state}, SCHEMAS)
+    return [await aiohttp_client(await start_proxy(make_app(rules), rules)) for _ in range(count)]
+
+
+async def post(client: Any, key: str, **body: Any) -> Any:
+    return await client.post("/v1/images/generations", json={"prompt": "p", **body},
+                             headers={"Authorization": f"Bearer {key}"})
+
+
+async def statuses(clients: list[Any], key: str, requests: int, **body: Any) -> list[int]:
+    answers = await asyncio.gather(*(post(clients[i % len(clients)], key, **body) for i in range(requests)))
+    return [answer.status for answer in answers]
+
+
+async def test_twenty_parallel_requests_against_a_budget_that_fits_five(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    fake = FakeOpenAI(delay=0.1)
+    (client,) = await proxies(aiohttp_client, aiohttp_server, fake)
+    # $0.10 a day at $0.02 an image (1024x1024): five requests fit, whatever order they arrive in.
+    codes = await statuses([client], "five-images", 20, model="dall-e-2", size="1024x1024")
+    assert sorted(codes) == [200] * 5 + [429] * 15
+    assert len(fake.recorder.received) == 5  # a refused request never reached the upstream
+    refused = await post(client, "five-images", model="dall-e-2", size="256x256")
+    assert refused.status == 429
+    error = (await refused.json())["error"]
+    assert (error["type"], error["code"]) == ("insufficient_quota", "budget_exceeded")
+    assert "$0.1 per day" in error["message"]
+    assert 1 <= int(refused.headers["Retry-After"]) <= 86400
+
+
+async def test_a_budget_holds_across_replicas(aiohttp_client: Any, aiohttp_server: Any, redis_server: Any) -> None:
+    fake = FakeOpenAI(delay=0.1)
+    a, b = await proxies(aiohttp_client, aiohttp_server, fake, redis_server.url, count=2)
+    codes = await statuses([a, b], "five-images", 20, model="dall-e-2", size="1024x1024")
+    assert sorted(codes) == [200] * 5 + [429] * 15
+    assert len(fake.recorder.received) == 5
+
+
+async def test_the_reservation_is_settled_to_what_was_delivered(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    fake = FakeOpenAI()
+    fake.failures.append((400, {"error": {"message": "Bad prompt.", "type": "invalid_request_error"}}, {}))
+    (client,) = await proxies(aiohttp_client, aiohttp_server, fake)
+    # A failed request costs nothing: its whole reservation goes back, and the month's $0.05 still buys two.
+    assert (await post(client, "monthly", model="dall-e-2", size="1024x1024")).status == 400
+    assert [await statuses([client], "monthly", 1, model="dall-e-2", size="1024x1024") for _ in range(3)] == [
+        [200], [200], [429]
+    ]
+    error = (await (await post(client, "monthly", model="dall-e-2", size="256x256")).json())["error"]
+    assert "$0.05 per month" in error["message"]
+
+
+async def test_token_priced_requests_are_settled_to_the_reported_tokens(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    (client,) = await proxies(aiohttp_client, aiohttp_server, FakeOpenAI())
+    # Each request reserves its ceiling, 4,096 text tokens in and 16,384 image tokens out ($0.67584), and is
+    # settled to what the answer reports, 10 in and 4,160 out ($0.16645). Against $1 a day: the first two
+    # fit (the second because the first was settled down), the third's ceiling would not.
+    assert [await statuses([client], "tokens", 1, model="gpt-image-1") for _ in range(3)] == [[200], [200], [429]]
+
+
+async def test_unpriced_models_and_keys_without_budgets_are_not_held(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    (client,) = await proxies(aiohttp_client, aiohttp_server, FakeOpenAI())
+    assert await statuses([client], "five-images", 8, model="free") == [200] * 8  # no price: nothing to count
+    # The server's $1,000 a month applies to a key without a budget of its own.
+    assert await statuses([client], "unbudgeted-by-itself", 8, model="dall-e-2", n=10) == [200] * 8
