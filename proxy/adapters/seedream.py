@@ -34,6 +34,7 @@ from proxy.adapters.kit import (
     BUSY,
     MODERATION,
     RATE_LIMIT,
+    bad_answer,
     bearer,
     coded_error,
     error_object,
@@ -284,7 +285,7 @@ def _all_failed(job: Job, data: Mapping[str, Any], failures: list[dict[str, Any]
         text = scrub(f"{error.get('message') or 'no message'} (ark code {error.get('code') or 'none'})", (job.api_key,))
         return BadGateway(f"channel '{job.channel.name}' generated no image: {text}", code="upstream_error", retryable=True)
     # A 200 that carries no images is a failure, never a success with an empty list.
-    return BadGateway(f"channel '{job.channel.name}' answered with no usable images", code="bad_upstream_response")
+    return bad_answer(job, "data[] holds no image")
 
 
 def advance(job: Job, state: None, response: UpstreamResponse) -> Step:
@@ -295,8 +296,7 @@ def advance(job: Job, state: None, response: UpstreamResponse) -> Step:
     except (ValueError, RecursionError):
         data = None
     if not isinstance(data, dict):
-        return Fail(BadGateway(f"channel '{job.channel.name}' answered with no usable images: not a JSON object",
-                               code="bad_upstream_response"))
+        return Fail(bad_answer(job, "not a JSON object"))
     return answer_step(job, data)
 
 

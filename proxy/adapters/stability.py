@@ -25,11 +25,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
+from proxy.adapters.base import AdapterSpec, Call, Job, Send, Step, UpstreamResponse
 from proxy.adapters.inline_images import inline_image
-from proxy.adapters.kit import bearer, misconfigured, upstream_failure
+from proxy.adapters.kit import bearer, images_step, misconfigured, upstream_failure
 from proxy.core.channel_settings import one_of
-from proxy.core.errors import BadGateway, ContentPolicyViolation, InvalidRequest, ProxyError, RateLimited, UpstreamError
+from proxy.core.errors import ContentPolicyViolation, InvalidRequest, ProxyError, RateLimited, UpstreamError
 from proxy.core.extra_body import merge_extra_body
 from proxy.core.formats import FORMATS, NativeFormats
 from proxy.core.mime import EXTENSIONS, sniff_image_type
@@ -257,22 +257,19 @@ def _result(answer: Answer, image: str) -> ImagesResult:
     return ImagesResult(images=(GeneratedImage(b64_json=image, content_type=answer.content_type),), extra=extra)
 
 
-def advance(job: Job, state: Asked, response: UpstreamResponse) -> Step:
-    if not 200 <= response.status < 300:
-        return Fail(error_for(job, response))
-    try:
-        answer = parse_answer(response, state)
-    except (ValueError, RecursionError) as exc:
-        return Fail(BadGateway(f"channel '{job.channel.name}' answered with no usable image: {exc}",
-                               code="bad_upstream_response"))
+def images(response: UpstreamResponse, asked: Asked) -> ImagesResult:
+    """The image of a 2xx answer; ValueError when it carries none (a filtered one is a moderation error)."""
+    answer = parse_answer(response, asked)
     # A filtered output is still a 200 (with a blurred image or none): it must not pass as a success.
     if answer.finish_reason == "CONTENT_FILTERED":
-        return Fail(ContentPolicyViolation("The generated image was rejected by Stability's content filter."))
+        raise ContentPolicyViolation("The generated image was rejected by Stability's content filter.")
     if answer.finish_reason not in (None, "SUCCESS") or answer.image is None:
-        reason = f"finish reason {answer.finish_reason}" if answer.image else "no image in the answer"
-        return Fail(BadGateway(f"channel '{job.channel.name}' answered with no usable image: {reason}",
-                               code="bad_upstream_response"))
-    return Done(_result(answer, answer.image))
+        raise ValueError(f"finish reason {answer.finish_reason}" if answer.image else "no image in the answer")
+    return _result(answer, answer.image)
+
+
+def advance(job: Job, state: Asked, response: UpstreamResponse) -> Step:
+    return images_step(job, response, error_for, lambda _body: images(response, state))
 
 
 def output_formats(job: Job) -> NativeFormats:
