@@ -49,7 +49,7 @@ from typing import Any
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
 from proxy.adapters.kit import BILLING, MODERATION, RATE_LIMIT, bad_answer, bearer, coded_error, json_call, meaning_of
-from proxy.adapters.polling import Polling, TaskState, Timing, forwarded, listed, setting, status_error, transient
+from proxy.adapters.polling import Polling, TaskState, Timing, forwarded, setting, status_error, transient
 from proxy.core.channel_settings import names
 from proxy.core.errors import (
     BadGateway,
@@ -272,7 +272,7 @@ def poll_call(job: Job, task: Task) -> Call:
 
 
 POLLING = Polling(Timing(first=1.0, cap=8.0), poll_call)
-SCHEMA = POLLING.schema(sync_models=listed(names(DEFAULT_SYNC_MODELS)))
+SCHEMA = POLLING.schema(sync_models=names(DEFAULT_SYNC_MODELS))
 
 
 def cancel(job: Job, state: Task | None) -> Call | None:

@@ -55,7 +55,7 @@ from proxy.adapters.kit import (
     json_call,
     meaning_of,
 )
-from proxy.adapters.polling import Polling, TaskState, Timing, forwarded, listed, setting, status_error, transient
+from proxy.adapters.polling import Polling, TaskState, Timing, forwarded, setting, status_error, transient
 from proxy.core.channel_settings import names
 from proxy.core.errors import (
     BadGateway,
@@ -233,7 +233,7 @@ def poll_call(job: Job, task: Task) -> Call:
 
 
 POLLING = Polling(Timing(first=1.0, cap=8.0), poll_call)
-SCHEMA = POLLING.schema(hd_models=listed(names(DEFAULT_HD_MODELS)))
+SCHEMA = POLLING.schema(hd_models=names(DEFAULT_HD_MODELS))
 
 
 def start(job: Job) -> Step:

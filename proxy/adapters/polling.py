@@ -131,12 +131,6 @@ def setting(job: Job, schema: ChannelSchema, name: str) -> Any:
     return job.channel.settings.get(name, schema.settings[name].default)
 
 
-def listed(setting: Setting) -> Setting:
-    """A list setting that may also be written as one bare string (`hd_models: kling-v2` is one name,
-    not its letters), as the adapters have always read it."""
-    return Setting(lambda value: setting.parse([value] if isinstance(value, str) else value), setting.default)
-
-
 def forwarded(fields: Mapping[str, Any], mapped: frozenset[str]) -> dict[str, Any]:
     """The plan's fields the adapter does not map itself (those the rule forwards go to the provider as they are)."""
     return {name: value for name, value in fields.items() if name not in mapped and name not in PROXY_FIELDS}

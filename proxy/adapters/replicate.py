@@ -46,7 +46,7 @@ from urllib.parse import urlsplit
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
 from proxy.adapters.kit import bad_answer, bearer, json_call, misconfigured
-from proxy.adapters.polling import Polling, TaskState, Timing, forwarded, listed, seed_and_format, setting, transient
+from proxy.adapters.polling import Polling, TaskState, Timing, forwarded, seed_and_format, setting, transient
 from proxy.core.channel_settings import Setting, SettingError, integer, names, one_of, text
 from proxy.core.errors import BadGateway, ContentPolicyViolation, GatewayTimeout, InvalidRequest, ProxyError, UpstreamError
 from proxy.core.extra_body import merge_extra_body
@@ -83,7 +83,7 @@ def _wait_setting() -> Setting:
 
 def _ratios_setting() -> Setting:
     """`aspect_ratios`: a non-empty list of W:H ratios (or one)."""
-    written = listed(names())
+    written = names()
 
     def parse(value: Any) -> tuple[str, ...]:
         ratios: tuple[str, ...] = written.parse(value)

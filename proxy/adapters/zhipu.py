@@ -38,7 +38,7 @@ from proxy.adapters.kit import (
     meaning_of,
     upstream_failure,
 )
-from proxy.core.channel_settings import Setting, names
+from proxy.core.channel_settings import names
 from proxy.core.errors import (
     InvalidRequest,
     ProxyError,
@@ -77,16 +77,8 @@ CODES = {
 _MAPPED = frozenset({"size", "quality", "watermark", "user", "safety_identifier", "extra_body"})
 
 
-_MODEL_NAMES = names()
-
-
-def _model_names(value: Any) -> tuple[str, ...]:
-    # A single name written without list brackets in YAML is still one model, not its characters.
-    return tuple(_MODEL_NAMES.parse([value] if isinstance(value, str) else value))
-
-
 # `quality_models`: the upstream models that take `quality` (a list, or one name).
-SETTINGS = {"quality_models": Setting(_model_names, DEFAULT_QUALITY_MODELS)}
+SETTINGS = {"quality_models": names(DEFAULT_QUALITY_MODELS)}
 
 
 def _custom_size_ok(size: Size) -> bool:
