@@ -48,8 +48,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
-from proxy.adapters.kit import BILLING, MODERATION, RATE_LIMIT, bad_answer, bearer, coded_error, json_call, meaning_of
-from proxy.adapters.polling import Polling, TaskState, Timing, forwarded, setting, status_error, transient
+from proxy.adapters.kit import BILLING, MODERATION, RATE_LIMIT, bad_answer, bearer, coded_error, json_call, meaning_of, setting
+from proxy.adapters.polling import Polling, TaskState, Timing, forwarded, status_error, transient
 from proxy.core.channel_settings import names
 from proxy.core.errors import (
     BadGateway,

@@ -28,7 +28,7 @@ from typing import Any
 
 from proxy.adapters.base import AdapterSpec, Done, Fail, Job, Send, Step, UpstreamResponse
 from proxy.adapters.inline_images import inline_image
-from proxy.adapters.kit import bad_answer, header_key, json_call, upstream_failure
+from proxy.adapters.kit import bad_answer, header_key, json_call, setting, upstream_failure
 from proxy.core.channel_settings import names, one_of
 from proxy.core.errors import BadGateway, ContentPolicyViolation, InvalidRequest, ProxyError, RateLimited
 from proxy.core.extra_body import merge_extra_body
@@ -142,8 +142,9 @@ def imagen_body(job: Job) -> dict[str, Any]:
     output = _imagen_output(fields)
     if output:
         parameters["outputOptions"] = output
-    if "person_generation" in job.channel.settings:
-        parameters["personGeneration"] = job.channel.settings["person_generation"]
+    person_generation = setting(job, SCHEMA, "person_generation")
+    if person_generation is not None:
+        parameters["personGeneration"] = person_generation
     return {"instances": [{"prompt": job.plan.prompt}], "parameters": parameters}
 
 
@@ -168,7 +169,7 @@ def gemini_body(job: Job) -> dict[str, Any]:
     tier = image_tier(fields)
     if tier != "1K":
         image_config["imageSize"] = tier
-    config: dict[str, Any] = {"responseModalities": list(job.channel.settings["response_modalities"])}
+    config: dict[str, Any] = {"responseModalities": list(setting(job, SCHEMA, "response_modalities"))}
     if image_config:
         config["imageConfig"] = image_config
     return {"contents": [{"role": "user", "parts": parts}], "generationConfig": config}

@@ -8,6 +8,8 @@
 - `error_object(body)`: the `{"error": {...}}` object most providers answer failures with.
 - `bad_answer(job, why, secrets=, retryable=)`: the one error for a 2xx that carries no usable image (502, scrubbed).
 - `images_step(job, response, failure, parse)`: a one-call answer: the failure, the images, or `bad_answer`.
+- `setting(job, schema, name)`: the one way an adapter reads a channel setting (the declared default where
+  the channel has none).
 - `misconfigured(job, problem)`: the one error for a channel the operator set up wrong (503, retryable).
 - `coded_error(job, meaning, text, headers)`: what a provider's own error code means to an OpenAI client
   (moderation, billing, rate limit, busy, unusable account, unknown model), written once for every
@@ -35,6 +37,7 @@ from proxy.core.errors import (
     ServiceUnavailable,
 )
 from proxy.core.response import ImagesResult
+from proxy.core.rules import ChannelSchema
 from proxy.core.upstream_errors import error_from_response, parse_retry_after, scrub
 
 AuthHeaders = Callable[[str | None], dict[str, str]]
@@ -129,6 +132,12 @@ def images_step(
         return Done(parse(response.body))
     except (ValueError, RecursionError) as exc:
         return Fail(bad_answer(job, str(exc)))
+
+
+def setting(job: Job, schema: ChannelSchema, name: str) -> Any:
+    """The channel's value of the setting `schema` declares as `name`: checked when the rules loaded, the
+    declared default where the channel has none (a channel made in code rather than loaded from rules)."""
+    return job.channel.settings.get(name, schema.settings[name].default)
 
 
 def misconfigured(job: Job, problem: str) -> ChannelMisconfigured:

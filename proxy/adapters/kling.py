@@ -54,8 +54,9 @@ from proxy.adapters.kit import (
     coded_error,
     json_call,
     meaning_of,
+    setting,
 )
-from proxy.adapters.polling import Polling, TaskState, Timing, forwarded, setting, status_error, transient
+from proxy.adapters.polling import Polling, TaskState, Timing, forwarded, status_error, transient
 from proxy.core.channel_settings import names
 from proxy.core.errors import (
     BadGateway,

@@ -122,13 +122,7 @@ def polls_failed(channel: str, what: str, failures: int, why: str, secrets: Iter
     return Fail(BadGateway(message, code="upstream_poll_failed"))
 
 
-# --- settings, requests and errors the task adapters have in common ---------------------------------
-
-
-def setting(job: Job, schema: ChannelSchema, name: str) -> Any:
-    """The channel's value of a declared setting: checked when the rules loaded, the declared default
-    where the channel has none (a channel made in code rather than loaded from rules)."""
-    return job.channel.settings.get(name, schema.settings[name].default)
+# --- requests and errors the task adapters have in common ------------------------------------------
 
 
 def forwarded(fields: Mapping[str, Any], mapped: frozenset[str]) -> dict[str, Any]:

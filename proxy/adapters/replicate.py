@@ -45,8 +45,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
-from proxy.adapters.kit import bad_answer, bearer, json_call, misconfigured
-from proxy.adapters.polling import Polling, TaskState, Timing, forwarded, seed_and_format, setting, transient
+from proxy.adapters.kit import bad_answer, bearer, json_call, misconfigured, setting
+from proxy.adapters.polling import Polling, TaskState, Timing, forwarded, seed_and_format, transient
 from proxy.core.channel_settings import Setting, SettingError, integer, names, one_of, text
 from proxy.core.errors import BadGateway, ContentPolicyViolation, GatewayTimeout, InvalidRequest, ProxyError, UpstreamError
 from proxy.core.extra_body import merge_extra_body

@@ -27,7 +27,7 @@ from typing import Any
 
 from proxy.adapters.base import AdapterSpec, Call, Job, Send, Step, UpstreamResponse
 from proxy.adapters.inline_images import inline_image
-from proxy.adapters.kit import bearer, images_step, misconfigured, upstream_failure
+from proxy.adapters.kit import bearer, images_step, misconfigured, setting, upstream_failure
 from proxy.core.channel_settings import one_of
 from proxy.core.errors import ContentPolicyViolation, InvalidRequest, ProxyError, RateLimited, UpstreamError
 from proxy.core.extra_body import merge_extra_body
@@ -44,7 +44,8 @@ ASPECT_RATIOS = ("16:9", "1:1", "21:9", "2:3", "3:2", "4:5", "5:4", "9:16", "9:2
 ENDPOINTS = {"stable-image-ultra": "ultra", "stable-image-core": "core"}
 IMAGE_ENDPOINTS = frozenset({"ultra", "sd3"})  # core is text-to-image only
 ACCEPTS = ("application/json", "image/*")
-SETTINGS = {"accept": one_of(*ACCEPTS, default=ACCEPTS[0])}  # the answer's shape: JSON with base64, or the bytes
+# `accept`: the answer's shape, JSON with base64 or the bytes.
+SCHEMA = ChannelSchema(settings={"accept": one_of(*ACCEPTS, default=ACCEPTS[0])}, requires_base_url=False)
 OUTPUT_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
 FORMAT_NAMES = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}  # OpenAI's output_format spelling
 INPUT_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})
@@ -179,7 +180,7 @@ def start(job: Job) -> Step:
     fmt = output_format(job.plan.fields, endpoint)
     form = encode(build_parts(job, endpoint, fmt))
     headers = {**job.channel.headers, **bearer(job.api_key), "Content-Type": form.content_type,
-               "Accept": job.channel.settings["accept"]}
+               "Accept": setting(job, SCHEMA, "accept")}
     base_url = job.channel.base_url or DEFAULT_BASE_URL
     call = Call("POST", f"{base_url}/v2beta/stable-image/generate/{endpoint}", headers=headers, data=form.body)
     return Send(call, state=Asked(content_type=f"image/{fmt or 'png'}"))
@@ -280,7 +281,7 @@ def output_formats(job: Job) -> NativeFormats:
 
 SPEC = AdapterSpec(
     name="stability",
-    schema=ChannelSchema(settings=SETTINGS, requires_base_url=False),
+    schema=SCHEMA,
     start=start,
     advance=advance,
     max_n_per_call=1,

@@ -4,9 +4,9 @@ An adapter's `ChannelSchema` maps each setting's name to a `Setting`. When the r
 value a channel sets is checked (`Setting.parse`), and a bad one is a problem with its YAML path
 (`channels.kling.poll_interval: expected a positive number of seconds, got -1`), reported by
 `imagegate check` and at start-up or reload like every other mistake in the rules, never at request
-time. Unset settings get their declared default, so an adapter reads `channel.settings[name]` and
-never meets a value of the wrong type. `Relation`s check settings against each other
-(`max_poll_interval` not below `poll_interval`).
+time. Unset settings get their declared default, so an adapter (through `adapters.kit.setting`, which
+also falls back to the default for a channel built in code) never meets a value of the wrong type.
+`Relation`s check settings against each other (`max_poll_interval` not below `poll_interval`).
 """
 
 from __future__ import annotations
