@@ -107,7 +107,7 @@ async def _first_step(spec: AdapterSpec, job: Job) -> Step:
     return spec.start(job)
 
 
-async def _steps(driver: Driver, spec: AdapterSpec, job: Job, progress: list[Any]) -> ImagesResult:
+async def _steps(driver: Driver, spec: AdapterSpec, job: Job, progress: list[object]) -> ImagesResult:
     step = await _first_step(spec, job)
     for _ in range(MAX_STEPS):
         if isinstance(step, Done):
@@ -172,7 +172,7 @@ async def _send_cancel(driver: Driver, call: Call, channel: Channel) -> None:
         log.warning("could not cancel an abandoned task on channel %s: %s", channel.name, type(error).__name__)
 
 
-def cancel_abandoned(driver: Driver, spec: AdapterSpec, job: Job, state: Any) -> None:
+def cancel_abandoned(driver: Driver, spec: AdapterSpec, job: Job, state: object) -> None:
     """Best-effort: ask the provider to stop a task nobody will collect (runs detached from the request)."""
     call = spec.cancel(job, state) if spec.cancel is not None and state is not None else None
     if call is None:
@@ -184,7 +184,7 @@ def cancel_abandoned(driver: Driver, spec: AdapterSpec, job: Job, state: Any) ->
 
 async def run_job(driver: Driver, spec: AdapterSpec, job: Job) -> ImagesResult:
     """One adapter conversation, from its first step to Done or Fail, within the channel's deadline."""
-    progress: list[Any] = [None]  # the latest adapter state, to cancel the task if the job is abandoned
+    progress: list[object] = [None]  # the latest adapter state, to cancel the task if the job is abandoned
     try:
         async with asyncio.timeout(job.channel.deadline):
             return await _steps(driver, spec, job, progress)

@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from proxy.adapters.base import AdapterSpec, Fail, Job, Send, Step, UpstreamResponse
-from proxy.adapters.kit import error_object, header_key, images_step, json_call, upstream_failure
+from proxy.adapters.kit import error_object, header_key, images_step, json_call, setting, upstream_failure
 from proxy.adapters.openai import DALL_E_FORMATS, is_dall_e, parse_images_response
 from proxy.core.channel_settings import Setting, SettingError, one_of
 from proxy.core.errors import BadGateway, ContentPolicyViolation, InvalidRequest, ProxyError
@@ -65,7 +65,9 @@ def _name(value: Any) -> str:
 
 
 # No defaults: without `api_style` the base_url decides, without `deployment` the upstream model is the one.
-SETTINGS = {"api_style": one_of(V1, DEPLOYMENT), "deployment": Setting(_name), "api_version": Setting(_name)}
+SCHEMA = ChannelSchema(
+    settings={"api_style": one_of(V1, DEPLOYMENT), "deployment": Setting(_name), "api_version": Setting(_name)}
+)
 
 
 def _resource_root(base_url: str) -> str:
@@ -76,7 +78,7 @@ def _resource_root(base_url: str) -> str:
 
 
 def _is_v1(job: Job) -> bool:
-    style = job.channel.settings.get("api_style")
+    style = setting(job, SCHEMA, "api_style")
     if style is None:
         return job.channel.base_url.endswith("/openai/v1")
     return bool(style == V1)
@@ -85,8 +87,8 @@ def _is_v1(job: Job) -> bool:
 def target(job: Job) -> Target:
     """Where the request goes."""
     root = _resource_root(job.channel.base_url)
-    deployment = job.channel.settings.get("deployment") or job.plan.upstream_model
-    api_version = job.channel.settings.get("api_version")
+    deployment = setting(job, SCHEMA, "deployment") or job.plan.upstream_model
+    api_version = setting(job, SCHEMA, "api_version")
     if _is_v1(job):
         query = f"?{urlencode({'api-version': api_version})}" if api_version else ""
         return Target(f"{root}/openai/v1/images/generations{query}", deployment, v1=True)
@@ -187,7 +189,7 @@ def output_formats(job: Job) -> NativeFormats:
 
 SPEC = AdapterSpec(
     name="azure",
-    schema=ChannelSchema(settings=SETTINGS),
+    schema=SCHEMA,
     start=start,
     advance=advance,
     auth_headers=AUTH,

@@ -129,6 +129,7 @@ class AdapterSpec:
     credential: Callable[[Channel, str | None, float], tuple[str, float]] | None = None
     # Task providers that can stop work nobody will collect: the call that cancels the task `state`
     # describes (None when there is nothing to cancel yet). Sent best-effort when a sync request is abandoned.
+    # `Any` for the state, as in `advance`: each adapter's cancel takes its own state dataclass.
     cancel: Callable[[Job, Any], Call | None] | None = None
     # What `start` can do besides generating from a prompt: "edit" (plan.uploads, plan.mask) and
     # "variation". An edit to a channel without "edit" is sent as a generation with the uploads as

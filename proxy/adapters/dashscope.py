@@ -48,8 +48,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
-from proxy.adapters.kit import BILLING, MODERATION, RATE_LIMIT, bearer, coded_error, json_call, meaning_of
-from proxy.adapters.polling import Polling, TaskState, Timing, forwarded, listed, setting, status_error, transient
+from proxy.adapters.kit import BILLING, MODERATION, RATE_LIMIT, bad_answer, bearer, coded_error, json_call, meaning_of, setting
+from proxy.adapters.polling import Polling, TaskState, Timing, forwarded, status_error, transient
 from proxy.core.channel_settings import names
 from proxy.core.errors import (
     BadGateway,
@@ -272,7 +272,7 @@ def poll_call(job: Job, task: Task) -> Call:
 
 
 POLLING = Polling(Timing(first=1.0, cap=8.0), poll_call)
-SCHEMA = POLLING.schema(sync_models=listed(names(DEFAULT_SYNC_MODELS)))
+SCHEMA = POLLING.schema(sync_models=names(DEFAULT_SYNC_MODELS))
 
 
 def cancel(job: Job, state: Task | None) -> Call | None:
@@ -317,11 +317,6 @@ def _failed(response: UpstreamResponse, data: Mapping[str, Any] | None) -> bool:
     return not 200 <= response.status < 300 or data is None or (_text(data.get("code")) is not None and "output" not in data)
 
 
-def _bad_answer(job: Job, what: str) -> Fail:
-    message = scrub(f"channel '{job.channel.name}' answered with no usable images: {what}", (job.api_key,))
-    return Fail(BadGateway(message, code="bad_upstream_response"))
-
-
 def _usage(data: Mapping[str, Any]) -> Mapping[str, Any] | None:
     usage = data.get("usage")
     return usage if isinstance(usage, dict) else None
@@ -351,7 +346,7 @@ def after_sync(job: Job, response: UpstreamResponse) -> Step:
     ]
     images = tuple(GeneratedImage(url=url, url_ttl=URL_TTL) for url in urls if isinstance(url, str) and url)
     if not images:
-        return _bad_answer(job, "output.choices[].message.content[] holds no image")
+        return Fail(bad_answer(job, "output.choices[].message.content[] holds no image"))
     return Done(ImagesResult(images=images, usage=_usage(data)))
 
 
@@ -363,7 +358,7 @@ def after_create(job: Job, response: UpstreamResponse) -> Step:
         return Fail(error_for(job, response))
     task_id = answer[1].get("task_id")
     if not isinstance(task_id, str) or not task_id:
-        return _bad_answer(job, "the create answer has no output.task_id")
+        return Fail(bad_answer(job, "the create answer has no output.task_id"))
     return POLLING.next(job, Task(task_id))
 
 
@@ -396,7 +391,7 @@ def _failure(index: int, item: Mapping[str, Any], job: Job) -> dict[str, Any]:
 def task_succeeded(job: Job, data: Mapping[str, Any], output: Mapping[str, Any]) -> Step:
     results = output.get("results")
     if not isinstance(results, list):
-        return _bad_answer(job, "the finished task has no output.results")
+        return Fail(bad_answer(job, "the finished task has no output.results"))
     images: list[GeneratedImage] = []
     failures: list[dict[str, Any]] = []
     for index, item in enumerate(results):
@@ -412,7 +407,7 @@ def task_succeeded(job: Job, data: Mapping[str, Any], output: Mapping[str, Any])
         first = failures[0]
         return Fail(task_failed(job, {"task_id": output.get("task_id"), "code": first["code"], "message": first["message"]}))
     if not images:
-        return _bad_answer(job, "output.results holds no image url")
+        return Fail(bad_answer(job, "output.results holds no image url"))
     extra = {"failed_images": failures} if failures else {}
     return Done(ImagesResult(images=tuple(images), usage=_usage(data), extra=extra))
 
@@ -439,7 +434,7 @@ def after_poll(job: Job, task: Task, response: UpstreamResponse) -> Step:
     if status == "UNKNOWN":
         message = f"DashScope does not know task {task.task_id} (expired or never created)"
         return Fail(BadGateway(message, code="upstream_task_lost"))
-    return _bad_answer(job, f"unknown task_status {status!r}")
+    return Fail(bad_answer(job, f"unknown task_status {status!r}"))
 
 
 def output_formats(job: Job) -> NativeFormats:

@@ -44,7 +44,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
-from proxy.adapters.kit import header_key, json_call, misconfigured
+from proxy.adapters.kit import bad_answer, header_key, json_call, misconfigured
 from proxy.adapters.polling import Polling, TaskState, Timing, forwarded, seed_and_format, transient
 from proxy.core.errors import BadGateway, ContentPolicyViolation, InvalidRequest, ProxyError, UpstreamError
 from proxy.core.extra_body import merge_extra_body
@@ -250,11 +250,6 @@ def _usage(data: Mapping[str, Any]) -> tuple[tuple[str, float], ...]:
     return tuple((name, value) for name, value in pairs if value is not None)
 
 
-def _bad_answer(job: Job, why: str, *, retryable: bool = False) -> Fail:
-    message = scrub(f"channel '{job.channel.name}' answered with no usable task: {why}", (job.api_key,))
-    return Fail(BadGateway(message, code="bad_upstream_response", retryable=retryable))
-
-
 def after_submit(job: Job, response: UpstreamResponse) -> Step:
     if not 200 <= response.status < 300:
         return Fail(submit_error(job, response))
@@ -262,9 +257,9 @@ def after_submit(job: Job, response: UpstreamResponse) -> Step:
     task_id, polling_url = data.get("id"), data.get("polling_url")
     # Without a usable polling_url the task cannot be followed; a resubmit might pay twice, so no retry.
     if not isinstance(task_id, str) or not task_id:
-        return _bad_answer(job, "no task id in the answer")
+        return Fail(bad_answer(job, "no task id in the answer"))
     if not isinstance(polling_url, str) or urlsplit(polling_url).scheme not in ("http", "https"):
-        return _bad_answer(job, f"polling_url {polling_url!r} is not an http(s) URL")
+        return Fail(bad_answer(job, f"polling_url {polling_url!r} is not an http(s) URL"))
     task = Task(task_id, polling_url=polling_url, send_key=may_send_key(job, polling_url), usage=_usage(data))
     return POLLING.next(job, task)
 
@@ -335,7 +330,7 @@ def ready(job: Job, task: Task, data: Mapping[str, Any]) -> Step:
     result: Mapping[str, Any] = raw if isinstance(raw, dict) else {}
     sample = result.get("sample")
     if not isinstance(sample, str) or not sample.startswith(("http://", "https://")):
-        return _bad_answer(job, f"task {task.task_id} is Ready without a result.sample URL")
+        return Fail(bad_answer(job, f"task {task.task_id} is Ready without a result.sample URL"))
     prompt = result.get("prompt")
     revised = prompt if isinstance(prompt, str) and prompt and prompt != job.plan.prompt else None
     seed = result.get("seed")

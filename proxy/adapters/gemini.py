@@ -28,7 +28,7 @@ from typing import Any
 
 from proxy.adapters.base import AdapterSpec, Done, Fail, Job, Send, Step, UpstreamResponse
 from proxy.adapters.inline_images import inline_image
-from proxy.adapters.kit import header_key, json_call, upstream_failure
+from proxy.adapters.kit import bad_answer, header_key, json_call, setting, upstream_failure
 from proxy.core.channel_settings import names, one_of
 from proxy.core.errors import BadGateway, ContentPolicyViolation, InvalidRequest, ProxyError, RateLimited
 from proxy.core.extra_body import merge_extra_body
@@ -142,8 +142,9 @@ def imagen_body(job: Job) -> dict[str, Any]:
     output = _imagen_output(fields)
     if output:
         parameters["outputOptions"] = output
-    if "person_generation" in job.channel.settings:
-        parameters["personGeneration"] = job.channel.settings["person_generation"]
+    person_generation = setting(job, SCHEMA, "person_generation")
+    if person_generation is not None:
+        parameters["personGeneration"] = person_generation
     return {"instances": [{"prompt": job.plan.prompt}], "parameters": parameters}
 
 
@@ -168,7 +169,7 @@ def gemini_body(job: Job) -> dict[str, Any]:
     tier = image_tier(fields)
     if tier != "1K":
         image_config["imageSize"] = tier
-    config: dict[str, Any] = {"responseModalities": list(job.channel.settings["response_modalities"])}
+    config: dict[str, Any] = {"responseModalities": list(setting(job, SCHEMA, "response_modalities"))}
     if image_config:
         config["imageConfig"] = image_config
     return {"contents": [{"role": "user", "parts": parts}], "generationConfig": config}
@@ -241,15 +242,10 @@ def error_for(job: Job, response: UpstreamResponse) -> ProxyError:
     return error
 
 
-def _bad_answer(job: Job, why: str) -> Fail:
-    return Fail(BadGateway(f"channel '{job.channel.name}' answered with no usable image: {why}",
-                           code="bad_upstream_response"))
-
-
 def imagen_result(job: Job, data: dict[str, Any], asked: Asked) -> Step:
     predictions = data.get("predictions", [])
     if not isinstance(predictions, list):
-        return _bad_answer(job, "predictions is not a list")
+        return Fail(bad_answer(job, "predictions is not a list"))
     entries = [item for item in predictions if isinstance(item, dict)]
     images = tuple(
         GeneratedImage(b64_json=item["bytesBase64Encoded"], content_type=item.get("mimeType") or None)
@@ -326,7 +322,7 @@ def gemini_result(job: Job, data: dict[str, Any]) -> Step:
         if unsafe:
             return Fail(ContentPolicyViolation(f"The image was rejected by Google's safety system (finishReason {unsafe[0]})."))
         said = f"; the model said: {scrub(text, (job.api_key,))[:300]}" if text else ""
-        return _bad_answer(job, f"no image part (finishReason {', '.join(finishes) or 'none'}){said}")
+        return Fail(bad_answer(job, f"no image part (finishReason {', '.join(finishes) or 'none'}){said}"))
     images = tuple(GeneratedImage(b64_json=i.b64_json, content_type=i.content_type, revised_prompt=text) for i in images)
     return Done(ImagesResult(images=images, usage=usage_from(data.get("usageMetadata"))))
 
@@ -337,9 +333,9 @@ def advance(job: Job, state: Asked, response: UpstreamResponse) -> Step:
     try:
         data = json.loads(response.body)
     except (ValueError, RecursionError) as exc:
-        return _bad_answer(job, f"the answer is not JSON ({exc})")
+        return Fail(bad_answer(job, f"the answer is not JSON ({exc})"))
     if not isinstance(data, dict):
-        return _bad_answer(job, "the answer is not a JSON object")
+        return Fail(bad_answer(job, "the answer is not a JSON object"))
     return imagen_result(job, data, state) if state.family == IMAGEN else gemini_result(job, data)
 
 

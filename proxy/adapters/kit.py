@@ -6,7 +6,10 @@
   provider spells it, and the body.
 - `upstream_failure(job, response)`: the shared mapping of a non-2xx answer (core.upstream_errors), scrubbed.
 - `error_object(body)`: the `{"error": {...}}` object most providers answer failures with.
+- `bad_answer(job, why, secrets=, retryable=)`: the one error for a 2xx that carries no usable image (502, scrubbed).
 - `images_step(job, response, failure, parse)`: a one-call answer: the failure, the images, or `bad_answer`.
+- `setting(job, schema, name)`: the one way an adapter reads a channel setting (the declared default where
+  the channel has none).
 - `misconfigured(job, problem)`: the one error for a channel the operator set up wrong (503, retryable).
 - `coded_error(job, meaning, text, headers)`: what a provider's own error code means to an OpenAI client
   (moderation, billing, rate limit, busy, unusable account, unknown model), written once for every
@@ -20,7 +23,7 @@ wrap their bodies in try/except.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from proxy.adapters.base import Call, Done, Fail, Job, Step, UpstreamResponse
@@ -34,6 +37,7 @@ from proxy.core.errors import (
     ServiceUnavailable,
 )
 from proxy.core.response import ImagesResult
+from proxy.core.rules import ChannelSchema
 from proxy.core.upstream_errors import error_from_response, parse_retry_after, scrub
 
 AuthHeaders = Callable[[str | None], dict[str, str]]
@@ -103,10 +107,15 @@ def error_object(body: bytes) -> dict[str, Any] | None:
     return error if isinstance(error, dict) else None
 
 
-def bad_answer(job: Job, why: str) -> BadGateway:
-    """A 2xx that carries no usable image: a failure, never a success with an empty list."""
-    message = scrub(f"channel '{job.channel.name}' answered with no usable images: {why}", (job.api_key,))
-    return BadGateway(message[:500], code="bad_upstream_response")
+def bad_answer(job: Job, why: str, *, secrets: Iterable[str | None] | None = None, retryable: bool = False) -> BadGateway:
+    """A 2xx that carries no usable image: a failure, never a success with an empty list.
+
+    `secrets`: what to scrub (default: the job's key) when the key has more spellings than itself;
+    `retryable`: whether another channel may be tried (not once a task may exist and bill).
+    """
+    message = scrub(f"channel '{job.channel.name}' answered with no usable images: {why}",
+                    (job.api_key,) if secrets is None else secrets)
+    return BadGateway(message[:500], code="bad_upstream_response", retryable=retryable)
 
 
 def images_step(
@@ -123,6 +132,12 @@ def images_step(
         return Done(parse(response.body))
     except (ValueError, RecursionError) as exc:
         return Fail(bad_answer(job, str(exc)))
+
+
+def setting(job: Job, schema: ChannelSchema, name: str) -> Any:
+    """The channel's value of the setting `schema` declares as `name`: checked when the rules loaded, the
+    declared default where the channel has none (a channel made in code rather than loaded from rules)."""
+    return job.channel.settings.get(name, schema.settings[name].default)
 
 
 def misconfigured(job: Job, problem: str) -> ChannelMisconfigured:

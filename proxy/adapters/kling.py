@@ -43,8 +43,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
-from proxy.adapters.kit import ACCOUNT, BILLING, MODERATION, NO_MODEL, RATE_LIMIT, bearer, coded_error, json_call, meaning_of
-from proxy.adapters.polling import Polling, TaskState, Timing, forwarded, listed, setting, status_error, transient
+from proxy.adapters.kit import (
+    ACCOUNT,
+    BILLING,
+    MODERATION,
+    NO_MODEL,
+    RATE_LIMIT,
+    bad_answer,
+    bearer,
+    coded_error,
+    json_call,
+    meaning_of,
+    setting,
+)
+from proxy.adapters.polling import Polling, TaskState, Timing, forwarded, status_error, transient
 from proxy.core.channel_settings import names
 from proxy.core.errors import (
     BadGateway,
@@ -222,7 +234,7 @@ def poll_call(job: Job, task: Task) -> Call:
 
 
 POLLING = Polling(Timing(first=1.0, cap=8.0), poll_call)
-SCHEMA = POLLING.schema(hd_models=listed(names(DEFAULT_HD_MODELS)))
+SCHEMA = POLLING.schema(hd_models=names(DEFAULT_HD_MODELS))
 
 
 def start(job: Job) -> Step:
@@ -257,11 +269,6 @@ def error_for(job: Job, response: UpstreamResponse) -> ProxyError:
     return status_error(job, response, text, _secrets(job), client_key=False)
 
 
-def _bad_answer(job: Job, what: str) -> Fail:
-    message = scrub(f"channel '{job.channel.name}' answered with no usable images: {what}", _secrets(job))
-    return Fail(BadGateway(message, code="bad_upstream_response"))
-
-
 def _task_data(response: UpstreamResponse) -> Mapping[str, Any] | None:
     """`data` of a successful `{"code": 0, "data": {...}}` answer, else None."""
     body = decode_object(response.body)
@@ -282,7 +289,7 @@ def after_create(job: Job, response: UpstreamResponse) -> Step:
     data = _task_data(response)
     task_id = data.get("task_id") if data is not None else None
     if not isinstance(task_id, str) or not task_id:
-        return _bad_answer(job, "the create answer has no task_id")
+        return Fail(bad_answer(job, "the create answer has no task_id", secrets=_secrets(job)))
     return POLLING.next(job, Task(task_id))
 
 
@@ -312,12 +319,12 @@ def task_succeeded(job: Job, data: Mapping[str, Any]) -> Step:
     result = data.get("task_result")
     items = result.get("images") if isinstance(result, dict) else None
     if not isinstance(items, list):
-        return _bad_answer(job, "the finished task has no task_result.images")
+        return Fail(bad_answer(job, "the finished task has no task_result.images", secrets=_secrets(job)))
     ordered = sorted((item for item in items if isinstance(item, dict)), key=lambda item: _index(item))
     want_watermark = job.plan.fields.get("watermark") is True
     images = tuple(image for item in ordered if (image := _image(item, want_watermark)) is not None)
     if not images:
-        return _bad_answer(job, "the finished task holds no image url")
+        return Fail(bad_answer(job, "the finished task holds no image url", secrets=_secrets(job)))
     created = data.get("created_at")
     deduction = data.get("final_unit_deduction")
     return Done(ImagesResult(
@@ -349,7 +356,7 @@ def after_poll(job: Job, task: Task, response: UpstreamResponse) -> Step:
         return task_succeeded(job, data)
     if status == "failed":
         return Fail(task_failed(job, data))
-    return _bad_answer(job, f"unknown task_status {status!r}")
+    return Fail(bad_answer(job, f"unknown task_status {status!r}", secrets=_secrets(job)))
 
 
 SPEC = AdapterSpec(

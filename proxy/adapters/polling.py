@@ -122,19 +122,7 @@ def polls_failed(channel: str, what: str, failures: int, why: str, secrets: Iter
     return Fail(BadGateway(message, code="upstream_poll_failed"))
 
 
-# --- settings, requests and errors the task adapters have in common ---------------------------------
-
-
-def setting(job: Job, schema: ChannelSchema, name: str) -> Any:
-    """The channel's value of a declared setting: checked when the rules loaded, the declared default
-    where the channel has none (a channel made in code rather than loaded from rules)."""
-    return job.channel.settings.get(name, schema.settings[name].default)
-
-
-def listed(setting: Setting) -> Setting:
-    """A list setting that may also be written as one bare string (`hd_models: kling-v2` is one name,
-    not its letters), as the adapters have always read it."""
-    return Setting(lambda value: setting.parse([value] if isinstance(value, str) else value), setting.default)
+# --- requests and errors the task adapters have in common ------------------------------------------
 
 
 def forwarded(fields: Mapping[str, Any], mapped: frozenset[str]) -> dict[str, Any]:

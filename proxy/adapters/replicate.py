@@ -45,8 +45,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
-from proxy.adapters.kit import bearer, json_call, misconfigured
-from proxy.adapters.polling import Polling, TaskState, Timing, forwarded, listed, seed_and_format, setting, transient
+from proxy.adapters.kit import bad_answer, bearer, json_call, misconfigured, setting
+from proxy.adapters.polling import Polling, TaskState, Timing, forwarded, seed_and_format, transient
 from proxy.core.channel_settings import Setting, SettingError, integer, names, one_of, text
 from proxy.core.errors import BadGateway, ContentPolicyViolation, GatewayTimeout, InvalidRequest, ProxyError, UpstreamError
 from proxy.core.extra_body import merge_extra_body
@@ -83,7 +83,7 @@ def _wait_setting() -> Setting:
 
 def _ratios_setting() -> Setting:
     """`aspect_ratios`: a non-empty list of W:H ratios (or one)."""
-    written = listed(names())
+    written = names()
 
     def parse(value: Any) -> tuple[str, ...]:
         ratios: tuple[str, ...] = written.parse(value)
@@ -212,12 +212,6 @@ def cancel(job: Job, state: Prediction | None) -> Call | None:
     return Call("POST", state.cancel_url, headers=_headers(job))
 
 
-def _bad_answer(job: Job, why: str) -> Fail:
-    # The prediction may exist and bill: never retried elsewhere.
-    message = scrub(f"channel '{job.channel.name}' answered with no usable prediction: {why}", (job.api_key,))
-    return Fail(BadGateway(message, code="bad_upstream_response"))
-
-
 def _image(item: Any) -> GeneratedImage | None:
     if not isinstance(item, str):
         return None
@@ -242,7 +236,7 @@ def succeeded(job: Job, prediction_id: str, data: Mapping[str, Any]) -> Step:
     items = output if isinstance(output, list) else [output]
     images = tuple(image for image in map(_image, items) if image is not None)
     if not images:
-        return _bad_answer(job, f"prediction {prediction_id} succeeded without an image URL in its output")
+        return Fail(bad_answer(job, f"prediction {prediction_id} succeeded without an image URL in its output"))
     return Done(ImagesResult(images=images, usage=_usage(data)))
 
 
@@ -274,7 +268,7 @@ def step_for(job: Job, prediction: Prediction, data: Mapping[str, Any]) -> Step:
     if status in ("failed", "canceled", "aborted"):
         return failed(job, prediction.task_id, str(status), data)
     if status not in RUNNING:
-        return _bad_answer(job, f"prediction {prediction.task_id} has unknown status {status!r}")
+        return Fail(bad_answer(job, f"prediction {prediction.task_id} has unknown status {status!r}"))
     return POLLING.next(job, prediction)
 
 
@@ -284,7 +278,7 @@ def after_create(job: Job, response: UpstreamResponse) -> Step:
     data = decode_object(response.body) or {}
     prediction_id = data.get("id")
     if not isinstance(prediction_id, str) or not _ID.match(prediction_id):
-        return _bad_answer(job, f"prediction id {prediction_id!r} is missing or malformed")
+        return Fail(bad_answer(job, f"prediction id {prediction_id!r} is missing or malformed"))
     get_url, cancel_url = _urls(job, prediction_id, data)
     return step_for(job, Prediction(prediction_id, get_url=get_url, cancel_url=cancel_url), data)
 

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from proxy.adapters.base import AdapterSpec, Job, Send, Step, UpstreamResponse
 from proxy.adapters.inline_images import sniff_base64
-from proxy.adapters.kit import images_step, json_call, misconfigured, upstream_failure
+from proxy.adapters.kit import images_step, json_call, misconfigured, setting, upstream_failure
 from proxy.core.channel_settings import Setting, SettingError
 from proxy.core.errors import InvalidRequest, ProxyError
 from proxy.core.extra_body import merge_extra_body
@@ -94,14 +94,14 @@ def _quality_steps(value: Any) -> Mapping[str, int]:
 
 
 # No defaults but `quality_steps`: an unset setting leaves the WebUI's own default.
-SETTINGS = {
+SCHEMA = ChannelSchema(settings={
     "default_size": Setting(_size),
     "steps": Setting(_steps),
     "cfg_scale": Setting(_cfg_scale),
     "sampler_name": Setting(_name),
     "scheduler": Setting(_name),
     "quality_steps": Setting(_quality_steps, MappingProxyType({})),
-}
+})
 
 
 def _credentials(api_key: str) -> str:
@@ -130,26 +130,27 @@ def _client(fields: Mapping[str, Any], name: str, check: Callable[[Any], T]) -> 
         raise InvalidRequest(f"Invalid '{name}': {exc}.", param=name, code="invalid_value") from None
 
 
-def resolve_size(fields: Mapping[str, Any], settings: Mapping[str, Any]) -> Size | None:
-    text = fields.get("size")
+def resolve_size(job: Job) -> Size | None:
+    text = job.plan.fields.get("size")
     if text is None or text == AUTO:
-        return settings.get("default_size")
+        size: Size | None = setting(job, SCHEMA, "default_size")
+        return size
     try:
         return _size(text)
     except ValueError as exc:
         raise InvalidRequest(f"Invalid size for Stable Diffusion WebUI: {exc}.", param="size", code="invalid_size") from None
 
 
-def sampling(fields: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
+def sampling(job: Job) -> dict[str, Any]:
     """steps, cfg_scale, sampler_name, scheduler: the client's value, else the channel's; absent stays absent."""
-    quality = fields.get("quality")
-    by_quality = settings["quality_steps"].get(str(quality)) if quality is not None else None
-    steps = _client(fields, "steps", _steps) or by_quality or settings.get("steps")
+    fields, quality = job.plan.fields, job.plan.fields.get("quality")
+    by_quality = setting(job, SCHEMA, "quality_steps").get(str(quality)) if quality is not None else None
+    steps = _client(fields, "steps", _steps) or by_quality or setting(job, SCHEMA, "steps")
     chosen = {
         "steps": steps,
-        "cfg_scale": _client(fields, "cfg_scale", _cfg_scale) or settings.get("cfg_scale"),
-        "sampler_name": _client(fields, "sampler_name", _name) or settings.get("sampler_name"),
-        "scheduler": _client(fields, "scheduler", _name) or settings.get("scheduler"),
+        "cfg_scale": _client(fields, "cfg_scale", _cfg_scale) or setting(job, SCHEMA, "cfg_scale"),
+        "sampler_name": _client(fields, "sampler_name", _name) or setting(job, SCHEMA, "sampler_name"),
+        "scheduler": _client(fields, "scheduler", _name) or setting(job, SCHEMA, "scheduler"),
     }
     return {name: value for name, value in chosen.items() if value is not None}
 
@@ -178,7 +179,7 @@ def _img2img(fields: Mapping[str, Any]) -> dict[str, Any]:
 
 def build_body(job: Job) -> tuple[str, dict[str, Any]]:
     """The WebUI path and JSON body; raises InvalidRequest naming the client's param."""
-    plan, fields, settings = job.plan, job.plan.fields, job.channel.settings
+    plan, fields = job.plan, job.plan.fields
     if "mask" in fields:
         raise InvalidRequest(
             "Stable Diffusion WebUI channels do not take 'mask' (its masks paint white where OpenAI's are transparent).",
@@ -188,10 +189,10 @@ def build_body(job: Job) -> tuple[str, dict[str, Any]]:
     body: dict[str, Any] = {"prompt": plan.prompt, "batch_size": plan.n, "seed": fields.get("seed", RANDOM_SEED)}
     if "negative_prompt" in fields:
         body["negative_prompt"] = fields["negative_prompt"]
-    size = resolve_size(fields, settings)
+    size = resolve_size(job)
     if size is not None:
         body.update(width=size.width, height=size.height)
-    body.update(sampling(fields, settings))
+    body.update(sampling(job))
     if plan.rule.upstream_model:
         body["override_settings"] = {"sd_model_checkpoint": plan.rule.upstream_model}
     path = TXT2IMG
@@ -309,7 +310,7 @@ def advance(job: Job, state: None, response: UpstreamResponse) -> Step:
 
 SPEC = AdapterSpec(
     name="sdwebui",
-    schema=ChannelSchema(settings=SETTINGS),
+    schema=SCHEMA,
     start=start,
     advance=advance,
     needs_image_bytes=True,

@@ -34,11 +34,13 @@ from proxy.adapters.kit import (
     BUSY,
     MODERATION,
     RATE_LIMIT,
+    bad_answer,
     bearer,
     coded_error,
     error_object,
     json_call,
     meaning_of,
+    setting,
     upstream_failure,
 )
 from proxy.core.channel_settings import name_map
@@ -96,11 +98,11 @@ _MAPPED = frozenset({"size", "quality", "image", "extra_body"})
 
 
 # `model_families`: endpoint ID -> the family whose size limits apply (one of FAMILIES).
-SETTINGS = {"model_families": name_map(values=tuple(FAMILIES))}
+SCHEMA = ChannelSchema(settings={"model_families": name_map(values=tuple(FAMILIES))})
 
 
-def family_of(model: str, settings: Mapping[str, Any]) -> str | None:
-    configured: Mapping[str, str] = settings["model_families"]
+def family_of(model: str, configured: Mapping[str, str]) -> str | None:
+    """The size family of `model`: the channel's `model_families` entry, else read from its name."""
     if model in configured:
         return configured[model]
     lowered = model.lower()
@@ -159,7 +161,7 @@ def build_body(job: Job) -> dict[str, Any]:
     plan = job.plan
     fields = plan.fields
     body: dict[str, Any] = {"model": plan.upstream_model, "prompt": plan.prompt}
-    family = family_of(plan.upstream_model, job.channel.settings)
+    family = family_of(plan.upstream_model, setting(job, SCHEMA, "model_families"))
     size = map_size(fields["size"], family) if "size" in fields else None
     if size is not None:
         body["size"] = size
@@ -284,7 +286,7 @@ def _all_failed(job: Job, data: Mapping[str, Any], failures: list[dict[str, Any]
         text = scrub(f"{error.get('message') or 'no message'} (ark code {error.get('code') or 'none'})", (job.api_key,))
         return BadGateway(f"channel '{job.channel.name}' generated no image: {text}", code="upstream_error", retryable=True)
     # A 200 that carries no images is a failure, never a success with an empty list.
-    return BadGateway(f"channel '{job.channel.name}' answered with no usable images", code="bad_upstream_response")
+    return bad_answer(job, "data[] holds no image")
 
 
 def advance(job: Job, state: None, response: UpstreamResponse) -> Step:
@@ -295,8 +297,7 @@ def advance(job: Job, state: None, response: UpstreamResponse) -> Step:
     except (ValueError, RecursionError):
         data = None
     if not isinstance(data, dict):
-        return Fail(BadGateway(f"channel '{job.channel.name}' answered with no usable images: not a JSON object",
-                               code="bad_upstream_response"))
+        return Fail(bad_answer(job, "not a JSON object"))
     return answer_step(job, data)
 
 
@@ -309,7 +310,7 @@ def output_formats(job: Job) -> NativeFormats:
 
 SPEC = AdapterSpec(
     name="seedream",
-    schema=ChannelSchema(settings=SETTINGS),
+    schema=SCHEMA,
     start=start,
     advance=advance,
     max_n_per_call=1,

@@ -25,11 +25,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse
+from proxy.adapters.base import AdapterSpec, Call, Job, Send, Step, UpstreamResponse
 from proxy.adapters.inline_images import inline_image
-from proxy.adapters.kit import bearer, misconfigured, upstream_failure
+from proxy.adapters.kit import bearer, images_step, misconfigured, setting, upstream_failure
 from proxy.core.channel_settings import one_of
-from proxy.core.errors import BadGateway, ContentPolicyViolation, InvalidRequest, ProxyError, RateLimited, UpstreamError
+from proxy.core.errors import ContentPolicyViolation, InvalidRequest, ProxyError, RateLimited, UpstreamError
 from proxy.core.extra_body import merge_extra_body
 from proxy.core.formats import FORMATS, NativeFormats
 from proxy.core.mime import EXTENSIONS, sniff_image_type
@@ -44,7 +44,8 @@ ASPECT_RATIOS = ("16:9", "1:1", "21:9", "2:3", "3:2", "4:5", "5:4", "9:16", "9:2
 ENDPOINTS = {"stable-image-ultra": "ultra", "stable-image-core": "core"}
 IMAGE_ENDPOINTS = frozenset({"ultra", "sd3"})  # core is text-to-image only
 ACCEPTS = ("application/json", "image/*")
-SETTINGS = {"accept": one_of(*ACCEPTS, default=ACCEPTS[0])}  # the answer's shape: JSON with base64, or the bytes
+# `accept`: the answer's shape, JSON with base64 or the bytes.
+SCHEMA = ChannelSchema(settings={"accept": one_of(*ACCEPTS, default=ACCEPTS[0])}, requires_base_url=False)
 OUTPUT_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
 FORMAT_NAMES = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}  # OpenAI's output_format spelling
 INPUT_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})
@@ -179,7 +180,7 @@ def start(job: Job) -> Step:
     fmt = output_format(job.plan.fields, endpoint)
     form = encode(build_parts(job, endpoint, fmt))
     headers = {**job.channel.headers, **bearer(job.api_key), "Content-Type": form.content_type,
-               "Accept": job.channel.settings["accept"]}
+               "Accept": setting(job, SCHEMA, "accept")}
     base_url = job.channel.base_url or DEFAULT_BASE_URL
     call = Call("POST", f"{base_url}/v2beta/stable-image/generate/{endpoint}", headers=headers, data=form.body)
     return Send(call, state=Asked(content_type=f"image/{fmt or 'png'}"))
@@ -257,22 +258,19 @@ def _result(answer: Answer, image: str) -> ImagesResult:
     return ImagesResult(images=(GeneratedImage(b64_json=image, content_type=answer.content_type),), extra=extra)
 
 
-def advance(job: Job, state: Asked, response: UpstreamResponse) -> Step:
-    if not 200 <= response.status < 300:
-        return Fail(error_for(job, response))
-    try:
-        answer = parse_answer(response, state)
-    except (ValueError, RecursionError) as exc:
-        return Fail(BadGateway(f"channel '{job.channel.name}' answered with no usable image: {exc}",
-                               code="bad_upstream_response"))
+def images(response: UpstreamResponse, asked: Asked) -> ImagesResult:
+    """The image of a 2xx answer; ValueError when it carries none (a filtered one is a moderation error)."""
+    answer = parse_answer(response, asked)
     # A filtered output is still a 200 (with a blurred image or none): it must not pass as a success.
     if answer.finish_reason == "CONTENT_FILTERED":
-        return Fail(ContentPolicyViolation("The generated image was rejected by Stability's content filter."))
+        raise ContentPolicyViolation("The generated image was rejected by Stability's content filter.")
     if answer.finish_reason not in (None, "SUCCESS") or answer.image is None:
-        reason = f"finish reason {answer.finish_reason}" if answer.image else "no image in the answer"
-        return Fail(BadGateway(f"channel '{job.channel.name}' answered with no usable image: {reason}",
-                               code="bad_upstream_response"))
-    return Done(_result(answer, answer.image))
+        raise ValueError(f"finish reason {answer.finish_reason}" if answer.image else "no image in the answer")
+    return _result(answer, answer.image)
+
+
+def advance(job: Job, state: Asked, response: UpstreamResponse) -> Step:
+    return images_step(job, response, error_for, lambda _body: images(response, state))
 
 
 def output_formats(job: Job) -> NativeFormats:
@@ -283,7 +281,7 @@ def output_formats(job: Job) -> NativeFormats:
 
 SPEC = AdapterSpec(
     name="stability",
-    schema=ChannelSchema(settings=SETTINGS, requires_base_url=False),
+    schema=SCHEMA,
     start=start,
     advance=advance,
     max_n_per_call=1,

@@ -36,9 +36,10 @@ from proxy.adapters.kit import (
     images_step,
     json_call,
     meaning_of,
+    setting,
     upstream_failure,
 )
-from proxy.core.channel_settings import Setting, names
+from proxy.core.channel_settings import names
 from proxy.core.errors import (
     InvalidRequest,
     ProxyError,
@@ -77,16 +78,8 @@ CODES = {
 _MAPPED = frozenset({"size", "quality", "watermark", "user", "safety_identifier", "extra_body"})
 
 
-_MODEL_NAMES = names()
-
-
-def _model_names(value: Any) -> tuple[str, ...]:
-    # A single name written without list brackets in YAML is still one model, not its characters.
-    return tuple(_MODEL_NAMES.parse([value] if isinstance(value, str) else value))
-
-
 # `quality_models`: the upstream models that take `quality` (a list, or one name).
-SETTINGS = {"quality_models": Setting(_model_names, DEFAULT_QUALITY_MODELS)}
+SCHEMA = ChannelSchema(settings={"quality_models": names(DEFAULT_QUALITY_MODELS)})
 
 
 def _custom_size_ok(size: Size) -> bool:
@@ -140,7 +133,7 @@ def build_body(job: Job) -> dict[str, Any]:
     body: dict[str, Any] = {"model": plan.upstream_model, "prompt": plan.prompt}
     if "size" in fields:
         body["size"] = map_size(fields["size"], plan.upstream_model)
-    if "quality" in fields and plan.upstream_model in job.channel.settings["quality_models"]:
+    if "quality" in fields and plan.upstream_model in setting(job, SCHEMA, "quality_models"):
         quality = map_quality(fields["quality"])
         if quality is not None:
             body["quality"] = quality
@@ -206,7 +199,7 @@ def advance(job: Job, state: None, response: UpstreamResponse) -> Step:
 
 SPEC = AdapterSpec(
     name="zhipu",
-    schema=ChannelSchema(settings=SETTINGS),
+    schema=SCHEMA,
     start=start,
     advance=advance,
     max_n_per_call=1,

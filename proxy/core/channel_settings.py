@@ -4,9 +4,9 @@ An adapter's `ChannelSchema` maps each setting's name to a `Setting`. When the r
 value a channel sets is checked (`Setting.parse`), and a bad one is a problem with its YAML path
 (`channels.kling.poll_interval: expected a positive number of seconds, got -1`), reported by
 `imagegate check` and at start-up or reload like every other mistake in the rules, never at request
-time. Unset settings get their declared default, so an adapter reads `channel.settings[name]` and
-never meets a value of the wrong type. `Relation`s check settings against each other
-(`max_poll_interval` not below `poll_interval`).
+time. Unset settings get their declared default, so an adapter (through `adapters.kit.setting`, which
+also falls back to the default for a channel built in code) never meets a value of the wrong type.
+`Relation`s check settings against each other (`max_poll_interval` not below `poll_interval`).
 """
 
 from __future__ import annotations
@@ -73,15 +73,17 @@ def one_of(*choices: str, default: str | None = None) -> Setting:
 
 
 def names(default: tuple[str, ...] = (), *, allowed: tuple[str, ...] | None = None) -> Setting:
-    """A list of non-empty strings (kept as a tuple), each among `allowed` when given."""
+    """A list of non-empty strings (kept as a tuple), each among `allowed` when given. One name may be
+    written without brackets (`hd_models: kling-v2` is one name, not its letters)."""
 
     def parse(value: Any) -> tuple[str, ...]:
-        if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(item, str) and item for item in items):
             raise SettingError(f"expected a list of names, got {value!r}")
-        unknown = [item for item in value if allowed is not None and item not in allowed]
+        unknown = [item for item in items if allowed is not None and item not in allowed]
         if unknown:
             raise SettingError(f"unknown {', '.join(map(repr, unknown))} (expected some of {', '.join(allowed or ())})")
-        return tuple(value)
+        return tuple(items)
 
     return Setting(parse, default)
 

@@ -16,7 +16,7 @@ from proxy.adapters.stability import SPEC
 from proxy.core.formats import Conversion
 from proxy.core.response import GeneratedImage, ImagesResult
 from tests import factories
-from tests.factories import Field, decode_form, envelope, fail_error, form_values, send_parts, started
+from tests.factories import Field, advanced, decode_form, envelope, fail_error, form_values, send_parts, started
 from tests.fakes.png import encode_png
 
 KEY = "sk-stability-secret-4f9a8b7c"
@@ -216,7 +216,7 @@ def test_misconfigured_channel_is_a_503_that_may_fail_over() -> None:
 
 def advance(job: Job, response: UpstreamResponse) -> Step:
     _, state = sent(SPEC.start(job))
-    return SPEC.advance(job, state, response)
+    return advanced(SPEC, job, state, response)
 
 
 def test_json_answer_becomes_one_image_with_its_format_and_seed() -> None:

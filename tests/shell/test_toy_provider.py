@@ -39,21 +39,21 @@ import json
 
 from proxy.adapters import register
 from proxy.adapters.base import AdapterSpec, Done, Job, Send, Step, UpstreamResponse
-from proxy.adapters.kit import header_key, json_call, misconfigured
+from proxy.adapters.kit import bad_answer, header_key, json_call, misconfigured, setting
 from proxy.core.channel_settings import one_of
-from proxy.core.errors import BadGateway
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import ChannelSchema
 from proxy.core.upstream_errors import error_from_response
 
 auth = header_key("X-Toy-Key")
+SCHEMA = ChannelSchema(settings={"tone": one_of("warm", "cold", default="warm")})
 
 
 def start(job: Job) -> Step:
     if job.plan.upstream_model != "toy-1":
         raise misconfigured(job, f"the toy provider has no model {job.plan.upstream_model!r}")
     body = {"text": job.plan.prompt, "count": job.plan.n, "dims": job.plan.fields.get("size", "auto"),
-            "tone": job.channel.settings["tone"]}
+            "tone": setting(job, SCHEMA, "tone")}
     return Send(json_call(job, f"{job.channel.base_url}/draw", body, auth))
 
 
@@ -63,13 +63,13 @@ def advance(job: Job, state: None, response: UpstreamResponse) -> Step:
                                   secrets=(job.api_key,))
     pictures = json.loads(response.body).get("pictures")
     if not isinstance(pictures, list):
-        raise BadGateway(f"channel '{job.channel.name}' answered without pictures", code="bad_upstream_response")
+        raise bad_answer(job, "no pictures")
     return Done(ImagesResult(tuple(GeneratedImage(b64_json=item["png"]) for item in pictures)))
 
 
 SPEC = register(AdapterSpec(
     name="toy",
-    schema=ChannelSchema(settings={"tone": one_of("warm", "cold", default="warm")}),
+    schema=SCHEMA,
     start=start,
     advance=advance,
     max_n_per_call=4,
