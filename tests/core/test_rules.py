@@ -167,7 +167,7 @@ def test_the_shipped_rules_file_loads() -> None:
         rules = parse_rules(handle.read(), {"OPENAI_API_KEY": SECRET}, SCHEMAS)
     assert rules.match_model("dall-e-3").max_n == 1
     assert rules.match_model("gpt-image-1.5").pattern == "gpt-image-*"
-    assert rules.match_model("gpt-image-1").upstream_model == "gpt-image-1.5"  # retired: served by a current model
+    assert rules.match_model("gpt-image-1").upstream_model == "gpt-image-2"  # shut down: served by the live model
     assert rules.channels["openai"].base_url == "https://api.openai.com/v1"
 
 

@@ -13,6 +13,7 @@ from proxy.core.plan import Plan, build_plan
 from proxy.core.request import parse_image_request
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import parse_rules
+from proxy.core.size_rules import size_problem
 from proxy.core.sizes import Size
 from proxy.core.translate import ORIGINAL, Translation, translate_size, with_revised_prompt
 
@@ -54,7 +55,7 @@ def test_dall_e_3_style_becomes_words_not_a_field(style: str | None, suffix: str
 
 def test_dall_e_3_keeps_its_legacy_checks_and_answers_in_url() -> None:
     result = plan("dall-e-3", size="1792x1024", quality="hd", style="vivid")
-    assert result.upstream_model == "gpt-image-1.5"
+    assert result.upstream_model == "gpt-image-2"
     assert result.response_format == "url"
     assert "response_format" not in result.fields  # GPT image models reject it: the proxy hosts instead
     assert set(result.fields) == {"size", "quality"}
@@ -67,15 +68,25 @@ def test_dall_e_3_keeps_its_legacy_checks_and_answers_in_url() -> None:
 @pytest.mark.parametrize("size", ["256x256", "512x512", "1024x1024"])
 def test_dall_e_2_sizes_and_quality(size: str) -> None:
     result = plan("dall-e-2", size=size)
-    assert result.upstream_model == "gpt-image-1-mini"
+    assert result.upstream_model == "gpt-image-2"
     assert dict(result.fields) == {"size": "1024x1024", "quality": "low"}
     assert result.response_format == "url"
 
 
 def test_gpt_image_1_is_served_by_a_current_model_unchanged() -> None:
     result = plan("gpt-image-1", size="1536x1024", quality="high", background="transparent")
-    assert result.upstream_model == "gpt-image-1.5"
+    assert result.upstream_model == "gpt-image-2"
     assert dict(result.fields) == {"size": "1536x1024", "quality": "high", "background": "transparent"}
+
+
+@pytest.mark.parametrize("model", ["dall-e-3", "dall-e-2", "gpt-image-1"])
+def test_retired_names_send_only_sizes_their_live_target_takes(model: str) -> None:
+    # OpenAI shut down the old targets, gpt-image-1.5 and gpt-image-1-mini, on 2026-12-01: gpt-image-2 serves these.
+    rule, target = SHIPPED.match_model(model), SHIPPED.match_model("gpt-image-2")
+    assert rule.upstream_model == "gpt-image-2" and target.size_rules is not None
+    sent = {str(size) for size in rule.translation.upstream_sizes} or set(rule.sizes or ())
+    sent |= {translate_size(size, rule.translation) for size in rule.sizes or ()}
+    assert sent and all(size_problem(size, target.size_rules) is None for size in sent), sent
 
 
 def test_an_alias_has_a_name_per_channel() -> None:

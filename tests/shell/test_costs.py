@@ -4,6 +4,7 @@ quality, per reported token, per megapixel; only delivered images count."""
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from tests.factories import LOCAL, OPENAI, auth, poll_task, rules_yaml, url_of
@@ -26,6 +27,7 @@ CHANNELS: dict[str, Any] = {
     "zhipu": {"type": "zhipu", "base_url": "${ZHIPU}/api/paas/v4", "api_key": "${ZHIPU_API_KEY}"},
 }
 RULES = rules_yaml(MODELS, CHANNELS, server={"api_keys": ["client-key-1"]})
+SHIPPED = (Path(__file__).resolve().parents[2] / "rules.yaml").read_text()
 
 
 async def proxy(make_proxy: Any, aiohttp_server: Any, fake: FakeOpenAI, zhipu: FakeZhipu | None = None) -> Any:
@@ -114,3 +116,19 @@ async def test_cost_and_images_are_counted_by_key_model_and_channel_answered_or_
         "imagegate_images_total{" + labels % "gpt-image-1" + "}": 1.0,
         "imagegate_cost_usd_total{" + labels % "gpt-image-1" + "}": streamed_cost,
     }
+
+
+async def test_a_shipped_dall_e_3_call_costs_what_gpt_image_2_reports_at_its_token_rates(
+    make_proxy: Any, aiohttp_server: Any
+) -> None:
+    fake = FakeOpenAI()
+    upstream = url_of(await aiohttp_server(fake.app()), "/v1")
+    client = await make_proxy(SHIPPED, {"OPENAI_BASE_URL": upstream, "OPENAI_API_KEY": KEY})
+    response = await client.post("/v1/images/generations", json={"model": "dall-e-3", "prompt": "p", "quality": "hd"})
+    body = await response.json()
+    assert response.status == 200, body
+    assert fake.recorder.received[0].json()["model"] == "gpt-image-2"
+    assert body["data"][0]["url"] and body["metadata"]["upstream_model"] == "gpt-image-2"
+    # The fake reports 10 text tokens in and 4,160 image tokens out; gpt-image-2: $5 and $30 per million.
+    expected = (Decimal(10) * 5 + Decimal(4160) * 30) / Decimal(1_000_000)
+    assert body["metadata"]["cost_usd"] == float(expected) == 0.12485

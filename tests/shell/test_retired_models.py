@@ -27,7 +27,7 @@ async def test_dall_e_3_call_is_a_valid_current_request_and_answers_with_a_url(m
     answer = raw.parse()
     sent = fake.recorder.received[0].json()
     assert sent == {
-        "model": "gpt-image-1.5",
+        "model": "gpt-image-2",
         "prompt": "a red fox\n\nStyle: vivid, hyper-real and dramatic.",
         "n": 1,
         "size": "1536x1024",
@@ -40,7 +40,7 @@ async def test_dall_e_3_call_is_a_valid_current_request_and_answers_with_a_url(m
     image = await client.get(url[url.index("/images/") :])
     assert image.status == 200 and await image.read() == PNG
     metadata = raw.http_response.json()["metadata"]
-    assert metadata["model"] == "dall-e-3" and metadata["upstream_model"] == "gpt-image-1.5"
+    assert metadata["model"] == "dall-e-3" and metadata["upstream_model"] == "gpt-image-2"
     await sdk.close()
 
 
@@ -51,7 +51,7 @@ async def test_dall_e_2_and_gpt_image_1_are_served_too(make_proxy: Any, aiohttp_
     small = await sdk.images.generate(model="dall-e-2", prompt="a cat", size="256x256", n=2)
     assert small.data is not None and all(item.url for item in small.data)
     assert fake.recorder.received[0].json() == {
-        "model": "gpt-image-1-mini",
+        "model": "gpt-image-2",
         "prompt": "a cat",
         "n": 2,
         "size": "1024x1024",
@@ -59,7 +59,7 @@ async def test_dall_e_2_and_gpt_image_1_are_served_too(make_proxy: Any, aiohttp_
     }
     current = await sdk.images.generate(model="gpt-image-1", prompt="a cat", background="transparent")
     assert current.data is not None and current.data[0].b64_json
-    assert fake.recorder.received[1].json()["model"] == "gpt-image-1.5"
+    assert fake.recorder.received[1].json()["model"] == "gpt-image-2"
     await sdk.close()
 
 
