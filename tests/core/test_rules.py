@@ -824,3 +824,31 @@ def test_a_setting_written_as_null_is_unset() -> None:
         name: dict(channel.settings) for name, channel in unset.channels.items()
     }
     assert nulls.channels["k"].settings["poll_interval"] == 1.0 and "steps" not in nulls.channels["s"].settings
+
+
+@pytest.mark.parametrize(
+    ("written", "env", "expected"),
+    [
+        (None, {}, ""),
+        ("''", {}, ""),
+        ("/var/lib/imagegate/ledger.db", {}, "sqlite:////var/lib/imagegate/ledger.db"),
+        ("ledger.db", {}, "sqlite:///ledger.db"),
+        ("sqlite:////srv/ledger.db", {}, "sqlite:////srv/ledger.db"),
+        ("postgres://u:${PGPASSWORD}@db/imagegate", {"PGPASSWORD": "pw"}, "postgresql://u:pw@db/imagegate"),
+        ("${DATABASE_URL}", {"DATABASE_URL": "postgresql://u:pw@db:5432/ig"}, "postgresql://u:pw@db:5432/ig"),
+    ],
+)
+def test_server_database_is_a_path_or_a_url(written: str | None, env: dict[str, str], expected: str) -> None:
+    server = "" if written is None else f"server:\n  database: {written}\n"
+    rules = parse_rules(server + "models: {}\n", env, SCHEMAS)
+    assert rules.server.database == expected
+    assert "pw" not in repr(rules.server)
+
+
+@pytest.mark.parametrize("written", ["'mysql://u:secret-pw@db/ig'", "sqlite://relative.db", "'postgresql://'", "[a]"])
+def test_a_bad_server_database_names_its_path_and_never_the_password(written: str) -> None:
+    with pytest.raises(RulesError) as caught:
+        parse_rules(f"server:\n  database: {written}\nmodels: {{}}\n", {}, SCHEMAS)
+    (problem,) = caught.value.problems
+    assert problem.path == "server.database"
+    assert "secret-pw" not in problem.message
