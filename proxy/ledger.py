@@ -87,16 +87,18 @@ class Ledger:
                 await migrate(self.engine)
             self._migrated = True
         except Exception as exc:
-            log.error("ledger database unavailable at start-up (records are kept in memory meanwhile): %s", reason(exc))
+            log.error("ledger database unavailable at start-up (the writer tries again with each batch): %s", reason(exc))
         self._writer = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        while not self._closing:
+        while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.every):
                     await self._wake.wait()
             self._wake.clear()
             await self.write_queued()
+            if self._closing:  # checked after writing: what was queued when `close` began is written first
+                return
 
     async def write_queued(self) -> None:
         """Write everything queued, in batches; when shutting down, stop at the first failure (the database is

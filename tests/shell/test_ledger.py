@@ -236,11 +236,11 @@ async def test_migrations_make_the_schema_and_are_idempotent_on_restart(
 
 @pytest.mark.parametrize("broken", ["sqlite", "postgres"])
 async def test_a_broken_database_changes_no_answer_and_counts_a_failure(
-    make_proxy: Any, aiohttp_server: Any, tmp_path: Path, broken: str
+    make_proxy: Any, aiohttp_server: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture, broken: str
 ) -> None:
     (tmp_path / "a-file").write_text("not a directory")
     # A path no one can create (root included), or a PostgreSQL that is not running.
-    database = str(tmp_path / "a-file" / "ledger.db") if broken == "sqlite" else f"postgresql://u:pw@127.0.0.1:{free_port()}/x"
+    database = str(tmp_path / "a-file" / "ledger.db") if broken == "sqlite" else f"postgresql://u:pw-42@127.0.0.1:{free_port()}/x"
     client = await start(make_proxy, aiohttp_server, FakeOpenAI(), database)
     response = await client.post("/v1/images/generations", json={"model": "dall-e-2", "prompt": "p", "n": 2}, headers=bearer())
     assert response.status == 200 and len((await response.json())["data"]) == 2
@@ -248,6 +248,7 @@ async def test_a_broken_database_changes_no_answer_and_counts_a_failure(
     await ledger.write_queued()
     assert (ledger.failed, ledger.written) == (1, 0)
     assert await metric(client, "imagegate_ledger_write_failures_total") == 1
+    assert "ledger: could not write 1 record(s)" in caplog.text and "pw-42" not in caplog.text
 
 
 async def test_a_full_queue_drops_and_counts(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -273,6 +274,14 @@ async def test_shutdown_writes_the_queue_out(
     async with engine.connect() as connection:
         assert (await connection.execute(sa.select(sa.func.count()).select_from(GENERATIONS))).scalar() == 3
     await engine.dispose()
+
+
+async def test_a_ledger_closed_at_once_still_writes_what_it_was_given(tmp_path: Path) -> None:
+    ledger = Ledger(create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'l.db'}"), None, every=3600.0)
+    await ledger.start()
+    ledger.add(record())
+    await ledger.close(5.0)
+    assert (ledger.written, ledger.failed) == (1, 0)
 
 
 def record(index: int = 0) -> LedgerRecord:
