@@ -14,7 +14,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
-RUN pip install ".[metrics]" \
+RUN pip install ".[metrics,postgres]" \
  && useradd --system --uid 10001 --home-dir /var/lib/imagegate imagegate \
  && mkdir -p /etc/imagegate /var/lib/imagegate/images \
  && chown -R imagegate /var/lib/imagegate

@@ -43,6 +43,7 @@ from proxy.idempotent import check_header, fingerprint, once
 from proxy.image_store import ImageStore
 from proxy.input_images import check_client_images
 from proxy.key_limits import Admission, admit, imageless
+from proxy.ledger import planned, task_ended
 from proxy.lifecycle import services_context
 from proxy.middleware import access_middleware, add_request_id, auth_middleware, error_middleware
 from proxy.observe import note
@@ -108,20 +109,26 @@ async def _run_task(
     try:
         body, spent = await produce_body(services, plan, client_key, delivery)
     except ProxyError as error:
-        await keep(services.tasks, failed(record, error.envelope(), error.status))
+        await end_task(services, failed(record, error.envelope(), error.status))
         return 0, None
     except asyncio.CancelledError:
         # Shutdown ran out of grace: say so in the record rather than leave it "running" forever.
         stopped = ServiceUnavailable("The proxy shut down before the task finished.", code="task_interrupted")
-        await asyncio.shield(keep(services.tasks, failed(record, stopped.envelope(), stopped.status), attempts=1))
+        await asyncio.shield(end_task(services, failed(record, stopped.envelope(), stopped.status), attempts=1))
         raise
     except Exception:
         log.exception("async task %s failed unexpectedly", record.id)
         internal = ProxyError("The proxy failed to run the task.", code="internal_error")
-        await keep(services.tasks, failed(record, internal.envelope(), internal.status))
+        await end_task(services, failed(record, internal.envelope(), internal.status))
         return 0, None
-    await keep(services.tasks, finished(record, body))
+    await end_task(services, finished(record, body))
     return len(body["data"]), spent
+
+
+async def end_task(services: Services, final: TaskRecord, attempts: int = 8) -> None:
+    """A task's last state: its ledger record, then the record its client polls."""
+    task_ended(services, final)
+    await keep(services.tasks, final, attempts)
 
 
 async def keep(tasks: TaskStore, record: TaskRecord, attempts: int = 8) -> None:
@@ -146,6 +153,7 @@ def start_background(services: Services, work: Coroutine[Any, Any, None]) -> Non
 async def respond(request: web.Request, plan: Plan, request_fingerprint: str) -> web.StreamResponse:
     """Run a plan once per Idempotency-Key (when the client sends one), within the key's limits."""
     services = request.app[SERVICES]
+    planned(plan)  # also for requests refused below (limits, idempotency): the ledger records what they asked
     header = request.headers.get(IDEMPOTENCY_HEADER)
     if header is None:
         return await admitted(request, plan)
@@ -210,6 +218,7 @@ async def serve(request: web.Request, plan: Plan, admission: Admission | None) -
             record = new_record(owner_of(client_key), time.time(), retention)
             await services.tasks.put(record)
             start_background(services, run_task(services, record, plan, client_key, delivery, admission))
+            note(task_id=record.id)  # the task writes this request's ledger record when it ends
             admission = None  # the task settles it when it ends
             return web.json_response(record.view(), headers=headers)
         delivery = Delivery(plan.response_format, public_base(request, rules), services.store.ttl)

@@ -339,7 +339,8 @@ async def generate(
 
 
 def _count_attempt(driver: Driver, plan: Plan, channel: Channel, attempts: int) -> None:
-    note(rule=plan.rule.pattern, channel=channel.name, attempts=attempts)
+    upstream_model = plan.rule.upstream_for(channel.name, plan.model)
+    note(rule=plan.rule.pattern, channel=channel.name, attempts=attempts, upstream_model=upstream_model)
     if driver.metrics is not None:
         driver.metrics.attempts.labels(plan.rule.pattern).inc()
         if attempts > 1:

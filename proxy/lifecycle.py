@@ -16,11 +16,13 @@ from aiohttp import web
 from proxy.adapters import ADAPTERS
 from proxy.core.errors import ProxyError
 from proxy.core.rules import Rules
+from proxy.database import database_url, open_engine, shown
 from proxy.driver import Driver
 from proxy.finish import Finisher
 from proxy.guard import make_guarded_session, trusted_hosts
 from proxy.image_store import FileImageStore, ImageStore, default_directory
-from proxy.metrics import make_metrics
+from proxy.ledger import Ledger
+from proxy.metrics import Metrics, make_metrics
 from proxy.services import RULES, SERVICES, STORE, TASK_STORE, Services
 from proxy.shared_state import MemoryIdempotency, SharedState
 from proxy.tasks import MemoryTaskStore
@@ -42,6 +44,14 @@ def open_shared_state(rules: Rules) -> SharedState | None:
 def make_store(rules: Rules) -> ImageStore:
     path = Path(rules.server.images.path) if rules.server.images.path else default_directory()
     return FileImageStore(path, rules.server.images.ttl)
+
+
+async def open_ledger(rules: Rules, store: ImageStore, metrics: Metrics | None) -> Ledger:
+    url = database_url(rules, store)
+    log.debug("ledger: %s", shown(url))
+    ledger = Ledger(open_engine(url), metrics)
+    await ledger.start()
+    return ledger
 
 
 async def _sweep_forever(services: Services) -> None:
@@ -87,6 +97,7 @@ async def services_context(app: web.Application) -> AsyncIterator[None]:
     )
     if shared is not None:
         services.counters, services.idempotency = shared.counters, shared.idempotency
+    ledger = services.ledger = await open_ledger(rules, store, metrics)
     app[SERVICES] = services
     sweeper = asyncio.create_task(_sweep_forever(services))
     yield
@@ -97,6 +108,8 @@ async def services_context(app: web.Application) -> AsyncIterator[None]:
     await _drain(services.background | services.driver.background, services.rules.server.shutdown_grace)
     # Cancelling stragglers above may have started cancel calls upstream: let those go out too.
     await _drain(set(services.driver.background), 10.0)
+    # After the drain: async tasks that ended in it have queued their records.
+    await ledger.close(services.rules.server.shutdown_grace)
     await tasks.close()
     if shared is not None:
         await shared.close()

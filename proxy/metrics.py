@@ -33,6 +33,10 @@ class Metrics:
     key_tokens: Any
     images: Any
     cost: Any
+    ledger_written: Any
+    ledger_dropped: Any
+    ledger_write_failures: Any
+    ledger_lag: Any
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
@@ -82,4 +86,25 @@ def make_metrics() -> Metrics | None:
             "imagegate_cost_usd", "What delivered images cost at the models' prices (USD), by client key name, model "
             "and channel.", ["key", "model", "channel"], registry=registry,
         ),
+        **_ledger_metrics(registry),
     )
+
+
+def _ledger_metrics(registry: Any) -> dict[str, Any]:
+    """The ledger's (proxy.ledger): records written, lost to a full queue, lost to a failing database, and lag."""
+    from prometheus_client import Counter, Histogram
+
+    return {
+        "ledger_written": Counter("imagegate_ledger_written", "Ledger records written to the database.", registry=registry),
+        "ledger_dropped": Counter(
+            "imagegate_ledger_dropped", "Ledger records dropped because the write queue was full.", registry=registry
+        ),
+        "ledger_write_failures": Counter(
+            "imagegate_ledger_write_failures", "Ledger records lost because the database refused or failed the write.",
+            registry=registry,
+        ),
+        "ledger_lag": Histogram(
+            "imagegate_ledger_write_lag_seconds", "Time from a request's end to its ledger record's commit.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=registry,
+        ),
+    }

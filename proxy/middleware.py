@@ -15,8 +15,11 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from proxy.core.errors import AuthenticationFailed, NotFound, PayloadTooLarge, ProxyError
+from proxy.core.ledger_record import IMAGE_ROUTES
 from proxy.finish import IMAGE_ROUTE
+from proxy.ledger import answered, arrived
 from proxy.observe import REQUEST_ID_HEADER, access_fields, begin, current_request_id, log_access, note
+from proxy.production import key_name
 from proxy.services import CLIENT_KEY, SERVICES
 
 log = logging.getLogger("imagegate")
@@ -42,6 +45,8 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
     metrics = services.metrics if services is not None else None
     if metrics is not None:
         metrics.in_flight.inc()
+    if services is not None and request.method == "POST" and request.path in IMAGE_ROUTES:
+        arrived(request, key_name(services, presented_key(request.headers.get("Authorization", ""))))
     status = 500
     try:
         response = await handler(request)
@@ -59,6 +64,7 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
                 metrics.errors.labels(str(record.fields.get("error_type", "")), str(status)).inc()
         if request.path not in QUIET_PATHS or status >= 400:
             log_access(access_fields(record, request.method, _loggable(request), status))
+        answered(services, record, status)  # the ledger's record of an image request (proxy.ledger)
 
 
 def _loggable(request: web.Request) -> str:

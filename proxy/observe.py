@@ -33,6 +33,9 @@ class RequestRecord:
     fields: dict[str, Any] = field(default_factory=dict)
     upstream_seconds: float = 0.0
     upstream_calls: int = 0
+    arrived: float = field(default_factory=time.time)  # wall clock, for the ledger's `at`
+    # What the ledger keeps beyond the access line (the key's name, the prompt or its hash): never logged.
+    unlogged: dict[str, Any] = field(default_factory=dict)
 
 
 CURRENT: contextvars.ContextVar[RequestRecord | None] = contextvars.ContextVar("imagegate_request", default=None)
@@ -55,6 +58,13 @@ def note(**fields: Any) -> None:
     record = CURRENT.get()
     if record is not None:
         record.fields.update({key: value for key, value in fields.items() if value is not None})
+
+
+def note_unlogged(**fields: Any) -> None:
+    """Add fields the ledger keeps but the access line must not show (proxy.ledger)."""
+    record = CURRENT.get()
+    if record is not None:
+        record.unlogged.update({key: value for key, value in fields.items() if value is not None})
 
 
 def current_request_id() -> str | None:

@@ -24,6 +24,7 @@ from proxy.core.rules import Channel
 from proxy.core.translate import with_revised_prompt
 from proxy.driver import generate
 from proxy.finish import Delivery, deliver, metadata
+from proxy.observe import note
 from proxy.services import Services
 
 
@@ -76,12 +77,20 @@ class Served:
     images: Sequence[Delivered]
 
 
+def note_served(served: Served, usage: Mapping[str, Any] | None, spent: Decimal | None) -> None:
+    """What reached the client, for the access line and the ledger: images, reported tokens and cost."""
+    tokens = {kind: value for kind in ("input_tokens", "output_tokens", "total_tokens")
+              if isinstance(value := (usage or {}).get(kind), int) and not isinstance(value, bool)}
+    note(images=len(served.images), cost_usd=None if spent is None else render_usd(spent), **tokens)
+
+
 def count_usage(
     services: Services, client_key: str | None, served: Served, usage: Mapping[str, Any] | None, price: Price | None
 ) -> Decimal | None:
     """Images, tokens and cost delivered to a key, for the metrics (by key name; images and cost also by
     model and channel). Returns what the images cost at the model's price (None: it has none)."""
     spent = cost(price, served.images, usage)
+    note_served(served, usage, spent)
     metrics = services.metrics
     if metrics is None:
         return spent

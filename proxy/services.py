@@ -18,6 +18,7 @@ from proxy.driver import Driver
 from proxy.finish import Finisher
 from proxy.guard import GuardedResolver, trusted_hosts
 from proxy.image_store import ImageStore
+from proxy.ledger import Ledger
 from proxy.metrics import Metrics
 from proxy.shared_state import Counters, Idempotency, MemoryCounters, MemoryIdempotency
 from proxy.tasks import TaskStore
@@ -36,6 +37,7 @@ class Services:
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     draining: bool = False  # shutting down: /readyz answers 503 so balancers move traffic away
     resolver: GuardedResolver | None = None
+    ledger: Ledger | None = None  # one record per image request (proxy.ledger); None in apps made without one
     started: int = field(default_factory=lambda: int(time.time()))  # `created` of the models the proxy lists
 
     def use_rules(self, rules: Rules) -> None:

@@ -42,6 +42,7 @@ from proxy.core.translate import revised_prompt
 from proxy.cpu import off_loop
 from proxy.driver import Driver, add_usage, generate
 from proxy.finish import Delivery, Finisher, convert, measured_size
+from proxy.observe import note
 from proxy.production import Served, count_usage, finish_result, produce
 from proxy.services import Services
 from proxy.upstream import MAX_ANSWER_BYTES, form_data, read_capped, transport_errors, with_request_id
@@ -77,6 +78,8 @@ class Sink:
 
     async def send(self, payload: dict[str, Any]) -> None:
         await (await self._open()).write(format_json_event(payload, event=str(payload.get("type"))))
+        if payload.get("type") == "error":
+            note_stream_error(payload)  # the status was 200: the access line and the ledger say how the stream ended
         if str(payload.get("type", "")).endswith(".completed"):
             self.completed += 1
             self.delivered.append(_priced(payload))
@@ -208,6 +211,13 @@ async def relay_native(
             await sink.send(held[0])
         elif sink.completed == 0:
             raise BadGateway(f"channel '{channel}' ended its stream without a final image", code="upstream_stream_cut")
+
+
+def note_stream_error(payload: Mapping[str, Any]) -> None:
+    """The error event that ended a relayed stream, for the access line and the ledger (the status was 200)."""
+    found = payload.get("error")
+    error: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
+    note(error_type=str(error.get("type") or "upstream_error"), error_code=str(error.get("code") or "upstream_error"))
 
 
 def error_from_event(channel: str, payload: dict[str, Any]) -> ProxyError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from proxy.adapters import SCHEMAS
 from proxy.app import make_app
 from proxy.core.rules import parse_rules
 from proxy.image_store import FileImageStore
-from tests.factories import ProxyFactory, RedisServer, serve_fake, start_proxy
+from tests.factories import POSTGRES_BIN, PostgresCluster, ProxyFactory, RedisServer, serve_fake, start_proxy
 from tests.fakes.openai import FakeOpenAI
 from tests.hardening.figures import lines
 
@@ -54,6 +55,32 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """One PostgreSQL cluster for the session. CI installs postgresql (`.ci/run`); elsewhere the Postgres tests
+    skip unless IMAGEGATE_REQUIRE_POSTGRES=1."""
+    if not (POSTGRES_BIN / "initdb").exists() or shutil.which("runuser") is None:
+        if os.environ.get("IMAGEGATE_REQUIRE_POSTGRES") == "1":
+            pytest.fail("PostgreSQL is required (IMAGEGATE_REQUIRE_POSTGRES=1) but initdb is not installed")
+        pytest.skip("PostgreSQL is not installed")
+    # Not under pytest's basetemp: its parents are private to the user running the suite, and the server runs
+    # as `postgres`.
+    directory = Path(tempfile.mkdtemp(prefix="imagegate-postgres-"))
+    cluster = PostgresCluster(directory)
+    try:
+        cluster.start()
+        yield cluster
+        cluster.stop()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: PostgresCluster) -> str:
+    """A fresh, empty database in the session's cluster."""
+    return postgres_cluster.database()
 
 
 def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:

@@ -27,10 +27,12 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -421,6 +423,43 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(timeout=10)
             self.process = None
+
+
+POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster on loopback (Debian's postgresql 15), run as the `postgres` user from a
+    temporary directory; `database()` makes a fresh database for one test."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory, self.port = directory, free_port()
+        self.data = directory / "data"
+
+    def _run(self, *command: str) -> None:
+        as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*as_postgres, *command], check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "postgres")
+        self._run(str(POSTGRES_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        options = f"-k {self.directory} -h 127.0.0.1 -p {self.port} -c fsync=off -c full_page_writes=off"
+        log = str(self.directory / "log")
+        self._run(str(POSTGRES_BIN / "pg_ctl"), "-D", str(self.data), "-l", log, "-w", "-o", options, "start")
+
+    def stop(self) -> None:
+        self._run(str(POSTGRES_BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres:not-a-secret@127.0.0.1:{self.port}/{database}"
+
+    def database(self) -> str:
+        """A new empty database; its URL."""
+        name = f"ledger_{uuid.uuid4().hex[:12]}"
+        self._run(str(POSTGRES_BIN / "psql"), "-h", str(self.directory), "-p", str(self.port), "-U", "postgres",
+                  "-q", "-c", f"CREATE DATABASE {name}")
+        return self.url(name)
 
 
 # --- multipart forms -------------------------------------------------------------------------------------

@@ -153,6 +153,9 @@ class ServerRules:
     body_timeout: float = 120.0  # seconds to receive a whole request body (uploads included)
     # Where shared state lives: "memory" (one process) or a redis:// URL (several replicas).
     state: str = field(default="memory", repr=False)
+    # The ledger's database: "" is an SQLite file beside the image store's directory (the shell places it),
+    # else `sqlite:///<path>` or `postgresql://...` (kept out of reprs: the URL may hold a password).
+    database: str = field(default="", repr=False)
     limits: Limits = field(default_factory=Limits)  # for every key without limits of its own
     budget: Budget = field(default_factory=Budget)  # for every key without a budget of its own
     idempotency_retention: int = 86400
@@ -276,7 +279,7 @@ _TOP_KEYS = frozenset({"server", "default_channel", "channels", "models"})
 _SERVER_KEYS = frozenset(
     {"api_keys", "public_base_url", "max_request_bytes", "max_retries", "images", "download", "tasks"}
     | {"metrics", "log_prompts", "shutdown_grace", "state", "limits", "idempotency", "keepalive_timeout", "body_timeout"}
-    | {"budget"}
+    | {"budget", "database"}
 )
 _BUDGET_KEYS = frozenset({"usd_per_day", "usd_per_month"})
 _LIMIT_KEYS = frozenset({"requests_per_minute", "concurrent", "images_per_day"})
@@ -328,10 +331,28 @@ def _load_server(reader: _Reader, data: Any) -> ServerRules:
         keepalive_timeout=_seconds(reader, "server", raw, "keepalive_timeout", defaults.keepalive_timeout),
         body_timeout=_seconds(reader, "server", raw, "body_timeout", defaults.body_timeout),
         state=_load_state(reader, raw.get("state", "memory")),
+        database=_load_database(reader, raw.get("database")),
         limits=_load_limits(reader, "server.limits", raw.get("limits")),
         budget=_load_budget(reader, "server.budget", raw.get("budget")),
         idempotency_retention=_integer(reader, "server.idempotency", idempotency, "retention", defaults.idempotency_retention, 1),
     )
+
+
+def _load_database(reader: _Reader, value: Any) -> str:
+    """`server.database` as a URL: a bare path is an SQLite file; "" (absent) is the default file."""
+    if value is None:
+        return ""
+    text = reader.string("server.database", value)[0].strip()
+    scheme, separator, rest = text.partition("://")
+    if not text or not separator:
+        return f"sqlite:///{text}" if text else ""
+    if scheme in ("postgresql", "postgres") and rest:
+        return f"postgresql://{rest}"
+    if scheme == "sqlite" and rest.startswith("/") and rest != "/":
+        return text
+    # Never echo the URL: it may hold a password. Its scheme is enough to say what is wrong.
+    reader.problem("server.database", f"expected a file path, sqlite:///<path> or postgresql://..., got a {scheme}:// URL")
+    return ""
 
 
 def _load_state(reader: _Reader, value: Any) -> str:

@@ -847,3 +847,31 @@ def test_budgets_are_parsed_exactly_and_a_bad_one_is_named() -> None:
         "server.api_keys[0].budget.usd_per_day: expected an amount in USD above 0, got -1",
         "server.api_keys[0].budget.usd_per_week: unknown key (known: usd_per_day, usd_per_month)",
     ]
+
+
+@pytest.mark.parametrize(
+    ("written", "env", "expected"),
+    [
+        (None, {}, ""),
+        ("''", {}, ""),
+        ("/var/lib/imagegate/ledger.db", {}, "sqlite:////var/lib/imagegate/ledger.db"),
+        ("ledger.db", {}, "sqlite:///ledger.db"),
+        ("sqlite:////srv/ledger.db", {}, "sqlite:////srv/ledger.db"),
+        ("postgres://u:${PGPASSWORD}@db/imagegate", {"PGPASSWORD": "pw"}, "postgresql://u:pw@db/imagegate"),
+        ("${DATABASE_URL}", {"DATABASE_URL": "postgresql://u:pw@db:5432/ig"}, "postgresql://u:pw@db:5432/ig"),
+    ],
+)
+def test_server_database_is_a_path_or_a_url(written: str | None, env: dict[str, str], expected: str) -> None:
+    server = "" if written is None else f"server:\n  database: {written}\n"
+    rules = parse_rules(server + "models: {}\n", env, SCHEMAS)
+    assert rules.server.database == expected
+    assert "pw" not in repr(rules.server)
+
+
+@pytest.mark.parametrize("written", ["'mysql://u:secret-pw@db/ig'", "sqlite://relative.db", "'postgresql://'", "[a]"])
+def test_a_bad_server_database_names_its_path_and_never_the_password(written: str) -> None:
+    with pytest.raises(RulesError) as caught:
+        parse_rules(f"server:\n  database: {written}\nmodels: {{}}\n", {}, SCHEMAS)
+    (problem,) = caught.value.problems
+    assert problem.path == "server.database"
+    assert "secret-pw" not in problem.message

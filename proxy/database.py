@@ -1,0 +1,98 @@
+"""Shell layer: the ledger's database: where it is, its engine, its schema and its migrations.
+
+`server.database` names it (proxy.core.rules); absent, it is an SQLite file `imagegate.db` beside the
+image store's directory, made on first start with nothing to install. PostgreSQL (the `postgres`
+extra, asyncpg) is for replicas that share one ledger. The schema is Alembic's (proxy/migrations),
+upgraded to its head at every start; a URL is logged only with its password hidden.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from proxy.core.rules import Rules
+from proxy.image_store import FileImageStore, ImageStore, default_directory
+
+log = logging.getLogger("imagegate.ledger")
+# Alembic narrates every start at INFO ("Context impl SQLiteImpl."); start-up prints nothing before the banner.
+logging.getLogger("alembic").setLevel(logging.WARNING)
+MIGRATIONS = Path(__file__).parent / "migrations"
+DEFAULT_FILE = "imagegate.db"
+CONNECT_TIMEOUT = 5.0  # seconds: a database that is down must not hold start-up or the writer for long
+
+metadata = sa.MetaData()
+# The table as proxy/migrations/versions leaves it at head (tests/shell/test_ledger.py compares the two).
+GENERATIONS = sa.Table(
+    "generations",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    *(sa.Column(name, sa.Text(), nullable=False) for name in ("request_id", "key_name", "operation", "mode")),
+    sa.Column("status", sa.Integer(), nullable=False),
+    sa.Column("images", sa.Integer(), nullable=False),
+    sa.Column("total_ms", sa.Float(), nullable=False),
+    sa.Column("upstream_ms", sa.Float(), nullable=False),
+    *(sa.Column(name, sa.Text()) for name in ("model", "rule", "upstream_model", "channel")),
+    sa.Column("attempts", sa.Integer()),
+    sa.Column("n", sa.Integer()),
+    *(sa.Column(name, sa.Text()) for name in ("size", "quality", "output_format", "error_type", "error_code")),
+    *(sa.Column(name, sa.BigInteger()) for name in ("input_tokens", "output_tokens", "total_tokens", "cost_micro_usd")),
+    *(sa.Column(name, sa.Text()) for name in ("task_id", "idempotency_key", "prompt", "prompt_sha256")),
+)
+
+
+def default_path(rules: Rules, store: ImageStore | None) -> Path:
+    """`imagegate.db` beside the image store's directory (the directory the store really uses, when it has one)."""
+    if isinstance(store, FileImageStore):
+        return store.directory.parent / DEFAULT_FILE
+    directory = Path(rules.server.images.path) if rules.server.images.path else default_directory()
+    return directory.parent / DEFAULT_FILE
+
+
+def database_url(rules: Rules, store: ImageStore | None) -> URL:
+    """The async driver's URL for `server.database`: aiosqlite for SQLite, asyncpg for PostgreSQL."""
+    written = rules.server.database
+    if not written:
+        return URL.create("sqlite+aiosqlite", database=str(default_path(rules, store)))
+    if written.startswith("sqlite:///"):
+        return URL.create("sqlite+aiosqlite", database=written.removeprefix("sqlite:///"))
+    return make_url(written).set(drivername="postgresql+asyncpg")
+
+
+def shown(url: URL) -> str:
+    """The URL as logs may show it: the password hidden."""
+    return url.render_as_string(hide_password=True)
+
+
+def open_engine(url: URL) -> AsyncEngine:
+    """An engine; nothing connects yet (a database that is down is found by `migrate` and the writer)."""
+    if url.get_backend_name() == "sqlite":
+        if url.database:
+            try:
+                Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                log.warning("cannot create the ledger's directory for %s: %s", url.database, exc)
+        # `timeout`: how long SQLite waits for another process's write lock before giving up.
+        return create_async_engine(url, connect_args={"timeout": CONNECT_TIMEOUT})
+    # pool_pre_ping: connections left over from before a database restart are replaced, not failed on.
+    return create_async_engine(url, pool_pre_ping=True, connect_args={"timeout": CONNECT_TIMEOUT, "command_timeout": 30})
+
+
+def _upgrade(connection: Connection) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+async def migrate(engine: AsyncEngine) -> None:
+    """Bring the schema to Alembic's head (a no-op when it is there already); raises when the database fails."""
+    async with engine.begin() as connection:
+        await connection.run_sync(_upgrade)
