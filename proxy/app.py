@@ -7,6 +7,8 @@ Routes:
     GET  /v1/images/generations/{task_id}   an async task's state and result (seed 001)
     GET  /images/{name}           images the proxy hosts for `response_format: url`
     GET  /v1/models[/{id}]        the models the rules serve, merged with the default channel's (proxy.catalog)
+    GET  /v1/usage                the calling key's usage from the ledger; /admin/usage, /admin/generations
+                                  every key's, for server.admin_keys (proxy.usage)
     *    /v1/{anything else}      passed through to `default_channel` (proxy.passthrough)
 """
 
@@ -55,6 +57,7 @@ from proxy.streaming import stream
 from proxy.tasks import FAILED, RUNNING, TaskRecord, TaskStore, failed, finished, new_record, owner_of
 from proxy.upload_form import Form, read_form
 from proxy.upstream import SESSION
+from proxy.usage import admin_generations, admin_usage, own_usage
 
 log = logging.getLogger("imagegate")
 
@@ -375,6 +378,9 @@ def make_app(
     app.router.add_get("/v1/images/generations/{task_id}", task_status)
     app.router.add_get(IMAGE_ROUTE + "{name}", hosted_image)
     # Model lists are the proxy's own; other methods there (deleting a fine-tune) still pass through.
+    app.router.add_get("/v1/usage", own_usage)
+    app.router.add_get("/admin/usage", admin_usage)
+    app.router.add_get("/admin/generations", admin_generations)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", retrieve_model)
     app.router.add_route("*", "/v1/{tail:.*}", passthrough)

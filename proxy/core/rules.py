@@ -158,6 +158,7 @@ class ServerRules:
     database: str = field(default="", repr=False)
     limits: Limits = field(default_factory=Limits)  # for every key without limits of its own
     budget: Budget = field(default_factory=Budget)  # for every key without a budget of its own
+    admin_keys: tuple[str, ...] = field(default=(), repr=False)  # keys for the /admin/ routes (usage of every key)
     idempotency_retention: int = 86400
 
     @property
@@ -279,7 +280,7 @@ _TOP_KEYS = frozenset({"server", "default_channel", "channels", "models"})
 _SERVER_KEYS = frozenset(
     {"api_keys", "public_base_url", "max_request_bytes", "max_retries", "images", "download", "tasks"}
     | {"metrics", "log_prompts", "shutdown_grace", "state", "limits", "idempotency", "keepalive_timeout", "body_timeout"}
-    | {"budget", "database"}
+    | {"budget", "database", "admin_keys"}
 )
 _BUDGET_KEYS = frozenset({"usd_per_day", "usd_per_month"})
 _LIMIT_KEYS = frozenset({"requests_per_minute", "concurrent", "images_per_day"})
@@ -334,6 +335,7 @@ def _load_server(reader: _Reader, data: Any) -> ServerRules:
         database=_load_database(reader, raw.get("database")),
         limits=_load_limits(reader, "server.limits", raw.get("limits")),
         budget=_load_budget(reader, "server.budget", raw.get("budget")),
+        admin_keys=_load_admin_keys(reader, raw.get("admin_keys")),
         idempotency_retention=_integer(reader, "server.idempotency", idempotency, "retention", defaults.idempotency_retention, 1),
     )
 
@@ -370,6 +372,16 @@ def _load_limits(reader: _Reader, path: str, data: Any) -> Limits:
         if key in raw
     }
     return Limits(**values)
+
+
+def _load_admin_keys(reader: _Reader, data: Any) -> tuple[str, ...]:
+    """Keys for the /admin/ routes; an unset variable is a problem (it must not open the routes to an empty key)."""
+    keys = []
+    for index, value in enumerate(reader.string_list("server.admin_keys", data)):
+        if not value:
+            reader.problem(f"server.admin_keys[{index}]", "an admin key must not be empty")
+        keys.append(value)
+    return tuple(key for key in keys if key)
 
 
 def _load_budget(reader: _Reader, path: str, data: Any) -> Budget:
