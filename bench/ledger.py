@@ -50,7 +50,7 @@ async def measure(rows: int) -> tuple[float, int]:
     took = time.perf_counter() - started
     assert ledger.dropped == 0 and ledger.failed == 0, (ledger.dropped, ledger.failed)
     await engine.dispose()
-    return took, os.path.getsize(path)
+    return took, await asyncio.to_thread(os.path.getsize, path)
 
 
 def main() -> None:
