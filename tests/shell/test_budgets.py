@@ -5,13 +5,17 @@ under concurrency, and across replicas through a real Redis."""
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from typing import Any
 
+import sqlalchemy as sa
 from aiohttp.test_utils import TestClient
 
 from proxy.adapters import SCHEMAS
 from proxy.app import make_app
 from proxy.core.rules import parse_rules
+from proxy.database import GENERATIONS
+from proxy.services import SERVICES
 from tests.factories import OPENAI, rules_yaml, serve_fake, start_proxy
 from tests.fakes.openai import KEY, FakeOpenAI
 
@@ -24,6 +28,7 @@ RULES = rules_yaml(
     channels={"openai": OPENAI},
     server={
         "state": "${STATE:-memory}",
+        "database": "${DATABASE}",
         "budget": {"usd_per_month": 1000},
         "api_keys": [
             {"key": "five-images", "name": "team-a", "budget": {"usd_per_day": 0.1}},
@@ -38,7 +43,9 @@ RULES = rules_yaml(
 async def proxies(aiohttp_client: Any, aiohttp_server: Any, fake: FakeOpenAI, state: str = "memory", count: int = 1
                   ) -> list[TestClient]:  # type: ignore[type-arg]
     upstream = await serve_fake(aiohttp_server, fake)
-    rules = parse_rules(RULES, {"UPSTREAM": upstream, "OPENAI_API_KEY": KEY, "STATE": state}, SCHEMAS)
+    # The replicas share one ledger file of this test's own.
+    database = tempfile.mkdtemp(prefix="imagegate-budgets-") + "/ledger.db"
+    rules = parse_rules(RULES, {"UPSTREAM": upstream, "OPENAI_API_KEY": KEY, "STATE": state, "DATABASE": database}, SCHEMAS)
     return [await aiohttp_client(await start_proxy(make_app(rules), rules)) for _ in range(count)]
 
 
@@ -59,6 +66,15 @@ async def test_twenty_parallel_requests_against_a_budget_that_fits_five(aiohttp_
     codes = await statuses([client], "five-images", 20, model="dall-e-2", size="1024x1024")
     assert sorted(codes) == [200] * 5 + [429] * 15
     assert len(fake.recorder.received) == 5  # a refused request never reached the upstream
+    # The ledger says the same: five served at $0.02, fifteen refused at no cost; the costs add up to the budget.
+    ledger = client.server.app[SERVICES].ledger
+    await ledger.write_queued()
+    async with ledger.engine.connect() as connection:
+        rows = (await connection.execute(sa.select(GENERATIONS.c.status, GENERATIONS.c.error_code,
+                                                   GENERATIONS.c.cost_micro_usd))).all()
+    assert sorted((row.status, row.error_code or "", row.cost_micro_usd or 0) for row in rows) == (
+        [(200, "", 20_000)] * 5 + [(429, "budget_exceeded", 0)] * 15
+    )
     refused = await post(client, "five-images", model="dall-e-2", size="256x256")
     assert refused.status == 429
     error = (await refused.json())["error"]
