@@ -13,12 +13,15 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
+from proxy.adapters import SCHEMAS
+from proxy.app import make_app
+from proxy.core.rules import parse_rules
 from proxy.database import TASKS, open_engine
 from proxy.ledger import Ledger
 from proxy.services import SERVICES
 from proxy.task_table import DatabaseTaskStore
 from proxy.tasks import PENDING, RUNNING, SUCCEED, finished, new_record, owner_of
-from tests.factories import free_port, poll_task, proxy_with_fake, rules_yaml
+from tests.factories import free_port, poll_task, proxy_with_fake, rules_yaml, start_proxy
 from tests.fakes.openai import FakeOpenAI
 
 
@@ -142,3 +145,28 @@ async def test_a_store_started_twice_fails_only_what_was_left(tmp_path: Path) ->
 async def _ids(store: DatabaseTaskStore) -> list[str]:
     async with store.engine.connect() as connection:
         return list((await connection.execute(sa.select(TASKS.c.id))).scalars().all())
+
+
+async def test_the_tasks_table_matches_its_migration(make_proxy: Any, aiohttp_server: Any, database: str) -> None:
+    client = await start(make_proxy, aiohttp_server, database)
+    async with client.server.app[SERVICES].ledger.engine.connect() as connection:
+        columns = await connection.run_sync(lambda sync: sa.inspect(sync).get_columns("tasks"))
+        indexes = await connection.run_sync(lambda sync: sa.inspect(sync).get_indexes("tasks"))
+    assert [column["name"] for column in columns] == [column.name for column in TASKS.columns]
+    assert {column["name"] for column in columns if not column["nullable"]} == {
+        column.name for column in TASKS.columns if not column.nullable}
+    assert {index["name"] for index in indexes} == {"ix_tasks_expires_at", "ix_tasks_status"}
+
+
+async def test_with_redis_a_replica_starting_leaves_running_tasks_alone(
+    aiohttp_client: Any, aiohttp_server: Any, redis_server: Any, tmp_path: Path
+) -> None:
+    env = {"UPSTREAM": "http://127.0.0.1:9", "OPENAI_API_KEY": "k", "DATABASE": str(tmp_path / "db")}
+    text = rules(state=redis_server.url)
+    first = await aiohttp_client(await start_proxy(make_app(parsed := parse_rules(text, env, SCHEMAS)), parsed))
+    running = replace(new_record(owner_of("key-a"), time.time(), 600), status=RUNNING)
+    await first.server.app[SERVICES].tasks.put(running)
+    second = await aiohttp_client(await start_proxy(make_app(parsed), parsed))  # another replica starts
+    assert not isinstance(second.server.app[SERVICES].tasks, DatabaseTaskStore)
+    body = await (await second.get(f"/v1/images/generations/{running.id}", headers=A)).json()
+    assert body["task_status"] == RUNNING
