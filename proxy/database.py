@@ -1,4 +1,5 @@
-"""Shell layer: the ledger's database: where it is, its engine, its schema and its migrations.
+"""Shell layer: the ledger's database (also where async tasks live without Redis): where it is, its engine,
+its schema and its migrations.
 
 `server.database` names it (proxy.core.rules); absent, it is an SQLite file `imagegate.db` beside the
 image store's directory, made on first start with nothing to install. PostgreSQL (the `postgres`
@@ -45,6 +46,19 @@ GENERATIONS = sa.Table(
     *(sa.Column(name, sa.Text()) for name in ("size", "quality", "output_format", "error_type", "error_code")),
     *(sa.Column(name, sa.BigInteger()) for name in ("input_tokens", "output_tokens", "total_tokens", "cost_micro_usd")),
     *(sa.Column(name, sa.Text()) for name in ("task_id", "idempotency_key", "prompt", "prompt_sha256")),
+)
+# Async task records (proxy.task_table), as revision 0002 makes them.
+TASKS = sa.Table(
+    "tasks",
+    metadata,
+    sa.Column("id", sa.Text(), primary_key=True),
+    sa.Column("owner", sa.Text(), nullable=False),
+    sa.Column("status", sa.Text(), nullable=False),
+    sa.Column("created", sa.BigInteger(), nullable=False),
+    sa.Column("expires_at", sa.Float(), nullable=False),
+    sa.Column("body", sa.Text()),
+    sa.Column("error", sa.Text()),
+    sa.Column("error_status", sa.Integer()),
 )
 
 

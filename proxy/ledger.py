@@ -66,6 +66,7 @@ class Ledger:
         self._wake = asyncio.Event()
         self._closing = False
         self._migrated = False
+        self._migrating = asyncio.Lock()  # the writer and the task store may both find the schema missing
         self._writer: asyncio.Task[None] | None = None
 
     def add(self, record: LedgerRecord) -> None:
@@ -84,11 +85,21 @@ class Ledger:
         """Migrate (a failure is logged: the writer tries again before its first write) and start the writer."""
         try:
             async with asyncio.timeout(MIGRATE_TIMEOUT):
-                await migrate(self.engine)
-            self._migrated = True
+                await self.ensure_schema()
         except Exception as exc:
             log.error("ledger database unavailable at start-up (the writer tries again with each batch): %s", reason(exc))
         self._writer = asyncio.create_task(self._run())
+
+    @property
+    def migrated(self) -> bool:
+        return self._migrated
+
+    async def ensure_schema(self) -> None:
+        """Migrate unless done already (raises when the database fails; the next caller tries again)."""
+        async with self._migrating:
+            if not self._migrated:
+                await migrate(self.engine)
+                self._migrated = True
 
     async def _run(self) -> None:
         while True:
@@ -110,9 +121,7 @@ class Ledger:
 
     async def _write(self, batch: list[tuple[float, LedgerRecord]]) -> bool:
         try:
-            if not self._migrated:
-                await migrate(self.engine)
-                self._migrated = True
+            await self.ensure_schema()
             async with self.engine.begin() as connection:
                 await connection.execute(GENERATIONS.insert(), [record.row() for _, record in batch])
         except Exception as exc:  # whatever the driver raises: the ledger must never take the proxy down

@@ -21,11 +21,12 @@ from proxy.driver import Driver
 from proxy.finish import Finisher
 from proxy.guard import make_guarded_session, trusted_hosts
 from proxy.image_store import FileImageStore, ImageStore, default_directory
-from proxy.ledger import Ledger
+from proxy.ledger import MIGRATE_TIMEOUT, Ledger, reason
 from proxy.metrics import Metrics, make_metrics
 from proxy.services import RULES, SERVICES, STORE, TASK_STORE, Services
 from proxy.shared_state import MemoryIdempotency, SharedState
-from proxy.tasks import MemoryTaskStore
+from proxy.task_table import DatabaseTaskStore
+from proxy.tasks import TaskStore
 from proxy.upstream import SESSION, make_session
 
 log = logging.getLogger("imagegate")
@@ -52,6 +53,25 @@ async def open_ledger(rules: Rules, store: ImageStore, metrics: Metrics | None) 
     ledger = Ledger(open_engine(url), metrics)
     await ledger.start()
     return ledger
+
+
+async def open_tasks(app: web.Application, shared: SharedState | None, ledger: Ledger) -> TaskStore:
+    """The tests' store, else Redis's, else the ledger's database (tasks then survive a restart)."""
+    if TASK_STORE in app:
+        return app[TASK_STORE]
+    if shared is not None:
+        # Replicas share these records and each starts on its own: one replica's start must not fail the
+        # tasks another is running, so nothing is marked interrupted here (Redis expires them by itself).
+        return shared.tasks
+    tasks = DatabaseTaskStore(ledger.engine, ledger.ensure_schema)
+    if not ledger.migrated:  # the database is down (logged): waiting for it again would only slow the start
+        return tasks
+    try:
+        async with asyncio.timeout(MIGRATE_TIMEOUT):
+            await tasks.start()  # tasks the previous process left running are failed as interrupted
+    except Exception as exc:  # the database is down: the store tries again before its first task
+        log.error("task database unavailable at start-up (tried again with the first task): %s", reason(exc))
+    return tasks
 
 
 async def _sweep_forever(services: Services) -> None:
@@ -84,8 +104,9 @@ async def services_context(app: web.Application) -> AsyncIterator[None]:
     app[SESSION] = session
     shared = open_shared_state(rules)
     store = app[STORE] if STORE in app else shared.store if shared is not None else make_store(rules)
-    tasks = app[TASK_STORE] if TASK_STORE in app else shared.tasks if shared is not None else MemoryTaskStore()
     metrics = make_metrics()
+    ledger = await open_ledger(rules, store, metrics)
+    tasks = await open_tasks(app, shared, ledger)
     services = Services(
         rules=rules,
         driver=Driver(session=session, adapters=ADAPTERS, inputs=inputs, download=rules.server.download, metrics=metrics),
@@ -97,7 +118,7 @@ async def services_context(app: web.Application) -> AsyncIterator[None]:
     )
     if shared is not None:
         services.counters, services.idempotency = shared.counters, shared.idempotency
-    ledger = services.ledger = await open_ledger(rules, store, metrics)
+    services.ledger = ledger
     app[SERVICES] = services
     sweeper = asyncio.create_task(_sweep_forever(services))
     yield

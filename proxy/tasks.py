@@ -4,8 +4,9 @@ A task record holds the status seed 001 names (`pending`, `running`, `succeed`, 
 response body or error envelope, and a hash of the API key that created it: a task is visible only to
 that key, and the key itself is never stored. Records are kept `retention` seconds after creation.
 
-`TaskStore` is the seam for a shared backend (several replicas behind one load balancer): the
-handlers only call its four methods. `MemoryTaskStore` is the default.
+`TaskStore` is the seam for where records live: the handlers only call its four methods. The proxy keeps
+them in its database (`proxy.task_table`, so they survive a restart) or, with `server.state` on Redis, in
+Redis (shared by replicas); `MemoryTaskStore` is for tests and tools that run the app without either.
 """
 
 from __future__ import annotations

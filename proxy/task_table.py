@@ -1,0 +1,142 @@
+"""Shell layer: async task records in the ledger's database (`tasks` table, migration 0002): the default
+`TaskStore` when `server.state` is memory, so a finished task is still answered after a restart.
+
+A process cannot continue the tasks another process was running (it does not know whether the upstream
+made, and billed, the images): `start` marks the tasks left `pending` or `running` as failed with
+`task_interrupted`. A database that fails a read or a write is a 503 (`state_unavailable`) for the
+request that needed it, as with Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from proxy.core.errors import ServiceUnavailable
+from proxy.database import TASKS
+from proxy.tasks import FAILED, PENDING, RUNNING, TaskRecord
+
+log = logging.getLogger("imagegate.tasks")
+
+INTERRUPTED = ServiceUnavailable(
+    "The proxy restarted while this task was running. Whether the upstream made (and billed) its images "
+    "cannot be known; any it made were not delivered. Send the request again if you still need it.",
+    code="task_interrupted",
+)
+
+
+def _kind(exc: BaseException) -> str:
+    """The driver's error class only: its text may quote a statement (a task's body) or a URL."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    return type(cause).__name__
+
+
+@asynccontextmanager
+async def unavailable_as_503(doing: str) -> AsyncIterator[None]:
+    try:
+        yield
+    except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        log.warning("task database: could not %s: %s", doing, _kind(exc))
+        raise ServiceUnavailable(
+            f"The proxy's task database is unavailable: {_kind(exc)}. Try again shortly.", code="state_unavailable"
+        ) from None
+
+
+def _dumps(value: dict[str, Any] | None) -> str | None:
+    return json.dumps(value) if value is not None else None
+
+
+def _loads(text: str | None) -> dict[str, Any] | None:
+    loaded = json.loads(text) if text is not None else None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def as_row(record: TaskRecord) -> dict[str, Any]:
+    return {
+        "id": record.id, "owner": record.owner, "status": record.status, "created": record.created,
+        "expires_at": record.expires_at, "body": _dumps(record.body), "error": _dumps(record.error),
+        "error_status": record.error_status,
+    }
+
+
+def as_record(row: Any) -> TaskRecord:
+    return TaskRecord(
+        id=row.id, owner=row.owner, status=row.status, created=int(row.created), expires_at=float(row.expires_at),
+        body=_loads(row.body), error=_loads(row.error), error_status=row.error_status,
+    )
+
+
+def upsert(dialect: str, row: dict[str, Any]) -> Any:
+    """INSERT, or UPDATE the record already there (a task is put when created, started and ended)."""
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(TASKS).values(**row)
+    changed = {name: insert.excluded[name] for name in row if name != "id"}
+    return insert.on_conflict_do_update(index_elements=[TASKS.c.id], set_=changed)
+
+
+class DatabaseTaskStore:
+    """`prepare` brings the schema to head (the ledger's `ensure_schema`): the database may have been down
+    when the proxy started, and the table must exist before the first task is stored."""
+
+    def __init__(
+        self, engine: AsyncEngine, prepare: Callable[[], Awaitable[None]], clock: Callable[[], float] = time.time
+    ) -> None:
+        self.engine, self._prepare, self._clock = engine, prepare, clock
+        self._started = False
+        # Two first requests at once must not both run `start`: the second would fail the first's new task.
+        self._starting = asyncio.Lock()
+
+    @asynccontextmanager
+    async def _connection(self, doing: str) -> AsyncIterator[AsyncConnection]:
+        async with unavailable_as_503(doing):
+            if not self._started:
+                await self.start()
+            async with self.engine.begin() as connection:
+                yield connection
+
+    async def start(self) -> int:
+        """Once per process, before its first task: fail the tasks an earlier process left unfinished.
+        Raises when the database fails (the next call to the store tries again)."""
+        async with self._starting:
+            return 0 if self._started else await self._interrupt()
+
+    async def _interrupt(self) -> int:
+        await self._prepare()
+        failure = {"status": FAILED, "error": json.dumps(INTERRUPTED.envelope()), "error_status": INTERRUPTED.status}
+        async with self.engine.begin() as connection:
+            result = await connection.execute(
+                TASKS.update().where(TASKS.c.status.in_([PENDING, RUNNING])).values(**failure)
+            )
+        self._started = True
+        if result.rowcount:
+            log.warning("%d async task(s) left unfinished by the previous process marked failed", result.rowcount)
+        return int(result.rowcount)
+
+    async def put(self, record: TaskRecord) -> None:
+        async with self._connection("store a task") as connection:
+            await connection.execute(upsert(self.engine.dialect.name, as_row(record)))
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        async with self._connection("read a task") as connection:
+            result = await connection.execute(
+                sa.select(TASKS).where(TASKS.c.id == task_id, TASKS.c.expires_at > self._clock())
+            )
+            row = result.first()
+        return as_record(row) if row is not None else None
+
+    async def sweep(self) -> int:
+        async with self._connection("sweep expired tasks") as connection:
+            result = await connection.execute(TASKS.delete().where(TASKS.c.expires_at <= self._clock()))
+        return int(result.rowcount)
+
+    async def close(self) -> None:
+        return None  # the engine is the ledger's: disposed once by it
