@@ -697,6 +697,11 @@ def load_rules(data: Any, env: Mapping[str, str], schemas: Mapping[str, ChannelS
     reader = _Reader(env)
     top = reader.mapping("", data, _TOP_KEYS)
     server = _load_server(reader, top.get("server"))
+    if server.database.startswith("postgresql://") and server.state == "memory":
+        # A shared database suggests replicas; tasks kept there without Redis would be failed as "interrupted"
+        # by any replica's restart, since a starting process takes every running task for its own.
+        reader.warnings.append("server.database is PostgreSQL but server.state is memory: replicas sharing the "
+                               "database need server.state: redis://... (async tasks, limits, budgets)")
     parsed = {
         name: _load_channel(reader, name, value, schemas)
         for name, value in reader.mapping("channels", top.get("channels")).items()

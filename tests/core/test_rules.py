@@ -875,3 +875,10 @@ def test_a_bad_server_database_names_its_path_and_never_the_password(written: st
     (problem,) = caught.value.problems
     assert problem.path == "server.database"
     assert "secret-pw" not in problem.message
+
+
+def test_a_shared_database_without_redis_is_warned_about() -> None:
+    shared = parse_rules("server:\n  database: postgresql://u@db/ig\nmodels: {}\n", {}, SCHEMAS)
+    assert [w for w in shared.warnings if "server.state is memory" in w]
+    with_redis = parse_rules("server:\n  database: postgresql://u@db/ig\n  state: redis://r:6379/0\nmodels: {}\n", {}, SCHEMAS)
+    assert not [w for w in with_redis.warnings if "server.state" in w]
