@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -16,7 +16,7 @@ from proxy.core.formats import Conversion
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.sizes import Size
 from tests import factories
-from tests.factories import answer, fail_error, start_send
+from tests.factories import answer, fail_error, start_send, started
 
 KEY = "bfl-secret-key-0123456789"
 BASE = "https://api.bfl.ai"
@@ -139,9 +139,9 @@ def test_images_map_to_input_image_or_image_prompt() -> None:
                                         "input_image_3": "https://x/c.png"}
     ultra = make_job({"model": "flux-pro-1.1-ultra", "prompt": "p", "image": "iVBORw0K", "strength": 0.3})
     assert submitted(ultra)[0].json == {"prompt": "p", "image_prompt": "iVBORw0K", "image_prompt_strength": 0.3}
-    too_many = refused(lambda: SPEC.start(make_job({"model": "flux-pro-1.1", "prompt": "p", "image": ["a", "b"]})))
+    too_many = fail_error(started(SPEC, make_job({"model": "flux-pro-1.1", "prompt": "p", "image": ["a", "b"]})), (KEY,))
     assert envelope(too_many) == (400, "invalid_request_error", "image", "invalid_value", False)
-    strength = refused(lambda: SPEC.start(make_job({"model": "flux-2-pro", "prompt": "p", "strength": 0.5})))
+    strength = fail_error(started(SPEC, make_job({"model": "flux-2-pro", "prompt": "p", "strength": 0.5})), (KEY,))
     assert envelope(strength)[2:4] == ("strength", "unsupported_parameter")
 
 
@@ -158,12 +158,12 @@ def test_webp_is_refused_locally_and_extra_body_is_merged() -> None:
     # BFL makes no webp: it is asked for lossless png and the proxy converts.
     assert submitted(webp)[0].json["output_format"] == "png" and webp.plan.conversion == Conversion("webp")
     handed = replace(webp, plan=replace(webp.plan, fields={**webp.plan.fields, "output_format": "webp"}))
-    refusal = refused(lambda: SPEC.start(handed))
+    refusal = fail_error(started(SPEC, handed), (KEY,))
     assert envelope(refusal) == (400, "invalid_request_error", "output_format", "invalid_value", False)
     job = make_job({"model": "flux-2-flex", "prompt": "p", "extra_body": {"steps": 30, "guidance": 5}})
     assert submitted(job)[0].json == {"prompt": "p", "steps": 30, "guidance": 5}
-    clash = refused(lambda: SPEC.start(make_job({"model": "flux-2-flex", "prompt": "p", "seed": 1,
-                                                 "extra_body": {"seed": 2}})))
+    clash = fail_error(started(SPEC, make_job({"model": "flux-2-flex", "prompt": "p", "seed": 1,
+                                                 "extra_body": {"seed": 2}})), (KEY,))
     assert clash.param == "extra_body.seed"
 
 
@@ -265,7 +265,7 @@ def test_submit_errors() -> None:
 
 
 def test_a_bad_model_name_is_misconfiguration_and_the_poll_settings_set_the_schedule() -> None:
-    path = refused(lambda: SPEC.start(make_job({"model": "x", "prompt": "p"}, upstream="../v2/x")))
+    path = fail_error(started(SPEC, make_job({"model": "x", "prompt": "p"}, upstream="../v2/x")), (KEY,))
     assert envelope(path)[::3] == (503, "channel_misconfigured")
     fast = make_job({"model": "flux-pro-1.1", "prompt": "p"}, settings={"poll_interval": 0.01, "max_poll_interval": 0.02})
     first = polling(fast)
@@ -284,12 +284,3 @@ def test_a_poll_answered_429_or_503_waits_the_retry_after_at_most_the_cap() -> N
     error = failed(SPEC.advance(job, step.state, answer(503, {"detail": "busy"}, {"retry-after": "1"})))
     assert envelope(error) == (502, "upstream_error", None, "upstream_poll_failed", False)
 
-
-def refused(make: Callable[[], Step]) -> ProxyError:
-    """The error a step ends with, raised or returned as a Fail (the driver treats the two alike)."""
-    try:
-        step = make()
-    except ProxyError as error:
-        assert KEY not in error.message
-        return error
-    return failed(step)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
@@ -15,7 +15,7 @@ from proxy.core.errors import ProxyError
 from proxy.core.formats import Conversion
 from proxy.core.response import GeneratedImage, ImagesResult
 from tests import factories
-from tests.factories import answer, fail_error, start_send
+from tests.factories import answer, fail_error, start_send, started
 from tests.fakes.png import encode_png
 
 KEY = "r8_replicate-secret-0123456789"
@@ -133,7 +133,7 @@ def test_images_go_to_the_configured_input() -> None:
     raw = make_job({"model": "x", "prompt": "p", "image": [PNG_B64, "data:image/jpeg;base64,/9j/"]},
                    settings={"image_input": "input_images"})
     assert created(raw)[0].json["input"]["input_images"] == [f"data:image/png;base64,{PNG_B64}", "data:image/jpeg;base64,/9j/"]
-    junk = refused(lambda: SPEC.start(make_job({"model": "x", "prompt": "p", "image": "bm90IGFuIGltYWdl"})))
+    junk = fail_error(started(SPEC, make_job({"model": "x", "prompt": "p", "image": "bm90IGFuIGltYWdl"})), (KEY,))
     assert envelope(junk) == (400, "invalid_request_error", "image", "invalid_value", False)
 
 
@@ -147,7 +147,7 @@ def test_output_format_is_asked_only_of_models_whose_rule_forwards_it() -> None:
 def test_extra_body_is_merged_into_input() -> None:
     job = make_job({"model": "x", "prompt": "p", "extra_body": {"num_inference_steps": 4, "disable_safety_checker": False}})
     assert created(job)[0].json == {"input": {"prompt": "p", "num_inference_steps": 4, "disable_safety_checker": False}}
-    clash = refused(lambda: SPEC.start(make_job({"model": "x", "prompt": "p", "extra_body": {"prompt": "other"}})))
+    clash = fail_error(started(SPEC, make_job({"model": "x", "prompt": "p", "extra_body": {"prompt": "other"}})), (KEY,))
     assert clash.param == "extra_body.prompt"
 
 
@@ -240,7 +240,7 @@ def test_create_errors() -> None:
 
 
 def test_a_bad_model_name_is_misconfiguration_and_the_poll_settings_set_the_schedule() -> None:
-    misnamed = refused(lambda: SPEC.start(make_job({"model": "x", "prompt": "p"}, upstream="sdxl")))
+    misnamed = fail_error(started(SPEC, make_job({"model": "x", "prompt": "p"}, upstream="sdxl")), (KEY,))
     assert envelope(misnamed)[::3] == (503, "channel_misconfigured")
     fast = make_job({"model": "x", "prompt": "p"}, settings={"poll_interval": 0.01, "max_poll_interval": 0.015})
     first = running(fast)
@@ -260,12 +260,3 @@ def test_a_poll_answered_429_or_503_waits_the_retry_after_at_most_the_cap() -> N
     assert envelope(error) == (502, "upstream_error", None, "upstream_poll_failed", False)
     assert "prediction p-1" in error.message
 
-
-def refused(make: Callable[[], Step]) -> ProxyError:
-    """The error a step ends with, raised or returned as a Fail (the driver treats the two alike)."""
-    try:
-        step = make()
-    except ProxyError as error:
-        assert KEY not in error.message
-        return error
-    return failed(step)
