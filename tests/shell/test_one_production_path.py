@@ -103,7 +103,7 @@ async def async_task(client: Any, model: str) -> Images:
     task_id = (await created.json())["task_id"]
     for _ in range(500):
         body = await (await client.get(f"/v1/images/generations/{task_id}")).json()
-        if body["task_status"] != "running":
+        if body["task_status"] not in ("pending", "running"):
             break
         await asyncio.sleep(0.02)
     assert body["task_status"] == "succeed", body
@@ -209,7 +209,7 @@ async def refused(client: Any, path: str) -> tuple[int, str]:
         # The task's own status answers with the error's status once it has failed.
         response = await client.get(f"/v1/images/generations/{task_id}")
         body = await response.json()
-        if body["task_status"] != "running":
+        if body["task_status"] not in ("pending", "running"):
             break
         await asyncio.sleep(0.02)
     return response.status, body["error"]["code"]
