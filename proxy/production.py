@@ -42,7 +42,7 @@ async def produce(services: Services, plan: Plan, client_key: str | None, delive
     result, lost = await finish_result(services, plan, channel, outcome.conversion, outcome.result, delivery)
     outcome = replace(outcome, result=result, failed=outcome.failed + lost)
     served_by = plan.rule.upstream_for(outcome.channel, plan.model)
-    images = delivered(result, plan.fields.get("size"), plan.fields.get("quality"))
+    images = delivered(result, plan.fields.get("size"), plan.fields.get("quality"), plan.rule.price)
     spent = count_usage(services, client_key, Served(plan.model, outcome.channel, images), result.usage, plan.rule.price)
     cost_field = {} if spent is None else {"cost_usd": render_usd(spent)}
     return Produced(result, {**metadata(outcome, plan.model, served_by, plan.n), **cost_field}, spent)

@@ -33,10 +33,9 @@ from proxy.adapters.base import AdapterSpec, Drawn, Fail, Job, Partial, Send, Up
 from proxy.core.errors import BadGateway, GatewayTimeout, ProxyError, UpstreamError
 from proxy.core.mime import sniff_image_type
 from proxy.core.plan import EDIT, Plan
-from proxy.core.pricing import Delivered
+from proxy.core.pricing import Delivered, priced
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Rules, iter_usable
-from proxy.core.sizes import parse_size
 from proxy.core.sse import KEEPALIVE, SSEParser, completed_event, error_payload, format_json_event, partial_image_event
 from proxy.core.translate import revised_prompt
 from proxy.cpu import off_loop
@@ -82,7 +81,7 @@ class Sink:
             note_stream_error(payload)  # the status was 200: the access line and the ledger say how the stream ended
         if str(payload.get("type", "")).endswith(".completed"):
             self.completed += 1
-            self.delivered.append(_priced(payload))
+            self.delivered.append(priced(payload.get("size"), payload.get("quality")))
             if isinstance(payload.get("usage"), Mapping):
                 self.usage = add_usage(self.usage or {}, payload["usage"])
 
@@ -93,14 +92,6 @@ class Sink:
         response = await self._open()
         await response.write_eof()
         return response
-
-
-def _priced(payload: Mapping[str, Any]) -> Delivered:
-    """A completed event's image as priced: its size and quality as the event says, pixels from the size."""
-    size, quality = payload.get("size"), payload.get("quality")
-    text = size if isinstance(size, str) else None
-    parsed = parse_size(text) if text else None
-    return Delivered(text, quality if isinstance(quality, str) else None, parsed.pixels if parsed else None)
 
 
 def event_kind(plan: Plan) -> str:

@@ -126,13 +126,22 @@ def _pixels(size: str | None, b64: str | None) -> int | None:
     return found[0] * found[1] if found is not None else None
 
 
-def delivered(result: ImagesResult, asked_size: str | None, asked_quality: str | None) -> list[Delivered]:
+def priced(size: Any, quality: Any, b64: str | None = None, *, header: bool = False) -> Delivered:
+    """One delivered image as priced: its size and quality (when they are strings), pixels from the size,
+    or, with `header` (only per-megapixel prices need it), from the image's own header when the size is `auto`."""
+    size = size if isinstance(size, str) else None
+    return Delivered(size, quality if isinstance(quality, str) else None, _pixels(size, b64 if header else None))
+
+
+def delivered(result: ImagesResult, asked_size: str | None, asked_quality: str | None, price: Price | None
+              ) -> list[Delivered]:
     """The images of a delivered result as priced: the size the answer reports (else the one asked) and
-    the quality asked; pixels from that size, or from the image's own header when the size was `auto`."""
+    the quality asked. An image's header is read only for a per-megapixel price (it costs a base64 decode)."""
     reported = result.extra.get("size")
     size = reported if isinstance(reported, str) and parse_size(reported) is not None else asked_size
-    quality = asked_quality or (str(result.extra["quality"]) if isinstance(result.extra.get("quality"), str) else None)
-    return [Delivered(size, quality, _pixels(size, image.b64_json)) for image in result.images]
+    quality = asked_quality or result.extra.get("quality")
+    header = price is not None and price.per_megapixel is not None
+    return [priced(size, quality, image.b64_json, header=header) for image in result.images]
 
 
 def image_price(price: Price, image: Delivered) -> Decimal | None:
