@@ -52,15 +52,23 @@ class Price:
     per_million_tokens: Mapping[str, Decimal] = field(default_factory=lambda: MappingProxyType({}))
 
 
-def _amount(path: str, value: Any) -> Decimal:
+def usd(value: Any) -> Decimal | None:
+    """An amount as written in the rules (a number or a numeric string), exactly; None when it is none."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise PriceError(path, f"expected an amount in USD, got {value!r}")
+        return None
     try:
         # Through str: 0.1 written in YAML is the decimal 0.1, not the float nearest to it.
         amount = Decimal(str(value))
     except InvalidOperation:
-        raise PriceError(path, f"expected an amount in USD, got {value!r}") from None
-    if not amount.is_finite() or amount < 0:
+        return None
+    return amount if amount.is_finite() else None
+
+
+def _amount(path: str, value: Any) -> Decimal:
+    amount = usd(value)
+    if amount is None:
+        raise PriceError(path, f"expected an amount in USD, got {value!r}")
+    if amount < 0:
         raise PriceError(path, f"expected an amount of at least 0, got {value!r}")
     return amount
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
@@ -21,7 +21,7 @@ from proxy.core.errors import InvalidRequest, NotFound
 from proxy.core.formats import canonical_format
 from proxy.core.interpolate import interpolate
 from proxy.core.limit_windows import ClientKey, Limits, default_name
-from proxy.core.pricing import Price, PriceError, parse_price
+from proxy.core.pricing import Price, PriceError, parse_price, usd
 from proxy.core.request import validate_option
 from proxy.core.size_rules import SizeRules, size_problem, widest
 from proxy.core.sizes import normalise_size, parse_ratio, parse_size
@@ -389,12 +389,8 @@ def _load_budget(reader: _Reader, path: str, data: Any) -> Budget:
     amounts: dict[str, Decimal] = {}
     for key in _BUDGET_KEYS & raw.keys():
         value = raw[key]
-        try:
-            # Through str: 0.1 in YAML is the decimal 0.1, not the float nearest to it.
-            amount = Decimal(str(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-        except InvalidOperation:
-            amount = None
-        if amount is None or not amount.is_finite() or amount <= 0:
+        amount = usd(value) if not isinstance(value, str) else None  # a budget is written as a number
+        if amount is None or amount <= 0:
             reader.problem(f"{path}.{key}", f"expected an amount in USD above 0, got {value!r}")
             continue
         amounts[key] = amount
