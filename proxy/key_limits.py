@@ -72,13 +72,10 @@ class Admission:
             if actual < self.reserved_micro:
                 await _quietly(self.counters.decr(key, self.reserved_micro - actual))
             elif actual > self.reserved_micro:  # tokens beyond the estimate: the spend still counts
-                await _quietly(self._add(key, actual - self.reserved_micro, ttl))
-
-    async def _add(self, key: str, amount: int, ttl: int) -> None:
-        await self.counters.incr(key, amount, ttl)
+                await _quietly(self.counters.incr(key, actual - self.reserved_micro, ttl))
 
 
-async def _quietly(work: Awaitable[None]) -> None:
+async def _quietly(work: Awaitable[object]) -> None:
     try:
         await work
     except Exception as exc:
