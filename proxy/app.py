@@ -19,10 +19,8 @@ import hashlib
 import hmac
 import json
 import logging
-import time
 from collections.abc import Awaitable, Coroutine, Mapping
 from dataclasses import replace
-from decimal import Decimal
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -31,13 +29,12 @@ from proxy.adapters import ADAPTERS
 from proxy.body import defer_continue, read_body
 from proxy.catalog import list_models, retrieve_model
 from proxy.core.budgets import ceiling
-from proxy.core.errors import InvalidRequest, MethodNotAllowed, NotFound, ProxyError, RequestTimeout, ServiceUnavailable
+from proxy.core.errors import InvalidRequest, MethodNotAllowed, NotFound, RequestTimeout, ServiceUnavailable
 from proxy.core.form import coerce_fields
 from proxy.core.json_body import encode_body
 from proxy.core.limit_windows import key_id
 from proxy.core.plan import EDIT, VARIATION, Plan, build_plan
 from proxy.core.request import parse_image_request, parse_json_object
-from proxy.core.response import render
 from proxy.core.rules import Rules
 from proxy.finish import IMAGE_ROUTE, Delivery
 from proxy.idempotent import HEADER as IDEMPOTENCY_HEADER
@@ -45,16 +42,17 @@ from proxy.idempotent import check_header, fingerprint, once
 from proxy.image_store import ImageStore
 from proxy.input_images import check_client_images
 from proxy.key_limits import Admission, admit, imageless
-from proxy.ledger import planned, task_ended
+from proxy.ledger import planned
 from proxy.lifecycle import services_context
 from proxy.middleware import access_middleware, add_request_id, auth_middleware, error_middleware
 from proxy.observe import note
 from proxy.ops import healthz, metrics_endpoint, on_shutdown, readyz, watch_reload_signal
 from proxy.passthrough import relay
-from proxy.production import key_name, produce
-from proxy.services import CLIENT_KEY, RULES, RULES_PATH, SERVICES, STORE, TASK_STORE, Services
+from proxy.production import Caller, key_name, produce_body
+from proxy.services import CLIENT_KEY, JSON_FIELDS, RULES, RULES_PATH, SERVICES, STORE, TASK_STORE
 from proxy.streaming import stream
-from proxy.tasks import FAILED, RUNNING, TaskRecord, TaskStore, failed, finished, new_record, owner_of
+from proxy.task_runner import TaskRun, created, run_task, start_background
+from proxy.tasks import FAILED, TaskStore, owner_of
 from proxy.upload_form import Form, read_form
 from proxy.upstream import SESSION
 from proxy.usage import admin_generations, admin_usage, own_usage
@@ -79,78 +77,6 @@ def public_base(request: web.Request, rules: Rules) -> str:
     if rules.server.public_base_url:
         return rules.server.public_base_url
     return f"{request.scheme}://{request.host}"
-
-
-async def produce_body(
-    services: Services, plan: Plan, client_key: str | None, delivery: Delivery
-) -> tuple[dict[str, Any], Decimal | None]:
-    """The ImagesResponse body a sync request answers and an async task keeps, and what its images cost."""
-    produced = await produce(services, plan, client_key, delivery)
-    return render(produced.result, int(time.time()), produced.metadata), produced.cost
-
-
-async def run_task(
-    services: Services, record: TaskRecord, plan: Plan, client_key: str | None, delivery: Delivery, admission: Admission | None
-) -> None:
-    """An async task's whole life; nothing the client does afterwards cancels it."""
-    if services.metrics is not None:
-        services.metrics.async_tasks.inc()
-    delivered, spent = 0, None
-    try:
-        delivered, spent = await _run_task(services, record, plan, client_key, delivery)
-    finally:
-        if services.metrics is not None:
-            services.metrics.async_tasks.dec()
-        if admission is not None:
-            await admission.settle(delivered, spent)
-
-
-async def _run_task(
-    services: Services, record: TaskRecord, plan: Plan, client_key: str | None, delivery: Delivery
-) -> tuple[int, Decimal | None]:
-    await keep(services.tasks, replace(record, status=RUNNING))
-    try:
-        body, spent = await produce_body(services, plan, client_key, delivery)
-    except ProxyError as error:
-        await end_task(services, failed(record, error.envelope(), error.status))
-        return 0, None
-    except asyncio.CancelledError:
-        # Shutdown ran out of grace: say so in the record rather than leave it "running" forever.
-        stopped = ServiceUnavailable("The proxy shut down before the task finished.", code="task_interrupted")
-        await asyncio.shield(end_task(services, failed(record, stopped.envelope(), stopped.status), attempts=1))
-        raise
-    except Exception:
-        log.exception("async task %s failed unexpectedly", record.id)
-        internal = ProxyError("The proxy failed to run the task.", code="internal_error")
-        await end_task(services, failed(record, internal.envelope(), internal.status))
-        return 0, None
-    await end_task(services, finished(record, body))
-    return len(body["data"]), spent
-
-
-async def end_task(services: Services, final: TaskRecord, attempts: int = 8) -> None:
-    """A task's last state: its ledger record, then the record its client polls."""
-    task_ended(services, final)
-    await keep(services.tasks, final, attempts)
-
-
-async def keep(tasks: TaskStore, record: TaskRecord, attempts: int = 8) -> None:
-    """Store a task record, retrying through a short backend outage: a finished result must not be lost."""
-    for attempt in range(attempts):
-        try:
-            await tasks.put(record)
-            return
-        except Exception:
-            if attempt == attempts - 1:
-                log.error("could not store async task %s (%s) after %d attempts", record.id, record.status, attempts)
-                return
-            await asyncio.sleep(min(30.0, 0.5 * 2**attempt))
-
-
-def start_background(services: Services, work: Coroutine[Any, Any, None]) -> None:
-    task = asyncio.get_running_loop().create_task(work)
-    services.background.add(task)
-    task.add_done_callback(services.background.discard)
 
 
 async def respond(request: web.Request, plan: Plan, request_fingerprint: str) -> web.StreamResponse:
@@ -218,14 +144,14 @@ async def serve(request: web.Request, plan: Plan, admission: Admission | None) -
         if plan.wants_async:
             retention = rules.server.tasks.retention
             delivery = Delivery(plan.response_format, public_base(request, rules), max(retention, services.store.ttl))
-            record = new_record(owner_of(client_key), time.time(), retention)
-            await services.tasks.put(record)
-            start_background(services, run_task(services, record, plan, client_key, delivery, admission))
-            note(task_id=record.id)  # the task writes this request's ledger record when it ends
+            record = created(services, owner_of(client_key), delivery, admission)
+            await services.tasks.put(record)  # the task writes this request's ledger record when it ends
+            run = TaskRun(record, plan, Caller(client_key), delivery, admission, request.get(JSON_FIELDS))
+            start_background(services, run_task(services, run))
             admission = None  # the task settles it when it ends
             return web.json_response(record.view(), headers=headers)
         delivery = Delivery(plan.response_format, public_base(request, rules), services.store.ttl)
-        body, spent = await produce_body(services, plan, client_key, delivery)
+        body, spent = await produce_body(services, plan, Caller(client_key), delivery)
         delivered = len(body["data"])
         return json_answer(body, headers=headers)
     finally:
@@ -238,6 +164,7 @@ async def generations(request: web.Request) -> web.StreamResponse:
     # Parsed as JSON whatever the Content-Type says: seed 000's curl examples send none that is usable.
     raw = await body_within(request, read_body(request, body_limit(request)))
     fields = parse_json_object(raw)
+    request[JSON_FIELDS] = fields  # an async task keeps them to be resumed after a restart (proxy.task_runner)
     note_model(fields)
     image_request = parse_image_request(fields)
     plan = build_plan(image_request, rules.match_model(image_request.model))

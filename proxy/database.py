@@ -47,7 +47,7 @@ GENERATIONS = sa.Table(
     *(sa.Column(name, sa.BigInteger()) for name in ("input_tokens", "output_tokens", "total_tokens", "cost_micro_usd")),
     *(sa.Column(name, sa.Text()) for name in ("task_id", "idempotency_key", "prompt", "prompt_sha256")),
 )
-# Async task records (proxy.task_table), as revision 0002 makes them.
+# Async task records (proxy.task_table), as revisions 0002 and 0003 make them.
 TASKS = sa.Table(
     "tasks",
     metadata,
@@ -59,6 +59,8 @@ TASKS = sa.Table(
     sa.Column("body", sa.Text()),
     sa.Column("error", sa.Text()),
     sa.Column("error_status", sa.Integer()),
+    sa.Column("lease_until", sa.Float(), nullable=False, server_default="0"),
+    sa.Column("checkpoint", sa.Text()),
 )
 
 

@@ -107,8 +107,16 @@ async def _first_step(spec: AdapterSpec, job: Job) -> Step:
     return spec.start(job)
 
 
-async def _steps(driver: Driver, spec: AdapterSpec, job: Job, progress: list[object]) -> ImagesResult:
-    step = await _first_step(spec, job)
+# Told once an upstream task exists for a job (its channel and the adapter's state): the async task
+# keeps it in its checkpoint so that another process can resume polling it (proxy.task_keeper).
+Report = Callable[[str, object], Awaitable[None]]
+
+
+async def _steps(
+    driver: Driver, spec: AdapterSpec, job: Job, progress: list[object], report: Report | None = None
+) -> ImagesResult:
+    resumed = progress[0]
+    step = await _first_step(spec, job) if resumed is None or spec.resume is None else spec.resume(job, resumed)
     for _ in range(MAX_STEPS):
         if isinstance(step, Done):
             return step.result
@@ -121,7 +129,10 @@ async def _steps(driver: Driver, spec: AdapterSpec, job: Job, progress: list[obj
             assert isinstance(step, Send)
             response = await timed_send(driver, step.call, job.channel)
         step = spec.advance(job, step.state, response)
+        created = progress[0] is None and getattr(step, "state", None) is not None
         progress[0] = getattr(step, "state", progress[0])
+        if created and report is not None and spec.resume is not None:
+            await report(job.channel.name, progress[0])
     raise BadGateway(f"channel '{job.channel.name}' did not finish after {MAX_STEPS} calls", code="upstream_stalled")
 
 
@@ -182,12 +193,15 @@ def cancel_abandoned(driver: Driver, spec: AdapterSpec, job: Job, state: object)
     task.add_done_callback(driver.background.discard)
 
 
-async def run_job(driver: Driver, spec: AdapterSpec, job: Job) -> ImagesResult:
-    """One adapter conversation, from its first step to Done or Fail, within the channel's deadline."""
-    progress: list[object] = [None]  # the latest adapter state, to cancel the task if the job is abandoned
+async def run_job(
+    driver: Driver, spec: AdapterSpec, job: Job, *, report: Report | None = None, resume: object | None = None
+) -> ImagesResult:
+    """One adapter conversation, from its first step (or the poll that follows the state `resume`) to Done
+    or Fail, within the channel's deadline."""
+    progress: list[object] = [resume]  # the latest adapter state, to cancel the task if the job is abandoned
     try:
         async with asyncio.timeout(job.channel.deadline):
-            return await _steps(driver, spec, job, progress)
+            return await _steps(driver, spec, job, progress, report)
     except TimeoutError:
         cancel_abandoned(driver, spec, job, progress[0])
         raise GatewayTimeout(
@@ -240,13 +254,16 @@ async def _limited(driver: Driver, spec: AdapterSpec, job: Job) -> ImagesResult:
         return await run_job(driver, spec, job)
 
 
-async def run_on_channel(driver: Driver, job: Job) -> tuple[ImagesResult, tuple[ProxyError, ...]]:
-    """Every image of the plan from one channel, fanning out where the provider has no native `n`."""
+async def run_on_channel(
+    driver: Driver, job: Job, report: Report | None = None
+) -> tuple[ImagesResult, tuple[ProxyError, ...]]:
+    """Every image of the plan from one channel, fanning out where the provider has no native `n`.
+    `report` hears of the upstream task of a one-call job (a fanned-out job's parts cannot be resumed)."""
     spec = driver.adapters[job.channel.type]
     counts = split_n(job.plan.n, spec.per_call(job))
     if len(counts) == 1:
         # One call per request: no limit here (the channel's `concurrency` bounds fan-out, not clients).
-        return await run_job(driver, spec, job), ()
+        return await run_job(driver, spec, job, report=report), ()
     jobs = [replace(job, plan=replace(job.plan, n=count)) for count in counts]
     answers = await asyncio.gather(*(_limited(driver, spec, part) for part in jobs), return_exceptions=True)
     starts = [sum(counts[:number]) for number in range(len(counts))]

@@ -25,6 +25,7 @@ from proxy.ledger import MIGRATE_TIMEOUT, Ledger, reason
 from proxy.metrics import Metrics, make_metrics
 from proxy.services import RULES, SERVICES, STORE, TASK_STORE, Services
 from proxy.shared_state import MemoryIdempotency, SharedState
+from proxy.task_keeper import keep_leases, take_over
 from proxy.task_table import DatabaseTaskStore
 from proxy.tasks import TaskStore
 from proxy.upstream import SESSION, make_session
@@ -60,18 +61,28 @@ async def open_tasks(app: web.Application, shared: SharedState | None, ledger: L
     if TASK_STORE in app:
         return app[TASK_STORE]
     if shared is not None:
-        # Replicas share these records and each starts on its own: one replica's start must not fail the
-        # tasks another is running, so nothing is marked interrupted here (Redis expires them by itself).
         return shared.tasks
     tasks = DatabaseTaskStore(ledger.engine, ledger.ensure_schema)
     if not ledger.migrated:  # the database is down (logged): waiting for it again would only slow the start
         return tasks
     try:
         async with asyncio.timeout(MIGRATE_TIMEOUT):
-            await tasks.start()  # tasks the previous process left running are failed as interrupted
+            await tasks.start()
     except Exception as exc:  # the database is down: the store tries again before its first task
         log.error("task database unavailable at start-up (tried again with the first task): %s", reason(exc))
     return tasks
+
+
+async def _first_take_over(services: Services) -> None:
+    """Before the first request: the tasks a stopped process handed over or left behind are resumed or
+    failed (proxy.task_keeper), so a client polling right after a restart sees where they stand."""
+    try:
+        async with asyncio.timeout(MIGRATE_TIMEOUT):
+            taken = await take_over(services)
+        if taken:
+            log.info("took over %d unfinished async task(s) left by a stopped process", taken)
+    except Exception as exc:  # the store is down: the lease loop tries again
+        log.error("could not look for unfinished async tasks at start-up: %s", reason(exc))
 
 
 async def _sweep_forever(services: Services) -> None:
@@ -120,11 +131,14 @@ async def services_context(app: web.Application) -> AsyncIterator[None]:
         services.counters, services.idempotency = shared.counters, shared.idempotency
     services.ledger = ledger
     app[SERVICES] = services
-    sweeper = asyncio.create_task(_sweep_forever(services))
+    if ledger.migrated or not isinstance(tasks, DatabaseTaskStore):  # a database that is down was logged once
+        await _first_take_over(services)
+    loops = [asyncio.create_task(_sweep_forever(services)), asyncio.create_task(keep_leases(services))]
     yield
-    sweeper.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await sweeper
+    for loop in loops:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
     # Async tasks were paid for: they get the same grace as in-flight requests.
     await _drain(services.background | services.driver.background, services.rules.server.shutdown_grace)
     # Cancelling stragglers above may have started cancel calls upstream: let those go out too.

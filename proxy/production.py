@@ -10,7 +10,8 @@ key is charged for, does not depend on how it asked to receive it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
@@ -19,10 +20,10 @@ from proxy.core.errors import ProxyError
 from proxy.core.formats import Conversion
 from proxy.core.plan import Plan
 from proxy.core.pricing import Delivered, Price, cost, delivered, render_usd
-from proxy.core.response import ImagesResult
+from proxy.core.response import ImagesResult, render
 from proxy.core.rules import Channel
 from proxy.core.translate import with_revised_prompt
-from proxy.driver import generate
+from proxy.driver import Attempt, generate
 from proxy.finish import Delivery, deliver, metadata
 from proxy.observe import note
 from proxy.services import Services
@@ -35,17 +36,39 @@ class Produced:
     cost: Decimal | None = None  # what the delivered images cost at the model's price (None: unpriced)
 
 
-async def produce(services: Services, plan: Plan, client_key: str | None, delivery: Delivery) -> Produced:
-    """The plan's images from its channels, in the client's format, counted against the client's key."""
-    outcome = await generate(services.driver, services.rules, plan, client_key)
+@dataclass(frozen=True)
+class Caller:
+    """Who a production is for: the client's key (None: an open proxy, or a task taken over after a restart,
+    which never holds a key) and the key's name for metrics (None: the key's own)."""
+
+    key: str | None
+    name: str | None = None
+
+
+async def produce(
+    services: Services, plan: Plan, caller: Caller, delivery: Delivery, attempt: Attempt | None = None,
+    serves: Callable[[Channel], bool] | None = None,
+) -> Produced:
+    """The plan's images from its channels, in the client's format, counted against the client's key.
+    `attempt` and `serves` as in driver.generate (an async task's checkpoints, a resumed task)."""
+    outcome = await generate(services.driver, services.rules, plan, caller.key, attempt, serves)
     channel = services.rules.channels.get(outcome.channel)
     result, lost = await finish_result(services, plan, channel, outcome.conversion, outcome.result, delivery)
     outcome = replace(outcome, result=result, failed=outcome.failed + lost)
     served_by = plan.rule.upstream_for(outcome.channel, plan.model)
     images = delivered(result, plan.fields.get("size"), plan.fields.get("quality"), plan.rule.price)
-    spent = count_usage(services, client_key, Served(plan.model, outcome.channel, images), result.usage, plan.rule.price)
+    spent = count_usage(services, caller, Served(plan.model, outcome.channel, images), result.usage, plan.rule.price)
     cost_field = {} if spent is None else {"cost_usd": render_usd(spent)}
     return Produced(result, {**metadata(outcome, plan.model, served_by, plan.n), **cost_field}, spent)
+
+
+async def produce_body(
+    services: Services, plan: Plan, caller: Caller, delivery: Delivery, attempt: Attempt | None = None,
+    serves: Callable[[Channel], bool] | None = None,
+) -> tuple[dict[str, Any], Decimal | None]:
+    """The ImagesResponse body a sync request answers and an async task keeps, and what its images cost."""
+    produced = await produce(services, plan, caller, delivery, attempt, serves)
+    return render(produced.result, int(time.time()), produced.metadata), produced.cost
 
 
 async def finish_result(
@@ -85,7 +108,7 @@ def note_served(served: Served, usage: Mapping[str, Any] | None, spent: Decimal 
 
 
 def count_usage(
-    services: Services, client_key: str | None, served: Served, usage: Mapping[str, Any] | None, price: Price | None
+    services: Services, caller: Caller, served: Served, usage: Mapping[str, Any] | None, price: Price | None
 ) -> Decimal | None:
     """Images, tokens and cost delivered to a key, for the metrics (by key name; images and cost also by
     model and channel). Returns what the images cost at the model's price (None: it has none)."""
@@ -94,7 +117,7 @@ def count_usage(
     metrics = services.metrics
     if metrics is None:
         return spent
-    name = key_name(services, client_key)
+    name = caller.name or key_name(services, caller.key)
     metrics.key_images.labels(name).inc(len(served.images))
     metrics.images.labels(name, served.model, served.channel).inc(len(served.images))
     if spent is not None:

@@ -11,7 +11,8 @@ short timeout, never a hang; the client reconnects by itself once Redis is back.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Any
@@ -23,9 +24,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from proxy.core.errors import ServiceUnavailable
 from proxy.image_store import StoredImage, image_name, valid_name
 from proxy.shared_state import IdempotentRecord, SharedState
-from proxy.tasks import TaskRecord
+from proxy.tasks import TaskRecord, unfinished
 
 PREFIX = "imagegate:"
+OPEN_TASKS = f"{PREFIX}tasks:open"
 TIMEOUT = 2.0
 
 
@@ -48,14 +50,24 @@ async def unavailable_as_503() -> AsyncIterator[None]:
 
 
 class RedisTaskStore:
-    def __init__(self, client: redis.Redis) -> None:
-        self._redis = client
+    """A record per task under `task:<id>`; unfinished ones are also in the `tasks:open` sorted set (by
+    expiry) and hold a `task-lease:<id>` key while their process renews it (proxy.task_keeper)."""
+
+    def __init__(self, client: redis.Redis, clock: Callable[[], float] = time.time) -> None:
+        self._redis, self._clock = client, clock
 
     async def put(self, record: TaskRecord) -> None:
         async with unavailable_as_503():
-            await self._redis.set(
-                f"{PREFIX}task:{record.id}", json.dumps(asdict(record)), pxat=int(record.expires_at * 1000)
-            )
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.set(f"{PREFIX}task:{record.id}", json.dumps(asdict(record)), pxat=int(record.expires_at * 1000))
+            if unfinished(record.status):
+                pipe.zadd(OPEN_TASKS, {record.id: record.expires_at})
+                if record.lease_until > self._clock():
+                    pipe.set(_lease(record.id), b"1", pxat=int(record.lease_until * 1000))
+            else:
+                pipe.zrem(OPEN_TASKS, record.id)
+                pipe.delete(_lease(record.id))
+            await pipe.execute()
 
     async def get(self, task_id: str) -> TaskRecord | None:
         async with unavailable_as_503():
@@ -63,10 +75,46 @@ class RedisTaskStore:
         return TaskRecord(**json.loads(raw)) if raw is not None else None
 
     async def sweep(self) -> int:
-        return 0  # keys expire by themselves
+        return 0  # keys expire by themselves; the open set is pruned by `orphans`
+
+    async def renew(self, task_ids: Collection[str], until: float) -> None:
+        if not task_ids:
+            return
+        async with unavailable_as_503():
+            pipe = self._redis.pipeline(transaction=False)
+            for task_id in task_ids:
+                pipe.set(_lease(task_id), b"1", pxat=int(until * 1000))
+            await pipe.execute()
+
+    async def orphans(self, now: float, limit: int) -> list[TaskRecord]:
+        async with unavailable_as_503():
+            await self._redis.zremrangebyscore(OPEN_TASKS, "-inf", now)
+            members: list[Any] = await self._redis.zrange(OPEN_TASKS, 0, -1)
+            ids = [member.decode() for member in members]
+            leases = await self._redis.mget([_lease(task_id) for task_id in ids]) if ids else []
+        found = []
+        for task_id in (task_id for task_id, lease in zip(ids, leases, strict=True) if lease is None):
+            record = await self.get(task_id)
+            if record is not None and unfinished(record.status):
+                found.append(record)
+            if len(found) >= limit:
+                break
+        return found
+
+    async def claim(self, task_id: str, until: float, now: float) -> TaskRecord | None:
+        async with unavailable_as_503():
+            # SET NX on the lease: of two replicas claiming at once, one wins.
+            if not await self._redis.set(_lease(task_id), b"1", nx=True, pxat=int(until * 1000)):
+                return None
+        record = await self.get(task_id)
+        return record if record is not None and unfinished(record.status) else None
 
     async def close(self) -> None:
         return None  # the connection is shared: closed once by the app
+
+
+def _lease(task_id: str) -> str:
+    return f"{PREFIX}task-lease:{task_id}"
 
 
 class RedisImageStore:

@@ -35,6 +35,7 @@ class Services:
     counters: Counters = field(default_factory=MemoryCounters)
     idempotency: Idempotency = field(default_factory=MemoryIdempotency)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    running_tasks: set[str] = field(default_factory=set)  # ids of the async tasks this process runs: leased
     draining: bool = False  # shutting down: /readyz answers 503 so balancers move traffic away
     resolver: GuardedResolver | None = None
     ledger: Ledger | None = None  # one record per image request (proxy.ledger); None in apps made without one
@@ -54,3 +55,4 @@ SERVICES = web.AppKey("services", Services)
 STORE = web.AppKey("store", ImageStore)
 TASK_STORE = web.AppKey("task_store", TaskStore)
 CLIENT_KEY = web.RequestKey("client_key", str)  # "" when the client sent none
+JSON_FIELDS = web.RequestKey("json_fields", dict[str, Any])  # a JSON request's fields, as the client sent them

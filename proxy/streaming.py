@@ -42,7 +42,7 @@ from proxy.cpu import off_loop
 from proxy.driver import Driver, add_usage, generate
 from proxy.finish import Delivery, Finisher, convert, measured_size
 from proxy.observe import note
-from proxy.production import Served, count_usage, finish_result, produce
+from proxy.production import Caller, Served, count_usage, finish_result, produce
 from proxy.services import Services
 from proxy.upstream import MAX_ANSWER_BYTES, form_data, read_capped, transport_errors, with_request_id
 
@@ -364,7 +364,7 @@ async def stream(
 
     async def work() -> ImagesResult:
         # The production path of a sync request: same failover, delivery, revised prompts and usage.
-        produced = await produce(services, plan, client_key, delivery)
+        produced = await produce(services, plan, Caller(client_key), delivery)
         sink.cost = produced.cost
         return produced.result
 
@@ -375,7 +375,7 @@ async def stream(
             finally:
                 # What reached the client is counted, also when the stream then failed or the client left.
                 served = Served(plan.model, sink.channel, sink.delivered)
-                sink.cost = count_usage(services, client_key, served, sink.usage, plan.rule.price)
+                sink.cost = count_usage(services, Caller(client_key), served, sink.usage, plan.rule.price)
         else:
             await emulate(sink, work, kind, plan)
     except ProxyError as error:

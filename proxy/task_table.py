@@ -1,10 +1,9 @@
-"""Shell layer: async task records in the ledger's database (`tasks` table, migration 0002): the default
-`TaskStore` when `server.state` is memory, so a finished task is still answered after a restart.
+"""Shell layer: async task records in the ledger's database (`tasks` table, migrations 0002 and 0003): the
+default `TaskStore` when `server.state` is memory, so a task outlives the process that ran it.
 
-A process cannot continue the tasks another process was running (it does not know whether the upstream
-made, and billed, the images): `start` marks the tasks left `pending` or `running` as failed with
-`task_interrupted`. A database that fails a read or a write is a 503 (`state_unavailable`) for the
-request that needed it, as with Redis.
+Unfinished records carry a lease and a checkpoint: proxy.task_keeper renews the leases of this process's
+tasks and claims (one conditional UPDATE) those whose process stopped. A database that fails a read or a
+write is a 503 (`state_unavailable`) for the request that needed it, as with Redis.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,15 +23,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from proxy.core.errors import ServiceUnavailable
 from proxy.database import TASKS
-from proxy.tasks import FAILED, PENDING, RUNNING, TaskRecord
+from proxy.tasks import PENDING, RUNNING, TaskRecord
 
 log = logging.getLogger("imagegate.tasks")
-
-INTERRUPTED = ServiceUnavailable(
-    "The proxy restarted while this task was running. Whether the upstream made (and billed) its images "
-    "cannot be known; any it made were not delivered. Send the request again if you still need it.",
-    code="task_interrupted",
-)
+OPEN = TASKS.c.status.in_([PENDING, RUNNING])
 
 
 def _kind(exc: BaseException) -> str:
@@ -65,7 +59,8 @@ def as_row(record: TaskRecord) -> dict[str, Any]:
     return {
         "id": record.id, "owner": record.owner, "status": record.status, "created": record.created,
         "expires_at": record.expires_at, "body": _dumps(record.body), "error": _dumps(record.error),
-        "error_status": record.error_status,
+        "error_status": record.error_status, "lease_until": record.lease_until,
+        "checkpoint": _dumps(record.checkpoint),
     }
 
 
@@ -73,6 +68,7 @@ def as_record(row: Any) -> TaskRecord:
     return TaskRecord(
         id=row.id, owner=row.owner, status=row.status, created=int(row.created), expires_at=float(row.expires_at),
         body=_loads(row.body), error=_loads(row.error), error_status=row.error_status,
+        lease_until=float(row.lease_until), checkpoint=_loads(row.checkpoint),
     )
 
 
@@ -103,23 +99,13 @@ class DatabaseTaskStore:
             async with self.engine.begin() as connection:
                 yield connection
 
-    async def start(self) -> int:
-        """Once per process, before its first task: fail the tasks an earlier process left unfinished.
-        Raises when the database fails (the next call to the store tries again)."""
+    async def start(self) -> None:
+        """Once per process, before its first task: the schema at head (the database may have been down
+        when the proxy started). Raises when the database fails (the next call to the store tries again)."""
         async with self._starting:
-            return 0 if self._started else await self._interrupt()
-
-    async def _interrupt(self) -> int:
-        await self._prepare()
-        failure = {"status": FAILED, "error": json.dumps(INTERRUPTED.envelope()), "error_status": INTERRUPTED.status}
-        async with self.engine.begin() as connection:
-            result = await connection.execute(
-                TASKS.update().where(TASKS.c.status.in_([PENDING, RUNNING])).values(**failure)
-            )
-        self._started = True
-        if result.rowcount:
-            log.warning("%d async task(s) left unfinished by the previous process marked failed", result.rowcount)
-        return int(result.rowcount)
+            if not self._started:
+                await self._prepare()
+                self._started = True
 
     async def put(self, record: TaskRecord) -> None:
         async with self._connection("store a task") as connection:
@@ -137,6 +123,32 @@ class DatabaseTaskStore:
         async with self._connection("sweep expired tasks") as connection:
             result = await connection.execute(TASKS.delete().where(TASKS.c.expires_at <= self._clock()))
         return int(result.rowcount)
+
+    async def renew(self, task_ids: Collection[str], until: float) -> None:
+        if not task_ids:
+            return
+        async with self._connection("renew task leases") as connection:
+            await connection.execute(
+                TASKS.update().where(TASKS.c.id.in_(list(task_ids)), OPEN).values(lease_until=until)
+            )
+
+    async def orphans(self, now: float, limit: int) -> list[TaskRecord]:
+        async with self._connection("look for orphaned tasks") as connection:
+            result = await connection.execute(
+                sa.select(TASKS).where(OPEN, TASKS.c.lease_until < now, TASKS.c.expires_at > now).limit(limit)
+            )
+            return [as_record(row) for row in result]
+
+    async def claim(self, task_id: str, until: float, now: float) -> TaskRecord | None:
+        # One UPDATE with the lease in its condition: of two processes claiming at once, one matches.
+        async with self._connection("claim an orphaned task") as connection:
+            result = await connection.execute(
+                TASKS.update().where(TASKS.c.id == task_id, OPEN, TASKS.c.lease_until < now).values(lease_until=until)
+            )
+            if result.rowcount != 1:
+                return None
+            row = (await connection.execute(sa.select(TASKS).where(TASKS.c.id == task_id))).first()
+        return as_record(row) if row is not None else None
 
     async def close(self) -> None:
         return None  # the engine is the ledger's: disposed once by it

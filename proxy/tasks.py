@@ -4,6 +4,10 @@ A task record holds the status seed 001 names (`pending`, `running`, `succeed`, 
 response body or error envelope, and a hash of the API key that created it: a task is visible only to
 that key, and the key itself is never stored. Records are kept `retention` seconds after creation.
 
+An unfinished record is leased by the process that runs it (`lease_until`, renewed by proxy.task_keeper)
+and holds a checkpoint (proxy.core.task_checkpoint): when a process stops renewing (a crash, a restart),
+another claims the record once its lease has run out and resumes or ends the task.
+
 `TaskStore` is the seam for where records live: the handlers only call its four methods. The proxy keeps
 them in its database (`proxy.task_table`, so they survive a restart) or, with `server.state` on Redis, in
 Redis (shared by replicas); `MemoryTaskStore` is for tests and tools that run the app without either.
@@ -14,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -34,6 +38,8 @@ class TaskRecord:
     body: dict[str, Any] | None = None  # the finished ImagesResponse
     error: dict[str, Any] | None = None  # the failed task's error envelope
     error_status: int | None = None
+    lease_until: float = 0.0  # unfinished: the running process holds it until then (0: nobody)
+    checkpoint: dict[str, Any] | None = None  # unfinished: what another process needs to take it over
 
     def view(self) -> dict[str, Any]:
         """What `GET /v1/images/generations/{id}` answers while the task is not failed."""
@@ -66,6 +72,19 @@ class TaskStore(Protocol):
         """Forget expired records; returns how many went."""
         ...
 
+    async def renew(self, task_ids: Collection[str], until: float) -> None:
+        """Extend the leases of unfinished tasks this process runs."""
+        ...
+
+    async def orphans(self, now: float, limit: int) -> list[TaskRecord]:
+        """Unfinished records whose lease ran out (their process stopped): candidates to `claim`."""
+        ...
+
+    async def claim(self, task_id: str, until: float, now: float) -> TaskRecord | None:
+        """Take an unfinished record whose lease ran out, until `until`: the record as taken, or None when
+        another process took it first (or its own process finished it meanwhile)."""
+        ...
+
     async def close(self) -> None:
         """Release connections (a no-op in memory)."""
         ...
@@ -95,10 +114,24 @@ class MemoryTaskStore:
     async def close(self) -> None:
         self._records.clear()
 
+    # One process holds every record: none is ever left by another.
+    async def renew(self, task_ids: Collection[str], until: float) -> None:
+        return None
+
+    async def orphans(self, now: float, limit: int) -> list[TaskRecord]:
+        return []
+
+    async def claim(self, task_id: str, until: float, now: float) -> TaskRecord | None:
+        return None
+
+
+def unfinished(status: str) -> bool:
+    return status in (PENDING, RUNNING)
+
 
 def finished(record: TaskRecord, body: dict[str, Any]) -> TaskRecord:
-    return replace(record, status=SUCCEED, body=body)
+    return replace(record, status=SUCCEED, body=body, lease_until=0.0, checkpoint=None)
 
 
 def failed(record: TaskRecord, envelope: dict[str, Any], status: int) -> TaskRecord:
-    return replace(record, status=FAILED, error=envelope, error_status=status)
+    return replace(record, status=FAILED, error=envelope, error_status=status, lease_until=0.0, checkpoint=None)

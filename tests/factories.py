@@ -40,6 +40,7 @@ from types import MappingProxyType
 from typing import Any
 
 import aiohttp
+import sqlalchemy as sa
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web import Application
@@ -51,7 +52,9 @@ from proxy.core.errors import ProxyError
 from proxy.core.plan import GENERATE, Plan, build_plan, with_output_format
 from proxy.core.request import parse_image_request
 from proxy.core.rules import Channel, ModelRule, Rules, parse_rules
+from proxy.database import GENERATIONS
 from proxy.driver import Driver, run_job
+from proxy.services import SERVICES
 from proxy.serving import server_options
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -333,6 +336,15 @@ async def proxy_with_fake(
     upstream = await serve_fake(aiohttp_server, fake)
     keys = {"OPENAI_API_KEY": fake.key} if hasattr(fake, "key") else {}
     return await make_proxy(rules, {"UPSTREAM": upstream, **keys, **env})
+
+
+async def ledger_rows(client: TestClient) -> list[dict[str, Any]]:  # type: ignore[type-arg]
+    """Every record the client's proxy has written to its ledger, oldest first (its queue written out first)."""
+    ledger = client.server.app[SERVICES].ledger
+    await ledger.write_queued()
+    async with ledger.engine.connect() as connection:
+        result = await connection.execute(sa.select(GENERATIONS).order_by(GENERATIONS.c.id))
+        return [dict(row) for row in result.mappings()]
 
 
 # --- processes -------------------------------------------------------------------------------------------

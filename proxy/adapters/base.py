@@ -131,6 +131,11 @@ class AdapterSpec:
     # describes (None when there is nothing to cancel yet). Sent best-effort when a sync request is abandoned.
     # `Any` for the state, as in `advance`: each adapter's cancel takes its own state dataclass.
     cancel: Callable[[Job, Any], Call | None] | None = None
+    # Task providers whose async tasks another process can take over after a restart (proxy.task_keeper):
+    # the class of the adapter's state (a dataclass of plain values, kept in the task's checkpoint), and
+    # the step that continues from such a state (the next poll). Both or neither.
+    task_state: type[Any] | None = None
+    resume: Callable[[Job, Any], Step] | None = None
     # What `start` can do besides generating from a prompt: "edit" (plan.uploads, plan.mask) and
     # "variation". An edit to a channel without "edit" is sent as a generation with the uploads as
     # data URIs in the `image` field, when the model's rules forward `image`.

@@ -387,6 +387,8 @@ SPEC = AdapterSpec(
     schema=POLLING.schema(),
     start=start,
     advance=POLLING.advance(after_submit, after_poll),
+    task_state=Task,
+    resume=POLLING.next,
     max_n_per_call=1,
     auth_headers=auth_headers,
     # BFL: output_format jpeg (the default) or png; no compression setting.

@@ -364,6 +364,8 @@ SPEC = AdapterSpec(
     schema=SCHEMA,
     start=start,
     advance=POLLING.advance(after_create, after_poll),
+    task_state=Task,
+    resume=POLLING.next,
     max_n_per_call=MAX_N,
     credential=credential,
     # Kling takes no output format and does not document the one it makes: the proxy looks at the bytes.

@@ -127,6 +127,9 @@ class DownloadRules:
 @dataclass(frozen=True)
 class TaskRules:
     retention: int = 86400  # seconds an async task's record and result stay retrievable
+    # Seconds a process may go silent before another takes over its unfinished tasks (proxy.task_keeper):
+    # each process renews the leases of the tasks it runs every third of this.
+    lease: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -305,7 +308,7 @@ def _load_server(reader: _Reader, data: Any) -> ServerRules:
     idempotency = reader.mapping("server.idempotency", raw.get("idempotency"), frozenset({"retention"}))
     images = reader.mapping("server.images", raw.get("images"), frozenset({"path", "ttl"}))
     download = reader.mapping("server.download", raw.get("download"), frozenset({"max_bytes", "timeout", "allow_hosts"}))
-    tasks = reader.mapping("server.tasks", raw.get("tasks"), frozenset({"retention"}))
+    tasks = reader.mapping("server.tasks", raw.get("tasks"), frozenset({"retention", "lease"}))
     metrics = reader.mapping("server.metrics", raw.get("metrics"), frozenset({"token", "public"}))
     defaults = ServerRules()
     return ServerRules(
@@ -322,7 +325,10 @@ def _load_server(reader: _Reader, data: Any) -> ServerRules:
             timeout=_seconds(reader, "server.download", download, "timeout", defaults.download.timeout),
             allow_hosts=tuple(reader.string_list("server.download.allow_hosts", download.get("allow_hosts"))),
         ),
-        tasks=TaskRules(retention=_integer(reader, "server.tasks", tasks, "retention", defaults.tasks.retention, 1)),
+        tasks=TaskRules(
+            retention=_integer(reader, "server.tasks", tasks, "retention", defaults.tasks.retention, 1),
+            lease=_seconds(reader, "server.tasks", tasks, "lease", defaults.tasks.lease),
+        ),
         metrics=MetricsRules(
             token=reader.string("server.metrics.token", metrics.get("token", ""))[0],
             public=_flag(reader, "server.metrics", metrics, "public"),

@@ -11,16 +11,14 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import URL
 
 from proxy.adapters import SCHEMAS
 from proxy.app import make_app
 from proxy.core.rules import parse_rules
-from proxy.database import TASKS, open_engine
-from proxy.ledger import Ledger
+from proxy.database import TASKS
 from proxy.services import SERVICES
 from proxy.task_table import DatabaseTaskStore
-from proxy.tasks import PENDING, RUNNING, SUCCEED, finished, new_record, owner_of
+from proxy.tasks import RUNNING, SUCCEED, finished, new_record, owner_of
 from tests.factories import free_port, poll_task, proxy_with_fake, rules_yaml, start_proxy
 from tests.fakes.openai import FakeOpenAI
 
@@ -133,20 +131,6 @@ async def test_a_broken_database_is_a_503_for_tasks_not_a_500(
     assert "pw-42" not in caplog.text
 
 
-async def test_a_store_started_twice_fails_only_what_was_left(tmp_path: Path) -> None:
-    ledger = Ledger(open_engine(URL.create("sqlite+aiosqlite", database=str(tmp_path / "t.db"))), None)
-    store = DatabaseTaskStore(ledger.engine, ledger.ensure_schema)
-    await store.put(new_record("o", time.time(), 600))  # the first call runs the start-up pass first
-    assert await store.start() == 0  # once per process: the new pending task is left alone
-    assert (await store.get((await _ids(store))[0])).status == PENDING  # type: ignore[union-attr]
-    await ledger.engine.dispose()
-
-
-async def _ids(store: DatabaseTaskStore) -> list[str]:
-    async with store.engine.connect() as connection:
-        return list((await connection.execute(sa.select(TASKS.c.id))).scalars().all())
-
-
 async def test_the_tasks_table_matches_its_migration(make_proxy: Any, aiohttp_server: Any, database: str) -> None:
     client = await start(make_proxy, aiohttp_server, database)
     async with client.server.app[SERVICES].ledger.engine.connect() as connection:
@@ -158,13 +142,14 @@ async def test_the_tasks_table_matches_its_migration(make_proxy: Any, aiohttp_se
     assert {index["name"] for index in indexes} == {"ix_tasks_expires_at", "ix_tasks_status"}
 
 
-async def test_with_redis_a_replica_starting_leaves_running_tasks_alone(
+async def test_with_redis_a_replica_starting_leaves_leased_tasks_alone(
     aiohttp_client: Any, aiohttp_server: Any, redis_server: Any, tmp_path: Path
 ) -> None:
     env = {"UPSTREAM": "http://127.0.0.1:9", "OPENAI_API_KEY": "k", "DATABASE": str(tmp_path / "db")}
     text = rules(state=redis_server.url)
     first = await aiohttp_client(await start_proxy(make_app(parsed := parse_rules(text, env, SCHEMAS)), parsed))
-    running = replace(new_record(owner_of("key-a"), time.time(), 600), status=RUNNING)
+    # A task the first replica runs: it holds the lease (and renews it).
+    running = replace(new_record(owner_of("key-a"), time.time(), 600), status=RUNNING, lease_until=time.time() + 30)
     await first.server.app[SERVICES].tasks.put(running)
     second = await aiohttp_client(await start_proxy(make_app(parsed), parsed))  # another replica starts
     assert not isinstance(second.server.app[SERVICES].tasks, DatabaseTaskStore)

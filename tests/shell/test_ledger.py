@@ -20,6 +20,7 @@ from proxy.database import GENERATIONS, database_url, migrate, open_engine
 from proxy.ledger import Ledger
 from proxy.services import SERVICES
 from tests.factories import LOCAL, OPENAI, free_port, poll_task, rules_yaml, url_of
+from tests.factories import ledger_rows as rows
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
 from tests.fakes.zhipu import FakeZhipu
 
@@ -64,15 +65,6 @@ async def start(make_proxy: Any, aiohttp_server: Any, fake: FakeOpenAI, database
         "DATABASE": database,
     }
     return await make_proxy(text or rules(), env)
-
-
-async def rows(client: Any) -> list[dict[str, Any]]:
-    """Every record the client's proxy has written, oldest first (its queue written out first)."""
-    ledger = client.server.app[SERVICES].ledger
-    await ledger.write_queued()
-    async with ledger.engine.connect() as connection:
-        result = await connection.execute(sa.select(GENERATIONS).order_by(GENERATIONS.c.id))
-        return [dict(row) for row in result.mappings()]
 
 
 def sha256(text: str) -> str:
@@ -225,7 +217,7 @@ async def test_migrations_make_the_schema_and_are_idempotent_on_restart(
     engine = second.server.app[SERVICES].ledger.engine
     await migrate(engine)  # once more: nothing to do
     async with engine.connect() as connection:
-        assert (await connection.execute(sa.text("SELECT version_num FROM alembic_version"))).scalars().all() == ["0002"]
+        assert (await connection.execute(sa.text("SELECT version_num FROM alembic_version"))).scalars().all() == ["0003"]
         columns = await connection.run_sync(lambda sync: sa.inspect(sync).get_columns("generations"))
         indexes = await connection.run_sync(lambda sync: sa.inspect(sync).get_indexes("generations"))
     assert [column["name"] for column in columns] == [column.name for column in GENERATIONS.columns]
