@@ -1,5 +1,5 @@
 """Core layer: what an unfinished async task keeps with its record, so that another process can take it
-over after a restart or a crash (proxy.task_keeper; ARCHITECTURE.md §4).
+over after a restart or a crash (proxy.task_keeper; ARCHITECTURE.md §6).
 
 Written when the task is created: the request's trace (its ledger notes, so the ledger records the task
 whoever ends it), how the client wants its images, and the limit counters it reserved in. Written again

@@ -4,6 +4,7 @@ expired records are swept, and a database that fails is a 503, never a 500; on S
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -11,11 +12,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import URL, make_url
 
 from proxy.adapters import SCHEMAS
 from proxy.app import make_app
 from proxy.core.rules import parse_rules
-from proxy.database import TASKS
+from proxy.database import TASKS, open_engine
+from proxy.ledger import Ledger
 from proxy.services import SERVICES
 from proxy.task_table import DatabaseTaskStore
 from proxy.tasks import RUNNING, SUCCEED, finished, new_record, owner_of
@@ -155,3 +158,39 @@ async def test_with_redis_a_replica_starting_leaves_leased_tasks_alone(
     assert not isinstance(second.server.app[SERVICES].tasks, DatabaseTaskStore)
     body = await (await second.get(f"/v1/images/generations/{running.id}", headers=A)).json()
     assert body["task_status"] == RUNNING
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """A task store as replicas share it: the ledger's database (SQLite, PostgreSQL) or Redis."""
+    if request.param == "redis":
+        from proxy.redis_state import RedisTaskStore, connect
+
+        client = connect(request.getfixturevalue("redis_server").url)
+        yield RedisTaskStore(client)
+        await client.aclose()
+        return
+    sqlite = URL.create("sqlite+aiosqlite", database=str(tmp_path / "t.db"))
+    ledger = Ledger(open_engine(sqlite if request.param == "sqlite" else database_url_of(request)), None)
+    yield DatabaseTaskStore(ledger.engine, ledger.ensure_schema)
+    await ledger.engine.dispose()
+
+
+async def test_an_orphan_is_claimed_once_and_a_leased_or_finished_task_never(store: Any) -> None:
+    now = time.time()
+    orphan = replace(new_record("o", now, 600), status=RUNNING, lease_until=now - 1)
+    leased = replace(new_record("o", now, 600), status=RUNNING, lease_until=now + 30)
+    done = finished(replace(new_record("o", now, 600), lease_until=now - 1), {"created": int(now), "data": []})
+    for record in (orphan, leased, done):
+        await store.put(record)
+    assert [record.id for record in await store.orphans(now, 10)] == [orphan.id]
+    claims = await asyncio.gather(*(store.claim(orphan.id, now + 30, now) for _ in range(5)))
+    assert [claim.id for claim in claims if claim is not None] == [orphan.id]  # one of five claimants wins
+    assert await store.orphans(now, 10) == []  # the winner's lease now covers it
+    assert await store.claim(leased.id, now + 30, now) is None and await store.claim(done.id, now + 30, now) is None
+    await store.renew([leased.id, orphan.id], now + 60)
+    assert await store.orphans(now, 10) == []
+
+
+def database_url_of(request: pytest.FixtureRequest) -> URL:
+    return make_url(str(request.getfixturevalue("postgres_url"))).set(drivername="postgresql+asyncpg")
