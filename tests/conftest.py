@@ -22,6 +22,19 @@ from tests.factories import POSTGRES_BIN, PostgresCluster, ProxyFactory, RedisSe
 from tests.fakes.openai import FakeOpenAI
 from tests.hardening.figures import lines
 
+SYSTEM_TEMP = tempfile.gettempdir()  # before any test points `tempfile` at its own directory
+
+
+@pytest.fixture(autouse=True)
+def own_temporary_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Apps made without an image store keep their images and ledger under the temporary directory
+    (proxy.image_store.default_directory): each test gets its own, so no test sees another's tasks or rows.
+    Servers shared by the session (PostgreSQL) live in SYSTEM_TEMP."""
+    directory = tmp_path / "tmp"
+    directory.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(directory))
+    monkeypatch.setenv("TMPDIR", str(directory))  # and the proxies a test starts as processes
+
 
 @pytest.fixture
 def make_proxy(aiohttp_client: Callable[..., Awaitable[TestClient]], tmp_path: Path) -> ProxyFactory:
@@ -67,7 +80,7 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
         pytest.skip("PostgreSQL is not installed")
     # Not under pytest's basetemp: its parents are private to the user running the suite, and the server runs
     # as `postgres`.
-    directory = Path(tempfile.mkdtemp(prefix="imagegate-postgres-"))
+    directory = Path(tempfile.mkdtemp(prefix="imagegate-postgres-", dir=SYSTEM_TEMP))
     cluster = PostgresCluster(directory)
     try:
         cluster.start()
