@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from aiohttp import web
 from proxy.adapters import ADAPTERS
 from proxy.core.errors import ProxyError
 from proxy.core.rules import Rules
+from proxy.counter_seed import seed_counters
 from proxy.database import database_url, open_engine, shown
 from proxy.driver import Driver
 from proxy.finish import Finisher
@@ -71,6 +73,15 @@ async def open_tasks(app: web.Application, shared: SharedState | None, ledger: L
     except Exception as exc:  # the database is down: the store tries again before its first task
         log.error("task database unavailable at start-up (tried again with the first task): %s", reason(exc))
     return tasks
+
+
+async def _counters_from_ledger(services: Services, ledger: Ledger) -> None:
+    """Memory counters start from today's and this month's ledger rows (proxy.counter_seed)."""
+    try:
+        async with asyncio.timeout(MIGRATE_TIMEOUT):
+            await seed_counters(services.counters, ledger.engine, services.rules.server, time.time())
+    except Exception as exc:  # budgets then count from zero: say so
+        log.error("could not start the limit counters from the ledger (they count from zero): %s", reason(exc))
 
 
 async def _first_take_over(services: Services) -> None:
@@ -131,6 +142,8 @@ async def services_context(app: web.Application) -> AsyncIterator[None]:
         services.counters, services.idempotency = shared.counters, shared.idempotency
     services.ledger = ledger
     app[SERVICES] = services
+    if shared is None and ledger.migrated:
+        await _counters_from_ledger(services, ledger)
     if ledger.migrated or not isinstance(tasks, DatabaseTaskStore):  # a database that is down was logged once
         await _first_take_over(services)
     loops = [asyncio.create_task(_sweep_forever(services)), asyncio.create_task(keep_leases(services))]

@@ -13,10 +13,12 @@ from aiohttp.test_utils import TestClient
 
 from proxy.adapters import SCHEMAS
 from proxy.app import make_app
+from proxy.core.limit_windows import key_id
 from proxy.core.rules import parse_rules
+from proxy.counter_seed import Spent, counted
 from proxy.database import GENERATIONS
 from proxy.services import SERVICES
-from tests.factories import OPENAI, rules_yaml, serve_fake, start_proxy
+from tests.factories import OPENAI, make_rules, rules_yaml, serve_fake, start_proxy
 from tests.fakes.openai import KEY, FakeOpenAI
 
 RULES = rules_yaml(
@@ -40,11 +42,11 @@ RULES = rules_yaml(
 )
 
 
-async def proxies(aiohttp_client: Any, aiohttp_server: Any, fake: FakeOpenAI, state: str = "memory", count: int = 1
-                  ) -> list[TestClient]:  # type: ignore[type-arg]
+async def proxies(aiohttp_client: Any, aiohttp_server: Any, fake: FakeOpenAI, state: str = "memory", count: int = 1,
+                  database: str | None = None) -> list[TestClient]:  # type: ignore[type-arg]
     upstream = await serve_fake(aiohttp_server, fake)
     # The replicas share one ledger file of this test's own.
-    database = tempfile.mkdtemp(prefix="imagegate-budgets-") + "/ledger.db"
+    database = database or tempfile.mkdtemp(prefix="imagegate-budgets-") + "/ledger.db"
     rules = parse_rules(RULES, {"UPSTREAM": upstream, "OPENAI_API_KEY": KEY, "STATE": state, "DATABASE": database}, SCHEMAS)
     return [await aiohttp_client(await start_proxy(make_app(rules), rules)) for _ in range(count)]
 
@@ -91,6 +93,20 @@ async def test_a_budget_holds_across_replicas(aiohttp_client: Any, aiohttp_serve
     assert len(fake.recorder.received) == 5
 
 
+async def test_a_budget_holds_across_a_restart_with_counters_in_memory(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    fake = FakeOpenAI()
+    database = tempfile.mkdtemp(prefix="imagegate-budgets-") + "/ledger.db"
+    (first,) = await proxies(aiohttp_client, aiohttp_server, fake, database=database)
+    assert await statuses([first], "five-images", 3, model="dall-e-2", size="1024x1024") == [200] * 3  # $0.06 of $0.10
+    assert await statuses([first], "monthly", 1, model="dall-e-2", size="1024x1024") == [200]  # $0.02 of $0.05
+    await first.close()  # its ledger is written out; its counters are gone with it
+    (second,) = await proxies(aiohttp_client, aiohttp_server, fake, database=database)
+    # The new process starts from the ledger: $0.04 left today (two images), $0.03 this month (one).
+    assert sorted(await statuses([second], "five-images", 5, model="dall-e-2", size="1024x1024")) == [200] * 2 + [429] * 3
+    assert sorted(await statuses([second], "monthly", 3, model="dall-e-2", size="1024x1024")) == [200] + [429] * 2
+    assert len(fake.recorder.received) == 4 + 3
+
+
 async def test_the_reservation_is_settled_to_what_was_delivered(aiohttp_client: Any, aiohttp_server: Any) -> None:
     fake = FakeOpenAI()
     fake.failures.append((400, {"error": {"message": "Bad prompt.", "type": "invalid_request_error"}}, {}))
@@ -117,3 +133,20 @@ async def test_unpriced_models_and_keys_without_budgets_are_not_held(aiohttp_cli
     assert await statuses([client], "five-images", 8, model="free") == [200] * 8  # no price: nothing to count
     # The server's $1,000 a month applies to a key without a budget of its own.
     assert await statuses([client], "unbudgeted-by-itself", 8, model="dall-e-2", n=10) == [200] * 8
+
+
+def test_counters_a_restarted_process_starts_from() -> None:
+    rules = make_rules({"m": {"channels": ["local"]}}, {"local": {"type": "local"}}, server={
+        "limits": {"images_per_day": 100},
+        "api_keys": [{"key": "k1", "name": "shared", "budget": {"usd_per_day": 1, "usd_per_month": 5}},
+                     {"key": "k2", "name": "shared"}, {"key": "k3", "name": "idle"}],
+    })
+    now = 1_764_806_400.0 + 3600  # 2025-12-04 01:00 UTC
+    spent = {"shared": Spent(images_today=3, micro_today=60_000, micro_this_month=250_000)}
+    day, month = int(now // 86400), 2025 * 12 + 11
+    assert sorted(counted(rules.server, spent, now)) == sorted([
+        (f"ipd:{key_id('k1')}:{day}", 3, 86460), (f"usd-day:{key_id('k1')}:{day}", 60_000, 86460),
+        (f"usd-month:{key_id('k1')}:{month}", 250_000, 32 * 86400),
+        # Keys sharing a name each start from the name's total: the safe side of a limit.
+        (f"ipd:{key_id('k2')}:{day}", 3, 86460),
+    ])
