@@ -2,8 +2,8 @@
 
 `/v1/usage` answers for the calling key only (by its name, never the key); the `/admin/` routes need a
 key from `server.admin_keys` and see every key. Queries read the `generations` table through its
-indexes on `at` and `(key_name, at)`: a time range is required and bounded (proxy.core.usage_query),
-only the columns a report needs are read, and rows are aggregated as they stream from the database.
+indexes on `at` and `(key_name, at)`: a time range is required and bounded (proxy.core.usage_query), and
+the database does the sums: one row per group and latency bucket comes back, never the records themselves.
 `/admin/generations` pages through the records themselves, newest first (`limit`, `before` = a
 record id from the previous page).
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import hmac
 import time
 from collections import defaultdict
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,40 +39,59 @@ def _ledger(services: Services) -> Any:
     return services.ledger
 
 
-def _group(row: Any, groups: Sequence[str]) -> tuple[Any, ...]:
-    at: datetime = row.at if row.at.tzinfo else row.at.replace(tzinfo=UTC)
-    return tuple(at.astimezone(UTC).strftime("%Y-%m-%d") if name == "day" else getattr(row, f"g_{name}") for name in groups)
+def _day(dialect: str) -> Any:
+    """The record's UTC day as YYYY-MM-DD, computed by the database."""
+    if dialect == "postgresql":
+        return sa.func.to_char(sa.func.timezone("UTC", GENERATIONS.c.at), "YYYY-MM-DD")
+    return sa.func.substr(GENERATIONS.c.at, 1, 10)  # SQLite keeps the UTC datetimes as ISO text
+
+
+def _latency_bucket() -> Any:
+    """total_ms rounded to its bucket (core.usage_query.latency_step), so percentiles come from counts."""
+    ms = GENERATIONS.c.total_ms
+    return sa.case((ms < 1000, sa.func.round(ms)), (ms < 10_000, sa.func.round(ms / 10) * 10),
+                   else_=sa.func.round(ms / 100) * 100)
+
+
+def _aggregate(query: UsageQuery, dialect: str, only_key: str | None) -> Any:
+    """One row per group and latency bucket, with the group's totals in that bucket."""
+    table = GENERATIONS
+    columns = {"day": _day(dialect), **_GROUP_COLUMNS}
+    groups = [columns[name].label(f"g_{name}") for name in query.group_by]
+    bucket = _latency_bucket().label("ms")
+    statement = sa.select(
+        *groups, bucket, sa.func.count().label("requests"), sa.func.sum(table.c.images).label("images"),
+        sa.func.sum(sa.func.coalesce(table.c.cost_micro_usd, 0)).label("cost"),
+        sa.func.sum(sa.case((table.c.status >= 400, 1), else_=0)).label("errors"),
+    ).where(table.c.at >= _when(query.start), table.c.at < _when(query.end))
+    if only_key is not None:
+        statement = statement.where(table.c.key_name == only_key)
+    return statement.group_by(*groups, bucket)
 
 
 async def report(services: Services, query: UsageQuery, only_key: str | None) -> list[UsageRow]:
-    """The query's rows: totals per group, aggregated as the records stream in."""
-    table = GENERATIONS
-    columns: list[Any] = [table.c.at, table.c.images, table.c.cost_micro_usd, table.c.status, table.c.total_ms]
-    columns += [_GROUP_COLUMNS[name].label(f"g_{name}") for name in query.group_by if name != "day"]
-    statement = sa.select(*columns).where(table.c.at >= _when(query.start), table.c.at < _when(query.end))
-    if only_key is not None:
-        statement = statement.where(table.c.key_name == only_key)
+    """The query's rows: totals per group, summed by the database with a latency histogram per group."""
+    engine = _ledger(services).engine
     totals: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-    latencies: dict[tuple[Any, ...], list[float]] = defaultdict(list)
-    async with _ledger(services).engine.connect() as connection:
-        async for row in await connection.stream(statement):
-            group = _group(row, query.group_by)
-            figures = totals[group]
-            figures[0] += 1
-            figures[1] += row.images
-            figures[2] += row.cost_micro_usd or 0
-            figures[3] += row.status >= 400
-            latencies[group].append(row.total_ms)
-    return [_row(query, group, figures, sorted(latencies[group])) for group, figures in sorted(totals.items(), key=_order)]
+    histograms: dict[tuple[Any, ...], list[tuple[float, int]]] = defaultdict(list)
+    async with engine.connect() as connection:
+        rows = (await connection.execute(_aggregate(query, engine.dialect.name, only_key))).all()
+    for row in rows:
+        group = tuple(getattr(row, f"g_{name}") for name in query.group_by)
+        figures = totals[group]
+        for index, value in enumerate((row.requests, row.images, row.cost, row.errors)):
+            figures[index] += int(value or 0)
+        histograms[group].append((float(row.ms), int(row.requests)))
+    return [_row(query, group, figures, sorted(histograms[group])) for group, figures in sorted(totals.items(), key=_order)]
 
 
 def _order(item: tuple[tuple[Any, ...], list[int]]) -> tuple[str, ...]:
     return tuple("" if value is None else str(value) for value in item[0])
 
 
-def _row(query: UsageQuery, group: tuple[Any, ...], figures: list[int], ordered: list[float]) -> UsageRow:
+def _row(query: UsageQuery, group: tuple[Any, ...], figures: list[int], histogram: list[tuple[float, int]]) -> UsageRow:
     return UsageRow(dict(zip(query.group_by, group, strict=True)), figures[0], figures[1], figures[2], figures[3],
-                    percentile(ordered, 0.5), percentile(ordered, 0.95))
+                    percentile(histogram, 0.5), percentile(histogram, 0.95))
 
 
 def answer(query: UsageQuery, rows: list[UsageRow]) -> web.Response:

@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 
 from proxy.core.errors import InvalidRequest
-from proxy.core.usage_query import DEFAULT_RANGE, UsageQuery, UsageRow, parse_usage_query, percentile, usage_csv, usage_json
+from proxy.core.usage_query import (
+    DEFAULT_RANGE,
+    UsageQuery,
+    UsageRow,
+    latency_step,
+    parse_usage_query,
+    percentile,
+    usage_csv,
+    usage_json,
+)
 
 NOW = 1_800_000_000.0
 
@@ -34,10 +43,17 @@ def test_bad_parameters_are_400s_naming_them(params: dict[str, str], param: str)
     assert (caught.value.status, caught.value.param) == (400, param)
 
 
-def test_nearest_rank_percentiles() -> None:
-    values = [float(v) for v in range(1, 101)]
-    assert (percentile(values, 0.5), percentile(values, 0.95)) == (50.0, 95.0)
-    assert percentile([7.0], 0.95) == 7.0 and percentile([], 0.5) is None
+def test_nearest_rank_percentiles_of_a_histogram() -> None:
+    ones = [(float(v), 1) for v in range(1, 101)]
+    assert (percentile(ones, 0.5), percentile(ones, 0.95)) == (50.0, 95.0)
+    assert percentile([(7.0, 1)], 0.95) == 7.0 and percentile([], 0.5) is None
+    # 90 fast answers and 10 slow ones: the median is fast, the 95th percentile slow.
+    assert (percentile([(120.0, 90), (5400.0, 10)], 0.5), percentile([(120.0, 90), (5400.0, 10)], 0.95)) == (120.0, 5400.0)
+    assert percentile([(120.0, 95), (5400.0, 5)], 0.95) == 120.0  # the 95th of 100 is still the 95th value
+
+
+def test_latency_buckets_widen_with_the_value() -> None:
+    assert [latency_step(ms) for ms in (0.4, 999.9, 1000.0, 9999.0, 10_000.0, 600_000.0)] == [1, 1, 10, 10, 100, 100]
 
 
 def test_rows_render_as_json_and_csv_with_exact_costs() -> None:
