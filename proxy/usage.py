@@ -49,8 +49,8 @@ def _day(dialect: str) -> Any:
 def _latency_bucket() -> Any:
     """total_ms rounded to its bucket (core.usage_query.latency_step), so percentiles come from counts."""
     ms = GENERATIONS.c.total_ms
-    return sa.case((ms < 1000, sa.func.round(ms)), (ms < 10_000, sa.func.round(ms / 10) * 10),
-                   else_=sa.func.round(ms / 100) * 100)
+    return sa.case((ms < 10, sa.func.round(ms * 10) / 10), (ms < 1000, sa.func.round(ms)),
+                   (ms < 10_000, sa.func.round(ms / 10) * 10), else_=sa.func.round(ms / 100) * 100)
 
 
 def _aggregate(query: UsageQuery, dialect: str, only_key: str | None) -> Any:

@@ -79,10 +79,10 @@ def percentile(histogram: Sequence[tuple[float, int]], fraction: float) -> float
 
 
 def latency_step(ms: float) -> float:
-    """The width of the latency bucket a value falls in: 1 ms below a second, 10 ms below ten seconds, 100 ms
-    beyond. Percentiles are exact to the bucket (within 1%) and a month of records counts in a few thousand
+    """The width of the latency bucket a value falls in: 0.1 ms below 10 ms, 1 ms below a second, 10 ms below
+    ten seconds, 100 ms beyond. Percentiles are exact to the bucket (within 1%) and a month of records counts in a few thousand
     buckets. proxy.usage computes the same buckets in SQL."""
-    return 1.0 if ms < 1000 else 10.0 if ms < 10_000 else 100.0
+    return 0.1 if ms < 10 else 1.0 if ms < 1000 else 10.0 if ms < 10_000 else 100.0
 
 
 @dataclass(frozen=True)

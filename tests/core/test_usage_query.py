@@ -53,7 +53,8 @@ def test_nearest_rank_percentiles_of_a_histogram() -> None:
 
 
 def test_latency_buckets_widen_with_the_value() -> None:
-    assert [latency_step(ms) for ms in (0.4, 999.9, 1000.0, 9999.0, 10_000.0, 600_000.0)] == [1, 1, 10, 10, 100, 100]
+    steps = [latency_step(ms) for ms in (0.4, 9.9, 10.0, 999.9, 1000.0, 9999.0, 10_000.0, 600_000.0)]
+    assert steps == [0.1, 0.1, 1, 1, 10, 10, 100, 100]
 
 
 def test_rows_render_as_json_and_csv_with_exact_costs() -> None:
