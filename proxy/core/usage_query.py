@@ -78,13 +78,6 @@ def percentile(histogram: Sequence[tuple[float, int]], fraction: float) -> float
     return histogram[-1][0]
 
 
-def latency_step(ms: float) -> float:
-    """The width of the latency bucket a value falls in: 0.1 ms below 10 ms, 1 ms below a second, 10 ms below
-    ten seconds, 100 ms beyond. Percentiles are exact to the bucket (within 1%) and a month of records counts in a few thousand
-    buckets. proxy.usage computes the same buckets in SQL."""
-    return 0.1 if ms < 10 else 1.0 if ms < 1000 else 10.0 if ms < 10_000 else 100.0
-
-
 @dataclass(frozen=True)
 class UsageRow:
     group: Mapping[str, Any]  # the grouping's values (day as YYYY-MM-DD)

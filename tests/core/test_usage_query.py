@@ -9,7 +9,6 @@ from proxy.core.usage_query import (
     DEFAULT_RANGE,
     UsageQuery,
     UsageRow,
-    latency_step,
     parse_usage_query,
     percentile,
     usage_csv,
@@ -51,10 +50,6 @@ def test_nearest_rank_percentiles_of_a_histogram() -> None:
     assert (percentile([(120.0, 90), (5400.0, 10)], 0.5), percentile([(120.0, 90), (5400.0, 10)], 0.95)) == (120.0, 5400.0)
     assert percentile([(120.0, 95), (5400.0, 5)], 0.95) == 120.0  # the 95th of 100 is still the 95th value
 
-
-def test_latency_buckets_widen_with_the_value() -> None:
-    steps = [latency_step(ms) for ms in (0.4, 9.9, 10.0, 999.9, 1000.0, 9999.0, 10_000.0, 600_000.0)]
-    assert steps == [0.1, 0.1, 1, 1, 10, 10, 100, 100]
 
 
 def test_rows_render_as_json_and_csv_with_exact_costs() -> None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import csv
 import io
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from proxy.core.ledger_record import LedgerRecord
 from proxy.services import SERVICES
 from tests.factories import LOCAL, OPENAI, rules_yaml, url_of
 from tests.fakes.openai import KEY, FakeOpenAI
@@ -101,3 +103,22 @@ async def test_admin_routes_need_an_admin_key_and_bad_queries_name_their_param(
         headers = ADMIN if path.startswith("/admin") else {"Authorization": "Bearer key-a"}
         response = await client.get(path, headers=headers)
         assert response.status == 400 and (await response.json())["error"]["param"] == param, path
+
+
+@pytest.mark.parametrize(("latencies", "p50", "p95"), [
+    ((3.14, 3.16, 3.2), 3.2, 3.2),  # 0.1 ms buckets below 10 ms
+    ((512.4, 512.6, 900.0), 513.0, 900.0),  # 1 ms below a second
+    ((5123.4, 5127.0, 9000.0), 5130.0, 9000.0),  # 10 ms below ten seconds
+    ((14872.0, 14830.0, 61234.0), 14900.0, 61200.0),  # 100 ms beyond
+])
+async def test_latency_percentiles_come_from_buckets_the_database_counts(
+    make_proxy: Any, database: str, latencies: tuple[float, ...], p50: float, p95: float
+) -> None:
+    client = await make_proxy(RULES, {"UPSTREAM": "http://127.0.0.1:9", "OPENAI_API_KEY": KEY, "DATABASE": database})
+    ledger = client.server.app[SERVICES].ledger
+    for number, ms in enumerate(latencies):
+        ledger.add(LedgerRecord(at=datetime.now(UTC), request_id=f"r{number}", key_name="team-a", operation="generate",
+                                mode="sync", status=200, images=1, total_ms=ms, upstream_ms=0.0))
+    await ledger.write_queued()
+    (total,) = (await (await client.get("/admin/usage", headers=ADMIN)).json())["data"]
+    assert (total["requests"], total["p50_ms"], total["p95_ms"]) == (3, p50, p95)
