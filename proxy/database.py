@@ -46,6 +46,8 @@ GENERATIONS = sa.Table(
     *(sa.Column(name, sa.Text()) for name in ("size", "quality", "output_format", "error_type", "error_code")),
     *(sa.Column(name, sa.BigInteger()) for name in ("input_tokens", "output_tokens", "total_tokens", "cost_micro_usd")),
     *(sa.Column(name, sa.Text()) for name in ("task_id", "idempotency_key", "prompt", "prompt_sha256")),
+    sa.Column("image_ids", sa.Text()),
+    sa.Column("images_expire_at", sa.DateTime(timezone=True)),
 )
 # Async task records (proxy.task_table), as revisions 0002 and 0003 make them.
 TASKS = sa.Table(

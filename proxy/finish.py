@@ -17,6 +17,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import time
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -34,6 +35,7 @@ from proxy.driver import Outcome
 from proxy.guard import Refused, as_upstream_error, trusted_for
 from proxy.guard import fetch as guarded_fetch
 from proxy.image_store import ImageStore
+from proxy.observe import note_hosted
 
 log = logging.getLogger("imagegate.finish")
 IMAGE_ROUTE = "/images/"
@@ -82,6 +84,7 @@ async def host(finisher: Finisher, image: GeneratedImage, delivery: Delivery) ->
     data: bytes = await _off_loop_if_large(len(image.b64_json), _decode, image.b64_json)
     content_type = sniff_image_type(data) or image.content_type or "image/png"
     name = await finisher.store.put(data, content_type, delivery.keep_for)
+    note_hosted(name, time.time() + delivery.keep_for)
     return replace(image, url=f"{delivery.public_base}{IMAGE_ROUTE}{name}", content_type=content_type, url_ttl=None)
 
 

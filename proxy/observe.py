@@ -67,6 +67,14 @@ def note_unlogged(**fields: Any) -> None:
         record.unlogged.update({key: value for key, value in fields.items() if value is not None})
 
 
+def note_hosted(name: str, expires_at: float) -> None:
+    """An image the proxy now hosts for this request: the ledger keeps its name and when the last one expires."""
+    record = CURRENT.get()
+    if record is not None:
+        record.unlogged.setdefault("image_ids", []).append(name)
+        record.unlogged["images_expire_at"] = max(expires_at, record.unlogged.get("images_expire_at", 0.0))
+
+
 def current_request_id() -> str | None:
     record = CURRENT.get()
     return record.request_id if record is not None else None

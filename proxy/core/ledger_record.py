@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -57,6 +57,8 @@ class LedgerRecord:
     idempotency_key: str | None = None
     prompt: str | None = None  # only with server.log_prompts
     prompt_sha256: str | None = None
+    image_ids: str | None = None  # the images the proxy hosts for it (`/images/<name>`), space-separated
+    images_expire_at: datetime | None = None  # when the last of them stops being served
 
     def row(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,7 +120,8 @@ def build_record(
 ) -> LedgerRecord:
     """The record of one image request: `fields` are the access line's notes and the ledger's own facts."""
     prompt, digest = _prompt(fields.get("prompt"), log_prompts)
-    text = {name: clean_text(fields.get(name)) for name in ("model", "rule", "upstream_model", "channel", "size", "quality")}
+    named = ("model", "rule", "upstream_model", "channel", "size", "quality")
+    text: dict[str, Any] = {name: clean_text(fields.get(name)) for name in named}
     return LedgerRecord(
         at=at,
         request_id=clean_text(request_id) or "",
@@ -143,4 +146,15 @@ def build_record(
         idempotency_key=clean_text(fields.get("idempotency_key")),
         prompt=prompt,
         prompt_sha256=digest,
+        **_hosted(fields),
     )
+
+
+def _hosted(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The hosted images' names and the last one's expiry (observe.note_hosted), when there are any."""
+    names = [name for name in fields.get("image_ids") or () if isinstance(name, str)]
+    expires = fields.get("images_expire_at")
+    if not names:
+        return {}
+    until = datetime.fromtimestamp(expires, UTC) if isinstance(expires, int | float) else None
+    return {"image_ids": " ".join(names), "images_expire_at": until}

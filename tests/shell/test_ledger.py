@@ -98,8 +98,26 @@ async def test_a_generation_is_one_record_with_its_figures(make_proxy: Any, aioh
         "error_code": None, "input_tokens": 10, "output_tokens": 4160, "total_tokens": 4170,
         "cost_micro_usd": 10 * 5 + 4160 * 40,  # tokens x USD per million tokens = micro-dollars
         "task_id": None, "idempotency_key": "heron-1", "prompt": None, "prompt_sha256": sha256("a heron"),
+        "image_ids": None, "images_expire_at": None,  # delivered as base64: nothing hosted
     }
     assert (await response.json())["metadata"]["cost_usd"] == 0.16645
+
+
+async def test_hosted_images_are_recorded_by_name_with_their_expiry(
+    make_proxy: Any, aiohttp_server: Any, database: str
+) -> None:
+    client = await start(make_proxy, aiohttp_server, FakeOpenAI(), database)
+    body = {"model": "gpt-image-1", "prompt": "two herons", "n": 2, "response_format": "url"}
+    answer = await (await client.post("/v1/images/generations", json=body, headers=bearer())).json()
+    (row,) = await rows(client)
+    names = [item["url"].rsplit("/images/", 1)[1] for item in answer["data"]]
+    assert row["image_ids"] == " ".join(names) and len(names) == 2
+    expires = row["images_expire_at"]
+    expires = expires if expires.tzinfo else expires.replace(tzinfo=UTC)
+    ttl = client.server.app[SERVICES].store.ttl
+    assert time.time() + ttl - 5 <= expires.timestamp() <= time.time() + ttl
+    for name in names:  # each name is an image the proxy serves
+        assert (await client.get(f"/images/{name}")).status == 200
 
 
 async def test_failover_failures_and_refusals_are_recorded_with_their_status_and_code(
@@ -217,7 +235,7 @@ async def test_migrations_make_the_schema_and_are_idempotent_on_restart(
     engine = second.server.app[SERVICES].ledger.engine
     await migrate(engine)  # once more: nothing to do
     async with engine.connect() as connection:
-        assert (await connection.execute(sa.text("SELECT version_num FROM alembic_version"))).scalars().all() == ["0003"]
+        assert (await connection.execute(sa.text("SELECT version_num FROM alembic_version"))).scalars().all() == ["0004"]
         columns = await connection.run_sync(lambda sync: sa.inspect(sync).get_columns("generations"))
         indexes = await connection.run_sync(lambda sync: sa.inspect(sync).get_indexes("generations"))
     assert [column["name"] for column in columns] == [column.name for column in GENERATIONS.columns]
