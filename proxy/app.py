@@ -7,6 +7,8 @@ Routes:
     GET  /v1/images/generations/{task_id}   an async task's state and result (seed 001)
     GET  /images/{name}           images the proxy hosts for `response_format: url`
     GET  /v1/models[/{id}]        the models the rules serve, merged with the default channel's (proxy.catalog)
+    GET  /v1/images/models[/{id}] what the rules say about each image model: operations, sizes, values,
+                                  channels, price (proxy.image_models)
     GET  /v1/usage                the calling key's usage from the ledger; /admin/usage, /admin/generations
                                   every key's, for server.admin_keys (proxy.usage)
     *    /v1/{anything else}      passed through to `default_channel` (proxy.passthrough)
@@ -39,6 +41,7 @@ from proxy.core.rules import Rules
 from proxy.finish import IMAGE_ROUTE, Delivery
 from proxy.idempotent import HEADER as IDEMPOTENCY_HEADER
 from proxy.idempotent import check_header, fingerprint, once
+from proxy.image_models import list_image_models, retrieve_image_model
 from proxy.image_store import ImageStore
 from proxy.input_images import check_client_images
 from proxy.key_limits import Admission, admit, imageless
@@ -310,5 +313,7 @@ def make_app(
     app.router.add_get("/admin/generations", admin_generations)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", retrieve_model)
+    app.router.add_get("/v1/images/models", list_image_models)
+    app.router.add_get("/v1/images/models/{model:.+}", retrieve_image_model)
     app.router.add_route("*", "/v1/{tail:.*}", passthrough)
     return app

@@ -352,7 +352,7 @@ def streams_natively(rules: Rules, plan: Plan, driver: Driver) -> bool:
 
 def streams(spec: AdapterSpec) -> bool:
     """Whether the channel streams natively: over the upstream's own stream, or by drawing it here."""
-    return spec.stream_call is not None or spec.stream_steps is not None
+    return spec.streams_natively
 
 
 async def stream(

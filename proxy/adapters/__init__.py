@@ -27,8 +27,10 @@ from proxy.adapters import (
     stability,
     zhipu,
 )
-from proxy.adapters.base import AdapterSpec
-from proxy.core.rules import ChannelSchema
+from proxy.adapters.base import AdapterSpec, Job
+from proxy.core.model_card import ChannelFacts
+from proxy.core.plan import Plan
+from proxy.core.rules import Channel, ChannelSchema, ModelRule
 
 _ALL = (
     openai.SPEC,
@@ -68,3 +70,23 @@ def unregister(name: str) -> None:
 
 for _spec in _ALL:
     register(_spec)
+
+
+def channel_facts(rule: ModelRule, channel: Channel, model: str) -> ChannelFacts:
+    """What the channel's adapter declares for `model` under `rule`, for its model card (proxy.core.model_card).
+
+    Declarations that depend on the job (formats, images per call) are read from a plan with no request in
+    it, for the name the channel serves `model` as; the job holds no key, since nothing is sent.
+    """
+    spec = _REGISTERED.get(channel.type)
+    if spec is None:
+        return ChannelFacts()  # its adapter was unregistered after the rules loaded: nothing is declared
+    plan = Plan(model=model, upstream_model=rule.upstream_for(channel.name, model), prompt="", n=1,
+                fields=MappingProxyType({}), response_format=None, rule=rule)
+    job = Job(plan, channel, None)
+    return ChannelFacts(
+        operations=spec.operations,
+        native_stream=spec.streams_natively,
+        max_n_per_call=spec.per_call(job),
+        formats=spec.native_formats(job),
+    )

@@ -164,6 +164,11 @@ class AdapterSpec:
         limit = self.max_n_per_call
         return limit(job) if callable(limit) else limit
 
+    @property
+    def streams_natively(self) -> bool:
+        """Whether its channels stream natively: over the upstream's own stream, or by drawing it here."""
+        return self.stream_call is not None or self.stream_steps is not None
+
     def native_formats(self, job: Job) -> NativeFormats:
         """The formats this job's provider and upstream model make themselves."""
         formats = self.output_formats
