@@ -67,6 +67,20 @@ class Admission:
         self.images_key = self.concurrency_key = None  # settling twice gives back nothing twice
         self.budget_keys = []
 
+    async def release_slot(self) -> None:
+        """Give back only the generation-at-once slot: an async task another process ends keeps the rest of its
+        reservation for that process to settle."""
+        if self.concurrency_key is not None:
+            await _quietly(self.counters.decr(self.concurrency_key, 1))
+            self.concurrency_key = None
+
+    async def reapply(self) -> None:
+        """Count this reservation again, in counters that did not outlive the process that made it."""
+        if self.images_key is not None:
+            await _quietly(self.counters.incr(self.images_key, self.reserved_images, DAY + 60))
+        for key, ttl in self.budget_keys:
+            await _quietly(self.counters.incr(key, self.reserved_micro, ttl))
+
     async def _settle_budget(self, actual: int) -> None:
         for key, ttl in self.budget_keys:
             if actual < self.reserved_micro:

@@ -108,6 +108,12 @@ async def _sweep_forever(services: Services) -> None:
             log.warning("could not sweep expired images or tasks: %s", exc)
 
 
+async def _stop(loop: asyncio.Task[None]) -> None:
+    loop.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await loop
+
+
 async def _drain(running: set[asyncio.Task[Any]], grace: float) -> None:
     """Let background work (async tasks, cancel calls) finish within the grace period, then stop it."""
     if not running:
@@ -146,16 +152,14 @@ async def services_context(app: web.Application) -> AsyncIterator[None]:
         await _counters_from_ledger(services, ledger)
     if ledger.migrated or not isinstance(tasks, DatabaseTaskStore):  # a database that is down was logged once
         await _first_take_over(services)
-    loops = [asyncio.create_task(_sweep_forever(services)), asyncio.create_task(keep_leases(services))]
+    sweeper, leases = asyncio.create_task(_sweep_forever(services)), asyncio.create_task(keep_leases(services))
     yield
-    for loop in loops:
-        loop.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await loop
+    await _stop(sweeper)
     # Async tasks were paid for: they get the same grace as in-flight requests.
     await _drain(services.background | services.driver.background, services.rules.server.shutdown_grace)
     # Cancelling stragglers above may have started cancel calls upstream: let those go out too.
     await _drain(set(services.driver.background), 10.0)
+    await _stop(leases)  # after the drain: tasks still running in it kept their leases
     # After the drain: async tasks that ended in it have queued their records.
     await ledger.close(services.rules.server.shutdown_grace)
     await tasks.close()

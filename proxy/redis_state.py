@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any
 
 import redis.asyncio as redis
@@ -55,24 +55,20 @@ class RedisTaskStore:
 
     def __init__(self, client: redis.Redis, clock: Callable[[], float] = time.time) -> None:
         self._redis, self._clock = client, clock
+        self._put = client.register_script(_PUT_TASK)
 
-    async def put(self, record: TaskRecord) -> None:
+    async def put(self, record: TaskRecord) -> bool:
+        lease_ms = int((record.lease_until - self._clock()) * 1000)
+        args: list[str | int | float] = [json.dumps(asdict(record)), int(record.expires_at * 1000), record.id, record.expires_at,
+                1 if unfinished(record.status) else 0, max(0, lease_ms)]
         async with unavailable_as_503():
-            pipe = self._redis.pipeline(transaction=True)
-            pipe.set(f"{PREFIX}task:{record.id}", json.dumps(asdict(record)), pxat=int(record.expires_at * 1000))
-            if unfinished(record.status):
-                pipe.zadd(OPEN_TASKS, {record.id: record.expires_at})
-                if record.lease_until > self._clock():
-                    pipe.set(_lease(record.id), b"1", pxat=int(record.lease_until * 1000))
-            else:
-                pipe.zrem(OPEN_TASKS, record.id)
-                pipe.delete(_lease(record.id))
-            await pipe.execute()
+            applied = await self._put(keys=[f"{PREFIX}task:{record.id}", OPEN_TASKS, _lease(record.id)], args=args)
+        return bool(applied)
 
     async def get(self, task_id: str) -> TaskRecord | None:
         async with unavailable_as_503():
             raw = await self._redis.get(f"{PREFIX}task:{task_id}")
-        return TaskRecord(**json.loads(raw)) if raw is not None else None
+        return _record(json.loads(raw)) if raw is not None else None
 
     async def sweep(self) -> int:
         return 0  # keys expire by themselves; the open set is pruned by `orphans`
@@ -83,7 +79,8 @@ class RedisTaskStore:
         async with unavailable_as_503():
             pipe = self._redis.pipeline(transaction=False)
             for task_id in task_ids:
-                pipe.set(_lease(task_id), b"1", pxat=int(until * 1000))
+                # Relative: Redis's clock and this host's may differ.
+                pipe.set(_lease(task_id), b"1", px=max(1, int((until - self._clock()) * 1000)))
             await pipe.execute()
 
     async def orphans(self, now: float, limit: int) -> list[TaskRecord]:
@@ -104,7 +101,7 @@ class RedisTaskStore:
     async def claim(self, task_id: str, until: float, now: float) -> TaskRecord | None:
         async with unavailable_as_503():
             # SET NX on the lease: of two replicas claiming at once, one wins.
-            if not await self._redis.set(_lease(task_id), b"1", nx=True, pxat=int(until * 1000)):
+            if not await self._redis.set(_lease(task_id), b"1", nx=True, px=max(1, int((until - now) * 1000))):
                 return None
         record = await self.get(task_id)
         return record if record is not None and unfinished(record.status) else None
@@ -115,6 +112,34 @@ class RedisTaskStore:
 
 def _lease(task_id: str) -> str:
     return f"{PREFIX}task-lease:{task_id}"
+
+
+def _record(saved: dict[str, Any]) -> TaskRecord:
+    """A stored record; fields a later version added are left out rather than refused."""
+    return TaskRecord(**{name: value for name, value in saved.items() if name in TASK_FIELDS})
+
+
+TASK_FIELDS = frozenset(item.name for item in fields(TaskRecord))
+
+# Store a task record unless the stored one has finished (a finished record never changes), keeping the set of
+# unfinished tasks and the task's lease with it: a lease in the future is (re)set, none or a past one removed.
+# KEYS: record, open set, lease. ARGV: JSON, expiry (ms since the epoch), id, expiry (s), unfinished 1|0, lease ms.
+_PUT_TASK = """
+local stored = redis.call('GET', KEYS[1])
+if stored then
+  local status = cjson.decode(stored)['status']
+  if status ~= 'pending' and status ~= 'running' then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
+if ARGV[5] == '1' then
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+  if tonumber(ARGV[6]) > 0 then redis.call('SET', KEYS[3], '1', 'PX', ARGV[6]) else redis.call('DEL', KEYS[3]) end
+else
+  redis.call('ZREM', KEYS[2], ARGV[3])
+  redis.call('DEL', KEYS[3])
+end
+return 1
+"""
 
 
 class RedisImageStore:

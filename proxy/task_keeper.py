@@ -28,6 +28,7 @@ from proxy.key_limits import Admission
 from proxy.observe import CURRENT, RequestRecord
 from proxy.production import Caller
 from proxy.services import Services
+from proxy.shared_state import MemoryCounters
 from proxy.task_runner import TaskRun, end_task, lease_until, run_task, start_background
 from proxy.tasks import TaskRecord, failed
 
@@ -47,7 +48,8 @@ async def keep_leases(services: Services) -> None:
         await asyncio.sleep(services.rules.server.tasks.lease / 3)
         try:
             await services.tasks.renew(set(services.running_tasks), lease_until(services))
-            await take_over(services)
+            if not services.draining:  # a process shutting down keeps its own tasks' leases, takes no others
+                await take_over(services)
         except Exception as exc:  # the store is down: try again on the next beat
             log.warning("could not renew task leases or look for orphaned tasks: %s", type(exc).__name__)
 
@@ -57,19 +59,32 @@ async def take_over(services: Services) -> int:
     now = time.time()
     taken = 0
     for orphan in await services.tasks.orphans(now, BATCH):
+        if orphan.id in services.running_tasks:
+            continue  # this process runs it: its renewal was late, not its process gone
         record = await services.tasks.claim(orphan.id, lease_until(services), now)
         if record is None:
             continue  # another process was first
         taken += 1
-        checkpoint = _checkpoint_of(record)
-        run = rebuilt(services, record, checkpoint) if checkpoint is not None and checkpoint.resumable else None
-        if run is not None and checkpoint is not None:
-            log.info("resuming async task %s: polling its upstream task on channel %s", record.id, checkpoint.channel)
-            start_background(services, _resume(services, run, checkpoint.trace))
-        else:
-            log.warning("async task %s was left unfinished by a stopped process: failed as interrupted", record.id)
-            await _interrupt(services, record, checkpoint)  # at once: a client polling next sees it failed
+        try:
+            await _adopt(services, record)
+        except Exception:  # one unreadable task must not stop the others being taken over
+            log.exception("async task %s could not be taken over: failed as interrupted", record.id)
+            await _interrupt(services, record, None)
     return taken
+
+
+async def _adopt(services: Services, record: TaskRecord) -> None:
+    """Resume a claimed task from its checkpoint, or fail it as interrupted."""
+    checkpoint = _checkpoint_of(record)
+    run = rebuilt(services, record, checkpoint) if checkpoint is not None and checkpoint.resumable else None
+    if run is not None and checkpoint is not None:
+        log.info("resuming async task %s: polling its upstream task on channel %s", record.id, checkpoint.channel)
+        if run.admission is not None and isinstance(services.counters, MemoryCounters):
+            await run.admission.reapply()  # the counters began anew with this process (from the ledger, without it)
+        start_background(services, _resume(services, run, checkpoint.trace))
+        return
+    log.warning("async task %s was left unfinished by a stopped process: failed as interrupted", record.id)
+    await _interrupt(services, record, checkpoint)  # at once: a client polling next sees it failed
 
 
 def _checkpoint_of(record: TaskRecord) -> Checkpoint | None:
@@ -125,8 +140,9 @@ async def _resume(services: Services, run: TaskRun, trace: Trace) -> None:
 async def _interrupt(services: Services, record: TaskRecord, checkpoint: Checkpoint | None) -> None:
     trace = CURRENT.set(_request_record(checkpoint.trace) if checkpoint is not None else None)
     try:
-        await end_task(services, failed(record, INTERRUPTED.envelope(), INTERRUPTED.status), attempts=2)
+        ended = await end_task(services, failed(record, INTERRUPTED.envelope(), INTERRUPTED.status), attempts=2)
     finally:
         CURRENT.reset(trace)
-    if checkpoint is not None:
+    # Memory counters began anew with this process: the reservation is not in them to give back.
+    if ended and checkpoint is not None and not isinstance(services.counters, MemoryCounters):
         await _admission(services, checkpoint).settle(0)

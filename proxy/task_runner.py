@@ -50,7 +50,9 @@ class TaskRun:
     admission: Admission | None
     request: dict[str, Any] | None  # the client's JSON fields (None: an upload): kept to resume the task
     resume: tuple[str, object] | None = None  # taken over: the channel and the adapter state to poll from
-    handed_over: bool = False  # stopped for another process to resume: it settles the reservation
+    # The task's end is another process's: handed over at shutdown, or ended first by a process that took
+    # it over. That process settles the reservation and writes the ledger record.
+    ended_elsewhere: bool = False
 
     @property
     def checkpoint(self) -> Checkpoint | None:
@@ -101,17 +103,19 @@ async def run_task(services: Services, run: TaskRun) -> None:
         services.running_tasks.discard(run.record.id)
         if services.metrics is not None:
             services.metrics.async_tasks.dec()
-        if run.admission is not None and not run.handed_over:
-            await run.admission.settle(delivered, spent)
+        if run.admission is not None:
+            await (run.admission.release_slot() if run.ended_elsewhere else run.admission.settle(delivered, spent))
 
 
 async def _run_task(services: Services, run: TaskRun) -> tuple[int, Decimal | None]:
     run.record = replace(run.record, status=RUNNING, lease_until=lease_until(services))
-    await keep(services.tasks, run.record)
+    if not await keep(services.tasks, run.record):
+        run.ended_elsewhere = True  # taken over from a process that ended it meanwhile
+        return 0, None
     try:
         body, spent = await produce_body(services, run.plan, run.caller, run.delivery, *_attempt(services, run))
     except ProxyError as error:
-        await end_task(services, failed(run.record, error.envelope(), error.status))
+        await _end(services, run, failed(run.record, error.envelope(), error.status))
         return 0, None
     except asyncio.CancelledError:
         # Shutdown ran out of grace: the next process resumes the task, or the record says it was cut short.
@@ -120,10 +124,16 @@ async def _run_task(services: Services, run: TaskRun) -> tuple[int, Decimal | No
     except Exception:
         log.exception("async task %s failed unexpectedly", run.record.id)
         internal = ProxyError("The proxy failed to run the task.", code="internal_error")
-        await end_task(services, failed(run.record, internal.envelope(), internal.status))
+        await _end(services, run, failed(run.record, internal.envelope(), internal.status))
         return 0, None
-    await end_task(services, finished(run.record, body))
+    await _end(services, run, finished(run.record, body))
     return len(body["data"]), spent
+
+
+async def _end(services: Services, run: TaskRun, final: TaskRecord, attempts: int = 8) -> None:
+    if not await end_task(services, final, attempts):
+        run.ended_elsewhere = True
+        log.warning("async task %s was ended by another process first: this run's end is dropped", run.record.id)
 
 
 def _attempt(services: Services, run: TaskRun) -> tuple[Attempt, Any]:
@@ -131,13 +141,25 @@ def _attempt(services: Services, run: TaskRun) -> tuple[Attempt, Any]:
     afresh and checkpoint its upstream task once one exists."""
     driver = services.driver
     if run.resume is None:
-        return functools.partial(run_on_channel, driver, report=functools.partial(_checkpoint, services, run)), None
+        return functools.partial(_fresh, services, run), None
     channel_name, state = run.resume
 
     async def resumed(job: Job) -> tuple[Any, tuple[ProxyError, ...]]:
         return await run_job(driver, driver.adapters[job.channel.type], job, resume=state), ()
 
     return resumed, lambda channel: channel.name == channel_name
+
+
+async def _fresh(services: Services, run: TaskRun, job: Job) -> tuple[Any, tuple[ProxyError, ...]]:
+    """One channel's attempt, checkpointed once its upstream task exists; a failed attempt's upstream task is
+    forgotten again (the driver may fail over: a later process must not resume a task that ended)."""
+    try:
+        return await run_on_channel(services.driver, job, report=functools.partial(_checkpoint, services, run))
+    except ProxyError:
+        checkpoint = run.checkpoint
+        if checkpoint is not None and checkpoint.channel == job.channel.name:
+            await _save(services, run, replace(run.record, checkpoint=checkpoint.without_upstream().dumps()))
+        raise
 
 
 async def _checkpoint(services: Services, run: TaskRun, channel_name: str, state: object) -> None:
@@ -149,41 +171,48 @@ async def _checkpoint(services: Services, run: TaskRun, channel_name: str, state
     if run.request is None or checkpoint is None or channel is None or channel.passthrough_key:
         return
     progressed = checkpoint.at_upstream(channel_name, state, run.request, trace_of(CURRENT.get()))
-    run.record = replace(run.record, checkpoint=progressed.dumps(), lease_until=lease_until(services))
+    await _save(services, run, replace(run.record, checkpoint=progressed.dumps(), lease_until=lease_until(services)))
+
+
+async def _save(services: Services, run: TaskRun, record: TaskRecord) -> None:
+    run.record = record
     try:
-        await services.tasks.put(run.record)
+        await services.tasks.put(record)
     except Exception as exc:
-        log.warning("async task %s: could not keep its checkpoint (%s): it cannot be resumed", run.record.id,
-                    type(exc).__name__)
+        log.warning("async task %s: could not keep its checkpoint (%s)", record.id, type(exc).__name__)
 
 
 async def _stopped(services: Services, run: TaskRun) -> None:
     checkpoint = run.checkpoint
     if checkpoint is not None and checkpoint.resumable:
-        run.handed_over = True
+        run.ended_elsewhere = True
         await keep(services.tasks, replace(run.record, lease_until=0.0), attempts=1)
         log.info("async task %s handed over: the next process resumes it", run.record.id)
         return
-    await end_task(services, failed(run.record, STOPPED.envelope(), STOPPED.status), attempts=1)
+    await _end(services, run, failed(run.record, STOPPED.envelope(), STOPPED.status), attempts=1)
 
 
-async def end_task(services: Services, final: TaskRecord, attempts: int = 8) -> None:
-    """A task's last state: its ledger record, then the record its client polls."""
+async def end_task(services: Services, final: TaskRecord, attempts: int = 8) -> bool:
+    """A task's last state: the record its client polls, then its ledger record. False when another process
+    had ended the task already (its end stands; this one is dropped)."""
+    if not await keep(services.tasks, final, attempts):
+        return False
     task_ended(services, final)
-    await keep(services.tasks, final, attempts)
+    return True
 
 
-async def keep(tasks: TaskStore, record: TaskRecord, attempts: int = 8) -> None:
-    """Store a task record, retrying through a short backend outage: a finished result must not be lost."""
+async def keep(tasks: TaskStore, record: TaskRecord, attempts: int = 8) -> bool:
+    """Store a task record, retrying through a short backend outage: a finished result must not be lost.
+    False only when the stored record had finished already; a store that stays down is logged (True)."""
     for attempt in range(attempts):
         try:
-            await tasks.put(record)
-            return
+            return await tasks.put(record)
         except Exception:
             if attempt == attempts - 1:
                 log.error("could not store async task %s (%s) after %d attempts", record.id, record.status, attempts)
-                return
+                return True
             await asyncio.sleep(min(30.0, 0.5 * 2**attempt))
+    return True
 
 
 def start_background(services: Services, work: Coroutine[Any, Any, None]) -> None:

@@ -73,10 +73,11 @@ def as_record(row: Any) -> TaskRecord:
 
 
 def upsert(dialect: str, row: dict[str, Any]) -> Any:
-    """INSERT, or UPDATE the record already there (a task is put when created, started and ended)."""
+    """INSERT, or UPDATE the record already there unless it has finished (a task is put when created,
+    started, checkpointed and ended; a finished record never changes)."""
     insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(TASKS).values(**row)
     changed = {name: insert.excluded[name] for name in row if name != "id"}
-    return insert.on_conflict_do_update(index_elements=[TASKS.c.id], set_=changed)
+    return insert.on_conflict_do_update(index_elements=[TASKS.c.id], set_=changed, where=OPEN)
 
 
 class DatabaseTaskStore:
@@ -107,9 +108,10 @@ class DatabaseTaskStore:
                 await self._prepare()
                 self._started = True
 
-    async def put(self, record: TaskRecord) -> None:
+    async def put(self, record: TaskRecord) -> bool:
         async with self._connection("store a task") as connection:
-            await connection.execute(upsert(self.engine.dialect.name, as_row(record)))
+            result = await connection.execute(upsert(self.engine.dialect.name, as_row(record)))
+        return int(result.rowcount) == 1
 
     async def get(self, task_id: str) -> TaskRecord | None:
         async with self._connection("read a task") as connection:

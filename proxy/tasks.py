@@ -60,8 +60,9 @@ def new_record(owner: str, now: float, retention: float) -> TaskRecord:
 
 
 class TaskStore(Protocol):
-    async def put(self, record: TaskRecord) -> None:
-        """Create or replace a record."""
+    async def put(self, record: TaskRecord) -> bool:
+        """Create or replace a record; False (nothing written) when the stored one has finished already: a
+        finished record never changes, so of two processes that ran one task the first to end it owns its end."""
         ...
 
     async def get(self, task_id: str) -> TaskRecord | None:
@@ -73,7 +74,7 @@ class TaskStore(Protocol):
         ...
 
     async def renew(self, task_ids: Collection[str], until: float) -> None:
-        """Extend the leases of unfinished tasks this process runs."""
+        """Extend the leases of unfinished tasks this process runs (`until`: this process's clock)."""
         ...
 
     async def orphans(self, now: float, limit: int) -> list[TaskRecord]:
@@ -95,8 +96,12 @@ class MemoryTaskStore:
         self._records: dict[str, TaskRecord] = {}
         self._clock = clock
 
-    async def put(self, record: TaskRecord) -> None:
+    async def put(self, record: TaskRecord) -> bool:
+        stored = self._records.get(record.id)
+        if stored is not None and not unfinished(stored.status):
+            return False
         self._records[record.id] = record
+        return True
 
     async def get(self, task_id: str) -> TaskRecord | None:
         record = self._records.get(task_id)

@@ -58,6 +58,10 @@ class Checkpoint:
     def at_upstream(self, channel: str, state: object, request: dict[str, Any] | None, trace: Trace) -> Checkpoint:
         return replace(self, channel=channel, state=encode_state(state), request=request, trace=trace)
 
+    def without_upstream(self) -> Checkpoint:
+        """The attempt on the checkpointed channel failed: its upstream task is not to be resumed."""
+        return replace(self, channel=None, state=None)
+
     def dumps(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -196,5 +196,19 @@ async def test_an_orphan_is_claimed_once_and_a_leased_or_finished_task_never(sto
     assert await store.orphans(now, 10) == []
 
 
+async def test_a_finished_record_never_changes(store: Any) -> None:
+    """Of two processes that ran one task (one lost its lease while it still ran), the first to end it wins."""
+    now = time.time()
+    running = replace(new_record("o", now, 600), status=RUNNING, lease_until=now + 30)
+    assert await store.put(running) is True
+    ended = finished(running, {"created": int(now), "data": [{"url": "first"}]})
+    assert await store.put(ended) is True
+    assert await store.put(finished(running, {"created": int(now), "data": [{"url": "second"}]})) is False
+    assert await store.put(running) is False  # nor back to running
+    kept = await store.get(running.id)
+    assert kept is not None and kept.status == SUCCEED and kept.body == {"created": int(now), "data": [{"url": "first"}]}
+    assert await store.orphans(now + 60, 10) == []
+
+
 def database_url_of(request: pytest.FixtureRequest) -> URL:
     return make_url(str(request.getfixturevalue("postgres_url"))).set(drivername="postgresql+asyncpg")

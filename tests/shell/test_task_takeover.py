@@ -10,12 +10,14 @@ import asyncio
 import base64
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from proxy.core.limit_windows import key_id
 from proxy.database import GENERATIONS, open_engine
 from proxy.services import SERVICES
 from proxy.tasks import FAILED, SUCCEED
@@ -158,6 +160,42 @@ async def test_a_task_taken_over_settles_its_budget_reservation(
     await asyncio.sleep(0.2)  # the task settles right after its record is stored
     counters = [int(await second.server.app[SERVICES].counters.incr(name, 0, 60)) for name in await _budget_keys(redis_server)]
     assert counters == [1_000_000, 1_000_000]  # day and month: $1.00 in micro-dollars, the reservation settled
+
+
+async def test_with_counters_in_memory_a_task_taken_over_counts_against_the_budget_once(
+    make_proxy: Any, aiohttp_server: Any
+) -> None:
+    """Memory counters begin anew with the next process (from the ledger, which has no row for a running task):
+    the reservation is counted again, then settled to what the images cost."""
+    kling = FakeKling(polls_before_done=20)
+    env = await upstreams(aiohttp_server, kling)
+    priced = {**models(), "kling-v2": {**models()["kling-v2"], "price": {"per_image": {"*": 0.25}}}}
+    key = {"key": "key-a", "name": "alice", "budget": {"usd_per_day": 10}}
+    text = lambda grace: rules_yaml(priced, channels(), server=server(api_keys=[key], shutdown_grace=grace))  # noqa: E731
+    first = await make_proxy(text(0.1), env)
+    task_id = await create(first, {**CRANE, "n": 4}, "req-memory")
+    await polled_once(kling)
+    await first.close()
+    second = await make_proxy(text(30), env)
+    _, body = await poll_task(second, task_id, A, SUCCEED)
+    assert body["metadata"]["cost_usd"] == 1.0
+    await asyncio.sleep(0.2)
+    day = f"usd-day:{key_id('key-a')}:{int(time.time() // 86400)}"
+    assert await second.server.app[SERVICES].counters.incr(day, 0, 60) == 1_000_000
+
+
+async def test_a_draining_process_keeps_renewing_its_leases(make_proxy: Any, aiohttp_server: Any) -> None:
+    """A shutdown's grace may be longer than a lease: the tasks it lets finish are not taken over meanwhile."""
+    kling = FakeKling(polls_before_done=20)
+    env = await upstreams(aiohttp_server, kling)
+    first = await make_proxy(rules_yaml(models(), channels(), server=server(shutdown_grace=30, tasks={"lease": 0.3})), env)
+    task_id = await create(first, CRANE, "req-drain")
+    await polled_once(kling)
+    second = await make_proxy(rules_yaml(models(), channels(), server=server(tasks={"lease": 0.3})), env)
+    await first.close()  # drains: the task runs to its end (about a second, three leases) in the first process
+    _, body = await poll_task(second, task_id, A, SUCCEED)
+    assert_cranes(body)
+    assert creates(kling) == 1 and polls(kling) == 21 and not second.server.app[SERVICES].running_tasks
 
 
 async def _budget_keys(redis_server: Any) -> list[str]:

@@ -8,6 +8,8 @@ Create Date: 2026-12-04
 
 from __future__ import annotations
 
+import time
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -17,10 +19,17 @@ branch_labels: str | None = None
 depends_on: str | None = None
 
 
+# Unfinished tasks of a process that runs the previous version while this one migrates the shared database
+# (a rolling deploy): that process cannot renew leases, so it gets this long to finish them before another
+# process takes them over (without a checkpoint: failed as interrupted).
+GRACE = 600.0
+
+
 def upgrade() -> None:
-    # Unix seconds; 0 for the records written before leases: their process is gone, so they are orphans.
-    op.add_column("tasks", sa.Column("lease_until", sa.Float(), nullable=False, server_default="0"))
+    op.add_column("tasks", sa.Column("lease_until", sa.Float(), nullable=False, server_default="0"))  # Unix seconds
     op.add_column("tasks", sa.Column("checkpoint", sa.Text()))  # JSON (proxy.core.task_checkpoint)
+    tasks = sa.table("tasks", sa.column("status", sa.Text()), sa.column("lease_until", sa.Float()))
+    op.execute(tasks.update().where(tasks.c.status.in_(["pending", "running"])).values(lease_until=time.time() + GRACE))
 
 
 def downgrade() -> None:
