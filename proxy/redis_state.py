@@ -28,6 +28,8 @@ from proxy.tasks import TaskRecord, unfinished
 
 PREFIX = "imagegate:"
 OPEN_TASKS = f"{PREFIX}tasks:open"
+RECENT_TASKS = f"{PREFIX}tasks:recent"
+RECENT_KEPT = 10_000  # newest task ids the admin list can show; older ones keep their records, unlisted
 TIMEOUT = 2.0
 
 
@@ -50,8 +52,9 @@ async def unavailable_as_503() -> AsyncIterator[None]:
 
 
 class RedisTaskStore:
-    """A record per task under `task:<id>`; unfinished ones are also in the `tasks:open` sorted set (by
-    expiry) and hold a `task-lease:<id>` key while their process renews it (proxy.task_keeper)."""
+    """A record per task under `task:<id>`, its id in the `tasks:recent` sorted set (by creation, the newest
+    10,000); unfinished ones are also in the `tasks:open` sorted set (by expiry) and hold a `task-lease:<id>`
+    key while their process renews it (proxy.task_keeper)."""
 
     def __init__(self, client: redis.Redis, clock: Callable[[], float] = time.time) -> None:
         self._redis, self._clock = client, clock
@@ -60,6 +63,8 @@ class RedisTaskStore:
         async with unavailable_as_503():
             pipe = self._redis.pipeline(transaction=True)
             pipe.set(f"{PREFIX}task:{record.id}", json.dumps(asdict(record)), pxat=int(record.expires_at * 1000))
+            pipe.zadd(RECENT_TASKS, {record.id: record.created})
+            pipe.zremrangebyrank(RECENT_TASKS, 0, -RECENT_KEPT - 1)
             if unfinished(record.status):
                 pipe.zadd(OPEN_TASKS, {record.id: record.expires_at})
                 if record.lease_until > self._clock():
@@ -75,7 +80,14 @@ class RedisTaskStore:
         return TaskRecord(**json.loads(raw)) if raw is not None else None
 
     async def sweep(self) -> int:
-        return 0  # keys expire by themselves; the open set is pruned by `orphans`
+        return 0  # keys expire by themselves; the open set is pruned by `orphans`, the recent set on `put`
+
+    async def recent(self, limit: int) -> list[TaskRecord]:
+        async with unavailable_as_503():
+            members: list[Any] = await self._redis.zrevrange(RECENT_TASKS, 0, limit - 1)
+            raws: list[Any] = await self._redis.mget([f"{PREFIX}task:{m.decode()}" for m in members]) if members else []
+        # An expired record's id may still be listed until newer ones push it out: it is skipped.
+        return [TaskRecord(**json.loads(raw)) for raw in raws if raw is not None]
 
     async def renew(self, task_ids: Collection[str], until: float) -> None:
         if not task_ids:
