@@ -165,8 +165,27 @@ async def tasks(request: web.Request) -> web.Response:
     """GET /admin/tasks: the newest tasks of every owner, newest first."""
     require_admin(request)
     limit = _task_limit(request.query)
-    records = await request.app[SERVICES].tasks.recent(limit)
-    return web.json_response({"object": "list", "data": [task_summary(record) for record in records]})
+    services = request.app[SERVICES]
+    summaries = [task_summary(record) for record in await services.tasks.recent(limit)]
+    await _owners_from_ledger(services, summaries)
+    return web.json_response({"object": "list", "data": summaries})
+
+
+async def _owners_from_ledger(services: Services, summaries: list[dict[str, Any]]) -> None:
+    """An ended task's record no longer holds its checkpoint: its key name (and model, channel, when its answer
+    did not say them) come from its ledger record, written when it ended (a moment later: batched)."""
+    ended = {summary["id"]: summary for summary in summaries if summary["key_name"] is None}
+    if not ended or services.ledger is None:
+        return
+    table = GENERATIONS
+    since = datetime.fromtimestamp(min(summary["created"] for summary in ended.values()) - 1, UTC)
+    statement = sa.select(table.c.task_id, table.c.key_name, table.c.model, table.c.channel).where(
+        table.c.at >= since, table.c.task_id.in_(list(ended)))  # through the index on `at`
+    async with services.ledger.engine.connect() as connection:
+        rows = (await connection.execute(statement)).all()
+    for row in rows:
+        summary = ended[row.task_id]
+        summary.update(key_name=row.key_name, model=summary["model"] or row.model, channel=summary["channel"] or row.channel)
 
 
 def _at(value: Any, *path: str) -> Any:
@@ -180,7 +199,8 @@ def _at(value: Any, *path: str) -> Any:
 
 def task_summary(record: TaskRecord) -> dict[str, Any]:
     """What the console lists of a task: while it runs, from its checkpoint (the request's notes, the channel
-    and the adapter's polling state); once it ended, from its answer's metadata or its error."""
+    and the adapter's polling state); once it ended, from its answer's metadata or its error (and the ledger,
+    `_owners_from_ledger`)."""
     summary: dict[str, Any] = {"id": record.id, "status": record.status, "created": record.created,
                                "expires_at": record.expires_at, "model": None, "key_name": None, "channel": None,
                                "polls": None, "images": 0, "error": None}

@@ -144,6 +144,7 @@ async def test_tasks_of_every_owner_are_listed_newest_first_and_shown_whole(
         if running.checkpoint and running.checkpoint.get("channel"):
             break
         await asyncio.sleep(0.02)
+    await client.server.app[SERVICES].ledger.write_queued()  # the ended task's ledger record names its key
     listed = await (await client.get("/admin/tasks?limit=50", headers=ADMIN)).json()
     by_id = {row["id"]: row for row in listed["data"]}
     assert set(by_id) == {running_id, done_id} and listed["object"] == "list"
@@ -153,8 +154,8 @@ async def test_tasks_of_every_owner_are_listed_newest_first_and_shown_whole(
                                  "expires_at": running.expires_at, "model": "kling-v2", "key_name": "alice",
                                  "channel": "kling", "polls": polls, "images": 0, "error": None}
     done = by_id[done_id]
-    assert {k: done[k] for k in ("status", "model", "channel", "images", "error")} == {
-        "status": "succeed", "model": "local-image", "channel": "local", "images": 1, "error": None}
+    assert {k: done[k] for k in ("status", "model", "key_name", "channel", "images", "error")} == {
+        "status": "succeed", "model": "local-image", "key_name": "alice", "channel": "local", "images": 1, "error": None}
     detail = await client.get(f"/admin/tasks/{running_id}", headers=ADMIN)  # not the owner's key
     assert detail.status == 200 and (await detail.json())["task_status"] == RUNNING
     whole = await (await client.get(f"/admin/tasks/{done_id}", headers=ADMIN)).json()
@@ -170,8 +171,10 @@ async def test_a_failed_task_lists_its_error(make_proxy: Any, aiohttp_server: An
     client = await proxy(make_proxy, aiohttp_server, "", FakeOpenAI(), FakeKling(polls_before_done=0, moderate=True))
     task_id = (await (await generate(client, {"model": "kling-v2", "async": True}, "m")).json())["task_id"]
     await poll_task(client, task_id, A, FAILED)
+    await client.server.app[SERVICES].ledger.write_queued()
     (row,) = (await (await client.get("/admin/tasks", headers=ADMIN)).json())["data"]
     assert row["status"] == FAILED and row["images"] == 0 and row["error"]["type"] == "image_generation_user_error"
+    assert (row["key_name"], row["model"], row["channel"]) == ("alice", "kling-v2", "kling")  # from the ledger
     detail = await client.get(f"/admin/tasks/{task_id}", headers=ADMIN)
     assert detail.status == 400 and (await detail.json())["error"]["code"] == row["error"]["code"]
 
