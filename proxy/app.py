@@ -11,6 +11,9 @@ Routes:
                                   channels, price (proxy.image_models)
     GET  /v1/usage                the calling key's usage from the ledger; /admin/usage, /admin/generations
                                   every key's, for server.admin_keys (proxy.usage)
+    GET  /admin/channels          each channel's models, last hour and day, newest errors (proxy.admin)
+    POST /admin/channels/{name}/test   one tiny generation through that channel alone
+    GET  /admin/tasks[/{id}]      the newest async tasks of every owner; one task as its owner sees it
     *    /v1/{anything else}      passed through to `default_channel` (proxy.passthrough)
 """
 
@@ -27,6 +30,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from proxy import admin
 from proxy.adapters import ADAPTERS
 from proxy.body import defer_continue, read_body
 from proxy.catalog import list_models, retrieve_model
@@ -38,7 +42,7 @@ from proxy.core.limit_windows import key_id
 from proxy.core.plan import EDIT, VARIATION, Plan, build_plan
 from proxy.core.request import parse_image_request, parse_json_object
 from proxy.core.rules import Rules
-from proxy.finish import IMAGE_ROUTE, Delivery
+from proxy.finish import IMAGE_ROUTE, Delivery, public_base
 from proxy.idempotent import HEADER as IDEMPOTENCY_HEADER
 from proxy.idempotent import check_header, fingerprint, once
 from proxy.image_models import list_image_models, retrieve_image_model
@@ -55,7 +59,7 @@ from proxy.production import Caller, key_name, produce_body
 from proxy.services import CLIENT_KEY, JSON_FIELDS, RULES, RULES_PATH, SERVICES, STORE, TASK_STORE
 from proxy.streaming import stream
 from proxy.task_runner import TaskRun, created, run_task, start_background
-from proxy.tasks import FAILED, TaskStore, owner_of
+from proxy.tasks import TaskStore, answer_of, owner_of
 from proxy.upload_form import Form, read_form
 from proxy.upstream import SESSION
 from proxy.usage import admin_generations, admin_usage, own_usage
@@ -74,12 +78,6 @@ MAX_LOGGED_MODEL = 200  # characters of a client's model name an access line kee
 def json_answer(body: dict[str, Any], status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
     """An ImagesResponse as JSON; megabytes of base64 are spliced in rather than escaped (proxy.core.json_body)."""
     return web.Response(body=encode_body(body), status=status, headers=headers, content_type="application/json")
-
-
-def public_base(request: web.Request, rules: Rules) -> str:
-    if rules.server.public_base_url:
-        return rules.server.public_base_url
-    return f"{request.scheme}://{request.host}"
 
 
 async def respond(request: web.Request, plan: Plan, request_fingerprint: str) -> web.StreamResponse:
@@ -239,9 +237,8 @@ async def task_status(request: web.Request) -> web.Response:
     # Another key's task answers exactly like a missing one: ids must not be probed.
     if record is None or not hmac.compare_digest(record.owner, owner):
         raise NotFound("No task with this id exists, or it has expired.", param="task_id", code="task_not_found")
-    if record.status == FAILED and record.error is not None:
-        return web.json_response({**record.error, **record.view()}, status=record.error_status or 502)
-    return json_answer(record.view())
+    body, status = answer_of(record)
+    return json_answer(body, status=status)
 
 
 async def hosted_image(request: web.Request) -> web.StreamResponse:
@@ -311,6 +308,10 @@ def make_app(
     app.router.add_get("/v1/usage", own_usage)
     app.router.add_get("/admin/usage", admin_usage)
     app.router.add_get("/admin/generations", admin_generations)
+    app.router.add_get("/admin/channels", admin.channels)
+    app.router.add_post("/admin/channels/{name}/test", admin.test_channel)
+    app.router.add_get("/admin/tasks", admin.tasks)
+    app.router.add_get("/admin/tasks/{task_id}", admin.task)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", retrieve_model)
     app.router.add_get("/v1/images/models", list_image_models)

@@ -49,7 +49,8 @@ GENERATIONS = sa.Table(
     sa.Column("image_ids", sa.Text()),
     sa.Column("images_expire_at", sa.DateTime(timezone=True)),
 )
-# Async task records (proxy.task_table), as revisions 0002 and 0003 make them.
+# Async task records (proxy.task_table), as revisions 0002, 0003 and 0005 make them (indexes on expires_at,
+# status and created are the migrations' alone: none is declared here).
 TASKS = sa.Table(
     "tasks",
     metadata,

@@ -23,12 +23,13 @@ from functools import partial
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from proxy.core.errors import BadGateway, ProxyError
 from proxy.core.formats import FORMAT_OF_MIME, MIME_TYPES, Conversion
 from proxy.core.mime import image_dimensions, sniff_image_type
 from proxy.core.response import FETCH, HOST, GeneratedImage, ImagesResult, conversion, in_format
-from proxy.core.rules import Channel, DownloadRules
+from proxy.core.rules import Channel, DownloadRules, Rules
 from proxy.core.transcode import TranscodeError, transcode
 from proxy.cpu import off_loop
 from proxy.driver import Outcome
@@ -50,6 +51,13 @@ class Finisher:
     session: aiohttp.ClientSession  # the guarded one: result URLs are the upstream's choice
     store: ImageStore
     download: DownloadRules
+
+
+def public_base(request: web.Request, rules: Rules) -> str:
+    """Where clients reach the proxy: `server.public_base_url`, else the request's own scheme and Host."""
+    if rules.server.public_base_url:
+        return rules.server.public_base_url
+    return f"{request.scheme}://{request.host}"
 
 
 @dataclass(frozen=True)

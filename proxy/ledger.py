@@ -1,6 +1,6 @@
 """Shell layer: the ledger: one record per image request, written to the database off the request's path.
 
-    access_middleware (every image POST's end) or an async task's end
+    access_middleware (every image POST's end), an async task's end, or a channel test (proxy.admin)
         -> entry(): the request's notes + facts -> core.ledger_record.build_record -> LedgerRecord
         -> Ledger.add(): a bounded in-memory queue (never waits, never raises)
         -> the writer: every `every` seconds, or at once when `batch` records wait, one INSERT per batch
@@ -209,3 +209,15 @@ def task_ended(services: Services, final: TaskRecord) -> None:
         services.ledger.add(entry(services, record, status, error if isinstance(error, dict) else None))
     except Exception:  # a bug here must not leave the task unfinished for its client
         log.exception("ledger: could not record task %s", final.id)
+
+
+def channel_tested(services: Services, status: int, error: dict[str, Any] | None) -> None:
+    """A channel test from the admin console (proxy.admin): recorded like any image request, with the status
+    the generation ended with (the console's own answer is a 200 either way)."""
+    record = CURRENT.get()
+    if services.ledger is None or record is None:
+        return
+    try:
+        services.ledger.add(entry(services, record, status, error))
+    except Exception:  # a bug here must not turn the test's answer into a 500
+        log.exception("ledger: could not record channel test %s", record.request_id)

@@ -2,7 +2,8 @@
 
     access  request id, timing, one JSON access line, request metrics
     errors  every failure leaves as the OpenAI envelope (unexpected ones are logged, answered 500)
-    auth    client keys guard `/v1/*` (constant-time comparison)
+    auth    client keys (and admin keys) guard `/v1/*` (constant-time comparison); `require_admin`, called by
+            every `/admin/` handler, guards those routes
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from proxy.core.ledger_record import IMAGE_ROUTES
 from proxy.finish import IMAGE_ROUTE
 from proxy.ledger import answered, arrived
 from proxy.observe import REQUEST_ID_HEADER, access_fields, begin, current_request_id, log_access, note
+from proxy.ops import loopback
 from proxy.production import key_name
 from proxy.services import CLIENT_KEY, SERVICES
 
@@ -151,15 +153,31 @@ def key_allowed(key: str | None, allowed: tuple[str, ...]) -> bool:
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Client keys guard `/v1/*`; hosted images are not guarded (their unguessable name is the credential)."""
-    allowed = request.app[SERVICES].rules.server.api_keys
+    server = request.app[SERVICES].rules.server
+    allowed = server.api_keys
     key = presented_key(request.headers.get("Authorization", ""))
     if key is not None and not _is_text(key):
         # aiohttp decodes header bytes that are not UTF-8 with surrogateescape; such a key cannot match a
         # configured one and would fail every later .encode() (comparison, key id hash) with a 500.
         raise AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key")
     request[CLIENT_KEY] = key or ""
-    if allowed and request.path.startswith("/v1/") and not key_allowed(key, allowed):
+    # Admin keys are client keys too (the console generates with them); they never close an open proxy.
+    if allowed and request.path.startswith("/v1/") and not key_allowed(key, allowed + server.admin_keys):
         raise AuthenticationFailed(
             "Incorrect API key provided." if key else "You didn't provide an API key.", code="invalid_api_key"
         )
     return await handler(request)
+
+
+def require_admin(request: web.Request) -> None:
+    """The one rule for `/admin/` routes: a key from `server.admin_keys` (constant-time comparison); on a proxy
+    with no keys at all (neither `api_keys` nor `admin_keys`), clients on the machine itself without one."""
+    server = request.app[SERVICES].rules.server
+    if not server.api_keys and not server.admin_keys:
+        if not loopback(request.remote):
+            # An open proxy's usage, tasks and channel tests are the operator's: not for the network.
+            raise AuthenticationFailed("This proxy has no keys: its admin routes answer loopback clients only.",
+                                       code="admin_loopback_only", status=403)
+        return
+    if not key_allowed(presented_key(request.headers.get("Authorization", "")), server.admin_keys):
+        raise AuthenticationFailed("This route needs an admin key (server.admin_keys).", code="admin_key_required")

@@ -66,7 +66,7 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if ready else 503)
 
 
-def _loopback(remote: str | None) -> bool:
+def loopback(remote: str | None) -> bool:
     try:
         return remote is not None and ipaddress.ip_address(remote).is_loopback
     except ValueError:
@@ -78,7 +78,7 @@ def _metrics_allowed(request: web.Request, services: Services) -> bool:
     if settings.token:
         presented = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         return hmac.compare_digest(presented.encode(), settings.token.encode())
-    return settings.public or _loopback(request.remote)
+    return settings.public or loopback(request.remote)
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:

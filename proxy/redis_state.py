@@ -28,6 +28,8 @@ from proxy.tasks import TaskRecord, unfinished
 
 PREFIX = "imagegate:"
 OPEN_TASKS = f"{PREFIX}tasks:open"
+RECENT_TASKS = f"{PREFIX}tasks:recent"
+RECENT_KEPT = 10_000  # newest task ids the admin list can show; older ones keep their records, unlisted
 TIMEOUT = 2.0
 
 
@@ -50,8 +52,9 @@ async def unavailable_as_503() -> AsyncIterator[None]:
 
 
 class RedisTaskStore:
-    """A record per task under `task:<id>`; unfinished ones are also in the `tasks:open` sorted set (by
-    expiry) and hold a `task-lease:<id>` key while their process renews it (proxy.task_keeper)."""
+    """A record per task under `task:<id>`, its id in the `tasks:recent` sorted set (by creation, the newest
+    10,000); unfinished ones are also in the `tasks:open` sorted set (by expiry) and hold a `task-lease:<id>`
+    key while their process renews it (proxy.task_keeper)."""
 
     def __init__(self, client: redis.Redis, clock: Callable[[], float] = time.time) -> None:
         self._redis, self._clock = client, clock
@@ -59,10 +62,12 @@ class RedisTaskStore:
 
     async def put(self, record: TaskRecord) -> bool:
         lease_ms = int((record.lease_until - self._clock()) * 1000)
-        args: list[str | int | float] = [json.dumps(asdict(record)), int(record.expires_at * 1000), record.id, record.expires_at,
-                1 if unfinished(record.status) else 0, max(0, lease_ms)]
+        args: list[str | int | float] = [json.dumps(asdict(record)), int(record.expires_at * 1000), record.id,
+                                         record.expires_at, 1 if unfinished(record.status) else 0, max(0, lease_ms),
+                                         record.created, RECENT_KEPT]
         async with unavailable_as_503():
-            applied = await self._put(keys=[f"{PREFIX}task:{record.id}", OPEN_TASKS, _lease(record.id)], args=args)
+            keys = [f"{PREFIX}task:{record.id}", OPEN_TASKS, _lease(record.id), RECENT_TASKS]
+            applied = await self._put(keys=keys, args=args)
         return bool(applied)
 
     async def get(self, task_id: str) -> TaskRecord | None:
@@ -71,7 +76,14 @@ class RedisTaskStore:
         return _record(json.loads(raw)) if raw is not None else None
 
     async def sweep(self) -> int:
-        return 0  # keys expire by themselves; the open set is pruned by `orphans`
+        return 0  # keys expire by themselves; the open set is pruned by `orphans`, the recent set on `put`
+
+    async def recent(self, limit: int) -> list[TaskRecord]:
+        async with unavailable_as_503():
+            members: list[Any] = await self._redis.zrevrange(RECENT_TASKS, 0, limit - 1)
+            raws: list[Any] = await self._redis.mget([f"{PREFIX}task:{m.decode()}" for m in members]) if members else []
+        # An expired record's id may still be listed until newer ones push it out: it is skipped.
+        return [_record(json.loads(raw)) for raw in raws if raw is not None]
 
     async def renew(self, task_ids: Collection[str], until: float) -> None:
         if not task_ids:
@@ -123,7 +135,9 @@ TASK_FIELDS = frozenset(item.name for item in fields(TaskRecord))
 
 # Store a task record unless the stored one has finished (a finished record never changes), keeping the set of
 # unfinished tasks and the task's lease with it: a lease in the future is (re)set, none or a past one removed.
-# KEYS: record, open set, lease. ARGV: JSON, expiry (ms since the epoch), id, expiry (s), unfinished 1|0, lease ms.
+# The recent set lists every task by creation, the newest RECENT_KEPT.
+# KEYS: record, open set, lease, recent set. ARGV: JSON, expiry (ms since the epoch), id, expiry (s),
+# unfinished 1|0, lease ms, created, RECENT_KEPT.
 _PUT_TASK = """
 local stored = redis.call('GET', KEYS[1])
 if stored then
@@ -131,6 +145,8 @@ if stored then
   if status ~= 'pending' and status ~= 'running' then return 0 end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
+redis.call('ZADD', KEYS[4], ARGV[7], ARGV[3])
+redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -tonumber(ARGV[8]) - 1)
 if ARGV[5] == '1' then
   redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
   if tonumber(ARGV[6]) > 0 then redis.call('SET', KEYS[3], '1', 'PX', ARGV[6]) else redis.call('DEL', KEYS[3]) end

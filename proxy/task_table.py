@@ -1,4 +1,4 @@
-"""Shell layer: async task records in the ledger's database (`tasks` table, migrations 0002 and 0003): the
+"""Shell layer: async task records in the ledger's database (`tasks` table, migrations 0002, 0003 and 0005): the
 default `TaskStore` when `server.state` is memory, so a task outlives the process that ran it.
 
 Unfinished records carry a lease and a checkpoint: proxy.task_keeper renews the leases of this process's
@@ -151,6 +151,13 @@ class DatabaseTaskStore:
                 return None
             row = (await connection.execute(sa.select(TASKS).where(TASKS.c.id == task_id))).first()
         return as_record(row) if row is not None else None
+
+    async def recent(self, limit: int) -> list[TaskRecord]:
+        async with self._connection("list recent tasks") as connection:
+            result = await connection.execute(
+                sa.select(TASKS).where(TASKS.c.expires_at > self._clock()).order_by(TASKS.c.created.desc()).limit(limit)
+            )
+            return [as_record(row) for row in result]
 
     async def close(self) -> None:
         return None  # the engine is the ledger's: disposed once by it

@@ -8,7 +8,7 @@ An unfinished record is leased by the process that runs it (`lease_until`, renew
 and holds a checkpoint (proxy.core.task_checkpoint): when a process stops renewing (a crash, a restart),
 another claims the record once its lease has run out and resumes or ends the task.
 
-`TaskStore` is the seam for where records live: the handlers only call its four methods. The proxy keeps
+`TaskStore` is the seam for where records live: the handlers only call its methods. The proxy keeps
 them in its database (`proxy.task_table`, so they survive a restart) or, with `server.state` on Redis, in
 Redis (shared by replicas); `MemoryTaskStore` is for tests and tools that run the app without either.
 """
@@ -51,6 +51,14 @@ class TaskRecord:
         return answer
 
 
+def answer_of(record: TaskRecord) -> tuple[dict[str, Any], int]:
+    """What `GET /v1/images/generations/{id}` answers, and its status: a failed task's error envelope merged
+    with its view, else the view."""
+    if record.status == FAILED and record.error is not None:
+        return {**record.error, **record.view()}, record.error_status or 502
+    return record.view(), 200
+
+
 def owner_of(client_key: str | None) -> str:
     return hashlib.sha256(client_key.encode()).hexdigest() if client_key else ""
 
@@ -86,6 +94,10 @@ class TaskStore(Protocol):
         another process took it first (or its own process finished it meanwhile)."""
         ...
 
+    async def recent(self, limit: int) -> list[TaskRecord]:
+        """The newest `limit` records of every owner, newest first (the admin console's task list)."""
+        ...
+
     async def close(self) -> None:
         """Release connections (a no-op in memory)."""
         ...
@@ -115,6 +127,11 @@ class MemoryTaskStore:
         for task_id in expired:
             del self._records[task_id]
         return len(expired)
+
+    async def recent(self, limit: int) -> list[TaskRecord]:
+        now = self._clock()
+        alive = [record for record in self._records.values() if record.expires_at > now]
+        return sorted(alive, key=lambda record: record.created, reverse=True)[:limit]
 
     async def close(self) -> None:
         self._records.clear()

@@ -1,16 +1,15 @@
 """Shell layer: the usage API over the ledger (`GET /v1/usage`, `GET /admin/usage`, `GET /admin/generations`).
 
-`/v1/usage` answers for the calling key only (by its name, never the key); the `/admin/` routes need a
-key from `server.admin_keys` and see every key. Queries read the `generations` table through its
+`/v1/usage` answers for the calling key only (by its name, never the key); the `/admin/` routes see every
+key, for an admin (proxy.middleware.require_admin). Queries read the `generations` table through its
 indexes on `at` and `(key_name, at)`: a time range is required and bounded (proxy.core.usage_query), and
 the database does the sums: one row per group and latency bucket comes back, never the records themselves.
 `/admin/generations` pages through the records themselves, newest first (`limit`, `before` = a
-record id from the previous page).
+record id from the previous page), narrowed by `key`, `model` and `status=ok|error`.
 """
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -19,9 +18,10 @@ from typing import Any
 import sqlalchemy as sa
 from aiohttp import web
 
-from proxy.core.errors import AuthenticationFailed, InvalidRequest, ServiceUnavailable
+from proxy.core.errors import InvalidRequest, ServiceUnavailable
 from proxy.core.usage_query import UsageQuery, UsageRow, parse_usage_query, percentile, usage_csv, usage_json
 from proxy.database import GENERATIONS
+from proxy.middleware import require_admin
 from proxy.production import key_name
 from proxy.services import CLIENT_KEY, SERVICES, Services
 
@@ -33,7 +33,12 @@ def _when(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-def _ledger(services: Services) -> Any:
+def iso(moment: datetime) -> str:
+    """A ledger time as ISO 8601 in UTC (SQLite gives them back without their zone)."""
+    return moment.replace(tzinfo=moment.tzinfo or UTC).isoformat()
+
+
+def ledger_of(services: Services) -> Any:
     if services.ledger is None:
         raise ServiceUnavailable("The ledger is not available on this proxy.", code="ledger_unavailable")
     return services.ledger
@@ -72,7 +77,7 @@ def _aggregate(query: UsageQuery, dialect: str, only_key: str | None) -> Any:
 
 async def report(services: Services, query: UsageQuery, only_key: str | None) -> list[UsageRow]:
     """The query's rows: totals per group, summed by the database with a latency histogram per group."""
-    engine = _ledger(services).engine
+    engine = ledger_of(services).engine
     totals: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     histograms: dict[tuple[Any, ...], list[tuple[float, int]]] = defaultdict(list)
     async with engine.connect() as connection:
@@ -108,14 +113,6 @@ async def own_usage(request: web.Request) -> web.Response:
     return answer(query, await report(services, query, key_name(services, request[CLIENT_KEY] or None)))
 
 
-def require_admin(request: web.Request) -> None:
-    """401 unless the request carries one of `server.admin_keys`."""
-    presented = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    admin_keys = request.app[SERVICES].rules.server.admin_keys
-    if not any(hmac.compare_digest(presented.encode(), key.encode()) for key in admin_keys):
-        raise AuthenticationFailed("This route needs an admin key (server.admin_keys).", code="admin_key_required")
-
-
 async def admin_usage(request: web.Request) -> web.Response:
     """GET /admin/usage: every key's usage (optionally one key's, `key=<name>`)."""
     require_admin(request)
@@ -135,6 +132,21 @@ def _page(params: Any) -> tuple[int, int | None]:
     return limit, before
 
 
+def _filtered(statement: Any, params: Any) -> Any:
+    """`key=<name>`, `model=<name>` and `status=ok|error` (ok: answered below 400)."""
+    table = GENERATIONS
+    if "key" in params:
+        statement = statement.where(table.c.key_name == params["key"])
+    if "model" in params:
+        statement = statement.where(table.c.model == params["model"])
+    status = params.get("status")
+    if status is not None and status not in ("ok", "error"):
+        raise InvalidRequest(f"Invalid 'status' {status!r}: expected ok or error.", param="status", code="invalid_value")
+    if status is not None:
+        statement = statement.where(table.c.status < 400 if status == "ok" else table.c.status >= 400)
+    return statement
+
+
 async def admin_generations(request: web.Request) -> web.Response:
     """GET /admin/generations: the records themselves, newest first, a page at a time."""
     require_admin(request)
@@ -144,13 +156,13 @@ async def admin_generations(request: web.Request) -> web.Response:
     statement = sa.select(table).where(table.c.at >= _when(query.start), table.c.at < _when(query.end))
     if before is not None:
         statement = statement.where(table.c.id < before)
-    if "key" in request.query:
-        statement = statement.where(table.c.key_name == request.query["key"])
+    statement = _filtered(statement, request.query)
     statement = statement.order_by(table.c.id.desc()).limit(limit + 1)
-    async with _ledger(request.app[SERVICES]).engine.connect() as connection:
+    async with ledger_of(request.app[SERVICES]).engine.connect() as connection:
         rows = [dict(row._mapping) for row in (await connection.execute(statement)).all()]
     more, rows = len(rows) > limit, rows[:limit]
     for row in rows:
-        row["at"] = row["at"].replace(tzinfo=row["at"].tzinfo or UTC).isoformat()
+        row["at"] = iso(row["at"])
+        row["images_expire_at"] = iso(row["images_expire_at"]) if row["images_expire_at"] is not None else None
     return web.json_response({"object": "list", "data": rows, "has_more": more,
                               "next_before": rows[-1]["id"] if more and rows else None})

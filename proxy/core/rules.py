@@ -138,6 +138,9 @@ class MetricsRules:
     public: bool = False  # without a token: False serves /metrics to loopback clients only
 
 
+ADMIN_NAME = "admin"  # the client name an admin key's requests are counted and recorded under
+
+
 @dataclass(frozen=True)
 class ServerRules:
     clients: tuple[ClientKey, ...] = field(default=(), repr=False)  # secrets: kept out of reprs and tracebacks
@@ -169,7 +172,14 @@ class ServerRules:
         return tuple(client.key for client in self.clients)
 
     def client(self, key: str | None) -> ClientKey | None:
-        return next((client for client in self.clients if client.key == key), None) if key else None
+        """The client a key belongs to; an admin key is a client too, named "admin", under the server's
+        default limits and budget (the console generates with it)."""
+        if not key:
+            return None
+        found = next((client for client in self.clients if client.key == key), None)
+        if found is None and key in self.admin_keys:
+            return ClientKey(key=key, name=ADMIN_NAME)
+        return found
 
     def limits_for(self, key: str | None) -> Limits:
         client = self.client(key)

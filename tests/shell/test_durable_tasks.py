@@ -146,7 +146,7 @@ async def test_the_tasks_table_matches_its_migration(make_proxy: Any, aiohttp_se
     assert [column["name"] for column in columns] == [column.name for column in TASKS.columns]
     assert {column["name"] for column in columns if not column["nullable"]} == {
         column.name for column in TASKS.columns if not column.nullable}
-    assert {index["name"] for index in indexes} == {"ix_tasks_expires_at", "ix_tasks_status"}
+    assert {index["name"] for index in indexes} == {"ix_tasks_created", "ix_tasks_expires_at", "ix_tasks_status"}
 
 
 async def test_with_redis_a_replica_starting_leaves_leased_tasks_alone(
