@@ -11,6 +11,7 @@ Routes:
                                   channels, price (proxy.image_models)
     GET  /v1/usage                the calling key's usage from the ledger; /admin/usage, /admin/generations
                                   every key's, for server.admin_keys (proxy.usage)
+    GET  /console[/{file}]        the operators' console, a single-page app over these APIs (proxy.console)
     *    /v1/{anything else}      passed through to `default_channel` (proxy.passthrough)
 """
 
@@ -30,6 +31,7 @@ from aiohttp import web
 from proxy.adapters import ADAPTERS
 from proxy.body import defer_continue, read_body
 from proxy.catalog import list_models, retrieve_model
+from proxy.console import add_console_routes
 from proxy.core.budgets import ceiling
 from proxy.core.errors import InvalidRequest, MethodNotAllowed, NotFound, RequestTimeout, ServiceUnavailable
 from proxy.core.form import coerce_fields
@@ -315,5 +317,6 @@ def make_app(
     app.router.add_get("/v1/models/{model:.+}", retrieve_model)
     app.router.add_get("/v1/images/models", list_image_models)
     app.router.add_get("/v1/images/models/{model:.+}", retrieve_image_model)
+    add_console_routes(app.router)
     app.router.add_route("*", "/v1/{tail:.*}", passthrough)
     return app

@@ -151,6 +151,8 @@ async def admin_generations(request: web.Request) -> web.Response:
         rows = [dict(row._mapping) for row in (await connection.execute(statement)).all()]
     more, rows = len(rows) > limit, rows[:limit]
     for row in rows:
-        row["at"] = row["at"].replace(tzinfo=row["at"].tzinfo or UTC).isoformat()
+        for column in ("at", "images_expire_at"):  # SQLite hands datetimes back without their (UTC) zone
+            if isinstance(row.get(column), datetime):
+                row[column] = row[column].replace(tzinfo=row[column].tzinfo or UTC).isoformat()
     return web.json_response({"object": "list", "data": rows, "has_more": more,
                               "next_before": rows[-1]["id"] if more and rows else None})
