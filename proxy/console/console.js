@@ -50,7 +50,7 @@ function radios(legend, name, options, chosen, onchange) {
 
 function dl(pairs) {
   return el("dl", { class: "meta" }, pairs.filter(([, v]) => v !== null && v !== undefined && v !== "")
-    .map(([k, v]) => [el("dt", { text: k }), el("dd", { text: typeof v === "object" ? JSON.stringify(v) : v })]));
+    .flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: typeof v === "object" ? JSON.stringify(v) : v })]));
 }
 
 function errorBox() { return el("p", { class: "error", role: "alert", "aria-live": "assertive" }); }

@@ -1,0 +1,130 @@
+"""The console (`GET /console`): its files and headers, and the pages driven in a headless Chromium against a
+proxy serving local-image: sign-in, generations (sync, stream, edit with a painted mask), the gallery, usage,
+channels and tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.console import FILES
+from proxy.services import SERVICES
+from tests import console_browser as ui
+from tests.factories import ROOT
+
+CONSOLE_DIR = ROOT / "proxy" / "console"
+MAX_SHIPPED = 200_000
+
+
+async def served(make_proxy: Any) -> tuple[Any, str]:
+    client = await make_proxy(ui.CONSOLE_RULES, {})
+    return client, str(client.make_url("/console"))
+
+
+async def signed_in(make_proxy: Any, browser: Any) -> Any:
+    """A fresh proxy with the console open in the browser and the admin signed in; the proxy's client."""
+    client, url = await served(make_proxy)
+    await asyncio.to_thread(ui.open_console, browser, url)
+    await asyncio.to_thread(ui.sign_in, browser, ui.ADMIN_KEY)
+    return client
+
+
+async def written(client: Any) -> None:
+    """The ledger writes in the background: the pages that read it are opened once it has."""
+    await client.server.app[SERVICES].ledger.write_queued()
+
+
+# -- the files ------------------------------------------------------------------------------------
+
+
+def test_the_shipped_files_are_small_self_contained_and_package_data() -> None:
+    sizes = {name: (CONSOLE_DIR / name).stat().st_size for name in FILES}
+    assert sum(sizes.values()) < MAX_SHIPPED, sizes
+    for name in FILES:
+        text = (CONSOLE_DIR / name).read_text()
+        assert not re.search(r"(?:src|href)=[\"']?(?:https?:)?//", text), name  # nothing from another origin
+        assert "@import" not in text and "localStorage" not in text and "document.cookie" not in text, name
+    assert "innerHTML" not in (CONSOLE_DIR / "console.js").read_text()
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["proxy"]
+    assert {Path(entry).name for entry in package_data} >= set(FILES)
+
+
+async def test_the_files_are_served_with_a_strict_policy_and_nothing_else_is(make_proxy: Any) -> None:
+    client, _ = await served(make_proxy)
+    kinds = (("/console", "text/html"), ("/console/console.js", "text/javascript"), ("/console/console.css", "text/css"))
+    for path, kind in kinds:
+        response = await client.get(path)  # no key: the page itself holds nothing secret
+        assert response.status == 200 and response.content_type == kind, path
+        assert response.headers["Content-Security-Policy"].startswith("default-src 'self'; img-src 'self' data: blob:;")
+        assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Referrer-Policy"] == "no-referrer" and response.headers["Cache-Control"] == "no-cache"
+    for path in ("/console/secret.txt", "/console/..%2Fapp.py", "/console/../proxy/app.py", "/console/%2e%2e%2fconsole.py"):
+        assert (await client.get(path)).status == 404, path
+
+
+# -- in the browser -------------------------------------------------------------------------------
+
+
+async def test_a_wrong_key_is_refused_and_the_admin_key_signs_in(make_proxy: Any, browser: Any) -> None:
+    _, url = await served(make_proxy)
+    await asyncio.to_thread(ui.open_console, browser, url)
+    await asyncio.to_thread(ui.sign_in, browser, "not-the-key")
+    error = await asyncio.to_thread(ui.visible, browser, "#sign-in-error:not(:empty)")
+    assert "admin key" in error.text and not browser.find_element("id", "nav").is_displayed()
+    await asyncio.to_thread(ui.sign_in, browser, ui.ADMIN_KEY)
+    await asyncio.to_thread(ui.visible, browser, "select[name=model]")
+    assert browser.execute_script("return sessionStorage.length") == 1
+    assert browser.execute_script("return localStorage.length + document.cookie.length") == 0
+    assert ui.ADMIN_KEY not in browser.current_url
+    # Signing out forgets the key.
+    browser.find_element("id", "sign-out").click()
+    await asyncio.to_thread(ui.visible, browser, "#admin-key")
+    assert browser.execute_script("return sessionStorage.length") == 0
+
+
+async def test_a_generation_shows_its_image_then_the_gallery_and_usage_count_it(make_proxy: Any, browser: Any) -> None:
+    client = await signed_in(make_proxy, browser)
+    widths = await asyncio.to_thread(ui.generate, browser, "a <b>lighthouse</b> at dusk")
+    assert widths == [64]
+    meta = browser.find_element("css selector", "dl.meta").text
+    assert "local-image" in meta and "local" in meta and "$0.001" in meta
+    curl, python = await asyncio.to_thread(ui.snippet, browser, "curl"), await asyncio.to_thread(ui.snippet, browser, "python")
+    assert "$IMAGEGATE_KEY" in curl and '"response_format":"url"' in curl and ui.ADMIN_KEY not in curl + python
+    assert 'os.environ["IMAGEGATE_KEY"]' in python and "client.images.generate(" in python
+    assert await asyncio.to_thread(ui.generate, browser, "an async fox", "async") == [64]
+    await written(client)
+    thumbnails = await asyncio.to_thread(ui.gallery_thumbnails, browser)
+    assert len(thumbnails) == 2 and all(width == 64 for width in thumbnails)
+    text = await asyncio.to_thread(ui.page_text, browser, "usage", "svg.chart rect.bar")
+    totals = browser.find_element("css selector", "[data-testid=usage-table-name] tbody tr").text.split()
+    assert totals[:3] == ["all", "2", "2"], text  # two requests, two images
+    assert "$0.002" in text
+
+
+async def test_a_stream_shows_partial_images_before_the_final_one(make_proxy: Any, browser: Any) -> None:
+    await signed_in(make_proxy, browser)
+    seen = await asyncio.to_thread(ui.stream, browser, "a streamed harbour")
+    assert "partial" in seen and seen[-1] == "final" and seen.index("partial") < seen.index("final"), seen
+    assert '"stream":true' in await asyncio.to_thread(ui.snippet, browser, "curl")
+
+
+async def test_an_edit_with_a_painted_mask_gives_an_image(make_proxy: Any, browser: Any, tmp_path: Path) -> None:
+    await signed_in(make_proxy, browser)
+    widths = await asyncio.to_thread(ui.edit_with_mask, browser, "add a boat", ui.png_file(tmp_path))
+    assert widths == [96]  # an edit keeps the input's size
+    curl = await asyncio.to_thread(ui.snippet, browser, "curl")
+    assert "/v1/images/edits" in curl and "mask=@mask.png" in curl and "image=@upload.png" in curl
+
+
+@pytest.mark.parametrize(("page", "ready"), [("channels", "#main .panel, #main .error:not(:empty)"),
+                                             ("tasks", "#main table, #main .error:not(:empty), #main p")])
+async def test_the_admin_pages_show_their_data_or_a_readable_error(make_proxy: Any, browser: Any, page: str, ready: str) -> None:
+    await signed_in(make_proxy, browser)
+    text = await asyncio.to_thread(ui.page_text, browser, page, ready)
+    assert len(text.strip()) > len(page), text  # more than the heading: the data, "No tasks." or the API's error
