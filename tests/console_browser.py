@@ -79,7 +79,10 @@ def sign_in(driver: WebDriver, key: str) -> None:
 
 
 def go(driver: WebDriver, page: str) -> None:
-    driver.execute_script("location.hash = arguments[0]", f"#/{page}")
+    # Always a fresh render, also of the page already shown: no choice of a previous step carries over.
+    driver.execute_script("""document.getElementById('main').replaceChildren();
+      if (location.hash === arguments[0]) window.dispatchEvent(new HashChangeEvent('hashchange'));
+      else location.hash = arguments[0];""", f"#/{page}")
     wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#main h1").text.lower() == page)
 
 
@@ -88,10 +91,13 @@ def choose(driver: WebDriver, name: str, value: str) -> None:
 
 
 def fill_request(driver: WebDriver, prompt: str, size: str = "64x64") -> None:
-    visible(driver, "textarea[name=prompt]").send_keys(prompt)
+    prompt_field = visible(driver, "textarea[name=prompt]")
+    prompt_field.clear()
+    prompt_field.send_keys(prompt)
     size_field = driver.find_element(By.CSS_SELECTOR, ".fields input[name=size]")
     size_field.clear()
-    size_field.send_keys(size)
+    if size:
+        size_field.send_keys(size)
 
 
 def send_and_wait(driver: WebDriver) -> list[int]:
@@ -141,7 +147,7 @@ def edit_with_mask(driver: WebDriver, prompt: str, upload: Path) -> list[int]:
     canvas = visible(driver, "canvas[data-testid=mask-canvas]")
     ActionChains(driver).move_to_element_with_offset(canvas, -20, -20).click_and_hold().move_by_offset(30, 10) \
         .move_by_offset(10, 20).release().perform()
-    visible(driver, "textarea[name=prompt]").send_keys(prompt)
+    fill_request(driver, prompt, "")
     return send_and_wait(driver)
 
 

@@ -478,7 +478,8 @@ function galleryCard(row, dialog) {
   const preview = urls.length
     ? el("div", { class: "images" }, urls.slice(0, 4).map((src, i) => el("img", { src, alt: `Image ${i + 1} of request ${row.id}`, loading: "lazy" })))
     : el("div", { class: "placeholder", text: row.status >= 400 ? "No image: the request failed."
-      : row.images ? "Delivered as base64 (or expired): the images were not kept." : "No images." });
+      : !row.images ? "No images." : row.image_ids ? "The hosted images have expired."
+        : "Delivered as base64: the images were not kept." });
   return el("button", { type: "button", class: "card", "data-testid": "gallery-card", onclick: () => detail(row, urls, dialog) },
     preview, el("strong", { text: row.model || "(no model)" }),
     el("div", { class: row.status >= 400 ? "error" : "", text: `${row.status} · ${row.operation} · ${row.mode}` }),
@@ -567,7 +568,8 @@ function dayChart(rows, measure, format, kind) {
     "aria-label": `${measure} per day` }, svg("title", {}, `${measure} per day`));
   rows.forEach((row, i) => {
     const h = ((Number(row[measure]) || 0) / top) * (height - pad);
-    const bar = svg("rect", { class: `bar ${kind}`, x: pad + i * step + 1, y: height - h, width: Math.max(step - 2, 1), height: h });
+    const barWidth = Math.min(Math.max(step - 2, 1), 60); // one day alone is a bar, not a wall
+    const bar = svg("rect", { class: `bar ${kind}`, x: pad + i * step + 1, y: height - h, width: barWidth, height: h });
     bar.append(svg("title", {}, `${row.day}: ${format(row[measure])} (${row.requests} requests)`));
     chart.append(bar);
     if (rows.length <= 14 || i % Math.ceil(rows.length / 10) === 0) {
