@@ -535,7 +535,7 @@ async function usageViews(span) {
   const totals = el("div", { class: "table-wrap" }, usageTable("Totals", [["", { ...sum, name: "all" }]], "name"),
     usageTable("Per model", models.data.map((r) => [r.model, r]), "model"));
   return [
-    el("h2", { text: "Totals" }), totals,
+    totals,
     el("h2", { text: "Images per day" }), dayChart(days.data, "images", (v) => `${v} images`, ""),
     el("h2", { text: "Cost per day" }), dayChart(days.data, "cost_usd", fmtUsd, "cost"),
     el("h2", { text: "Requests per model" }), hbars(models.data, "model"),

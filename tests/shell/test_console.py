@@ -5,17 +5,25 @@ channels and tasks."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
+from PIL import Image
 
+from proxy.adapters import SCHEMAS
+from proxy.app import make_app
 from proxy.console import FILES
+from proxy.core.rules import parse_rules
+from proxy.image_store import FileImageStore
 from proxy.services import SERVICES
 from tests import console_browser as ui
-from tests.factories import ROOT
+from tests.factories import ROOT, start_proxy
 
 CONSOLE_DIR = ROOT / "proxy" / "console"
 MAX_SHIPPED = 200_000
@@ -128,3 +136,61 @@ async def test_the_admin_pages_show_their_data_or_a_readable_error(make_proxy: A
     await signed_in(make_proxy, browser)
     text = await asyncio.to_thread(ui.page_text, browser, page, ready)
     assert len(text.strip()) > len(page), text  # more than the heading: the data, "No tasks." or the API's error
+
+
+# -- the admin pages against the admin API's contract ---------------------------------------------
+
+HOSTILE = '<img src=x onerror="document.title=1">'  # untrusted text: must show as text, never run
+CHANNELS = {"object": "list", "data": [{
+    "name": "openai", "type": "openai", "credentials": True, "models": ["gpt-image-2"],
+    "windows": [{"window": "1h", "requests": 12, "errors": 1, "success_rate": 0.9167, "p50_ms": 5120.0, "p95_ms": 14900.0},
+                {"window": "24h", "requests": 40, "errors": 2, "success_rate": 0.95, "p50_ms": 5000.0, "p95_ms": 14000.0}],
+    "last_errors": [{"at": "2026-12-04T16:01:02+00:00", "status": 502, "error_code": HOSTILE, "error_type": "server_error",
+                     "model": "gpt-image-2", "request_id": "r1"}]}]}
+TASKS = {"object": "list", "data": [{"id": "task-1", "status": "succeed", "created": 1764860000, "expires_at": 1764946400.0,
+                                     "model": "kling-v2", "key_name": "alice", "channel": "kling", "polls": 3, "images": 1,
+                                     "error": None}]}
+
+
+def tiny_png() -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 40, 40)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+@web.middleware
+async def admin_api(request: web.Request, handler: Any) -> web.StreamResponse:
+    """The admin API's channel and task routes as their contract says, for the pages to be checked against."""
+    image = [{"b64_json": tiny_png()}]
+    answers = {("GET", "/admin/channels"): CHANNELS, ("GET", "/admin/tasks"): TASKS,
+               ("GET", "/admin/tasks/task-1"): {"task_id": "task-1", "task_status": "succeed", "data": image},
+               ("POST", "/admin/channels/openai/test"): {"channel": "openai", "model": "gpt-image-2", "ok": True, "status": 200,
+                                                         "ms": 5120.3, "error": None, "data": image, "metadata": {}}}
+    answer = answers.get((request.method, request.path))
+    if answer is None:
+        return await handler(request)
+    if request.headers.get("Authorization") != f"Bearer {ui.ADMIN_KEY}":
+        return web.json_response({"error": {"message": "This route needs an admin key."}}, status=401)
+    return web.json_response(answer)
+
+
+async def test_channels_and_tasks_show_the_admin_api_contract(aiohttp_client: Any, browser: Any, tmp_path: Path) -> None:
+    rules = parse_rules(ui.CONSOLE_RULES, {}, SCHEMAS)
+    app = make_app(rules, store=FileImageStore(tmp_path / "images", rules.server.images.ttl))
+    app.middlewares.append(admin_api)
+    client = await aiohttp_client(await start_proxy(app, rules))
+    await asyncio.to_thread(ui.open_console, browser, str(client.make_url("/console")))
+    await asyncio.to_thread(ui.sign_in, browser, ui.ADMIN_KEY)
+    text = await asyncio.to_thread(ui.page_text, browser, "channels", "#main section.panel")
+    assert "openai (openai)" in text and "Credentials present" in text and "91.7% ok" in text and "p95 14900 ms" in text
+    assert HOSTILE in text and browser.title != "1"  # shown as text
+    browser.find_element("css selector", "#main section.panel button").click()
+    widths = await asyncio.to_thread(ui.wait_for, browser, lambda d: d.execute_script(
+        "const i = document.querySelector('#main section.panel img'); return i && i.complete && i.naturalWidth"))
+    assert widths == 16 and "ok (200) in 5120 ms" in browser.find_element("id", "main").text
+    text = await asyncio.to_thread(ui.page_text, browser, "tasks", "#main table")
+    assert "succeed" in text and "3 polls" in text and "alice" in text and "kling-v2" in text
+    browser.find_element("css selector", "#main table button").click()
+    widths = await asyncio.to_thread(ui.wait_for, browser, lambda d: d.execute_script(
+        "const i = document.querySelector('#main section img'); return i && i.complete && i.naturalWidth"))
+    assert widths == 16
