@@ -299,7 +299,7 @@ async function send(box, state, operation, mode, results, button) {
     if (mode !== "stream") showImages(images, answer.data || []);
     const ms = performance.now() - began;
     const md = answer.metadata || {};
-    meta.replaceChildren(dl([["model", md.model || fields.model], ["channel", md.channel], ["cost", md.cost_usd !== undefined ? fmtUsd(md.cost_usd) : "not priced"],
+    meta.replaceChildren(dl([["model", md.model || fields.model], ["channel", md.channel], ["cost", md.cost_usd !== undefined ? fmtUsd(md.cost_usd) : mode === "stream" ? "see Usage (streams do not report it)" : "not priced"],
       ["time", `${(ms / 1000).toFixed(2)} s (in the browser)`], ["revised prompt", answer.data?.[0]?.revised_prompt]]));
     status.textContent = `Done: ${images.querySelectorAll("img:not(.partial)").length} image(s).`;
   } catch (failure) {

@@ -9,6 +9,7 @@ import base64
 import io
 import re
 import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,17 @@ async def test_the_files_are_served_with_a_strict_policy_and_nothing_else_is(mak
         assert response.headers["Referrer-Policy"] == "no-referrer" and response.headers["Cache-Control"] == "no-cache"
     for path in ("/console/secret.txt", "/console/..%2Fapp.py", "/console/../proxy/app.py", "/console/%2e%2e%2fconsole.py"):
         assert (await client.get(path)).status == 404, path
+
+
+async def test_the_gallery_records_say_which_hosted_images_they_have_and_until_when(make_proxy: Any) -> None:
+    client, _ = await served(make_proxy)
+    headers = {"Authorization": f"Bearer {ui.ADMIN_KEY}"}
+    body = {"model": "local-image", "prompt": "p", "size": "32x32", "response_format": "url"}
+    hosted = await (await client.post("/v1/images/generations", json=body, headers=headers)).json()
+    await written(client)
+    (record,) = (await (await client.get("/admin/generations?limit=48", headers=headers)).json())["data"]
+    assert record["image_ids"] == hosted["data"][0]["url"].rsplit("/", 1)[1]
+    assert datetime.fromisoformat(record["images_expire_at"]) > datetime.now(UTC)  # JSON text with its zone
 
 
 # -- in the browser -------------------------------------------------------------------------------
