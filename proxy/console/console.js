@@ -106,7 +106,8 @@ async function signIn(event) {
   const errorLine = document.getElementById("sign-in-error");
   errorLine.textContent = "";
   const response = await fetch("/admin/usage", { headers: { Authorization: `Bearer ${input.value}` } });
-  if (!response.ok) {
+  // Only a refusal is a wrong key: a proxy without a ledger (503) still takes it, and its pages say why.
+  if (response.status === 401 || response.status === 403) {
     errorLine.textContent = (await errorOf(response)).message;
     return;
   }
@@ -139,7 +140,10 @@ function route() {
   }
   main.replaceChildren();
   const render = { playground, gallery, usage, channels, tasks }[page];
-  render().catch((error) => main.append(el("p", { class: "error", role: "alert", text: `Could not load: ${error.message}` })));
+  render().catch((error) => {
+    if (error.status === 401 || error.status === 403) return; // the sign-in is shown with the reason
+    main.append(el("p", { class: "error", role: "alert", text: `Could not load: ${error.message}` }));
+  });
 }
 
 async function start() {

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import os
 import re
 import tomllib
 from datetime import UTC, datetime
@@ -14,6 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+if os.environ.get("IMAGEGATE_REQUIRE_BROWSER") != "1":
+    pytest.importorskip("selenium")  # the `test` extra has it; without it these tests skip rather than fail to import
+
 from aiohttp import web
 from PIL import Image
 
@@ -102,7 +107,15 @@ async def test_a_wrong_key_is_refused_and_the_admin_key_signs_in(make_proxy: Any
     assert browser.execute_script("return sessionStorage.length") == 1
     assert browser.execute_script("return localStorage.length + document.cookie.length") == 0
     assert ui.ADMIN_KEY not in browser.current_url
+    # A key the API refuses later (revoked) sends the operator back to the sign-in, with the API's reason.
+    browser.execute_script("sessionStorage.setItem(sessionStorage.key(0), 'revoked')")
+    browser.execute_script("location.hash = '#/gallery'")
+    error = await asyncio.to_thread(ui.visible, browser, "#sign-in-error:not(:empty)")
+    assert "admin key" in error.text and browser.execute_script("return sessionStorage.length") == 0
+    assert not browser.find_elements("css selector", "#main *")
     # Signing out forgets the key.
+    await asyncio.to_thread(ui.sign_in, browser, ui.ADMIN_KEY)
+    await asyncio.to_thread(ui.visible, browser, "#sign-out")
     browser.find_element("id", "sign-out").click()
     await asyncio.to_thread(ui.visible, browser, "#admin-key")
     assert browser.execute_script("return sessionStorage.length") == 0
