@@ -9,7 +9,7 @@ const main = document.getElementById("main");
 let openProxy = false; // the proxy answered /admin/usage without a key: no sign-in needed
 let timer = null; // the tasks page's auto-refresh
 
-// -- helpers --------------------------------------------------------------------------------------
+// -- DOM building -------------------------------------------------------------------------------------
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
