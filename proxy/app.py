@@ -14,6 +14,7 @@ Routes:
     GET  /admin/channels          each channel's models, last hour and day, newest errors (proxy.admin)
     POST /admin/channels/{name}/test   one tiny generation through that channel alone
     GET  /admin/tasks[/{id}]      the newest async tasks of every owner; one task as its owner sees it
+    GET  /console[/{file}]        the operators' console, a single-page app over these APIs (proxy.console)
     *    /v1/{anything else}      passed through to `default_channel` (proxy.passthrough)
 """
 
@@ -34,6 +35,7 @@ from proxy import admin
 from proxy.adapters import ADAPTERS
 from proxy.body import defer_continue, read_body
 from proxy.catalog import list_models, retrieve_model
+from proxy.console import add_console_routes
 from proxy.core.budgets import ceiling
 from proxy.core.errors import InvalidRequest, MethodNotAllowed, NotFound, RequestTimeout, ServiceUnavailable
 from proxy.core.form import coerce_fields
@@ -316,5 +318,6 @@ def make_app(
     app.router.add_get("/v1/models/{model:.+}", retrieve_model)
     app.router.add_get("/v1/images/models", list_image_models)
     app.router.add_get("/v1/images/models/{model:.+}", retrieve_image_model)
+    add_console_routes(app.router)
     app.router.add_route("*", "/v1/{tail:.*}", passthrough)
     return app

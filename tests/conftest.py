@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _pytest.terminal import TerminalReporter
@@ -94,6 +95,21 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
 def postgres_url(postgres_cluster: PostgresCluster) -> str:
     """A fresh, empty database in the session's cluster."""
     return postgres_cluster.database()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for the session (the console's tests). Debian's chromium and chromedriver are used,
+    never a downloaded browser; without them the tests skip unless IMAGEGATE_REQUIRE_BROWSER=1."""
+    from tests.console_browser import browser_available, chromium  # selenium is needed by these tests only
+
+    if not browser_available():
+        if os.environ.get("IMAGEGATE_REQUIRE_BROWSER") == "1":
+            pytest.fail("Chromium is required (IMAGEGATE_REQUIRE_BROWSER=1) but /usr/bin/chromium or chromedriver is missing")
+        pytest.skip("/usr/bin/chromium or /usr/bin/chromedriver is not installed")
+    driver = chromium()
+    yield driver
+    driver.quit()
 
 
 def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:
