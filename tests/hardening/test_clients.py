@@ -303,7 +303,11 @@ async def test_thousands_of_idle_connections(tmp_path: Path) -> None:
             for start in range(0, IDLE, 250):
                 pairs = await asyncio.gather(*(connect(proxy) for _ in range(min(250, IDLE - start))))
                 opened.extend(writer for _, writer in pairs)
-            await asyncio.sleep(0.5)  # every connection accepted and its protocol set up
+            # Every connection accepted and its protocol set up: a busy machine may take longer than half a second.
+            for _ in range(50):
+                await asyncio.sleep(0.1)
+                if proxy.fds() >= fds0 + IDLE:
+                    break
             fds1, rss1 = proxy.fds(), proxy.rss()
             latencies = [await normal_request(proxy) for _ in range(5)]
         finally:
