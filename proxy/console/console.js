@@ -6,7 +6,7 @@
 const KEY_SLOT = "imagegate.adminKey";
 const PAGES = ["playground", "gallery", "usage", "channels", "tasks"];
 const main = document.getElementById("main");
-let openProxy = false; // the proxy answered /admin/usage without a key: no sign-in needed
+let openProxy = false; // the proxy answered /admin/usage without a key (it has none): no sign-in needed
 let timer = null; // the tasks page's auto-refresh
 
 // -- DOM building -------------------------------------------------------------------------------------
@@ -151,7 +151,9 @@ async function start() {
   document.getElementById("sign-out").addEventListener("click", signOut);
   window.addEventListener("hashchange", route);
   try {
-    openProxy = !sessionStorage.getItem(KEY_SLOT) && (await fetch("/admin/usage")).ok;
+    // A proxy with no keys answers its admin routes to loopback clients without one (a 503 without a ledger).
+    const status = sessionStorage.getItem(KEY_SLOT) ? 401 : (await fetch("/admin/usage")).status;
+    openProxy = status === 200 || status === 503;
   } catch { openProxy = false; }
   if (openProxy || sessionStorage.getItem(KEY_SLOT)) enter(); else showSignIn("");
 }
@@ -682,10 +684,21 @@ function taskTable(list, view) {
         t.error ? (t.error.message || JSON.stringify(t.error)) : ""].map((v) => el("td", { text: v ?? "" }))))));
 }
 
+// A failed task answers with its error's status (as its owner's poll does): its record is shown all the same.
+async function taskRecord(id) {
+  const response = await fetch(`/admin/tasks/${encodeURIComponent(id)}`, { headers: authHeaders() });
+  let body = null;
+  try { body = await response.clone().json(); } catch { /* not JSON: an error below */ }
+  if (body?.task_id !== undefined) return body;
+  const error = await errorOf(response);
+  if (response.status === 401 || response.status === 403) showSignIn(error.message);
+  throw error;
+}
+
 async function openTask(id, view) {
   view.replaceChildren(el("p", { role: "status", text: "Loading…" }));
   try {
-    const record = await getJson(`/admin/tasks/${encodeURIComponent(id)}`);
+    const record = await taskRecord(id);
     const images = el("div", { class: "images" });
     showImages(images, record.data || []);
     view.replaceChildren(el("h2", { text: `Task ${id}` }),
