@@ -222,3 +222,11 @@ async def test_the_admin_routes_refuse_requests_without_the_admin_key(make_proxy
     # The admin key alone (in admin_keys, not api_keys) is a client key; the ordinary one is still asked for.
     assert (await client.get("/v1/images/models", headers={"Authorization": f"Bearer {ui.ADMIN_KEY}"})).status == 200
     assert (await client.get("/v1/images/models")).status == 401
+
+
+async def test_a_proxy_without_keys_opens_the_console_to_loopback_without_a_sign_in(make_proxy: Any, browser: Any) -> None:
+    client = await make_proxy(ui.rules_yaml({"local-image": {"channels": ["local"]}}, {"local": ui.LOCAL}), {})
+    await asyncio.to_thread(ui.open_console, browser, str(client.make_url("/console")))
+    await asyncio.to_thread(ui.visible, browser, "select[name=model]")  # require_admin lets loopback in: no sign-in
+    assert not browser.find_element("id", "sign-in").is_displayed() and not browser.find_element("id", "sign-out").is_displayed()
+    assert "local (local)" in await asyncio.to_thread(ui.page_text, browser, "channels", "#main section.panel")
