@@ -1,6 +1,7 @@
 """The console (`GET /console`): its files and headers, and the pages driven in a headless Chromium against a
-proxy serving local-image: sign-in, generations (sync, stream, edit with a painted mask), the gallery, usage,
-channels and tasks."""
+proxy serving local-image and the real admin API: sign-in with a key from `server.admin_keys` alone,
+generations (sync, stream, async, edit with a painted mask), the gallery, usage and its CSV, channels with
+their figures and test results, tasks (failed ones too), an upstream's error text shown as text."""
 
 from __future__ import annotations
 
@@ -56,6 +57,8 @@ def test_the_shipped_files_are_small_self_contained_and_package_data() -> None:
         assert not re.search(r"(?:src|href)=[\"']?(?:https?:)?//", text), name  # nothing from another origin
         assert "@import" not in text and "localStorage" not in text and "document.cookie" not in text, name
     assert "innerHTML" not in (CONSOLE_DIR / "console.js").read_text()
+    references = re.findall(r"(?:src|href)=\"([^\"#][^\"]*)\"", (CONSOLE_DIR / "index.html").read_text())
+    assert sorted(references) == ["/console/console.css", "/console/console.js"]  # the first page: three files in all
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["proxy"]
     assert {Path(entry).name for entry in package_data} >= set(FILES)
 
