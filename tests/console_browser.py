@@ -25,13 +25,24 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ADMIN_KEY = "admin-key"
 WAIT = 15.0  # seconds for a page or an image to appear; the local model draws in milliseconds
 
-# local-image on the built-in local channel, priced so usage shows a cost; the admin key is also a client key
-# (the playground calls /v1 with it) and the ledger is the default SQLite file beside the image store.
-CONSOLE_RULES = rules_yaml(
-    {"local-image": {"channels": ["local"], "price": {"per_image": 0.001}}},
-    {"local": LOCAL},
-    server={"api_keys": [{"key": ADMIN_KEY, "name": "admin"}], "admin_keys": [ADMIN_KEY]},
-)
+CLIENT_KEY = "client-key"
+OFFLINE = {"type": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-offline"}  # nothing listens on port 9
+
+
+def console_rules(models: dict[str, Any] | None = None, channels: dict[str, Any] | None = None) -> str:
+    """local-image on the built-in local channel, priced so usage shows a cost, and offline-image on a channel
+    nothing answers (a failed test, a failed task), plus `models` and `channels`. The admin key is listed in
+    `server.admin_keys` only: it is a client key too (the playground calls /v1 with it); the one ordinary key
+    keeps the proxy closed. The ledger is the default SQLite file beside the image store."""
+    return rules_yaml(
+        {"local-image": {"channels": ["local"], "price": {"per_image": 0.001}}, "offline-image": {"channels": ["offline"]},
+         **(models or {})},
+        {"local": LOCAL, "offline": OFFLINE, **(channels or {})},
+        server={"api_keys": [{"key": CLIENT_KEY, "name": "client"}], "admin_keys": [ADMIN_KEY]},
+    )
+
+
+CONSOLE_RULES = console_rules()
 
 
 def browser_available() -> bool:
@@ -168,3 +179,48 @@ def page_text(driver: WebDriver, page: str, ready_css: str) -> str:
     go(driver, page)
     visible(driver, ready_css)
     return str(driver.find_element(By.ID, "main").text)
+
+
+def channel_card(driver: WebDriver, name: str) -> WebElement:
+    """The channels page's card of channel `name`."""
+    return visible(driver, f"#main section.panel[aria-label='Channel {name}']")
+
+
+def press_test(driver: WebDriver, name: str) -> tuple[str, int]:
+    """Press the channel's Test button: the outcome's line and the natural width of its image (0: none)."""
+    card = channel_card(driver, name)
+    card.find_element(By.XPATH, f".//button[text()='Test {name}']").click()
+    script = """const card = arguments[0]; const line = card.querySelector('div[aria-live] p:not([role=status])');
+      const img = card.querySelector('div[aria-live] img');
+      return line && (!img || img.complete) ? [line.textContent, img ? img.naturalWidth : 0] : null;"""
+    text, width = wait_for(driver, lambda d: d.execute_script(script, card))
+    return str(text), int(width)
+
+
+def task_rows(driver: WebDriver) -> list[str]:
+    """The tasks page's rows, as text, newest first."""
+    go(driver, "tasks")
+    visible(driver, "#main table tbody tr")
+    return [row.text for row in driver.find_elements(By.CSS_SELECTOR, "#main table tbody tr")]
+
+
+def open_task(driver: WebDriver, row: int) -> tuple[str, list[int]]:
+    """Open the tasks page's row `row`: the task's view once shown, and the natural widths of its loaded images."""
+    driver.find_elements(By.CSS_SELECTOR, "#main table tbody tr button")[row].click()
+    script = """const view = document.querySelector('#main section[aria-label="Task result"]');
+      if (!view.querySelector('h2, .error')) return null;
+      const imgs = [...view.querySelectorAll('img')];
+      return imgs.every((i) => i.complete) ? [view.innerText, imgs.map((i) => i.naturalWidth)] : null;"""
+    text, widths = wait_for(driver, lambda d: d.execute_script(script))
+    return str(text), list(widths)
+
+
+def download_csv(driver: WebDriver, directory: Path) -> str:
+    """Press the usage page's Download CSV with Chromium's downloads going to `directory`: the file's text."""
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(directory)})
+    go(driver, "usage")
+    visible(driver, "svg.chart, #main .error:not(:empty)")
+    driver.find_element(By.XPATH, "//main//button[text()='Download CSV']").click()
+    target = directory / "imagegate-usage.csv"
+    wait_for(driver, lambda d: target.exists() and target.stat().st_size > 0)
+    return target.read_text()

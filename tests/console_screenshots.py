@@ -1,8 +1,10 @@
 """Screenshots of the console: `python -m tests.console_screenshots --out DIR`.
 
-Starts a proxy serving local-image in this process (its images and ledger in a temporary directory), signs
-in to the console in headless Chromium, makes a few generations, and saves a PNG of every page at
-1280x800 and 390x844 into DIR (`<page>-<width>.png`)."""
+Needs Chromium and chromedriver (Debian's `chromium` and `chromium-driver` packages: /usr/bin/chromium and
+/usr/bin/chromedriver; nothing is downloaded). Starts a proxy serving local-image in this process, signs in
+to the console in headless Chromium, makes a few generations (and a task that fails, on a channel nothing
+answers), and saves a PNG of every page at 1280x800 and 390x844 into DIR (`<page>-<width>.png`). The
+proxy's images and ledger live in a temporary directory, removed on exit: only DIR is written."""
 
 from __future__ import annotations
 
@@ -11,6 +13,9 @@ import asyncio
 import shutil
 import tempfile
 from pathlib import Path
+
+from aiohttp import ClientSession
+from aiohttp.test_utils import TestServer
 
 from proxy.adapters import SCHEMAS
 from proxy.app import make_app
@@ -39,6 +44,19 @@ def make_generations(url: str, upload: Path) -> None:
         driver.quit()
 
 
+async def failed_task(server: TestServer) -> None:
+    """An async request on the channel nothing answers: the tasks page shows a failed task too."""
+    body = {"model": "offline-image", "prompt": "a harbour at night", "async": True}
+    async with ClientSession(headers={"Authorization": f"Bearer {ui.ADMIN_KEY}"}) as session:
+        async with session.post(url_of(server, "/v1/images/generations"), json=body) as response:
+            task_id = (await response.json())["task_id"]
+        for _ in range(100):
+            async with session.get(url_of(server, f"/v1/images/generations/{task_id}")) as response:
+                if (await response.json()).get("task_status") == "failed":
+                    return
+            await asyncio.sleep(0.05)
+
+
 def shoot_playground(driver: ui.WebDriver, url: str, out: Path, upload: Path) -> list[Path]:
     """The sign-in, then the playground with a generation and with an edit (a painted mask)."""
     width = driver.get_window_size()["width"]
@@ -57,6 +75,9 @@ def shoot_pages(driver: ui.WebDriver, out: Path) -> list[Path]:
     saved = []
     for page, ready in PAGES:
         ui.page_text(driver, page, ready)
+        if page == "channels":  # each channel's test: one ok, one failed
+            for channel in ("local", "offline"):
+                ui.press_test(driver, channel)
         saved.append(save(driver, out / f"{page}-{width}.png"))
     return saved
 
@@ -78,6 +99,7 @@ async def run(out: Path) -> list[Path]:
             url = url_of(server, "/console")
             upload = ui.png_file(directory)
             await asyncio.to_thread(make_generations, url, upload)
+            await failed_task(server)
             await server.app[SERVICES].ledger.write_queued()  # the pages read the ledger: written first
             saved: list[Path] = []
             for width, height in VIEWPORTS:

@@ -6,7 +6,7 @@
 const KEY_SLOT = "imagegate.adminKey";
 const PAGES = ["playground", "gallery", "usage", "channels", "tasks"];
 const main = document.getElementById("main");
-let openProxy = false; // the proxy answered /admin/usage without a key: no sign-in needed
+let openProxy = false; // the proxy answered /admin/usage without a key (it has none): no sign-in needed
 let timer = null; // the tasks page's auto-refresh
 
 // -- DOM building -------------------------------------------------------------------------------------
@@ -151,7 +151,9 @@ async function start() {
   document.getElementById("sign-out").addEventListener("click", signOut);
   window.addEventListener("hashchange", route);
   try {
-    openProxy = !sessionStorage.getItem(KEY_SLOT) && (await fetch("/admin/usage")).ok;
+    // A proxy with no keys answers its admin routes to loopback clients without one (a 503 without a ledger).
+    const status = sessionStorage.getItem(KEY_SLOT) ? 401 : (await fetch("/admin/usage")).status;
+    openProxy = status === 200 || status === 503;
   } catch { openProxy = false; }
   if (openProxy || sessionStorage.getItem(KEY_SLOT)) enter(); else showSignIn("");
 }
@@ -611,22 +613,22 @@ async function channels() {
     error.textContent = `The channels could not be loaded: ${failure.message}`;
     return;
   }
-  const cards = el("div", { class: "cards" });
+  const cards = el("div", { class: "cards wide" });
   for (const channel of list.data || []) cards.append(channelCard(channel));
   if (!cards.children.length) cards.append(el("p", { text: "No channels." }));
   main.append(cards);
 }
 
 function channelCard(channel) {
-  const windows = (channel.windows || []).map((w) => [`${w.window}`,
-    `${w.requests} requests, ${w.success_rate === null || w.success_rate === undefined ? "—" : `${(w.success_rate * 100).toFixed(1)}%`} ok, p50 ${fmtMs(w.p50_ms)}, p95 ${fmtMs(w.p95_ms)}`]);
+  const windows = (channel.windows || []).map((w) => [`${w.window}`, !w.requests ? "no requests"
+    : `${w.requests} requests, ${(w.success_rate * 100).toFixed(1)}% ok, p50 ${fmtMs(w.p50_ms)}, p95 ${fmtMs(w.p95_ms)}`]);
   const outcome = el("div", { "aria-live": "polite" });
   const test = el("button", { type: "button", text: `Test ${channel.name}` });
   test.addEventListener("click", () => testChannel(channel.name, test, outcome));
   const errors = channel.last_errors?.length
     ? el("div", { class: "table-wrap" }, el("table", {}, el("caption", { text: "Last errors" }),
       el("thead", {}, el("tr", {}, ["at", "status", "code", "type", "model", "request"].map((h) => el("th", { scope: "col", text: h })))),
-      el("tbody", {}, channel.last_errors.map((e) => el("tr", {}, [e.at, e.status, e.error_code, e.error_type, e.model, e.request_id]
+      el("tbody", {}, channel.last_errors.map((e) => el("tr", {}, [new Date(e.at).toLocaleString(), e.status, e.error_code, e.error_type, e.model, e.request_id]
         .map((v) => el("td", { text: v ?? "" })))))))
     : el("p", { class: "hint", text: "No recent errors." });
   return el("section", { class: "panel", "aria-label": `Channel ${channel.name}` },
@@ -678,14 +680,25 @@ function taskTable(list, view) {
     el("tbody", {}, list.map((t) => el("tr", {},
       el("td", {}, el("button", { type: "button", class: "secondary", text: String(t.id).slice(0, 8), "aria-label": `Open task ${t.id}`,
         onclick: () => openTask(t.id, view) })),
-      [t.status, `${t.polls ?? 0} polls`, t.model, t.key_name, t.channel, t.created ? fmtTime(t.created) : "", t.images,
+      [t.status, t.polls === null || t.polls === undefined ? "—" : `${t.polls} polls`, t.model, t.key_name, t.channel, t.created ? fmtTime(t.created) : "", t.images,
         t.error ? (t.error.message || JSON.stringify(t.error)) : ""].map((v) => el("td", { text: v ?? "" }))))));
+}
+
+// A failed task answers with its error's status (as its owner's poll does): its record is shown all the same.
+async function taskRecord(id) {
+  const response = await fetch(`/admin/tasks/${encodeURIComponent(id)}`, { headers: authHeaders() });
+  let body = null;
+  try { body = await response.clone().json(); } catch { /* not JSON: an error below */ }
+  if (body?.task_id !== undefined) return body;
+  const error = await errorOf(response);
+  if (response.status === 401 || response.status === 403) showSignIn(error.message);
+  throw error;
 }
 
 async function openTask(id, view) {
   view.replaceChildren(el("p", { role: "status", text: "Loading…" }));
   try {
-    const record = await getJson(`/admin/tasks/${encodeURIComponent(id)}`);
+    const record = await taskRecord(id);
     const images = el("div", { class: "images" });
     showImages(images, record.data || []);
     view.replaceChildren(el("h2", { text: `Task ${id}` }),

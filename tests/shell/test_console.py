@@ -1,12 +1,11 @@
 """The console (`GET /console`): its files and headers, and the pages driven in a headless Chromium against a
-proxy serving local-image: sign-in, generations (sync, stream, edit with a painted mask), the gallery, usage,
-channels and tasks."""
+proxy serving local-image and the real admin API: sign-in with a key from `server.admin_keys` alone,
+generations (sync, stream, async, edit with a painted mask), the gallery, usage and its CSV, channels with
+their figures and test results, tasks (failed ones too), an upstream's error text shown as text."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import os
 import re
 import tomllib
@@ -19,17 +18,11 @@ import pytest
 if os.environ.get("IMAGEGATE_REQUIRE_BROWSER") != "1":
     pytest.importorskip("selenium")  # the `test` extra has it; without it these tests skip rather than fail to import
 
-from aiohttp import web
-from PIL import Image
-
-from proxy.adapters import SCHEMAS
-from proxy.app import make_app
 from proxy.console import FILES
-from proxy.core.rules import parse_rules
-from proxy.image_store import FileImageStore
 from proxy.services import SERVICES
 from tests import console_browser as ui
-from tests.factories import ROOT, start_proxy
+from tests.factories import OPENAI, ROOT, poll_task, serve_fake
+from tests.fakes.openai import KEY, FakeOpenAI
 
 CONSOLE_DIR = ROOT / "proxy" / "console"
 MAX_SHIPPED = 200_000
@@ -64,6 +57,8 @@ def test_the_shipped_files_are_small_self_contained_and_package_data() -> None:
         assert not re.search(r"(?:src|href)=[\"']?(?:https?:)?//", text), name  # nothing from another origin
         assert "@import" not in text and "localStorage" not in text and "document.cookie" not in text, name
     assert "innerHTML" not in (CONSOLE_DIR / "console.js").read_text()
+    references = re.findall(r"(?:src|href)=\"([^\"#][^\"]*)\"", (CONSOLE_DIR / "index.html").read_text())
+    assert sorted(references) == ["/console/console.css", "/console/console.js"]  # the first page: three files in all
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["proxy"]
     assert {Path(entry).name for entry in package_data} >= set(FILES)
 
@@ -121,7 +116,9 @@ async def test_a_wrong_key_is_refused_and_the_admin_key_signs_in(make_proxy: Any
     assert browser.execute_script("return sessionStorage.length") == 0
 
 
-async def test_a_generation_shows_its_image_then_the_gallery_and_usage_count_it(make_proxy: Any, browser: Any) -> None:
+async def test_a_generation_shows_its_image_then_the_gallery_and_usage_count_it(
+    make_proxy: Any, browser: Any, tmp_path: Path
+) -> None:
     client = await signed_in(make_proxy, browser)
     widths = await asyncio.to_thread(ui.generate, browser, "a <b>lighthouse</b> at dusk")
     assert widths == [64]
@@ -138,6 +135,9 @@ async def test_a_generation_shows_its_image_then_the_gallery_and_usage_count_it(
     totals = browser.find_element("css selector", "[data-testid=usage-table-name] tbody tr").text.split()
     assert totals[:3] == ["all", "2", "2"], text  # two requests, two images
     assert "$0.002" in text
+    lines = (await asyncio.to_thread(ui.download_csv, browser, tmp_path)).splitlines()
+    assert lines[0] == "day,model,key,channel,requests,images,cost_usd,errors,p50_ms,p95_ms", lines
+    assert len(lines) == 2 and ",local-image,admin,local,2,2,0.002,0," in lines[1], lines
 
 
 async def test_a_stream_shows_partial_images_before_the_final_one(make_proxy: Any, browser: Any) -> None:
@@ -155,67 +155,81 @@ async def test_an_edit_with_a_painted_mask_gives_an_image(make_proxy: Any, brows
     assert "/v1/images/edits" in curl and "mask=@mask.png" in curl and "image=@upload.png" in curl
 
 
-@pytest.mark.parametrize(("page", "ready"), [("channels", "#main .panel, #main .error:not(:empty)"),
-                                             ("tasks", "#main table, #main .error:not(:empty), #main p")])
-async def test_the_admin_pages_show_their_data_or_a_readable_error(make_proxy: Any, browser: Any, page: str, ready: str) -> None:
-    await signed_in(make_proxy, browser)
-    text = await asyncio.to_thread(ui.page_text, browser, page, ready)
-    assert len(text.strip()) > len(page), text  # more than the heading: the data, "No tasks." or the API's error
+async def test_the_channels_page_shows_ledger_figures_and_test_results(make_proxy: Any, browser: Any) -> None:
+    client = await signed_in(make_proxy, browser)
+    assert await asyncio.to_thread(ui.generate, browser, "a lighthouse") == [64]
+    await written(client)
+    await asyncio.to_thread(ui.page_text, browser, "channels", "#main section.panel")
+    local = (await asyncio.to_thread(ui.channel_card, browser, "local")).text
+    assert "local (local)" in local and "Credentials present" in local and "local-image" in local
+    assert re.search(r"1h\s+1 requests, 100\.0% ok, p50 \d+ ms", local), local
+    text, width = await asyncio.to_thread(ui.press_test, browser, "local")
+    assert re.fullmatch(r"ok \(200\) in \d+ ms", text) and width > 0, (text, width)  # its default size
+    text, width = await asyncio.to_thread(ui.press_test, browser, "offline")
+    assert text.startswith("error (502) in ") and "channel 'offline' could not be reached" in text and width == 0, text
+    await written(client)  # the tests are in the ledger: the failed one is among the channel's newest errors
+    await asyncio.to_thread(ui.page_text, browser, "channels", "#main section.panel")
+    offline = (await asyncio.to_thread(ui.channel_card, browser, "offline")).text
+    assert "offline (openai)" in offline and "1 requests, 0.0% ok" in offline and "upstream_unreachable" in offline, offline
 
 
-# -- the admin pages against the admin API's contract ---------------------------------------------
+async def test_the_tasks_page_lists_async_tasks_and_opens_them_failed_ones_too(make_proxy: Any, browser: Any) -> None:
+    client = await signed_in(make_proxy, browser)
+    assert await asyncio.to_thread(ui.generate, browser, "an async fox", "async") == [64]
+    failed = await client.post("/v1/images/generations", json={"model": "offline-image", "prompt": "p", "async": True},
+                               headers={"Authorization": f"Bearer {ui.CLIENT_KEY}"})
+    assert failed.status == 200
+    await poll_task(client, (await failed.json())["task_id"], {"Authorization": f"Bearer {ui.CLIENT_KEY}"}, "failed")
+    await written(client)
+    newest, oldest = await asyncio.to_thread(ui.task_rows, browser)
+    assert "failed" in newest and "offline-image" in newest and "client" in newest and "could not be reached" in newest
+    assert "succeed" in oldest and "local-image" in oldest and "admin" in oldest, oldest
+    text, widths = await asyncio.to_thread(ui.open_task, browser, 1)
+    assert "succeed" in text and widths == [64], text
+    text, widths = await asyncio.to_thread(ui.open_task, browser, 0)  # answered 502: shown all the same
+    assert "failed" in text and "channel 'offline' could not be reached" in text and widths == [], text
+
 
 HOSTILE = '<img src=x onerror="document.title=1">'  # untrusted text: must show as text, never run
-CHANNELS = {"object": "list", "data": [{
-    "name": "openai", "type": "openai", "credentials": True, "models": ["gpt-image-2"],
-    "windows": [{"window": "1h", "requests": 12, "errors": 1, "success_rate": 0.9167, "p50_ms": 5120.0, "p95_ms": 14900.0},
-                {"window": "24h", "requests": 40, "errors": 2, "success_rate": 0.95, "p50_ms": 5000.0, "p95_ms": 14000.0}],
-    "last_errors": [{"at": "2026-12-04T16:01:02+00:00", "status": 502, "error_code": HOSTILE, "error_type": "server_error",
-                     "model": "gpt-image-2", "request_id": "r1"}]}]}
-TASKS = {"object": "list", "data": [{"id": "task-1", "status": "succeed", "created": 1764860000, "expires_at": 1764946400.0,
-                                     "model": "kling-v2", "key_name": "alice", "channel": "kling", "polls": 3, "images": 1,
-                                     "error": None}]}
 
 
-def tiny_png() -> str:
-    buffer = io.BytesIO()
-    Image.new("RGB", (16, 16), (200, 40, 40)).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-@web.middleware
-async def admin_api(request: web.Request, handler: Any) -> web.StreamResponse:
-    """The admin API's channel and task routes as their contract says, for the pages to be checked against."""
-    image = [{"b64_json": tiny_png()}]
-    answers = {("GET", "/admin/channels"): CHANNELS, ("GET", "/admin/tasks"): TASKS,
-               ("GET", "/admin/tasks/task-1"): {"task_id": "task-1", "task_status": "succeed", "data": image},
-               ("POST", "/admin/channels/openai/test"): {"channel": "openai", "model": "gpt-image-2", "ok": True, "status": 200,
-                                                         "ms": 5120.3, "error": None, "data": image, "metadata": {}}}
-    answer = answers.get((request.method, request.path))
-    if answer is None:
-        return await handler(request)
-    if request.headers.get("Authorization") != f"Bearer {ui.ADMIN_KEY}":
-        return web.json_response({"error": {"message": "This route needs an admin key."}}, status=401)
-    return web.json_response(answer)
-
-
-async def test_channels_and_tasks_show_the_admin_api_contract(aiohttp_client: Any, browser: Any, tmp_path: Path) -> None:
-    rules = parse_rules(ui.CONSOLE_RULES, {}, SCHEMAS)
-    app = make_app(rules, store=FileImageStore(tmp_path / "images", rules.server.images.ttl))
-    app.middlewares.append(admin_api)
-    client = await aiohttp_client(await start_proxy(app, rules))
+async def test_an_upstream_error_with_markup_is_shown_as_text(make_proxy: Any, browser: Any, aiohttp_server: Any) -> None:
+    upstream = FakeOpenAI()
+    upstream.failures.extend([(400, {"error": {"message": HOSTILE, "type": "invalid_request_error"}}, {})] * 2)
+    rules = ui.console_rules({"hostile-image": {"channels": ["upstream"]}}, {"upstream": OPENAI})
+    client = await make_proxy(rules, {"UPSTREAM": await serve_fake(aiohttp_server, upstream), "OPENAI_API_KEY": KEY})
+    task = await (await client.post("/v1/images/generations", json={"model": "hostile-image", "prompt": "p", "async": True},
+                                     headers={"Authorization": f"Bearer {ui.ADMIN_KEY}"})).json()
+    await poll_task(client, task["task_id"], {"Authorization": f"Bearer {ui.ADMIN_KEY}"}, "failed")
     await asyncio.to_thread(ui.open_console, browser, str(client.make_url("/console")))
     await asyncio.to_thread(ui.sign_in, browser, ui.ADMIN_KEY)
-    text = await asyncio.to_thread(ui.page_text, browser, "channels", "#main section.panel")
-    assert "openai (openai)" in text and "Credentials present" in text and "91.7% ok" in text and "p95 14900 ms" in text
-    assert HOSTILE in text and browser.title != "1"  # shown as text
-    browser.find_element("css selector", "#main section.panel button").click()
-    widths = await asyncio.to_thread(ui.wait_for, browser, lambda d: d.execute_script(
-        "const i = document.querySelector('#main section.panel img'); return i && i.complete && i.naturalWidth"))
-    assert widths == 16 and "ok (200) in 5120 ms" in browser.find_element("id", "main").text
-    text = await asyncio.to_thread(ui.page_text, browser, "tasks", "#main table")
-    assert "succeed" in text and "3 polls" in text and "alice" in text and "kling-v2" in text
-    browser.find_element("css selector", "#main table button").click()
-    widths = await asyncio.to_thread(ui.wait_for, browser, lambda d: d.execute_script(
-        "const i = document.querySelector('#main section img'); return i && i.complete && i.naturalWidth"))
-    assert widths == 16
+    await asyncio.to_thread(ui.page_text, browser, "channels", "#main section.panel")
+    text, _ = await asyncio.to_thread(ui.press_test, browser, "upstream")
+    assert text.endswith(f": {HOSTILE}"), text
+    (row,) = await asyncio.to_thread(ui.task_rows, browser)
+    assert HOSTILE in row
+    text, _ = await asyncio.to_thread(ui.open_task, browser, 0)
+    assert HOSTILE in text
+    assert browser.title != "1" and not browser.find_elements("css selector", "#main img[src=x]")  # shown, never run
+
+
+async def test_the_admin_routes_refuse_requests_without_the_admin_key(make_proxy: Any) -> None:
+    client, _ = await served(make_proxy)
+    for path in ("/admin/channels", "/admin/tasks", "/admin/usage"):
+        for headers in ({}, {"Authorization": f"Bearer {ui.CLIENT_KEY}"}, {"Authorization": "Bearer wrong"}):
+            response = await client.get(path, headers=headers)
+            assert response.status == 401, (path, headers)
+            assert (await response.json())["error"]["code"] == "admin_key_required"
+        assert (await client.get(path, headers={"Authorization": f"Bearer {ui.ADMIN_KEY}"})).status == 200, path
+    assert (await client.post("/admin/channels/local/test")).status == 401
+    # The admin key alone (in admin_keys, not api_keys) is a client key; the ordinary one is still asked for.
+    assert (await client.get("/v1/images/models", headers={"Authorization": f"Bearer {ui.ADMIN_KEY}"})).status == 200
+    assert (await client.get("/v1/images/models")).status == 401
+
+
+async def test_a_proxy_without_keys_opens_the_console_to_loopback_without_a_sign_in(make_proxy: Any, browser: Any) -> None:
+    client = await make_proxy(ui.rules_yaml({"local-image": {"channels": ["local"]}}, {"local": ui.LOCAL}), {})
+    await asyncio.to_thread(ui.open_console, browser, str(client.make_url("/console")))
+    await asyncio.to_thread(ui.visible, browser, "select[name=model]")  # require_admin lets loopback in: no sign-in
+    assert not browser.find_element("id", "sign-in").is_displayed() and not browser.find_element("id", "sign-out").is_displayed()
+    assert "local (local)" in await asyncio.to_thread(ui.page_text, browser, "channels", "#main section.panel")
