@@ -32,7 +32,7 @@ from proxy.core.rules import Rules, RulesError, parse_rules
 from proxy.lifecycle import log_startup
 from proxy.observe import JsonFormatter, TextFormatter
 from proxy.ops import PROBE_TIMEOUT, probe_channels
-from proxy.serving import server_options
+from proxy.serving import LISTEN_BACKLOG, server_options
 
 EXIT_BAD_RULES = 2
 EXIT_CANNOT_LISTEN = 3
@@ -175,7 +175,7 @@ async def serve(rules: Rules, args: argparse.Namespace) -> None:
     )
     await runner.setup()
     try:
-        await web.TCPSite(runner, args.host, args.port).start()
+        await web.TCPSite(runner, args.host, args.port, backlog=LISTEN_BACKLOG).start()
     except OSError as exc:  # gaierror (unknown host) is an OSError too
         # Nothing was ever served: close the services without the shutdown path's "draining" announcement.
         await runner.app.cleanup()

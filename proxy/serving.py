@@ -11,6 +11,10 @@ from typing import Any
 
 from proxy.core.rules import Rules
 
+# Connections the kernel queues while the loop is busy: a burst (a client pool opening hundreds at once) waits
+# for its turn instead of being dropped, as with Python's default of 100 (nginx: 511).
+LISTEN_BACKLOG = 1024
+
 
 def server_options(rules: Rules) -> dict[str, Any]:
     """Keyword arguments for `web.run_app` / `web.AppRunner`."""
