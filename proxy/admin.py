@@ -95,10 +95,22 @@ async def _last_errors(services: Services, channel: str, since: float) -> list[d
 # -- the test button ------------------------------------------------------------------------------
 
 
+def _test_rule(rules: Rules, channel: str) -> ModelRule:
+    """The first rule that lists the channel under a name the upstream knows: an exact model name, or a pattern
+    with an upstream model for it (a pattern itself is no model name)."""
+    listing = [rule for rule in rules.models if channel in rule.channels]
+    named = [rule for rule in listing if not rule.is_glob or rule.upstream_models.get(channel) or rule.upstream_model]
+    if named:
+        return named[0]
+    why = "No model rule lists" if not listing else "Only patterns without an upstream_model list"
+    raise InvalidRequest(f"{why} channel '{channel}': there is no model name to test it with.", param="name",
+                         code="channel_without_models")
+
+
 def _test_fields(rule: ModelRule, channel: str) -> dict[str, Any]:
     """The tiniest request the rule takes: one image, its smallest listed size (else its default size, else
     1024x1024 where its size rules allow it), as base64 so nothing is hosted."""
-    # A glob is no model name: the name the channel is asked for stands in (the pattern when there is none).
+    # A glob is no model name: the name the channel is asked for stands in (_test_rule made sure there is one).
     model = rule.upstream_for(channel, rule.pattern) if rule.is_glob else rule.pattern
     fields: dict[str, Any] = {"model": model, "prompt": TEST_PROMPT, "n": 1, "response_format": "b64_json"}
     listed = [(size.width * size.height, text) for text in rule.sizes or () if (size := parse_size(text)) is not None]
@@ -117,10 +129,10 @@ async def test_channel(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if name not in services.rules.channels:
         raise NotFound(f"There is no channel named '{name}'.", param="name", code="channel_not_found")
-    rule = next((rule for rule in services.rules.models if name in rule.channels), None)
-    if rule is None:
-        raise InvalidRequest(f"No model rule lists channel '{name}': there is nothing to test it with.",
-                             param="name", code="channel_without_models")
+    if services.rules.channels[name].passthrough_key:
+        raise InvalidRequest(f"Channel '{name}' sends the client's own key upstream; an admin key is never sent, so "
+                             "it cannot be tested from here.", param="name", code="admin_key_not_forwarded")
+    rule = _test_rule(services.rules, name)
     fields = _test_fields(rule, name)
     note(model=fields["model"], operation=GENERATE)
     note_unlogged(key_name=ADMIN_NAME)

@@ -44,6 +44,7 @@ from proxy.core.limit_windows import key_id
 from proxy.core.plan import EDIT, VARIATION, Plan, build_plan
 from proxy.core.request import parse_image_request, parse_json_object
 from proxy.core.rules import Rules
+from proxy.driver import forwardable
 from proxy.finish import IMAGE_ROUTE, Delivery, public_base
 from proxy.idempotent import HEADER as IDEMPOTENCY_HEADER
 from proxy.idempotent import check_header, fingerprint, once
@@ -271,6 +272,9 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
         missing = ", ".join(channel.missing_key)
         raise ServiceUnavailable(f"Set {missing} to enable channel '{channel.name}'.", code="channel_unavailable")
     client_key = request[CLIENT_KEY] or None
+    if channel is not None and not forwardable(rules, channel, client_key):
+        raise InvalidRequest("This proxy passes the client's own provider key through, and an admin key is never "
+                             "sent upstream: call it with a client key.", code="admin_key_not_forwarded")
     # Pass-through spends the operator's key too (chat, responses with image tools): the key's request
     # limits apply (images per day cannot be counted here: the proxy does not read those bodies).
     async with imageless(request.app[SERVICES].counters, key_id(client_key), rules.server.limits_for(client_key)):

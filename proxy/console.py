@@ -20,6 +20,7 @@ from importlib import resources
 from aiohttp import web
 
 from proxy.core.errors import NotFound
+from proxy.services import SERVICES
 
 FILES = {
     "index.html": "text/html; charset=utf-8",
@@ -27,8 +28,6 @@ FILES = {
     "console.css": "text/css; charset=utf-8",
 }
 HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
-    "connect-src 'self'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     # The files change with the package: browsers revalidate rather than run an old script against a new API.
@@ -42,19 +41,29 @@ def console_file(name: str) -> bytes:
     return resources.files("proxy").joinpath("console", name).read_bytes()
 
 
-def _answer(name: str) -> web.Response:
-    return web.Response(body=console_file(name), headers={**HEADERS, "Content-Type": FILES[name]})
+def policy(public_base_url: str) -> str:
+    """The Content-Security-Policy: this origin only, and images also from `server.public_base_url` (hosted
+    images' URLs are built on it, and the console shows them)."""
+    images = f"'self' data: blob: {public_base_url}" if public_base_url else "'self' data: blob:"
+    return (f"default-src 'self'; img-src {images}; style-src 'self'; script-src 'self'; connect-src 'self'; "
+            "frame-ancestors 'none'")
+
+
+def _answer(request: web.Request, name: str) -> web.Response:
+    csp = policy(request.app[SERVICES].rules.server.public_base_url)
+    return web.Response(body=console_file(name), headers={**HEADERS, "Content-Security-Policy": csp,
+                                                            "Content-Type": FILES[name]})
 
 
 async def console_index(request: web.Request) -> web.Response:
-    return _answer("index.html")
+    return _answer(request, "index.html")
 
 
 async def console_asset(request: web.Request) -> web.Response:
     name = request.match_info["file"]
     if name not in FILES:
         raise NotFound("Unknown console file.", code="unknown_url")
-    return _answer(name)
+    return _answer(request, name)
 
 
 def add_console_routes(router: web.UrlDispatcher) -> None:

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from proxy.core.budgets import month_window
 from proxy.core.limit_windows import DAY, key_id, window
-from proxy.core.rules import ServerRules
+from proxy.core.rules import ADMIN_NAME, ServerRules
 from proxy.database import GENERATIONS
 from proxy.key_limits import MONTH_TTL
 from proxy.shared_state import Counters
@@ -65,7 +65,9 @@ async def spent_by_name(engine: AsyncEngine, now: float) -> dict[str, Spent]:
 
 def counted(server: ServerRules, spent: Mapping[str, Spent], now: float) -> Iterator[tuple[str, int, int]]:
     """(counter, amount, ttl) for each counter a restarted process must start from, as key_limits names them."""
-    clients: list[tuple[str | None, str]] = [(client.key, client.name) for client in server.clients] or [(None, "anonymous")]
+    clients: list[tuple[str | None, str]] = [(client.key, client.name) for client in server.clients]
+    clients += [(key, ADMIN_NAME) for key in server.admin_keys]  # admin keys generate too (the console)
+    clients = clients or [(None, "anonymous")]
     day, month = window(now, DAY)[0], month_window(now)[0]
     for key, name in clients:
         owner, so_far = key_id(key), spent.get(name, Spent())
@@ -93,5 +95,6 @@ async def seed_counters(counters: Counters, engine: AsyncEngine, server: ServerR
 
 
 def _has_limits(server: ServerRules) -> bool:
-    keys: list[str | None] = [client.key for client in server.clients] or [None]
+    keys: list[str | None] = [*(client.key for client in server.clients), *server.admin_keys]
+    keys = keys or [None]
     return any(server.limits_for(key).images_per_day is not None or server.budget_for(key).any for key in keys)

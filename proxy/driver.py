@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 
 from proxy.adapters.base import AdapterSpec, Call, Done, Fail, Job, Send, Step, UpstreamResponse, Wait
-from proxy.core.errors import BadGateway, GatewayTimeout, ProxyError, ServiceUnavailable
+from proxy.core.errors import BadGateway, GatewayTimeout, InvalidRequest, ProxyError, ServiceUnavailable
 from proxy.core.formats import Conversion
 from proxy.core.plan import Plan
 from proxy.core.response import ImagesResult, merge_extras
@@ -286,6 +286,18 @@ def unusable_reason(rules: Rules, plan: Plan) -> ServiceUnavailable:
     )
 
 
+def forwardable(rules: Rules, channel: Channel, client_key: str | None) -> bool:
+    """An admin key is never sent upstream: channels that pass the client's key through are not for it."""
+    return not (channel.passthrough_key and rules.server.is_admin(client_key))
+
+
+def admin_key_kept(plan: Plan) -> InvalidRequest:
+    return InvalidRequest(
+        f"Model '{plan.model}' is served with the client's own provider key (passthrough), and an admin key is never "
+        "sent upstream: call it with a client key.", code="admin_key_not_forwarded",
+    )
+
+
 def attempt_order(channels: Sequence[Channel], pick: float) -> list[Channel]:
     """Failover order, with load spreading: `pick` in [0, 1) chooses the first among weighted channels."""
     weighted = [channel for channel in channels if channel.weight > 0]
@@ -327,9 +339,9 @@ async def generate(
     retry rounds with backoff). `attempt` replaces what one channel is asked to do, `serves` narrows the
     channels to those that can do it (native streams); every delivery mode shares this one loop."""
     candidates = [channel for channel in iter_usable(rules, plan.rule) if serves is None or serves(channel)]
-    channels = attempt_order(candidates, random.random())
+    channels = attempt_order([channel for channel in candidates if forwardable(rules, channel, client_key)], random.random())
     if not channels:
-        raise unusable_reason(rules, plan)
+        raise unusable_reason(rules, plan) if len(channels) == len(candidates) else admin_key_kept(plan)
     run = attempt or functools.partial(run_on_channel, driver)
     rounds = 1 + min(plan.retries, rules.server.max_retries)
     attempts = 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
@@ -169,13 +169,32 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def local_name(host: str) -> bool:
+    """Whether a Host header (or an origin's host part) names this machine: localhost or a loopback address."""
+    name = host.rsplit("]", 1)[0].lstrip("[") if host.startswith("[") else host.rsplit(":", 1)[0]
+    return name.lower() in LOCAL_NAMES
+
+
+def same_machine(headers: Mapping[str, str]) -> bool:
+    """No browser says the request comes from another site: no cross-site fetch metadata, and any Origin local."""
+    if headers.get("Sec-Fetch-Site", "same-origin") == "cross-site":
+        return False
+    origin = headers.get("Origin")
+    return origin is None or local_name(origin.split("://", 1)[-1])
+
+
 def require_admin(request: web.Request) -> None:
     """The one rule for `/admin/` routes: a key from `server.admin_keys` (constant-time comparison); on a proxy
     with no keys at all (neither `api_keys` nor `admin_keys`), clients on the machine itself without one."""
     server = request.app[SERVICES].rules.server
     if not server.api_keys and not server.admin_keys:
-        if not loopback(request.remote):
-            # An open proxy's usage, tasks and channel tests are the operator's: not for the network.
+        # An open proxy's usage, tasks and channel tests are the operator's: not for the network. The Host and
+        # the Origin must be local too: a reverse proxy on this machine makes every client look like loopback
+        # (it forwards the public Host), and a web page (DNS rebinding, a cross-site form) can reach loopback.
+        if not (loopback(request.remote) and local_name(request.host) and same_machine(request.headers)):
             raise AuthenticationFailed("This proxy has no keys: its admin routes answer loopback clients only.",
                                        code="admin_loopback_only", status=403)
         return

@@ -7,6 +7,7 @@ channel schemas the adapters declare; nothing here reads a file or `os.environ`.
 from __future__ import annotations
 
 import fnmatch
+import hmac
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -176,10 +177,18 @@ class ServerRules:
         default limits and budget (the console generates with it)."""
         if not key:
             return None
-        found = next((client for client in self.clients if client.key == key), None)
-        if found is None and key in self.admin_keys:
+        # Every candidate compared in constant time: a key's prefix cannot be found by timing answers.
+        found = None
+        for client in self.clients:
+            if hmac.compare_digest(client.key.encode(), key.encode()):
+                found = client
+        if found is None and self.is_admin(key):
             return ClientKey(key=key, name=ADMIN_NAME)
         return found
+
+    def is_admin(self, key: str | None) -> bool:
+        """Whether `key` is one of `admin_keys` (constant-time comparisons)."""
+        return bool(key) and any([hmac.compare_digest(admin.encode(), (key or "").encode()) for admin in self.admin_keys])
 
     def limits_for(self, key: str | None) -> Limits:
         client = self.client(key)
@@ -427,6 +436,8 @@ def _load_client(reader: _Reader, path: str, item: Any) -> ClientKey | None:
         if isinstance(item, dict):
             reader.problem(f"{path}.key", "a client key needs a non-empty `key`")
         return None
+    if name == ADMIN_NAME:  # the admin keys' own name: a client under it would share their usage and counters
+        reader.problem(f"{path}.name", f"the name '{ADMIN_NAME}' is kept for server.admin_keys")
     return ClientKey(key=key, name=name or default_name(key), limits=limits, budget=budget)
 
 

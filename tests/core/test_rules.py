@@ -882,3 +882,21 @@ def test_a_shared_database_without_redis_is_warned_about() -> None:
     assert [w for w in shared.warnings if "server.state is memory" in w]
     with_redis = parse_rules("server:\n  database: postgresql://u@db/ig\n  state: redis://r:6379/0\nmodels: {}\n", {}, SCHEMAS)
     assert not [w for w in with_redis.warnings if "server.state" in w]
+
+
+def test_the_admin_keys_name_is_kept_for_them() -> None:
+    problem = _only_problem(
+        """
+        server:
+          api_keys: [{key: k1, name: admin}]
+        """
+    )
+    assert str(problem) == "server.api_keys[0].name: the name 'admin' is kept for server.admin_keys"
+
+
+def test_an_admin_key_is_a_client_named_admin_and_other_keys_are_not() -> None:
+    rules = parse_rules("server:\n  api_keys: [{key: k1, name: team}]\n  admin_keys: [a1]\n", {}, SCHEMAS)
+    client = rules.server.client("a1")
+    assert client is not None and client.name == "admin" and rules.server.is_admin("a1")
+    assert rules.server.client("k1") is not None and not rules.server.is_admin("k1")
+    assert rules.server.client("a") is None and not rules.server.is_admin(None) and not rules.server.is_admin("")

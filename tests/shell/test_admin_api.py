@@ -277,7 +277,8 @@ async def test_an_open_proxy_answers_admin_routes_on_loopback_only(make_proxy: A
     for remote, allowed in (("203.0.113.7", False), ("10.0.0.2", False), ("::1", True), ("127.0.0.1", True)):
         transport = mock.Mock()
         transport.get_extra_info.side_effect = lambda name, default=None, r=remote: (r, 40000) if name == "peername" else default
-        request = make_mocked_request("GET", "/admin/channels", app=app, transport=transport)
+        request = make_mocked_request("GET", "/admin/channels", headers={"Host": "127.0.0.1:8080"}, app=app,
+                                      transport=transport)
         assert request.remote == remote
         if allowed:
             require_admin(request)
@@ -286,3 +287,53 @@ async def test_an_open_proxy_answers_admin_routes_on_loopback_only(make_proxy: A
             require_admin(request)
         assert (refused.value.status, refused.value.code) == (403, "admin_loopback_only")
         assert refused.value.envelope()["error"]["type"] == "invalid_request_error"
+
+
+async def test_an_open_proxy_refuses_other_hosts_and_other_sites(make_proxy: Any, aiohttp_server: Any) -> None:
+    """Loopback is not enough: a reverse proxy on the machine forwards the public Host, and a web page elsewhere
+    (DNS rebinding, a cross-site form) reaches loopback with its own Host or Origin."""
+    rules = rules_yaml(MODELS, {"openai": OPENAI, "local": LOCAL, "spare": SPARE, "kling": KLING},
+                       server={"database": "${DATABASE:-}"})
+    client = await proxy(make_proxy, aiohttp_server, "", FakeOpenAI(), rules=rules)
+    port = client.server.port
+    for headers in ({"Host": "imagegate.example.com"}, {"Host": f"rebound.example:{port}"},
+                    {"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+        refused = await client.post("/admin/channels/local/test", headers=headers)
+        assert refused.status == 403, headers
+        assert (await refused.json())["error"]["code"] == "admin_loopback_only"
+    for headers in ({"Host": f"localhost:{port}"}, {"Host": f"[::1]:{port}"},
+                    {"Origin": f"http://127.0.0.1:{port}", "Sec-Fetch-Site": "same-origin"}):
+        assert (await client.get("/admin/channels", headers=headers)).status == 200, headers
+
+
+async def test_an_admin_key_is_never_sent_upstream(make_proxy: Any, aiohttp_server: Any) -> None:
+    openai = FakeOpenAI()
+    own_key = {"type": "openai", "base_url": "${UPSTREAM}/v1", "api_key": "passthrough"}
+    rules = rules_yaml({"byok": {"channels": ["own"], "upstream_model": "gpt-image-2"}}, {"own": own_key},
+                       server=SERVER, default_channel="own")
+    client = await make_proxy(rules, {"UPSTREAM": await serve_fake(aiohttp_server, openai), "DATABASE": ""})
+    refused = await client.post("/v1/images/generations", json={"model": "byok", "prompt": "p"}, headers=ADMIN)
+    assert refused.status == 400 and (await refused.json())["error"]["code"] == "admin_key_not_forwarded"
+    relayed = await client.get("/v1/files", headers=ADMIN)  # pass-through routes too
+    assert relayed.status == 400 and (await relayed.json())["error"]["code"] == "admin_key_not_forwarded"
+    tested = await client.post("/admin/channels/own/test", headers=ADMIN)
+    assert tested.status == 400 and (await tested.json())["error"]["code"] == "admin_key_not_forwarded"
+    assert openai.recorder.received == []  # the admin key went nowhere
+    await client.post("/v1/images/generations", json={"model": "byok", "prompt": "p"}, headers=A)
+    # A client's own key is what such a channel sends.
+    assert [item.header("Authorization") for item in openai.recorder.received] == ["Bearer key-a"]
+
+
+async def test_a_channel_listed_only_by_a_pattern_is_tested_under_its_upstream_name(
+    make_proxy: Any, aiohttp_server: Any
+) -> None:
+    openai = FakeOpenAI()
+    rules = rules_yaml({"gpt-image-*": {"channels": ["openai"]}, "any-*": {"channels": ["named"],
+                        "upstream_model": "gpt-image-2"}}, {"openai": OPENAI, "named": OPENAI}, server=SERVER)
+    client = await make_proxy(rules, {"UPSTREAM": await serve_fake(aiohttp_server, openai), "OPENAI_API_KEY": KEY,
+                                      "DATABASE": ""})
+    unnamed = await client.post("/admin/channels/openai/test", headers=ADMIN)
+    assert unnamed.status == 400 and (await unnamed.json())["error"]["code"] == "channel_without_models"
+    named = await (await client.post("/admin/channels/named/test", headers=ADMIN)).json()
+    assert named["ok"] is True and named["model"] == "gpt-image-2"
+    assert openai.recorder.received[-1].json()["model"] == "gpt-image-2"

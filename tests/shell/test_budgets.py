@@ -140,13 +140,15 @@ def test_counters_a_restarted_process_starts_from() -> None:
         "limits": {"images_per_day": 100},
         "api_keys": [{"key": "k1", "name": "shared", "budget": {"usd_per_day": 1, "usd_per_month": 5}},
                      {"key": "k2", "name": "shared"}, {"key": "k3", "name": "idle"}],
+        "admin_keys": ["a1"],
     })
     now = 1_764_806_400.0 + 3600  # 2025-12-04 01:00 UTC
-    spent = {"shared": Spent(images_today=3, micro_today=60_000, micro_this_month=250_000)}
+    spent = {"shared": Spent(images_today=3, micro_today=60_000, micro_this_month=250_000), "admin": Spent(images_today=7)}
     day, month = int(now // 86400), 2025 * 12 + 11
     assert sorted(counted(rules.server, spent, now)) == sorted([
         (f"ipd:{key_id('k1')}:{day}", 3, 86460), (f"usd-day:{key_id('k1')}:{day}", 60_000, 86460),
         (f"usd-month:{key_id('k1')}:{month}", 250_000, 32 * 86400),
         # Keys sharing a name each start from the name's total: the safe side of a limit.
         (f"ipd:{key_id('k2')}:{day}", 3, 86460),
+        (f"ipd:{key_id('a1')}:{day}", 7, 86460),  # admin keys generate too (the console): theirs, by the name admin
     ])

@@ -18,7 +18,7 @@ import pytest
 if os.environ.get("IMAGEGATE_REQUIRE_BROWSER") != "1":
     pytest.importorskip("selenium")  # the `test` extra has it; without it these tests skip rather than fail to import
 
-from proxy.console import FILES
+from proxy.console import FILES, policy
 from proxy.services import SERVICES
 from tests import console_browser as ui
 from tests.factories import OPENAI, ROOT, poll_task, serve_fake
@@ -75,6 +75,12 @@ async def test_the_files_are_served_with_a_strict_policy_and_nothing_else_is(mak
         assert response.headers["Referrer-Policy"] == "no-referrer" and response.headers["Cache-Control"] == "no-cache"
     for path in ("/console/secret.txt", "/console/..%2Fapp.py", "/console/../proxy/app.py", "/console/%2e%2e%2fconsole.py"):
         assert (await client.get(path)).status == 404, path
+
+
+def test_images_from_the_public_base_url_are_allowed_too() -> None:
+    """Hosted images' URLs are built on server.public_base_url: the console shows them from there."""
+    assert "img-src 'self' data: blob: https://img.example.com;" in policy("https://img.example.com")
+    assert "img-src 'self' data: blob:;" in policy("")
 
 
 async def test_the_gallery_records_say_which_hosted_images_they_have_and_until_when(make_proxy: Any) -> None:
