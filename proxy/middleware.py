@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -17,6 +16,7 @@ from aiohttp import web
 
 from proxy.core.errors import AuthenticationFailed, NotFound, PayloadTooLarge, ProxyError
 from proxy.core.ledger_record import IMAGE_ROUTES
+from proxy.core.rules import same_key
 from proxy.finish import IMAGE_ROUTE
 from proxy.ledger import answered, arrived
 from proxy.observe import REQUEST_ID_HEADER, access_fields, begin, current_request_id, log_access, note
@@ -146,7 +146,7 @@ def key_allowed(key: str | None, allowed: tuple[str, ...]) -> bool:
     if key is None:
         return False
     # Compare against every key, always, so timing does not reveal which prefix matched.
-    matches = [hmac.compare_digest(key.encode(), candidate.encode()) for candidate in allowed]
+    matches = [same_key(candidate, key) for candidate in allowed]
     return any(matches)
 
 

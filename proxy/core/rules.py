@@ -139,6 +139,12 @@ class MetricsRules:
     public: bool = False  # without a token: False serves /metrics to loopback clients only
 
 
+def same_key(known: str, presented: str) -> bool:
+    """A constant-time comparison of a configured key with one a client sent (whose header may hold bytes that
+    are not UTF-8: aiohttp keeps them as surrogates)."""
+    return hmac.compare_digest(known.encode("utf-8", "surrogateescape"), presented.encode("utf-8", "surrogateescape"))
+
+
 ADMIN_NAME = "admin"  # the client name an admin key's requests are counted and recorded under
 
 
@@ -180,7 +186,7 @@ class ServerRules:
         # Every candidate compared in constant time: a key's prefix cannot be found by timing answers.
         found = None
         for client in self.clients:
-            if hmac.compare_digest(client.key.encode(), key.encode()):
+            if same_key(client.key, key):
                 found = client
         if found is None and self.is_admin(key):
             return ClientKey(key=key, name=ADMIN_NAME)
@@ -188,7 +194,7 @@ class ServerRules:
 
     def is_admin(self, key: str | None) -> bool:
         """Whether `key` is one of `admin_keys` (constant-time comparisons)."""
-        return bool(key) and any([hmac.compare_digest(admin.encode(), (key or "").encode()) for admin in self.admin_keys])
+        return bool(key) and any([same_key(admin, key or "") for admin in self.admin_keys])
 
     def limits_for(self, key: str | None) -> Limits:
         client = self.client(key)
