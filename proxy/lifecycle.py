@@ -31,6 +31,7 @@ from proxy.task_keeper import keep_leases, take_over
 from proxy.task_table import DatabaseTaskStore
 from proxy.tasks import TaskStore
 from proxy.upstream import SESSION, make_session
+from proxy.webhooks import deliver_forever, open_webhooks
 
 log = logging.getLogger("imagegate")
 SWEEP_EVERY = 300.0
@@ -147,12 +148,14 @@ async def services_context(app: web.Application) -> AsyncIterator[None]:
     if shared is not None:
         services.counters, services.idempotency = shared.counters, shared.idempotency
     services.ledger = ledger
+    services.webhooks = hooks = open_webhooks(ledger.engine, ledger.ensure_schema, rules.server.webhooks.allow_hosts)
     app[SERVICES] = services
     if shared is None and ledger.migrated:
         await _counters_from_ledger(services, ledger)
     if ledger.migrated or not isinstance(tasks, DatabaseTaskStore):  # a database that is down was logged once
         await _first_take_over(services)
     sweeper, leases = asyncio.create_task(_sweep_forever(services)), asyncio.create_task(keep_leases(services))
+    sender = asyncio.create_task(deliver_forever(services, hooks))
     yield
     await _stop(sweeper)
     # Async tasks were paid for: they get the same grace as in-flight requests.
@@ -160,12 +163,14 @@ async def services_context(app: web.Application) -> AsyncIterator[None]:
     # Cancelling stragglers above may have started cancel calls upstream: let those go out too.
     await _drain(set(services.driver.background), 10.0)
     await _stop(leases)  # after the drain: tasks still running in it kept their leases
+    await _stop(sender)  # after the drain: tasks that ended in it queued their webhooks (the next process sends)
     # After the drain: async tasks that ended in it have queued their records.
     await ledger.close(services.rules.server.shutdown_grace)
     await tasks.close()
     if shared is not None:
         await shared.close()
     await inputs.close()
+    await hooks.session.close()
     await session.close()
 
 
