@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy.exc import SQLAlchemyError
 
 from proxy.adapters import ADAPTERS
 from proxy.core.errors import ProxyError
@@ -103,10 +104,12 @@ async def _sweep_forever(services: Services) -> None:
         try:
             await services.store.sweep()
             await services.tasks.sweep()
+            if services.webhooks is not None:  # settled deliveries go with their tasks
+                await services.webhooks.store.sweep(time.time() - services.rules.server.tasks.retention)
             if isinstance(services.idempotency, MemoryIdempotency):
                 await services.idempotency.sweep()
-        except (OSError, ProxyError) as exc:
-            log.warning("could not sweep expired images or tasks: %s", exc)
+        except (OSError, ProxyError, SQLAlchemyError) as exc:
+            log.warning("could not sweep expired images, tasks or webhooks: %s", type(exc).__name__)
 
 
 async def _stop(loop: asyncio.Task[None]) -> None:

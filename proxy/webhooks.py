@@ -89,6 +89,12 @@ class DeliveryStore:
             await connection.execute(ROWS.update().where(ROWS.c.id == delivery_id)
                                      .values(status=status, last_status=last_status, next_at=next_at))
 
+    async def sweep(self, before: float) -> int:
+        """Forget settled deliveries made before `before` (their tasks have expired): returns how many went."""
+        async with self._connection() as connection:
+            result = await connection.execute(ROWS.delete().where(ROWS.c.status != PENDING, ROWS.c.created < before))
+        return int(result.rowcount)
+
     async def state_of(self, task_id: str) -> dict[str, Any] | None:
         async with self._connection() as connection:
             row = (await connection.execute(sa.select(ROWS.c.status, ROWS.c.attempts, ROWS.c.last_status)

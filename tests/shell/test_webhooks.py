@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from aiohttp import web
 
+from proxy.database import WEBHOOK_DELIVERIES
+from proxy.services import SERVICES
 from proxy.tasks import FAILED, SUCCEED
 from tests.factories import LOCAL, poll_task, rules_yaml, url_of
 
@@ -250,3 +253,31 @@ async def test_a_delivery_outlives_the_proxy_that_queued_it(make_proxy: Any, aio
     assert body["metadata"]["webhook"]["attempts"] == len(receiver.received) > tried
     assert len({item.headers["webhook-id"] for item in receiver.received}) == 1
     assert json.loads(receiver.received[-1].body)["task_id"] == task_id
+
+
+async def test_with_tasks_in_redis_deliveries_stay_in_the_ledgers_database(
+    make_proxy: Any, aiohttp_server: Any, redis_server: Any
+) -> None:
+    receiver = Receiver(script=[502])
+    text = rules().replace("database: ${DATABASE:-}", f"database: ${{DATABASE:-}}\n  state: {redis_server.url}")
+    client = await make_proxy(text)
+    task_id = await create(client, {**FOX, "callback_url": await receiver_url(aiohttp_server, receiver)})
+    body = await webhook_state(client, task_id)
+    assert body["metadata"]["webhook"] == {"status": "delivered", "attempts": 2, "last_status": 200}
+    services = client.server.app[SERVICES]
+    assert type(services.tasks).__name__ == "RedisTaskStore"
+    async with services.ledger.engine.connect() as connection:
+        rows = (await connection.execute(sa.select(WEBHOOK_DELIVERIES))).all()
+    assert [(row.task_id, row.status, row.attempts, row.secret_set) for row in rows] == [(task_id, "delivered", 2, "server")]
+    assert SECRET_1[6:] not in rows[0].body and "whsec_" not in str(rows[0])
+
+
+async def test_settled_deliveries_are_swept_with_their_tasks(make_proxy: Any, aiohttp_server: Any) -> None:
+    receiver = Receiver()
+    client = await make_proxy(rules())
+    task_id = await create(client, {**FOX, "callback_url": await receiver_url(aiohttp_server, receiver)})
+    assert (await webhook_state(client, task_id))["metadata"]["webhook"]["status"] == "delivered"
+    store = client.server.app[SERVICES].webhooks.store
+    assert await store.sweep(time.time() - 3600) == 0  # made just now: kept
+    assert await store.sweep(time.time() + 1) == 1
+    assert await store.state_of(task_id) is None
