@@ -4,7 +4,8 @@ Routes:
     POST /v1/images/generations   the product: rules -> adapter -> driver -> finish
     POST /v1/images/edits         the same, from a multipart upload (images + mask)
     POST /v1/images/variations    the same, from one uploaded image
-    GET  /v1/images/generations/{task_id}   an async task's state and result (seed 001)
+    GET  /v1/images/generations/{task_id}   an async task's state and result (seed 001), and its webhook's
+                                            (`metadata.webhook`, proxy.webhooks)
     GET  /images/{name}           images the proxy hosts for `response_format: url`
     GET  /v1/models[/{id}]        the models the rules serve, merged with the default channel's (proxy.catalog)
     GET  /v1/images/models[/{id}] what the rules say about each image model: operations, sizes, values,

@@ -21,7 +21,7 @@ from aiohttp import web
 from proxy.database import WEBHOOK_DELIVERIES
 from proxy.services import SERVICES
 from proxy.tasks import FAILED, SUCCEED
-from tests.factories import LOCAL, poll_task, rules_yaml, url_of
+from tests.factories import LOCAL, ROOT, poll_task, rules_yaml, url_of
 
 SECRET_1 = "whsec_" + base64.b64encode(b"the first webhook secret").decode()
 SECRET_2 = "whsec_" + base64.b64encode(b"the second, rotated in").decode()
@@ -281,3 +281,26 @@ async def test_settled_deliveries_are_swept_with_their_tasks(make_proxy: Any, ai
     assert await store.sweep(time.time() - 3600) == 0  # made just now: kept
     assert await store.sweep(time.time() + 1) == 1
     assert await store.state_of(task_id) is None
+
+
+def readme_verify() -> Any:
+    """The README's receiver example (`<!-- snippet: webhook-receiver -->`), run as written."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    code = text.split("<!-- snippet: webhook-receiver -->", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # the documentation's own code, nothing from outside
+    return namespace["verify"]
+
+
+async def test_the_readmes_receiver_accepts_what_the_proxy_sends(make_proxy: Any, aiohttp_server: Any) -> None:
+    verify = readme_verify()
+    receiver = Receiver()
+    client = await make_proxy(rules())
+    task_id = await create(client, {**FOX, "callback_url": await receiver_url(aiohttp_server, receiver)})
+    assert (await webhook_state(client, task_id))["metadata"]["webhook"]["status"] == "delivered"
+    (item,) = receiver.received
+    headers = {name.lower(): value for name, value in item.headers.items()}
+    assert verify(SECRET_1, headers, item.body) and verify(SECRET_2, headers, item.body)
+    assert not verify(BOB_SECRET, headers, item.body)
+    assert not verify(SECRET_1, headers, item.body.replace(b"succeed", b"failed!"))
+    assert not verify(SECRET_1, {**headers, "webhook-timestamp": str(int(time.time()) - 3600)}, item.body)
