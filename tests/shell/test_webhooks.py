@@ -11,7 +11,7 @@ import hmac
 import json
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -19,8 +19,12 @@ import sqlalchemy as sa
 from aiohttp import web
 
 from proxy.database import WEBHOOK_DELIVERIES
+from proxy.finish import Delivery
 from proxy.services import SERVICES
-from proxy.tasks import FAILED, SUCCEED
+from proxy.task_keeper import take_over
+from proxy.task_runner import created
+from proxy.tasks import FAILED, SUCCEED, owner_of
+from proxy.webhooks import requested
 from tests.factories import LOCAL, ROOT, poll_task, rules_yaml, url_of
 
 SECRET_1 = "whsec_" + base64.b64encode(b"the first webhook secret").decode()
@@ -304,3 +308,20 @@ async def test_the_readmes_receiver_accepts_what_the_proxy_sends(make_proxy: Any
     assert not verify(BOB_SECRET, headers, item.body)
     assert not verify(SECRET_1, headers, item.body.replace(b"succeed", b"failed!"))
     assert not verify(SECRET_1, {**headers, "webhook-timestamp": str(int(time.time()) - 3600)}, item.body)
+
+
+async def test_a_task_failed_by_the_process_that_took_it_over_is_reported(make_proxy: Any, aiohttp_server: Any) -> None:
+    """A task left by a stopped process (lease run out, no upstream task to resume) is ended as interrupted by
+    whichever process claims it: that process reports it, from the webhook its checkpoint kept."""
+    receiver = Receiver()
+    client = await make_proxy(rules())
+    services = client.server.app[SERVICES]
+    webhook = await requested(services, await receiver_url(aiohttp_server, receiver), "key-a")
+    left = created(services, owner_of("key-a"), Delivery("b64_json", "http://127.0.0.1", 60.0), None, webhook)
+    await services.tasks.put(replace(left, lease_until=0.0))  # as a crashed process leaves it
+    assert await take_over(services) == 1
+    body = await webhook_state(client, left.id)
+    assert body["task_status"] == FAILED and body["error"]["code"] == "task_interrupted"
+    assert body["metadata"]["webhook"] == {"status": "delivered", "attempts": 1, "last_status": 200}
+    (item,) = receiver.received
+    assert verified(item, SECRET_1, SECRET_2) and json.loads(item.body)["error"]["code"] == "task_interrupted"
