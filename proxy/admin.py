@@ -36,6 +36,7 @@ from proxy.production import Caller, produce_body
 from proxy.services import SERVICES, Services
 from proxy.tasks import TaskRecord, answer_of, unfinished
 from proxy.usage import iso, ledger_of, report
+from proxy.webhooks import with_webhook
 
 WINDOWS = (("1h", 3600), ("24h", 86400))
 LAST_ERRORS = 5
@@ -237,4 +238,4 @@ async def task(request: web.Request) -> web.Response:
     if record is None:
         raise NotFound("No task with this id exists, or it has expired.", param="task_id", code="task_not_found")
     body, status = answer_of(record)
-    return web.json_response(body, status=status)
+    return web.json_response(await with_webhook(request.app[SERVICES], record, body), status=status)

@@ -4,7 +4,8 @@ Routes:
     POST /v1/images/generations   the product: rules -> adapter -> driver -> finish
     POST /v1/images/edits         the same, from a multipart upload (images + mask)
     POST /v1/images/variations    the same, from one uploaded image
-    GET  /v1/images/generations/{task_id}   an async task's state and result (seed 001)
+    GET  /v1/images/generations/{task_id}   an async task's state and result (seed 001), and its webhook's
+                                            (`metadata.webhook`, proxy.webhooks)
     GET  /images/{name}           images the proxy hosts for `response_format: url`
     GET  /v1/models[/{id}]        the models the rules serve, merged with the default channel's (proxy.catalog)
     GET  /v1/images/models[/{id}] what the rules say about each image model: operations, sizes, values,
@@ -66,6 +67,7 @@ from proxy.tasks import TaskStore, answer_of, owner_of
 from proxy.upload_form import Form, read_form
 from proxy.upstream import SESSION
 from proxy.usage import admin_generations, admin_usage, own_usage
+from proxy.webhooks import requested, with_webhook
 
 log = logging.getLogger("imagegate")
 
@@ -148,7 +150,8 @@ async def serve(request: web.Request, plan: Plan, admission: Admission | None) -
         if plan.wants_async:
             retention = rules.server.tasks.retention
             delivery = Delivery(plan.response_format, public_base(request, rules), max(retention, services.store.ttl))
-            record = created(services, owner_of(client_key), delivery, admission)
+            webhook = await requested(services, plan.callback_url, client_key)
+            record = created(services, owner_of(client_key), delivery, admission, webhook)
             await services.tasks.put(record)  # the task writes this request's ledger record when it ends
             run = TaskRun(record, plan, Caller(client_key), delivery, admission, request.get(JSON_FIELDS))
             start_background(services, run_task(services, run))
@@ -241,7 +244,7 @@ async def task_status(request: web.Request) -> web.Response:
     if record is None or not hmac.compare_digest(record.owner, owner):
         raise NotFound("No task with this id exists, or it has expired.", param="task_id", code="task_not_found")
     body, status = answer_of(record)
-    return json_answer(body, status=status)
+    return json_answer(await with_webhook(services, record, body), status=status)
 
 
 async def hosted_image(request: web.Request) -> web.StreamResponse:

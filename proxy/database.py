@@ -66,6 +66,18 @@ TASKS = sa.Table(
     sa.Column("checkpoint", sa.Text()),
 )
 
+# Webhook deliveries (proxy.webhooks), as revision 0006 makes them (its indexes are the migration's alone).
+WEBHOOK_DELIVERIES = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    *(sa.Column(name, sa.Text(), nullable=False, primary_key=name == "id") for name in ("id", "task_id", "url", "body")),
+    sa.Column("secret_set", sa.Text(), nullable=False),
+    sa.Column("status", sa.Text(), nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("last_status", sa.Integer()),
+    *(sa.Column(name, sa.Float(), nullable=False) for name in ("next_at", "created", "deadline")),
+)
+
 
 def default_path(rules: Rules, store: ImageStore | None) -> Path:
     """`imagegate.db` beside the image store's directory (the directory the store really uses, when it has one)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy.exc import SQLAlchemyError
 
 from proxy.adapters import ADAPTERS
 from proxy.core.errors import ProxyError
@@ -31,6 +32,7 @@ from proxy.task_keeper import keep_leases, take_over
 from proxy.task_table import DatabaseTaskStore
 from proxy.tasks import TaskStore
 from proxy.upstream import SESSION, make_session
+from proxy.webhooks import deliver_forever, open_webhooks
 
 log = logging.getLogger("imagegate")
 SWEEP_EVERY = 300.0
@@ -102,10 +104,12 @@ async def _sweep_forever(services: Services) -> None:
         try:
             await services.store.sweep()
             await services.tasks.sweep()
+            if services.webhooks is not None:  # settled deliveries go with their tasks
+                await services.webhooks.store.sweep(time.time() - services.rules.server.tasks.retention)
             if isinstance(services.idempotency, MemoryIdempotency):
                 await services.idempotency.sweep()
-        except (OSError, ProxyError) as exc:
-            log.warning("could not sweep expired images or tasks: %s", exc)
+        except (OSError, ProxyError, SQLAlchemyError) as exc:
+            log.warning("could not sweep expired images, tasks or webhooks: %s", type(exc).__name__)
 
 
 async def _stop(loop: asyncio.Task[None]) -> None:
@@ -147,12 +151,14 @@ async def services_context(app: web.Application) -> AsyncIterator[None]:
     if shared is not None:
         services.counters, services.idempotency = shared.counters, shared.idempotency
     services.ledger = ledger
+    services.webhooks = hooks = open_webhooks(ledger.engine, ledger.ensure_schema, rules.server.webhooks.allow_hosts)
     app[SERVICES] = services
     if shared is None and ledger.migrated:
         await _counters_from_ledger(services, ledger)
     if ledger.migrated or not isinstance(tasks, DatabaseTaskStore):  # a database that is down was logged once
         await _first_take_over(services)
     sweeper, leases = asyncio.create_task(_sweep_forever(services)), asyncio.create_task(keep_leases(services))
+    sender = asyncio.create_task(deliver_forever(services, hooks))
     yield
     await _stop(sweeper)
     # Async tasks were paid for: they get the same grace as in-flight requests.
@@ -160,12 +166,14 @@ async def services_context(app: web.Application) -> AsyncIterator[None]:
     # Cancelling stragglers above may have started cancel calls upstream: let those go out too.
     await _drain(set(services.driver.background), 10.0)
     await _stop(leases)  # after the drain: tasks still running in it kept their leases
+    await _stop(sender)  # after the drain: tasks that ended in it queued their webhooks (the next process sends)
     # After the drain: async tasks that ended in it have queued their records.
     await ledger.close(services.rules.server.shutdown_grace)
     await tasks.close()
     if shared is not None:
         await shared.close()
     await inputs.close()
+    await hooks.session.close()
     await session.close()
 
 

@@ -22,6 +22,7 @@ from proxy.ledger import Ledger
 from proxy.metrics import Metrics
 from proxy.shared_state import Counters, Idempotency, MemoryCounters, MemoryIdempotency
 from proxy.tasks import TaskStore
+from proxy.webhooks import Webhooks
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Services:
     draining: bool = False  # shutting down: /readyz answers 503 so balancers move traffic away
     resolver: GuardedResolver | None = None
     ledger: Ledger | None = None  # one record per image request (proxy.ledger); None in apps made without one
+    webhooks: Webhooks | None = None  # signed deliveries of async tasks' ends, in the ledger's database
     started: int = field(default_factory=lambda: int(time.time()))  # `created` of the models the proxy lists
 
     def use_rules(self, rules: Rules) -> None:
@@ -47,6 +49,8 @@ class Services:
         self.driver.download = rules.server.download
         if self.resolver is not None:
             self.resolver.trusted = trusted_hosts(rules)
+        if self.webhooks is not None:
+            self.webhooks.resolver.trusted = frozenset(rules.server.webhooks.allow_hosts)
 
 
 RULES = web.AppKey("rules", Rules)  # the rules the app started with

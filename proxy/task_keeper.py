@@ -140,7 +140,8 @@ async def _resume(services: Services, run: TaskRun, trace: Trace) -> None:
 async def _interrupt(services: Services, record: TaskRecord, checkpoint: Checkpoint | None) -> None:
     trace = CURRENT.set(_request_record(checkpoint.trace) if checkpoint is not None else None)
     try:
-        ended = await end_task(services, failed(record, INTERRUPTED.envelope(), INTERRUPTED.status), attempts=2)
+        webhook = checkpoint.webhook if checkpoint is not None else None
+        ended = await end_task(services, failed(record, INTERRUPTED.envelope(), INTERRUPTED.status), 2, webhook)
     finally:
         CURRENT.reset(trace)
     # Memory counters began anew with this process: the reservation is not in them to give back.

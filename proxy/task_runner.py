@@ -33,6 +33,7 @@ from proxy.observe import CURRENT, RequestRecord, note
 from proxy.production import Caller, produce_body
 from proxy.services import Services
 from proxy.tasks import RUNNING, TaskRecord, TaskStore, failed, finished, new_record
+from proxy.webhooks import enqueue
 
 log = logging.getLogger("imagegate")
 
@@ -81,13 +82,16 @@ def reserved_by(admission: Admission | None) -> Reserved:
     return Reserved(admission.images_key, admission.reserved_images, tuple(admission.budget_keys), admission.reserved_micro)
 
 
-def created(services: Services, owner: str, delivery: Delivery, admission: Admission | None) -> TaskRecord:
-    """A new task's record: pending, leased by this process, with what another would need to end it."""
+def created(
+    services: Services, owner: str, delivery: Delivery, admission: Admission | None, webhook: dict[str, str] | None = None
+) -> TaskRecord:
+    """A new task's record: pending, leased by this process, with what another would need to end it (its
+    webhook included: whichever process ends the task reports it)."""
     now = time.time()
     record = new_record(owner, now, services.rules.server.tasks.retention)
     note(task_id=record.id)  # in the access line, and in the ledger record the task writes when it ends
     checkpoint = Checkpoint(trace_of(CURRENT.get()), delivery.response_format, delivery.public_base, delivery.keep_for,
-                            reserved_by(admission))
+                            reserved_by(admission), webhook=webhook)
     return replace(record, lease_until=lease_until(services), checkpoint=checkpoint.dumps())
 
 
@@ -131,7 +135,8 @@ async def _run_task(services: Services, run: TaskRun) -> tuple[int, Decimal | No
 
 
 async def _end(services: Services, run: TaskRun, final: TaskRecord, attempts: int = 8) -> None:
-    if not await end_task(services, final, attempts):
+    checkpoint = run.checkpoint
+    if not await end_task(services, final, attempts, checkpoint.webhook if checkpoint is not None else None):
         run.ended_elsewhere = True
         log.warning("async task %s was ended by another process first: this run's end is dropped", run.record.id)
 
@@ -192,12 +197,13 @@ async def _stopped(services: Services, run: TaskRun) -> None:
     await _end(services, run, failed(run.record, STOPPED.envelope(), STOPPED.status), attempts=1)
 
 
-async def end_task(services: Services, final: TaskRecord, attempts: int = 8) -> bool:
-    """A task's last state: the record its client polls, then its ledger record. False when another process
-    had ended the task already (its end stands; this one is dropped)."""
+async def end_task(services: Services, final: TaskRecord, attempts: int = 8, webhook: dict[str, str] | None = None) -> bool:
+    """A task's last state: the record its client polls, then its ledger record and its webhook's delivery.
+    False when another process had ended the task already (its end stands, and was reported; this one is dropped)."""
     if not await keep(services.tasks, final, attempts):
         return False
     task_ended(services, final)
+    await enqueue(services, final, webhook)
     return True
 
 

@@ -36,6 +36,9 @@ class ClientKey:
     name: str
     limits: Limits | None = None  # None: the server's default limits apply
     budget: Budget | None = None  # None: the server's default budget applies
+    webhook_url: str = ""  # where this key's async tasks are reported when the create names no callback_url
+    # Signing secrets for this key's webhooks (None: the server's); secrets, so kept out of reprs.
+    webhook_secrets: tuple[str, ...] | None = field(default=None, repr=False)
 
 
 def key_id(key: str | None) -> str:

@@ -40,6 +40,7 @@ class Plan:
     ignored: tuple[str, ...] = ()
     retries: int = 0
     wants_async: bool = False
+    callback_url: str | None = None  # an async task's webhook (proxy.webhooks), as the client named it
     rule: ModelRule = field(default_factory=lambda: ModelRule(pattern="", channels=()))
     operation: str = GENERATE
     stream: bool = False
@@ -120,6 +121,15 @@ def defaults_for(rule: ModelRule, operation: str) -> dict[str, Any]:
     return {name: value for name, value in rule.defaults.items() if not (operation == VARIATION and name == "quality")}
 
 
+def _callback_url(options: Mapping[str, Any]) -> str | None:
+    """Only a task ends later: a request answered at once has nothing to call back about."""
+    url = options.get("callback_url")
+    if url is not None and not options.get("async", False):
+        raise InvalidRequest("callback_url is only for async tasks: add `\"async\": true`.", param="callback_url",
+                             code="invalid_value")
+    return url
+
+
 def build_plan(request: ImageRequest, rule: ModelRule, operation: str = GENERATE) -> Plan:
     """Apply defaults, whitelists and passthrough; raises InvalidRequest naming the param."""
     # Defaults fill only what the client left absent (seed 000: dall-e-3 -> quality standard).
@@ -155,6 +165,7 @@ def build_plan(request: ImageRequest, rule: ModelRule, operation: str = GENERATE
         ignored=tuple(ignored),
         retries=int(options.get("retries", 0)),
         wants_async=bool(options.get("async", False)),
+        callback_url=_callback_url(request.options),
         rule=rule,
         operation=operation,
         stream=stream,

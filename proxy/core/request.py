@@ -188,6 +188,7 @@ VALIDATORS: Mapping[str, Callable[[str, Any], Any]] = MappingProxyType({
     "moderation": _nonempty_string,
     "stream": _boolean,
     "partial_images": _bounded_integer(0, 3),
+    "callback_url": _nonempty_string,
 })
 
 
@@ -287,6 +288,24 @@ def _check_field_names(data: Mapping[str, Any]) -> None:
             )
 
 
+def _lift_callback(options: dict[str, Any]) -> None:
+    """`extra_body.callback_url` (how SDKs send fields they do not know) is the proxy's, like a top-level one:
+    it is taken out of `extra_body`, so it never reaches an upstream."""
+    extra = options.get("extra_body")
+    if not isinstance(extra, dict) or "callback_url" not in extra:
+        return
+    if "callback_url" in options:
+        raise InvalidRequest("Send callback_url once: at the top level or in extra_body.", param="callback_url",
+                             code="invalid_value")
+    rest = {name: value for name, value in extra.items() if name != "callback_url"}
+    if extra["callback_url"] is not None:
+        options["callback_url"] = _nonempty_string("callback_url", extra["callback_url"])
+    if rest:
+        options["extra_body"] = rest
+    else:
+        del options["extra_body"]
+
+
 def parse_image_request(data: Mapping[str, Any], *, require_prompt: bool = True) -> ImageRequest:
     """Validate a decoded generation body; raises InvalidRequest naming the offending param.
 
@@ -304,6 +323,7 @@ def parse_image_request(data: Mapping[str, Any], *, require_prompt: bool = True)
         for name, value in data.items()
         if name not in ("model", "prompt", "n") and value is not None
     }
+    _lift_callback(options)
     return ImageRequest(
         model=model,
         prompt=prompt,

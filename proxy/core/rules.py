@@ -27,6 +27,7 @@ from proxy.core.request import validate_option
 from proxy.core.size_rules import SizeRules, size_problem, widest
 from proxy.core.sizes import normalise_size, parse_ratio, parse_size
 from proxy.core.translate import ORIGINAL, UPSTREAM, Translation
+from proxy.core.webhook_signature import secret_problem
 
 PASSTHROUGH_KEY = "passthrough"
 DEFAULT_MAX_N = 10
@@ -36,7 +37,7 @@ DEFAULT_DEADLINE = 900.0
 _GLOB_CHARS = frozenset("*?[")
 # Fields every upstream understands, and fields the proxy itself honours (see proxy.core.plan).
 ALWAYS_FORWARDED = frozenset({"size", "quality"})
-PROXY_FIELDS = frozenset({"response_format", "async", "retries", "stream"})
+PROXY_FIELDS = frozenset({"response_format", "async", "retries", "stream", "callback_url"})
 # Fields the proxy honours for every model, natively or by converting the image (see proxy.core.formats):
 # which channel is asked for them is the adapter's declaration, not the model's passthrough list.
 FORMAT_FIELDS = frozenset({"output_format", "output_compression"})
@@ -134,6 +135,18 @@ class TaskRules:
 
 
 @dataclass(frozen=True)
+class WebhookRules:
+    """Signed deliveries of async tasks' ends (proxy.webhooks; README, Webhooks)."""
+
+    secrets: tuple[str, ...] = field(default=(), repr=False)  # `whsec_...`: every key without secrets of its own
+    retry_for: float = 86400.0  # seconds after a task ends that its delivery is retried
+    timeout: float = 10.0  # seconds one attempt may take
+    # Hosts a callback_url may name even though they resolve to private or loopback addresses.
+    allow_hosts: tuple[str, ...] = ()
+    min_backoff: float = 1.0  # seconds before the first retry (then 2x, 4x ... up to an hour, jittered)
+
+
+@dataclass(frozen=True)
 class MetricsRules:
     token: str = field(default="", repr=False)  # when set, /metrics needs `Authorization: Bearer <token>`
     public: bool = False  # without a token: False serves /metrics to loopback clients only
@@ -157,6 +170,7 @@ class ServerRules:
     images: ImageStoreRules = ImageStoreRules()
     download: DownloadRules = DownloadRules()
     tasks: TaskRules = TaskRules()
+    webhooks: WebhookRules = WebhookRules()
     metrics: MetricsRules = MetricsRules()
     log_prompts: bool = False  # prompts in access lines: off unless the operator opts in
     shutdown_grace: float = 300.0  # seconds in-flight generations and streams get to finish on SIGTERM
@@ -195,6 +209,15 @@ class ServerRules:
     def is_admin(self, key: str | None) -> bool:
         """Whether `key` is one of `admin_keys` (constant-time comparisons)."""
         return bool(key) and any([same_key(admin, key or "") for admin in self.admin_keys])
+
+    def webhook_secrets_of(self, secret_set: str) -> tuple[str, ...]:
+        """The secrets a delivery is signed with, from the rules in force when it is sent: `key:<name>` is that
+        key's own set while it has one, anything else (or a key that lost its own) the server's."""
+        if secret_set.startswith("key:"):
+            for client in self.clients:
+                if client.name == secret_set.removeprefix("key:") and client.webhook_secrets:
+                    return client.webhook_secrets
+        return self.webhooks.secrets
 
     def limits_for(self, key: str | None) -> Limits:
         client = self.client(key)
@@ -308,8 +331,10 @@ _TOP_KEYS = frozenset({"server", "default_channel", "channels", "models"})
 _SERVER_KEYS = frozenset(
     {"api_keys", "public_base_url", "max_request_bytes", "max_retries", "images", "download", "tasks"}
     | {"metrics", "log_prompts", "shutdown_grace", "state", "limits", "idempotency", "keepalive_timeout", "body_timeout"}
-    | {"budget", "database", "admin_keys"}
+    | {"budget", "database", "admin_keys", "webhooks"}
 )
+_WEBHOOK_KEYS = frozenset({"secrets", "retry_for", "timeout", "allow_hosts", "min_backoff"})
+_CLIENT_KEYS = frozenset({"key", "name", "limits", "budget", "webhook_url", "webhook_secrets"})
 _BUDGET_KEYS = frozenset({"usd_per_day", "usd_per_month"})
 _LIMIT_KEYS = frozenset({"requests_per_minute", "concurrent", "images_per_day"})
 _CHANNEL_KEYS = frozenset(
@@ -354,6 +379,7 @@ def _load_server(reader: _Reader, data: Any) -> ServerRules:
             retention=_integer(reader, "server.tasks", tasks, "retention", defaults.tasks.retention, 1),
             lease=_seconds(reader, "server.tasks", tasks, "lease", defaults.tasks.lease),
         ),
+        webhooks=_load_webhooks(reader, raw.get("webhooks"), clients),
         metrics=MetricsRules(
             token=reader.string("server.metrics.token", metrics.get("token", ""))[0],
             public=_flag(reader, "server.metrics", metrics, "public"),
@@ -369,6 +395,50 @@ def _load_server(reader: _Reader, data: Any) -> ServerRules:
         admin_keys=_load_admin_keys(reader, raw.get("admin_keys")),
         idempotency_retention=_integer(reader, "server.idempotency", idempotency, "retention", defaults.idempotency_retention, 1),
     )
+
+
+def _load_webhooks(reader: _Reader, data: Any, clients: list[ClientKey]) -> WebhookRules:
+    raw = reader.mapping("server.webhooks", data, _WEBHOOK_KEYS)
+    path, defaults = "server.webhooks", WebhookRules()
+    rules = WebhookRules(
+        secrets=_webhook_secrets(reader, f"{path}.secrets", raw.get("secrets")),
+        retry_for=_seconds(reader, path, raw, "retry_for", defaults.retry_for),
+        timeout=_seconds(reader, path, raw, "timeout", defaults.timeout),
+        allow_hosts=tuple(host.lower() for host in reader.string_list(f"{path}.allow_hosts", raw.get("allow_hosts"))),
+        min_backoff=_seconds(reader, path, raw, "min_backoff", defaults.min_backoff),
+    )
+    for index, client in enumerate(clients):
+        # A webhook is always signed: a default URL without a secret to sign with is a mistake found now.
+        if client.webhook_url and not (client.webhook_secrets or rules.secrets):
+            reader.problem(f"server.api_keys[{index}].webhook_url", "needs webhook_secrets, or server.webhooks.secrets")
+    return rules
+
+
+def _webhook_secrets(reader: _Reader, path: str, value: Any) -> tuple[str, ...]:
+    """`whsec_` secrets; one whose variable is unset is left out (with a warning), and none is ever quoted."""
+    if value is not None and not isinstance(value, list):
+        reader.problem(path, "expected a list of whsec_ secrets")
+        return ()
+    secrets = []
+    for index, item in enumerate(value or []):
+        secret, missing = reader.string(f"{path}[{index}]", item, secret=True)
+        if missing:
+            reader.warnings.append(f"{path}[{index}] is left out: {', '.join(missing)} is not set")
+            continue
+        problem = secret_problem(secret)
+        if problem is not None:
+            reader.problem(f"{path}[{index}]", problem)
+            continue
+        secrets.append(secret)
+    return tuple(secrets)
+
+
+def _webhook_url(reader: _Reader, path: str, value: Any) -> str:
+    url = reader.string(path, value)[0] if value is not None else ""
+    if url and not url.startswith(("http://", "https://")):
+        reader.problem(path, "expected an http:// or https:// URL")
+        return ""
+    return url
 
 
 def _load_database(reader: _Reader, value: Any) -> str:
@@ -429,9 +499,14 @@ def _load_budget(reader: _Reader, path: str, data: Any) -> Budget:
 
 
 def _load_client(reader: _Reader, path: str, item: Any) -> ClientKey | None:
-    """A key as a string, or `{key, name?, limits?}`. An unset variable is a problem: it must not open auth."""
+    """A key as a string, or `{key, name?, limits?, budget?, webhook_url?, webhook_secrets?}`. An unset
+    variable is a problem: it must not open auth."""
+    webhook_url, webhook_secrets = "", None
     if isinstance(item, dict):
-        raw = reader.mapping(path, item, frozenset({"key", "name", "limits", "budget"}))
+        raw = reader.mapping(path, item, _CLIENT_KEYS)
+        webhook_url = _webhook_url(reader, f"{path}.webhook_url", raw.get("webhook_url"))
+        if "webhook_secrets" in raw:
+            webhook_secrets = _webhook_secrets(reader, f"{path}.webhook_secrets", raw["webhook_secrets"]) or None
         key = reader.string(f"{path}.key", raw.get("key", ""))[0]
         name = reader.string(f"{path}.name", raw["name"])[0] if "name" in raw else ""
         limits = _load_limits(reader, f"{path}.limits", raw.get("limits")) if "limits" in raw else None
@@ -444,7 +519,8 @@ def _load_client(reader: _Reader, path: str, item: Any) -> ClientKey | None:
         return None
     if name == ADMIN_NAME:  # the admin keys' own name: a client under it would share their usage and counters
         reader.problem(f"{path}.name", f"the name '{ADMIN_NAME}' is kept for server.admin_keys")
-    return ClientKey(key=key, name=name or default_name(key), limits=limits, budget=budget)
+    return ClientKey(key=key, name=name or default_name(key), limits=limits, budget=budget, webhook_url=webhook_url,
+                     webhook_secrets=webhook_secrets)
 
 
 def _integer(reader: _Reader, path: str, raw: Mapping[str, Any], key: str, default: int, minimum: int) -> int:

@@ -49,6 +49,8 @@ class Checkpoint:
     state: dict[str, Any] | None = None  # {"type": the adapter's state class, "fields": its values}
     request: dict[str, Any] | None = None  # the client's JSON fields (None: an upload, which is not kept)
     operation: str = "generate"
+    # Where the task's end is reported (proxy.webhooks): {"url", "secret_set"}; None: no webhook.
+    webhook: dict[str, str] | None = None
 
     @property
     def resumable(self) -> bool:

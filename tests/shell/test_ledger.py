@@ -235,7 +235,7 @@ async def test_migrations_make_the_schema_and_are_idempotent_on_restart(
     engine = second.server.app[SERVICES].ledger.engine
     await migrate(engine)  # once more: nothing to do
     async with engine.connect() as connection:
-        assert (await connection.execute(sa.text("SELECT version_num FROM alembic_version"))).scalars().all() == ["0005"]
+        assert (await connection.execute(sa.text("SELECT version_num FROM alembic_version"))).scalars().all() == ["0006"]
         columns = await connection.run_sync(lambda sync: sa.inspect(sync).get_columns("generations"))
         indexes = await connection.run_sync(lambda sync: sa.inspect(sync).get_indexes("generations"))
     assert [column["name"] for column in columns] == [column.name for column in GENERATIONS.columns]
