@@ -695,6 +695,13 @@ async function taskRecord(id) {
   throw error;
 }
 
+// The task's signed callback, when it has one: delivered / pending / failed, its attempts and last answer.
+function webhookState(hook) {
+  if (!hook) return null;
+  const last = hook.last_status === null || hook.last_status === undefined ? "no answer yet" : `last HTTP ${hook.last_status}`;
+  return `${hook.status}, ${hook.attempts} attempt(s), ${last}`;
+}
+
 async function openTask(id, view) {
   view.replaceChildren(el("p", { role: "status", text: "Loading…" }));
   try {
@@ -702,7 +709,8 @@ async function openTask(id, view) {
     const images = el("div", { class: "images" });
     showImages(images, record.data || []);
     view.replaceChildren(el("h2", { text: `Task ${id}` }),
-      dl([["status", record.task_status], ["error", record.error?.message || record.error]]), images);
+      dl([["status", record.task_status], ["error", record.error?.message || record.error],
+          ["webhook", webhookState(record.metadata?.webhook)]]), images);
   } catch (failure) {
     view.replaceChildren(el("p", { class: "error", role: "alert", text: failure.message }));
   }

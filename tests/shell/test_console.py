@@ -6,6 +6,7 @@ their figures and test results, tasks (failed ones too), an upstream's error tex
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import re
 import tomllib
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 if os.environ.get("IMAGEGATE_REQUIRE_BROWSER") != "1":
     pytest.importorskip("selenium")  # the `test` extra has it; without it these tests skip rather than fail to import
@@ -239,3 +241,33 @@ async def test_a_proxy_without_keys_opens_the_console_to_loopback_without_a_sign
     await asyncio.to_thread(ui.visible, browser, "select[name=model]")  # require_admin lets loopback in: no sign-in
     assert not browser.find_element("id", "sign-in").is_displayed() and not browser.find_element("id", "sign-out").is_displayed()
     assert "local (local)" in await asyncio.to_thread(ui.page_text, browser, "channels", "#main section.panel")
+
+
+async def test_a_tasks_webhook_delivery_shows_on_its_view(make_proxy: Any, browser: Any, aiohttp_server: Any) -> None:
+    received: list[str] = []
+
+    async def receive(request: web.Request) -> web.Response:
+        received.append(request.headers["webhook-id"])
+        return web.Response(status=204)
+
+    receiver = web.Application()
+    receiver.router.add_post("/hook", receive)
+    hook = str((await aiohttp_server(receiver)).make_url("/hook"))
+    secret = "whsec_" + base64.b64encode(b"k" * 32).decode()
+    rules = ui.console_rules().replace(
+        "server:\n", f"server:\n  webhooks: {{secrets: ['{secret}'], allow_hosts: ['127.0.0.1']}}\n", 1)
+    client = await make_proxy(rules, {})
+    headers = {"Authorization": f"Bearer {ui.ADMIN_KEY}"}
+    body = {"model": "local-image", "prompt": "p", "size": "32x32", "async": True, "callback_url": hook}
+    task = await (await client.post("/v1/images/generations", json=body, headers=headers)).json()
+    await poll_task(client, task["task_id"], headers, "succeed")
+    for _ in range(100):  # the delivery goes out right after the task ends
+        if received:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.to_thread(ui.open_console, browser, str(client.make_url("/console")))
+    await asyncio.to_thread(ui.sign_in, browser, ui.ADMIN_KEY)
+    await asyncio.to_thread(ui.task_rows, browser)
+    text, widths = await asyncio.to_thread(ui.open_task, browser, 0)
+    assert len(received) == 1 and widths == [32]
+    assert "delivered, 1 attempt(s), last HTTP 204" in text, text
