@@ -95,11 +95,9 @@ class S3ImageStore:
         try:
             async with asyncio.timeout(_CALL_LIMIT):
                 yield await self._open()
-        except ClientError as exc:
-            if _status(exc) < 500 and _status(exc) not in (403, 429):
-                raise
-            raise _unavailable(exc) from None
-        except (BotoCoreError, OSError, TimeoutError) as exc:
+        except (ClientError, BotoCoreError, OSError, TimeoutError) as exc:
+            # Answers the calls expect (a missing object) are handled inside; anything else (a bucket that is
+            # gone, credentials refused, the service down) means the store cannot serve: a 503, never a 500.
             raise _unavailable(exc) from None
 
     async def start(self) -> None:
@@ -153,7 +151,7 @@ class S3ImageStore:
             try:
                 answer = await client.get_object(Bucket=self.bucket, Key=self.key(name))
             except ClientError as exc:
-                if _status(exc) in (404, 403):
+                if _missing(exc):
                     return None
                 raise
             async with answer["Body"] as body:
@@ -222,6 +220,13 @@ def _status(exc: Any) -> int:
     if code in ("NoSuchKey", "NotFound", "NoSuchLifecycleConfiguration", "404"):
         return 404
     return int(status) if isinstance(status, int) else 500
+
+
+def _missing(exc: Any) -> bool:
+    """No such object. Without ListBucket permission S3 says AccessDenied for a missing key, so that counts
+    too; refused credentials (SignatureDoesNotMatch, InvalidAccessKeyId) do not: the store is unusable."""
+    code = (getattr(exc, "response", None) or {}).get("Error", {}).get("Code")
+    return _status(exc) == 404 or code == "AccessDenied"
 
 
 def _kind(exc: BaseException) -> str:

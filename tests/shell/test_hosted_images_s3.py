@@ -183,3 +183,15 @@ def test_rules_name_the_bucket_and_check_the_settings() -> None:
     text = str(problems.value)
     assert "server.images.store" in text and "server.images.s3.public_base_url" in text and "server.images.s3.bogus" in text
     assert ServiceUnavailable.status == 503
+
+
+async def test_refused_credentials_are_an_unavailable_store_not_a_500(
+    make_proxy: Any, aiohttp_server: Any, s3_server: SeaweedServer, bucket: str
+) -> None:
+    fake = FakeOpenAI()
+    client = await proxy_with_fake(make_proxy, aiohttp_server, fake, rules_for(s3_server, bucket), S3_SECRET="not-the-secret")
+    status, body = await generate(client)
+    assert status == 200 and base64.b64decode(body["data"][0]["b64_json"]) == fake.image
+    assert body["metadata"]["not_hosted"]["count"] == 1
+    missing = await client.get("/images/" + "a" * 64 + ".png")
+    assert missing.status == 503 and (await missing.json())["error"]["code"] == "image_store_unavailable"
