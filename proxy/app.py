@@ -46,11 +46,11 @@ from proxy.core.plan import EDIT, VARIATION, Plan, build_plan
 from proxy.core.request import parse_image_request, parse_json_object
 from proxy.core.rules import Rules
 from proxy.driver import forwardable
-from proxy.finish import IMAGE_ROUTE, Delivery, public_base
+from proxy.finish import Delivery, public_base
 from proxy.idempotent import HEADER as IDEMPOTENCY_HEADER
 from proxy.idempotent import check_header, fingerprint, once
 from proxy.image_models import list_image_models, retrieve_image_model
-from proxy.image_store import ImageStore
+from proxy.image_store import IMAGE_ROUTE, ImageStore
 from proxy.input_images import check_client_images
 from proxy.key_limits import Admission, admit, imageless
 from proxy.ledger import planned

@@ -5,8 +5,9 @@ converted first: downloaded when the upstream gave a URL, re-encoded (proxy.core
 on they are bytes like any other; `metadata.converted` says so. An image that already is in that format
 is left as the upstream gave it.
 
-Bytes from the upstream and a client that wants a URL: the image goes into the store and the URL
-points at the proxy's own `GET /images/{name}`. A URL from the upstream and a client that wants
+Bytes from the upstream and a client that wants a URL: the image goes into the store and the URL is the
+store's (the proxy's own `GET /images/{name}`, or object storage's: proxy.s3_store). A store that is down
+never loses the image: it goes out as base64 and `metadata.not_hosted` says so. A URL from the upstream and a client that wants
 bytes: the image is downloaded (size cap, timeout, content-type check) and base64-encoded. Decoding
 and encoding megabytes runs in a worker thread, never on the event loop.
 """
@@ -25,7 +26,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from proxy.core.errors import BadGateway, ProxyError
+from proxy.core.errors import BadGateway, ProxyError, ServiceUnavailable
 from proxy.core.formats import FORMAT_OF_MIME, MIME_TYPES, Conversion
 from proxy.core.mime import image_dimensions, sniff_image_type
 from proxy.core.response import FETCH, HOST, GeneratedImage, ImagesResult, conversion, in_format
@@ -39,7 +40,7 @@ from proxy.image_store import ImageStore
 from proxy.observe import note_hosted
 
 log = logging.getLogger("imagegate.finish")
-IMAGE_ROUTE = "/images/"
+NOT_HOSTED = "image store unavailable"
 # Below this many characters base64 work is cheaper inline than a thread hop.
 _INLINE_LIMIT = 256 * 1024
 # Re-encoding costs far more per byte than base64: only thumbnails are converted on the event loop.
@@ -91,9 +92,15 @@ async def host(finisher: Finisher, image: GeneratedImage, delivery: Delivery) ->
     assert image.b64_json is not None
     data: bytes = await _off_loop_if_large(len(image.b64_json), _decode, image.b64_json)
     content_type = sniff_image_type(data) or image.content_type or "image/png"
-    name = await finisher.store.put(data, content_type, delivery.keep_for)
+    try:
+        name = await finisher.store.put(data, content_type, delivery.keep_for)
+        url = await finisher.store.url_for(name, delivery.public_base, delivery.keep_for)
+    except (ServiceUnavailable, OSError) as exc:
+        # The image was made and paid for: the client gets its bytes rather than an error.
+        log.warning("the image store is unavailable, an image goes out as base64: %s", type(exc).__name__)
+        return replace(image, content_type=content_type, url=None, url_ttl=None, unhosted=NOT_HOSTED)
     note_hosted(name, time.time() + delivery.keep_for)
-    return replace(image, url=f"{delivery.public_base}{IMAGE_ROUTE}{name}", content_type=content_type, url_ttl=None)
+    return replace(image, url=url, content_type=content_type, url_ttl=None)
 
 
 def _encode(data: bytes) -> str:
@@ -124,6 +131,8 @@ def short_lived(image: GeneratedImage, keep_for: float) -> bool:
 async def rehost(finisher: Finisher, image: GeneratedImage, delivery: Delivery) -> GeneratedImage:
     fetched = await fetch(finisher, image, delivery)
     hosted = await host(finisher, replace(fetched, url=None), delivery)
+    if hosted.unhosted is not None:
+        return hosted  # the store is down: the fetched bytes, since the upstream's URL dies too soon
     return replace(hosted, b64_json=image.b64_json)  # only the URL changes: bytes go out only when asked for
 
 
@@ -160,7 +169,8 @@ async def reformat(finisher: Finisher, image: GeneratedImage, delivery: Delivery
         b64_json=b64, revised_prompt=image.revised_prompt, content_type=MIME_TYPES[wanted.to], converted_from=made
     )
     if image.b64_json is None and delivery.response_format is None:
-        out = replace(await host(finisher, out, delivery), b64_json=None)
+        hosted = await host(finisher, out, delivery)
+        out = hosted if hosted.unhosted is not None else replace(hosted, b64_json=None)
     return out
 
 
@@ -207,7 +217,7 @@ async def deliver(finisher: Finisher, result: ImagesResult, delivery: Delivery) 
     images = tuple(answer for answer in answers if isinstance(answer, GeneratedImage))
     if not images and errors:
         raise errors[0]
-    extra = {**result.extra, **converted_extra(images, delivery.conversion)}
+    extra = {**result.extra, **converted_extra(images, delivery.conversion), **not_hosted_extra(images)}
     if "size" not in extra and (size := measured_size(images)) is not None:
         extra = {**extra, "size": size}
     return replace(result, images=tuple(in_format(image, delivery.response_format) for image in images), extra=extra), errors
@@ -227,6 +237,12 @@ def converted_extra(images: tuple[GeneratedImage, ...], wanted: Conversion | Non
     if failed:
         extra["not_converted"] = {"count": len(failed), "reason": failed[0]}
     return extra
+
+
+def not_hosted_extra(images: tuple[GeneratedImage, ...]) -> dict[str, Any]:
+    """`metadata.not_hosted` when the store could not take some images (they went out as base64)."""
+    failed = [image.unhosted for image in images if image.unhosted is not None]
+    return {"not_hosted": {"count": len(failed), "reason": failed[0]}} if failed else {}
 
 
 def metadata(outcome: Outcome, model: str, upstream_model: str, wanted: int) -> dict[str, Any]:

@@ -4,11 +4,15 @@ The default store is a directory: each image is one file named by an unguessable
 extension, so the name alone is the capability to read it (as OpenAI's signed URLs are). An image
 lives `ttl` seconds, measured from its file's modification time, and a sweep removes expired files.
 File I/O runs in a worker thread so megabyte writes never stall the event loop.
+
+Object storage (proxy.s3_store) names an image by its content's hash instead: a repeat is stored once,
+and only someone who already has the image can compute its name.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import re
 import secrets
@@ -22,7 +26,9 @@ from typing import Protocol
 from proxy.core.mime import EXTENSIONS
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{32}\.(png|jpg|webp|gif|svg)$")
+_HASH_NAME = re.compile(r"^[0-9a-f]{64}\.(png|jpg|webp|gif|svg)$")
 _TYPES = {extension: content_type for content_type, extension in EXTENSIONS.items()}
+IMAGE_ROUTE = "/images/"
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,22 @@ def valid_name(name: str) -> str | None:
     return _TYPES[match.group(1)] if match is not None else None
 
 
+def hash_name(data: bytes, content_type: str) -> str:
+    """The content-addressed name object storage keeps an image under: its sha256 and extension."""
+    return f"{hashlib.sha256(data).hexdigest()}.{EXTENSIONS.get(content_type, 'png')}"
+
+
+def valid_hash_name(name: str) -> str | None:
+    """The content type a hash name stands for, or None when it is not one (no `..`, no slash, no other key)."""
+    match = _HASH_NAME.match(name)
+    return _TYPES[match.group(1)] if match is not None else None
+
+
+def proxy_url(name: str, public_base: str) -> str:
+    """The proxy's own address of a hosted image (`GET /images/{name}`)."""
+    return f"{public_base}{IMAGE_ROUTE}{name}"
+
+
 class ImageStore(Protocol):
     ttl: int
 
@@ -56,6 +78,10 @@ class ImageStore(Protocol):
 
     async def sweep(self) -> int:
         """Remove expired images; returns how many went."""
+        ...
+
+    async def url_for(self, name: str, public_base: str, keep_for: float) -> str:
+        """The URL a client fetches the image from, valid for `keep_for` seconds."""
         ...
 
 
@@ -111,3 +137,6 @@ class FileImageStore:
 
     async def sweep(self) -> int:
         return await asyncio.to_thread(self._sweep)
+
+    async def url_for(self, name: str, public_base: str, keep_for: float) -> str:
+        return proxy_url(name, public_base)

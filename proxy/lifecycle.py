@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
@@ -38,6 +38,15 @@ log = logging.getLogger("imagegate")
 SWEEP_EVERY = 300.0
 
 
+@runtime_checkable
+class Opened(Protocol):
+    """A store with a connection to open and close (object storage)."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 def open_shared_state(rules: Rules) -> SharedState | None:
     """The Redis backend when `server.state` names one (imported only then: it is an optional extra)."""
     if rules.server.state == "memory":
@@ -48,6 +57,12 @@ def open_shared_state(rules: Rules) -> SharedState | None:
 
 
 def make_store(rules: Rules) -> ImageStore:
+    """Object storage when `server.images.store` names a bucket (aiobotocore is an optional extra), else a directory."""
+    if rules.server.images.store:
+        from proxy.s3_store import S3ImageStore
+
+        # The bucket's lifecycle rule must outlive the longest-kept image: an async task's result.
+        return S3ImageStore(rules.server.images, max(rules.server.images.ttl, rules.server.tasks.retention))
     path = Path(rules.server.images.path) if rules.server.images.path else default_directory()
     return FileImageStore(path, rules.server.images.ttl)
 
@@ -135,7 +150,9 @@ async def services_context(app: web.Application) -> AsyncIterator[None]:
     inputs, resolver = make_guarded_session(trusted_hosts(rules))
     app[SESSION] = session
     shared = open_shared_state(rules)
-    store = app[STORE] if STORE in app else shared.store if shared is not None else make_store(rules)
+    store = app[STORE] if STORE in app else make_store(rules) if rules.server.images.store or shared is None else shared.store
+    if isinstance(store, Opened):
+        await store.start()
     metrics = make_metrics()
     ledger = await open_ledger(rules, store, metrics)
     tasks = await open_tasks(app, shared, ledger)
@@ -172,6 +189,8 @@ async def services_context(app: web.Application) -> AsyncIterator[None]:
     await tasks.close()
     if shared is not None:
         await shared.close()
+    if isinstance(store, Opened):
+        await store.close()
     await inputs.close()
     await hooks.session.close()
     await session.close()

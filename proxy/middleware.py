@@ -17,7 +17,7 @@ from aiohttp import web
 from proxy.core.errors import AuthenticationFailed, NotFound, PayloadTooLarge, ProxyError
 from proxy.core.ledger_record import IMAGE_ROUTES
 from proxy.core.rules import same_key
-from proxy.finish import IMAGE_ROUTE
+from proxy.image_store import IMAGE_ROUTE
 from proxy.ledger import answered, arrived
 from proxy.observe import REQUEST_ID_HEADER, access_fields, begin, current_request_id, log_access, note
 from proxy.ops import loopback

@@ -22,7 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from proxy.core.errors import ServiceUnavailable
-from proxy.image_store import StoredImage, image_name, valid_name
+from proxy.image_store import StoredImage, image_name, proxy_url, valid_name
 from proxy.shared_state import IdempotentRecord, SharedState
 from proxy.tasks import TaskRecord, unfinished
 
@@ -179,6 +179,9 @@ class RedisImageStore:
 
     async def sweep(self) -> int:
         return 0
+
+    async def url_for(self, name: str, public_base: str, keep_for: float) -> str:
+        return proxy_url(name, public_base)
 
 
 # Decrement an existing counter, never below zero, keeping its expiry; an expired one stays gone.

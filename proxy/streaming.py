@@ -115,12 +115,15 @@ async def finish_payload(payload: dict[str, Any], finisher: Finisher, delivery: 
         return payload
     converted = await convert(finisher, image, delivery)
     out = {key: value for key, value in payload.items() if key not in ("b64_json", "url")}
-    if delivery.response_format in (None, "b64_json") and converted.b64_json is not None:
-        out["b64_json"] = converted.b64_json
+    if (delivery.response_format in (None, "b64_json") or converted.unhosted is not None) and converted.b64_json is not None:
+        out["b64_json"] = converted.b64_json  # an image the store could not take still reaches the client
     if delivery.response_format in (None, "url") and converted.url is not None:
         out["url"] = converted.url
     if delivery.conversion is not None and converted.unconverted is None:
         out["output_format"] = delivery.conversion.to  # the final image was converted to what the client asked
+    if converted.unhosted is not None:
+        given = payload.get("metadata")
+        out["metadata"] = {**(given if isinstance(given, dict) else {}), "not_hosted": {"count": 1, "reason": converted.unhosted}}
     return out
 
 

