@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -116,15 +116,23 @@ async def _first_take_over(services: Services) -> None:
 async def _sweep_forever(services: Services) -> None:
     while True:
         await asyncio.sleep(SWEEP_EVERY)
-        try:
-            await services.store.sweep()
-            await services.tasks.sweep()
-            if services.webhooks is not None:  # settled deliveries go with their tasks
-                await services.webhooks.store.sweep(time.time() - services.rules.server.tasks.retention)
-            if isinstance(services.idempotency, MemoryIdempotency):
-                await services.idempotency.sweep()
-        except (OSError, ProxyError, SQLAlchemyError) as exc:
-            log.warning("could not sweep expired images, tasks or webhooks: %s", type(exc).__name__)
+        # Each on its own: a store that cannot be swept (an object store that is down) must not stop the others.
+        for what, sweep in _sweeps(services):
+            try:
+                await sweep()
+            except (OSError, ProxyError, SQLAlchemyError) as exc:
+                log.warning("could not sweep expired %s: %s", what, type(exc).__name__)
+
+
+def _sweeps(services: Services) -> list[tuple[str, Callable[[], Awaitable[object]]]]:
+    sweeps: list[tuple[str, Callable[[], Awaitable[object]]]] = [("images", services.store.sweep),
+                                                                  ("tasks", services.tasks.sweep)]
+    webhooks = services.webhooks
+    if webhooks is not None:  # settled deliveries go with their tasks
+        sweeps.append(("webhooks", lambda: webhooks.store.sweep(time.time() - services.rules.server.tasks.retention)))
+    if isinstance(services.idempotency, MemoryIdempotency):
+        sweeps.append(("idempotency records", services.idempotency.sweep))
+    return sweeps
 
 
 async def _stop(loop: asyncio.Task[None]) -> None:

@@ -25,6 +25,8 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
+
 from proxy.core.errors import ServiceUnavailable
 from proxy.core.rules import ImageStoreRules
 from proxy.image_store import StoredImage, hash_name, proxy_url, valid_hash_name
@@ -38,6 +40,7 @@ LIFECYCLE_RULE = "imagegate-hosted-images"
 MAX_PRESIGNED = 7 * 86400  # the longest a SigV4 presigned URL may live
 _TIMEOUT = 5.0  # connect and read: an outage must not hang the request that needs the store
 _CALL_LIMIT = 15.0  # one whole call, retries included
+SWEEP_LIMIT = 600.0  # a whole sweep (a listing of a large prefix, page by page)
 
 
 class S3ImageStore:
@@ -89,19 +92,23 @@ class S3ImageStore:
         )
 
     @contextlib.asynccontextmanager
-    async def _call(self) -> AsyncIterator[S3Client]:
+    async def _call(self, limit: float = _CALL_LIMIT) -> AsyncIterator[S3Client]:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            async with asyncio.timeout(_CALL_LIMIT):
+            async with asyncio.timeout(limit):
                 yield await self._open()
-        except (ClientError, BotoCoreError, OSError, TimeoutError) as exc:
+        # aiohttp's errors too: a body the service cuts short is a payload error, not an OSError.
+        except (ClientError, BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             # Answers the calls expect (a missing object) are handled inside; anything else (a bucket that is
             # gone, credentials refused, the service down) means the store cannot serve: a 503, never a 500.
             raise _unavailable(exc) from None
 
     async def start(self) -> None:
         """Ask the bucket to expire old images itself; a service without lifecycle rules relies on `sweep`."""
+        if not self.prefix:  # a rule without a prefix would expire every object in the bucket, not only ours
+            log.info("the image bucket has no prefix: no lifecycle rule; expired images are deleted by the sweeper")
+            return
         try:
             async with self._call() as client:
                 await _set_lifecycle(client, self.bucket, self.prefix, math.ceil(self._longest / 86400))
@@ -161,20 +168,29 @@ class S3ImageStore:
         return StoredImage(answer.get("ContentType") or content_type, data=data)
 
     async def sweep(self) -> int:
+        """Delete expired images. The listing's times spare most HEADs: an object younger than `ttl` cannot have
+        expired, one older than the longest life has; only those in between are asked for their own expiry."""
         removed = 0
         now = self._clock()
-        async with self._call() as client:
+        async with self._call(SWEEP_LIMIT) as client:
             pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.key(""))
             async for page in pages:
                 for item in page.get("Contents", []):
                     key = item.get("Key", "")
                     if valid_hash_name(key.rpartition("/")[2]) is None:
                         continue  # not one of ours: the prefix may be shared
-                    expires = await self._expires_at(client, key)
-                    if expires is not None and expires < now:
+                    if await self._expired(client, key, _seconds(item.get("LastModified")), now):
                         await client.delete_object(Bucket=self.bucket, Key=key)
                         removed += 1
         return removed
+
+    async def _expired(self, client: S3Client, key: str, written: float | None, now: float) -> bool:
+        if written is not None and written > now - self.ttl:
+            return False
+        if written is not None and written < now - self._longest:
+            return True
+        expires = await self._expires_at(client, key)
+        return expires is not None and expires < now
 
     async def url_for(self, name: str, public_base: str, keep_for: float) -> str:
         mode = self._s3.url_mode
@@ -204,6 +220,11 @@ async def _set_lifecycle(client: S3Client, bucket: str, prefix: str, days: int) 
             "Expiration": {"Days": max(1, days)}}
     rules = [rule for rule in rules if rule.get("ID") != LIFECYCLE_RULE] + [mine]
     await client.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": rules})
+
+
+def _seconds(moment: Any) -> float | None:
+    """A listing's LastModified (a datetime) as Unix seconds."""
+    return moment.timestamp() if isinstance(moment, datetime) else None
 
 
 def _expiry(metadata: dict[str, str]) -> float:

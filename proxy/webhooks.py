@@ -8,7 +8,7 @@ tasks live in Redis), the create-time checks of a callback URL, and the worker t
              2xx delivered, 429/5xx/no answer retried with jittered exponential backoff until `retry_for`
              after the end, any other answer failed at once. At least once: a crash mid-send sends again.
 
-Secrets are never stored: a row names its set (`key:<name>` or `server`), resolved from the rules in force.
+Secrets are never stored: a row names its set (`key:<the key's id>` or `server`), resolved from the rules in force.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from proxy.core.errors import InvalidRequest, ServiceUnavailable
 from proxy.core.json_body import encode_body
+from proxy.core.limit_windows import key_id
 from proxy.core.webhook_signature import DELIVERED, FAILED, RETRY, backoff, headers, verdict
 from proxy.database import WEBHOOK_DELIVERIES as ROWS
 from proxy.guard import GuardedResolver, Refused, check, make_guarded_session
@@ -126,7 +127,8 @@ async def requested(services: Services, callback_url: str | None, client_key: st
     url = callback_url or (client.webhook_url if client is not None else "")
     if not url:
         return None
-    secret_set = f"key:{client.name}" if client is not None and client.webhook_secrets else "server"
+    # By the key's id (a hash), not its name: names need not be unique, and another key's secrets must never sign.
+    secret_set = f"key:{key_id(client.key)}" if client is not None and client.webhook_secrets else "server"
     if not server.webhook_secrets_of(secret_set):
         raise InvalidRequest("This proxy has no webhook secret to sign with, and webhooks are always signed: ask its "
                              "operator to set server.webhooks.secrets.", param="callback_url", code="webhook_secret_missing")
@@ -221,10 +223,14 @@ async def send(services: Services, hooks: Webhooks, row: Any) -> None:
 async def _post(hooks: Webhooks, row: Any, secrets: tuple[str, ...], timeout: float, trusted: frozenset[str]) -> int | None:
     """The receiver's status; None without an answer (retried); 0 when the guard refuses the URL (failed)."""
     try:
-        await check(row.url, trusted)
+        async with asyncio.timeout(timeout):  # the guard's DNS lookup counts in the attempt's time
+            await check(row.url, trusted)
     except Refused as refused:
         log.warning("webhook %s of task %s: the URL is refused: %s", row.id, row.task_id, refused)
         return 0
+    except TimeoutError:
+        log.info("webhook %s of task %s: its host did not resolve in time, tried again later", row.id, row.task_id)
+        return None
     body = row.body.encode()
     try:
         async with hooks.session.post(row.url, data=body, headers=headers(secrets, row.id, int(time.time()), body),

@@ -21,7 +21,7 @@ from proxy.core.channel_settings import Relation, Setting, parse_settings
 from proxy.core.errors import InvalidRequest, NotFound
 from proxy.core.formats import canonical_format
 from proxy.core.interpolate import interpolate
-from proxy.core.limit_windows import ClientKey, Limits, default_name
+from proxy.core.limit_windows import ClientKey, Limits, default_name, key_id
 from proxy.core.pricing import Price, PriceError, parse_price, usd
 from proxy.core.request import validate_option
 from proxy.core.size_rules import SizeRules, size_problem, widest
@@ -236,11 +236,11 @@ class ServerRules:
         return bool(key) and any([same_key(admin, key or "") for admin in self.admin_keys])
 
     def webhook_secrets_of(self, secret_set: str) -> tuple[str, ...]:
-        """The secrets a delivery is signed with, from the rules in force when it is sent: `key:<name>` is that
+        """The secrets a delivery is signed with, from the rules in force when it is sent: `key:<key id>` is that
         key's own set while it has one, anything else (or a key that lost its own) the server's."""
         if secret_set.startswith("key:"):
             for client in self.clients:
-                if client.name == secret_set.removeprefix("key:") and client.webhook_secrets:
+                if key_id(client.key) == secret_set.removeprefix("key:") and client.webhook_secrets:
                     return client.webhook_secrets
         return self.webhooks.secrets
 

@@ -9,6 +9,7 @@ import hmac
 import pytest
 
 from proxy.core.errors import InvalidRequest
+from proxy.core.limit_windows import key_id
 from proxy.core.plan import build_plan
 from proxy.core.request import parse_image_request
 from proxy.core.rules import ModelRule, RulesError
@@ -83,15 +84,18 @@ def test_callback_url_is_lifted_out_of_extra_body_and_needs_async() -> None:
 
 def test_webhook_rules_load_with_secrets_kept_out_of_reprs() -> None:
     server = {"api_keys": [{"key": "k1", "name": "alice", "webhook_url": "https://example.com/a"},
-                           {"key": "k2", "name": "bob", "webhook_secrets": ["${BOB_SECRET}"]}],
+                           {"key": "k2", "name": "bob", "webhook_secrets": ["${BOB_SECRET}"]},
+                           {"key": "k3", "name": "bob"}],  # a name need not be unique: sets go by the key's id
               "webhooks": {"secrets": [SPEC_SECRET], "retry_for": 60, "timeout": 2, "allow_hosts": ["Hooks.Local"],
                            "min_backoff": 0.05}}
     rules = make_rules({"m": {"channels": ["local"]}}, {"local": LOCAL}, server=server, env={"BOB_SECRET": OTHER})
     hooks = rules.server.webhooks
     assert (hooks.retry_for, hooks.timeout, hooks.allow_hosts, hooks.min_backoff) == (60.0, 2.0, ("hooks.local",), 0.05)
     assert rules.server.webhook_secrets_of("server") == (SPEC_SECRET,)
-    assert rules.server.webhook_secrets_of("key:bob") == (OTHER,)
-    assert rules.server.webhook_secrets_of("key:alice") == (SPEC_SECRET,)  # no set of its own: the server's
+    assert rules.server.webhook_secrets_of(f"key:{key_id('k2')}") == (OTHER,)
+    assert rules.server.webhook_secrets_of(f"key:{key_id('k3')}") == (SPEC_SECRET,)  # the other bob: not k2's set
+    assert rules.server.webhook_secrets_of(f"key:{key_id('k1')}") == (SPEC_SECRET,)  # no set of its own: the server's
+    assert rules.server.webhook_secrets_of("key:bob") == (SPEC_SECRET,)  # a name is no set
     assert rules.server.clients[0].webhook_url == "https://example.com/a"
     assert SPEC_SECRET.removeprefix("whsec_") not in repr(rules) and OTHER.removeprefix("whsec_") not in repr(rules)
 

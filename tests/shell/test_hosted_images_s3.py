@@ -195,3 +195,28 @@ async def test_refused_credentials_are_an_unavailable_store_not_a_500(
     assert body["metadata"]["not_hosted"]["count"] == 1
     missing = await client.get("/images/" + "a" * 64 + ".png")
     assert missing.status == 503 and (await missing.json())["error"]["code"] == "image_store_unavailable"
+
+
+async def test_the_lifecycle_rule_covers_the_prefix_and_is_never_bucket_wide(s3_server: SeaweedServer, bucket: str) -> None:
+    """A rule without a prefix would expire every object in the bucket, the operator's own too: none is set."""
+    env = {"S3_SECRET": SECRET_KEY, "UPSTREAM": "http://x"}
+    prefixless = rules_for(s3_server, bucket).replace(f"s3://{bucket}/hosted", f"s3://{bucket}")
+    store = S3ImageStore(parse_rules(prefixless, env, SCHEMAS).server.images, 3600)
+    try:
+        await store.start()
+        async with client_for(s3_server) as s3:
+            try:
+                rules = (await s3.get_bucket_lifecycle_configuration(Bucket=bucket)).get("Rules", [])
+            except Exception:  # no configuration at all
+                rules = []
+        assert all(rule.get("Filter", {}).get("Prefix") for rule in rules), rules
+    finally:
+        await store.close()
+    prefixed = S3ImageStore(parse_rules(rules_for(s3_server, bucket), env, SCHEMAS).server.images, 3600)
+    try:
+        await prefixed.start()
+        async with client_for(s3_server) as s3:
+            rules = (await s3.get_bucket_lifecycle_configuration(Bucket=bucket)).get("Rules", [])
+        assert [(rule["ID"], rule["Filter"]["Prefix"]) for rule in rules] == [("imagegate-hosted-images", "hosted/")]
+    finally:
+        await prefixed.close()
