@@ -29,6 +29,7 @@ import aiohttp
 
 from proxy.core.errors import ServiceUnavailable
 from proxy.core.rules import ImageStoreRules
+from proxy.cpu import off_loop
 from proxy.image_store import StoredImage, hash_name, proxy_url, valid_hash_name
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ LIFECYCLE_RULE = "imagegate-hosted-images"
 MAX_PRESIGNED = 7 * 86400  # the longest a SigV4 presigned URL may live
 _TIMEOUT = 5.0  # connect and read: an outage must not hang the request that needs the store
 _CALL_LIMIT = 15.0  # one whole call, retries included
+HASH_INLINE = 256 * 1024  # bytes hashed on the event loop; larger images are hashed in the CPU pool
 SWEEP_LIMIT = 600.0  # a whole sweep (a listing of a large prefix, page by page)
 
 
@@ -132,7 +134,8 @@ class S3ImageStore:
         return _expiry(head.get("Metadata", {}))
 
     async def put(self, data: bytes, content_type: str, keep_for: float | None = None) -> str:
-        name = hash_name(data, content_type)
+        # Hashing megabytes takes milliseconds: off the event loop, as decoding them is.
+        name = hash_name(data, content_type) if len(data) < HASH_INLINE else await off_loop(hash_name, data, content_type)
         until = self._clock() + (self.ttl if keep_for is None else keep_for)
         async with self._call() as client:
             known = await self._expires_at(client, self.key(name))
