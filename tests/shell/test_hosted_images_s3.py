@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -169,6 +170,10 @@ async def test_the_store_refuses_names_that_are_not_hashes(s3_server: SeaweedSer
         for bad in ("../x.png", "a" * 32 + ".png", name.replace(".png", ".exe"), "hosted/" + name):
             assert await store.get(bad) is None
         assert SECRET_KEY not in repr(store)
+        large = secrets.token_bytes(300_000)  # hashed in the CPU pool: the same name all the same
+        assert await store.put(large, "image/png") == hashlib.sha256(large).hexdigest() + ".png"
+        stored = await store.get(hashlib.sha256(large).hexdigest() + ".png")
+        assert stored is not None and stored.data == large
     finally:
         await store.close()
 
