@@ -85,10 +85,14 @@ class DeliveryStore:
                     claimed.append((await connection.execute(sa.select(ROWS).where(ROWS.c.id == delivery_id))).one())
         return claimed
 
-    async def settle(self, delivery_id: str, status: str, last_status: int | None, next_at: float) -> None:
+    async def settle(self, row: Any, status: str, last_status: int | None, next_at: float) -> bool:
+        """The outcome of the attempt `row` was claimed for; False (nothing written) when the row was claimed
+        again meanwhile (an attempt that outlived its claim: the later attempt's outcome stands)."""
         async with self._connection() as connection:
-            await connection.execute(ROWS.update().where(ROWS.c.id == delivery_id)
-                                     .values(status=status, last_status=last_status, next_at=next_at))
+            result = await connection.execute(
+                ROWS.update().where(ROWS.c.id == row.id, ROWS.c.attempts == row.attempts, ROWS.c.status == PENDING)
+                .values(status=status, last_status=last_status, next_at=next_at))
+        return int(result.rowcount) == 1
 
     async def sweep(self, before: float) -> int:
         """Forget settled deliveries made before `before` (their tasks have expired): returns how many went."""
@@ -207,7 +211,7 @@ async def send(services: Services, hooks: Webhooks, row: Any) -> None:
     try:
         status = await _post(hooks, row, secrets, rules.webhooks.timeout, frozenset(rules.webhooks.allow_hosts)) if secrets else 0
     except asyncio.CancelledError:  # a shutdown: the attempt is due again at once, for the next process
-        await asyncio.shield(hooks.store.settle(row.id, PENDING, row.last_status, time.time()))
+        await asyncio.shield(hooks.store.settle(row, PENDING, row.last_status, time.time()))
         raise
     outcome = verdict(status) if secrets and status != 0 else FAILED
     now = time.time()
@@ -215,9 +219,10 @@ async def send(services: Services, hooks: Webhooks, row: Any) -> None:
     if outcome == RETRY and next_at > row.deadline:
         outcome = FAILED
     state = PENDING if outcome == RETRY else outcome
-    if state != PENDING:
+    # Shielded: a shutdown arriving now must not roll the outcome back (the row would wait out its claim).
+    settled = hooks.store.settle(row, state, status or None, next_at if state == PENDING else now)
+    if await asyncio.shield(settled) and state != PENDING:
         log_outcome(row, state, status)
-    await hooks.store.settle(row.id, state, status or None, next_at if state == PENDING else now)
 
 
 async def _post(hooks: Webhooks, row: Any, secrets: tuple[str, ...], timeout: float, trusted: frozenset[str]) -> int | None:

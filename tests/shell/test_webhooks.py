@@ -17,14 +17,16 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from aiohttp import web
+from sqlalchemy.engine import URL
 
-from proxy.database import WEBHOOK_DELIVERIES
+from proxy.database import WEBHOOK_DELIVERIES, open_engine
 from proxy.finish import Delivery
+from proxy.ledger import Ledger
 from proxy.services import SERVICES
 from proxy.task_keeper import take_over
 from proxy.task_runner import created
 from proxy.tasks import FAILED, SUCCEED, owner_of
-from proxy.webhooks import requested
+from proxy.webhooks import DeliveryStore, requested
 from tests.factories import LOCAL, ROOT, poll_task, rules_yaml, url_of
 
 SECRET_1 = "whsec_" + base64.b64encode(b"the first webhook secret").decode()
@@ -325,3 +327,22 @@ async def test_a_task_failed_by_the_process_that_took_it_over_is_reported(make_p
     assert body["metadata"]["webhook"] == {"status": "delivered", "attempts": 1, "last_status": 200}
     (item,) = receiver.received
     assert verified(item, SECRET_1, SECRET_2) and json.loads(item.body)["error"]["code"] == "task_interrupted"
+
+
+async def test_an_attempt_that_outlived_its_claim_does_not_overwrite_the_later_one(tmp_path: Any) -> None:
+    """Two processes may send one delivery (at-least-once); the outcome of the attempt claimed last stands."""
+    ledger = Ledger(open_engine(URL.create("sqlite+aiosqlite", database=str(tmp_path / "w.db"))), None)
+    store = DeliveryStore(ledger.engine, ledger.ensure_schema)
+    try:
+        now = time.time()
+        await store.add({"id": "msg_1", "task_id": "t", "url": "https://example.com/hook", "body": "{}", "attempts": 0,
+                         "secret_set": "server", "status": "pending", "next_at": now, "created": now,
+                         "deadline": now + 60})
+        (first,) = await store.claim_due(now, now + 1)  # its attempt runs long: the claim lapses
+        (second,) = await store.claim_due(now + 2, now + 3)
+        assert (first.attempts, second.attempts) == (1, 2)
+        assert await store.settle(second, "delivered", 204, now + 3) is True
+        assert await store.settle(first, "failed", 500, now + 4) is False  # too late: the later outcome stands
+        assert await store.state_of("t") == {"status": "delivered", "attempts": 2, "last_status": 204}
+    finally:
+        await ledger.engine.dispose()
