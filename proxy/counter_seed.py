@@ -22,7 +22,7 @@ from proxy.core.budgets import month_window
 from proxy.core.limit_windows import DAY, key_id, window
 from proxy.core.rules import ADMIN_NAME, ServerRules
 from proxy.database import GENERATIONS
-from proxy.key_limits import MONTH_TTL
+from proxy.key_limits import DAY_TTL, MONTH_TTL, budget_counter, images_counter
 from proxy.shared_state import Counters
 
 log = logging.getLogger("imagegate")
@@ -65,19 +65,23 @@ async def spent_by_name(engine: AsyncEngine, now: float) -> dict[str, Spent]:
 
 def counted(server: ServerRules, spent: Mapping[str, Spent], now: float) -> Iterator[tuple[str, int, int]]:
     """(counter, amount, ttl) for each counter a restarted process must start from, as key_limits names them."""
-    clients: list[tuple[str | None, str]] = [(client.key, client.name) for client in server.clients]
-    clients += [(key, ADMIN_NAME) for key in server.admin_keys]  # admin keys generate too (the console)
-    clients = clients or [(None, "anonymous")]
     day, month = window(now, DAY)[0], month_window(now)[0]
-    for key, name in clients:
+    for key, name in _keys(server):
         owner, so_far = key_id(key), spent.get(name, Spent())
         limits, budget = server.limits_for(key), server.budget_for(key)
         if limits.images_per_day is not None and so_far.images_today:
-            yield f"ipd:{owner}:{day}", so_far.images_today, DAY + 60
+            yield images_counter(owner, day), so_far.images_today, DAY_TTL
         if budget.usd_per_day is not None and so_far.micro_today:
-            yield f"usd-day:{owner}:{day}", so_far.micro_today, DAY + 60
+            yield budget_counter("day", owner, day), so_far.micro_today, DAY_TTL
         if budget.usd_per_month is not None and so_far.micro_this_month:
-            yield f"usd-month:{owner}:{month}", so_far.micro_this_month, MONTH_TTL
+            yield budget_counter("month", owner, month), so_far.micro_this_month, MONTH_TTL
+
+
+def _keys(server: ServerRules) -> list[tuple[str | None, str]]:
+    """(key, the name its ledger rows carry) for every key that generates; an open proxy's one anonymous."""
+    keys: list[tuple[str | None, str]] = [(client.key, client.name) for client in server.clients]
+    keys += [(key, ADMIN_NAME) for key in server.admin_keys]  # admin keys generate too (the console)
+    return keys or [(None, "anonymous")]
 
 
 async def seed_counters(counters: Counters, engine: AsyncEngine, server: ServerRules, now: float) -> int:
@@ -95,6 +99,4 @@ async def seed_counters(counters: Counters, engine: AsyncEngine, server: ServerR
 
 
 def _has_limits(server: ServerRules) -> bool:
-    keys: list[str | None] = [*(client.key for client in server.clients), *server.admin_keys]
-    keys = keys or [None]
-    return any(server.limits_for(key).images_per_day is not None or server.budget_for(key).any for key in keys)
+    return any(server.limits_for(key).images_per_day is not None or server.budget_for(key).any for key, _ in _keys(server))

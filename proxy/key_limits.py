@@ -20,6 +20,7 @@ from decimal import Decimal
 from proxy.core.budgets import Budget, micro, month_window
 from proxy.core.errors import RateLimited
 from proxy.core.limit_windows import DAY, MINUTE, Limits, window
+from proxy.core.task_checkpoint import Reserved
 from proxy.shared_state import Counters
 
 log = logging.getLogger("imagegate")
@@ -28,6 +29,17 @@ log = logging.getLogger("imagegate")
 CONCURRENCY_TTL = 3600
 MONTH_TTL = 32 * DAY
 NO_BUDGET = Budget()
+DAY_TTL = DAY + 60
+
+
+def images_counter(owner: str, day: int) -> str:
+    """The counter of a key's images in one UTC day (its window number)."""
+    return f"ipd:{owner}:{day}"
+
+
+def budget_counter(period: str, owner: str, number: int) -> str:
+    """The counter of a key's spend in micro-dollars, for `period` "day" or "month" (its window number)."""
+    return f"usd-{period}:{owner}:{number}"
 
 
 def _refused(limit: str, allowed: int, retry_after: float) -> RateLimited:
@@ -67,6 +79,16 @@ class Admission:
         self.images_key = self.concurrency_key = None  # settling twice gives back nothing twice
         self.budget_keys = []
 
+    def reserved(self) -> Reserved:
+        """What this admission holds in the counters, as a task's checkpoint keeps it."""
+        return Reserved(self.images_key, self.reserved_images, tuple(self.budget_keys), self.reserved_micro)
+
+    @staticmethod
+    def of(counters: Counters, reserved: Reserved) -> Admission:
+        """The admission a checkpoint kept, to settle when the task ends (a generation at once is not held)."""
+        return Admission(counters, images_key=reserved.images_key, reserved_images=reserved.reserved_images,
+                         budget_keys=list(reserved.budget_keys), reserved_micro=reserved.reserved_micro)
+
     async def release_slot(self) -> None:
         """Give back only the generation-at-once slot: an async task another process ends keeps the rest of its
         reservation for that process to settle."""
@@ -77,7 +99,7 @@ class Admission:
     async def reapply(self) -> None:
         """Count this reservation again, in counters that did not outlive the process that made it."""
         if self.images_key is not None:
-            await _quietly(self.counters.incr(self.images_key, self.reserved_images, DAY + 60))
+            await _quietly(self.counters.incr(self.images_key, self.reserved_images, DAY_TTL))
         for key, ttl in self.budget_keys:
             await _quietly(self.counters.incr(key, self.reserved_micro, ttl))
 
@@ -143,8 +165,8 @@ async def _admit(admission: Admission, owner: str, limits: Limits, n: int, now: 
             raise _refused("requests_per_minute", limits.requests_per_minute, left)
     if limits.images_per_day is not None:
         number, left = window(now, DAY)
-        key = f"ipd:{owner}:{number}"
-        reserved = await counters.incr(key, n, DAY + 60)
+        key = images_counter(owner, number)
+        reserved = await counters.incr(key, n, DAY_TTL)
         admission.images_key = key  # from here on, a refusal gives them back
         if reserved > limits.images_per_day:
             raise _refused("images_per_day", limits.images_per_day, left)
@@ -176,8 +198,8 @@ async def _reserve(admission: Admission, owner: str, budget: Budget, reserve: De
     day, day_left = window(now, DAY)
     month, month_left = month_window(now)
     for period, allowed, key, ttl, left in (
-        ("day", budget.usd_per_day, f"usd-day:{owner}:{day}", DAY + 60, day_left),
-        ("month", budget.usd_per_month, f"usd-month:{owner}:{month}", MONTH_TTL, month_left),
+        ("day", budget.usd_per_day, budget_counter("day", owner, day), DAY_TTL, day_left),
+        ("month", budget.usd_per_month, budget_counter("month", owner, month), MONTH_TTL, month_left),
     ):
         if allowed is None:
             continue

@@ -114,15 +114,9 @@ def rebuilt(services: Services, record: TaskRecord, checkpoint: Checkpoint) -> T
     name = checkpoint.trace.unlogged.get("key_name")
     # No new round on other channels: the task exists on this one, and another would be paid for again.
     caller = Caller(None, name if isinstance(name, str) else None)
-    return TaskRun(record, replace(plan, retries=0), caller, delivery, _admission(services, checkpoint), checkpoint.request,
+    admission = Admission.of(services.counters, checkpoint.reserved)
+    return TaskRun(record, replace(plan, retries=0), caller, delivery, admission, checkpoint.request,
                    resume=(channel.name, state))
-
-
-def _admission(services: Services, checkpoint: Checkpoint) -> Admission:
-    """The counters the request reserved in, to settle when the task ends (a generation at once is not held)."""
-    reserved = checkpoint.reserved
-    return Admission(services.counters, images_key=reserved.images_key, reserved_images=reserved.reserved_images,
-                     budget_keys=list(reserved.budget_keys), reserved_micro=reserved.reserved_micro)
 
 
 def _request_record(trace: Trace) -> RequestRecord:
@@ -146,4 +140,4 @@ async def _interrupt(services: Services, record: TaskRecord, checkpoint: Checkpo
         CURRENT.reset(trace)
     # Memory counters began anew with this process: the reservation is not in them to give back.
     if ended and checkpoint is not None and not isinstance(services.counters, MemoryCounters):
-        await _admission(services, checkpoint).settle(0)
+        await Admission.of(services.counters, checkpoint.reserved).settle(0)

@@ -76,12 +76,6 @@ def _plain(notes: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in notes.items() if value is None or isinstance(value, str | int | float | bool)}
 
 
-def reserved_by(admission: Admission | None) -> Reserved:
-    if admission is None:
-        return Reserved()
-    return Reserved(admission.images_key, admission.reserved_images, tuple(admission.budget_keys), admission.reserved_micro)
-
-
 def created(
     services: Services, owner: str, delivery: Delivery, admission: Admission | None, webhook: dict[str, str] | None = None
 ) -> TaskRecord:
@@ -91,7 +85,7 @@ def created(
     record = new_record(owner, now, services.rules.server.tasks.retention)
     note(task_id=record.id)  # in the access line, and in the ledger record the task writes when it ends
     checkpoint = Checkpoint(trace_of(CURRENT.get()), delivery.response_format, delivery.public_base, delivery.keep_for,
-                            reserved_by(admission), webhook=webhook)
+                            admission.reserved() if admission is not None else Reserved(), webhook=webhook)
     return replace(record, lease_until=lease_until(services), checkpoint=checkpoint.dumps())
 
 

@@ -139,17 +139,19 @@ async def test_a_live_process_keeps_its_tasks_while_another_starts(
     assert not second.server.app[SERVICES].running_tasks
 
 
-async def test_a_task_taken_over_settles_its_budget_reservation(
-    make_proxy: Any, aiohttp_server: Any, redis_server: Any, tmp_path: Path
-) -> None:
-    """With Redis counters (they outlive a process) the reservation of the first process is settled by the
-    second to what the images cost, as if one process had run the task."""
+async def priced_task_handed_over(
+    make_proxy: Any, aiohttp_server: Any, budget: dict[str, Any], env: dict[str, str], **server_settings: Any
+) -> Any:
+    """Four Kling images at $0.25 for a key with `budget`: the task is handed over by a shutdown and finished by
+    a second process, whose client is returned once the task has succeeded (costing $1.00) and settled."""
     kling = FakeKling(polls_before_done=20)
-    env = {**await upstreams(aiohttp_server, kling), "DATABASE": str(tmp_path / "db")}
+    env = {**await upstreams(aiohttp_server, kling), **env}
     priced = {**models(), "kling-v2": {**models()["kling-v2"], "price": {"per_image": {"*": 0.25}}}}
-    key = {"key": "key-a", "name": "alice", "budget": {"usd_per_day": 10, "usd_per_month": 100}}
-    text = lambda grace: rules_yaml(priced, channels(), server=server(  # noqa: E731
-        api_keys=[key], state=redis_server.url, shutdown_grace=grace, tasks={"lease": 0.3}))
+    key = {"key": "key-a", "name": "alice", "budget": budget}
+
+    def text(grace: float) -> str:
+        return rules_yaml(priced, channels(), server=server(api_keys=[key], shutdown_grace=grace, **server_settings))
+
     first = await make_proxy(text(0.1), env)
     task_id = await create(first, {**CRANE, "n": 4}, "req-budget")
     await polled_once(kling)
@@ -158,6 +160,17 @@ async def test_a_task_taken_over_settles_its_budget_reservation(
     _, body = await poll_task(second, task_id, A, SUCCEED)
     assert body["metadata"]["cost_usd"] == 1.0
     await asyncio.sleep(0.2)  # the task settles right after its record is stored
+    return second
+
+
+async def test_a_task_taken_over_settles_its_budget_reservation(
+    make_proxy: Any, aiohttp_server: Any, redis_server: Any, tmp_path: Path
+) -> None:
+    """With Redis counters (they outlive a process) the reservation of the first process is settled by the
+    second to what the images cost, as if one process had run the task."""
+    budget = {"usd_per_day": 10, "usd_per_month": 100}
+    second = await priced_task_handed_over(make_proxy, aiohttp_server, budget, {"DATABASE": str(tmp_path / "db")},
+                                           state=redis_server.url, tasks={"lease": 0.3})
     counters = [int(await second.server.app[SERVICES].counters.incr(name, 0, 60)) for name in await _budget_keys(redis_server)]
     assert counters == [1_000_000, 1_000_000]  # day and month: $1.00 in micro-dollars, the reservation settled
 
@@ -167,19 +180,7 @@ async def test_with_counters_in_memory_a_task_taken_over_counts_against_the_budg
 ) -> None:
     """Memory counters begin anew with the next process (from the ledger, which has no row for a running task):
     the reservation is counted again, then settled to what the images cost."""
-    kling = FakeKling(polls_before_done=20)
-    env = await upstreams(aiohttp_server, kling)
-    priced = {**models(), "kling-v2": {**models()["kling-v2"], "price": {"per_image": {"*": 0.25}}}}
-    key = {"key": "key-a", "name": "alice", "budget": {"usd_per_day": 10}}
-    text = lambda grace: rules_yaml(priced, channels(), server=server(api_keys=[key], shutdown_grace=grace))  # noqa: E731
-    first = await make_proxy(text(0.1), env)
-    task_id = await create(first, {**CRANE, "n": 4}, "req-memory")
-    await polled_once(kling)
-    await first.close()
-    second = await make_proxy(text(30), env)
-    _, body = await poll_task(second, task_id, A, SUCCEED)
-    assert body["metadata"]["cost_usd"] == 1.0
-    await asyncio.sleep(0.2)
+    second = await priced_task_handed_over(make_proxy, aiohttp_server, {"usd_per_day": 10}, {})
     day = f"usd-day:{key_id('key-a')}:{int(time.time() // 86400)}"
     assert await second.server.app[SERVICES].counters.incr(day, 0, 60) == 1_000_000
 
