@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,8 +104,9 @@ def _lua_string(text: str) -> str:
     return "[==[" + text + "]==]"
 
 
-async def run_wrk(wrk: str, url: str, body: str, concurrency: int, seconds: float) -> LoadResult:
-    script = f'wrk.method = "POST"\nwrk.body = {_lua_string(body)}\nwrk.headers["Content-Type"] = "application/json"\n'
+async def run_wrk(wrk: str, url: str, body: str, concurrency: int, seconds: float, headers: Mapping[str, str]) -> LoadResult:
+    script = f'wrk.method = "POST"\nwrk.body = {_lua_string(body)}\n'
+    script += "".join(f"wrk.headers[ {_lua_string(name)} ] = {_lua_string(value)}\n" for name, value in headers.items())
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as scratch:
         path = Path(scratch) / "post.lua"
         path.write_text(script)
@@ -126,12 +128,11 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[rank]
 
 
-async def run_aiohttp(url: str, body: str, concurrency: int, seconds: float) -> LoadResult:
+async def run_aiohttp(url: str, body: str, concurrency: int, seconds: float, headers: Mapping[str, str]) -> LoadResult:
     """`concurrency` keep-alive workers posting `body` for `seconds`; latencies measured per request."""
     latencies: list[float] = []
     errors = 0
     data = body.encode()
-    headers = {"Content-Type": "application/json"}
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
         start = time.perf_counter()

@@ -8,6 +8,7 @@ stopped with SIGTERM (then SIGKILL) when the scenario ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import resource
 import signal
@@ -15,6 +16,8 @@ import socket
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from bench.tree import Memory, tree, tree_cpu, tree_memory
 
 
 def free_port() -> int:
@@ -44,10 +47,12 @@ def proc_status(pid: int) -> dict[str, int]:
     return values
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def start_time(pid: int) -> int | None:
+    """When the process started (clock ticks since boot): with the pid, it names one process, not a reused pid."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def open_fds(pid: int) -> int:
@@ -74,7 +79,16 @@ class Child:
         return self.process.pid
 
     def cpu(self) -> float:
-        return cpu_seconds(self.pid)
+        """CPU seconds of the process and every descendant (bench.tree: workers forked by a supervisor)."""
+        return tree_cpu(self.pid)
+
+    def memory(self) -> Memory:
+        """PSS and RSS summed over the process and every descendant."""
+        return tree_memory(self.pid)
+
+    def fds(self) -> int:
+        """Open fds of the process and every descendant."""
+        return sum(open_fds(member) for member in tree(self.pid))
 
     def rss(self) -> int:
         return proc_status(self.pid)["VmRSS"]
@@ -107,9 +121,14 @@ class Child:
     async def stop(self, timeout: float = 35.0) -> None:
         if self.process.poll() is not None:
             return
+        members = [(member, start_time(member)) for member in tree(self.pid)[1:]]  # a supervisor's workers
         self.process.send_signal(signal.SIGTERM)
         try:
             await asyncio.to_thread(self.process.wait, timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        for member, started in members:  # none may outlive the scenario; a reused pid is left alone
+            if started is not None and start_time(member) == started:
+                with contextlib.suppress(OSError):
+                    os.kill(member, signal.SIGKILL)
