@@ -10,11 +10,10 @@ upgraded to its head at every start; a URL is logged only with its password hidd
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -116,7 +115,39 @@ def open_engine(url: URL) -> AsyncEngine:
     return create_async_engine(url, pool_pre_ping=True, connect_args={"timeout": CONNECT_TIMEOUT, "command_timeout": 30})
 
 
+# `revision: str = "0006"` and `down_revision: str | None = "0005"` (or None) in each migration script.
+_REVISION_LINE = re.compile(r'^(down_)?revision\b[^=\n]*=\s*(?:"([^"\n]*)"|None)', re.MULTILINE)
+
+
+def head_revision() -> str | None:
+    """The migrations' head as their scripts name it: the revision no script's `down_revision` points at
+    (None when there is not exactly one: then Alembic decides)."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for script in (MIGRATIONS / "versions").glob("r*.py"):
+        for down, name in _REVISION_LINE.findall(script.read_text(encoding="utf-8")):
+            if name:
+                (parents if down else revisions).add(name)
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def at_head(connection: Connection) -> bool:
+    """Whether the database's schema is at the migrations' head already (read without Alembic)."""
+    head = head_revision()
+    if head is None or not sa.inspect(connection).has_table("alembic_version"):
+        return False
+    return list(connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalars()) == [head]
+
+
 def _upgrade(connection: Connection) -> None:
+    # Alembic, with the Mako and Pygments it imports, is about 10 MB in every process that imports it; most
+    # starts find the schema at head already and need none of it.
+    if at_head(connection):
+        return
+    from alembic import command
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
     config.attributes["connection"] = connection
