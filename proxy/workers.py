@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import shutil
@@ -370,6 +371,10 @@ def run_workers(
     ready_read, ready_write = os.pipe()
     try:
         asyncio.run(prepare(rules, directory / STATE_FILE))
+        # What exists now (the imported code, the rules) is shared with every fork until written to; frozen,
+        # the collector never walks (and so copies) those pages in each worker.
+        gc.collect()
+        gc.freeze()
         # Blocked here, waited for by `sigtimedwait`; each worker unblocks them for its own loop.
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         run = Run(rules_path, listener, directory, ready_write, os.getpid())
