@@ -1,14 +1,15 @@
 """Shell layer: the command line. Arguments and environment -> rules -> a bound socket -> the banner.
 
-    imagegate [--rules PATH] [--host HOST] [--port PORT] [--probe]   serve (also `python -m proxy`)
-    imagegate check [--rules PATH]                                  validate a rules file and exit
+    imagegate [--rules PATH] [--host HOST] [--port PORT] [--workers N|auto] [--probe]   serve (also `python -m proxy`)
+    imagegate check [--rules PATH]                                                    validate a rules file and exit
     imagegate --version
 
-Every option falls back to an environment variable (PROXY_RULES, PROXY_HOST, PROXY_PORT, PROXY_PROBE),
+Every option falls back to an environment variable (PROXY_RULES, PROXY_HOST, PROXY_PORT, PROXY_WORKERS, PROXY_PROBE),
 so a container sets them without a command line. Bad rules print every problem with its YAML path and
 exit with status 2 before anything listens. The banner is printed only once the socket is bound; an
 address that cannot be listened on (busy port, no permission, unknown host) is one line on stderr and
 exit status 3. SIGTERM and SIGINT drain requests in flight for `server.shutdown_grace` seconds.
+More than one worker (`--workers`, else `server.workers`): proxy.workers supervises them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import socket
 import sys
 from collections.abc import Mapping, Sequence
@@ -28,14 +28,14 @@ from aiohttp import web
 from proxy import __version__
 from proxy.adapters import SCHEMAS
 from proxy.app import make_app
-from proxy.core.rules import Rules, RulesError, parse_rules
+from proxy.core.rules import MAX_WORKERS, Rules, RulesError, parse_rules
 from proxy.lifecycle import log_startup
 from proxy.observe import JsonFormatter, TextFormatter
 from proxy.ops import PROBE_TIMEOUT, probe_channels
-from proxy.serving import LISTEN_BACKLOG, server_options
+from proxy.serving import EXIT_CANNOT_LISTEN, LISTEN_BACKLOG, CannotBind, serve_app
+from proxy.workers import open_listener, run_workers, worker_count
 
 EXIT_BAD_RULES = 2
-EXIT_CANNOT_LISTEN = 3
 _TRUE = ("1", "true", "yes", "on")
 
 
@@ -53,12 +53,25 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="log lines as JSON objects (default) or plain text (env PROXY_LOG_FORMAT)",
     )
     parser.add_argument(
+        "--workers",
+        default=env.get("PROXY_WORKERS"),
+        type=_workers,
+        help="worker processes on the one address: a number, or auto for one per CPU (env PROXY_WORKERS; "
+        "default: server.workers, else 1)",
+    )
+    parser.add_argument(
         "--probe",
         action="store_true",
         default=env.get("PROXY_PROBE", "").lower() in _TRUE,
         help=f"at start-up, check that each channel's base URL answers ({PROBE_TIMEOUT:g}s, all at once; env PROXY_PROBE=1)",
     )
     return parser
+
+
+def _workers(value: str) -> str:
+    if value == "auto" or (value.isdigit() and 1 <= int(value) <= MAX_WORKERS):
+        return value
+    raise argparse.ArgumentTypeError(f"expected auto or a number from 1 to {MAX_WORKERS}, got {value!r}")
 
 
 def read_rules(path: str, env: Mapping[str, str]) -> Rules:
@@ -146,10 +159,6 @@ def address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-class CannotListen(Exception):
-    """The address could not be bound; the message is the one line the operator sees."""
-
-
 def cannot_listen(host: str, port: int, exc: OSError) -> str:
     """One line for an address that cannot be listened on: no traceback, no asyncio wording."""
     if isinstance(exc, socket.gaierror):
@@ -161,34 +170,46 @@ def cannot_listen(host: str, port: int, exc: OSError) -> str:
     return f"imagegate: cannot listen on {address(host, port)}: {reason}"
 
 
+async def probe(rules: Rules, args: argparse.Namespace) -> Mapping[str, str | None] | None:
+    """With --probe: whether each usable channel's base URL answers (for the banner)."""
+    return await probe_channels(ch for ch in rules.channels.values() if ch.usable) if args.probe else None
+
+
+def announce(
+    rules: Rules, args: argparse.Namespace, port: int, probed: Mapping[str, str | None] | None, workers: int = 1
+) -> None:
+    """Once the address is served: the start-up warnings and the banner."""
+    log_startup(rules)  # after binding: a failed start is the one line that says why, nothing else
+    lines = banner(rules, args.rules, f"http://{address(args.host, port)}", probed)
+    if workers > 1:
+        lines += f"\n  workers   {workers} processes (SIGHUP reloads all, SIGTERM drains all)"
+    print(lines, file=sys.stderr, flush=True)
+
+
 async def serve(rules: Rules, args: argparse.Namespace) -> None:
-    """Bind, then announce, then serve until SIGTERM or SIGINT; CannotListen when the address cannot be bound."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    runner = web.AppRunner(
-        make_app(rules, rules_path=args.rules),
-        # In-flight generations and streams get minutes to finish on SIGTERM, not aiohttp's default.
-        shutdown_timeout=rules.server.shutdown_grace,
-        **server_options(rules),
+    """One process: bind, then announce, then serve until SIGTERM or SIGINT; CannotBind when the address cannot be bound."""
+
+    async def started(port: int) -> None:
+        announce(rules, args, port or args.port, await probe(rules, args))
+
+    def site(runner: web.AppRunner) -> web.BaseSite:
+        return web.TCPSite(runner, args.host, args.port, backlog=LISTEN_BACKLOG)
+
+    await serve_app(make_app(rules, rules_path=args.rules), rules, site, started)
+
+
+def serve_workers(rules: Rules, args: argparse.Namespace, count: int, env: Mapping[str, str]) -> int:
+    """`count` worker processes on one address, under this process (proxy.workers)."""
+    try:
+        listener = open_listener(args.host, args.port)
+    except OSError as exc:
+        print(cannot_listen(args.host, args.port, exc), file=sys.stderr, flush=True)
+        return EXIT_CANNOT_LISTEN
+    return run_workers(
+        rules, args.rules, listener, count,
+        announce=lambda current: announce(current, args, listener.port, asyncio.run(probe(current, args)), count),
+        reread=lambda: load_or_report(args.rules, env),
     )
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, args.host, args.port, backlog=LISTEN_BACKLOG).start()
-    except OSError as exc:  # gaierror (unknown host) is an OSError too
-        # Nothing was ever served: close the services without the shutdown path's "draining" announcement.
-        await runner.app.cleanup()
-        raise CannotListen(cannot_listen(args.host, args.port, exc)) from None
-    try:
-        log_startup(rules)  # after binding: a failed start is the one line that says why, nothing else
-        # The port actually bound (`--port 0` asks the system for one), as clients must use it.
-        port = int(runner.addresses[0][1]) if runner.addresses else args.port
-        probed = await probe_channels(ch for ch in rules.channels.values() if ch.usable) if args.probe else None
-        print(banner(rules, args.rules, f"http://{address(args.host, port)}", probed), file=sys.stderr, flush=True)
-        await stop.wait()
-    finally:
-        await runner.cleanup()
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
@@ -200,10 +221,13 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return EXIT_BAD_RULES
     if args.command == "check":
         return check(rules, args.rules)
+    count = worker_count(args.workers or rules.server.workers)
+    if count > 1:
+        return serve_workers(rules, args, count, env)
     try:
         asyncio.run(serve(rules, args))
-    except CannotListen as exc:
-        print(exc, file=sys.stderr, flush=True)
+    except CannotBind as exc:
+        print(cannot_listen(args.host, args.port, exc.error), file=sys.stderr, flush=True)
         return EXIT_CANNOT_LISTEN
     return 0
 

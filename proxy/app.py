@@ -28,6 +28,7 @@ import json
 import logging
 from collections.abc import Awaitable, Coroutine, Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -60,7 +61,7 @@ from proxy.observe import note
 from proxy.ops import healthz, metrics_endpoint, on_shutdown, readyz, watch_reload_signal
 from proxy.passthrough import relay
 from proxy.production import Caller, key_name, produce_body
-from proxy.services import CLIENT_KEY, JSON_FIELDS, RULES, RULES_PATH, SERVICES, STORE, TASK_STORE
+from proxy.services import CLIENT_KEY, HOST_STATE, JSON_FIELDS, RULES, RULES_PATH, SERVICES, STORE, TASK_STORE
 from proxy.streaming import stream
 from proxy.task_runner import TaskRun, created, run_task, start_background
 from proxy.tasks import TaskStore, answer_of, owner_of
@@ -285,7 +286,8 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
 
 
 def make_app(
-    rules: Rules, *, store: ImageStore | None = None, tasks: TaskStore | None = None, rules_path: str | None = None
+    rules: Rules, *, store: ImageStore | None = None, tasks: TaskStore | None = None, rules_path: str | None = None,
+    host_state: Path | None = None,
 ) -> web.Application:
     app = web.Application(
         middlewares=[access_middleware, error_middleware, auth_middleware],
@@ -298,6 +300,8 @@ def make_app(
         app[STORE] = store
     if tasks is not None:
         app[TASK_STORE] = tasks
+    if host_state is not None:  # one of several workers: counters and idempotency in this file (proxy.host_state)
+        app[HOST_STATE] = host_state
     app.cleanup_ctx.append(services_context)
     app.cleanup_ctx.append(watch_reload_signal)
     app.on_shutdown.append(on_shutdown)

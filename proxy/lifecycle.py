@@ -23,11 +23,12 @@ from proxy.database import database_url, open_engine, shown
 from proxy.driver import Driver
 from proxy.finish import Finisher
 from proxy.guard import make_guarded_session, trusted_hosts
+from proxy.host_state import HostCounters, HostIdempotency
 from proxy.image_store import FileImageStore, ImageStore, default_directory
 from proxy.ledger import MIGRATE_TIMEOUT, Ledger, reason
 from proxy.metrics import Metrics, make_metrics
-from proxy.services import RULES, SERVICES, STORE, TASK_STORE, Services
-from proxy.shared_state import MemoryIdempotency, SharedState
+from proxy.services import HOST_STATE, RULES, SERVICES, STORE, TASK_STORE, Services
+from proxy.shared_state import SharedState
 from proxy.task_keeper import keep_leases, take_over
 from proxy.task_table import DatabaseTaskStore
 from proxy.tasks import TaskStore
@@ -36,6 +37,13 @@ from proxy.webhooks import deliver_forever, open_webhooks
 
 log = logging.getLogger("imagegate")
 SWEEP_EVERY = 300.0
+
+
+@runtime_checkable
+class Sweeps(Protocol):
+    """State whose expired entries the proxy must remove itself."""
+
+    async def sweep(self) -> int: ...
 
 
 @runtime_checkable
@@ -67,7 +75,7 @@ def make_store(rules: Rules) -> ImageStore:
     return FileImageStore(path, rules.server.images.ttl)
 
 
-async def open_ledger(rules: Rules, store: ImageStore, metrics: Metrics | None) -> Ledger:
+async def open_ledger(rules: Rules, store: ImageStore | None, metrics: Metrics | None) -> Ledger:
     url = database_url(rules, store)
     log.debug("ledger: %s", shown(url))
     ledger = Ledger(open_engine(url), metrics)
@@ -130,8 +138,9 @@ def _sweeps(services: Services) -> list[tuple[str, Callable[[], Awaitable[object
     webhooks = services.webhooks
     if webhooks is not None:  # settled deliveries go with their tasks
         sweeps.append(("webhooks", lambda: webhooks.store.sweep(time.time() - services.rules.server.tasks.retention)))
-    if isinstance(services.idempotency, MemoryIdempotency):
-        sweeps.append(("idempotency records", services.idempotency.sweep))
+    for what, state in (("idempotency records", services.idempotency), ("limit counters", services.counters)):
+        if isinstance(state, Sweeps):  # in this process's memory or a file of this host: Redis expires its own
+            sweeps.append((what, state.sweep))
     return sweeps
 
 
@@ -175,10 +184,12 @@ async def services_context(app: web.Application) -> AsyncIterator[None]:
     )
     if shared is not None:
         services.counters, services.idempotency = shared.counters, shared.idempotency
+    elif HOST_STATE in app:  # one of several workers: the siblings' counters (started from the ledger already)
+        services.counters, services.idempotency = HostCounters(app[HOST_STATE]), HostIdempotency(app[HOST_STATE])
     services.ledger = ledger
     services.webhooks = hooks = open_webhooks(ledger.engine, ledger.ensure_schema, rules.server.webhooks.allow_hosts)
     app[SERVICES] = services
-    if shared is None and ledger.migrated:
+    if shared is None and HOST_STATE not in app and ledger.migrated:
         await _counters_from_ledger(services, ledger)
     if ledger.migrated or not isinstance(tasks, DatabaseTaskStore):  # a database that is down was logged once
         await _first_take_over(services)
@@ -197,6 +208,8 @@ async def services_context(app: web.Application) -> AsyncIterator[None]:
     await tasks.close()
     if shared is not None:
         await shared.close()
+    if isinstance(services.counters, HostCounters):
+        services.counters.close()
     if isinstance(store, Opened):
         await store.close()
     await inputs.close()

@@ -1,6 +1,7 @@
 """Shell layer: Prometheus metrics, through the official `prometheus-client` (the `metrics` extra).
 
-Each app has its own registry, so several apps in one process (tests, embedding) do not collide.
+Each app has its own registry, so several apps in one process (tests, embedding) do not collide. Under
+workers (proxy.workers) the figures live in prometheus-client's multiprocess files and `/metrics` sums them.
 Without the package the proxy runs the same and `/metrics` says how to enable it. Labels carry model,
 channel, route, status and error type: never a key, a prompt or a client address.
 """
@@ -8,6 +9,7 @@ channel, route, status and error type: never a key, a prompt or a client address
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,8 +43,23 @@ class Metrics:
     def render(self) -> bytes:
         from prometheus_client import generate_latest
 
-        data: bytes = generate_latest(self.registry)
+        data: bytes = generate_latest(aggregate() if multiprocess() else self.registry)
         return data
+
+
+def multiprocess() -> bool:
+    """Several workers (proxy.workers): each writes its figures to files in this directory, any one reads them all."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def aggregate() -> Any:
+    """A registry that sums every worker's files (gauges of workers alive only: `livesum`)."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
 
 
 def make_metrics() -> Metrics | None:
@@ -67,8 +84,13 @@ def make_metrics() -> Metrics | None:
             "imagegate_failovers", "Attempts that moved on to another channel or round, by model.", ["model"],
             registry=registry,
         ),
-        in_flight=Gauge("imagegate_in_flight_requests", "Client requests being served now.", registry=registry),
-        async_tasks=Gauge("imagegate_async_tasks_running", "Async tasks still generating.", registry=registry),
+        in_flight=Gauge(
+            "imagegate_in_flight_requests", "Client requests being served now.", registry=registry,
+            multiprocess_mode="livesum",
+        ),
+        async_tasks=Gauge(
+            "imagegate_async_tasks_running", "Async tasks still generating.", registry=registry, multiprocess_mode="livesum"
+        ),
         image_bytes=Counter("imagegate_image_bytes_served", "Bytes of hosted images served.", registry=registry),
         errors=Counter("imagegate_errors", "Error answers by error type and status.", ["type", "status"], registry=registry),
         # Per client key, by the key's name in the rules (never the key itself).

@@ -129,7 +129,9 @@ class TextFormatter(logging.Formatter):
         access = getattr(record, "access", None)
         if isinstance(access, dict):
             record = logging.makeLogRecord({**record.__dict__, "msg": text_line(access), "args": ()})
-        return super().format(record)
+        line = super().format(record)
+        worker = getattr(record, "worker", None)  # set by proxy.workers in each worker process
+        return line if worker is None else f"[worker {worker}] {line}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -142,6 +144,9 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
         }
+        worker = getattr(record, "worker", None)  # set by proxy.workers in each worker process
+        if worker is not None:
+            entry["worker"] = worker
         access = getattr(record, "access", None)
         if isinstance(access, dict):
             entry.update(access)

@@ -24,6 +24,7 @@ from proxy.core.plan import build_plan
 from proxy.core.request import parse_image_request
 from proxy.core.task_checkpoint import Checkpoint, Trace, decode_state
 from proxy.finish import Delivery
+from proxy.host_state import HostCounters
 from proxy.key_limits import Admission
 from proxy.observe import CURRENT, RequestRecord
 from proxy.production import Caller
@@ -33,6 +34,10 @@ from proxy.task_runner import TaskRun, end_task, lease_until, run_task, start_ba
 from proxy.tasks import TaskRecord, failed
 
 log = logging.getLogger("imagegate.tasks")
+# Counters that start from the ledger with each run (a reservation made before it is not in them). The workers'
+# file starts with the run too; a task a sibling worker left within the run is counted again until its window
+# ends: the strict side of a budget.
+FRESH_COUNTERS = (MemoryCounters, HostCounters)
 
 INTERRUPTED = ServiceUnavailable(
     "The proxy restarted while this task was running. Whether the upstream made (and billed) its images "
@@ -79,7 +84,7 @@ async def _adopt(services: Services, record: TaskRecord) -> None:
     run = rebuilt(services, record, checkpoint) if checkpoint is not None and checkpoint.resumable else None
     if run is not None and checkpoint is not None:
         log.info("resuming async task %s: polling its upstream task on channel %s", record.id, checkpoint.channel)
-        if run.admission is not None and isinstance(services.counters, MemoryCounters):
+        if run.admission is not None and isinstance(services.counters, FRESH_COUNTERS):
             await run.admission.reapply()  # the counters began anew with this process (from the ledger, without it)
         start_background(services, _resume(services, run, checkpoint.trace))
         return
@@ -139,5 +144,5 @@ async def _interrupt(services: Services, record: TaskRecord, checkpoint: Checkpo
     finally:
         CURRENT.reset(trace)
     # Memory counters began anew with this process: the reservation is not in them to give back.
-    if ended and checkpoint is not None and not isinstance(services.counters, MemoryCounters):
+    if ended and checkpoint is not None and not isinstance(services.counters, FRESH_COUNTERS):
         await Admission.of(services.counters, checkpoint.reserved).settle(0)

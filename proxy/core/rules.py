@@ -34,6 +34,7 @@ DEFAULT_MAX_N = 10
 DEFAULT_TIMEOUT = 300.0
 DEFAULT_CONCURRENCY = 4
 DEFAULT_DEADLINE = 900.0
+MAX_WORKERS = 64  # worker processes (proxy.workers): far beyond any machine this serves from one address
 _GLOB_CHARS = frozenset("*?[")
 # Fields every upstream understands, and fields the proxy itself honours (see proxy.core.plan).
 ALWAYS_FORWARDED = frozenset({"size", "quality"})
@@ -203,6 +204,8 @@ class ServerRules:
     # and an idle keep-alive connection is closed after it.
     keepalive_timeout: float = 15.0
     body_timeout: float = 120.0  # seconds to receive a whole request body (uploads included)
+    # Processes serving the address (proxy.workers): a number, or "auto" for one per CPU. Read at start-up only.
+    workers: str = "1"
     # Where shared state lives: "memory" (one process) or a redis:// URL (several replicas).
     state: str = field(default="memory", repr=False)
     # The ledger's database: "" is an SQLite file beside the image store's directory (the shell places it),
@@ -356,7 +359,7 @@ _TOP_KEYS = frozenset({"server", "default_channel", "channels", "models"})
 _SERVER_KEYS = frozenset(
     {"api_keys", "public_base_url", "max_request_bytes", "max_retries", "images", "download", "tasks"}
     | {"metrics", "log_prompts", "shutdown_grace", "state", "limits", "idempotency", "keepalive_timeout", "body_timeout"}
-    | {"budget", "database", "admin_keys", "webhooks"}
+    | {"budget", "database", "admin_keys", "webhooks", "workers"}
 )
 _WEBHOOK_KEYS = frozenset({"secrets", "retry_for", "timeout", "allow_hosts", "min_backoff"})
 _CLIENT_KEYS = frozenset({"key", "name", "limits", "budget", "webhook_url", "webhook_secrets"})
@@ -410,6 +413,7 @@ def _load_server(reader: _Reader, data: Any) -> ServerRules:
         shutdown_grace=_seconds(reader, "server", raw, "shutdown_grace", defaults.shutdown_grace),
         keepalive_timeout=_seconds(reader, "server", raw, "keepalive_timeout", defaults.keepalive_timeout),
         body_timeout=_seconds(reader, "server", raw, "body_timeout", defaults.body_timeout),
+        workers=_load_workers(reader, raw.get("workers", 1)),
         state=_load_state(reader, raw.get("state", "memory")),
         database=_load_database(reader, raw.get("database")),
         limits=_load_limits(reader, "server.limits", raw.get("limits")),
@@ -519,6 +523,13 @@ def _load_s3(reader: _Reader, data: Any) -> S3Rules:
         url_mode=mode,
         public_base_url=text["public_base_url"].rstrip("/"),
     )
+
+
+def _load_workers(reader: _Reader, value: Any) -> str:
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WORKERS):
+        return str(value)
+    reader.problem("server.workers", f"expected auto or a whole number from 1 to {MAX_WORKERS}, got {value!r}")
+    return "1"
 
 
 def _load_state(reader: _Reader, value: Any) -> str:

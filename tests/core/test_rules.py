@@ -900,3 +900,16 @@ def test_an_admin_key_is_a_client_named_admin_and_other_keys_are_not() -> None:
     assert client is not None and client.name == "admin" and rules.server.is_admin("a1")
     assert rules.server.client("k1") is not None and not rules.server.is_admin("k1")
     assert rules.server.client("a") is None and not rules.server.is_admin(None) and not rules.server.is_admin("")
+
+
+@pytest.mark.parametrize(("value", "expected"), [("auto", "auto"), ("4", "4"), ("1", "1")])
+def test_server_workers_is_a_number_or_auto(value: str, expected: str) -> None:
+    rules = parse_rules(f"server: {{workers: {value}}}\nchannels: {{local: {{type: local}}}}\nmodels: {{}}\n", {}, SCHEMAS)
+    assert rules.server.workers == expected
+
+
+@pytest.mark.parametrize("value", ["0", "65", "many", "2.5", "true"])
+def test_server_workers_outside_its_range_is_a_problem(value: str) -> None:
+    problem = _only_problem(f"server: {{workers: {value}}}\nchannels: {{local: {{type: local}}}}\nmodels: {{}}\n")
+    assert problem.path == "server.workers"
+    assert "expected auto or a whole number from 1 to 64" in str(problem)

@@ -1,0 +1,142 @@
+"""Shell layer: limit counters and `Idempotency-Key` records shared by the worker processes of one host.
+
+With `--workers N` and `server.state: memory`, the workers must still hold one budget, one request rate and
+one idempotent answer per key: each keeps them in the same SQLite file (proxy.workers makes it, in the run's
+own directory, and starts the counters from the ledger before the first worker). SQLite serialises the
+writers of the host; every change is one statement or one short transaction, so a worker never sees
+another's half-done update.
+
+    HostCounters     proxy.shared_state.Counters: one UPSERT per increment, on the event loop (microseconds,
+                     and a wait for the write lock is a wait for another statement of the same size)
+    HostIdempotency  proxy.shared_state.Idempotency: in a thread (a kept answer may be megabytes of base64)
+
+Nothing here needs to survive the run: the counters are started again from the ledger, and idempotent
+answers of a stopped proxy were in memory before workers existed too. Durability is therefore off
+(`synchronous=OFF`); WAL lets readers go on while a worker writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from proxy.shared_state import IdempotentRecord
+
+LOCK_WAIT = 5.0  # seconds a statement waits for another worker's write: far more than any statement here takes
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL, expires REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, record TEXT NOT NULL, expires REAL NOT NULL);
+"""
+
+# An expired counter starts again from this increment; `refresh` moves the expiry of a live one.
+# (Every expression in SET sees the row as it was: the two CASEs test the same old expiry.)
+_INCR = """
+INSERT INTO counters (key, value, expires) VALUES (:key, :amount, :expires)
+ON CONFLICT (key) DO UPDATE SET
+    value = CASE WHEN counters.expires <= :now THEN excluded.value ELSE counters.value + excluded.value END,
+    expires = CASE WHEN counters.expires <= :now OR :refresh THEN excluded.expires ELSE counters.expires END
+RETURNING value
+"""
+_DECR = "UPDATE counters SET value = max(0, value - :amount) WHERE key = :key AND expires > :now"
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection in autocommit mode (each statement its own transaction unless BEGIN says otherwise)."""
+    connection = sqlite3.connect(path, timeout=LOCK_WAIT, isolation_level=None, check_same_thread=False)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=OFF")
+    return connection
+
+
+def create(path: Path) -> None:
+    """An empty state file (the supervisor's, before any worker starts)."""
+    connection = connect(path)
+    try:
+        connection.executescript(_SCHEMA)
+    finally:
+        connection.close()
+
+
+class HostCounters:
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        self._connection = connect(path)
+        self._clock = clock
+
+    async def incr(self, key: str, amount: int, ttl: int, refresh: bool = False) -> int:
+        now = self._clock()
+        row = self._connection.execute(
+            _INCR, {"key": key, "amount": amount, "expires": now + ttl, "now": now, "refresh": refresh}
+        ).fetchone()
+        return int(row[0])
+
+    async def decr(self, key: str, amount: int) -> None:
+        self._connection.execute(_DECR, {"key": key, "amount": amount, "now": self._clock()})
+
+    async def sweep(self) -> int:
+        return self._connection.execute("DELETE FROM counters WHERE expires <= ?", (self._clock(),)).rowcount
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+class HostIdempotency:
+    """Each call opens its own connection in a worker thread: a thread never shares one, and these calls are rare."""
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        self._path = path
+        self._clock = clock
+
+    def _claim(self, key: str, record: str, ttl: int) -> str | None:
+        connection = connect(self._path)
+        try:
+            connection.execute("BEGIN IMMEDIATE")  # the read and the write below are one step for every worker
+            now = self._clock()
+            row = connection.execute("SELECT record FROM idempotency WHERE key = ? AND expires > ?", (key, now)).fetchone()
+            if row is None:
+                connection.execute("INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?)", (key, record, now + ttl))
+            connection.execute("COMMIT")
+            return None if row is None else str(row[0])
+        finally:
+            connection.close()
+
+    def _one(self, statement: str, *parameters: object) -> str | None:
+        """The first column of the first row."""
+        connection = connect(self._path)
+        try:
+            cursor = connection.execute(statement, parameters)
+            row = cursor.fetchone()
+            return str(row[0]) if row is not None else None
+        finally:
+            connection.close()
+
+    def _change(self, statement: str, *parameters: object) -> int:
+        connection = connect(self._path)
+        try:
+            return connection.execute(statement, parameters).rowcount
+        finally:
+            connection.close()
+
+    async def claim(self, key: str, record: IdempotentRecord, ttl: int) -> IdempotentRecord | None:
+        existing = await asyncio.to_thread(self._claim, key, record.dumps(), ttl)
+        return None if existing is None else IdempotentRecord.loads(existing)
+
+    async def get(self, key: str) -> IdempotentRecord | None:
+        found = await asyncio.to_thread(
+            self._one, "SELECT record FROM idempotency WHERE key = ? AND expires > ?", key, self._clock()
+        )
+        return None if found is None else IdempotentRecord.loads(found)
+
+    async def finish(self, key: str, record: IdempotentRecord, ttl: int) -> None:
+        statement = "INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?)"
+        await asyncio.to_thread(self._change, statement, key, record.dumps(), self._clock() + ttl)
+
+    async def release(self, key: str) -> None:
+        await asyncio.to_thread(self._change, "DELETE FROM idempotency WHERE key = ?", key)
+
+    async def sweep(self) -> int:
+        """Forget expired records (each may hold megabytes of base64): called with the image sweep."""
+        return await asyncio.to_thread(self._change, "DELETE FROM idempotency WHERE expires <= ?", self._clock())

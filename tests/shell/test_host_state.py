@@ -1,0 +1,138 @@
+"""The workers' shared counters and idempotency records (proxy.host_state): the same answers as the memory
+versions, and one count when several processes change a counter at once."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import socket
+from pathlib import Path
+
+from proxy import host_state
+from proxy.host_state import HostCounters, HostIdempotency
+from proxy.shared_state import DONE, RUNNING, IdempotentRecord
+from proxy.workers import open_listener, worker_count
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def state_file(tmp_path: Path) -> Path:
+    path = tmp_path / "state.sqlite"
+    host_state.create(path)
+    return path
+
+
+async def test_counters_expire_refresh_and_never_go_below_zero(tmp_path: Path) -> None:
+    clock = Clock()
+    counters = HostCounters(state_file(tmp_path), clock)
+    assert await counters.incr("a", 2, 60) == 2
+    assert await counters.incr("a", 3, 60) == 5
+    await counters.decr("a", 9)
+    assert await counters.incr("a", 1, 60) == 1
+    clock.now += 61
+    await counters.decr("a", 1)  # an expired counter is not brought back by a decrement
+    assert await counters.incr("a", 4, 60) == 4  # and an increment starts it anew
+    clock.now += 50
+    assert await counters.incr("a", 1, 60, refresh=True) == 5  # refreshed: it lives 60 s from now
+    clock.now += 50
+    assert await counters.incr("a", 1, 60) == 6
+    clock.now += 11
+    assert await counters.incr("a", 1, 60) == 1
+    clock.now += 1000
+    assert await counters.sweep() == 1
+    counters.close()
+
+
+def _count(path: str, times: int, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    counters = HostCounters(Path(path))
+
+    async def run() -> list[int]:
+        return [await counters.incr("shared", 1, 600) for _ in range(times)]
+
+    results.put(asyncio.run(run()))
+
+
+def test_four_processes_counting_at_once_count_every_increment_once(tmp_path: Path) -> None:
+    path = state_file(tmp_path)
+    context = multiprocessing.get_context("fork")
+    results: multiprocessing.Queue = context.Queue()  # type: ignore[type-arg]
+    processes = [context.Process(target=_count, args=(str(path), 250, results)) for _ in range(4)]
+    for process in processes:
+        process.start()
+    seen = [value for _ in processes for value in results.get(timeout=60)]
+    for process in processes:
+        process.join(10)
+    # Every increment saw its own value: no two processes read the same count.
+    assert sorted(seen) == list(range(1, 1001))
+
+
+async def test_an_idempotency_key_is_claimed_once_across_processes_and_kept(tmp_path: Path) -> None:
+    clock = Clock()
+    path = state_file(tmp_path)
+    first, second = HostIdempotency(path, clock), HostIdempotency(path, clock)
+    running = IdempotentRecord("fp", RUNNING)
+    assert await first.claim("k", running, 60) is None
+    assert await second.claim("k", IdempotentRecord("other", RUNNING), 60) == running
+    done = IdempotentRecord("fp", DONE, 200, '{"data":[]}', {"Content-Type": "application/json"})
+    await first.finish("k", done, 60)
+    assert await second.get("k") == done
+    await second.release("k")
+    assert await first.get("k") is None
+    assert await second.claim("k", running, 60) is None
+    clock.now += 61
+    assert await first.get("k") is None  # expired
+    assert await first.claim("k", done, 60) is None  # an expired record is claimed again
+    clock.now += 61
+    assert await first.sweep() == 1
+
+
+def test_auto_workers_is_the_cpus_this_process_may_use() -> None:
+    import os
+
+    assert worker_count("auto") == len(os.sched_getaffinity(0))
+    assert worker_count("3") == 3
+
+
+def test_without_reuse_port_the_supervisor_listens_once_for_every_worker() -> None:
+    listener = open_listener("127.0.0.1", 0, reuse_port=False)
+    try:
+        with socket.create_connection(("127.0.0.1", listener.port), timeout=5):
+            accepted, _ = listener.socket.accept()  # queued on the one socket the workers would inherit
+            accepted.close()
+    finally:
+        listener.close()
+
+
+def test_with_reuse_port_the_supervisor_holds_the_port_without_listening() -> None:
+    listener = open_listener("127.0.0.1", 0, reuse_port=True)
+    try:
+        # Nothing accepts on the held socket: a connection is refused until a worker listens.
+        try:
+            socket.create_connection(("127.0.0.1", listener.port), timeout=5).close()
+            raise AssertionError("the held socket accepted a connection")
+        except ConnectionRefusedError:
+            pass
+        worker = socket.socket()
+        worker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        worker.bind(("127.0.0.1", listener.port))
+        worker.listen()
+        with socket.create_connection(("127.0.0.1", listener.port), timeout=5):
+            worker.accept()[0].close()
+        worker.close()
+        # And nobody else takes the port meanwhile.
+        other = socket.socket()
+        try:
+            other.bind(("127.0.0.1", listener.port))
+            raise AssertionError("another socket bound the held port")
+        except OSError:
+            pass
+        finally:
+            other.close()
+    finally:
+        listener.close()

@@ -1,0 +1,256 @@
+"""`python -m proxy --workers 2`, run as users run it: two worker processes under one supervisor share one
+address, and everything a client sees is the same whichever worker answers.
+
+Each request goes on a new connection, so the kernel spreads them over the workers; every worker writes
+`worker` in its JSON log lines, and the tests find out who answered from the request id they sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.factories import LOCAL, OPENAI, ROOT, clean_env, free_port, rules_yaml, run_cli, serve_fake
+from tests.fakes.openai import KEY, FakeOpenAI
+
+A, LIMITED = "sk-workers-a", "sk-workers-limited"
+SERVER = {
+    "api_keys": [A, {"key": LIMITED, "name": "limited", "limits": {"requests_per_minute": 5}}],
+    "shutdown_grace": 20,
+}
+MODELS: dict[str, Any] = {
+    "local-image": {"channels": ["local"]},
+    "slow": {"channels": ["openai"], "upstream_model": "gpt-image-1"},
+}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass
+class Proxy:
+    """A running `python -m proxy --workers 2` and its log."""
+
+    process: asyncio.subprocess.Process
+    port: int
+    log: Path
+    rules: Path
+    sent: int = 0
+    seen: dict[str, int] = field(default_factory=dict)  # request id -> the worker that logged it
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def lines(self) -> list[dict[str, Any]]:
+        found = []
+        for line in self.log.read_text().splitlines():
+            if line.startswith("{"):
+                found.append(json.loads(line))
+        return found
+
+    def worker_of(self, request_id: str) -> int:
+        for line in self.lines():
+            if line.get("request_id") == request_id and line.get("logger") == "imagegate.access":
+                return int(line["worker"])
+        raise AssertionError(f"no access line for {request_id}")
+
+    async def call(
+        self, method: str, path: str, key: str = A, **kwargs: Any
+    ) -> tuple[int, bytes, dict[str, str], str]:
+        """One request on a connection of its own; (status, body, headers, request id)."""
+        self.sent += 1
+        request_id = f"w{os.getpid()}-{self.sent}"
+        headers = {"Authorization": f"Bearer {key}", "X-Request-ID": request_id, **kwargs.pop("headers", {})}
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session,
+            session.request(method, self.url(path), headers=headers, **kwargs) as response,
+        ):
+            return response.status, await response.read(), dict(response.headers), request_id
+
+    def children(self) -> set[int]:
+        pid = self.process.pid
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        return {int(child) for child in text.split()}
+
+
+async def start(rules_text: str, tmp_path: Path, env: dict[str, str] | None = None, workers: int = 2) -> Proxy:
+    rules, log, port = tmp_path / "rules.yaml", tmp_path / "proxy.log", free_port()
+    rules.write_text(rules_text)
+    with log.open("ab") as sink:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", "--rules", str(rules), "--port", str(port), "--workers", str(workers),
+            cwd=ROOT, env=clean_env(**(env or {})), stdout=sink, stderr=sink,
+        )
+    proxy = Proxy(process, port, log, rules)
+    await until(lambda: f"workers   {workers} processes" in log.read_text() or process.returncode is not None)
+    assert process.returncode is None, log.read_text()
+    return proxy
+
+
+async def until(condition: Callable[[], bool], seconds: float = 30.0) -> None:
+    for _ in range(int(seconds / 0.05)):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+async def stop(proxy: Proxy) -> int:
+    if proxy.process.returncode is None:
+        proxy.process.send_signal(signal.SIGTERM)
+    return await asyncio.wait_for(proxy.process.wait(), 30)
+
+
+@pytest.fixture
+async def workers(aiohttp_server: Any, tmp_path: Path) -> AsyncIterator[tuple[Proxy, FakeOpenAI]]:
+    fake = FakeOpenAI(delay=0.0)
+    upstream = await serve_fake(aiohttp_server, fake)
+    text = rules_yaml(MODELS, {"openai": OPENAI, "local": LOCAL}, server={**SERVER, "images": {"path": str(tmp_path / "i")}})
+    proxy = await start(text, tmp_path, {"UPSTREAM": upstream, "OPENAI_API_KEY": KEY})
+    try:
+        yield proxy, fake
+    finally:
+        if proxy.process.returncode is None:  # else the test stopped it and checked how
+            assert await stop(proxy) == 0, proxy.log.read_text()
+
+
+async def from_both(proxy: Proxy, attempt: Callable[[], Any], tries: int = 60) -> list[tuple[int, bytes, int]]:
+    """Call `attempt` (a request) until both workers have answered; (status, body, worker) of every call."""
+    answers = []
+    for _ in range(tries):
+        status, body, _, request_id = await attempt()
+        answers.append((status, body, proxy.worker_of(request_id)))
+        if {worker for _, _, worker in answers} == {0, 1}:
+            return answers
+    raise AssertionError(f"one worker answered every call: {answers}")
+
+
+def generate(proxy: Proxy, key: str = A, **body: Any) -> Any:
+    return proxy.call("POST", "/v1/images/generations", key, json={"model": "local-image", "prompt": "a crane", **body})
+
+
+async def test_a_task_a_hosted_image_and_an_idempotent_answer_are_the_same_through_either_worker(
+    workers: tuple[Proxy, FakeOpenAI],
+) -> None:
+    proxy, _ = workers
+    status, body, _, _ = await generate(proxy, **{"async": True, "response_format": "url", "size": "256x256"})
+    assert status == 200
+    task = f"/v1/images/generations/{json.loads(body)['task_id']}"
+    for _ in range(100):
+        if json.loads((await proxy.call("GET", task))[1])["task_status"] == "succeed":
+            break
+        await asyncio.sleep(0.05)
+    polls = await from_both(proxy, lambda: proxy.call("GET", task))
+    assert len({body for _, body, _ in polls}) == 1 and all(status == 200 for status, _, _ in polls)
+    answer = json.loads(polls[-1][1])
+    assert answer["task_status"] == "succeed"
+    image = answer["data"][0]["url"].removeprefix(proxy.url(""))
+    fetched = await from_both(proxy, lambda: proxy.call("GET", image))
+    assert {body for _, body, _ in fetched} == {fetched[0][1]} and fetched[0][1].startswith(PNG_SIGNATURE)
+    # One Idempotency-Key: the first answer, replayed by both workers, and one generation in the ledger's terms.
+    replays = await from_both(proxy, lambda: generate(proxy, headers={"Idempotency-Key": "same-one"}, size="256x256"))
+    assert all(status == 200 for status, _, _ in replays)
+    assert len({body for _, body, _ in replays}) == 1
+    assert base64.b64decode(json.loads(replays[0][1])["data"][0]["b64_json"]).startswith(PNG_SIGNATURE)
+
+
+async def test_a_key_limit_holds_across_workers(workers: tuple[Proxy, FakeOpenAI]) -> None:
+    proxy, _ = workers
+    answers = await asyncio.gather(*(generate(proxy, LIMITED, size="256x256") for _ in range(12)))
+    statuses = sorted(status for status, _, _, _ in answers)
+    assert statuses == [200] * 5 + [429] * 7
+    assert {proxy.worker_of(request_id) for *_, request_id in answers} == {0, 1}
+
+
+async def test_metrics_add_up_every_workers_requests(workers: tuple[Proxy, FakeOpenAI]) -> None:
+    proxy, _ = workers
+    answers = await from_both(proxy, lambda: generate(proxy, size="256x256"))
+    metrics = (await proxy.call("GET", "/metrics"))[1].decode()
+    served = [line for line in metrics.splitlines() if line.startswith("imagegate_requests_total{") and 'status="200"' in line]
+    assert len(served) == 1 and float(served[0].rsplit(" ", 1)[1]) == len(answers)
+
+
+async def test_sighup_reloads_every_worker(workers: tuple[Proxy, FakeOpenAI]) -> None:
+    proxy, _ = workers
+    status, body, _, _ = await generate(proxy, model="renamed")
+    assert status == 404 or status == 400, body
+    proxy.rules.write_text(proxy.rules.read_text().replace("local-image:", "renamed:"))
+    proxy.process.send_signal(signal.SIGHUP)
+    await until(lambda: sum('"reloaded ' in line for line in proxy.log.read_text().splitlines()) == 2)
+    answers = await from_both(proxy, lambda: generate(proxy, model="renamed", size="256x256"))
+    assert all(status == 200 for status, _, _ in answers)
+    reloaded = [line for line in proxy.lines() if line.get("message", "").startswith("reloaded ")]
+    assert sorted(line["worker"] for line in reloaded) == [0, 1]
+
+
+async def test_sigterm_drains_every_worker(workers: tuple[Proxy, FakeOpenAI]) -> None:
+    proxy, fake = workers
+    fake.delay = 1.5
+    slow = [asyncio.create_task(generate(proxy, model="slow")) for _ in range(8)]
+    await until(lambda: len(fake.recorder.received) == 8)
+    proxy.process.send_signal(signal.SIGTERM)
+    answers = await asyncio.gather(*slow)
+    assert [status for status, *_ in answers] == [200] * 8
+    assert {proxy.worker_of(request_id) for *_, request_id in answers} == {0, 1}
+    assert await asyncio.wait_for(proxy.process.wait(), 20) == 0
+    draining = [line for line in proxy.lines() if line.get("message", "").startswith("shutting down")]
+    assert sorted(line["worker"] for line in draining) == [0, 1]
+
+
+async def test_a_killed_worker_is_replaced(workers: tuple[Proxy, FakeOpenAI]) -> None:
+    proxy, _ = workers
+    before = proxy.children()
+    assert len(before) == 2
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    await until(lambda: len(proxy.children()) == 2 and victim not in proxy.children())
+    log = proxy.log.read_text()
+    assert f"(pid {victim}) exited with signal 9: a new one starts in 0s" in log
+    answers = await from_both(proxy, lambda: generate(proxy, size="256x256"))
+    assert all(status == 200 for status, _, _ in answers)
+
+
+async def test_workers_stop_when_their_supervisor_is_killed(workers: tuple[Proxy, FakeOpenAI]) -> None:
+    proxy, _ = workers
+    children = proxy.children()
+    proxy.process.send_signal(signal.SIGKILL)
+    await proxy.process.wait()
+
+    def gone(pid: int) -> bool:
+        try:
+            status = Path(f"/proc/{pid}/stat").read_text().split()[2]
+        except FileNotFoundError:
+            return True
+        return status == "Z"
+
+    await until(lambda: all(gone(pid) for pid in children), 10)
+
+
+def test_workers_on_a_busy_address_is_one_line_and_status_3(tmp_path: Path) -> None:
+    import socket
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(rules_yaml({"local-image": {"channels": ["local"]}}, {"local": LOCAL}))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("--rules", str(rules), "--port", str(port), "--workers", "2")
+    assert result.returncode == 3
+    assert result.stderr.strip().splitlines() == [f"imagegate: cannot listen on 127.0.0.1:{port}: address already in use"]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "many", "65"])
+def test_a_bad_workers_option_is_refused(value: str) -> None:
+    result = run_cli("--workers", value, "check")
+    assert result.returncode == 2
+    assert "--workers: expected auto or a number from 1 to 64" in result.stderr
