@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import importlib
 import logging
 import os
 import shutil
@@ -42,6 +43,7 @@ from proxy import host_state
 from proxy.core.rules import Rules
 from proxy.counter_seed import seed_counters
 from proxy.ledger import MIGRATE_TIMEOUT, reason
+from proxy.metrics import AVAILABLE
 from proxy.serving import LISTEN_BACKLOG
 
 log = logging.getLogger("imagegate.workers")
@@ -255,8 +257,6 @@ class Supervisor:
 
 def forget_metrics(pid: int) -> None:
     """A dead worker's live gauges (requests in flight) leave the aggregate; its counters stay in the totals."""
-    from proxy.metrics import AVAILABLE
-
     if AVAILABLE and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
@@ -366,8 +366,11 @@ def run_workers(
 ) -> int:
     """The supervisor's whole life: prepare what the workers share, supervise them, leave nothing behind."""
     directory = run_directory()
-    # Set before any worker imports prometheus-client: the choice of multiprocess values is made at import.
+    # Set before prometheus-client is imported: the choice of multiprocess values is made at import. Imported
+    # here, once, its code is shared by every worker instead of loaded by each.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory / METRICS_DIR)
+    if AVAILABLE:
+        importlib.import_module("prometheus_client")
     ready_read, ready_write = os.pipe()
     try:
         asyncio.run(prepare(rules, directory / STATE_FILE))
