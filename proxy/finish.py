@@ -36,7 +36,7 @@ from proxy.cpu import off_loop
 from proxy.driver import Outcome
 from proxy.guard import Refused, as_upstream_error, trusted_for
 from proxy.guard import fetch as guarded_fetch
-from proxy.image_store import ImageStore
+from proxy.image_store import FileImageStore, ImageStore
 from proxy.observe import note_hosted
 
 log = logging.getLogger("imagegate.finish")
@@ -44,6 +44,7 @@ NOT_HOSTED = "image store unavailable"
 # Below this many characters base64 work is cheaper inline than a thread hop.
 _INLINE_LIMIT = 256 * 1024
 # Re-encoding costs far more per byte than base64: only thumbnails are converted on the event loop.
+_SNIFF_CHARS = 4 * 172  # base64 characters of the first 516 bytes: all that sniff_image_type reads
 _INLINE_TRANSCODE_LIMIT = 16 * 1024
 
 
@@ -75,11 +76,15 @@ class Delivery:
         return replace(self, trusted=trusted_for(channel, download))
 
 
-def _decode(b64: str) -> bytes:
+def _decode(b64: str | bytes) -> bytes:
     try:
         return base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError):
-        raise BadGateway("the upstream returned an image that is not valid base64", code="bad_upstream_response") from None
+        raise _not_base64() from None
+
+
+def _not_base64() -> BadGateway:
+    return BadGateway("the upstream returned an image that is not valid base64", code="bad_upstream_response")
 
 
 async def _off_loop_if_large(size: int, function: Any, argument: Any, limit: int = _INLINE_LIMIT) -> Any:
@@ -88,14 +93,42 @@ async def _off_loop_if_large(size: int, function: Any, argument: Any, limit: int
     return await off_loop(function, argument)
 
 
-async def host(finisher: Finisher, image: GeneratedImage, delivery: Delivery) -> GeneratedImage:
-    assert image.b64_json is not None
-    data: bytes = await _off_loop_if_large(len(image.b64_json), _decode, image.b64_json)
-    content_type = sniff_image_type(data) or image.content_type or "image/png"
+def _sniffed(b64: str | bytes) -> str | None:
+    """The type the first bytes of a base64 image show (whether all of it is base64 is the decode's to say)."""
     try:
-        name = await finisher.store.put(data, content_type, delivery.keep_for)
-        url = await finisher.store.url_for(name, delivery.public_base, delivery.keep_for)
+        return sniff_image_type(base64.b64decode(b64[:_SNIFF_CHARS]))
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _decoded_by_store(store: ImageStore, b64: str | bytes) -> bool:
+    """Whether the store decodes this image itself while writing it (a large one, to the directory store):
+    then it never exists whole in memory, and its decode does not hold the event loop (proxy.image_store)."""
+    return isinstance(store, FileImageStore) and len(b64) >= _INLINE_LIMIT and (isinstance(b64, bytes) or b64.isascii())
+
+
+async def _put_base64(store: FileImageStore, b64: str | bytes, content_type: str, keep_for: float) -> str:
+    try:
+        return await store.put_base64(b64 if isinstance(b64, bytes) else b64.encode("ascii"), content_type, keep_for)
+    except binascii.Error:
+        raise _not_base64() from None
+
+
+async def host(finisher: Finisher, image: GeneratedImage, delivery: Delivery) -> GeneratedImage:
+    b64, store = image.b64_json, finisher.store
+    assert b64 is not None
+    data = None if _decoded_by_store(store, b64) else await _off_loop_if_large(len(b64), _decode, b64)
+    content_type = (sniff_image_type(data) if data is not None else _sniffed(b64)) or image.content_type or "image/png"
+    try:
+        if data is not None:
+            name = await store.put(data, content_type, delivery.keep_for)
+        else:
+            assert isinstance(store, FileImageStore)
+            name = await _put_base64(store, b64, content_type, delivery.keep_for)
+        url = await store.url_for(name, delivery.public_base, delivery.keep_for)
     except (ServiceUnavailable, OSError) as exc:
+        if data is None:
+            await _off_loop_if_large(len(b64), _decode, b64)  # the store failed first: not base64 is still a 502
         # The image was made and paid for: the client gets its bytes rather than an error.
         log.warning("the image store is unavailable, an image goes out as base64: %s", type(exc).__name__)
         return replace(image, content_type=content_type, url=None, url_ttl=None, unhosted=NOT_HOSTED)
