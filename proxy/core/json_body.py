@@ -45,10 +45,13 @@ def encode_pieces(body: dict[str, Any]) -> list[bytes]:
     for index, _ in found:
         data[index] = {**data[index], "b64_json": marker}
     pieces = json.dumps({**body, "data": data}, ensure_ascii=False).encode().split(f'"{marker}"'.encode())
-    out: list[bytes] = [pieces[0]]
+    # The quotes go with the small JSON around each value: every piece is one write to the socket.
+    out: list[bytes] = []
+    around = pieces[0]
     for (_, raw), piece in zip(found, pieces[1:], strict=True):
-        out += [b'"', raw, b'"', piece]
-    return out
+        out += [around + b'"', raw]
+        around = b'"' + piece
+    return [*out, around]
 
 
 def encode_body(body: dict[str, Any]) -> bytes:
