@@ -220,20 +220,27 @@ async def convert(finisher: Finisher, image: GeneratedImage, delivery: Delivery)
     return image
 
 
-# Enough base64 for any image header we read (a JPEG's frame header may follow ~64 KiB of EXIF).
+# Enough base64 for any image header we read (a JPEG's frame header may follow ~64 KiB of EXIF); most
+# headers (PNG, GIF, WebP, a JPEG without EXIF) are in the first few hundred bytes, so those are read first.
 _HEADER_CHARS = 4 * 24 * 1024
+_FIRST_HEADER_CHARS = _SNIFF_CHARS
+
+
+def _dimensions(b64: str | bytes, chars: int) -> tuple[int, int] | None:
+    chunk = b64[:chars]
+    try:
+        head = base64.b64decode(chunk[: len(chunk) - len(chunk) % 4])
+    except (binascii.Error, ValueError):
+        return None
+    return image_dimensions(head)
 
 
 def measured_size(images: tuple[GeneratedImage, ...]) -> str | None:
     """The real `WxH` of the first image whose bytes are at hand, for clients to see what they got."""
     for image in images:
         if image.b64_json is not None:
-            chunk = image.b64_json[:_HEADER_CHARS]
-            try:
-                head = base64.b64decode(chunk[: len(chunk) - len(chunk) % 4])
-            except (binascii.Error, ValueError):
-                continue
-            dimensions = image_dimensions(head)
+            b64 = image.b64_json
+            dimensions = _dimensions(b64, _FIRST_HEADER_CHARS) or _dimensions(b64, _HEADER_CHARS)
             if dimensions is not None:
                 return f"{dimensions[0]}x{dimensions[1]}"
     return None
