@@ -136,8 +136,10 @@ async def host(finisher: Finisher, image: GeneratedImage, delivery: Delivery) ->
     return replace(image, url=url, content_type=content_type, url_ttl=None)
 
 
-def _encode(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+def _encode(data: bytes) -> bytes:
+    # Kept as bytes: base64 the proxy made is base64 by construction, so the answer splices it as it is
+    # (proxy.core.response) instead of copying it into a str and checking it again.
+    return base64.b64encode(data)
 
 
 async def fetch(finisher: Finisher, image: GeneratedImage, delivery: Delivery) -> GeneratedImage:
@@ -152,7 +154,7 @@ async def fetch(finisher: Finisher, image: GeneratedImage, delivery: Delivery) -
         )
     except (Refused, ProxyError) as error:
         raise as_upstream_error(error) from None
-    b64: str = await _off_loop_if_large(len(download.data), _encode, download.data)
+    b64: bytes = await _off_loop_if_large(len(download.data), _encode, download.data)
     return replace(image, b64_json=b64, content_type=download.content_type)
 
 
@@ -197,7 +199,7 @@ async def reformat(finisher: Finisher, image: GeneratedImage, delivery: Delivery
         return replace(source, unconverted=f"{made} could not be converted to {wanted.to}: {problem}")
     if converted is None:
         return image  # already what the client asked for: delivered as the upstream gave it
-    b64: str = await _off_loop_if_large(len(converted), _encode, converted)
+    b64: bytes = await _off_loop_if_large(len(converted), _encode, converted)
     out = GeneratedImage(
         b64_json=b64, revised_prompt=image.revised_prompt, content_type=MIME_TYPES[wanted.to], converted_from=made
     )

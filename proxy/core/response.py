@@ -10,9 +10,9 @@ from typing import Any
 
 @dataclass(frozen=True)
 class GeneratedImage:
-    # The image as base64: text, or the text's ASCII bytes when they were checked to hold only base64
-    # characters (an upstream's answer read by proxy.core.plain_base64), so they are never copied into a
-    # str only to be written out or decoded again.
+    # The image as base64: text, or the text's ASCII bytes when they hold only base64 characters (an
+    # upstream's answer read by proxy.core.plain_base64, checked; or base64 the proxy encoded itself), so
+    # they are never copied into a str only to be written out or decoded again.
     b64_json: str | bytes | None = None
     url: str | None = None
     revised_prompt: str | None = None
