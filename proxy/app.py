@@ -41,7 +41,6 @@ from proxy.console import add_console_routes
 from proxy.core.budgets import ceiling
 from proxy.core.errors import InvalidRequest, MethodNotAllowed, NotFound, RequestTimeout, ServiceUnavailable
 from proxy.core.form import coerce_fields
-from proxy.core.json_body import encode_body
 from proxy.core.limit_windows import key_id
 from proxy.core.plan import EDIT, VARIATION, Plan, build_plan
 from proxy.core.request import parse_image_request, parse_json_object
@@ -53,6 +52,7 @@ from proxy.idempotent import check_header, fingerprint, once
 from proxy.image_models import list_image_models, retrieve_image_model
 from proxy.image_store import IMAGE_ROUTE, ImageStore
 from proxy.input_images import check_client_images
+from proxy.json_answer import json_answer
 from proxy.key_limits import Admission, admit, imageless
 from proxy.ledger import planned
 from proxy.lifecycle import services_context
@@ -79,11 +79,6 @@ MAX_LOGGED_MODEL = 200  # characters of a client's model name an access line kee
 
 
 # -- handlers -------------------------------------------------------------------------------------
-
-
-def json_answer(body: dict[str, Any], status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
-    """An ImagesResponse as JSON; megabytes of base64 are spliced in rather than escaped (proxy.core.json_body)."""
-    return web.Response(body=encode_body(body), status=status, headers=headers, content_type="application/json")
 
 
 async def respond(request: web.Request, plan: Plan, request_fingerprint: str) -> web.StreamResponse:
@@ -159,7 +154,7 @@ async def serve(request: web.Request, plan: Plan, admission: Admission | None) -
             admission = None  # the task settles it when it ends
             return web.json_response(record.view(), headers=headers)
         delivery = Delivery(plan.response_format, public_base(request, rules), services.store.ttl)
-        body, spent = await produce_body(services, plan, Caller(client_key), delivery)
+        body, spent = await produce_body(services, plan, Caller(client_key), delivery, raw_base64=True)
         delivered = len(body["data"])
         return json_answer(body, headers=headers)
     finally:

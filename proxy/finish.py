@@ -36,7 +36,7 @@ from proxy.cpu import off_loop
 from proxy.driver import Outcome
 from proxy.guard import Refused, as_upstream_error, trusted_for
 from proxy.guard import fetch as guarded_fetch
-from proxy.image_store import ImageStore
+from proxy.image_store import FileImageStore, ImageStore
 from proxy.observe import note_hosted
 
 log = logging.getLogger("imagegate.finish")
@@ -44,6 +44,7 @@ NOT_HOSTED = "image store unavailable"
 # Below this many characters base64 work is cheaper inline than a thread hop.
 _INLINE_LIMIT = 256 * 1024
 # Re-encoding costs far more per byte than base64: only thumbnails are converted on the event loop.
+_SNIFF_CHARS = 4 * 172  # base64 characters of the first 516 bytes: all that sniff_image_type reads
 _INLINE_TRANSCODE_LIMIT = 16 * 1024
 
 
@@ -75,11 +76,15 @@ class Delivery:
         return replace(self, trusted=trusted_for(channel, download))
 
 
-def _decode(b64: str) -> bytes:
+def _decode(b64: str | bytes) -> bytes:
     try:
         return base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError):
-        raise BadGateway("the upstream returned an image that is not valid base64", code="bad_upstream_response") from None
+        raise _not_base64() from None
+
+
+def _not_base64() -> BadGateway:
+    return BadGateway("the upstream returned an image that is not valid base64", code="bad_upstream_response")
 
 
 async def _off_loop_if_large(size: int, function: Any, argument: Any, limit: int = _INLINE_LIMIT) -> Any:
@@ -88,14 +93,42 @@ async def _off_loop_if_large(size: int, function: Any, argument: Any, limit: int
     return await off_loop(function, argument)
 
 
-async def host(finisher: Finisher, image: GeneratedImage, delivery: Delivery) -> GeneratedImage:
-    assert image.b64_json is not None
-    data: bytes = await _off_loop_if_large(len(image.b64_json), _decode, image.b64_json)
-    content_type = sniff_image_type(data) or image.content_type or "image/png"
+def _sniffed(b64: str | bytes) -> str | None:
+    """The type the first bytes of a base64 image show (whether all of it is base64 is the decode's to say)."""
     try:
-        name = await finisher.store.put(data, content_type, delivery.keep_for)
-        url = await finisher.store.url_for(name, delivery.public_base, delivery.keep_for)
+        return sniff_image_type(base64.b64decode(b64[:_SNIFF_CHARS]))
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _decoded_by_store(store: ImageStore, b64: str | bytes) -> bool:
+    """Whether the store decodes this image itself while writing it (a large one, to the directory store):
+    then it never exists whole in memory, and its decode does not hold the event loop (proxy.image_store)."""
+    return isinstance(store, FileImageStore) and len(b64) >= _INLINE_LIMIT and (isinstance(b64, bytes) or b64.isascii())
+
+
+async def _put_base64(store: FileImageStore, b64: str | bytes, content_type: str, keep_for: float) -> str:
+    try:
+        return await store.put_base64(b64 if isinstance(b64, bytes) else b64.encode("ascii"), content_type, keep_for)
+    except binascii.Error:
+        raise _not_base64() from None
+
+
+async def host(finisher: Finisher, image: GeneratedImage, delivery: Delivery) -> GeneratedImage:
+    b64, store = image.b64_json, finisher.store
+    assert b64 is not None
+    data = None if _decoded_by_store(store, b64) else await _off_loop_if_large(len(b64), _decode, b64)
+    content_type = (sniff_image_type(data) if data is not None else _sniffed(b64)) or image.content_type or "image/png"
+    try:
+        if data is not None:
+            name = await store.put(data, content_type, delivery.keep_for)
+        else:
+            assert isinstance(store, FileImageStore)
+            name = await _put_base64(store, b64, content_type, delivery.keep_for)
+        url = await store.url_for(name, delivery.public_base, delivery.keep_for)
     except (ServiceUnavailable, OSError) as exc:
+        if data is None:
+            await _off_loop_if_large(len(b64), _decode, b64)  # the store failed first: not base64 is still a 502
         # The image was made and paid for: the client gets its bytes rather than an error.
         log.warning("the image store is unavailable, an image goes out as base64: %s", type(exc).__name__)
         return replace(image, content_type=content_type, url=None, url_ttl=None, unhosted=NOT_HOSTED)
@@ -103,8 +136,10 @@ async def host(finisher: Finisher, image: GeneratedImage, delivery: Delivery) ->
     return replace(image, url=url, content_type=content_type, url_ttl=None)
 
 
-def _encode(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+def _encode(data: bytes) -> bytes:
+    # Kept as bytes: base64 the proxy made is base64 by construction, so the answer splices it as it is
+    # (proxy.core.response) instead of copying it into a str and checking it again.
+    return base64.b64encode(data)
 
 
 async def fetch(finisher: Finisher, image: GeneratedImage, delivery: Delivery) -> GeneratedImage:
@@ -119,7 +154,7 @@ async def fetch(finisher: Finisher, image: GeneratedImage, delivery: Delivery) -
         )
     except (Refused, ProxyError) as error:
         raise as_upstream_error(error) from None
-    b64: str = await _off_loop_if_large(len(download.data), _encode, download.data)
+    b64: bytes = await _off_loop_if_large(len(download.data), _encode, download.data)
     return replace(image, b64_json=b64, content_type=download.content_type)
 
 
@@ -164,7 +199,7 @@ async def reformat(finisher: Finisher, image: GeneratedImage, delivery: Delivery
         return replace(source, unconverted=f"{made} could not be converted to {wanted.to}: {problem}")
     if converted is None:
         return image  # already what the client asked for: delivered as the upstream gave it
-    b64: str = await _off_loop_if_large(len(converted), _encode, converted)
+    b64: bytes = await _off_loop_if_large(len(converted), _encode, converted)
     out = GeneratedImage(
         b64_json=b64, revised_prompt=image.revised_prompt, content_type=MIME_TYPES[wanted.to], converted_from=made
     )
@@ -187,20 +222,27 @@ async def convert(finisher: Finisher, image: GeneratedImage, delivery: Delivery)
     return image
 
 
-# Enough base64 for any image header we read (a JPEG's frame header may follow ~64 KiB of EXIF).
+# Enough base64 for any image header we read (a JPEG's frame header may follow ~64 KiB of EXIF); most
+# headers (PNG, GIF, WebP, a JPEG without EXIF) are in the first few hundred bytes, so those are read first.
 _HEADER_CHARS = 4 * 24 * 1024
+_FIRST_HEADER_CHARS = _SNIFF_CHARS
+
+
+def _dimensions(b64: str | bytes, chars: int) -> tuple[int, int] | None:
+    chunk = b64[:chars]
+    try:
+        head = base64.b64decode(chunk[: len(chunk) - len(chunk) % 4])
+    except (binascii.Error, ValueError):
+        return None
+    return image_dimensions(head)
 
 
 def measured_size(images: tuple[GeneratedImage, ...]) -> str | None:
     """The real `WxH` of the first image whose bytes are at hand, for clients to see what they got."""
     for image in images:
         if image.b64_json is not None:
-            chunk = image.b64_json[:_HEADER_CHARS]
-            try:
-                head = base64.b64decode(chunk[: len(chunk) - len(chunk) % 4])
-            except (binascii.Error, ValueError):
-                continue
-            dimensions = image_dimensions(head)
+            b64 = image.b64_json
+            dimensions = _dimensions(b64, _FIRST_HEADER_CHARS) or _dimensions(b64, _HEADER_CHARS)
             if dimensions is not None:
                 return f"{dimensions[0]}x{dimensions[1]}"
     return None

@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.core.errors import InvalidRequest, ServiceUnavailable
+from proxy.json_answer import answer_text
 from proxy.shared_state import DONE, RUNNING, Idempotency, IdempotentRecord
 
 log = logging.getLogger("imagegate")
@@ -76,9 +77,10 @@ async def _run(
     except BaseException:
         await asyncio.shield(_forget(store, key))
         raise
-    if 200 <= response.status < 300 and isinstance(response.body, bytes):
+    text = answer_text(response) if 200 <= response.status < 300 else None
+    if text is not None:
         headers = {name: response.headers[name] for name in _KEPT_HEADERS if name in response.headers}
-        done = IdempotentRecord(claim.fingerprint, DONE, response.status, response.body.decode(), headers)
+        done = IdempotentRecord(claim.fingerprint, DONE, response.status, text, headers)
         try:
             await store.finish(key, done, ttl)
         except Exception as exc:

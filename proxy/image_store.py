@@ -3,7 +3,10 @@
 The default store is a directory: each image is one file named by an unguessable token plus its
 extension, so the name alone is the capability to read it (as OpenAI's signed URLs are). An image
 lives `ttl` seconds, measured from its file's modification time, and a sweep removes expired files.
-File I/O runs in a worker thread so megabyte writes never stall the event loop.
+File I/O runs in a worker thread so megabyte writes never stall the event loop. A large base64 image
+is decoded in that thread too, a slice at a time between the writes (`put_base64`): the decoded image
+never exists whole, and the event loop gets the interpreter between slices instead of waiting out
+one long decode.
 
 Object storage (proxy.s3_store) names an image by its content's hash instead: a repeat is stored once,
 and only someone who already has the image can compute its name.
@@ -12,13 +15,14 @@ and only someone who already has the image can compute its name.
 from __future__ import annotations
 
 import asyncio
+import binascii
 import hashlib
 import os
 import re
 import secrets
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -29,6 +33,8 @@ _NAME = re.compile(r"^[A-Za-z0-9_-]{32}\.(png|jpg|webp|gif|svg)$")
 _HASH_NAME = re.compile(r"^[0-9a-f]{64}\.(png|jpg|webp|gif|svg)$")
 _TYPES = {extension: content_type for content_type, extension in EXTENSIONS.items()}
 IMAGE_ROUTE = "/images/"
+_BASE64_SLICE = 256 * 1024  # base64 characters decoded at a time: a multiple of 4, so slices decode alone
+_PAD = ord("=")
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,23 @@ class ImageStore(Protocol):
         ...
 
 
+def decode_slices(b64: bytes) -> Iterator[bytes]:
+    """The bytes strict base64 decodes to, a slice at a time; binascii.Error (a ValueError) where
+    `base64.b64decode(b64, validate=True)` would raise one."""
+    view = memoryview(b64)
+    start = 0
+    while start < len(view):
+        end = start + _BASE64_SLICE
+        if len(view) - end < 4:
+            end = len(view)  # a tail too short to decode alone ends the last slice, as it ends a whole decode
+        piece = view[start:end]
+        if end < len(view) and piece[-1] == _PAD:
+            # Padding that ends a slice is only valid at the very end: more follows here.
+            raise binascii.Error("Excess data after padding")
+        yield binascii.a2b_base64(piece, strict_mode=True)
+        start = end
+
+
 def default_directory() -> Path:
     return Path(tempfile.gettempdir()) / "imagegate-images"
 
@@ -96,20 +119,33 @@ class FileImageStore:
         self._clock = clock
         directory.mkdir(parents=True, exist_ok=True)
 
-    def _write(self, data: bytes, name: str, keep_for: float) -> None:
-        # Write then rename: a reader never sees half an image.
+    def _write(self, pieces: Iterable[bytes], name: str, keep_for: float) -> None:
+        # Write then rename: a reader never sees half an image, and a failed write leaves nothing behind.
         final = self.directory / name
         partial = self.directory / f".{name}.part"
-        partial.write_bytes(data)
-        if keep_for > self.ttl:
-            # Expiry is mtime + ttl: an image kept longer (an async task's result) gets a later mtime.
-            now = self._clock()
-            os.utime(partial, (now, now + keep_for - self.ttl))
-        os.replace(partial, final)
+        try:
+            with partial.open("wb") as file:
+                for piece in pieces:
+                    file.write(piece)
+            if keep_for > self.ttl:
+                # Expiry is mtime + ttl: an image kept longer (an async task's result) gets a later mtime.
+                now = self._clock()
+                os.utime(partial, (now, now + keep_for - self.ttl))
+            os.replace(partial, final)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
 
     async def put(self, data: bytes, content_type: str, keep_for: float | None = None) -> str:
         name = image_name(content_type)
-        await asyncio.to_thread(self._write, data, name, self.ttl if keep_for is None else keep_for)
+        await asyncio.to_thread(self._write, (data,), name, self.ttl if keep_for is None else keep_for)
+        return name
+
+    async def put_base64(self, b64: bytes, content_type: str, keep_for: float | None = None) -> str:
+        """`put` of what the base64 decodes to, decoded while it is written; binascii.Error (nothing kept)
+        when it is not strict base64."""
+        name = image_name(content_type)
+        await asyncio.to_thread(self._write, decode_slices(b64), name, self.ttl if keep_for is None else keep_for)
         return name
 
     def _expired(self, path: Path) -> bool:

@@ -64,11 +64,12 @@ async def produce(
 
 async def produce_body(
     services: Services, plan: Plan, caller: Caller, delivery: Delivery, attempt: Attempt | None = None,
-    serves: Callable[[Channel], bool] | None = None,
+    serves: Callable[[Channel], bool] | None = None, raw_base64: bool = False,
 ) -> tuple[dict[str, Any], Decimal | None]:
-    """The ImagesResponse body a sync request answers and an async task keeps, and what its images cost."""
+    """The ImagesResponse body a sync request answers and an async task keeps, and what its images cost.
+    `raw_base64`: as core.response.render (a sync answer, encoded by proxy.core.json_body and sent at once)."""
     produced = await produce(services, plan, caller, delivery, attempt, serves)
-    return render(produced.result, int(time.time()), produced.metadata), produced.cost
+    return render(produced.result, int(time.time()), produced.metadata, raw_base64), produced.cost
 
 
 async def finish_result(

@@ -34,7 +34,7 @@ from proxy.core.errors import BadGateway, GatewayTimeout, ProxyError, UpstreamEr
 from proxy.core.mime import sniff_image_type
 from proxy.core.plan import EDIT, Plan
 from proxy.core.pricing import Delivered, priced
-from proxy.core.response import GeneratedImage, ImagesResult
+from proxy.core.response import GeneratedImage, ImagesResult, b64_text
 from proxy.core.rules import Rules, iter_usable
 from proxy.core.sse import KEEPALIVE, SSEParser, completed_event, error_payload, format_json_event, partial_image_event
 from proxy.core.translate import revised_prompt
@@ -235,7 +235,7 @@ def zero_usage() -> dict[str, Any]:
             "total_tokens": 0}
 
 
-def sniff_b64(b64: str) -> str | None:
+def sniff_b64(b64: str | bytes) -> str | None:
     """The image type the first bytes of a base64 image show (every signature fits in 24 bytes)."""
     try:
         return sniff_image_type(base64.b64decode(b64[:32]))
@@ -274,7 +274,7 @@ def completed_payloads(result: ImagesResult, kind: str, plan: Plan, now: int) ->
         last = index == len(result.images) - 1
         payload = completed_event(
             kind=kind,
-            b64_json=image.b64_json,
+            b64_json=None if image.b64_json is None else b64_text(image.b64_json),
             url=image.url,
             created_at=result.created or now,
             usage={**zero_usage(), **(result.usage or {})} if last else zero_usage(),
@@ -290,7 +290,7 @@ def partial_payload(partial: Partial, kind: str, plan: Plan, now: int) -> dict[s
     """A preview as OpenAI's `<kind>.partial_image` event, its fields those the final image will have."""
     assert partial.image.b64_json is not None
     sample = ImagesResult(images=(partial.image,), extra=partial.extra)
-    return partial_image_event(kind=kind, b64_json=partial.image.b64_json, partial_image_index=partial.index,
+    return partial_image_event(kind=kind, b64_json=b64_text(partial.image.b64_json), partial_image_index=partial.index,
                                created_at=now, **event_fields(sample, partial.image, plan))
 
 

@@ -25,7 +25,6 @@ from proxy.observe import REQUEST_ID_HEADER, current_request_id
 
 # An upstream answer that is parsed (JSON with base64 images) may be large, but not unbounded.
 MAX_ANSWER_BYTES = 128 * 1024 * 1024
-_CHUNK = 64 * 1024
 _SLICE = 256 * 1024
 
 
@@ -60,10 +59,13 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 
 
 async def read_capped(content: aiohttp.StreamReader, limit: int, what: str) -> bytes:
-    """The whole body, or BadGateway once it passes `limit` bytes (the rest is never read)."""
+    """The whole body, or BadGateway once it passes `limit` bytes (the rest is never read).
+
+    Read as the chunks arrive: cut to a fixed size, every chunk and its remainder would be copied
+    again, for megabytes of base64 more than once."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in content.iter_chunked(_CHUNK):
+    async for chunk in content.iter_any():
         size += len(chunk)
         if size > limit:
             raise BadGateway(f"{what} is larger than {limit} bytes", code="upstream_too_large")

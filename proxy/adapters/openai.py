@@ -21,6 +21,7 @@ from proxy.core.errors import BadGateway
 from proxy.core.extra_body import merge_extra_body
 from proxy.core.formats import FORMATS, NativeFormats
 from proxy.core.multipart import Part, text_part
+from proxy.core.plain_base64 import loads_images
 from proxy.core.plan import EDIT, GENERATE, VARIATION
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import ChannelSchema
@@ -96,11 +97,15 @@ def stream_events(job: Job, event: Event) -> list[dict[str, Any]]:
     return [payload] if isinstance(payload.get("type"), str) else []
 
 
+# The types a data[] item's fields may have: bytes are base64 that loads_images read unparsed.
+_ITEM_FIELDS: dict[str, tuple[type, ...]] = {"b64_json": (str, bytes), "url": (str,), "revised_prompt": (str,)}
+
+
 def _image(item: Any) -> GeneratedImage:
     if not isinstance(item, dict):
         raise ValueError("data[] item is not an object")
-    fields = {name: item.get(name) for name in ("b64_json", "url", "revised_prompt")}
-    if not all(value is None or isinstance(value, str) for value in fields.values()):
+    fields = {name: item.get(name) for name in _ITEM_FIELDS}
+    if not all(value is None or isinstance(value, _ITEM_FIELDS[name]) for name, value in fields.items()):
         raise ValueError("data[] item has a non-string field")
     if fields["b64_json"] is None and fields["url"] is None:
         raise ValueError("data[] item has neither url nor b64_json")
@@ -108,8 +113,9 @@ def _image(item: Any) -> GeneratedImage:
 
 
 def parse_images_response(body: bytes) -> ImagesResult:
-    """An OpenAI ImagesResponse; ValueError when the body is not one."""
-    data = json.loads(body)
+    """An OpenAI ImagesResponse; ValueError when the body is not one. Large base64 images stay the
+    body's bytes (proxy.core.plain_base64)."""
+    data = loads_images(body)
     if not isinstance(data, dict) or not isinstance(data.get("data"), list) or not data["data"]:
         raise ValueError("no data[] in the answer")
     created = data.get("created")

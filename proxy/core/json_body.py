@@ -6,9 +6,11 @@ exception, so a broken upstream is a 502, not a 500.
 Encoding an ImagesResponse without scanning megabytes of base64 twice:
 `json.dumps` escapes every character of every string; a 3 MB `b64_json` costs more to encode than
 everything else the proxy does with it. Base64 text needs no escaping, so each `b64_json` value is
-checked once with C-speed byte operations and spliced into the JSON that `json.dumps` made of the
-rest. A value that is not pure base64 (a broken or hostile upstream) goes through `json.dumps` like
-any other string, so the output is always valid JSON.
+spliced into the JSON that `json.dumps` made of the rest: as it is when it is bytes (base64 already
+checked, proxy.core.plain_base64), after one C-speed check when it is a large str. A str that is
+not pure base64 (a broken or hostile upstream) goes through `json.dumps` like any other string, so
+the output is always valid JSON. The answer comes out in pieces, so megabytes are never joined into
+one more copy only to be written to a socket.
 """
 
 from __future__ import annotations
@@ -17,43 +19,44 @@ import json
 import secrets
 from typing import Any
 
-_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
-_SPLICE_FROM = 64 * 1024  # below this, plain json.dumps is as fast
-
-
-def as_plain_base64(text: str) -> bytes | None:
-    """The text's bytes when it holds only base64 characters (so it can stand in JSON as is), else None."""
-    if not text.isascii():
-        return None
-    raw = text.encode("ascii")
-    return None if raw.translate(None, _ALPHABET) else raw
-
-
-def plain_base64(text: str) -> bool:
-    return as_plain_base64(text) is not None
+from proxy.core.plain_base64 import SPLICE_FROM, as_plain_base64
 
 
 def _spliceable(item: Any) -> bytes | None:
-    if not isinstance(item, dict) or not isinstance(item.get("b64_json"), str) or len(item["b64_json"]) < _SPLICE_FROM:
+    value = item.get("b64_json") if isinstance(item, dict) else None
+    if isinstance(value, bytes):
+        return value  # checked base64 (proxy.core.response): nothing to escape, whatever its size
+    if not isinstance(value, str) or len(value) < SPLICE_FROM:
         return None
-    return as_plain_base64(item["b64_json"])
+    return as_plain_base64(value)
 
 
-def encode_body(body: dict[str, Any]) -> bytes:
+def encode_pieces(body: dict[str, Any]) -> list[bytes]:
+    """The body as JSON, in pieces whose concatenation is `json.dumps(body, ensure_ascii=False)` (with
+    bytes values written as the text they hold)."""
     items = body.get("data")
-    found = [(index, raw) for index, item in enumerate(items if isinstance(items, list) else []) if (raw := _spliceable(item))]
+    listed = items if isinstance(items, list) else []
+    found = [(index, raw) for index, item in enumerate(listed) if (raw := _spliceable(item)) is not None]
     if not found:
-        return json.dumps(body, ensure_ascii=False).encode()
+        return [json.dumps(body, ensure_ascii=False).encode()]
     # A per-call random marker cannot collide with anything a client or upstream wrote.
     marker = "splice-" + secrets.token_hex(16)
     data = list(body["data"])
     for index, _ in found:
         data[index] = {**data[index], "b64_json": marker}
     pieces = json.dumps({**body, "data": data}, ensure_ascii=False).encode().split(f'"{marker}"'.encode())
-    out: list[bytes] = [pieces[0]]
+    # The quotes go with the small JSON around each value: every piece is one write to the socket.
+    out: list[bytes] = []
+    around = pieces[0]
     for (_, raw), piece in zip(found, pieces[1:], strict=True):
-        out += [b'"', raw, b'"', piece]
-    return b"".join(out)
+        out += [around + b'"', raw]
+        around = b'"' + piece
+    return [*out, around]
+
+
+def encode_body(body: dict[str, Any]) -> bytes:
+    """The body as JSON in one piece (for a body that is kept or signed rather than sent)."""
+    return b"".join(encode_pieces(body))
 
 
 def decode_object(body: bytes | str) -> dict[str, Any] | None:

@@ -10,7 +10,10 @@ from typing import Any
 
 @dataclass(frozen=True)
 class GeneratedImage:
-    b64_json: str | None = None
+    # The image as base64: text, or the text's ASCII bytes when they hold only base64 characters (an
+    # upstream's answer read by proxy.core.plain_base64, checked; or base64 the proxy encoded itself), so
+    # they are never copied into a str only to be written out or decoded again.
+    b64_json: str | bytes | None = None
     url: str | None = None
     revised_prompt: str | None = None
     content_type: str | None = None  # when the adapter knows it; else sniffed from the bytes
@@ -63,12 +66,17 @@ def in_format(image: GeneratedImage, response_format: str | None) -> GeneratedIm
     return image
 
 
-def render_image(image: GeneratedImage) -> dict[str, Any]:
+def b64_text(b64: str | bytes) -> str:
+    """Base64 as text, where a str is needed (stream events, an answer that is kept as JSON)."""
+    return b64 if isinstance(b64, str) else b64.decode("ascii")
+
+
+def render_image(image: GeneratedImage, raw_base64: bool = False) -> dict[str, Any]:
     item: dict[str, Any] = {}
     if image.url is not None:
         item["url"] = image.url
     if image.b64_json is not None:
-        item["b64_json"] = image.b64_json
+        item["b64_json"] = image.b64_json if raw_base64 else b64_text(image.b64_json)
     if image.revised_prompt is not None:
         item["revised_prompt"] = image.revised_prompt
     return item
@@ -104,11 +112,16 @@ def merge_extras(extras: Sequence[Mapping[str, Any]], starts: Sequence[int] | No
     return merged
 
 
-def render(result: ImagesResult, created: int, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+def render(
+    result: ImagesResult, created: int, metadata: Mapping[str, Any] | None, raw_base64: bool = False
+) -> dict[str, Any]:
     """OpenAI's ImagesResponse: `{"created", "data", background?, output_format?, quality?, size?, "usage"?,
     "metadata"?}`. Clients that validate the shape see only OpenAI's keys at the top level; what a provider
-    adds (seeds, content filters, filtered counts) goes under `metadata` beside the proxy's own fields."""
-    body: dict[str, Any] = {"created": result.created or created, "data": [render_image(i) for i in result.images]}
+    adds (seeds, content filters, filtered counts) goes under `metadata` beside the proxy's own fields.
+    `raw_base64`: base64 bytes stay bytes, for a body that proxy.core.json_body encodes and sends at once;
+    else every value is a JSON type (a body that is kept, as an async task's)."""
+    images = [render_image(image, raw_base64) for image in result.images]
+    body: dict[str, Any] = {"created": result.created or created, "data": images}
     provider: dict[str, Any] = {}
     for key, value in result.extra.items():
         if key in OPENAI_FIELDS:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+from dataclasses import replace
 from functools import partial
 from types import MappingProxyType
 from typing import Any
@@ -12,6 +15,7 @@ import pytest
 from proxy.adapters import openai
 from proxy.adapters.base import Call, Done, Fail, Job, Send, UpstreamResponse
 from proxy.core.errors import BadGateway, RateLimited, UpstreamError
+from proxy.core.plain_base64 import SPLICE_FROM
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import Channel, ModelRule
 from tests.factories import DALLE3, answer, make_job
@@ -175,6 +179,30 @@ def test_advance_golden_result() -> None:
             extra={"background": "opaque", "output_format": "png", "quality": "high", "size": "1024x1024"},
         )
     )
+
+
+def test_a_large_image_is_the_answers_own_base64_bytes_and_the_result_is_the_parsed_one() -> None:
+    job = _job({"model": "gpt-image-1", "prompt": "p", "n": 2}, GPT_IMAGE)
+    big = base64.b64encode(os.urandom(3 * SPLICE_FROM)).decode()
+    answer = {"created": 1735689600, "data": [{"b64_json": big, "revised_prompt": "r"}, {"b64_json": "QUJD"}],
+              "usage": {"total_tokens": 100}, "size": "1024x1024"}
+    step = openai.SPEC.advance(job, None, _response(200, answer))
+    assert isinstance(step, Done)
+    first, second = step.result.images
+    assert first == GeneratedImage(b64_json=big.encode(), revised_prompt="r")  # not copied into a str
+    assert second == GeneratedImage(b64_json="QUJD")
+    assert replace(step.result, images=(replace(first, b64_json=big), second)) == ImagesResult(
+        images=(GeneratedImage(b64_json=big, revised_prompt="r"), GeneratedImage(b64_json="QUJD")),
+        created=1735689600, usage={"total_tokens": 100}, extra={"size": "1024x1024"},
+    )
+
+
+@pytest.mark.parametrize("bad", [b"\x01", b"\"", b"\xff"], ids=["control", "quote", "not-utf8"])
+def test_a_large_image_in_a_broken_body_is_a_bad_gateway(bad: bytes) -> None:
+    job = _job({"model": "gpt-image-1", "prompt": "p"}, GPT_IMAGE)
+    big = base64.b64encode(os.urandom(3 * SPLICE_FROM))
+    error = _fail(job, _response(200, b'{"data": [{"b64_json": "' + big + bad + b'"}]}'))
+    assert isinstance(error, BadGateway) and error.code == "bad_upstream_response"
 
 
 def test_advance_minimal_answer() -> None:

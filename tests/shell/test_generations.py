@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
+from proxy.adapters import openai
+from proxy.core.plain_base64 import loads_images
 from tests.factories import CLIENT_KEY, DALL_E_3, auth, rules_yaml, url_of
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
 
@@ -280,3 +283,91 @@ async def test_sdk_url_and_b64_json(make_proxy: Any, fake_openai: Any) -> None:
 
 
 __all__ = ["FakeOpenAI"]
+
+
+LARGE_PNG = PNG + os.urandom(200_000)  # base64 past proxy.core.plain_base64.SPLICE_FROM: read unparsed
+
+
+async def _raw_answers(client: TestClient, body: dict[str, Any]) -> tuple[bytes, bytes]:  # type: ignore[type-arg]
+    """The answer with the large base64 read unparsed, and the same answer from the plain parser."""
+    unparsed: list[Any] = []
+
+    def fast(raw: bytes) -> Any:
+        unparsed.append(data := loads_images(raw))
+        return data
+
+    answers = []
+    for parse in (fast, json.loads):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(openai, "loads_images", parse)
+            response = await client.post("/v1/images/generations", json=body, headers=auth())
+            assert response.status == 200
+            raw = await response.read()
+            assert response.headers["Content-Length"] == str(len(raw))
+            assert response.headers["Content-Type"].startswith("application/json")
+            answers.append(raw)
+    assert all(isinstance(item["b64_json"], bytes) for item in unparsed[0]["data"])  # the fast path was taken
+    return answers[0], answers[1]
+
+
+async def test_a_large_image_passes_through_byte_for_byte_as_the_plain_parser_would(make_proxy: Any, fake_openai: Any) -> None:
+    fake, upstream = fake_openai
+    fake.image = LARGE_PNG
+    fake.revised_prompt = 'a "quoted" cat'
+    client = await proxy_for(make_proxy, upstream)
+    fast, plain = await _raw_answers(client, {"model": "gpt-image-1.5", "prompt": "cat", "n": 2})
+    assert fast == plain
+    body = json.loads(fast)
+    assert [base64.b64decode(item["b64_json"]) for item in body["data"]] == [LARGE_PNG, LARGE_PNG]
+    assert body["data"][0]["revised_prompt"] == 'a "quoted" cat'
+    assert body["usage"]["total_tokens"] == 4170 and body["metadata"]["channel"] == "openai"
+
+
+async def test_a_large_image_is_hosted_as_the_plain_parser_would(make_proxy: Any, fake_openai: Any) -> None:
+    fake, upstream = fake_openai
+    fake.image = LARGE_PNG
+    client = await proxy_for(make_proxy, upstream)
+    fast, plain = await _raw_answers(client, {"model": "gpt-image-1.5", "prompt": "cat", "response_format": "url"})
+    answers = [json.loads(raw) for raw in (fast, plain)]
+    urls = [answer["data"][0].pop("url") for answer in answers]
+    assert answers[0] == answers[1]  # the same answer but for the image's name
+    for url in urls:
+        image = await client.get(url.split(url_of(client))[1])
+        assert image.headers["Content-Type"] == "image/png" and await image.read() == LARGE_PNG
+
+
+@pytest.mark.parametrize(
+    "b64",
+    [
+        base64.b64encode(LARGE_PNG).decode()[:-1],  # base64 characters only, cut short: padding is wrong
+        base64.b64encode(LARGE_PNG).decode() + "!",  # a character that is not base64
+        base64.b64encode(LARGE_PNG).decode() + "=QUJD",  # data after the padding
+    ],
+    ids=["short", "not-base64", "after-padding"],
+)
+async def test_a_large_image_that_is_not_base64_is_a_502_not_a_url(make_proxy: Any, fake_openai: Any, b64: str) -> None:
+    fake, upstream = fake_openai
+    client = await proxy_for(make_proxy, upstream)
+    for parse in (loads_images, json.loads):
+        fake.failures.append((200, {"created": 1, "data": [{"b64_json": b64}]}, {}))
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(openai, "loads_images", parse)
+            status, body, _ = await generate(client, {"model": "gpt-image-1.5", "prompt": "cat", "response_format": "url"})
+        assert status == 502
+        assert body["error"]["code"] == "bad_upstream_response"
+        assert body["error"]["message"] == "the upstream returned an image that is not valid base64"
+
+
+async def test_a_large_answer_is_replayed_for_its_idempotency_key(make_proxy: Any, fake_openai: Any) -> None:
+    fake, upstream = fake_openai
+    fake.image = LARGE_PNG
+    client = await proxy_for(make_proxy, upstream)
+    answers = []
+    for _ in range(2):
+        response = await client.post("/v1/images/generations", json={"model": "gpt-image-1.5", "prompt": "cat"},
+                                     headers={**auth(), "Idempotency-Key": "large-1"})
+        answers.append((response.status, response.headers.get("Idempotent-Replayed"), await response.read()))
+    assert len(fake.recorder.received) == 1
+    assert [(status, replayed) for status, replayed, _ in answers] == [(200, None), (200, "true")]
+    assert answers[0][2] == answers[1][2]
+    assert base64.b64decode(json.loads(answers[1][2])["data"][0]["b64_json"]) == LARGE_PNG
