@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from proxy.core import base64_codec
 from proxy.core.errors import BadGateway, ProxyError, ServiceUnavailable
 from proxy.core.formats import FORMAT_OF_MIME, MIME_TYPES, Conversion
 from proxy.core.mime import image_dimensions, sniff_image_type
@@ -78,7 +79,7 @@ class Delivery:
 
 def _decode(b64: str | bytes) -> bytes:
     try:
-        return base64.b64decode(b64, validate=True)
+        return base64_codec.decode(b64)
     except (binascii.Error, ValueError):
         raise _not_base64() from None
 
@@ -139,7 +140,7 @@ async def host(finisher: Finisher, image: GeneratedImage, delivery: Delivery) ->
 def _encode(data: bytes) -> bytes:
     # Kept as bytes: base64 the proxy made is base64 by construction, so the answer splices it as it is
     # (proxy.core.response) instead of copying it into a str and checking it again.
-    return base64.b64encode(data)
+    return base64_codec.encode(data)
 
 
 async def fetch(finisher: Finisher, image: GeneratedImage, delivery: Delivery) -> GeneratedImage:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from proxy.core import base64_codec
 from proxy.core.mime import EXTENSIONS
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{32}\.(png|jpg|webp|gif|svg)$")
@@ -104,7 +105,7 @@ def decode_slices(b64: bytes) -> Iterator[bytes]:
         if end < len(view) and piece[-1] == _PAD:
             # Padding that ends a slice is only valid at the very end: more follows here.
             raise binascii.Error("Excess data after padding")
-        yield binascii.a2b_base64(piece, strict_mode=True)
+        yield base64_codec.decode_slice(piece)
         start = end
 
 
