@@ -21,6 +21,8 @@ import json
 import secrets
 from typing import Any
 
+import pybase64
+
 _ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 # Below this size json.loads is as fast as locating the string (and most answers are small).
 SPLICE_FROM = 64 * 1024
@@ -30,8 +32,14 @@ _LOOKAHEAD = 64  # bytes after the key where its value's opening quote must be (
 
 
 def only_base64(raw: bytes) -> bool:
-    """Whether the bytes hold only base64 characters (one C pass: deleting them leaves nothing)."""
-    return not raw.translate(None, _ALPHABET)
+    """Whether the bytes hold only base64 characters. Valid base64 (an upstream's image) is recognised by
+    pybase64's SIMD decoder (3 MB: 0.25 ms); anything it refuses by deleting the alphabet (1 ms) and
+    seeing whether anything is left."""
+    try:
+        pybase64.b64decode(raw, validate=True)
+        return True
+    except ValueError:  # binascii.Error included
+        return not raw.translate(None, _ALPHABET)
 
 
 def as_plain_base64(text: str) -> bytes | None:
