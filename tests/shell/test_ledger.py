@@ -3,6 +3,7 @@ embedded SQLite file and in a real PostgreSQL; a database that fails never chang
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from datetime import UTC, datetime
@@ -317,3 +318,40 @@ async def test_ten_thousand_records_are_written_in_batches(request: pytest.Fixtu
     await engine.dispose()
     print(f"ledger: 10,000 records written to {dialect} in {took:.2f}s")
     assert took < 30
+
+
+async def test_records_queued_during_a_write_wait_for_the_next_round(tmp_path: Path) -> None:
+    """Under a steady stream the writer writes what has waited `every` seconds, not a few records per
+    transaction chasing the stream (each transaction costs about a millisecond of CPU)."""
+    ledger = Ledger(create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'l.db'}"), None, every=0.25)
+    await migrate(ledger.engine)
+    await ledger.start()
+    counts = []
+    began = time.monotonic()
+    while time.monotonic() - began < 1.0:  # a record every 2 ms for a second
+        ledger.add(record())
+        counts.append(ledger.written)
+        await asyncio.sleep(0.002)
+    await ledger.close(5.0)
+    rounds = len(set(counts))  # each distinct count seen: one more batch was written
+    assert ledger.written == len(counts) and ledger.failed == 0
+    assert rounds <= 6, rounds  # about one a quarter of a second (and one at close)
+
+
+async def test_an_idle_writer_stays_asleep_until_a_record_comes(tmp_path: Path) -> None:
+    ledger = Ledger(create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'l.db'}"), None, every=0.05)
+    writes = []
+    write_queued = ledger.write_queued
+
+    async def counted() -> None:
+        writes.append(len(ledger._queue))
+        await write_queued()
+
+    ledger.write_queued = counted  # type: ignore[method-assign]
+    await ledger.start()
+    await asyncio.sleep(0.3)
+    assert writes == []  # no record, no round (an idle proxy's writer wakes for nothing)
+    ledger.add(record())
+    await asyncio.sleep(0.3)
+    assert writes == [1] and ledger.written == 1
+    await ledger.close(5.0)
