@@ -4,7 +4,7 @@
         -> entry(): the request's notes + facts -> core.ledger_record.build_record -> LedgerRecord
         -> Ledger.add(): a bounded in-memory queue (never waits, never raises)
         -> the writer: `every` seconds after a record arrives, or at once when `batch` records wait, what is
-           queued then, one INSERT per batch (an idle proxy's writer sleeps without a timer)
+           queued then, one `executemany` per batch (an idle proxy's writer sleeps without a timer)
 
 A full queue drops the record (`imagegate_ledger_dropped_total`); a database that fails a write loses
 that batch (`imagegate_ledger_write_failures_total`); both are logged, neither reaches the client. A
@@ -26,9 +26,9 @@ from aiohttp import web
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from proxy.core.ledger_record import IMAGE_ROUTES, LedgerRecord, Outcome, build_record
+from proxy.core.ledger_record import COLUMNS, IMAGE_ROUTES, LedgerRecord, Outcome, build_record
 from proxy.core.plan import Plan
-from proxy.database import GENERATIONS, migrate
+from proxy.database import GENERATIONS, RowInsert, migrate
 from proxy.idempotent import HEADER as IDEMPOTENCY_HEADER
 from proxy.metrics import Metrics
 from proxy.observe import CURRENT, RequestRecord, note, note_unlogged
@@ -67,6 +67,7 @@ class Ledger:
         self._arrived = asyncio.Event()  # a record came into an empty queue (or the ledger is closing)
         self._wake = asyncio.Event()  # write now: a full batch waits (or the ledger is closing)
         self._closing = False
+        self._insert: RowInsert | None = None  # compiled for the engine's dialect at the first write
         self._migrated = False
         self._migrating = asyncio.Lock()  # the writer and the task store may both find the schema missing
         self._writer: asyncio.Task[None] | None = None
@@ -134,7 +135,9 @@ class Ledger:
         try:
             await self.ensure_schema()
             async with self.engine.begin() as connection:
-                await connection.execute(GENERATIONS.insert(), [record.row() for _, record in batch])
+                if self._insert is None:
+                    self._insert = RowInsert(GENERATIONS, COLUMNS, connection.dialect)
+                await self._insert.execute(connection, [record.row() for _, record in batch])
         except Exception as exc:  # whatever the driver raises: the ledger must never take the proxy down
             self.failed += len(batch)
             if self.metrics is not None:
