@@ -7,6 +7,9 @@ tasks live in Redis), the create-time checks of a callback URL, and the worker t
              the signed body through a guarded session (checked again: DNS may have changed), no redirects;
              2xx delivered, 429/5xx/no answer retried with jittered exponential backoff until `retry_for`
              after the end, any other answer failed at once. At least once: a crash mid-send sends again.
+    wake     when this process queues a delivery, when the earliest pending one is due, and every `POLL_EVERY`
+             seconds (deliveries queued by a process that stopped before sending them): an idle proxy does
+             not poll the database every second
 
 Secrets are never stored: a row names its set (`key:<the key's id>` or `server`), resolved from the rules in force.
 """
@@ -42,6 +45,7 @@ log = logging.getLogger("imagegate.webhooks")
 PENDING = "pending"
 BATCH = 50  # rows claimed per pass
 CLAIM_MARGIN = 30.0  # seconds past an attempt's timeout before another process may try the row again
+POLL_EVERY = 5.0  # seconds between looks for deliveries no one woke this process for
 ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
 
 
@@ -84,6 +88,12 @@ class DeliveryStore:
                 if taken.rowcount == 1:
                     claimed.append((await connection.execute(sa.select(ROWS).where(ROWS.c.id == delivery_id))).one())
         return claimed
+
+    async def next_due(self) -> float | None:
+        """When the earliest pending delivery is due (None without any): its retry time, or its claim's end."""
+        async with self._connection() as connection:
+            due = (await connection.execute(sa.select(sa.func.min(ROWS.c.next_at)).where(ROWS.c.status == PENDING))).scalar()
+        return None if due is None else float(due)
 
     async def settle(self, row: Any, status: str, last_status: int | None, next_at: float) -> bool:
         """The outcome of the attempt `row` was claimed for; False (nothing written) when the row was claimed
@@ -184,16 +194,20 @@ async def with_webhook(services: Services, record: TaskRecord, body: dict[str, A
 
 
 async def deliver_forever(services: Services, hooks: Webhooks) -> None:
-    """The worker: send what is due, then sleep until woken or the next poll (runs until cancelled)."""
+    """The worker: send what is due, then sleep until woken, until the next delivery is due, or until the next
+    poll (runs until cancelled)."""
     while True:
         hooks.wake.clear()
         try:
             await deliver_due(services, hooks)
-        except Exception as exc:  # the database is down: the next pass tries again
+            due = await hooks.store.next_due()
+        except Exception as exc:  # the database is down: the next poll tries again
             log.warning("could not look for due webhooks: %s", type(exc).__name__)
-        poll = max(0.05, min(1.0, services.rules.server.webhooks.min_backoff))
-        with suppress(TimeoutError):
-            await asyncio.wait_for(hooks.wake.wait(), poll)
+            due = None
+        pause = POLL_EVERY if due is None else min(POLL_EVERY, due - time.time())
+        if pause > 0:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(hooks.wake.wait(), pause)
 
 
 async def deliver_due(services: Services, hooks: Webhooks) -> int:

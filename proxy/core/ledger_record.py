@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from operator import attrgetter
 from typing import Any
 
 MAX_TEXT = 1000  # characters of any short text kept (model names, codes); prompts are kept whole
@@ -60,8 +61,13 @@ class LedgerRecord:
     image_ids: str | None = None  # the images the proxy hosts for it (`/images/<name>`), space-separated
     images_expire_at: datetime | None = None  # when the last of them stops being served
 
-    def row(self) -> dict[str, Any]:
-        return asdict(self)
+    def row(self) -> tuple[Any, ...]:
+        """The values in `COLUMNS` order (one C call: `dataclasses.asdict` deep-copied every value, ~35 us)."""
+        return _VALUES(self)
+
+
+COLUMNS: tuple[str, ...] = tuple(field.name for field in fields(LedgerRecord))  # the table's columns, its id aside
+_VALUES = attrgetter(*COLUMNS)
 
 
 @dataclass(frozen=True)

@@ -3,20 +3,23 @@ embedded SQLite file and in a real PostgreSQL; a database that fails never chang
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
-from datetime import UTC, datetime
+from dataclasses import astuple
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from aiohttp import FormData
+from sqlalchemy.dialects.sqlite import aiosqlite
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import proxy.ledger
-from proxy.core.ledger_record import LedgerRecord
-from proxy.database import GENERATIONS, database_url, migrate, open_engine
+from proxy.core.ledger_record import COLUMNS, LedgerRecord
+from proxy.database import GENERATIONS, RowInsert, database_url, migrate, open_engine
 from proxy.ledger import Ledger
 from proxy.services import SERVICES
 from tests.factories import LOCAL, OPENAI, free_port, poll_task, rules_yaml, url_of
@@ -317,3 +320,76 @@ async def test_ten_thousand_records_are_written_in_batches(request: pytest.Fixtu
     await engine.dispose()
     print(f"ledger: 10,000 records written to {dialect} in {took:.2f}s")
     assert took < 30
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def test_every_column_is_written_as_recorded(request: pytest.FixtureRequest, tmp_path: Path, dialect: str) -> None:
+    url = f"sqlite:///{tmp_path / 'every.db'}" if dialect == "sqlite" else str(request.getfixturevalue("postgres_url"))
+    from tests.factories import make_rules
+
+    engine = open_engine(database_url(make_rules({}, {"local": LOCAL}, server={"database": url}), None))
+    at = datetime(2026, 3, 4, 5, 6, 7, 891_011, tzinfo=UTC)
+    full = LedgerRecord(
+        at=at, request_id="r-full", key_name="team-a", operation="edit", mode="async", status=502, images=3,
+        total_ms=1234.5, upstream_ms=1000.0, model="m", rule="m*", upstream_model="um", channel="c", attempts=2, n=4,
+        size="1024x1024", quality="high", output_format="webp", error_type="server_error", error_code="upstream_error",
+        input_tokens=2**40, output_tokens=0, total_tokens=2**40, cost_micro_usd=9_000_000_000, task_id="t-1",
+        idempotency_key="i-1", prompt="a heron \u00e9\u4e2d", prompt_sha256="ab" * 32, image_ids="a.png b.png",
+        images_expire_at=at + timedelta(days=1),
+    )
+    sparse = record(7)  # every optional column empty
+    ledger = Ledger(engine, None)
+    await migrate(engine)
+    ledger.add(full)
+    ledger.add(sparse)
+    await ledger.write_queued()
+    async with engine.connect() as connection:
+        found = (await connection.execute(sa.select(GENERATIONS).order_by(GENERATIONS.c.id))).mappings().all()
+    await engine.dispose()
+    as_utc = {"at", "images_expire_at"}  # SQLite gives times back without their zone
+    for written, row in zip((full, sparse), found, strict=True):
+        assert [(row[name].replace(tzinfo=UTC) if name in as_utc and row[name] is not None else row[name])
+                for name in COLUMNS] == list(astuple(written))
+
+
+async def test_records_queued_during_a_write_wait_for_the_next_round(tmp_path: Path) -> None:
+    """Under a steady stream the writer writes what has waited `every` seconds, not a few records per
+    transaction chasing the stream (each transaction costs about a millisecond of CPU)."""
+    ledger = Ledger(create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'l.db'}"), None, every=0.25)
+    await migrate(ledger.engine)
+    await ledger.start()
+    counts = []
+    began = time.monotonic()
+    while time.monotonic() - began < 1.0:  # a record every 2 ms for a second
+        ledger.add(record())
+        counts.append(ledger.written)
+        await asyncio.sleep(0.002)
+    await ledger.close(5.0)
+    rounds = len(set(counts))  # each distinct count seen: one more batch was written
+    assert ledger.written == len(counts) and ledger.failed == 0
+    assert rounds <= 6, rounds  # about one a quarter of a second (and one at close)
+
+
+async def test_an_idle_writer_stays_asleep_until_a_record_comes(tmp_path: Path) -> None:
+    ledger = Ledger(create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'l.db'}"), None, every=0.05)
+    writes = []
+    write_queued = ledger.write_queued
+
+    async def counted() -> None:
+        writes.append(len(ledger._queue))
+        await write_queued()
+
+    ledger.write_queued = counted  # type: ignore[method-assign]
+    await ledger.start()
+    await asyncio.sleep(0.3)
+    assert writes == []  # no record, no round (an idle proxy's writer wakes for nothing)
+    ledger.add(record())
+    await asyncio.sleep(0.3)
+    assert writes == [1] and ledger.written == 1
+    await ledger.close(5.0)
+
+
+def test_a_row_insert_needs_a_driver_that_binds_by_position() -> None:
+    assert RowInsert(GENERATIONS, COLUMNS, aiosqlite.dialect()).sql.startswith("INSERT INTO generations (at, request_id")
+    with pytest.raises(ValueError, match="by position"):
+        RowInsert(GENERATIONS, COLUMNS, aiosqlite.dialect(paramstyle="named"))

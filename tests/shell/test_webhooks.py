@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from aiohttp import web
 from sqlalchemy.engine import URL
 
+import proxy.webhooks
 from proxy.database import WEBHOOK_DELIVERIES, open_engine
 from proxy.finish import Delivery
 from proxy.ledger import Ledger
@@ -346,3 +347,54 @@ async def test_an_attempt_that_outlived_its_claim_does_not_overwrite_the_later_o
         assert await store.state_of("t") == {"status": "delivered", "attempts": 2, "last_status": 204}
     finally:
         await ledger.engine.dispose()
+
+
+async def test_a_retry_is_sent_when_it_is_due_not_at_the_next_poll(
+    make_proxy: Any, aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(proxy.webhooks, "POLL_EVERY", 3600.0)  # only the retry's own time can wake the sender
+    monkeypatch.setattr(proxy.webhooks.random, "uniform", lambda low, high: high)  # no jitter: 0.3 s exactly
+    receiver = Receiver(script=[503])
+    client = await make_proxy(rules(min_backoff=0.3))
+    task_id = await create(client, {**FOX, "callback_url": await receiver_url(aiohttp_server, receiver)})
+    body = await webhook_state(client, task_id, limit=5.0)
+    assert body["metadata"]["webhook"] == {"status": "delivered", "attempts": 2, "last_status": 200}
+    first, second = receiver.received
+    assert 0.3 <= second.at - first.at < 2.0  # when the backoff ends, not at the hour-long poll
+
+
+async def test_a_delivery_no_one_woke_this_process_for_is_found_by_the_poll(
+    make_proxy: Any, aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delivery queued by another process (which stopped before sending it) is sent at the next poll."""
+    monkeypatch.setattr(proxy.webhooks, "POLL_EVERY", 0.3)
+    receiver = Receiver()
+    client = await make_proxy(rules())
+    services = client.server.app[SERVICES]
+    await asyncio.sleep(0.1)  # the sender's first pass is done: it sleeps until the poll
+    other = DeliveryStore(services.ledger.engine, services.ledger.ensure_schema)  # another process's, not woken
+    now = time.time()
+    await other.add({"id": "msg_other", "task_id": "t-other", "url": await receiver_url(aiohttp_server, receiver),
+                     "body": "{}", "attempts": 0, "secret_set": "server", "status": "pending", "next_at": now,
+                     "created": now, "deadline": now + 60})
+    for _ in range(100):
+        if receiver.received:
+            break
+        await asyncio.sleep(0.05)
+    (item,) = receiver.received
+    assert item.headers["webhook-id"] == "msg_other" and verified(item, SECRET_1, SECRET_2)
+
+
+async def test_an_idle_sender_does_not_poll_the_database_every_second(make_proxy: Any) -> None:
+    client = await make_proxy(rules())  # min_backoff 0.05: the sender used to poll every 50 ms
+    store = client.server.app[SERVICES].webhooks.store
+    passes = []
+    claim_due = store.claim_due
+
+    async def counted(now: float, until: float) -> list[Any]:
+        passes.append(now)
+        return await claim_due(now, until)
+
+    store.claim_due = counted  # type: ignore[method-assign]
+    await asyncio.sleep(1.5)
+    assert len(passes) <= 1, passes
