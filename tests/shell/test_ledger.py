@@ -393,3 +393,18 @@ def test_a_row_insert_needs_a_driver_that_binds_by_position() -> None:
     assert RowInsert(GENERATIONS, COLUMNS, aiosqlite.dialect()).sql.startswith("INSERT INTO generations (at, request_id")
     with pytest.raises(ValueError, match="by position"):
         RowInsert(GENERATIONS, COLUMNS, aiosqlite.dialect(paramstyle="named"))
+
+
+async def test_an_sqlite_ledger_is_in_write_ahead_log_mode(make_proxy: Any, aiohttp_server: Any, tmp_path: Any) -> None:
+    import sqlite3
+
+    path = tmp_path / "ledger.db"
+    client = await start(make_proxy, aiohttp_server, FakeOpenAI(), f"sqlite:///{path}")
+    response = await client.post("/v1/images/generations", json={"model": "gpt-image-1", "prompt": "p"}, headers=bearer())
+    assert response.status == 200
+    connection = sqlite3.connect(path)
+    try:
+        # Workers' readers do not wait for a writer, and the mode is the file's: any connection sees it.
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        connection.close()
