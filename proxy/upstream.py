@@ -8,6 +8,7 @@ failure is a 502 that another attempt may fix.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -50,7 +51,8 @@ def make_session(settings: SessionSettings = SessionSettings()) -> aiohttp.Clien
         # A proxy serves many clients: cookies an upstream sets must never be replayed for another.
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=True,
-        skip_auto_headers=("User-Agent",),
+        # A User-Agent among the default headers keeps aiohttp's own out; `skip_auto_headers` would do the
+        # same at the cost of a header copy per call.
         headers={"User-Agent": "imagegate"},
     )
 
@@ -123,14 +125,21 @@ def _content_type(call: Call) -> str | None:
     return next((value for name, value in call.headers.items() if name.lower() == "content-type"), None)
 
 
+def body_payload(body: bytes, content_type: str) -> payload.Payload:
+    """A body under one slice goes out in one write as it is; a larger one in slices (UploadPayload)."""
+    if len(body) <= _SLICE:
+        return payload.BytesPayload(body, content_type=content_type)
+    return UploadPayload(body, content_type=content_type)
+
+
 def _request_kwargs(call: Call) -> dict[str, object]:
     kwargs: dict[str, object] = {"headers": with_request_id(call.headers), "allow_redirects": False}
     if call.json is not None:
-        # Encoded here and sent in slices: a prompt or base64 image can make a body of megabytes.
+        # Encoded here, and sent in slices when large: a prompt or base64 image can make a body of megabytes.
         body = json.dumps(call.json, ensure_ascii=False).encode()
-        kwargs["data"] = UploadPayload(body, content_type="application/json")
+        kwargs["data"] = body_payload(body, "application/json")
     elif call.data is not None:
-        kwargs["data"] = UploadPayload(call.data, content_type=_content_type(call) or "application/octet-stream")
+        kwargs["data"] = body_payload(call.data, _content_type(call) or "application/octet-stream")
     elif call.form is not None:
         kwargs["data"] = form_data(call.form)
     return kwargs
@@ -152,11 +161,16 @@ async def transport_errors(channel: str, timeout: float) -> AsyncIterator[None]:
         ) from None
 
 
+@functools.lru_cache(maxsize=64)
+def client_timeout(seconds: float) -> aiohttp.ClientTimeout:
+    # A frozen value: one per distinct channel timeout rather than one per call.
+    return aiohttp.ClientTimeout(total=seconds)
+
+
 async def send(session: aiohttp.ClientSession, call: Call, *, channel: str, timeout: float) -> UpstreamResponse:
     """Perform one adapter call; the answer is read whole (capped) so the adapter can parse it."""
     seconds = call.timeout if call.timeout is not None else timeout
-    client_timeout = aiohttp.ClientTimeout(total=seconds)
-    request = session.request(call.method, call.url, timeout=client_timeout, **_request_kwargs(call))  # type: ignore[arg-type]
+    request = session.request(call.method, call.url, timeout=client_timeout(seconds), **_request_kwargs(call))  # type: ignore[arg-type]
     async with transport_errors(channel, seconds), request as resp:
         body = await read_capped(resp.content, MAX_ANSWER_BYTES, f"the answer of channel '{channel}'")
         headers = {name.lower(): value for name, value in resp.headers.items()}
