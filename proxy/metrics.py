@@ -19,6 +19,21 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.005, 0.025, 0.1, 0.5, 1, 2.5, 5, 10, 20, 40, 60, 120, 300, 600)
 
 
+class Labelled:
+    """A labelled metric whose child per label tuple is looked up once: prometheus' own `labels()` converts,
+    validates and takes a lock on every call, several times per request."""
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def labels(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self.metric.labels(*values)
+        return child
+
+
 @dataclass
 class Metrics:
     registry: Any
@@ -66,50 +81,66 @@ def make_metrics() -> Metrics | None:
     """The app's metrics, or None when `prometheus-client` is not installed."""
     if not AVAILABLE:
         return None
-    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+    from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry()
-    return Metrics(
-        registry=registry,
-        requests=Counter(
+    # Arguments are evaluated in order: /metrics lists the families in this order.
+    return Metrics(registry=registry, **_request_metrics(registry), **_key_metrics(registry), **_ledger_metrics(registry))
+
+
+def _request_metrics(registry: Any) -> dict[str, Any]:
+    """Requests, upstream calls, attempts, errors, and what is in flight now."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    return {
+        "requests": Labelled(Counter(
             "imagegate_requests", "Client requests by route, model, channel and status.",
             ["route", "model", "channel", "status"], registry=registry,
-        ),
-        upstream_seconds=Histogram(
+        )),
+        "upstream_seconds": Labelled(Histogram(
             "imagegate_upstream_seconds", "Time of one upstream call, by channel.", ["channel"],
             buckets=LATENCY_BUCKETS, registry=registry,
-        ),
-        attempts=Counter("imagegate_attempts", "Channel attempts made for requests, by model.", ["model"], registry=registry),
-        failovers=Counter(
+        )),
+        "attempts": Labelled(Counter(
+            "imagegate_attempts", "Channel attempts made for requests, by model.", ["model"], registry=registry
+        )),
+        "failovers": Labelled(Counter(
             "imagegate_failovers", "Attempts that moved on to another channel or round, by model.", ["model"],
             registry=registry,
-        ),
-        in_flight=Gauge(
+        )),
+        "in_flight": Gauge(
             "imagegate_in_flight_requests", "Client requests being served now.", registry=registry,
             multiprocess_mode="livesum",
         ),
-        async_tasks=Gauge(
+        "async_tasks": Gauge(
             "imagegate_async_tasks_running", "Async tasks still generating.", registry=registry, multiprocess_mode="livesum"
         ),
-        image_bytes=Counter("imagegate_image_bytes_served", "Bytes of hosted images served.", registry=registry),
-        errors=Counter("imagegate_errors", "Error answers by error type and status.", ["type", "status"], registry=registry),
-        # Per client key, by the key's name in the rules (never the key itself).
-        key_requests=Counter("imagegate_key_requests", "Image requests by client key name.", ["key"], registry=registry),
-        key_images=Counter("imagegate_key_images", "Images delivered by client key name.", ["key"], registry=registry),
-        key_tokens=Counter(
-            "imagegate_key_tokens", "Upstream tokens reported, by client key name and kind.", ["key", "kind"],
-            registry=registry,
+        "image_bytes": Counter("imagegate_image_bytes_served", "Bytes of hosted images served.", registry=registry),
+        "errors": Labelled(Counter(
+            "imagegate_errors", "Error answers by error type and status.", ["type", "status"], registry=registry
+        )),
+    }
+
+
+def _key_metrics(registry: Any) -> dict[str, Labelled]:
+    """Per client key, by the key's name in the rules (never the key itself)."""
+    from prometheus_client import Counter
+
+    def counter(name: str, documentation: str, labels: list[str]) -> Labelled:
+        return Labelled(Counter(name, documentation, labels, registry=registry))
+
+    return {
+        "key_requests": counter("imagegate_key_requests", "Image requests by client key name.", ["key"]),
+        "key_images": counter("imagegate_key_images", "Images delivered by client key name.", ["key"]),
+        "key_tokens": counter("imagegate_key_tokens", "Upstream tokens reported, by client key name and kind.", ["key", "kind"]),
+        "images": counter(
+            "imagegate_images", "Images delivered, by client key name, model and channel.", ["key", "model", "channel"]
         ),
-        images=Counter(
-            "imagegate_images", "Images delivered, by client key name, model and channel.", ["key", "model", "channel"],
-            registry=registry,
-        ),
-        cost=Counter(
+        "cost": counter(
             "imagegate_cost_usd", "What delivered images cost at the models' prices (USD), by client key name, model "
-            "and channel.", ["key", "model", "channel"], registry=registry,
+            "and channel.", ["key", "model", "channel"],
         ),
-        **_ledger_metrics(registry),
-    )
+    }
 
 
 def _ledger_metrics(registry: Any) -> dict[str, Any]:
