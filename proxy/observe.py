@@ -22,6 +22,11 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _SANE_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
 
 access_log = logging.getLogger("imagegate.access")
+# Attributes of an access line's log record: its fields, and those fields already encoded as JSON.
+ACCESS = "access"
+ACCESS_JSON = "access_json"
+# Entry keys the JSON formatter writes before an access line's own fields.
+_ENTRY_HEAD = ("time", "level", "logger", "worker")
 
 
 @dataclass
@@ -101,9 +106,22 @@ def access_fields(record: RequestRecord, method: str, path: str, status: int) ->
     }
 
 
+# One encoder for every line: json.dumps with options builds a new encoder on each call.
+_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def log_access(fields: dict[str, Any]) -> None:
-    """One access line: its message is the JSON object, and the fields ride along for the formatters."""
-    access_log.info("%s", json.dumps(fields, ensure_ascii=False, separators=(",", ":")), extra={"access": fields})
+    """One access line: its message is the JSON object, and the fields ride along for the formatters.
+
+    The record is made directly rather than through `Logger.info`, which would walk the stack for the
+    caller's file and line: an access line names its request, not a line of code."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    line = _compact(fields)
+    record = access_log.makeRecord(
+        access_log.name, logging.INFO, __file__, 0, "%s", (line,), None, extra={ACCESS: fields, ACCESS_JSON: line}
+    )
+    access_log.handle(record)
 
 
 def _text_value(value: Any) -> str:
@@ -126,7 +144,7 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        access = getattr(record, "access", None)
+        access = getattr(record, ACCESS, None)
         if isinstance(access, dict):
             record = logging.makeLogRecord({**record.__dict__, "msg": text_line(access), "args": ()})
         line = super().format(record)
@@ -137,17 +155,47 @@ class TextFormatter(logging.Formatter):
 class JsonFormatter(logging.Formatter):
     """Every log line as one JSON object (access lines are JSON already and pass through as objects)."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        entry: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-        }
-        worker = getattr(record, "worker", None)  # set by proxy.workers in each worker process
-        if worker is not None:
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._stamp = ""
+        self._heads: dict[tuple[str, str, Any], str] = {}
+
+    def stamp(self, record: logging.LogRecord) -> str:
+        # Lines arrive by the thousand per second: the time text changes once a second.
+        second = int(record.created)
+        if second != self._second:
+            self._second, self._stamp, self._heads = second, self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), {}
+        return self._stamp
+
+    def head(self, record: logging.LogRecord) -> str:
+        """`{"time":...,"level":...,"logger":...,("worker":...,)` as `entry` would encode them, made once a second
+        per logger."""
+        stamp = self.stamp(record)
+        worker = getattr(record, "worker", None)
+        key = (record.levelname, record.name, worker)
+        if key not in self._heads:
+            self._heads[key] = _compact(self.head_fields(record, stamp, worker))[:-1] + ","
+        return self._heads[key]
+
+    @staticmethod
+    def head_fields(record: logging.LogRecord, stamp: str, worker: Any) -> dict[str, Any]:
+        entry: dict[str, Any] = {"time": stamp, "level": record.levelname.lower(), "logger": record.name}
+        if worker is not None:  # set by proxy.workers in each worker process
             entry["worker"] = worker
-        access = getattr(record, "access", None)
+        return entry
+
+    def format(self, record: logging.LogRecord) -> str:
+        access = getattr(record, ACCESS, None)
+        line = getattr(record, ACCESS_JSON, None)
+        if isinstance(access, dict) and isinstance(line, str) and _splices(access):
+            # The fields are encoded once: the entry's head goes before the encoded object's own fields.
+            return self.head(record) + line[1:]
+        return _compact(self.entry(record, access))
+
+    def entry(self, record: logging.LogRecord, access: Any) -> dict[str, Any]:
+        message = record.getMessage()
+        entry = self.head_fields(record, self.stamp(record), getattr(record, "worker", None))
         if isinstance(access, dict):
             entry.update(access)
         else:
@@ -157,4 +205,10 @@ class JsonFormatter(logging.Formatter):
         request_id = current_request_id()
         if request_id is not None:
             entry.setdefault("request_id", request_id)
-        return json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
+        return entry
+
+
+def _splices(access: dict[str, Any]) -> bool:
+    """Whether an access line's encoded fields can follow the entry's head as they are: they hold the request
+    id (so none is added) and none of the head's keys (which `entry` would overwrite in place)."""
+    return "request_id" in access and not any(key in access for key in _ENTRY_HEAD)
