@@ -74,7 +74,8 @@ class Delivery:
     conversion: Conversion | None = None  # the output format the proxy makes of this channel's images
 
     def from_channel(self, channel: Channel, download: DownloadRules) -> Delivery:
-        return replace(self, trusted=trusted_for(channel, download))
+        trusted = trusted_for(channel, download)
+        return self if trusted == self.trusted else replace(self, trusted=trusted)
 
 
 def _decode(b64: str | bytes) -> bytes:
@@ -249,10 +250,23 @@ def measured_size(images: tuple[GeneratedImage, ...]) -> str | None:
     return None
 
 
+async def _converted(
+    finisher: Finisher, images: tuple[GeneratedImage, ...], delivery: Delivery
+) -> list[GeneratedImage | BaseException]:
+    """Each image converted, or the error it failed with. One image is awaited as it is: a gather would cost
+    a task and a turn of the event loop for the most common answer of all."""
+    if len(images) != 1:
+        return await asyncio.gather(*(convert(finisher, image, delivery) for image in images), return_exceptions=True)
+    try:
+        return [await convert(finisher, images[0], delivery)]
+    except Exception as error:  # as gather's return_exceptions: the caller sorts expected from unexpected
+        return [error]
+
+
 async def deliver(finisher: Finisher, result: ImagesResult, delivery: Delivery) -> tuple[ImagesResult, tuple[ProxyError, ...]]:
     """The result with every image in the client's format (conversions run concurrently), and the
     conversions that failed: the images that did convert are delivered (they were paid for)."""
-    answers = await asyncio.gather(*(convert(finisher, image, delivery) for image in result.images), return_exceptions=True)
+    answers = await _converted(finisher, result.images, delivery)
     unexpected = [answer for answer in answers if isinstance(answer, BaseException) and not isinstance(answer, ProxyError)]
     if unexpected:
         raise unexpected[0]

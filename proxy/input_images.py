@@ -113,7 +113,9 @@ async def plan_for(
     plan: Plan, channel: Channel, spec: AdapterSpec, session: aiohttp.ClientSession, download: DownloadRules
 ) -> Plan:
     """The plan as this channel's adapter can take it, or InvalidRequest when it cannot."""
-    plan = replace(plan, upstream_model=plan.rule.upstream_for(channel.name, plan.model))
+    upstream_model = plan.rule.upstream_for(channel.name, plan.model)
+    if upstream_model != plan.upstream_model:
+        plan = replace(plan, upstream_model=upstream_model)
     plan = with_output_format(plan, spec.native_formats(Job(plan, channel, None)))
     if plan.operation not in spec.operations:
         if plan.operation == VARIATION:

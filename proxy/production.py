@@ -23,7 +23,7 @@ from proxy.core.pricing import Delivered, Price, cost, delivered, render_usd
 from proxy.core.response import ImagesResult, render
 from proxy.core.rules import Channel
 from proxy.core.translate import with_revised_prompt
-from proxy.driver import Attempt, generate
+from proxy.driver import Attempt, Outcome, generate
 from proxy.finish import Delivery, deliver, metadata
 from proxy.observe import note
 from proxy.services import Services
@@ -54,7 +54,7 @@ async def produce(
     outcome = await generate(services.driver, services.rules, plan, caller.key, attempt, serves)
     channel = services.rules.channels.get(outcome.channel)
     result, lost = await finish_result(services, plan, channel, outcome.conversion, outcome.result, delivery)
-    outcome = replace(outcome, result=result, failed=outcome.failed + lost)
+    outcome = Outcome(result, outcome.channel, outcome.attempts, outcome.failed + lost, outcome.conversion)
     served_by = plan.rule.upstream_for(outcome.channel, plan.model)
     images = delivered(result, plan.fields.get("size"), plan.fields.get("quality"), plan.rule.price)
     spent = count_usage(services, caller, Served(plan.model, outcome.channel, images), result.usage, plan.rule.price)
@@ -83,7 +83,9 @@ async def finish_result(
     """A channel's images in the client's formats with revised prompts applied (every answer that is not a
     relayed upstream stream ends here), and the images lost on the way."""
     here = delivery.from_channel(channel, services.rules.server.download) if channel is not None else delivery
-    delivered, lost = await deliver(services.finisher, result, replace(here, conversion=conversion))
+    if here.conversion != conversion:
+        here = replace(here, conversion=conversion)
+    delivered, lost = await deliver(services.finisher, result, here)
     return with_revised_prompt(delivered, plan.client_prompt, plan.rule.translation), lost
 
 
