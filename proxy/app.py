@@ -22,11 +22,12 @@ Routes:
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -81,7 +82,12 @@ MAX_LOGGED_MODEL = 200  # characters of a client's model name an access line kee
 # -- handlers -------------------------------------------------------------------------------------
 
 
-async def respond(request: web.Request, plan: Plan, request_fingerprint: str) -> web.StreamResponse:
+# What identifies a request's content for its Idempotency-Key: computed only for requests that send one
+# (an edit's fingerprint hashes every uploaded byte).
+Fingerprint = Callable[[], str]
+
+
+async def respond(request: web.Request, plan: Plan, request_fingerprint: Fingerprint) -> web.StreamResponse:
     """Run a plan once per Idempotency-Key (when the client sends one), within the key's limits."""
     services = request.app[SERVICES]
     planned(plan)  # also for requests refused below (limits, idempotency): the ledger records what they asked
@@ -106,7 +112,8 @@ async def respond(request: web.Request, plan: Plan, request_fingerprint: str) ->
         return task
 
     wait = max(c.deadline for c in rules.channels.values()) if rules.channels else 600.0
-    return await once(services.idempotency, key, request_fingerprint, rules.server.idempotency_retention, wait, run, spawn)
+    retention = rules.server.idempotency_retention
+    return await once(services.idempotency, key, request_fingerprint(), retention, wait, run, spawn)
 
 
 async def admitted(request: web.Request, plan: Plan) -> web.StreamResponse:
@@ -172,7 +179,7 @@ async def generations(request: web.Request) -> web.StreamResponse:
     image_request = parse_image_request(fields)
     plan = build_plan(image_request, rules.match_model(image_request.model))
     await check_client_images(image_request.options)
-    return await respond(request, plan, fingerprint([request.path.encode(), raw]))
+    return await respond(request, plan, functools.partial(fingerprint, [request.path.encode(), raw]))
 
 
 def note_model(fields: Mapping[str, Any]) -> None:
@@ -189,6 +196,9 @@ def body_limit(request: web.Request) -> int:
 
 async def body_within(request: web.Request, reading: Awaitable[T]) -> T:
     """A request body must arrive within `server.body_timeout`: a stalled upload does not hold a handler forever."""
+    if request.content.is_eof():
+        # The whole body has arrived (a small one comes with the head): there is nothing left to wait for.
+        return await reading
     seconds = request.app[SERVICES].rules.server.body_timeout
     try:
         async with asyncio.timeout(seconds):
@@ -203,7 +213,7 @@ def form_fingerprint(path: str, form: Form) -> str:
     return fingerprint([path.encode(), fields, *files])
 
 
-async def _form_plan(request: web.Request, operation: str) -> tuple[Plan, str]:
+async def _form_plan(request: web.Request, operation: str) -> tuple[Plan, Fingerprint]:
     rules = request.app[SERVICES].rules
     form = await body_within(request, read_form(request, body_limit(request)))
     if not form.images:
@@ -214,7 +224,7 @@ async def _form_plan(request: web.Request, operation: str) -> tuple[Plan, str]:
     plan = build_plan(image_request, rules.match_model(image_request.model), operation)
     await check_client_images(image_request.options, form.images, form.mask)
     plan = replace(plan, uploads=form.images, mask=form.mask)
-    return plan, form_fingerprint(request.path, form)
+    return plan, functools.partial(form_fingerprint, request.path, form)
 
 
 async def edits(request: web.Request) -> web.StreamResponse:
