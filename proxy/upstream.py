@@ -26,6 +26,8 @@ from proxy.observe import REQUEST_ID_HEADER, current_request_id
 
 # An upstream answer that is parsed (JSON with base64 images) may be large, but not unbounded.
 MAX_ANSWER_BYTES = 128 * 1024 * 1024
+# One encoder for every call: json.dumps with options builds a new encoder each time.
+_ENCODE = json.JSONEncoder(ensure_ascii=False).encode
 _SLICE = 256 * 1024
 
 
@@ -136,7 +138,7 @@ def _request_kwargs(call: Call) -> dict[str, object]:
     kwargs: dict[str, object] = {"headers": with_request_id(call.headers), "allow_redirects": False}
     if call.json is not None:
         # Encoded here, and sent in slices when large: a prompt or base64 image can make a body of megabytes.
-        body = json.dumps(call.json, ensure_ascii=False).encode()
+        body = _ENCODE(call.json).encode()
         kwargs["data"] = body_payload(body, "application/json")
     elif call.data is not None:
         kwargs["data"] = body_payload(call.data, _content_type(call) or "application/octet-stream")

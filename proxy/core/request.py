@@ -274,13 +274,20 @@ MAX_FIELDS = 64
 MAX_FIELD_NAME = 100
 
 
+def _plain_name(name: str) -> bool:
+    """No control character (Cc) and no lone surrogate (Cs) in a field name."""
+    if name.isascii() and name.isprintable():
+        return True  # every real field name: printable ASCII holds neither, so no character need be looked up
+    return not any(unicodedata.category(char) in ("Cc", "Cs") for char in name)
+
+
 def _check_field_names(data: Mapping[str, Any]) -> None:
     if len(data) > MAX_FIELDS:
         raise InvalidRequest(
             f"The request has {len(data)} fields; at most {MAX_FIELDS} are accepted.", code="too_many_fields"
         )
     for name in data:
-        if len(name) > MAX_FIELD_NAME or any(unicodedata.category(char) in ("Cc", "Cs") for char in name):
+        if len(name) > MAX_FIELD_NAME or not _plain_name(name):
             raise InvalidRequest(
                 f"Invalid field name {name[:40]!r}: field names are at most {MAX_FIELD_NAME} characters, "
                 "with no control characters.",
