@@ -7,6 +7,7 @@ channel schemas the adapters declare; nothing here reads a file or `os.environ`.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hmac
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -264,13 +265,26 @@ class Rules:
     default_channel: str | None = None
     warnings: tuple[str, ...] = ()
 
+    @functools.cached_property
+    def _exact_models(self) -> Mapping[str, ModelRule]:
+        # Built once per rules (each request looks one up): of two rules with one name the first wins, as in a scan.
+        exact: dict[str, ModelRule] = {}
+        for rule in self.models:
+            if not rule.is_glob:
+                exact.setdefault(rule.pattern, rule)
+        return MappingProxyType(exact)
+
+    @functools.cached_property
+    def _glob_models(self) -> tuple[ModelRule, ...]:
+        return tuple(rule for rule in self.models if rule.is_glob)
+
     def match_model(self, name: str) -> ModelRule:
         """Exact name beats a glob; among globs the first in the file wins (ARCHITECTURE.md §4)."""
-        for rule in self.models:
-            if not rule.is_glob and rule.pattern == name:
-                return rule
-        for rule in self.models:
-            if rule.is_glob and fnmatch.fnmatchcase(name, rule.pattern):
+        exact = self._exact_models.get(name)
+        if exact is not None:
+            return exact
+        for rule in self._glob_models:
+            if fnmatch.fnmatchcase(name, rule.pattern):
                 return rule
         raise NotFound(f"The model '{name}' does not exist.", param="model", code="model_not_found")
 
