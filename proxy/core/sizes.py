@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
@@ -25,8 +26,7 @@ class Size:
         return self.width * self.height
 
 
-def parse_size(text: str) -> Size | None:
-    """`"1024×1024"` -> Size(1024, 1024); None when the text is not WxH with positive sides."""
+def _parse(text: str) -> Size | None:
     match = _SIZE.match(text)
     if match is None:
         return None
@@ -34,6 +34,16 @@ def parse_size(text: str) -> Size | None:
     if width <= 0 or height <= 0:
         return None
     return Size(width, height)
+
+
+# A request parses its size several times (its checks, price and budget), and sizes have few spellings.
+_parse_cached = functools.lru_cache(maxsize=1024)(_parse)
+_CACHED_LENGTH = 32  # a size is a few characters; a client's field may be any length, and is not kept
+
+
+def parse_size(text: str) -> Size | None:
+    """`"1024×1024"` -> Size(1024, 1024); None when the text is not WxH with positive sides."""
+    return _parse_cached(text) if len(text) <= _CACHED_LENGTH else _parse(text)
 
 
 def normalise_size(text: str) -> str | None:
