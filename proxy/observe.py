@@ -62,7 +62,9 @@ def note(**fields: Any) -> None:
     """Add fields (model, channel, attempts...) to the current request's access line."""
     record = CURRENT.get()
     if record is not None:
-        record.fields.update({key: value for key, value in fields.items() if value is not None})
+        for key, value in fields.items():
+            if value is not None:
+                record.fields[key] = value
 
 
 def note_unlogged(**fields: Any) -> None:

@@ -27,6 +27,8 @@ STEP = 64 * 1024  # most bytes one decode step produces
 
 def content_coding(header: str | None, accepted: tuple[str, ...] = DECODED) -> str:
     """The one coding a body is sent in: `identity`, or one of `accepted`; a 415 otherwise."""
+    if not header:
+        return IDENTITY  # almost every request: no Content-Encoding to parse
     codings = [ALIASES.get(token, token) for token in (part.strip().lower() for part in (header or "").split(",")) if token]
     codings = [coding for coding in codings if coding != IDENTITY]
     if not codings:

@@ -25,7 +25,7 @@ class Limits:
 
     @property
     def any(self) -> bool:
-        return any(value is not None for value in (self.requests_per_minute, self.concurrent, self.images_per_day))
+        return self.requests_per_minute is not None or self.concurrent is not None or self.images_per_day is not None
 
 
 @dataclass(frozen=True)

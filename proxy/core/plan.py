@@ -146,12 +146,13 @@ def build_plan(request: ImageRequest, rule: ModelRule, operation: str = GENERATE
     if stream and "partial_images" in options:
         # Part of the streaming contract itself: it reaches channels that stream natively.
         fields["partial_images"] = options["partial_images"]
+    honoured = PROXY_FIELDS | translation.folded  # once, not per field
     ignored = sorted(
         name
         for name in request.options
         if not forwarded(name, rule)
         and not _format_field(name, options)
-        and name not in PROXY_FIELDS | translation.folded
+        and name not in honoured
         and not (stream and name == "partial_images")
     )
     return Plan(
