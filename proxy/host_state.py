@@ -47,15 +47,16 @@ _DECR = "UPDATE counters SET value = max(0, value - :amount) WHERE key = :key AN
 def connect(path: Path) -> sqlite3.Connection:
     """A connection in autocommit mode (each statement its own transaction unless BEGIN says otherwise)."""
     connection = sqlite3.connect(path, timeout=LOCK_WAIT, isolation_level=None, check_same_thread=False)
-    connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=OFF")
     return connection
 
 
 def create(path: Path) -> None:
-    """An empty state file (the supervisor's, before any worker starts)."""
+    """An empty state file (the supervisor's, before any worker starts). WAL is the file's mode from then on:
+    set here once, as changing it takes a lock that a busy worker's connection could be refused."""
     connection = connect(path)
     try:
+        connection.execute("PRAGMA journal_mode=WAL")
         connection.executescript(_SCHEMA)
     finally:
         connection.close()

@@ -136,3 +136,8 @@ def test_with_reuse_port_the_supervisor_holds_the_port_without_listening() -> No
             other.close()
     finally:
         listener.close()
+
+
+def test_the_state_file_is_in_write_ahead_log_mode_for_every_connection(tmp_path: Path) -> None:
+    path = state_file(tmp_path)
+    assert host_state.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -159,7 +159,8 @@ async def test_a_task_a_hosted_image_and_an_idempotent_answer_are_the_same_throu
     # One Idempotency-Key: the first answer, replayed by both workers, and one generation in the ledger's terms.
     replays = await from_both(proxy, lambda: generate(proxy, headers={"Idempotency-Key": "same-one"}, size="256x256"))
     assert all(status == 200 for status, _, _ in replays)
-    assert len({body for _, body, _ in replays}) == 1
+    kept = [line for line in proxy.lines() if "Idempotency-Key" in line.get("message", "")]
+    assert len({body for _, body, _ in replays}) == 1, kept  # a lost record shows as a warning here
     assert base64.b64decode(json.loads(replays[0][1])["data"][0]["b64_json"]).startswith(PNG_SIGNATURE)
 
 
