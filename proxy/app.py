@@ -325,7 +325,7 @@ def make_app(
         app[STORE] = store
     if tasks is not None:
         app[TASK_STORE] = tasks
-    if host_state is not None:  # one of several workers: counters and idempotency in this file (proxy.host_state)
+    if host_state is not None:  # one of several workers: counters and idempotency in this run directory's files
         app[HOST_STATE] = host_state
     app.cleanup_ctx.append(services_context)
     app.cleanup_ctx.append(watch_reload_signal)

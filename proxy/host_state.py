@@ -1,18 +1,13 @@
-"""Shell layer: limit counters and `Idempotency-Key` records shared by the worker processes of one host.
+"""Shell layer: `Idempotency-Key` records shared by the worker processes of one host.
 
-With `--workers N` and `server.state: memory`, the workers must still hold one budget, one request rate and
-one idempotent answer per key: each keeps them in the same SQLite file (proxy.workers makes it, in the run's
-own directory, and starts the counters from the ledger before the first worker). SQLite serialises the
-writers of the host; every change is one statement or one short transaction, so a worker never sees
-another's half-done update.
+With `--workers N` and `server.state: memory`, a retry must get the first answer whichever worker it
+reaches: the records live in one SQLite file of the run's own directory (proxy.workers makes it; the
+limit counters are proxy.host_counters). Each change is one statement or one short transaction, in a
+thread (a kept answer may be megabytes of base64), so a worker never sees another's half-done update.
 
-    HostCounters     proxy.shared_state.Counters: one UPSERT per increment, on the event loop (microseconds,
-                     and a wait for the write lock is a wait for another statement of the same size)
-    HostIdempotency  proxy.shared_state.Idempotency: in a thread (a kept answer may be megabytes of base64)
-
-Nothing here needs to survive the run: the counters are started again from the ledger, and idempotent
-answers of a stopped proxy were in memory before workers existed too. Durability is therefore off
-(`synchronous=OFF`); WAL lets readers go on while a worker writes.
+Nothing here needs to survive the run: idempotent answers of a stopped proxy were in memory before
+workers existed too. Durability is therefore off (`synchronous=OFF`); WAL lets readers go on while a
+worker writes.
 """
 
 from __future__ import annotations
@@ -25,23 +20,12 @@ from pathlib import Path
 
 from proxy.shared_state import IdempotentRecord
 
+FILE = "idempotency.sqlite"
 LOCK_WAIT = 5.0  # seconds a statement waits for another worker's write: far more than any statement here takes
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL, expires REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, record TEXT NOT NULL, expires REAL NOT NULL);
 """
-
-# An expired counter starts again from this increment; `refresh` moves the expiry of a live one.
-# (Every expression in SET sees the row as it was: the two CASEs test the same old expiry.)
-_INCR = """
-INSERT INTO counters (key, value, expires) VALUES (:key, :amount, :expires)
-ON CONFLICT (key) DO UPDATE SET
-    value = CASE WHEN counters.expires <= :now THEN excluded.value ELSE counters.value + excluded.value END,
-    expires = CASE WHEN counters.expires <= :now OR :refresh THEN excluded.expires ELSE counters.expires END
-RETURNING value
-"""
-_DECR = "UPDATE counters SET value = max(0, value - :amount) WHERE key = :key AND expires > :now"
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -60,28 +44,6 @@ def create(path: Path) -> None:
         connection.executescript(_SCHEMA)
     finally:
         connection.close()
-
-
-class HostCounters:
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
-        self._connection = connect(path)
-        self._clock = clock
-
-    async def incr(self, key: str, amount: int, ttl: int, refresh: bool = False) -> int:
-        now = self._clock()
-        row = self._connection.execute(
-            _INCR, {"key": key, "amount": amount, "expires": now + ttl, "now": now, "refresh": refresh}
-        ).fetchone()
-        return int(row[0])
-
-    async def decr(self, key: str, amount: int) -> None:
-        self._connection.execute(_DECR, {"key": key, "amount": amount, "now": self._clock()})
-
-    async def sweep(self) -> int:
-        return self._connection.execute("DELETE FROM counters WHERE expires <= ?", (self._clock(),)).rowcount
-
-    def close(self) -> None:
-        self._connection.close()
 
 
 class HostIdempotency:

@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
+from proxy import host_counters, host_state
 from proxy.adapters import ADAPTERS
 from proxy.core.errors import ProxyError
 from proxy.core.rules import Rules
@@ -23,7 +24,8 @@ from proxy.database import database_url, open_engine, shown
 from proxy.driver import Driver
 from proxy.finish import Finisher
 from proxy.guard import make_guarded_session, trusted_hosts
-from proxy.host_state import HostCounters, HostIdempotency
+from proxy.host_counters import HostCounters
+from proxy.host_state import HostIdempotency
 from proxy.image_store import FileImageStore, ImageStore, default_directory
 from proxy.ledger import MIGRATE_TIMEOUT, Ledger, reason
 from proxy.metrics import Metrics, make_metrics
@@ -185,7 +187,9 @@ async def services_context(app: web.Application) -> AsyncIterator[None]:
     if shared is not None:
         services.counters, services.idempotency = shared.counters, shared.idempotency
     elif HOST_STATE in app:  # one of several workers: the siblings' counters (started from the ledger already)
-        services.counters, services.idempotency = HostCounters(app[HOST_STATE]), HostIdempotency(app[HOST_STATE])
+        run = app[HOST_STATE]
+        services.counters = HostCounters(run / host_counters.FILE)
+        services.idempotency = HostIdempotency(run / host_state.FILE)
     services.ledger = ledger
     services.webhooks = hooks = open_webhooks(ledger.engine, ledger.ensure_schema, rules.server.webhooks.allow_hosts)
     app[SERVICES] = services

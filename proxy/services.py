@@ -59,6 +59,6 @@ RULES_PATH = web.AppKey("rules_path", str)  # set when served from a file: SIGHU
 SERVICES = web.AppKey("services", Services)
 STORE = web.AppKey("store", ImageStore)
 TASK_STORE = web.AppKey("task_store", TaskStore)
-HOST_STATE = web.AppKey("host_state", Path)  # a worker's: the SQLite file its siblings share (proxy.host_state)
+HOST_STATE = web.AppKey("host_state", Path)  # a worker's: the run directory whose state its siblings share
 CLIENT_KEY = web.RequestKey("client_key", str)  # "" when the client sent none
 JSON_FIELDS = web.RequestKey("json_fields", dict[str, Any])  # a JSON request's fields, as the client sent them

@@ -24,7 +24,7 @@ from proxy.core.plan import build_plan
 from proxy.core.request import parse_image_request
 from proxy.core.task_checkpoint import Checkpoint, Trace, decode_state
 from proxy.finish import Delivery
-from proxy.host_state import HostCounters
+from proxy.host_counters import HostCounters
 from proxy.key_limits import Admission
 from proxy.observe import CURRENT, RequestRecord
 from proxy.production import Caller

@@ -13,7 +13,7 @@ socket. Workers are forked after everything is imported, so the code is in memor
 
 What the workers share (README, Workers): async tasks, webhook deliveries and the ledger through the ledger's
 database; hosted images through their store; limit counters, budgets and `Idempotency-Key` records through
-`server.state` (Redis) or else one SQLite file of the run's own directory (proxy.host_state); metrics through
+`server.state` (Redis) or else files of the run's own directory (proxy.host_counters, proxy.host_state); metrics through
 prometheus-client's multiprocess directory in that same run directory, aggregated by whichever worker
 answers `/metrics`.
 """
@@ -39,15 +39,15 @@ from pathlib import Path
 
 from aiohttp import web
 
-from proxy import host_state
+from proxy import host_counters, host_state
 from proxy.core.rules import Rules
 from proxy.counter_seed import seed_counters
+from proxy.host_counters import HostCounters
 from proxy.ledger import MIGRATE_TIMEOUT, reason
 from proxy.metrics import AVAILABLE
 from proxy.serving import LISTEN_BACKLOG
 
 log = logging.getLogger("imagegate.workers")
-STATE_FILE = "state.sqlite"
 METRICS_DIR = "metrics"
 SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
 KILL_AFTER = 15.0  # seconds past the drain grace before a worker that still has not exited is killed
@@ -110,17 +110,18 @@ def run_directory() -> Path:
     return directory
 
 
-async def prepare(rules: Rules, state: Path) -> None:
+async def prepare(rules: Rules, directory: Path) -> None:
     """Before the first worker: the ledger's schema is migrated once (workers starting together must not race
     through Alembic), and with `server.state: memory` the shared counters start from the ledger
     (proxy.counter_seed), once for all workers."""
     from proxy.lifecycle import open_ledger
 
-    host_state.create(state)
+    host_state.create(directory / host_state.FILE)
+    host_counters.create(directory / host_counters.FILE)
     ledger = await open_ledger(rules, None, None)
     try:
         if ledger.migrated and rules.server.state == "memory":
-            counters = host_state.HostCounters(state)
+            counters = HostCounters(directory / host_counters.FILE)
             try:
                 async with asyncio.timeout(MIGRATE_TIMEOUT):
                     await seed_counters(counters, ledger.engine, rules.server, time.time())
@@ -315,7 +316,7 @@ def worker_main(rules: Rules, run: Run, index: int) -> int:
 
     for handler in logging.getLogger().handlers:
         handler.addFilter(WorkerTag(index))
-    app = make_app(rules, rules_path=run.rules_path, host_state=run.directory / STATE_FILE)
+    app = make_app(rules, rules_path=run.rules_path, host_state=run.directory)
     app.cleanup_ctx.append(watch_parent(run.parent))
 
     async def started(_: int) -> None:
@@ -373,7 +374,7 @@ def run_workers(
         importlib.import_module("prometheus_client")
     ready_read, ready_write = os.pipe()
     try:
-        asyncio.run(prepare(rules, directory / STATE_FILE))
+        asyncio.run(prepare(rules, directory))
         # What exists now (the imported code, the rules) is shared with every fork until written to; frozen,
         # the collector never walks (and so copies) those pages in each worker.
         gc.collect()

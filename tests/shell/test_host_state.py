@@ -1,5 +1,5 @@
-"""The workers' shared counters and idempotency records (proxy.host_state): the same answers as the memory
-versions, and one count when several processes change a counter at once."""
+"""The workers' shared counters (proxy.host_counters) and idempotency records (proxy.host_state): the same
+answers as the memory versions, and one count when several processes change a counter at once."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import multiprocessing
 import socket
 from pathlib import Path
 
-from proxy import host_state
-from proxy.host_state import HostCounters, HostIdempotency
+from proxy import host_counters, host_state
+from proxy.host_counters import HostCounters
+from proxy.host_state import HostIdempotency
 from proxy.shared_state import DONE, RUNNING, IdempotentRecord
 from proxy.workers import open_listener, worker_count
 
@@ -23,14 +24,20 @@ class Clock:
 
 
 def state_file(tmp_path: Path) -> Path:
-    path = tmp_path / "state.sqlite"
+    path = tmp_path / host_state.FILE
     host_state.create(path)
+    return path
+
+
+def counters_file(tmp_path: Path) -> Path:
+    path = tmp_path / host_counters.FILE
+    host_counters.create(path)
     return path
 
 
 async def test_counters_expire_refresh_and_never_go_below_zero(tmp_path: Path) -> None:
     clock = Clock()
-    counters = HostCounters(state_file(tmp_path), clock)
+    counters = HostCounters(counters_file(tmp_path), clock)
     assert await counters.incr("a", 2, 60) == 2
     assert await counters.incr("a", 3, 60) == 5
     await counters.decr("a", 9)
@@ -46,6 +53,27 @@ async def test_counters_expire_refresh_and_never_go_below_zero(tmp_path: Path) -
     assert await counters.incr("a", 1, 60) == 1
     clock.now += 1000
     assert await counters.sweep() == 1
+    assert await counters.incr("a", 1, 60) == 1
+    counters.close()
+
+
+async def test_expired_slots_are_reused_and_swept_without_losing_live_counters(tmp_path: Path) -> None:
+    clock = Clock()
+    counters = HostCounters(counters_file(tmp_path), clock)
+    for number in range(3000):
+        assert await counters.incr(f"old-{number}", number, 10) == number
+    assert await counters.incr("live", 7, 1000) == 7
+    clock.now += 20  # the 3,000 expired: new keys take their slots, "live" is still found past them
+    for number in range(3000):
+        assert await counters.incr(f"new-{number}", 1, 10) == 1
+    assert await counters.incr("live", 1, 1000) == 8
+    await counters.decr("old-5", 1)  # expired: not brought back
+    assert await counters.incr("old-5", 2, 10) == 2
+    clock.now += 20
+    # Every counter but "live" has expired (how many slots they held depends on how many were reused).
+    assert 3000 < await counters.sweep() <= 6001
+    assert await counters.sweep() == 0
+    assert await counters.incr("live", 1, 1000) == 9
     counters.close()
 
 
@@ -59,7 +87,7 @@ def _count(path: str, times: int, results: multiprocessing.Queue) -> None:  # ty
 
 
 def test_four_processes_counting_at_once_count_every_increment_once(tmp_path: Path) -> None:
-    path = state_file(tmp_path)
+    path = counters_file(tmp_path)
     context = multiprocessing.get_context("fork")
     results: multiprocessing.Queue = context.Queue()  # type: ignore[type-arg]
     processes = [context.Process(target=_count, args=(str(path), 250, results)) for _ in range(4)]
