@@ -163,6 +163,17 @@ async def _drain(running: set[asyncio.Task[Any]], grace: float) -> None:
     await asyncio.gather(*pending, return_exceptions=True)
 
 
+def _share_limits(app: web.Application, services: Services, shared: SharedState | None) -> None:
+    """Counters and idempotency records: Redis's; else, in one of several workers, the files its siblings use
+    (the counters started from the ledger already); else this process's memory (the Services defaults)."""
+    if shared is not None:
+        services.counters, services.idempotency = shared.counters, shared.idempotency
+    elif HOST_STATE in app:
+        run = app[HOST_STATE]
+        services.counters = HostCounters(run / host_counters.FILE)
+        services.idempotency = HostIdempotency(run / host_state.FILE)
+
+
 async def services_context(app: web.Application) -> AsyncIterator[None]:
     rules = app[RULES]
     session = make_session()
@@ -184,12 +195,7 @@ async def services_context(app: web.Application) -> AsyncIterator[None]:
         metrics=metrics,
         resolver=resolver,
     )
-    if shared is not None:
-        services.counters, services.idempotency = shared.counters, shared.idempotency
-    elif HOST_STATE in app:  # one of several workers: the siblings' counters (started from the ledger already)
-        run = app[HOST_STATE]
-        services.counters = HostCounters(run / host_counters.FILE)
-        services.idempotency = HostIdempotency(run / host_state.FILE)
+    _share_limits(app, services, shared)
     services.ledger = ledger
     services.webhooks = hooks = open_webhooks(ledger.engine, ledger.ensure_schema, rules.server.webhooks.allow_hosts)
     app[SERVICES] = services
