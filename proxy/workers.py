@@ -104,7 +104,7 @@ def open_listener(host: str, port: int, reuse_port: bool = hasattr(socket, "SO_R
 
 
 def run_directory() -> Path:
-    """This run's private directory: the shared counters' file and the metrics of every worker."""
+    """This run's private directory (mode 0700): the shared counters, the idempotency records and every worker's metrics."""
     directory = Path(tempfile.mkdtemp(prefix="imagegate-run-"))
     (directory / METRICS_DIR).mkdir()
     return directory
