@@ -97,7 +97,9 @@ def open_listener(host: str, port: int, reuse_port: bool = hasattr(socket, "SO_R
     except OSError:
         sock.close()
         raise
-    return Listener(host, int(sock.getsockname()[1]), sock, reuse_port)
+    # The address bound, not the name: a name with several addresses must not send workers to other ones.
+    bound = sock.getsockname()
+    return Listener(str(bound[0]), int(bound[1]), sock, reuse_port)
 
 
 # -- what the workers share -----------------------------------------------------------------------
@@ -273,6 +275,8 @@ def fork_worker(child: Callable[[], int]) -> int:
         return pid
     code = 1
     try:
+        # Ignored until the app's reload handler is set: a reload sent while a worker starts must not kill it.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         code = child()
     except BaseException:  # whatever ends a worker must end only the worker, with a trace
@@ -345,9 +349,9 @@ def supervise(
     announced = False
     while supervisor.workers or (supervisor.stopping is None and supervisor.due):
         received = signal.sigtimedwait(SIGNALS, 0.2)
-        if received is not None and received.si_signo == signal.SIGHUP:
+        if received is not None and received.si_signo == signal.SIGHUP and supervisor.stopping is None:
             current[0] = reread() or current[0]
-            supervisor.send(signal.SIGHUP)
+            supervisor.send(signal.SIGHUP)  # not while draining: a worker past its reload handler would die of it
         elif received is not None and received.si_signo in (signal.SIGTERM, signal.SIGINT):
             supervisor.stop()
         supervisor.reap(started=announced)
@@ -373,14 +377,14 @@ def run_workers(
     if AVAILABLE:
         importlib.import_module("prometheus_client")
     ready_read, ready_write = os.pipe()
+    # Blocked from here, waited for by `sigtimedwait`: a signal during the preparation waits for the loop.
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     try:
         asyncio.run(prepare(rules, directory))
         # What exists now (the imported code, the rules) is shared with every fork until written to; frozen,
         # the collector never walks (and so copies) those pages in each worker.
         gc.collect()
         gc.freeze()
-        # Blocked here, waited for by `sigtimedwait`; each worker unblocks them for its own loop.
-        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         run = Run(rules_path, listener, directory, ready_write, os.getpid())
         return supervise(rules, run, ready_read, count, announce, reread)
     finally:

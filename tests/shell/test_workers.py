@@ -255,3 +255,26 @@ def test_a_bad_workers_option_is_refused(value: str) -> None:
     result = run_cli("--workers", value, "check")
     assert result.returncode == 2
     assert "--workers: expected auto or a number from 1 to 64" in result.stderr
+
+
+async def test_reloads_sent_while_workers_start_do_not_kill_them(tmp_path: Path) -> None:
+    rules, log, port = tmp_path / "rules.yaml", tmp_path / "proxy.log", free_port()
+    rules.write_text(rules_yaml({"local-image": {"channels": ["local"]}}, {"local": LOCAL}, server={"api_keys": [A]}))
+    with log.open("ab") as sink:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", "--rules", str(rules), "--port", str(port), "--workers", "2",
+            cwd=ROOT, env=clean_env(), stdout=sink, stderr=sink,
+        )
+    proxy = Proxy(process, port, log, rules)
+    # From the first fork until the banner, the workers are reloaded every 20 ms (a config tool right after start).
+    await until(lambda: process.returncode is not None or bool(proxy.children()))
+    reloads = 0
+    while "workers   2 processes" not in log.read_text() and process.returncode is None:
+        process.send_signal(signal.SIGHUP)
+        reloads += 1
+        await asyncio.sleep(0.02)
+    assert process.returncode is None and reloads > 0, log.read_text()
+    assert "exited with signal" not in log.read_text()
+    status, *_ = await generate(proxy, size="256x256")
+    assert status == 200
+    assert await stop(proxy) == 0
