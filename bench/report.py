@@ -65,24 +65,22 @@ def share(value: float, base: float) -> float:
     return value / base if base else float("nan")
 
 
-def versus(value: float, direct: float | None, relay: float | None) -> str:
-    """A rate beside its baselines: "42% of direct, 1.15x relay"."""
-    parts = []
-    if direct is not None:
-        parts.append(f"{share(value, direct):.0%} of direct")
+def _beside(direct_part: str | None, value: float, relay: float | None) -> str:
+    parts = [direct_part] if direct_part is not None else []
     if relay is not None:
         parts.append(f"{share(value, relay):.2f}x relay")
     return ", ".join(parts)
+
+
+def versus(value: float, direct: float | None, relay: float | None) -> str:
+    """A rate beside its baselines: "42% of direct, 1.15x relay"."""
+    return _beside(f"{share(value, direct):.0%} of direct" if direct is not None else None, value, relay)
 
 
 def versus_ms(value: float, direct: float | None, relay: float | None) -> str:
     """A latency beside its baselines: "+0.412 ms / 1.35x direct, 1.12x relay"."""
-    parts = []
-    if direct is not None:
-        parts.append(f"{value - direct:+.3f} ms / {share(value, direct):.2f}x direct")
-    if relay is not None:
-        parts.append(f"{share(value, relay):.2f}x relay")
-    return ", ".join(parts)
+    ahead = f"{value - direct:+.3f} ms / {share(value, direct):.2f}x direct" if direct is not None else None
+    return _beside(ahead, value, relay)
 
 
 def workers_label(workers: int) -> str:

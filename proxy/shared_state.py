@@ -4,8 +4,9 @@
     Idempotency   `Idempotency-Key` records: claimed, then finished with the response to replay
 (async task records are `proxy.tasks.TaskStore`, hosted images `proxy.image_store.ImageStore`.)
 
-The memory versions serve one process; `proxy.redis_state` implements the same interfaces on Redis.
-`open_state` picks them from `server.state`.
+The memory versions serve one process; `proxy.host_counters` and `proxy.host_state` serve the workers of
+one host (`--workers`); `proxy.redis_state` implements the same interfaces on Redis. `proxy.lifecycle`
+picks them from `server.state` and whether the process is a worker.
 """
 
 from __future__ import annotations
