@@ -58,11 +58,11 @@ from proxy.json_answer import json_answer
 from proxy.key_limits import Admission, admit, imageless
 from proxy.ledger import planned
 from proxy.lifecycle import services_context
-from proxy.middleware import access_middleware, add_request_id, auth_middleware, error_middleware
+from proxy.middleware import add_request_id, front_middleware
 from proxy.observe import note
 from proxy.ops import healthz, metrics_endpoint, on_shutdown, readyz, watch_reload_signal
 from proxy.passthrough import relay
-from proxy.production import Caller, key_name, produce_body
+from proxy.production import Caller, key_name, produce
 from proxy.services import CLIENT_KEY, HOST_STATE, JSON_FIELDS, RULES, RULES_PATH, SERVICES, STORE, TASK_STORE
 from proxy.streaming import stream
 from proxy.task_runner import TaskRun, created, run_task, start_background
@@ -94,7 +94,7 @@ async def respond(request: web.Request, plan: Plan, request_fingerprint: Fingerp
     planned(plan)  # also for requests refused below (limits, idempotency): the ledger records what they asked
     header = request.headers.get(IDEMPOTENCY_HEADER)
     if header is None:
-        return await admitted(request, plan)
+        return await serve(request, plan, await admission(request, plan))  # not `admitted`: a frame fewer while held
     if plan.stream:
         raise InvalidRequest("A stream cannot be replayed: drop Idempotency-Key or `stream`.", param="stream")
     client_key = request[CLIENT_KEY] or None
@@ -119,17 +119,21 @@ async def respond(request: web.Request, plan: Plan, request_fingerprint: Fingerp
 
 async def admitted(request: web.Request, plan: Plan) -> web.StreamResponse:
     """Count the request against its key's limits (429 when over), then serve it."""
+    return await serve(request, plan, await admission(request, plan))
+
+
+async def admission(request: web.Request, plan: Plan) -> Admission | None:
+    """The request counted against its key's limits and budget (429 when over); None when the key has neither."""
     services = request.app[SERVICES]
     client_key = request[CLIENT_KEY] or None
     if services.metrics is not None:
         services.metrics.key_requests.labels(key_name(services, client_key)).inc()
     limits = services.rules.server.limits_for(client_key)
     budget = services.rules.server.budget_for(client_key)
-    admission = None
     if limits.any or budget.any:
         reserve = ceiling(plan.rule.price, plan.n, plan.fields.get("size"), plan.fields.get("quality"))
-        admission = await admit(services.counters, key_id(client_key), limits, plan.n, budget=budget, reserve=reserve)
-    return await serve(request, plan, admission)
+        return await admit(services.counters, key_id(client_key), limits, plan.n, budget=budget, reserve=reserve)
+    return None
 
 
 async def serve(request: web.Request, plan: Plan, admission: Admission | None) -> web.StreamResponse:
@@ -162,7 +166,9 @@ async def serve(request: web.Request, plan: Plan, admission: Admission | None) -
             admission = None  # the task settles it when it ends
             return web.json_response(record.view(), headers=headers)
         delivery = Delivery(plan.response_format, public_base(request, rules), services.store.ttl)
-        body, spent = await produce_body(services, plan, Caller(client_key), delivery, raw_base64=True)
+        # produce itself, not produce_body: one coroutine frame fewer for each request held here.
+        produced = await produce(services, plan, Caller(client_key), delivery)
+        body, spent = produced.body(raw_base64=True), produced.cost
         delivered = len(body["data"])
         return json_answer(body, headers=headers)
     finally:
@@ -315,7 +321,7 @@ def make_app(
     host_state: Path | None = None,
 ) -> web.Application:
     app = web.Application(
-        middlewares=[access_middleware, error_middleware, auth_middleware],
+        middlewares=[front_middleware],
         client_max_size=rules.server.max_request_bytes,
     )
     app[RULES] = rules

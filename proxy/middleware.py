@@ -1,9 +1,12 @@
-"""Shell layer: the middleware every request passes, outermost first.
+"""Shell layer: the one middleware every request passes, and what it does, outermost first.
 
     access  request id, timing, one JSON access line, request metrics
     errors  every failure leaves as the OpenAI envelope (unexpected ones are logged, answered 500)
     auth    client keys (and admin keys) guard `/v1/*` (constant-time comparison); `require_admin`, called by
             every `/admin/` handler, guards those routes
+
+The three are steps of one middleware rather than three: each middleware is another coroutine frame that
+every request (and each of its thousands held at once) carries, and another wrapper aiohttp calls.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ def _route(request: web.Request) -> str:
 
 
 @web.middleware
-async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def front_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Access, errors and auth around the handler (the module's docstring)."""
     record = begin(request.headers.get(REQUEST_ID_HEADER))
     services = request.app.get(SERVICES)
     metrics = services.metrics if services is not None else None
@@ -51,9 +55,18 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
         arrived(request, key_name(services, presented_key(request.headers.get("Authorization", ""))))
     status = 500
     try:
-        response = await handler(request)
+        try:
+            authorize(request)
+            response = await handler(request)
+        except Exception as exc:
+            if (error := as_error(exc, request)) is None:
+                raise
+            response = error_response(error)
         status = response.status
         return response
+    except web.HTTPException as exc:  # a redirect, passed on as it is
+        status = exc.status
+        raise
     except asyncio.CancelledError:
         status = 499  # the client went away (nginx's code for it)
         raise
@@ -102,22 +115,17 @@ def _from_http_exception(exc: web.HTTPException) -> ProxyError:
     return ProxyError(exc.reason, status=exc.status, type="invalid_request_error")
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure leaves as the OpenAI envelope; unexpected ones are logged and become a plain 500."""
-    try:
-        return await handler(request)
-    except ProxyError as error:
-        return error_response(error)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return error_response(_from_http_exception(exc))
-    except (asyncio.CancelledError, ConnectionResetError):
-        raise
-    except Exception:
-        log.exception("unexpected error on %s %s", request.method, request.path)
-        return error_response(ProxyError("The proxy failed to handle the request.", code="internal_error"))
+def as_error(exc: Exception, request: web.Request) -> ProxyError | None:
+    """The envelope a failure leaves as; None for what must propagate (a redirect, a connection reset).
+    An unexpected failure is logged and becomes a plain 500."""
+    if isinstance(exc, ProxyError):
+        return exc
+    if isinstance(exc, web.HTTPException):
+        return _from_http_exception(exc) if exc.status >= 400 else None
+    if isinstance(exc, ConnectionResetError):
+        return None
+    log.exception("unexpected error on %s %s", request.method, request.path)
+    return ProxyError("The proxy failed to handle the request.", code="internal_error")
 
 
 # -- auth -----------------------------------------------------------------------------------------
@@ -150,8 +158,7 @@ def key_allowed(key: str | None, allowed: tuple[str, ...]) -> bool:
     return any(matches)
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def authorize(request: web.Request) -> None:
     """Client keys guard `/v1/*`; hosted images are not guarded (their unguessable name is the credential)."""
     server = request.app[SERVICES].rules.server
     allowed = server.api_keys
@@ -166,7 +173,6 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise AuthenticationFailed(
             "Incorrect API key provided." if key else "You didn't provide an API key.", code="invalid_api_key"
         )
-    return await handler(request)
 
 
 LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})

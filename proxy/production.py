@@ -35,6 +35,11 @@ class Produced:
     metadata: dict[str, Any]  # how it was made: models, channel, attempts, missing images
     cost: Decimal | None = None  # what the delivered images cost at the model's price (None: unpriced)
 
+    def body(self, raw_base64: bool = False) -> dict[str, Any]:
+        """The ImagesResponse body a sync request answers and an async task keeps.
+        `raw_base64`: as core.response.render (a sync answer, encoded by proxy.core.json_body and sent at once)."""
+        return render(self.result, int(time.time()), self.metadata, raw_base64)
+
 
 @dataclass(frozen=True)
 class Caller:
@@ -66,10 +71,9 @@ async def produce_body(
     services: Services, plan: Plan, caller: Caller, delivery: Delivery, attempt: Attempt | None = None,
     serves: Callable[[Channel], bool] | None = None, raw_base64: bool = False,
 ) -> tuple[dict[str, Any], Decimal | None]:
-    """The ImagesResponse body a sync request answers and an async task keeps, and what its images cost.
-    `raw_base64`: as core.response.render (a sync answer, encoded by proxy.core.json_body and sent at once)."""
+    """The ImagesResponse body (Produced.body) and what its images cost."""
     produced = await produce(services, plan, caller, delivery, attempt, serves)
-    return render(produced.result, int(time.time()), produced.metadata, raw_base64), produced.cost
+    return produced.body(raw_base64), produced.cost
 
 
 async def finish_result(

@@ -147,20 +147,29 @@ def _request_kwargs(call: Call) -> dict[str, object]:
     return kwargs
 
 
+def transport_error(exc: Exception, channel: str, timeout: float) -> ProxyError | None:
+    """The proxy's own error for an aiohttp or asyncio failure (ARCHITECTURE.md §3); None for any other."""
+    if isinstance(exc, TimeoutError):
+        return GatewayTimeout(f"channel '{channel}' did not answer within {timeout:g} seconds", code="upstream_timeout")
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        # The exception text names only host and port; never the headers that carry the key.
+        return BadGateway(
+            f"channel '{channel}' could not be reached: {type(exc).__name__}", code="upstream_unreachable", retryable=True
+        )
+    return None
+
+
 @asynccontextmanager
 async def transport_errors(channel: str, timeout: float) -> AsyncIterator[None]:
-    """Turn aiohttp's and asyncio's failures into the proxy's own errors (ARCHITECTURE.md §3)."""
+    """`transport_error` around a block."""
     try:
         yield
     except ProxyError:
         raise
-    except TimeoutError:
-        raise GatewayTimeout(f"channel '{channel}' did not answer within {timeout:g} seconds", code="upstream_timeout") from None
-    except (aiohttp.ClientError, OSError) as exc:
-        # The exception text names only host and port; never the headers that carry the key.
-        raise BadGateway(
-            f"channel '{channel}' could not be reached: {type(exc).__name__}", code="upstream_unreachable", retryable=True
-        ) from None
+    except Exception as exc:
+        if (error := transport_error(exc, channel, timeout)) is None:
+            raise
+        raise error from None
 
 
 @functools.lru_cache(maxsize=64)
@@ -173,7 +182,14 @@ async def send(session: aiohttp.ClientSession, call: Call, *, channel: str, time
     """Perform one adapter call; the answer is read whole (capped) so the adapter can parse it."""
     seconds = call.timeout if call.timeout is not None else timeout
     request = session.request(call.method, call.url, timeout=client_timeout(seconds), **_request_kwargs(call))  # type: ignore[arg-type]
-    async with transport_errors(channel, seconds), request as resp:
-        body = await read_capped(resp.content, MAX_ANSWER_BYTES, f"the answer of channel '{channel}'")
-        headers = {name.lower(): value for name, value in resp.headers.items()}
-        return UpstreamResponse(status=resp.status, headers=headers, body=body)
+    try:  # transport_error by hand rather than `transport_errors`: a held call carries no generator for it
+        async with request as resp:
+            body = await read_capped(resp.content, MAX_ANSWER_BYTES, f"the answer of channel '{channel}'")
+            headers = {name.lower(): value for name, value in resp.headers.items()}
+            return UpstreamResponse(status=resp.status, headers=headers, body=body)
+    except ProxyError:
+        raise
+    except Exception as exc:
+        if (error := transport_error(exc, channel, seconds)) is None:
+            raise
+        raise error from None

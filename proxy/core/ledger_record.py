@@ -89,7 +89,11 @@ def operation_of(path: str) -> str | None:
 def clean_text(value: Any, limit: int | None = MAX_TEXT) -> str | None:
     if not isinstance(value, str):
         return None
-    text = value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+    # ASCII without NUL (nearly every value: names, sizes, ids) is stored as it is; the round trip through
+    # UTF-8 that replaces lone surrogates is for the rest.
+    text = value
+    if not value.isascii() or "\x00" in value:
+        text = value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
     return text[:limit] if limit is not None else text
 
 
