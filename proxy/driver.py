@@ -37,7 +37,7 @@ from proxy.guard import Refused, as_upstream_error, check, host_of, trusted_for
 from proxy.input_images import plan_for
 from proxy.metrics import Metrics
 from proxy.observe import note, upstream_call_took
-from proxy.upstream import send
+from proxy.upstream import Took, send
 
 log = logging.getLogger("imagegate.driver")
 
@@ -136,29 +136,36 @@ async def _steps(
     raise BadGateway(f"channel '{job.channel.name}' did not finish after {MAX_STEPS} calls", code="upstream_stalled")
 
 
-async def session_for(driver: Driver, call: Call, channel: Channel) -> aiohttp.ClientSession:
-    """Calls to the channel's own host use the pooled session; a URL the upstream handed out (a task's
-    polling URL on another host) goes through the guard like any URL the proxy did not choose."""
-    if driver.inputs is None or not channel.base_url or host_of(call.url) == host_of(channel.base_url):
-        return driver.session
+def _own_host(url: str, base_url: str) -> bool:
+    # The common case by prefix; the parse (and its lower-casing) only for a URL elsewhere.
+    return url.startswith(base_url.rstrip("/") + "/") or host_of(url) == host_of(base_url)
+
+
+async def _guarded_send(driver: Driver, call: Call, channel: Channel, seconds: float, took: Took) -> UpstreamResponse:
+    """A URL the upstream handed out on another host (a task's polling URL) goes through the guard like any
+    URL the proxy did not choose, and through the session whose resolver refuses private addresses."""
+    assert driver.inputs is not None
     try:
         await check(call.url, trusted_for(channel, driver.download))
     except Refused as error:
         raise as_upstream_error(error) from None
-    return driver.inputs
+    return await send(driver.inputs, call, channel=channel.name, timeout=seconds, took=took)
 
 
-async def timed_send(driver: Driver, call: Call, channel: Channel, timeout: float | None = None) -> UpstreamResponse:
-    """One upstream call, timed for the access line and the latency histogram."""
-    session = await session_for(driver, call, channel)
-    started = time.perf_counter()
-    try:
-        return await send(session, call, channel=channel.name, timeout=channel.timeout if timeout is None else timeout)
-    finally:
-        elapsed = time.perf_counter() - started
-        upstream_call_took(elapsed)
-        if driver.metrics is not None:
-            driver.metrics.upstream_seconds.labels(channel.name).observe(elapsed)
+def timed_send(driver: Driver, call: Call, channel: Channel, timeout: float | None = None) -> Awaitable[UpstreamResponse]:
+    """One upstream call, timed for the access line and the latency histogram. Not a coroutine of its own: it
+    hands back the call's, so a call in flight (thousands may be) carries no frame of this function."""
+    seconds = channel.timeout if timeout is None else timeout
+    took = functools.partial(_took, driver.metrics, channel.name)
+    if driver.inputs is not None and channel.base_url and not _own_host(call.url, channel.base_url):
+        return _guarded_send(driver, call, channel, seconds, took)
+    return send(driver.session, call, channel=channel.name, timeout=seconds, took=took)
+
+
+def _took(metrics: Metrics | None, channel: str, seconds: float) -> None:
+    upstream_call_took(seconds)
+    if metrics is not None:
+        metrics.upstream_seconds.labels(channel).observe(seconds)
 
 
 async def _poll(driver: Driver, call: Call, channel: Channel) -> UpstreamResponse:

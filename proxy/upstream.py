@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -178,9 +179,16 @@ def client_timeout(seconds: float) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=seconds)
 
 
-async def send(session: aiohttp.ClientSession, call: Call, *, channel: str, timeout: float) -> UpstreamResponse:
+# Told how long a call took, whether it succeeded or not (proxy.driver times calls with it).
+Took = Callable[[float], None]
+
+
+async def send(
+    session: aiohttp.ClientSession, call: Call, *, channel: str, timeout: float, took: Took | None = None
+) -> UpstreamResponse:
     """Perform one adapter call; the answer is read whole (capped) so the adapter can parse it."""
     seconds = call.timeout if call.timeout is not None else timeout
+    started = time.perf_counter()
     request = session.request(call.method, call.url, timeout=client_timeout(seconds), **_request_kwargs(call))  # type: ignore[arg-type]
     try:  # transport_error by hand rather than `transport_errors`: a held call carries no generator for it
         async with request as resp:
@@ -193,3 +201,6 @@ async def send(session: aiohttp.ClientSession, call: Call, *, channel: str, time
         if (error := transport_error(exc, channel, seconds)) is None:
             raise
         raise error from None
+    finally:
+        if took is not None:
+            took(time.perf_counter() - started)
