@@ -4,6 +4,7 @@ answers as the memory versions, and one count when several processes change a co
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import multiprocessing
 import socket
 from pathlib import Path
@@ -75,6 +76,62 @@ async def test_expired_slots_are_reused_and_swept_without_losing_live_counters(t
     assert await counters.sweep() == 0
     assert await counters.incr("live", 1, 1000) == 9
     counters.close()
+
+
+def colliding_keys(count: int, homes: range) -> list[str]:
+    """Keys whose probes start in `homes` (slot numbers, wrapping past the table's end): one cluster."""
+    wanted = {home % host_counters.SLOTS for home in homes}
+    found, number = [], 0
+    while len(found) < count:
+        number += 1
+        key = f"k{number}"
+        if host_counters.home(hashlib.blake2b(key.encode(), digest_size=16).digest()) in wanted:
+            found.append(key)
+    return found
+
+
+def occupied(path: Path) -> int:
+    data = path.read_bytes()
+    return sum(1 for offset in range(0, len(data), 32) if data[offset:offset + 16] != bytes(16))
+
+
+async def test_a_sweep_deletes_expired_counters_from_a_cluster_and_the_live_ones_stay_found(tmp_path: Path) -> None:
+    clock, path = Clock(), counters_file(tmp_path)
+    counters = HostCounters(path, clock)
+    # 30 keys whose probes start in 8 slots around the table's end: one cluster that wraps to slot 0.
+    keys = colliding_keys(30, range(host_counters.SLOTS - 4, host_counters.SLOTS + 4))
+    for number, key in enumerate(keys):
+        assert await counters.incr(key, number + 1, 10 if number % 3 else 1000) == number + 1
+    clock.now += 20
+    assert await counters.sweep() == 20
+    assert occupied(path) == 10
+    for number, key in enumerate(keys):
+        if number % 3 == 0:
+            assert await counters.incr(key, 0, 1000) == number + 1  # still found, past the emptied slots
+    for number, key in enumerate(keys):  # the expired ones start anew, in the holes the sweep left
+        assert await counters.incr(key, 1, 5 if number % 3 else 1000) == (1 if number % 3 else number + 2)
+    clock.now += 10
+    assert await counters.sweep() == 20 and await counters.sweep() == 0
+    assert [await counters.incr(key, 0, 1000) for key in keys[::3]] == [number + 2 for number in range(0, 30, 3)]
+    assert occupied(path) == 10
+    counters.close()
+
+
+async def test_a_sweep_holds_the_lock_a_slice_at_a_time(tmp_path: Path) -> None:
+    clock, path = Clock(), counters_file(tmp_path)
+    counters, sibling = HostCounters(path, clock), HostCounters(path, clock)
+    for number in range(5000):
+        await counters.incr(f"k{number}", 1, 10 if number % 2 else 1000)
+    clock.now += 20
+    sweeping, got_in = asyncio.create_task(counters.sweep()), 0
+    await asyncio.sleep(0)
+    while not sweeping.done():  # the sibling's lock (a blocking flock) is free between slices
+        got_in = await sibling.incr("sibling", 1, 1000)
+        await asyncio.sleep(0)
+    assert await sweeping == 2500
+    assert got_in >= host_counters.SLOTS // host_counters.SWEEP_SLICE - 1
+    counters.close()
+    sibling.close()
 
 
 def _count(path: str, times: int, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
