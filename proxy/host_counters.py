@@ -4,7 +4,7 @@ With `--workers N` and `server.state: memory`, every request of a key with limit
 several counters (requests this minute, images today, requests running, USD today and this month). In
 SQLite each change was a write transaction, and a worker waiting for its sibling's lock slept with its
 event loop; here a change is a few struct reads and writes in shared memory under `flock`, the file's
-lock (held for microseconds, by one statement's worth of work).
+lock (held for microseconds by a change, about a millisecond by a slice of the sweep).
 
 The file is a fixed table of SLOTS slots (key digest, value, expiry), open addressing with linear
 probing. A slot whose counter expired is reused by the next new key that probes past it; the sweep
@@ -12,6 +12,12 @@ deletes expired slots so that probe chains stay short: a slice of the table per 
 cluster (run of occupied slots) beginning in it rewritten without its expired counters, so siblings wait
 for one slice, never for a rebuild of the whole table. Nothing here outlives the run:
 proxy.workers makes the file in the run's directory and starts the counters from the ledger.
+
+What a worker holds (the reservations of its requests in flight: images, budgets, a generation at once) it
+also notes in a file of its own (`held-<pid>.map`, the same slot layout: digest, amount held, the expiry
+of the counter it was held in). When the worker exits, killed or not, the supervisor gives back
+(`give_back`) what that file still holds, so a crash's requests in flight do not keep a key's slots and
+budget taken until their counters expire.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from proxy.core.errors import ServiceUnavailable
@@ -34,6 +41,13 @@ _SLOT = struct.Struct("<16sqd")  # blake2b digest of the key, value, expiry (epo
 _EMPTY = bytes(16)
 _MASK = SLOTS - 1
 SWEEP_SLICE = 1024  # slots a sweep looks at per hold of the lock
+_DIGEST = 16
+_HELD = struct.Struct("<qd")  # a holding's slot after its digest: the amount held, the counter's expiry
+_AMOUNT = struct.Struct("<q")
+
+
+def digest_of(key: str) -> bytes:
+    return hashlib.blake2b(key.encode(), digest_size=_DIGEST).digest()
 
 
 def home(digest: bytes) -> int:
@@ -42,18 +56,115 @@ def home(digest: bytes) -> int:
 
 
 def create(path: Path) -> None:
-    """The empty table (the supervisor's, before any worker starts)."""
+    """The empty table (the supervisor's, before any worker starts); also a worker's empty holdings."""
     with path.open("wb") as file:
         file.truncate(SLOTS * _SLOT.size)
+
+
+def holdings_file(directory: Path, pid: int) -> Path:
+    """Where the worker `pid` of the run in `directory` notes what it holds in the counters."""
+    return directory / f"held-{pid}.map"
+
+
+def live_holdings(data: bytes, now: float) -> list[tuple[bytes, int]]:
+    """A holdings file's amounts still held in the counters they were taken in: (digest, amount).
+
+    A holding whose noted expiry passed is left alone: its counter expired (nothing to give back) or, for a
+    gauge renewed since by a sibling, cannot be told from a new one (kept: the strict side)."""
+    end = -(-len(data.rstrip(b"\0")) // _SLOT.size) * _SLOT.size  # the slots past the last one in use are empty
+    return [(digest, amount) for digest, amount, expires in _SLOT.iter_unpack(data[:end]) if amount > 0 and expires > now]
+
+
+def give_back(directory: Path, pid: int, clock: Callable[[], float] = time.time) -> int:
+    """Give back to the counters what the exited worker `pid` still held; how many counters it held in.
+
+    Once: the file goes before anything is given back (a failure halfway leaves more counted, never less)."""
+    path = holdings_file(directory, pid)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:  # it died before it opened the counters
+        return 0
+    path.unlink()
+    held = live_holdings(data, clock())
+    if held:
+        counters = HostCounters(directory / FILE, clock)
+        try:
+            counters.subtract_all(held)
+        finally:
+            counters.close()
+    return len(held)
+
+
+@dataclass(slots=True)
+class _Held:
+    index: int  # the slot in the holdings file
+    amount: int
+    expires: float  # the counter's expiry when this process last took some of it
+
+
+class Holdings:
+    """What this process holds in the counters, in its own file (only it writes there, so no lock).
+
+    A holding is noted inside the counters' lock right after its increment, and dropped before its counter
+    is given back: a process killed between the two has noted less than it holds, never more, so nothing
+    is given back twice (what was not noted stays counted until its counter expires, as before)."""
+
+    def __init__(self, path: Path) -> None:
+        create(path)
+        self._file = path.open("r+b")
+        self._map = mmap.mmap(self._file.fileno(), SLOTS * _SLOT.size)
+        self._held: dict[str, _Held] = {}
+        self._free: list[int] = []  # slots of pruned holdings
+        self._next = 0  # the first slot never used
+
+    def add(self, key: str, digest: bytes, amount: int, expires: float, now: float) -> None:
+        """`amount` more of the counter whose expiry is now `expires` (a holding of an earlier one is void)."""
+        held = self._held.get(key) or self._new(key, digest)
+        if held is not None:
+            # A holding noted with an expiry that passed belongs to a counter that ended (or cannot be told from one).
+            held.amount = amount + (held.amount if held.expires > now else 0)
+            held.expires = expires
+            _HELD.pack_into(self._map, held.index * _SLOT.size + _DIGEST, held.amount, expires)
+
+    def remove(self, key: str, amount: int) -> None:
+        held = self._held.get(key)
+        if held is not None and held.amount:
+            held.amount = max(0, held.amount - amount)
+            _AMOUNT.pack_into(self._map, held.index * _SLOT.size + _DIGEST, held.amount)
+
+    def prune(self, now: float) -> None:
+        """Forget the holdings of expired counters, so the file's slots serve new ones."""
+        for key, held in list(self._held.items()):
+            if held.expires <= now:
+                _SLOT.pack_into(self._map, held.index * _SLOT.size, _EMPTY, 0, 0.0)
+                self._free.append(held.index)
+                del self._held[key]
+
+    def _new(self, key: str, digest: bytes) -> _Held | None:
+        if not self._free and self._next == SLOTS:
+            return None  # more than the table holds: cannot happen, and then it merely stays counted
+        if self._free:
+            index = self._free.pop()
+        else:
+            index, self._next = self._next, self._next + 1
+        _SLOT.pack_into(self._map, index * _SLOT.size, digest, 0, 0.0)
+        held = self._held[key] = _Held(index, 0, 0.0)
+        return held
+
+    def close(self) -> None:
+        """The file stays: the supervisor reads it once this process has exited."""
+        self._map.close()
+        self._file.close()
 
 
 class HostCounters:
     """proxy.shared_state.Counters for the workers of one host."""
 
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time, holdings: Path | None = None) -> None:
         self._file = path.open("r+b")  # each process its own open file: flock excludes between them
         self._map = mmap.mmap(self._file.fileno(), SLOTS * _SLOT.size)
         self._clock = clock
+        self._holdings = Holdings(holdings) if holdings is not None else None  # a worker's; not the supervisor's
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -79,8 +190,8 @@ class HostCounters:
             raise ServiceUnavailable("Too many limit counters are in use at once.", code="state_unavailable")
         return reusable, 0, 0.0
 
-    async def incr(self, key: str, amount: int, ttl: int, refresh: bool = False) -> int:
-        digest = hashlib.blake2b(key.encode(), digest_size=16).digest()
+    async def incr(self, key: str, amount: int, ttl: int, refresh: bool = False, hold: bool = False) -> int:
+        digest = digest_of(key)
         now = self._clock()
         with self._locked():
             offset, value, expires = self._find(digest, now)
@@ -89,21 +200,39 @@ class HostCounters:
             if refresh:
                 expires = now + ttl
             _SLOT.pack_into(self._map, offset, digest, value + amount, expires)
+            if hold and self._holdings is not None:
+                self._holdings.add(key, digest, amount, expires, now)
         return value + amount
+
+    def unhold(self, key: str, amount: int) -> None:
+        if self._holdings is not None:  # lock-free: only this process writes its holdings
+            self._holdings.remove(key, amount)
 
     async def decr(self, key: str, amount: int) -> None:
         """Subtract, never below zero, and never bringing an expired counter back."""
-        digest = hashlib.blake2b(key.encode(), digest_size=16).digest()
+        digest = digest_of(key)
         now = self._clock()
         with self._locked():
-            offset, value, expires = self._find(digest, now)
-            if expires > now:
-                _SLOT.pack_into(self._map, offset, digest, max(0, value - amount), expires)
+            self._subtract(digest, amount, now)
+
+    def subtract_all(self, amounts: list[tuple[bytes, int]]) -> None:
+        """`decr` of each (digest, amount), under one hold of the lock: what an exited worker held."""
+        now = self._clock()
+        with self._locked():
+            for digest, amount in amounts:
+                self._subtract(digest, amount, now)
+
+    def _subtract(self, digest: bytes, amount: int, now: float) -> None:
+        offset, value, expires = self._find(digest, now)
+        if expires > now:
+            _SLOT.pack_into(self._map, offset, digest, max(0, value - amount), expires)
 
     async def sweep(self) -> int:
         """Delete the expired counters, one slice of slots per hold of the lock (siblings wait for a slice,
         never for the whole table); how many went."""
         gone = 0
+        if self._holdings is not None:
+            self._holdings.prune(self._clock())
         for start in range(0, SLOTS, SWEEP_SLICE):
             with self._locked():
                 gone += self._sweep_slice(start, self._clock())
@@ -147,5 +276,7 @@ class HostCounters:
         return slot
 
     def close(self) -> None:
+        if self._holdings is not None:
+            self._holdings.close()
         self._map.close()
         self._file.close()

@@ -69,6 +69,7 @@ class Admission:
 
         `spent`: what the delivered images cost; None where it is not known (then each delivered image
         is taken to cost its share of the reservation)."""
+        self._unhold()
         if self.images_key is not None and delivered < self.reserved_images:
             await _quietly(self.counters.decr(self.images_key, self.reserved_images - delivered))
         if self.budget_keys:
@@ -93,15 +94,28 @@ class Admission:
         """Give back only the generation-at-once slot: an async task another process ends keeps the rest of its
         reservation for that process to settle."""
         if self.concurrency_key is not None:
+            self._unhold(slot_only=True)
             await _quietly(self.counters.decr(self.concurrency_key, 1))
             self.concurrency_key = None
 
     async def reapply(self) -> None:
         """Count this reservation again, in counters that did not outlive the process that made it."""
         if self.images_key is not None:
-            await _quietly(self.counters.incr(self.images_key, self.reserved_images, DAY_TTL))
+            await _quietly(self.counters.incr(self.images_key, self.reserved_images, DAY_TTL, hold=True))
         for key, ttl in self.budget_keys:
-            await _quietly(self.counters.incr(key, self.reserved_micro, ttl))
+            await _quietly(self.counters.incr(key, self.reserved_micro, ttl, hold=True))
+
+    def _unhold(self, slot_only: bool = False) -> None:
+        """The reservation ends: this process no longer holds it (what is not given back is spent)."""
+        try:
+            if self.images_key is not None and not slot_only:
+                self.counters.unhold(self.images_key, self.reserved_images)
+            for key, _ in [] if slot_only else self.budget_keys:
+                self.counters.unhold(key, self.reserved_micro)
+            if self.concurrency_key is not None:
+                self.counters.unhold(self.concurrency_key, 1)
+        except Exception as exc:  # the counters closed under a late settlement: nothing left to note
+            log.warning("could not note a limit counter given back: %s", type(exc).__name__)
 
     async def _settle_budget(self, actual: int) -> None:
         for key, ttl in self.budget_keys:
@@ -166,14 +180,14 @@ async def _admit(admission: Admission, owner: str, limits: Limits, n: int, now: 
     if limits.images_per_day is not None:
         number, left = window(now, DAY)
         key = images_counter(owner, number)
-        reserved = await counters.incr(key, n, DAY_TTL)
+        reserved = await counters.incr(key, n, DAY_TTL, hold=True)
         admission.images_key = key  # from here on, a refusal gives them back
         if reserved > limits.images_per_day:
             raise _refused("images_per_day", limits.images_per_day, left)
     if limits.concurrent is not None:
         key = f"conc:{owner}"
         # The expiry is renewed on every admission: a busy key's counter must never lapse mid-flight.
-        running = await counters.incr(key, 1, CONCURRENCY_TTL, refresh=True)
+        running = await counters.incr(key, 1, CONCURRENCY_TTL, refresh=True, hold=True)
         admission.concurrency_key = key
         if running > limits.concurrent:
             raise _refused("concurrent", limits.concurrent, 1.0)
@@ -203,7 +217,7 @@ async def _reserve(admission: Admission, owner: str, budget: Budget, reserve: De
     ):
         if allowed is None:
             continue
-        total = await admission.counters.incr(key, amount, ttl)
+        total = await admission.counters.incr(key, amount, ttl, hold=True)
         admission.budget_keys.append((key, ttl))  # from here on, a refusal gives it back
         if total > micro(allowed):
             raise _spent(period, allowed, reserve, left)

@@ -6,12 +6,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import multiprocessing
+import os
+import signal
 import socket
+import time
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from proxy import host_counters, host_state
+from proxy.core.budgets import Budget, month_window
+from proxy.core.limit_windows import DAY, Limits
 from proxy.host_counters import HostCounters
 from proxy.host_state import HostIdempotency
+from proxy.key_limits import admit, budget_counter, images_counter
 from proxy.shared_state import DONE, RUNNING, IdempotentRecord
 from proxy.workers import open_listener, worker_count
 
@@ -155,6 +163,67 @@ def test_four_processes_counting_at_once_count_every_increment_once(tmp_path: Pa
         process.join(10)
     # Every increment saw its own value: no two processes read the same count.
     assert sorted(seen) == list(range(1, 1001))
+
+
+LIMITS = Limits(concurrent=2, images_per_day=10)
+BUDGET = Budget(usd_per_day=Decimal("1.00"), usd_per_month=Decimal("10.00"))
+KEYS = ("conc:o", images_counter("o", int(time.time() // DAY)), budget_counter("day", "o", int(time.time() // DAY)),
+        budget_counter("month", "o", month_window(time.time())[0]))
+
+
+def _crash_holding(directory: str, ready: Any) -> None:
+    """A worker with two requests: one ends (2 images for $0.08 of $0.10), the other is in flight when it is killed."""
+    run = Path(directory)
+    counters = HostCounters(run / host_counters.FILE, holdings=host_counters.holdings_file(run, os.getpid()))
+
+    async def run() -> None:
+        finished = await admit(counters, "o", LIMITS, 2, budget=BUDGET, reserve=Decimal("0.10"))
+        await admit(counters, "o", LIMITS, 3, budget=BUDGET, reserve=Decimal("0.15"))  # in flight
+        await finished.settle(2, Decimal("0.08"))
+
+    asyncio.run(run())
+    ready.put("ready")
+    time.sleep(60)  # killed here
+
+
+async def values(counters: HostCounters) -> list[int]:
+    return [await counters.incr(key, 0, 3600) for key in KEYS]
+
+
+async def test_what_a_killed_worker_held_is_given_back_once_and_what_it_spent_stays(tmp_path: Path) -> None:
+    counters_file(tmp_path)
+    counters = HostCounters(tmp_path / host_counters.FILE)
+    context = multiprocessing.get_context("fork")
+    ready: multiprocessing.Queue = context.Queue()  # type: ignore[type-arg]
+    worker = context.Process(target=_crash_holding, args=(str(tmp_path), ready))
+    worker.start()
+    assert ready.get(timeout=30) == "ready"
+    os.kill(worker.pid or 0, signal.SIGKILL)
+    worker.join(10)
+    # The request in flight holds a slot, 3 images and $0.15; the one that ended 2 images and $0.08.
+    assert await values(counters) == [1, 5, 230_000, 230_000]
+    assert host_counters.give_back(tmp_path, worker.pid or 0) == 4
+    assert await values(counters) == [0, 2, 80_000, 80_000]
+    assert host_counters.give_back(tmp_path, worker.pid or 0) == 0  # once
+    assert await values(counters) == [0, 2, 80_000, 80_000]
+    counters.close()
+
+
+async def test_a_holding_is_given_back_only_to_the_counter_it_was_taken_in(tmp_path: Path) -> None:
+    clock, path = Clock(), counters_file(tmp_path)
+    worker = HostCounters(path, clock, holdings=host_counters.holdings_file(tmp_path, 1))
+    sibling = HostCounters(path, clock)
+    await worker.incr("window", 3, 10, hold=True)
+    await worker.incr("gauge", 1, 60, refresh=True, hold=True)
+    await worker.incr("kept", 4, 60, hold=True)
+    worker.unhold("kept", 4)  # settled: spent, no longer held
+    clock.now += 20  # "window" expired; a sibling starts it anew
+    assert await sibling.incr("window", 2, 10) == 2
+    assert await sibling.incr("gauge", 1, 60, refresh=True) == 2
+    worker.close()
+    assert host_counters.give_back(tmp_path, 1, clock) == 1
+    assert [await sibling.incr(key, 0, 60) for key in ("window", "gauge", "kept")] == [2, 1, 4]
+    sibling.close()
 
 
 async def test_an_idempotency_key_is_claimed_once_across_processes_and_kept(tmp_path: Path) -> None:
