@@ -8,9 +8,10 @@ lock (held for microseconds by a change, about a millisecond by a slice of the s
 
 The file is a fixed table of SLOTS slots (key digest, value, expiry), open addressing with linear
 probing. A slot whose counter expired is reused by the next new key that probes past it; the sweep
-deletes expired slots so that probe chains stay short: a slice of the table per hold of the lock, each
-cluster (run of occupied slots) beginning in it rewritten without its expired counters, so siblings wait
-for one slice, never for a rebuild of the whole table. Nothing here outlives the run:
+deletes expired slots so that probe chains stay short: a slice of the table per hold of the lock, the
+live counters of each cluster (run of occupied slots) beginning in it moved up into its expired slots and
+the rest emptied, so siblings wait for one slice, never for a rebuild of the whole table, and a worker
+killed mid-sweep loses no count. Nothing here outlives the run:
 proxy.workers makes the file in the run's directory and starts the counters from the ledger.
 
 What a worker holds (the reservations of its requests in flight: images, budgets, a generation at once) it
@@ -23,6 +24,7 @@ budget taken until their counters expire.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import fcntl
 import hashlib
 import mmap
@@ -255,21 +257,28 @@ class HostCounters:
         return gone
 
     def _compact(self, first: int, now: float) -> tuple[int, int]:
-        """Rewrite the cluster starting at slot `first` without its expired counters; (its length, how many went).
+        """Empty the expired slots of the cluster starting at slot `first`; (its length, how many expired).
 
-        The live ones go back in their order, each at the first free slot from its home: none lands past where
-        it was, so the cluster only shrinks and the clusters after it are untouched."""
+        In an order a killed process cannot spoil: each live counter, in turn, is copied to the first slot on
+        its probe path that holds no live counter, and only then is its old slot marked expired (killed in
+        between, it leaves a shadow behind its copy, never a lost count); the expired slots are emptied last,
+        when no live counter lies past one on its path."""
         slots: list[tuple[bytes, int, float]] = []
         while len(slots) < SLOTS and (slot := self._slot(first + len(slots)))[0] != _EMPTY:
             slots.append(slot)
-        live = [slot for slot in slots if slot[2] > now]
-        if len(live) < len(slots):
-            for index in range(first, first + len(slots)):
-                _SLOT.pack_into(self._map, (index & _MASK) * _SLOT.size, _EMPTY, 0, 0.0)
-            for digest, value, expires in live:
-                offset, _, _ = self._find(digest, now)
-                _SLOT.pack_into(self._map, offset, digest, value, expires)
-        return len(slots), len(slots) - len(live)
+        free: list[int] = []  # slots (from `first`) holding no live counter, in order
+        for offset, (digest, value, expires) in enumerate(slots):
+            if expires <= now:
+                free.append(offset)
+                continue
+            at = bisect.bisect_left(free, (home(digest) - first) & _MASK)
+            if at < len(free):
+                _SLOT.pack_into(self._map, ((first + free.pop(at)) & _MASK) * _SLOT.size, digest, value, expires)
+                _SLOT.pack_into(self._map, ((first + offset) & _MASK) * _SLOT.size, digest, 0, 0.0)
+                free.append(offset)
+        for offset in free:
+            _SLOT.pack_into(self._map, ((first + offset) & _MASK) * _SLOT.size, _EMPTY, 0, 0.0)
+        return len(slots), sum(1 for slot in slots if slot[2] <= now)
 
     def _slot(self, index: int) -> tuple[bytes, int, float]:
         slot: tuple[bytes, int, float] = _SLOT.unpack_from(self._map, (index & _MASK) * _SLOT.size)

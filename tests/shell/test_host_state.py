@@ -4,6 +4,7 @@ answers as the memory versions, and one count when several processes change a co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import multiprocessing
 import os
@@ -123,6 +124,52 @@ async def test_a_sweep_deletes_expired_counters_from_a_cluster_and_the_live_ones
     assert [await counters.incr(key, 0, 1000) for key in keys[::3]] == [number + 2 for number in range(0, 30, 3)]
     assert occupied(path) == 10
     counters.close()
+
+
+class CutOff(Exception):
+    pass
+
+
+class Killed:
+    """The slot layout, but a process that dies (here: raises) at its `after`-th write into the table."""
+
+    def __init__(self, after: int) -> None:
+        self.slot, self.left = host_counters._SLOT, after
+        self.size = self.slot.size
+
+    def pack_into(self, *args: Any) -> None:
+        if self.left == 0:
+            raise CutOff
+        self.left -= 1
+        self.slot.pack_into(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.slot, name)
+
+
+async def sweep_cut_off(path: Path, keys: list[str], after: int, monkeypatch: Any) -> HostCounters:
+    """The cluster of `keys`, two in three expired, swept by a process killed at its `after`-th write."""
+    clock = Clock()
+    counters = HostCounters(path, clock)
+    for number, key in enumerate(keys):
+        await counters.incr(key, number + 1, 10 if number % 3 else 1000)
+    clock.now += 20
+    monkeypatch.setattr(host_counters, "_SLOT", Killed(after))
+    with contextlib.suppress(CutOff):
+        await counters.sweep()
+    monkeypatch.undo()
+    return counters
+
+
+async def test_a_sweep_cut_off_after_any_write_loses_no_live_counter(tmp_path: Path, monkeypatch: Any) -> None:
+    keys = colliding_keys(30, range(host_counters.SLOTS - 4, host_counters.SLOTS + 4))
+    for after in range(500):
+        counters = await sweep_cut_off(counters_file(tmp_path), keys, after, monkeypatch)
+        assert [await counters.incr(key, 0, 1000) for key in keys[::3]] == list(range(1, 31, 3)), after
+        counters.close()
+        if occupied(tmp_path / host_counters.FILE) == 10:  # this one was not cut off: every write was tried
+            break
+    assert after > 20
 
 
 async def test_a_sweep_holds_the_lock_a_slice_at_a_time(tmp_path: Path) -> None:
