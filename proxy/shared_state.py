@@ -1,6 +1,6 @@
 """Shell layer: state that several replicas must share, behind small interfaces with in-memory defaults.
 
-    Counters      per-key limit counters (increment with expiry, decrement)
+    Counters      per-key limit counters (increment with expiry, decrement; what a process holds, for the workers' table)
     Idempotency   `Idempotency-Key` records: claimed, then finished with the response to replay
 (async task records are `proxy.tasks.TaskStore`, hosted images `proxy.image_store.ImageStore`.)
 
