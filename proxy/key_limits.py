@@ -63,13 +63,16 @@ class Admission:
     reserved_images: int = 0
     budget_keys: list[tuple[str, int]] = field(default_factory=list)  # (counter, ttl) reserved in
     reserved_micro: int = 0  # micro-dollars reserved in each budget counter
+    # An async task's reservation is kept in its record and settled by whichever process ends the task: it is
+    # not this process's holding, given back if it dies (its generation-at-once slot is).
+    task: bool = False
 
     async def settle(self, delivered: int, spent: Decimal | None = None) -> None:
         """Give back what was not used. Never raises: a counter blip must not turn a delivered answer into an error.
 
         `spent`: what the delivered images cost; None where it is not known (then each delivered image
         is taken to cost its share of the reservation)."""
-        self._unhold()
+        self._unhold(reservation=not self.task)
         if self.images_key is not None and delivered < self.reserved_images:
             await _quietly(self.counters.decr(self.images_key, self.reserved_images - delivered))
         if self.budget_keys:
@@ -88,31 +91,37 @@ class Admission:
     def of(counters: Counters, reserved: Reserved) -> Admission:
         """The admission a checkpoint kept, to settle when the task ends (a generation at once is not held)."""
         return Admission(counters, images_key=reserved.images_key, reserved_images=reserved.reserved_images,
-                         budget_keys=list(reserved.budget_keys), reserved_micro=reserved.reserved_micro)
+                         budget_keys=list(reserved.budget_keys), reserved_micro=reserved.reserved_micro, task=True)
+
+    def to_task(self) -> None:
+        """The reservation becomes an async task's (see `task`)."""
+        if not self.task:
+            self._unhold(slot=False)
+            self.task = True
 
     async def release_slot(self) -> None:
         """Give back only the generation-at-once slot: an async task another process ends keeps the rest of its
         reservation for that process to settle."""
         if self.concurrency_key is not None:
-            self._unhold(slot_only=True)
+            self._unhold(reservation=False)
             await _quietly(self.counters.decr(self.concurrency_key, 1))
             self.concurrency_key = None
 
     async def reapply(self) -> None:
         """Count this reservation again, in counters that did not outlive the process that made it."""
         if self.images_key is not None:
-            await _quietly(self.counters.incr(self.images_key, self.reserved_images, DAY_TTL, hold=True))
+            await _quietly(self.counters.incr(self.images_key, self.reserved_images, DAY_TTL))
         for key, ttl in self.budget_keys:
-            await _quietly(self.counters.incr(key, self.reserved_micro, ttl, hold=True))
+            await _quietly(self.counters.incr(key, self.reserved_micro, ttl))
 
-    def _unhold(self, slot_only: bool = False) -> None:
-        """The reservation ends: this process no longer holds it (what is not given back is spent)."""
+    def _unhold(self, reservation: bool = True, slot: bool = True) -> None:
+        """This process no longer holds the images and budget reserved, the slot, or both (given back or spent)."""
         try:
-            if self.images_key is not None and not slot_only:
+            if self.images_key is not None and reservation:
                 self.counters.unhold(self.images_key, self.reserved_images)
-            for key, _ in [] if slot_only else self.budget_keys:
+            for key, _ in self.budget_keys if reservation else ():
                 self.counters.unhold(key, self.reserved_micro)
-            if self.concurrency_key is not None:
+            if self.concurrency_key is not None and slot:
                 self.counters.unhold(self.concurrency_key, 1)
         except Exception as exc:  # the counters closed under a late settlement: nothing left to note
             log.warning("could not note a limit counter given back: %s", type(exc).__name__)

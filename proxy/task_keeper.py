@@ -35,9 +35,9 @@ from proxy.tasks import TaskRecord, failed
 
 log = logging.getLogger("imagegate.tasks")
 # Counters that start from the ledger with each run (a reservation made before it is not in them). The workers'
-# file starts with the run too, and when a worker exits the supervisor gives back what it held: a task a
-# sibling worker left within the run is in them only once taken over (and until then counted again if its
-# worker still runs, stalled past its lease: the strict side of a budget).
+# file starts with the run too; a task a sibling worker left within the run is counted again until its window
+# ends (a worker's death gives back what its requests held, not its tasks' reservations): the strict side of a
+# budget.
 FRESH_COUNTERS = (MemoryCounters, HostCounters)
 
 INTERRUPTED = ServiceUnavailable(
@@ -144,7 +144,6 @@ async def _interrupt(services: Services, record: TaskRecord, checkpoint: Checkpo
         ended = await end_task(services, failed(record, INTERRUPTED.envelope(), INTERRUPTED.status), 2, webhook)
     finally:
         CURRENT.reset(trace)
-    # Memory counters began anew with this process, and the workers' supervisor gave back what a dead worker
-    # held: the reservation is not in them to give back.
+    # Memory counters began anew with this process: the reservation is not in them to give back.
     if ended and checkpoint is not None and not isinstance(services.counters, FRESH_COUNTERS):
         await Admission.of(services.counters, checkpoint.reserved).settle(0)

@@ -256,6 +256,19 @@ async def test_what_a_killed_worker_held_is_given_back_once_and_what_it_spent_st
     counters.close()
 
 
+async def test_an_async_tasks_reservation_stays_when_its_worker_dies_and_its_slot_goes(tmp_path: Path) -> None:
+    # The task's record keeps its reservation for whichever worker takes it over: that one settles it.
+    path = counters_file(tmp_path)
+    worker = HostCounters(path, holdings=host_counters.holdings_file(tmp_path, 2))
+    admission = await admit(worker, "o", LIMITS, 3, budget=BUDGET, reserve=Decimal("0.15"))
+    admission.to_task()
+    worker.close()
+    assert host_counters.give_back(tmp_path, 2) == 1
+    counters = HostCounters(path)
+    assert await values(counters) == [0, 3, 150_000, 150_000]
+    counters.close()
+
+
 async def test_a_holding_is_given_back_only_to_the_counter_it_was_taken_in(tmp_path: Path) -> None:
     clock, path = Clock(), counters_file(tmp_path)
     worker = HostCounters(path, clock, holdings=host_counters.holdings_file(tmp_path, 1))
