@@ -159,6 +159,8 @@ async def serve(request: web.Request, plan: Plan, admission: Admission | None) -
             retention = rules.server.tasks.retention
             delivery = Delivery(plan.response_format, public_base(request, rules), max(retention, services.store.ttl))
             webhook = await requested(services, plan.callback_url, client_key)
+            if admission is not None:
+                admission.to_task()  # kept in the task's record from here on, not held by this process
             record = created(services, owner_of(client_key), delivery, admission, webhook)
             await services.tasks.put(record)  # the task writes this request's ledger record when it ends
             run = TaskRun(record, plan, Caller(client_key), delivery, admission, request.get(JSON_FIELDS))

@@ -63,12 +63,16 @@ class Admission:
     reserved_images: int = 0
     budget_keys: list[tuple[str, int]] = field(default_factory=list)  # (counter, ttl) reserved in
     reserved_micro: int = 0  # micro-dollars reserved in each budget counter
+    # An async task's reservation is kept in its record and settled by whichever process ends the task: it is
+    # not this process's holding, given back if it dies (its generation-at-once slot is).
+    task: bool = False
 
     async def settle(self, delivered: int, spent: Decimal | None = None) -> None:
         """Give back what was not used. Never raises: a counter blip must not turn a delivered answer into an error.
 
         `spent`: what the delivered images cost; None where it is not known (then each delivered image
         is taken to cost its share of the reservation)."""
+        self._unhold(reservation=not self.task)
         if self.images_key is not None and delivered < self.reserved_images:
             await _quietly(self.counters.decr(self.images_key, self.reserved_images - delivered))
         if self.budget_keys:
@@ -87,12 +91,19 @@ class Admission:
     def of(counters: Counters, reserved: Reserved) -> Admission:
         """The admission a checkpoint kept, to settle when the task ends (a generation at once is not held)."""
         return Admission(counters, images_key=reserved.images_key, reserved_images=reserved.reserved_images,
-                         budget_keys=list(reserved.budget_keys), reserved_micro=reserved.reserved_micro)
+                         budget_keys=list(reserved.budget_keys), reserved_micro=reserved.reserved_micro, task=True)
+
+    def to_task(self) -> None:
+        """The reservation becomes an async task's (see `task`)."""
+        if not self.task:
+            self._unhold(slot=False)
+            self.task = True
 
     async def release_slot(self) -> None:
         """Give back only the generation-at-once slot: an async task another process ends keeps the rest of its
         reservation for that process to settle."""
         if self.concurrency_key is not None:
+            self._unhold(reservation=False)
             await _quietly(self.counters.decr(self.concurrency_key, 1))
             self.concurrency_key = None
 
@@ -102,6 +113,18 @@ class Admission:
             await _quietly(self.counters.incr(self.images_key, self.reserved_images, DAY_TTL))
         for key, ttl in self.budget_keys:
             await _quietly(self.counters.incr(key, self.reserved_micro, ttl))
+
+    def _unhold(self, reservation: bool = True, slot: bool = True) -> None:
+        """This process no longer holds the images and budget reserved, the slot, or both (given back or spent)."""
+        try:
+            if self.images_key is not None and reservation:
+                self.counters.unhold(self.images_key, self.reserved_images)
+            for key, _ in self.budget_keys if reservation else ():
+                self.counters.unhold(key, self.reserved_micro)
+            if self.concurrency_key is not None and slot:
+                self.counters.unhold(self.concurrency_key, 1)
+        except Exception as exc:  # the counters closed under a late settlement: nothing left to note
+            log.warning("could not note a limit counter given back: %s", type(exc).__name__)
 
     async def _settle_budget(self, actual: int) -> None:
         for key, ttl in self.budget_keys:
@@ -166,14 +189,14 @@ async def _admit(admission: Admission, owner: str, limits: Limits, n: int, now: 
     if limits.images_per_day is not None:
         number, left = window(now, DAY)
         key = images_counter(owner, number)
-        reserved = await counters.incr(key, n, DAY_TTL)
+        reserved = await counters.incr(key, n, DAY_TTL, hold=True)
         admission.images_key = key  # from here on, a refusal gives them back
         if reserved > limits.images_per_day:
             raise _refused("images_per_day", limits.images_per_day, left)
     if limits.concurrent is not None:
         key = f"conc:{owner}"
         # The expiry is renewed on every admission: a busy key's counter must never lapse mid-flight.
-        running = await counters.incr(key, 1, CONCURRENCY_TTL, refresh=True)
+        running = await counters.incr(key, 1, CONCURRENCY_TTL, refresh=True, hold=True)
         admission.concurrency_key = key
         if running > limits.concurrent:
             raise _refused("concurrent", limits.concurrent, 1.0)
@@ -203,7 +226,7 @@ async def _reserve(admission: Admission, owner: str, budget: Budget, reserve: De
     ):
         if allowed is None:
             continue
-        total = await admission.counters.incr(key, amount, ttl)
+        total = await admission.counters.incr(key, amount, ttl, hold=True)
         admission.budget_keys.append((key, ttl))  # from here on, a refusal gives it back
         if total > micro(allowed):
             raise _spent(period, allowed, reserve, left)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -170,7 +171,9 @@ def _share_limits(app: web.Application, services: Services, shared: SharedState 
         services.counters, services.idempotency = shared.counters, shared.idempotency
     elif HOST_STATE in app:
         run = app[HOST_STATE]
-        services.counters = HostCounters(run / host_counters.FILE)
+        # What this worker holds is noted in a file of its own: its supervisor gives it back if it dies.
+        held = host_counters.holdings_file(run, os.getpid())
+        services.counters = HostCounters(run / host_counters.FILE, holdings=held)
         services.idempotency = HostIdempotency(run / host_state.FILE)
 
 

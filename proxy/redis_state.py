@@ -199,7 +199,7 @@ class RedisCounters:
         self._redis = client
         self._decr = client.register_script(_DECR)
 
-    async def incr(self, key: str, amount: int, ttl: int, refresh: bool = False) -> int:
+    async def incr(self, key: str, amount: int, ttl: int, refresh: bool = False, hold: bool = False) -> int:
         name = f"{PREFIX}count:{key}"
         async with unavailable_as_503():
             pipe = self._redis.pipeline(transaction=True)
@@ -208,6 +208,9 @@ class RedisCounters:
             pipe.expire(name, ttl, nx=not refresh)
             value, _ = await pipe.execute()
         return int(value)
+
+    def unhold(self, key: str, amount: int) -> None:
+        """Not noted: a replica that dies leaves its reservations until their counters expire (see ARCHITECTURE)."""
 
     async def decr(self, key: str, amount: int) -> None:
         async with unavailable_as_503():

@@ -1,6 +1,6 @@
 """Shell layer: state that several replicas must share, behind small interfaces with in-memory defaults.
 
-    Counters      per-key limit counters (increment with expiry, decrement)
+    Counters      per-key limit counters (increment with expiry, decrement; what a process holds, for the workers' table)
     Idempotency   `Idempotency-Key` records: claimed, then finished with the response to replay
 (async task records are `proxy.tasks.TaskStore`, hosted images `proxy.image_store.ImageStore`.)
 
@@ -25,9 +25,15 @@ DONE = "done"
 
 
 class Counters(Protocol):
-    async def incr(self, key: str, amount: int, ttl: int, refresh: bool = False) -> int:
+    async def incr(self, key: str, amount: int, ttl: int, refresh: bool = False, hold: bool = False) -> int:
         """Add `amount`; the new value. The counter expires `ttl` seconds after it was created, or after
-        this increment when `refresh` (a gauge that must not lapse while in use)."""
+        this increment when `refresh` (a gauge that must not lapse while in use). `hold`: the amount is a
+        reservation this process holds until `unhold` (the workers' counters give back what a dead worker held)."""
+        ...
+
+    def unhold(self, key: str, amount: int) -> None:
+        """This process no longer holds `amount` of the counter (its reservation ended, given back or spent).
+        Called before the counter is given back: a process killed in between leaves more counted, never less."""
         ...
 
     async def decr(self, key: str, amount: int) -> None:
@@ -71,7 +77,7 @@ class MemoryCounters:
         self._values: dict[str, tuple[int, float]] = {}
         self._clock = clock
 
-    async def incr(self, key: str, amount: int, ttl: int, refresh: bool = False) -> int:
+    async def incr(self, key: str, amount: int, ttl: int, refresh: bool = False, hold: bool = False) -> int:
         now = self._clock()
         value, expires = self._values.get(key, (0, now + ttl))
         if expires <= now:
@@ -82,6 +88,9 @@ class MemoryCounters:
         if len(self._values) > 10_000:
             self._values = {name: item for name, item in self._values.items() if item[1] > now}
         return value + amount
+
+    def unhold(self, key: str, amount: int) -> None:
+        """Nothing to note: these counters end with the one process that holds them."""
 
     async def decr(self, key: str, amount: int) -> None:
         if key in self._values:

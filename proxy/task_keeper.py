@@ -36,7 +36,8 @@ from proxy.tasks import TaskRecord, failed
 log = logging.getLogger("imagegate.tasks")
 # Counters that start from the ledger with each run (a reservation made before it is not in them). The workers'
 # file starts with the run too; a task a sibling worker left within the run is counted again until its window
-# ends: the strict side of a budget.
+# ends (a worker's death gives back what its requests held, not its tasks' reservations): the strict side of a
+# budget.
 FRESH_COUNTERS = (MemoryCounters, HostCounters)
 
 INTERRUPTED = ServiceUnavailable(

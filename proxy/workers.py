@@ -2,7 +2,8 @@
 
     supervisor   binds the address, migrates the ledger and starts the shared counters once, forks N workers,
                  waits until each listens, prints the banner; then passes HUP (reload) and TERM/INT (drain) to
-                 every worker, starts a new worker when one dies, and exits once all have drained
+                 every worker, gives back what a worker that dies held in the limit counters and starts a new
+                 one, and exits once all have drained
     worker       one event loop serving the whole app on the shared address (proxy.serving), as a single
                  process would; it stops by itself when its supervisor is gone
 
@@ -185,6 +186,7 @@ class Supervisor:
     count: int
     start: Callable[[int], int]
     grace: float
+    gone: Callable[[Worker], None] = lambda worker: None  # what an exited worker leaves behind is undone
     workers: dict[int, Worker] = field(default_factory=dict)  # by pid
     due: dict[int, float] = field(default_factory=dict)  # index -> when its replacement may start
     failures: dict[int, int] = field(default_factory=dict)  # index -> quick deaths in a row
@@ -229,6 +231,7 @@ class Supervisor:
 
     def _exited(self, worker: Worker, status: int, started: bool) -> None:
         forget_metrics(worker.pid)
+        self.gone(worker)  # before its successor starts: that one finds the key's slots free
         if self.stopping is not None:
             return
         code = os.waitstatus_to_exitcode(status)
@@ -264,6 +267,19 @@ def forget_metrics(pid: int) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def give_back_holdings(directory: Path, worker: Worker) -> None:
+    """A dead worker's requests in flight release what they held in the limit counters (a generation at once,
+    images and budget reserved); one that drained holds nothing. Never raises: the supervisor must go on."""
+    try:
+        held = host_counters.give_back(directory, worker.pid)
+    except Exception as exc:
+        log.error("could not give back what worker %d (pid %d) held in the limit counters: %s",
+                  worker.index, worker.pid, reason(exc))
+        return
+    if held:
+        log.warning("gave back what worker %d (pid %d) held in %d limit counter(s)", worker.index, worker.pid, held)
 
 
 def fork_worker(child: Callable[[], int]) -> int:
@@ -343,7 +359,7 @@ def supervise(
     current = [rules]  # the rules a new worker starts with: a reload changes them
     os.set_blocking(ready, False)
     supervisor = Supervisor(count, lambda index: fork_worker(lambda: worker_main(current[0], run, index)),
-                            rules.server.shutdown_grace)
+                            rules.server.shutdown_grace, lambda worker: give_back_holdings(run.directory, worker))
     for index in range(count):
         supervisor.spawn(index)
     announced = False

@@ -24,9 +24,10 @@ import pytest
 from tests.factories import LOCAL, OPENAI, ROOT, clean_env, free_port, rules_yaml, run_cli, serve_fake
 from tests.fakes.openai import KEY, FakeOpenAI
 
-A, LIMITED = "sk-workers-a", "sk-workers-limited"
+A, LIMITED, ONE = "sk-workers-a", "sk-workers-limited", "sk-workers-one"
 SERVER = {
-    "api_keys": [A, {"key": LIMITED, "name": "limited", "limits": {"requests_per_minute": 5}}],
+    "api_keys": [A, {"key": LIMITED, "name": "limited", "limits": {"requests_per_minute": 5}},
+                 {"key": ONE, "name": "one", "limits": {"concurrent": 1}}],
     "shutdown_grace": 20,
 }
 MODELS: dict[str, Any] = {
@@ -218,6 +219,25 @@ async def test_a_killed_worker_is_replaced(workers: tuple[Proxy, FakeOpenAI]) ->
     assert f"(pid {victim}) exited with signal 9: a new one starts in 0s" in log
     answers = await from_both(proxy, lambda: generate(proxy, size="256x256"))
     assert all(status == 200 for status, _, _ in answers)
+
+
+async def test_a_killed_workers_request_in_flight_gives_back_its_keys_slot(workers: tuple[Proxy, FakeOpenAI]) -> None:
+    proxy, fake = workers
+    fake.delay = 60.0
+    slow = asyncio.create_task(generate(proxy, ONE, model="slow"))
+    await until(lambda: len(fake.recorder.received) == 1)
+    assert (await generate(proxy, ONE, size="256x256"))[0] == 429  # one at a time: the slow one runs
+    for victim in sorted(proxy.children()):  # the one whose client is cut off served the slow request
+        os.kill(victim, signal.SIGKILL)
+        await until(lambda: len(proxy.children()) == 2 and victim not in proxy.children())  # noqa: B023
+        if (await asyncio.wait({slow}, timeout=5))[0]:
+            break
+        assert (await generate(proxy, ONE, size="256x256"))[0] == 429  # its sibling's holding was not touched
+    with pytest.raises(aiohttp.ClientError):
+        await slow
+    answers = await from_both(proxy, lambda: generate(proxy, ONE, size="256x256"))
+    assert all(status == 200 for status, _, _ in answers)
+    assert f"(pid {victim}) held in 1 limit counter(s)" in proxy.log.read_text()
 
 
 async def test_workers_stop_when_their_supervisor_is_killed(workers: tuple[Proxy, FakeOpenAI]) -> None:
