@@ -112,28 +112,15 @@ async def _first_step(spec: AdapterSpec, job: Job) -> Step:
 Report = Callable[[str, object], Awaitable[None]]
 
 
-async def _steps(
-    driver: Driver, spec: AdapterSpec, job: Job, progress: list[object], report: Report | None = None
-) -> ImagesResult:
-    resumed = progress[0]
-    step = await _first_step(spec, job) if resumed is None or spec.resume is None else spec.resume(job, resumed)
-    for _ in range(MAX_STEPS):
-        if isinstance(step, Done):
-            return step.result
-        if isinstance(step, Fail):
-            raise step.error
-        if isinstance(step, Wait):
-            await asyncio.sleep(step.seconds)
-            response = await _poll(driver, step.call, job.channel)
-        else:
-            assert isinstance(step, Send)
-            response = await timed_send(driver, step.call, job.channel)
-        step = spec.advance(job, step.state, response)
-        created = progress[0] is None and getattr(step, "state", None) is not None
-        progress[0] = getattr(step, "state", progress[0])
-        if created and report is not None and spec.resume is not None:
-            await report(job.channel.name, progress[0])
-    raise BadGateway(f"channel '{job.channel.name}' did not finish after {MAX_STEPS} calls", code="upstream_stalled")
+def _advance(
+    spec: AdapterSpec, job: Job, step: Send | Wait, response: UpstreamResponse, progress: list[object]
+) -> tuple[Step, bool]:
+    """The adapter's next step after an answer, the latest state kept in `progress`; and whether this answer
+    created the upstream task (its first state)."""
+    following = spec.advance(job, step.state, response)
+    created = progress[0] is None and getattr(following, "state", None) is not None
+    progress[0] = getattr(following, "state", progress[0])
+    return following, created
 
 
 def _own_host(url: str, base_url: str) -> bool:
@@ -208,7 +195,23 @@ async def run_job(
     progress: list[object] = [resume]  # the latest adapter state, to cancel the task if the job is abandoned
     try:
         async with asyncio.timeout(job.channel.deadline):
-            return await _steps(driver, spec, job, progress, report)
+            # The steps run here rather than in a coroutine of their own: a call in flight carries a frame fewer.
+            step = await _first_step(spec, job) if resume is None or spec.resume is None else spec.resume(job, resume)
+            for _ in range(MAX_STEPS):
+                if isinstance(step, Done):
+                    return step.result
+                if isinstance(step, Fail):
+                    raise step.error
+                if isinstance(step, Wait):
+                    await asyncio.sleep(step.seconds)
+                    response = await _poll(driver, step.call, job.channel)
+                else:
+                    assert isinstance(step, Send)
+                    response = await timed_send(driver, step.call, job.channel)
+                step, created = _advance(spec, job, step, response, progress)
+                if created and report is not None and spec.resume is not None:
+                    await report(job.channel.name, progress[0])
+            raise BadGateway(f"channel '{job.channel.name}' did not finish after {MAX_STEPS} calls", code="upstream_stalled")
     except TimeoutError:
         cancel_abandoned(driver, spec, job, progress[0])
         raise GatewayTimeout(

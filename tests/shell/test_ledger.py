@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
 import time
 from dataclasses import astuple
 from datetime import UTC, datetime, timedelta
@@ -50,6 +51,17 @@ def rules(**server: Any) -> str:
 
 def bearer(key: str = "client-key-1") -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture(autouse=True)
+async def sqlite_threads_end_before_the_loop() -> Any:
+    """A failed SQLite connection stops its aiosqlite thread after the test's last await; the thread then
+    reports to the loop, and a loop already closed makes that a thread error blamed on the next test."""
+    yield
+    for _ in range(500):  # 5 s at most
+        if not any("_connection_worker_thread" in thread.name for thread in threading.enumerate()):
+            return
+        await asyncio.sleep(0.01)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
