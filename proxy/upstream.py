@@ -62,11 +62,10 @@ def make_session(settings: SessionSettings = SessionSettings()) -> aiohttp.Clien
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 
 
-async def read_capped(content: aiohttp.StreamReader, limit: int, what: str) -> bytes:
-    """The whole body, or BadGateway once it passes `limit` bytes (the rest is never read).
-
-    Read as the chunks arrive: cut to a fixed size, every chunk and its remainder would be copied
-    again, for megabytes of base64 more than once."""
+async def read_chunks(content: aiohttp.StreamReader, limit: int, what: str) -> tuple[bytes, ...]:
+    """The whole body as the chunks it arrived in, or BadGateway once it passes `limit` bytes (the rest is
+    never read). Kept as they arrived: cut to a fixed size, every chunk and its remainder would be copied
+    again, and joined, megabytes of base64 would be copied before anything reads them."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in content.iter_any():
@@ -74,7 +73,12 @@ async def read_capped(content: aiohttp.StreamReader, limit: int, what: str) -> b
         if size > limit:
             raise BadGateway(f"{what} is larger than {limit} bytes", code="upstream_too_large")
         chunks.append(chunk)
-    return b"".join(chunks)
+    return tuple(chunks)
+
+
+async def read_capped(content: aiohttp.StreamReader, limit: int, what: str) -> bytes:
+    """The whole body in one buffer, or BadGateway once it passes `limit` bytes (see read_chunks)."""
+    return b"".join(await read_chunks(content, limit, what))
 
 
 class UploadPayload(payload.Payload):
@@ -174,6 +178,6 @@ async def send(session: aiohttp.ClientSession, call: Call, *, channel: str, time
     seconds = call.timeout if call.timeout is not None else timeout
     request = session.request(call.method, call.url, timeout=client_timeout(seconds), **_request_kwargs(call))  # type: ignore[arg-type]
     async with transport_errors(channel, seconds), request as resp:
-        body = await read_capped(resp.content, MAX_ANSWER_BYTES, f"the answer of channel '{channel}'")
+        body = await read_chunks(resp.content, MAX_ANSWER_BYTES, f"the answer of channel '{channel}'")
         headers = {name.lower(): value for name, value in resp.headers.items()}
         return UpstreamResponse(status=resp.status, headers=headers, body=body)

@@ -112,9 +112,9 @@ def _image(item: Any) -> GeneratedImage:
     return GeneratedImage(**fields)
 
 
-def parse_images_response(body: bytes) -> ImagesResult:
-    """An OpenAI ImagesResponse; ValueError when the body is not one. Large base64 images stay the
-    body's bytes (proxy.core.plain_base64)."""
+def parse_images_response(body: bytes | tuple[bytes, ...]) -> ImagesResult:
+    """An OpenAI ImagesResponse (whole, or the chunks it was received in); ValueError when the body is not
+    one. Large base64 images are read out of the body unparsed (proxy.core.plain_base64)."""
     data = loads_images(body)
     if not isinstance(data, dict) or not isinstance(data.get("data"), list) or not data["data"]:
         raise ValueError("no data[] in the answer")
@@ -129,7 +129,8 @@ def parse_images_response(body: bytes) -> ImagesResult:
 
 
 def advance(job: Job, state: None, response: UpstreamResponse) -> Step:
-    return images_step(job, response, upstream_failure, parse_images_response)
+    # Parsed from the chunks as received: the answer is never joined whole (proxy.core.received).
+    return images_step(job, response, upstream_failure, lambda answer: parse_images_response(answer.chunks))
 
 
 # GPT image models make png, jpeg and webp and take output_compression (OpenAI's image API reference);

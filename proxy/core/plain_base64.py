@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Sequence
 from typing import Any
 
 import pybase64
+
+from proxy.core.received import Received
 
 _ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 # Below this size json.loads is as fast as locating the string (and most answers are small).
@@ -31,15 +34,24 @@ _SPACE = b" \t\r\n"  # JSON's whitespace
 _LOOKAHEAD = 64  # bytes after the key where its value's opening quote must be (more spaces: parsed plainly)
 
 
-def only_base64(raw: bytes) -> bool:
+def only_base64(raw: bytes | memoryview) -> bool:
     """Whether the bytes hold only base64 characters. Valid base64 (an upstream's image) is recognised by
     pybase64's SIMD decoder (3 MB: 0.25 ms); anything it refuses by deleting the alphabet (1 ms) and
-    seeing whether anything is left."""
+    seeing whether anything is left. The decoder takes whole quads only: a tail of fewer than four
+    characters is checked by the alphabet alone."""
+    whole = len(raw) - len(raw) % 4
     try:
-        pybase64.b64decode(raw, validate=True)
-        return True
+        pybase64.b64decode(raw[:whole], validate=True)
     except ValueError:  # binascii.Error included
-        return not raw.translate(None, _ALPHABET)
+        return not bytes(raw).translate(None, _ALPHABET)
+    return not bytes(raw[whole:]).translate(None, _ALPHABET)
+
+
+def _only_base64_in(views: list[memoryview]) -> bool:
+    """`only_base64` of the views' concatenation, checked view by view: a chunk just received is checked
+    where it lies, and the decoder's output is a chunk's size, not the image's, so it never costs fresh
+    pages of memory."""
+    return all(only_base64(view) for view in views)
 
 
 def as_plain_base64(text: str) -> bytes | None:
@@ -50,9 +62,9 @@ def as_plain_base64(text: str) -> bytes | None:
     return raw if only_base64(raw) else None
 
 
-def _value_start(body: bytes, key_end: int) -> int | None:
+def _value_start(body: Received, key_end: int) -> int | None:
     """Where the string after `"b64_json"` starts (past `:` and JSON's whitespace), or None: no string follows."""
-    rest = body[key_end : key_end + _LOOKAHEAD]
+    rest = body.span(key_end, key_end + _LOOKAHEAD)
     colon = rest.lstrip(_SPACE)
     if not colon.startswith(b":"):
         return None
@@ -60,17 +72,18 @@ def _value_start(body: bytes, key_end: int) -> int | None:
     return key_end + len(rest) - len(value) + 1 if value.startswith(b'"') else None
 
 
-def _plain_values(body: bytes) -> list[tuple[int, int, bytes]]:
+def _plain_values(body: Received) -> list[tuple[int, int, bytes]]:
     """Where the large `"b64_json": "..."` values of only base64 characters lie, and their bytes (a
     lexical guess that `loads_images` confirms by parsing what is around them). Found with `bytes.find`,
-    which skips megabytes at memory speed, and searched on from each value's end, never through it."""
+    which skips megabytes at memory speed, and searched on from each value's end, never through it.
+    Each value is copied out of the chunks once; nothing else of that size is."""
     values: list[tuple[int, int, bytes]] = []
     key = body.find(_KEY)
     while key >= 0:
         start = _value_start(body, key + len(_KEY))
         end = body.find(b'"', start) if start is not None else -1
-        if start is not None and end - start >= SPLICE_FROM and only_base64(value := body[start:end]):
-            values.append((start, end, value))
+        if start is not None and end - start >= SPLICE_FROM and _only_base64_in(body.views(start, end)):
+            values.append((start, end, body.span(start, end)))
         key = body.find(_KEY, max(end, key + 1))
     return values
 
@@ -86,12 +99,14 @@ def _put_back(data: Any, values: dict[str, bytes]) -> bool:
     return not values
 
 
-def loads_images(body: bytes) -> Any:
-    """`json.loads(body)`, except that the large base64 strings of `data[i].b64_json` are their ASCII bytes,
-    read without parsing. A body json.loads rejects raises its ValueError."""
+def loads_images(received: bytes | Sequence[bytes]) -> Any:
+    """`json.loads` of the body (given whole, or as the chunks it was received in), except that the large
+    base64 strings of `data[i].b64_json` are their ASCII bytes, read without parsing. A body json.loads
+    rejects raises its ValueError."""
+    body = Received(received)
     found = _plain_values(body)
     if not found:
-        return json.loads(body)
+        return json.loads(body.whole())
     # A per-call random marker cannot collide with anything the upstream wrote.
     marker = "splice-" + secrets.token_hex(16)
     pieces: list[bytes] = []
@@ -99,12 +114,12 @@ def loads_images(body: bytes) -> Any:
     previous = 0
     for number, (start, end, value) in enumerate(found):
         name = f"{marker}-{number}"
-        pieces += [body[previous:start], name.encode()]
+        pieces += [body.span(previous, start), name.encode()]
         values[name] = value
         previous = end
-    pieces.append(body[previous:])
+    pieces.append(body.span(previous, len(body)))
     try:
         data = json.loads(b"".join(pieces))
     except (ValueError, RecursionError):
-        return json.loads(body)  # its own error, as the plain parser words it
-    return data if _put_back(data, values) else json.loads(body)
+        return json.loads(body.whole())  # its own error, as the plain parser words it
+    return data if _put_back(data, values) else json.loads(body.whole())
