@@ -23,6 +23,7 @@ from proxy.core.formats import FORMATS, NativeFormats
 from proxy.core.multipart import Part, text_part
 from proxy.core.plain_base64 import loads_images
 from proxy.core.plan import EDIT, GENERATE, VARIATION
+from proxy.core.received import Base64Chunks
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import ChannelSchema
 from proxy.core.sse import Event, error_payload, is_done
@@ -97,8 +98,8 @@ def stream_events(job: Job, event: Event) -> list[dict[str, Any]]:
     return [payload] if isinstance(payload.get("type"), str) else []
 
 
-# The types a data[] item's fields may have: bytes are base64 that loads_images read unparsed.
-_ITEM_FIELDS: dict[str, tuple[type, ...]] = {"b64_json": (str, bytes), "url": (str,), "revised_prompt": (str,)}
+# The types a data[] item's fields may have: Base64Chunks are base64 that loads_images read unparsed.
+_ITEM_FIELDS: dict[str, tuple[type, ...]] = {"b64_json": (str, Base64Chunks), "url": (str,), "revised_prompt": (str,)}
 
 
 def _image(item: Any) -> GeneratedImage:

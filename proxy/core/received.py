@@ -81,3 +81,50 @@ class Received:
         window_start = max(boundary - len(sub) + 1, start)
         found = self.span(window_start, boundary + len(sub) - 1).find(sub)
         return window_start + found if found >= 0 else -1
+
+
+class Base64Chunks:
+    """Base64 text, already checked to hold only base64 characters, kept as views of the chunks of the
+    answer it was read from: written to a socket or decoded view by view, it is never copied whole.
+
+    It answers what code that reads base64 asks of bytes: its length, a slice (a header to sniff, a
+    copy), `decode` (text for JSON that is kept), and `bytes()` (the whole text, joined)."""
+
+    __slots__ = ("_size", "views")
+
+    def __init__(self, views: Sequence[memoryview]) -> None:
+        self.views: tuple[memoryview, ...] = tuple(views)
+        self._size = sum(len(view) for view in self.views)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.views)
+
+    def __getitem__(self, where: slice) -> bytes:
+        start, stop, step = where.indices(self._size)
+        if step != 1:
+            return bytes(self)[where]
+        pieces: list[memoryview] = []
+        position = 0
+        for view in self.views:
+            end = position + len(view)
+            if end > start and position < stop:
+                pieces.append(view[max(start - position, 0) : stop - position])
+            position = end
+        return b"".join(pieces)
+
+    def decode(self, encoding: str = "ascii") -> str:
+        return bytes(self).decode(encoding)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Base64Chunks):
+            other = bytes(other)
+        return isinstance(other, bytes) and bytes(self) == other
+
+    def __hash__(self) -> int:
+        return hash(bytes(self))
+
+    def __repr__(self) -> str:
+        return f"Base64Chunks({len(self)} characters in {len(self.views)} views)"

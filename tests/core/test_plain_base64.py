@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from proxy.core.plain_base64 import SPLICE_FROM, as_plain_base64, loads_images, only_base64
+from proxy.core.received import Base64Chunks
 
 BIG = base64.b64encode(os.urandom(SPLICE_FROM)).decode()  # over SPLICE_FROM characters, with '+', '/' and '='
 OTHER = base64.b64encode(os.urandom(SPLICE_FROM + 7)).decode()
@@ -17,7 +18,7 @@ OTHER = base64.b64encode(os.urandom(SPLICE_FROM + 7)).decode()
 
 def as_text(value: Any) -> Any:
     """The value with base64 bytes as the str json.loads makes of them."""
-    if isinstance(value, bytes):
+    if isinstance(value, Base64Chunks):
         return value.decode("ascii")
     if isinstance(value, dict):
         return {key: as_text(item) for key, item in value.items()}
@@ -27,7 +28,7 @@ def as_text(value: Any) -> Any:
 
 
 def raw_images(data: Any) -> list[bytes]:
-    return [item["b64_json"] for item in data["data"] if isinstance(item.get("b64_json"), bytes)]
+    return [bytes(item["b64_json"]) for item in data["data"] if isinstance(item.get("b64_json"), Base64Chunks)]
 
 
 def chunked(body: bytes) -> list[tuple[bytes, ...]]:

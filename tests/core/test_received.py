@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from proxy.core.received import Received
+from proxy.core.received import Base64Chunks, Received
 
 WHOLE = b'{"data": [{"b64_json": "QUJD"}], "b64_json": "x"}' * 3
 NEEDLES = [b'"b64_json"', b'"', b"QUJD", b"}]", b"absent", WHOLE[-20:], WHOLE]
@@ -44,3 +44,14 @@ def test_views_are_the_span_without_a_copy(size: int) -> None:
         views = received.views(start, end)
         assert b"".join(views) == received.span(start, end), (start, end)
         assert all(isinstance(view.obj, bytes) and len(view) > 0 for view in views)
+
+
+@pytest.mark.parametrize("size", [1, 3, 64])
+def test_base64_chunks_answer_as_the_joined_bytes(size: int) -> None:
+    text = b"QUJD" * 50 + b"QQ=="
+    chunks = Base64Chunks(Received(cuts(text, size)).views(0, len(text)))
+    assert len(chunks) == len(text) and bytes(chunks) == text and chunks.decode("ascii") == text.decode()
+    assert chunks == text and chunks == Base64Chunks([memoryview(text)]) and hash(chunks) == hash(text)
+    for start, stop in itertools.product([None, 0, 3, 50, 199], [None, 1, 4, 100, 203, 500]):
+        assert chunks[start:stop] == text[start:stop], (start, stop)
+    assert chunks[::2] == text[::2]

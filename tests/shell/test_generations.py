@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from proxy.adapters import openai
 from proxy.core.plain_base64 import loads_images
+from proxy.core.received import Base64Chunks
 from tests.factories import CLIENT_KEY, DALL_E_3, auth, rules_yaml, url_of
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
 
@@ -311,7 +312,7 @@ async def _raw_answers(client: TestClient, body: dict[str, Any]) -> tuple[bytes,
             assert response.headers["Content-Length"] == str(len(raw))
             assert response.headers["Content-Type"].startswith("application/json")
             answers.append(raw)
-    assert all(isinstance(item["b64_json"], bytes) for item in unparsed[0]["data"])  # the fast path was taken
+    assert all(isinstance(item["b64_json"], Base64Chunks) for item in unparsed[0]["data"])  # the fast path was taken
     return answers[0], answers[1]
 
 
