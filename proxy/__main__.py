@@ -27,6 +27,7 @@ from aiohttp import web
 
 from proxy import __version__
 from proxy.adapters import SCHEMAS
+from proxy.allocator import keep_large_buffers
 from proxy.app import make_app
 from proxy.core.rules import MAX_WORKERS, Rules, RulesError, parse_rules
 from proxy.lifecycle import log_startup
@@ -221,6 +222,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return EXIT_BAD_RULES
     if args.command == "check":
         return check(rules, args.rules)
+    keep_large_buffers()  # before any worker is forked: they inherit it (proxy.allocator)
     count = worker_count(args.workers or rules.server.workers)
     if count > 1:
         return serve_workers(rules, args, count, env)

@@ -30,7 +30,8 @@ from proxy.core import base64_codec
 from proxy.core.errors import BadGateway, ProxyError, ServiceUnavailable
 from proxy.core.formats import FORMAT_OF_MIME, MIME_TYPES, Conversion
 from proxy.core.mime import image_dimensions, sniff_image_type
-from proxy.core.response import FETCH, HOST, GeneratedImage, ImagesResult, conversion, in_format
+from proxy.core.received import Base64Chunks
+from proxy.core.response import FETCH, HOST, Base64, GeneratedImage, ImagesResult, conversion, in_format
 from proxy.core.rules import Channel, DownloadRules, Rules
 from proxy.core.transcode import TranscodeError, transcode
 from proxy.cpu import off_loop
@@ -78,9 +79,9 @@ class Delivery:
         return self if trusted == self.trusted else replace(self, trusted=trusted)
 
 
-def _decode(b64: str | bytes) -> bytes:
+def _decode(b64: Base64) -> bytes:
     try:
-        return base64_codec.decode(b64)
+        return base64_codec.decode(bytes(b64) if isinstance(b64, Base64Chunks) else b64)
     except (binascii.Error, ValueError):
         raise _not_base64() from None
 
@@ -95,7 +96,7 @@ async def _off_loop_if_large(size: int, function: Any, argument: Any, limit: int
     return await off_loop(function, argument)
 
 
-def _sniffed(b64: str | bytes) -> str | None:
+def _sniffed(b64: Base64) -> str | None:
     """The type the first bytes of a base64 image show (whether all of it is base64 is the decode's to say)."""
     try:
         return sniff_image_type(base64.b64decode(b64[:_SNIFF_CHARS]))
@@ -103,15 +104,15 @@ def _sniffed(b64: str | bytes) -> str | None:
         return None
 
 
-def _decoded_by_store(store: ImageStore, b64: str | bytes) -> bool:
+def _decoded_by_store(store: ImageStore, b64: Base64) -> bool:
     """Whether the store decodes this image itself while writing it (a large one, to the directory store):
     then it never exists whole in memory, and its decode does not hold the event loop (proxy.image_store)."""
-    return isinstance(store, FileImageStore) and len(b64) >= _INLINE_LIMIT and (isinstance(b64, bytes) or b64.isascii())
+    return isinstance(store, FileImageStore) and len(b64) >= _INLINE_LIMIT and (not isinstance(b64, str) or b64.isascii())
 
 
-async def _put_base64(store: FileImageStore, b64: str | bytes, content_type: str, keep_for: float) -> str:
+async def _put_base64(store: FileImageStore, b64: Base64, content_type: str, keep_for: float) -> str:
     try:
-        return await store.put_base64(b64 if isinstance(b64, bytes) else b64.encode("ascii"), content_type, keep_for)
+        return await store.put_base64(b64.encode("ascii") if isinstance(b64, str) else b64, content_type, keep_for)
     except binascii.Error:
         raise _not_base64() from None
 
@@ -230,7 +231,7 @@ _HEADER_CHARS = 4 * 24 * 1024
 _FIRST_HEADER_CHARS = _SNIFF_CHARS
 
 
-def _dimensions(b64: str | bytes, chars: int) -> tuple[int, int] | None:
+def _dimensions(b64: Base64, chars: int) -> tuple[int, int] | None:
     chunk = b64[:chars]
     try:
         head = base64.b64decode(chunk[: len(chunk) - len(chunk) % 4])

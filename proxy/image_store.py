@@ -4,9 +4,10 @@ The default store is a directory: each image is one file named by an unguessable
 extension, so the name alone is the capability to read it (as OpenAI's signed URLs are). An image
 lives `ttl` seconds, measured from its file's modification time, and a sweep removes expired files.
 File I/O runs in a worker thread so megabyte writes never stall the event loop. A large base64 image
-is decoded in that thread too, a slice at a time between the writes (`put_base64`): the decoded image
-never exists whole, and the event loop gets the interpreter between slices instead of waiting out
-one long decode.
+is decoded in that thread too, a slice at a time between the writes (`put_base64`), from the chunks
+the upstream's answer arrived in when it is Base64Chunks: neither the base64 nor the decoded image is
+ever copied whole, and the event loop gets the interpreter between slices instead of waiting out one
+long decode.
 
 Object storage (proxy.s3_store) names an image by its content's hash instead: a repeat is stored once,
 and only someone who already has the image can compute its name.
@@ -29,6 +30,7 @@ from typing import Protocol
 
 from proxy.core import base64_codec
 from proxy.core.mime import EXTENSIONS
+from proxy.core.received import Base64Chunks
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{32}\.(png|jpg|webp|gif|svg)$")
 _HASH_NAME = re.compile(r"^[0-9a-f]{64}\.(png|jpg|webp|gif|svg)$")
@@ -92,21 +94,54 @@ class ImageStore(Protocol):
         ...
 
 
-def decode_slices(b64: bytes) -> Iterator[bytes]:
-    """The bytes strict base64 decodes to, a slice at a time; binascii.Error (a ValueError) where
-    `base64.b64decode(b64, validate=True)` would raise one."""
+def _slices(b64: bytes) -> Iterator[memoryview]:
+    """The text in slices of whole quads, a tail too short to decode alone ending the last one."""
     view = memoryview(b64)
     start = 0
     while start < len(view):
         end = start + _BASE64_SLICE
         if len(view) - end < 4:
-            end = len(view)  # a tail too short to decode alone ends the last slice, as it ends a whole decode
-        piece = view[start:end]
-        if end < len(view) and piece[-1] == _PAD:
-            # Padding that ends a slice is only valid at the very end: more follows here.
-            raise binascii.Error("Excess data after padding")
-        yield base64_codec.decode_slice(piece)
+            end = len(view)  # as the tail ends a whole decode
+        yield view[start:end]
         start = end
+
+
+def _quads(views: Iterable[memoryview]) -> Iterator[bytes | memoryview]:
+    """The views' text in pieces of whole quads, as they lie: only a quad cut by a view's end is copied (four
+    bytes); whatever is left over ends the last piece."""
+    carry = b""
+    for view in views:
+        if carry:
+            need = 4 - len(carry)
+            carry, view = carry + bytes(view[:need]), view[need:]
+            if len(carry) < 4:
+                continue  # a view shorter than the quad's rest
+            yield carry
+        cut = len(view) - len(view) % 4
+        if cut:
+            yield view[:cut]
+        carry = bytes(view[cut:])
+    if carry:
+        yield carry
+
+
+def decode_slices(b64: bytes | Base64Chunks) -> Iterator[bytes]:
+    """The bytes strict base64 decodes to, a slice at a time (the received chunks' own views when it is
+    Base64Chunks); binascii.Error (a ValueError) where `base64.b64decode(b64, validate=True)` would raise one."""
+    pieces = _slices(b64) if isinstance(b64, bytes) else _quads(b64.views)
+    previous: bytes | memoryview | None = None
+    for piece in pieces:
+        if previous is not None and len(piece) < 4:
+            previous = bytes(previous) + piece  # a tail too short to decode alone ends the last slice, as in _slices
+            continue
+        if previous is not None:
+            if previous[-1] == _PAD:
+                # Padding that ends a slice is only valid at the very end: more follows here.
+                raise binascii.Error("Excess data after padding")
+            yield base64_codec.decode_slice(previous)
+        previous = piece
+    if previous is not None:
+        yield base64_codec.decode_slice(previous)
 
 
 def default_directory() -> Path:
@@ -142,9 +177,9 @@ class FileImageStore:
         await asyncio.to_thread(self._write, (data,), name, self.ttl if keep_for is None else keep_for)
         return name
 
-    async def put_base64(self, b64: bytes, content_type: str, keep_for: float | None = None) -> str:
-        """`put` of what the base64 decodes to, decoded while it is written; binascii.Error (nothing kept)
-        when it is not strict base64."""
+    async def put_base64(self, b64: bytes | Base64Chunks, content_type: str, keep_for: float | None = None) -> str:
+        """`put` of what the base64 decodes to, decoded while it is written (from the chunks it was received
+        in, when it is Base64Chunks); binascii.Error (nothing kept) when it is not strict base64."""
         name = image_name(content_type)
         await asyncio.to_thread(self._write, decode_slices(b64), name, self.ttl if keep_for is None else keep_for)
         return name

@@ -22,9 +22,10 @@ JSON = "application/json"
 
 
 class PiecesPayload(payload.Payload):
-    """A body made of byte strings, written in slices without joining them."""
+    """A body made of byte strings (and views of the chunks an upstream's answer arrived in), written in
+    slices without joining them."""
 
-    def __init__(self, pieces: Sequence[bytes], **kwargs: Any) -> None:
+    def __init__(self, pieces: Sequence[bytes | memoryview], **kwargs: Any) -> None:
         super().__init__(pieces, **kwargs)
         self._pieces = pieces
         self._size = sum(len(piece) for piece in pieces)

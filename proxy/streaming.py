@@ -34,7 +34,7 @@ from proxy.core.errors import BadGateway, GatewayTimeout, ProxyError, UpstreamEr
 from proxy.core.mime import sniff_image_type
 from proxy.core.plan import EDIT, Plan
 from proxy.core.pricing import Delivered, priced
-from proxy.core.response import GeneratedImage, ImagesResult, b64_text
+from proxy.core.response import Base64, GeneratedImage, ImagesResult, b64_text
 from proxy.core.rules import Rules, iter_usable
 from proxy.core.sse import KEEPALIVE, SSEParser, completed_event, error_payload, format_json_event, partial_image_event
 from proxy.core.translate import revised_prompt
@@ -235,7 +235,7 @@ def zero_usage() -> dict[str, Any]:
             "total_tokens": 0}
 
 
-def sniff_b64(b64: str | bytes) -> str | None:
+def sniff_b64(b64: Base64) -> str | None:
     """The image type the first bytes of a base64 image show (every signature fits in 24 bytes)."""
     try:
         return sniff_image_type(base64.b64decode(b64[:32]))

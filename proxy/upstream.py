@@ -63,11 +63,10 @@ def make_session(settings: SessionSettings = SessionSettings()) -> aiohttp.Clien
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 
 
-async def read_capped(content: aiohttp.StreamReader, limit: int, what: str) -> bytes:
-    """The whole body, or BadGateway once it passes `limit` bytes (the rest is never read).
-
-    Read as the chunks arrive: cut to a fixed size, every chunk and its remainder would be copied
-    again, for megabytes of base64 more than once."""
+async def read_chunks(content: aiohttp.StreamReader, limit: int, what: str) -> tuple[bytes, ...]:
+    """The whole body as the chunks it arrived in, or BadGateway once it passes `limit` bytes (the rest is
+    never read). Kept as they arrived: cut to a fixed size, every chunk and its remainder would be copied
+    again, and joined, megabytes of base64 would be copied before anything reads them."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in content.iter_any():
@@ -75,7 +74,12 @@ async def read_capped(content: aiohttp.StreamReader, limit: int, what: str) -> b
         if size > limit:
             raise BadGateway(f"{what} is larger than {limit} bytes", code="upstream_too_large")
         chunks.append(chunk)
-    return b"".join(chunks)
+    return tuple(chunks)
+
+
+async def read_capped(content: aiohttp.StreamReader, limit: int, what: str) -> bytes:
+    """The whole body in one buffer, or BadGateway once it passes `limit` bytes (see read_chunks)."""
+    return b"".join(await read_chunks(content, limit, what))
 
 
 class UploadPayload(payload.Payload):
@@ -192,7 +196,7 @@ async def send(
     request = session.request(call.method, call.url, timeout=client_timeout(seconds), **_request_kwargs(call))  # type: ignore[arg-type]
     try:  # transport_error by hand rather than `transport_errors`: a held call carries no generator for it
         async with request as resp:
-            body = await read_capped(resp.content, MAX_ANSWER_BYTES, f"the answer of channel '{channel}'")
+            body = await read_chunks(resp.content, MAX_ANSWER_BYTES, f"the answer of channel '{channel}'")
             headers = {name.lower(): value for name, value in resp.headers.items()}
             return UpstreamResponse(status=resp.status, headers=headers, body=body)
     except ProxyError:

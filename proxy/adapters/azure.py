@@ -169,7 +169,7 @@ def failure(job: Job, response: UpstreamResponse) -> ProxyError:
 
 def advance(job: Job, state: None, response: UpstreamResponse) -> Step:
     # The (megabytes of base64) success body is parsed once; only a 2xx without images is looked at again.
-    step = images_step(job, response, failure, parse_images_response)
+    step = images_step(job, response, failure, lambda answer: parse_images_response(answer.chunks))
     if isinstance(step, Fail) and 200 <= response.status < 300:
         # Older API versions report a filtered output as a 200 with `error` and no data.
         error = error_object(response.body)

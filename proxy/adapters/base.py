@@ -40,11 +40,27 @@ class Call:
     timeout: float | None = None  # None: the channel's timeout
 
 
-@dataclass(frozen=True)
 class UpstreamResponse:
-    status: int
-    headers: Mapping[str, str]  # names lower-cased
-    body: bytes
+    """An upstream's answer. Its body is kept as the chunks it was received in: `body` joins them when an
+    adapter first asks for it, and `chunks` hands them out as they are, so a large image can be read out
+    of them without a copy of the whole answer first (proxy.core.plain_base64)."""
+
+    __slots__ = ("_body", "chunks", "headers", "status")
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes | tuple[bytes, ...]) -> None:
+        self.status = status
+        self.headers = headers  # names lower-cased
+        self.chunks: tuple[bytes, ...] = (body,) if isinstance(body, bytes) else body
+        self._body = body if isinstance(body, bytes) else None
+
+    @property
+    def body(self) -> bytes:
+        if self._body is None:
+            self._body = b"".join(self.chunks)
+        return self._body
+
+    def __repr__(self) -> str:
+        return f"UpstreamResponse(status={self.status}, {len(self.chunks)} chunk(s))"
 
 
 # `state` is the adapter's own frozen dataclass (or None), opaque to the driver, which only hands it back

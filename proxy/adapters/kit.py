@@ -122,14 +122,15 @@ def images_step(
     job: Job,
     response: UpstreamResponse,
     failure: Callable[[Job, UpstreamResponse], ProxyError],
-    parse: Callable[[bytes], ImagesResult],
+    parse: Callable[[UpstreamResponse], ImagesResult],
 ) -> Step:
-    """A one-call provider's answer: `failure` for a non-2xx, else the images `parse` reads from the body
-    (a ValueError from it, or a body nested past the parser's depth, is `bad_answer`)."""
+    """A one-call provider's answer: `failure` for a non-2xx, else the images `parse` reads from the answer
+    (a ValueError from it, or a body nested past the parser's depth, is `bad_answer`). `parse` is given the
+    answer rather than its body so it can read the chunks as received (UpstreamResponse)."""
     if not 200 <= response.status < 300:
         return Fail(failure(job, response))
     try:
-        return Done(parse(response.body))
+        return Done(parse(response))
     except (ValueError, RecursionError) as exc:
         return Fail(bad_answer(job, str(exc)))
 

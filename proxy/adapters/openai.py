@@ -23,6 +23,7 @@ from proxy.core.formats import FORMATS, NativeFormats
 from proxy.core.multipart import Part, text_part
 from proxy.core.plain_base64 import loads_images
 from proxy.core.plan import EDIT, GENERATE, VARIATION
+from proxy.core.received import Base64Chunks
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import ChannelSchema
 from proxy.core.sse import Event, error_payload, is_done
@@ -97,8 +98,8 @@ def stream_events(job: Job, event: Event) -> list[dict[str, Any]]:
     return [payload] if isinstance(payload.get("type"), str) else []
 
 
-# The types a data[] item's fields may have: bytes are base64 that loads_images read unparsed.
-_ITEM_FIELDS: dict[str, tuple[type, ...]] = {"b64_json": (str, bytes), "url": (str,), "revised_prompt": (str,)}
+# The types a data[] item's fields may have: Base64Chunks are base64 that loads_images read unparsed.
+_ITEM_FIELDS: dict[str, tuple[type, ...]] = {"b64_json": (str, Base64Chunks), "url": (str,), "revised_prompt": (str,)}
 
 
 def _image(item: Any) -> GeneratedImage:
@@ -112,9 +113,9 @@ def _image(item: Any) -> GeneratedImage:
     return GeneratedImage(**fields)
 
 
-def parse_images_response(body: bytes) -> ImagesResult:
-    """An OpenAI ImagesResponse; ValueError when the body is not one. Large base64 images stay the
-    body's bytes (proxy.core.plain_base64)."""
+def parse_images_response(body: bytes | tuple[bytes, ...]) -> ImagesResult:
+    """An OpenAI ImagesResponse (whole, or the chunks it was received in); ValueError when the body is not
+    one. Large base64 images are read out of the body unparsed (proxy.core.plain_base64)."""
     data = loads_images(body)
     if not isinstance(data, dict) or not isinstance(data.get("data"), list) or not data["data"]:
         raise ValueError("no data[] in the answer")
@@ -129,7 +130,8 @@ def parse_images_response(body: bytes) -> ImagesResult:
 
 
 def advance(job: Job, state: None, response: UpstreamResponse) -> Step:
-    return images_step(job, response, upstream_failure, parse_images_response)
+    # Parsed from the chunks as received: the answer is never joined whole (proxy.core.received).
+    return images_step(job, response, upstream_failure, lambda answer: parse_images_response(answer.chunks))
 
 
 # GPT image models make png, jpeg and webp and take output_compression (OpenAI's image API reference);

@@ -305,7 +305,7 @@ def failure(job: Job, response: UpstreamResponse) -> ProxyError:
 
 def advance(job: Job, state: None, response: UpstreamResponse) -> Step:
     # A 200 without images (send_images off, a broken extension) is a failure, never an empty success.
-    return images_step(job, response, failure, lambda body: parse_answer(body, job.plan.n))
+    return images_step(job, response, failure, lambda answer: parse_answer(answer.body, job.plan.n))
 
 
 SPEC = AdapterSpec(

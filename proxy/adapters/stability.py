@@ -270,7 +270,7 @@ def images(response: UpstreamResponse, asked: Asked) -> ImagesResult:
 
 
 def advance(job: Job, state: Asked, response: UpstreamResponse) -> Step:
-    return images_step(job, response, error_for, lambda _body: images(response, state))
+    return images_step(job, response, error_for, lambda answer: images(answer, state))
 
 
 def output_formats(job: Job) -> NativeFormats:

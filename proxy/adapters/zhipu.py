@@ -194,7 +194,7 @@ def parse_answer(body: bytes) -> ImagesResult:
 
 
 def advance(job: Job, state: None, response: UpstreamResponse) -> Step:
-    return images_step(job, response, error_for, parse_answer)
+    return images_step(job, response, error_for, lambda answer: parse_answer(answer.body))
 
 
 SPEC = AdapterSpec(

@@ -6,8 +6,8 @@ exception, so a broken upstream is a 502, not a 500.
 Encoding an ImagesResponse without scanning megabytes of base64 twice:
 `json.dumps` escapes every character of every string; a 3 MB `b64_json` costs more to encode than
 everything else the proxy does with it. Base64 text needs no escaping, so each `b64_json` value is
-spliced into the JSON that `json.dumps` made of the rest: as it is when it is bytes (base64 already
-checked, proxy.core.plain_base64), after one C-speed check when it is a large str. A str that is
+spliced into the JSON that `json.dumps` made of the rest: as it is when it is bytes or Base64Chunks
+(base64 already checked, proxy.core.plain_base64), after one C-speed check when it is a large str. A str that is
 not pure base64 (a broken or hostile upstream) goes through `json.dumps` like any other string, so
 the output is always valid JSON. The answer comes out in pieces, so megabytes are never joined into
 one more copy only to be written to a socket.
@@ -20,20 +20,25 @@ import secrets
 from typing import Any
 
 from proxy.core.plain_base64 import SPLICE_FROM, as_plain_base64
+from proxy.core.received import Base64Chunks
 
 
-def _spliceable(item: Any) -> bytes | None:
+def _spliceable(item: Any) -> tuple[bytes | memoryview, ...] | None:
+    """The pieces a `b64_json` is written as when it needs no escaping, else None."""
     value = item.get("b64_json") if isinstance(item, dict) else None
+    if isinstance(value, Base64Chunks):
+        return value.views  # checked base64, written from the chunks it was received in
     if isinstance(value, bytes):
-        return value  # checked base64 (proxy.core.response): nothing to escape, whatever its size
+        return (value,)  # checked base64 (proxy.core.response): nothing to escape, whatever its size
     if not isinstance(value, str) or len(value) < SPLICE_FROM:
         return None
-    return as_plain_base64(value)
+    raw = as_plain_base64(value)
+    return None if raw is None else (raw,)
 
 
-def encode_pieces(body: dict[str, Any]) -> list[bytes]:
+def encode_pieces(body: dict[str, Any]) -> list[bytes | memoryview]:
     """The body as JSON, in pieces whose concatenation is `json.dumps(body, ensure_ascii=False)` (with
-    bytes values written as the text they hold)."""
+    bytes and Base64Chunks values written as the text they hold)."""
     items = body.get("data")
     listed = items if isinstance(items, list) else []
     found = [(index, raw) for index, item in enumerate(listed) if (raw := _spliceable(item)) is not None]
@@ -46,10 +51,10 @@ def encode_pieces(body: dict[str, Any]) -> list[bytes]:
         data[index] = {**data[index], "b64_json": marker}
     pieces = json.dumps({**body, "data": data}, ensure_ascii=False).encode().split(f'"{marker}"'.encode())
     # The quotes go with the small JSON around each value: every piece is one write to the socket.
-    out: list[bytes] = []
+    out: list[bytes | memoryview] = []
     around = pieces[0]
     for (_, raw), piece in zip(found, pieces[1:], strict=True):
-        out += [around + b'"', raw]
+        out += [around + b'"', *raw]
         around = b'"' + piece
     return [*out, around]
 

@@ -5,9 +5,10 @@ A gpt-image answer is megabytes of base64 in `data[i].b64_json` around a few hun
 `json.dumps` escapes every one of them: together they cost more than everything else the proxy does
 with the answer. Base64 holds no character JSON escapes, so `loads_images` finds each large
 `b64_json` string in the raw body, checks once (at C speed) that it holds only base64 characters,
-and parses only the small JSON around it. It hands those strings out as their ASCII bytes, never
-copied into a `str`: bytes in a `b64_json` (proxy.core.response) are base64 checked this way, which
-the answer's encoder (proxy.core.json_body) writes as they are and the image store decodes as they are.
+and parses only the small JSON around it. It hands those strings out where they were received, as
+views of the answer's chunks (proxy.core.received.Base64Chunks), never copied into a `str` nor into
+one buffer: a Base64Chunks in a `b64_json` (proxy.core.response) is base64 checked this way, which
+the answer's encoder (proxy.core.json_body) writes as it is and the image store decodes as it is.
 
 The fast path is a special case of `json.loads`, never a second parser: anything unusual (an escape
 in the string, a character outside base64, a `b64_json` anywhere but in a `data[]` item, duplicate
@@ -19,9 +20,12 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Sequence
 from typing import Any
 
 import pybase64
+
+from proxy.core.received import Base64Chunks, Received
 
 _ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 # Below this size json.loads is as fast as locating the string (and most answers are small).
@@ -31,15 +35,24 @@ _SPACE = b" \t\r\n"  # JSON's whitespace
 _LOOKAHEAD = 64  # bytes after the key where its value's opening quote must be (more spaces: parsed plainly)
 
 
-def only_base64(raw: bytes) -> bool:
+def only_base64(raw: bytes | memoryview) -> bool:
     """Whether the bytes hold only base64 characters. Valid base64 (an upstream's image) is recognised by
     pybase64's SIMD decoder (3 MB: 0.25 ms); anything it refuses by deleting the alphabet (1 ms) and
-    seeing whether anything is left."""
+    seeing whether anything is left. The decoder takes whole quads only: a tail of fewer than four
+    characters is checked by the alphabet alone."""
+    whole = len(raw) - len(raw) % 4
     try:
-        pybase64.b64decode(raw, validate=True)
-        return True
+        pybase64.b64decode(raw[:whole], validate=True)
     except ValueError:  # binascii.Error included
-        return not raw.translate(None, _ALPHABET)
+        return not bytes(raw).translate(None, _ALPHABET)
+    return not bytes(raw[whole:]).translate(None, _ALPHABET)
+
+
+def _only_base64_in(views: list[memoryview]) -> bool:
+    """`only_base64` of the views' concatenation, checked view by view: a chunk just received is checked
+    where it lies, and the decoder's output is a chunk's size, not the image's, so it never costs fresh
+    pages of memory."""
+    return all(only_base64(view) for view in views)
 
 
 def as_plain_base64(text: str) -> bytes | None:
@@ -50,9 +63,9 @@ def as_plain_base64(text: str) -> bytes | None:
     return raw if only_base64(raw) else None
 
 
-def _value_start(body: bytes, key_end: int) -> int | None:
+def _value_start(body: Received, key_end: int) -> int | None:
     """Where the string after `"b64_json"` starts (past `:` and JSON's whitespace), or None: no string follows."""
-    rest = body[key_end : key_end + _LOOKAHEAD]
+    rest = body.span(key_end, key_end + _LOOKAHEAD)
     colon = rest.lstrip(_SPACE)
     if not colon.startswith(b":"):
         return None
@@ -60,22 +73,23 @@ def _value_start(body: bytes, key_end: int) -> int | None:
     return key_end + len(rest) - len(value) + 1 if value.startswith(b'"') else None
 
 
-def _plain_values(body: bytes) -> list[tuple[int, int, bytes]]:
+def _plain_values(body: Received) -> list[tuple[int, int, Base64Chunks]]:
     """Where the large `"b64_json": "..."` values of only base64 characters lie, and their bytes (a
     lexical guess that `loads_images` confirms by parsing what is around them). Found with `bytes.find`,
-    which skips megabytes at memory speed, and searched on from each value's end, never through it."""
-    values: list[tuple[int, int, bytes]] = []
+    which skips megabytes at memory speed, and searched on from each value's end, never through it.
+    Each value stays where it was received, as views of the chunks: nothing of that size is copied."""
+    values: list[tuple[int, int, Base64Chunks]] = []
     key = body.find(_KEY)
     while key >= 0:
         start = _value_start(body, key + len(_KEY))
         end = body.find(b'"', start) if start is not None else -1
-        if start is not None and end - start >= SPLICE_FROM and only_base64(value := body[start:end]):
-            values.append((start, end, value))
+        if start is not None and end - start >= SPLICE_FROM and _only_base64_in(views := body.views(start, end)):
+            values.append((start, end, Base64Chunks(views)))
         key = body.find(_KEY, max(end, key + 1))
     return values
 
 
-def _put_back(data: Any, values: dict[str, bytes]) -> bool:
+def _put_back(data: Any, values: dict[str, Base64Chunks]) -> bool:
     """Put each value where its marker stands as a `data[i].b64_json`; False when a marker is elsewhere
     (the guess was wrong, or keys repeat): the caller then parses the body plainly."""
     items = data.get("data") if isinstance(data, dict) else None
@@ -86,25 +100,27 @@ def _put_back(data: Any, values: dict[str, bytes]) -> bool:
     return not values
 
 
-def loads_images(body: bytes) -> Any:
-    """`json.loads(body)`, except that the large base64 strings of `data[i].b64_json` are their ASCII bytes,
-    read without parsing. A body json.loads rejects raises its ValueError."""
+def loads_images(received: bytes | Sequence[bytes]) -> Any:
+    """`json.loads` of the body (given whole, or as the chunks it was received in), except that the large
+    base64 strings of `data[i].b64_json` are their ASCII text where it was received (Base64Chunks), read
+    without parsing. A body json.loads rejects raises its ValueError."""
+    body = Received(received)
     found = _plain_values(body)
     if not found:
-        return json.loads(body)
+        return json.loads(body.whole())
     # A per-call random marker cannot collide with anything the upstream wrote.
     marker = "splice-" + secrets.token_hex(16)
     pieces: list[bytes] = []
-    values: dict[str, bytes] = {}
+    values: dict[str, Base64Chunks] = {}
     previous = 0
     for number, (start, end, value) in enumerate(found):
         name = f"{marker}-{number}"
-        pieces += [body[previous:start], name.encode()]
+        pieces += [body.span(previous, start), name.encode()]
         values[name] = value
         previous = end
-    pieces.append(body[previous:])
+    pieces.append(body.span(previous, len(body)))
     try:
         data = json.loads(b"".join(pieces))
     except (ValueError, RecursionError):
-        return json.loads(body)  # its own error, as the plain parser words it
-    return data if _put_back(data, values) else json.loads(body)
+        return json.loads(body.whole())  # its own error, as the plain parser words it
+    return data if _put_back(data, values) else json.loads(body.whole())

@@ -28,7 +28,7 @@ from types import MappingProxyType
 from typing import Any
 
 from proxy.core.mime import image_dimensions
-from proxy.core.response import ImagesResult
+from proxy.core.response import Base64, ImagesResult
 from proxy.core.sizes import parse_size
 
 MICRO = Decimal("0.000001")
@@ -120,7 +120,7 @@ class Delivered:
 _HEADER_CHARS = 87_384  # base64 characters of the first 64 KiB: enough for any image header's dimensions
 
 
-def _pixels(size: str | None, b64: str | bytes | None) -> int | None:
+def _pixels(size: str | None, b64: Base64 | None) -> int | None:
     parsed = parse_size(size) if size else None
     if parsed is not None:
         return parsed.pixels
@@ -134,7 +134,7 @@ def _pixels(size: str | None, b64: str | bytes | None) -> int | None:
     return found[0] * found[1] if found is not None else None
 
 
-def priced(size: Any, quality: Any, b64: str | bytes | None = None, *, header: bool = False) -> Delivered:
+def priced(size: Any, quality: Any, b64: Base64 | None = None, *, header: bool = False) -> Delivered:
     """One delivered image as priced: its size and quality (when they are strings), pixels from the size,
     or, with `header` (only per-megapixel prices need it), from the image's own header when the size is `auto`."""
     size = size if isinstance(size, str) else None

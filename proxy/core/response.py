@@ -7,13 +7,19 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
+from proxy.core.received import Base64Chunks
+
+# Base64 an image is carried as: text, its ASCII bytes, or those bytes where the answer was received.
+Base64 = str | bytes | Base64Chunks
+
 
 @dataclass(frozen=True)
 class GeneratedImage:
     # The image as base64: text, or the text's ASCII bytes when they hold only base64 characters (an
-    # upstream's answer read by proxy.core.plain_base64, checked; or base64 the proxy encoded itself), so
-    # they are never copied into a str only to be written out or decoded again.
-    b64_json: str | bytes | None = None
+    # upstream's answer read by proxy.core.plain_base64, checked, and left in the chunks it arrived in; or
+    # base64 the proxy encoded itself), so they are never copied into a str only to be written out or
+    # decoded again.
+    b64_json: Base64 | None = None
     url: str | None = None
     revised_prompt: str | None = None
     content_type: str | None = None  # when the adapter knows it; else sniffed from the bytes
@@ -66,7 +72,7 @@ def in_format(image: GeneratedImage, response_format: str | None) -> GeneratedIm
     return image
 
 
-def b64_text(b64: str | bytes) -> str:
+def b64_text(b64: Base64) -> str:
     """Base64 as text, where a str is needed (stream events, an answer that is kept as JSON)."""
     return b64 if isinstance(b64, str) else b64.decode("ascii")
 

@@ -197,6 +197,21 @@ def test_a_large_image_is_the_answers_own_base64_bytes_and_the_result_is_the_par
     )
 
 
+def test_an_answer_received_in_chunks_is_parsed_from_them_never_joined_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    job = _job({"model": "gpt-image-1", "prompt": "p"}, GPT_IMAGE)
+    big = base64.b64encode(os.urandom(3 * SPLICE_FROM))
+    raw = b'{"created": 1, "data": [{"b64_json": "' + big + b'"}], "usage": {"total_tokens": 9}}'
+    chunks = tuple(raw[at : at + 1000] for at in range(0, len(raw), 1000))
+
+    def joined(_: UpstreamResponse) -> bytes:
+        raise AssertionError("the whole answer was joined")
+
+    monkeypatch.setattr(UpstreamResponse, "body", property(joined))
+    step = openai.SPEC.advance(job, None, UpstreamResponse(200, {"content-type": "application/json"}, chunks))
+    assert isinstance(step, Done)
+    assert step.result.images == (GeneratedImage(b64_json=big),) and step.result.usage == {"total_tokens": 9}
+
+
 @pytest.mark.parametrize("bad", [b"\x01", b"\"", b"\xff"], ids=["control", "quote", "not-utf8"])
 def test_a_large_image_in_a_broken_body_is_a_bad_gateway(bad: bytes) -> None:
     job = _job({"model": "gpt-image-1", "prompt": "p"}, GPT_IMAGE)

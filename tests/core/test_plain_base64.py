@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from proxy.core.plain_base64 import SPLICE_FROM, as_plain_base64, loads_images, only_base64
+from proxy.core.received import Base64Chunks
 
 BIG = base64.b64encode(os.urandom(SPLICE_FROM)).decode()  # over SPLICE_FROM characters, with '+', '/' and '='
 OTHER = base64.b64encode(os.urandom(SPLICE_FROM + 7)).decode()
@@ -17,7 +18,7 @@ OTHER = base64.b64encode(os.urandom(SPLICE_FROM + 7)).decode()
 
 def as_text(value: Any) -> Any:
     """The value with base64 bytes as the str json.loads makes of them."""
-    if isinstance(value, bytes):
+    if isinstance(value, Base64Chunks):
         return value.decode("ascii")
     if isinstance(value, dict):
         return {key: as_text(item) for key, item in value.items()}
@@ -27,7 +28,12 @@ def as_text(value: Any) -> Any:
 
 
 def raw_images(data: Any) -> list[bytes]:
-    return [item["b64_json"] for item in data["data"] if isinstance(item.get("b64_json"), bytes)]
+    return [bytes(item["b64_json"]) for item in data["data"] if isinstance(item.get("b64_json"), Base64Chunks)]
+
+
+def chunked(body: bytes) -> list[tuple[bytes, ...]]:
+    """The body as received in chunks of several sizes: every key, quote and value straddles some boundary."""
+    return [tuple(body[at : at + size] for at in range(0, len(body), size)) for size in (3, 7, 4096, 65536)]
 
 
 def test_large_base64_is_read_as_bytes_and_the_rest_is_parsed() -> None:
@@ -43,17 +49,19 @@ def test_large_base64_is_read_as_bytes_and_the_rest_is_parsed() -> None:
         "size": "1024x1024",
     }
     body = json.dumps(answer, ensure_ascii=False).encode()
-    data = loads_images(body)
-    assert raw_images(data) == [BIG.encode(), OTHER.encode()]
-    assert data["data"][1]["b64_json"] == "c21hbGw="  # small values are parsed as usual
-    assert as_text(data) == json.loads(body) == answer
+    for received in (body, *chunked(body)):
+        data = loads_images(received)
+        assert raw_images(data) == [BIG.encode(), OTHER.encode()]
+        assert data["data"][1]["b64_json"] == "c21hbGw="  # small values are parsed as usual
+        assert as_text(data) == json.loads(body) == answer
 
 
 def test_whitespace_around_the_colon_is_json_whitespace() -> None:
     body = b'{"created": 1,\n "data": [ { "b64_json" \t:\r\n "' + BIG.encode() + b'" } ]}'
-    data = loads_images(body)
-    assert raw_images(data) == [BIG.encode()]
-    assert as_text(data) == json.loads(body)
+    for received in (body, *chunked(body)):
+        data = loads_images(received)
+        assert raw_images(data) == [BIG.encode()]
+        assert as_text(data) == json.loads(body)
 
 
 @pytest.mark.parametrize(
@@ -81,12 +89,13 @@ def test_whitespace_around_the_colon_is_json_whitespace() -> None:
          "data-object", "array"],
 )
 def test_anything_unusual_is_exactly_what_json_loads_gives(body: bytes) -> None:
-    data = loads_images(body)
-    assert data == json.loads(body)
-    assert not isinstance(data, dict) or not isinstance(data.get("data"), list) or raw_images(data) == []
+    for received in (body, *chunked(body)):
+        data = loads_images(received)
+        assert data == json.loads(body)
+        assert not isinstance(data, dict) or not isinstance(data.get("data"), list) or raw_images(data) == []
 
 
-def error_of(parse: Any, body: bytes) -> str:
+def error_of(parse: Any, body: bytes | tuple[bytes, ...]) -> str:
     with pytest.raises(ValueError) as caught:
         parse(body)
     return str(caught.value)
@@ -104,11 +113,14 @@ def error_of(parse: Any, body: bytes) -> str:
     ids=["control-character", "not-utf8", "unterminated", "truncated", "missing-comma"],
 )
 def test_a_broken_body_raises_the_error_json_loads_raises(body: bytes) -> None:
-    assert error_of(loads_images, body) == error_of(json.loads, body)
+    for received in (body, *chunked(body)):
+        assert error_of(loads_images, received) == error_of(json.loads, body)
 
 
 def test_only_base64_and_as_plain_base64() -> None:
     assert only_base64(BIG.encode()) and only_base64(b"")
     assert not only_base64(b"QUJD\n") and not only_base64(b'QU"JD') and not only_base64(b"QU\\JD")
+    assert only_base64(b"QUJDQ") and only_base64(b"QU=") and only_base64(memoryview(b"xQUJDx")[1:5])
+    assert not only_base64(b"QUJD!") and not only_base64(b"QUJDQU\n") and not only_base64(memoryview(b"QUJD\n"))
     assert as_plain_base64(BIG) == BIG.encode()
     assert as_plain_base64("QUJD☃") is None and as_plain_base64("QU JD") is None

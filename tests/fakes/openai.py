@@ -79,6 +79,9 @@ class FakeOpenAI:
     # What `GET /v1/models` lists (and `GET /v1/models/{id}` finds), and how long it takes to answer.
     model_ids: list[str] = field(default_factory=lambda: ["gpt-image-1.5", "gpt-4o"])
     models_delay: float = 0.0
+    # When set, a JSON answer goes out in writes of this many bytes, each in its own turn of the event loop,
+    # so the proxy receives it in many chunks (as a large answer arrives from a real upstream).
+    answer_piece: int | None = None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=256 * 1024 * 1024)  # edits carry big uploads
@@ -104,7 +107,7 @@ class FakeOpenAI:
             await asyncio.sleep(self.delay)
         if self.failures:
             status, body, headers = self.failures.pop(0)
-            return web.json_response(body, status=status, headers=headers)
+            return await self.answer(request, body, status, headers)
         body = received.json()
         model = str(body.get("model", "dall-e-2"))
         if body.get("stream") is True:
@@ -137,7 +140,23 @@ class FakeOpenAI:
                     "total_tokens": 4170,
                 },
             )
-        return web.json_response(answer)
+        return await self.answer(request, answer)
+
+    async def answer(self, request: web.Request, body: Any, status: int = 200, headers: dict[str, str] | None = None
+                     ) -> web.StreamResponse:
+        """A JSON answer, whole or in `answer_piece`-byte writes under its Content-Length."""
+        if self.answer_piece is None:
+            return web.json_response(body, status=status, headers=headers)
+        raw = json.dumps(body).encode()
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_type = "application/json"
+        response.content_length = len(raw)
+        await response.prepare(request)
+        for start in range(0, len(raw), self.answer_piece):
+            await response.write(raw[start : start + self.answer_piece])
+            await asyncio.sleep(0)
+        await response.write_eof()
+        return response
 
     async def multipart(self, request: web.Request) -> web.Response:
         """Edits and variations: multipart only, as OpenAI's API takes them."""

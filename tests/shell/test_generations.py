@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from proxy.adapters import openai
 from proxy.core.plain_base64 import loads_images
+from proxy.core.received import Base64Chunks
 from tests.factories import CLIENT_KEY, DALL_E_3, auth, rules_yaml, url_of
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
 
@@ -288,16 +289,21 @@ __all__ = ["FakeOpenAI"]
 LARGE_PNG = PNG + os.urandom(200_000)  # base64 past proxy.core.plain_base64.SPLICE_FROM: read unparsed
 
 
+def plain_loads(received: bytes | tuple[bytes, ...]) -> Any:
+    """The plain parser, in loads_images' place: json.loads of the answer as received (whole or in chunks)."""
+    return json.loads(received if isinstance(received, bytes) else b"".join(received))
+
+
 async def _raw_answers(client: TestClient, body: dict[str, Any]) -> tuple[bytes, bytes]:  # type: ignore[type-arg]
     """The answer with the large base64 read unparsed, and the same answer from the plain parser."""
     unparsed: list[Any] = []
 
-    def fast(raw: bytes) -> Any:
+    def fast(raw: bytes | tuple[bytes, ...]) -> Any:
         unparsed.append(data := loads_images(raw))
         return data
 
     answers = []
-    for parse in (fast, json.loads):
+    for parse in (fast, plain_loads):
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(openai, "loads_images", parse)
             response = await client.post("/v1/images/generations", json=body, headers=auth())
@@ -306,7 +312,7 @@ async def _raw_answers(client: TestClient, body: dict[str, Any]) -> tuple[bytes,
             assert response.headers["Content-Length"] == str(len(raw))
             assert response.headers["Content-Type"].startswith("application/json")
             answers.append(raw)
-    assert all(isinstance(item["b64_json"], bytes) for item in unparsed[0]["data"])  # the fast path was taken
+    assert all(isinstance(item["b64_json"], Base64Chunks) for item in unparsed[0]["data"])  # the fast path was taken
     return answers[0], answers[1]
 
 
@@ -348,7 +354,7 @@ async def test_a_large_image_is_hosted_as_the_plain_parser_would(make_proxy: Any
 async def test_a_large_image_that_is_not_base64_is_a_502_not_a_url(make_proxy: Any, fake_openai: Any, b64: str) -> None:
     fake, upstream = fake_openai
     client = await proxy_for(make_proxy, upstream)
-    for parse in (loads_images, json.loads):
+    for parse in (loads_images, plain_loads):
         fake.failures.append((200, {"created": 1, "data": [{"b64_json": b64}]}, {}))
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(openai, "loads_images", parse)
@@ -356,6 +362,44 @@ async def test_a_large_image_that_is_not_base64_is_a_502_not_a_url(make_proxy: A
         assert status == 502
         assert body["error"]["code"] == "bad_upstream_response"
         assert body["error"]["message"] == "the upstream returned an image that is not valid base64"
+
+
+async def test_a_large_answer_received_in_many_chunks_is_delivered_byte_for_byte(make_proxy: Any, fake_openai: Any) -> None:
+    fake, upstream = fake_openai
+    fake.image, fake.revised_prompt, fake.answer_piece = LARGE_PNG, "a cat", 1000
+    client = await proxy_for(make_proxy, upstream)
+    received: list[Any] = []
+    parse = openai.parse_images_response
+
+    def spy(body: Any) -> Any:
+        received.append(body)
+        return parse(body)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(openai, "parse_images_response", spy)
+        fast, plain = await _raw_answers(client, {"model": "gpt-image-1.5", "prompt": "cat", "n": 2})
+    assert fast == plain
+    assert all(isinstance(body, tuple) and len(body) > 10 for body in received)  # many chunks, never joined
+    body = json.loads(fast)
+    assert [base64.b64decode(item["b64_json"]) for item in body["data"]] == [LARGE_PNG, LARGE_PNG]
+    assert body["data"][0]["revised_prompt"] == "a cat" and body["usage"]["total_tokens"] == 4170
+
+
+@pytest.mark.parametrize("response_format", ["url", "b64_json"])
+async def test_a_large_answer_in_many_chunks_that_is_not_base64_is_refused_or_kept_as_text(
+    make_proxy: Any, fake_openai: Any, response_format: str
+) -> None:
+    fake, upstream = fake_openai
+    fake.answer_piece = 1000
+    client = await proxy_for(make_proxy, upstream)
+    b64 = base64.b64encode(LARGE_PNG).decode()
+    broken = b64[:100_000] + "!" + b64[100_000:]  # a character that is not base64, deep inside
+    fake.failures.append((200, {"created": 1, "data": [{"b64_json": broken}]}, {}))
+    status, body, _ = await generate(client, {"model": "dall-e-3", "prompt": "cat", "response_format": response_format})
+    if response_format == "url":
+        assert status == 502 and body["error"]["message"] == "the upstream returned an image that is not valid base64"
+    else:
+        assert status == 200 and body["data"][0]["b64_json"] == broken  # delivered as the upstream wrote it
 
 
 async def test_a_large_answer_is_replayed_for_its_idempotency_key(make_proxy: Any, fake_openai: Any) -> None:

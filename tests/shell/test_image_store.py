@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from proxy.core.errors import BadGateway
+from proxy.core.received import Base64Chunks
 from proxy.core.response import GeneratedImage
 from proxy.finish import NOT_HOSTED, Delivery, Finisher, host
 from proxy.image_store import FileImageStore, decode_slices
@@ -28,17 +29,26 @@ def whole(b64: bytes) -> bytes | None:
         return None
 
 
-def sliced(b64: bytes) -> bytes | None:
+def sliced(b64: bytes | Base64Chunks) -> bytes | None:
     try:
         return b"".join(decode_slices(b64))
     except binascii.Error:
         return None
 
 
+def received(b64: bytes, size: int) -> Base64Chunks:
+    """The text as views of the chunks an answer might have arrived in, `size` bytes each."""
+    return Base64Chunks([memoryview(b64)[at : at + size] for at in range(0, len(b64), size)])
+
+
+CHUNKS = [5, 1001, 65536 + 3]  # every quad boundary is cut somewhere
+
+
 @pytest.mark.parametrize("size", [0, 1, 2, 3, SLICE * 3 // 4, SLICE * 3 // 4 + 1, SLICE * 3 // 4 + 3, SLICE * 3 // 2, 700_001])
 def test_slices_decode_to_the_whole_decode(size: int) -> None:
     data = os.urandom(size)
     assert sliced(base64.b64encode(data)) == data
+    assert all(sliced(received(base64.b64encode(data), chunk)) == data for chunk in CHUNKS)
 
 
 GOOD = base64.b64encode(os.urandom(SLICE * 3 // 4 * 2 + 300))  # two full slices and a part
@@ -67,6 +77,8 @@ EVEN = base64.b64encode(os.urandom(SLICE * 3 // 4 * 2))  # two full slices
 )
 def test_slices_refuse_what_the_whole_decode_refuses(b64: bytes) -> None:
     assert sliced(b64) == whole(b64)  # refused (None), but for a lone '=' after whole quads, which both accept
+    for chunk in CHUNKS:
+        assert sliced(received(b64, chunk)) == whole(b64), chunk
 
 
 def finisher(directory: Path) -> Finisher:
