@@ -22,10 +22,10 @@ from proxy.core.ledger_record import IMAGE_ROUTES
 from proxy.core.rules import same_key
 from proxy.image_store import IMAGE_ROUTE
 from proxy.ledger import answered, arrived
-from proxy.observe import REQUEST_ID_HEADER, access_fields, begin, current_request_id, log_access, note
+from proxy.observe import REQUEST_ID_HEADER, RequestRecord, access_fields, begin, current_request_id, log_access, note
 from proxy.ops import loopback
 from proxy.production import key_name
-from proxy.services import CLIENT_KEY, SERVICES
+from proxy.services import CLIENT_KEY, SERVICES, Services
 
 log = logging.getLogger("imagegate")
 
@@ -71,15 +71,23 @@ async def front_middleware(request: web.Request, handler: Handler) -> web.Stream
         status = 499  # the client went away (nginx's code for it)
         raise
     finally:
-        if metrics is not None:
-            metrics.in_flight.dec()
-            labels = (_route(request), str(record.fields.get("rule", "")), str(record.fields.get("channel", "")), str(status))
-            metrics.requests.labels(*labels).inc()
-            if status >= 400:
-                metrics.errors.labels(str(record.fields.get("error_type", "")), str(status)).inc()
-        if request.path not in QUIET_PATHS or status >= 400:
-            log_access(access_fields(record, request.method, _loggable(request), status))
-        answered(services, record, status)  # the ledger's record of an image request (proxy.ledger)
+        # aiohttp sends the answer when this returns; the accounting waits for the loop's next turn, so a
+        # request's latency does not include it (the answer's bytes are with the kernel by then).
+        asyncio.get_running_loop().call_soon(account, request, services, record, status)
+
+
+def account(request: web.Request, services: Services | None, record: RequestRecord, status: int) -> None:
+    """What every request leaves behind: its metrics, its access line, and (an image request) its ledger record."""
+    metrics = services.metrics if services is not None else None
+    if metrics is not None:
+        metrics.in_flight.dec()
+        labels = (_route(request), str(record.fields.get("rule", "")), str(record.fields.get("channel", "")), str(status))
+        metrics.requests.labels(*labels).inc()
+        if status >= 400:
+            metrics.errors.labels(str(record.fields.get("error_type", "")), str(status)).inc()
+    if request.path not in QUIET_PATHS or status >= 400:
+        log_access(access_fields(record, request.method, _loggable(request), status))
+    answered(services, record, status)  # the ledger's record of an image request (proxy.ledger)
 
 
 def _loggable(request: web.Request) -> str:
