@@ -58,10 +58,13 @@ class Proxy:
                 found.append(json.loads(line))
         return found
 
-    def worker_of(self, request_id: str) -> int:
-        for line in self.lines():
-            if line.get("request_id") == request_id and line.get("logger") == "imagegate.access":
-                return int(line["worker"])
+    async def worker_of(self, request_id: str) -> int:
+        """The worker that served a request, from its access line (written just after the answer is sent)."""
+        for _ in range(500):  # 5 s at most
+            for line in self.lines():
+                if line.get("request_id") == request_id and line.get("logger") == "imagegate.access":
+                    return int(line["worker"])
+            await asyncio.sleep(0.01)
         raise AssertionError(f"no access line for {request_id}")
 
     async def call(
@@ -129,7 +132,7 @@ async def from_both(proxy: Proxy, attempt: Callable[[], Any], tries: int = 60) -
     answers = []
     for _ in range(tries):
         status, body, _, request_id = await attempt()
-        answers.append((status, body, proxy.worker_of(request_id)))
+        answers.append((status, body, await proxy.worker_of(request_id)))
         if {worker for _, _, worker in answers} == {0, 1}:
             return answers
     raise AssertionError(f"one worker answered every call: {answers}")
@@ -170,7 +173,7 @@ async def test_a_key_limit_holds_across_workers(workers: tuple[Proxy, FakeOpenAI
     answers = await asyncio.gather(*(generate(proxy, LIMITED, size="256x256") for _ in range(12)))
     statuses = sorted(status for status, _, _, _ in answers)
     assert statuses == [200] * 5 + [429] * 7
-    assert {proxy.worker_of(request_id) for *_, request_id in answers} == {0, 1}
+    assert {await proxy.worker_of(request_id) for *_, request_id in answers} == {0, 1}
 
 
 async def test_metrics_add_up_every_workers_requests(workers: tuple[Proxy, FakeOpenAI]) -> None:
@@ -202,7 +205,7 @@ async def test_sigterm_drains_every_worker(workers: tuple[Proxy, FakeOpenAI]) ->
     proxy.process.send_signal(signal.SIGTERM)
     answers = await asyncio.gather(*slow)
     assert [status for status, *_ in answers] == [200] * 8
-    assert {proxy.worker_of(request_id) for *_, request_id in answers} == {0, 1}
+    assert {await proxy.worker_of(request_id) for *_, request_id in answers} == {0, 1}
     assert await asyncio.wait_for(proxy.process.wait(), 20) == 0
     draining = [line for line in proxy.lines() if line.get("message", "").startswith("shutting down")]
     assert sorted(line["worker"] for line in draining) == [0, 1]
