@@ -1,6 +1,6 @@
 """Shell layer: the ledger: one record per image request, written to the database off the request's path.
 
-    front_middleware (every image POST's end), an async task's end, or a channel test (proxy.admin)
+    middleware.account (every image POST's end, once its answer is sent), an async task's end, or a channel test (proxy.admin)
         -> entry(): the request's notes + facts -> core.ledger_record.build_record -> LedgerRecord
         -> Ledger.add(): a bounded in-memory queue (never waits, never raises)
         -> the writer: `every` seconds after a record arrives, or at once when `batch` records wait, what is
@@ -202,7 +202,7 @@ def entry(services: Services, record: RequestRecord, status: int, error: dict[st
 
 
 def answered(services: Services | None, record: RequestRecord, status: int) -> None:
-    """At an image POST's end (front_middleware): its record, unless an async task will write it when it ends."""
+    """At an image POST's end (middleware.account): its record, unless an async task will write it when it ends."""
     if services is None or services.ledger is None or record.unlogged.get("path") not in IMAGE_ROUTES:
         return
     if record.fields.get("task_id") and status < 400:

@@ -1,6 +1,7 @@
 """Shell layer: the one middleware every request passes, and what it does, outermost first.
 
-    access  request id, timing, one JSON access line, request metrics
+    access  request id, timing; once the answer is sent (`account`), request metrics, one JSON access line and
+            an image request's ledger record
     errors  every failure leaves as the OpenAI envelope (unexpected ones are logged, answered 500)
     auth    client keys (and admin keys) guard `/v1/*` (constant-time comparison); `require_admin`, called by
             every `/admin/` handler, guards those routes
