@@ -88,21 +88,26 @@ MAX_LOGGED_MODEL = 200  # characters of a client's model name an access line kee
 Fingerprint = Callable[[], str]
 
 
-async def respond(request: web.Request, plan: Plan, request_fingerprint: Fingerprint) -> web.StreamResponse:
-    """Run a plan once per Idempotency-Key (when the client sends one), within the key's limits."""
-    services = request.app[SERVICES]
+def respond(request: web.Request, plan: Plan, request_fingerprint: Fingerprint) -> Awaitable[web.StreamResponse]:
+    """Run a plan once per Idempotency-Key (when the client sends one), within the key's limits. Not a coroutine
+    itself: without the header it hands back `serve`'s, so a request in flight carries no frame of this one."""
     planned(plan)  # also for requests refused below (limits, idempotency): the ledger records what they asked
     header = request.headers.get(IDEMPOTENCY_HEADER)
     if header is None:
-        return await serve(request, plan, await admission(request, plan))  # not `admitted`: a frame fewer while held
+        return serve(request, plan)
     if plan.stream:
         raise InvalidRequest("A stream cannot be replayed: drop Idempotency-Key or `stream`.", param="stream")
+    return _once_per_key(request, plan, header, request_fingerprint)
+
+
+async def _once_per_key(request: web.Request, plan: Plan, header: str, request_fingerprint: Fingerprint) -> web.StreamResponse:
+    services = request.app[SERVICES]
     client_key = request[CLIENT_KEY] or None
     key = f"{key_id(client_key)}:{fingerprint([check_header(header).encode()])}"
     rules = services.rules
 
     async def run() -> web.Response:
-        response = await admitted(request, plan)
+        response = await serve(request, plan)
         assert isinstance(response, web.Response)  # streams were refused above
         return response
 
@@ -117,12 +122,7 @@ async def respond(request: web.Request, plan: Plan, request_fingerprint: Fingerp
     return await once(services.idempotency, key, request_fingerprint(), retention, wait, run, spawn)
 
 
-async def admitted(request: web.Request, plan: Plan) -> web.StreamResponse:
-    """Count the request against its key's limits (429 when over), then serve it."""
-    return await serve(request, plan, await admission(request, plan))
-
-
-async def admission(request: web.Request, plan: Plan) -> Admission | None:
+async def admission_for(request: web.Request, plan: Plan) -> Admission | None:
     """The request counted against its key's limits and budget (429 when over); None when the key has neither."""
     services = request.app[SERVICES]
     client_key = request[CLIENT_KEY] or None
@@ -136,8 +136,10 @@ async def admission(request: web.Request, plan: Plan) -> Admission | None:
     return None
 
 
-async def serve(request: web.Request, plan: Plan, admission: Admission | None) -> web.StreamResponse:
-    """Run a plan: at once, as a stream, or as an async task (seed 001), as the client asked."""
+async def serve(request: web.Request, plan: Plan) -> web.StreamResponse:
+    """Admit a plan (429 when over its key's limits), then run it: at once, as a stream, or as an async task
+    (seed 001), as the client asked."""
+    admission = await admission_for(request, plan)
     services = request.app[SERVICES]
     rules = services.rules
     headers = {IGNORED_HEADER: ", ".join(plan.ignored)} if plan.ignored else {}
