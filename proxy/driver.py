@@ -76,6 +76,8 @@ class Driver:
     # Keyed by channel and its configured key, so a reload that rotates the key mints a new credential.
     credentials: dict[tuple[str, str | None], tuple[str, float]] = field(default_factory=dict)
     background: set[asyncio.Task[None]] = field(default_factory=set)
+    # Per channel: what a call's duration is told to (timed_send), made once rather than once per call.
+    took: dict[str, Took] = field(default_factory=dict)
 
     def limit(self, channel: Channel) -> asyncio.Semaphore:
         # Keyed by name and size: a reload that changes `concurrency` gets a semaphore of the new size.
@@ -143,7 +145,9 @@ def timed_send(driver: Driver, call: Call, channel: Channel, timeout: float | No
     """One upstream call, timed for the access line and the latency histogram. Not a coroutine of its own: it
     hands back the call's, so a call in flight (thousands may be) carries no frame of this function."""
     seconds = channel.timeout if timeout is None else timeout
-    took = functools.partial(_took, driver.metrics, channel.name)
+    took = driver.took.get(channel.name)
+    if took is None:
+        took = driver.took[channel.name] = functools.partial(_took, driver.metrics, channel.name)
     if driver.inputs is not None and channel.base_url and not _own_host(call.url, channel.base_url):
         return _guarded_send(driver, call, channel, seconds, took)
     return send(driver.session, call, channel=channel.name, timeout=seconds, took=took)
@@ -352,7 +356,6 @@ async def generate(
     channels = attempt_order([channel for channel in candidates if forwardable(rules, channel, client_key)], random.random())
     if not channels:
         raise unusable_reason(rules, plan) if len(channels) == len(candidates) else admin_key_kept(plan)
-    run = attempt or functools.partial(run_on_channel, driver)
     rounds = 1 + min(plan.retries, rules.server.max_retries)
     attempts = 0
     last: ProxyError | None = None
@@ -365,7 +368,8 @@ async def generate(
             try:
                 spec = driver.adapters[channel.type]
                 channel_plan = await plan_for(plan, channel, spec, driver.inputs or driver.session, driver.download)
-                result, failed = await run(Job(channel_plan, channel, driver.key_for(channel, client_key)))
+                answer = await _attempt_on(driver, spec, Job(channel_plan, channel, driver.key_for(channel, client_key)), attempt)
+                result, failed = (answer, ()) if isinstance(answer, ImagesResult) else answer
             except ProxyError as error:
                 if not should_retry(error, channel):
                     raise
@@ -375,6 +379,18 @@ async def generate(
             return Outcome(result, channel.name, attempts, failed, channel_plan.conversion)
     assert last is not None
     raise last
+
+
+def _attempt_on(
+    driver: Driver, spec: AdapterSpec, job: Job, attempt: Attempt | None
+) -> Awaitable[ImagesResult | tuple[ImagesResult, tuple[ProxyError, ...]]]:
+    """What one channel is asked to do: `attempt` when given, else its images (run_on_channel). A job of one
+    call is run_job's coroutine, awaited by `generate` itself: a call in flight carries no frame between them."""
+    if attempt is not None:
+        return attempt(job)
+    if len(split_n(job.plan.n, spec.per_call(job))) > 1:
+        return run_on_channel(driver, job)
+    return run_job(driver, spec, job)
 
 
 def _count_attempt(driver: Driver, plan: Plan, channel: Channel, attempts: int) -> None:
