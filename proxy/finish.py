@@ -96,12 +96,20 @@ async def _off_loop_if_large(size: int, function: Any, argument: Any, limit: int
     return await off_loop(function, argument)
 
 
-def _sniffed(b64: Base64) -> str | None:
-    """The type the first bytes of a base64 image show (whether all of it is base64 is the decode's to say)."""
+def _head(b64: Base64, chars: int) -> bytes | None:
+    """The bytes of a base64 image's first `chars` characters (whether all of it is base64 is the decode's
+    to say); None when they are not base64."""
+    chunk = b64[:chars]
     try:
-        return sniff_image_type(base64.b64decode(b64[:_SNIFF_CHARS]))
+        return base64.b64decode(chunk[: len(chunk) - len(chunk) % 4])
     except (binascii.Error, ValueError):
         return None
+
+
+def _sniffed(b64: Base64) -> str | None:
+    """The type the first bytes of a base64 image show."""
+    head = _head(b64, _SNIFF_CHARS)
+    return sniff_image_type(head) if head is not None else None
 
 
 def _decoded_by_store(store: ImageStore, b64: Base64) -> bool:
@@ -232,12 +240,8 @@ _FIRST_HEADER_CHARS = _SNIFF_CHARS
 
 
 def _dimensions(b64: Base64, chars: int) -> tuple[int, int] | None:
-    chunk = b64[:chars]
-    try:
-        head = base64.b64decode(chunk[: len(chunk) - len(chunk) % 4])
-    except (binascii.Error, ValueError):
-        return None
-    return image_dimensions(head)
+    head = _head(b64, chars)
+    return image_dimensions(head) if head is not None else None
 
 
 def measured_size(images: tuple[GeneratedImage, ...]) -> str | None:

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 from aiohttp import payload, web
@@ -164,17 +164,21 @@ def transport_error(exc: Exception, channel: str, timeout: float) -> ProxyError 
     return None
 
 
+def reraise(exc: Exception, channel: str, timeout: float) -> NoReturn:
+    """Raise `exc` again: as the proxy's own error when it is a transport failure (`transport_error`)."""
+    error = None if isinstance(exc, ProxyError) else transport_error(exc, channel, timeout)
+    if error is None:
+        raise exc
+    raise error from None
+
+
 @asynccontextmanager
 async def transport_errors(channel: str, timeout: float) -> AsyncIterator[None]:
-    """`transport_error` around a block."""
+    """`reraise` around a block."""
     try:
         yield
-    except ProxyError:
-        raise
     except Exception as exc:
-        if (error := transport_error(exc, channel, timeout)) is None:
-            raise
-        raise error from None
+        reraise(exc, channel, timeout)
 
 
 @functools.lru_cache(maxsize=64)
@@ -194,17 +198,13 @@ async def send(
     seconds = call.timeout if call.timeout is not None else timeout
     started = time.perf_counter()
     request = session.request(call.method, call.url, timeout=client_timeout(seconds), **_request_kwargs(call))  # type: ignore[arg-type]
-    try:  # transport_error by hand rather than `transport_errors`: a held call carries no generator for it
+    try:  # `reraise` by hand rather than `transport_errors`: a held call carries no generator for it
         async with request as resp:
             body = await read_chunks(resp.content, MAX_ANSWER_BYTES, f"the answer of channel '{channel}'")
             headers = {name.lower(): value for name, value in resp.headers.items()}
             return UpstreamResponse(status=resp.status, headers=headers, body=body)
-    except ProxyError:
-        raise
     except Exception as exc:
-        if (error := transport_error(exc, channel, seconds)) is None:
-            raise
-        raise error from None
+        reraise(exc, channel, seconds)
     finally:
         if took is not None:
             took(time.perf_counter() - started)
