@@ -116,7 +116,7 @@ async def finish_payload(payload: dict[str, Any], finisher: Finisher, delivery: 
     converted = await convert(finisher, image, delivery)
     out = {key: value for key, value in payload.items() if key not in ("b64_json", "url")}
     if (delivery.response_format in (None, "b64_json") or converted.unhosted is not None) and converted.b64_json is not None:
-        out["b64_json"] = converted.b64_json  # an image the store could not take still reaches the client
+        out["b64_json"] = b64_text(converted.b64_json)  # an image the store could not take still reaches the client
     if delivery.response_format in (None, "url") and converted.url is not None:
         out["url"] = converted.url
     if delivery.conversion is not None and converted.unconverted is None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import pytest
 from aiohttp import web
 from PIL import Image
 
@@ -196,6 +197,22 @@ async def test_a_native_seedream_stream_converts_its_final_images(make_proxy: An
     assert hosted.headers["Content-Type"] == "image/webp" and is_webp(await hosted.read())
     sent = ark.recorder.received[0].json()
     assert sent["stream"] is True and "output_format" not in sent  # Seedream 4 makes JPEG only: not asked
+
+
+@pytest.mark.parametrize("asked", [{}, {"response_format": "b64_json"}, {"output_format": "webp"}])
+async def test_a_native_seedream_stream_delivers_its_final_image_as_base64(
+    make_proxy: Any, aiohttp_server: Any, asked: dict[str, str]
+) -> None:
+    # Seedream streams a URL; the stream's default delivery is base64, so the proxy downloads (and converts) it.
+    client = await shipped(make_proxy, aiohttp_server, FakeZhipu(), FakeFlux(), FakeSeedream())
+    body = {"model": "doubao-seedream-4.0", "prompt": "p", "stream": True, **asked}
+    response = await client.post("/v1/images/generations", json=body)
+    text = await response.text()
+    events = [json.loads(line[len("data: "):]) for line in text.splitlines() if line.startswith("data: {")]
+    assert [event["type"] for event in events][-1] == "image_generation.completed"
+    image = base64.b64decode(events[-1]["b64_json"], validate=True)
+    assert is_webp(image) if asked.get("output_format") == "webp" else image == seedream_fake.PNG  # the image served
+    assert "url" not in events[-1]
 
 
 async def test_a_format_the_api_does_not_define_is_a_400_before_any_upstream_call(
