@@ -43,13 +43,13 @@ def encode_pieces(body: dict[str, Any]) -> list[bytes | memoryview]:
     listed = items if isinstance(items, list) else []
     found = [(index, raw) for index, item in enumerate(listed) if (raw := _spliceable(item)) is not None]
     if not found:
-        return [json.dumps(body, ensure_ascii=False).encode()]
+        return [utf8_json(body)]
     # A per-call random marker cannot collide with anything a client or upstream wrote.
     marker = "splice-" + secrets.token_hex(16)
     data = list(body["data"])
     for index, _ in found:
         data[index] = {**data[index], "b64_json": marker}
-    pieces = json.dumps({**body, "data": data}, ensure_ascii=False).encode().split(f'"{marker}"'.encode())
+    pieces = utf8_json({**body, "data": data}).split(f'"{marker}"'.encode())
     # The quotes go with the small JSON around each value: every piece is one write to the socket.
     out: list[bytes | memoryview] = []
     around = pieces[0]
@@ -57,6 +57,13 @@ def encode_pieces(body: dict[str, Any]) -> list[bytes | memoryview]:
         out += [around + b'"', *raw]
         around = b'"' + piece
     return [*out, around]
+
+
+def utf8_json(value: Any) -> bytes:
+    """`json.dumps(value, ensure_ascii=False)` in UTF-8. A lone surrogate (an upstream's `"\\ud800"`, which
+    json.loads accepts) has no UTF-8 form: it is written back as that same escape, which is valid JSON since
+    json.dumps only ever puts such a character inside a string."""
+    return json.dumps(value, ensure_ascii=False).encode("utf-8", "backslashreplace")
 
 
 def encode_body(body: dict[str, Any]) -> bytes:

@@ -166,7 +166,8 @@ def format_event(data: str, event: str | None = None) -> bytes:
         parts.append(f"event: {event}\n")
     parts.extend(f"data: {line}\n" for line in _LINE_END.split(data))
     parts.append("\n")
-    return "".join(parts).encode("utf-8")
+    # A lone surrogate (from an upstream's `"\\ud800"`) has no UTF-8 form: it goes out as that JSON escape.
+    return "".join(parts).encode("utf-8", "backslashreplace")
 
 
 def format_json_event(obj: Mapping[str, Any], event: str | None = None) -> bytes:

@@ -230,3 +230,10 @@ def test_completed_event_rejects_bad_input() -> None:
         completed_event(created_at=1)
     with pytest.raises(ValueError):
         completed_event(kind="image_variation", b64_json="QUJD")
+
+
+def test_a_lone_surrogate_in_an_event_goes_out_as_its_json_escape() -> None:
+    # An upstream's `"\ud800"` is valid JSON; the character it decodes to has no UTF-8 form.
+    event = format_json_event({"revised_prompt": "cat \ud800 é"})
+    assert event == 'data: {"revised_prompt":"cat \\ud800 é"}\n\n'.encode()
+    assert json.loads(event[len(b"data: "):]) == {"revised_prompt": "cat \ud800 é"}

@@ -415,3 +415,22 @@ async def test_a_large_answer_is_replayed_for_its_idempotency_key(make_proxy: An
     assert [(status, replayed) for status, replayed, _ in answers] == [(200, None), (200, "true")]
     assert answers[0][2] == answers[1][2]
     assert base64.b64decode(json.loads(answers[1][2])["data"][0]["b64_json"]) == LARGE_PNG
+
+
+@pytest.mark.parametrize("image", [PNG, LARGE_PNG], ids=["small", "spliced"])
+@pytest.mark.parametrize("response_format", ["b64_json", "url"])
+async def test_a_lone_surrogate_in_the_upstreams_text_is_relayed_as_its_escape(
+    make_proxy: Any, fake_openai: Any, image: bytes, response_format: str
+) -> None:
+    # `"\ud800"` is valid JSON that json.loads turns into a character with no UTF-8 form.
+    fake, upstream = fake_openai
+    fake.image, fake.revised_prompt = image, "cat \ud800"
+    client = await proxy_for(make_proxy, upstream)
+    response = await client.post("/v1/images/generations", headers=auth(),
+                                 json={"model": "gpt-image-1.5", "prompt": "cat", "response_format": response_format})
+    raw = await response.read()
+    assert response.status == 200 and b'"cat \\ud800"' in raw
+    item = json.loads(raw)["data"][0]
+    assert item["revised_prompt"] == "cat \ud800"
+    if response_format == "b64_json":
+        assert base64.b64decode(item["b64_json"]) == image
