@@ -21,18 +21,16 @@ import os
 import socket
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from aiohttp import web
 
 from proxy import __version__
-from proxy.adapters import SCHEMAS
 from proxy.allocator import keep_large_buffers
 from proxy.app import make_app
-from proxy.core.rules import MAX_WORKERS, Rules, RulesError, parse_rules
+from proxy.core.rules import MAX_WORKERS, Rules, RulesError
 from proxy.lifecycle import log_startup
 from proxy.observe import JsonFormatter, TextFormatter
-from proxy.ops import PROBE_TIMEOUT, probe_channels
+from proxy.ops import PROBE_TIMEOUT, probe_channels, read_rules
 from proxy.serving import EXIT_CANNOT_LISTEN, LISTEN_BACKLOG, CannotBind, serve_app
 from proxy.workers import open_listener, run_workers, worker_count
 
@@ -73,14 +71,6 @@ def _workers(value: str) -> str:
     if value == "auto" or (value.isdigit() and 1 <= int(value) <= MAX_WORKERS):
         return value
     raise argparse.ArgumentTypeError(f"expected auto or a number from 1 to {MAX_WORKERS}, got {value!r}")
-
-
-def read_rules(path: str, env: Mapping[str, str]) -> Rules:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise RulesError([]) from exc
-    return parse_rules(text, env, SCHEMAS)
 
 
 def load_or_report(path: str, env: Mapping[str, str]) -> Rules | None:

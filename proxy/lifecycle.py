@@ -39,6 +39,7 @@ from proxy.upstream import SESSION, make_session
 from proxy.webhooks import deliver_forever, open_webhooks
 
 log = logging.getLogger("imagegate")
+CANCEL_CALLS_GRACE = 10.0  # seconds the cancel calls started by stopping stragglers get to go out
 SWEEP_EVERY = 300.0
 
 
@@ -153,6 +154,12 @@ async def _stop(loop: asyncio.Task[None]) -> None:
         await loop
 
 
+def longest_drain(grace: float) -> float:
+    """The longest a process's drain can take: requests in flight (aiohttp's shutdown), then async tasks, then
+    the ledger's last writes get `grace` each, and cancel calls upstream CANCEL_CALLS_GRACE."""
+    return 3 * grace + CANCEL_CALLS_GRACE
+
+
 async def _drain(running: set[asyncio.Task[Any]], grace: float) -> None:
     """Let background work (async tasks, cancel calls) finish within the grace period, then stop it."""
     if not running:
@@ -213,7 +220,7 @@ async def services_context(app: web.Application) -> AsyncIterator[None]:
     # Async tasks were paid for: they get the same grace as in-flight requests.
     await _drain(services.background | services.driver.background, services.rules.server.shutdown_grace)
     # Cancelling stragglers above may have started cancel calls upstream: let those go out too.
-    await _drain(set(services.driver.background), 10.0)
+    await _drain(set(services.driver.background), CANCEL_CALLS_GRACE)
     await _stop(leases)  # after the drain: tasks still running in it kept their leases
     await _stop(sender)  # after the drain: tasks that ended in it queued their webhooks (the next process sends)
     # After the drain: async tasks that ended in it have queued their records.

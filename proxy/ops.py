@@ -19,7 +19,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -98,15 +98,24 @@ async def on_shutdown(app: web.Application) -> None:
         log.info("shutting down: waiting up to %gs for requests in flight", services.rules.server.shutdown_grace)
 
 
+def read_rules(path: str, env: Mapping[str, str]) -> Rules:
+    """The rules file, parsed; RulesError for what is wrong in it, or (as its cause, with no problems listed)
+    why it cannot be read: missing, unreadable, not UTF-8."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RulesError([]) from exc
+    return parse_rules(text, env, SCHEMAS)
+
+
 async def reload_rules(app: web.Application) -> bool:
     """Re-read the rules file; True when the new rules took effect."""
     path = app[RULES_PATH]
     try:
-        text = await asyncio.to_thread(Path(path).read_text, encoding="utf-8")
-        rules = parse_rules(text, dict(os.environ), SCHEMAS)
-    except (OSError, RulesError) as exc:
-        problems = exc.problems if isinstance(exc, RulesError) else [str(exc)]
-        log.error("reload of %s rejected, keeping the current rules: %s", path, "; ".join(map(str, problems)))
+        rules = await asyncio.to_thread(read_rules, path, dict(os.environ))
+    except RulesError as exc:
+        why = exc.__cause__ if exc.__cause__ is not None else "; ".join(map(str, exc.problems))
+        log.error("reload of %s rejected, keeping the current rules: %s", path, why)
         return False
     app[SERVICES].use_rules(rules)
     for warning in rules.warnings:

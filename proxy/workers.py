@@ -45,13 +45,14 @@ from proxy.core.rules import Rules
 from proxy.counter_seed import seed_counters
 from proxy.host_counters import HostCounters
 from proxy.ledger import MIGRATE_TIMEOUT, reason
+from proxy.lifecycle import longest_drain
 from proxy.metrics import AVAILABLE
 from proxy.serving import LISTEN_BACKLOG
 
 log = logging.getLogger("imagegate.workers")
 METRICS_DIR = "metrics"
 SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
-KILL_AFTER = 15.0  # seconds past the drain grace before a worker that still has not exited is killed
+KILL_AFTER = 15.0  # seconds past the longest drain (proxy.lifecycle) before a worker that has not exited is killed
 STEADY = 10.0  # a worker that lived this long was not crashing at start: the next one starts at once
 MAX_BACKOFF = 30.0
 
@@ -191,11 +192,24 @@ class Supervisor:
     due: dict[int, float] = field(default_factory=dict)  # index -> when its replacement may start
     failures: dict[int, int] = field(default_factory=dict)  # index -> quick deaths in a row
     stopping: float | None = None  # when the drain began
+    killed: bool = False  # the drain took too long: what was left was killed
     failed_start: int | None = None  # the exit status of a worker that died before the first banner
 
     def spawn(self, index: int) -> None:
-        pid = self.start(index)
+        """Fork worker `index`; a fork the system refuses (EAGAIN, ENOMEM) is tried again later."""
+        try:
+            pid = self.start(index)
+        except OSError as exc:
+            self.failures[index] = quick = self.failures.get(index, 0) + 1
+            log.error("could not start worker %d: %s (tried again in %gs)", index, exc, self.backoff(quick))
+            self.due[index] = time.monotonic() + self.backoff(quick)
+            return
         self.workers[pid] = Worker(index, pid, time.monotonic())
+
+    @staticmethod
+    def backoff(quick: int) -> float:
+        """The first replacement starts at once; a worker that keeps failing at start waits 1, 2, 4 ... 30 s."""
+        return min(MAX_BACKOFF, 2.0 ** (quick - 2)) if quick > 1 else 0.0
 
     def all_ready(self) -> bool:
         return len(self.workers) == self.count and all(worker.ready for worker in self.workers.values())
@@ -244,8 +258,7 @@ class Supervisor:
         lived = time.monotonic() - worker.started
         quick = self.failures.get(worker.index, 0) + 1 if lived < STEADY else 0
         self.failures[worker.index] = quick
-        # The first replacement starts at once; a worker that keeps dying at start waits 1, 2, 4 ... 30 s.
-        delay = min(MAX_BACKOFF, 2.0 ** (quick - 2)) if quick > 1 else 0.0
+        delay = self.backoff(quick)
         log.error("worker %d (pid %d) exited with %s: a new one starts in %gs", worker.index, worker.pid, how, delay)
         self.due[worker.index] = time.monotonic() + delay
 
@@ -256,9 +269,14 @@ class Supervisor:
                 del self.due[index]
                 self.spawn(index)
 
-    def overdue(self) -> bool:
-        """Still running past the drain grace and the margin: killed."""
-        return self.stopping is not None and time.monotonic() - self.stopping > self.grace + KILL_AFTER
+    def kill_overdue(self) -> None:
+        """Workers still running past the longest drain and a margin are killed."""
+        if self.stopping is None or time.monotonic() - self.stopping <= longest_drain(self.grace) + KILL_AFTER:
+            return
+        if not self.killed:
+            log.error("killing %d worker(s) still running past their drain", len(self.workers))
+            self.killed = True
+        self.send(signal.SIGKILL)
 
 
 def forget_metrics(pid: int) -> None:
@@ -291,9 +309,9 @@ def fork_worker(child: Callable[[], int]) -> int:
         return pid
     code = 1
     try:
-        # Ignored until the app's reload handler is set: a reload sent while a worker starts must not kill it.
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+        # SIGHUP stays blocked until the app's reload handler is set (worker_main's `started`): a reload sent
+        # while a worker starts waits for it, instead of killing it or being lost.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS - {signal.SIGHUP})
         code = child()
     except BaseException:  # whatever ends a worker must end only the worker, with a trace
         traceback.print_exc()
@@ -340,6 +358,7 @@ def worker_main(rules: Rules, run: Run, index: int) -> int:
     app.cleanup_ctx.append(watch_parent(run.parent))
 
     async def started(_: int) -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # the reload handler is set (fork_worker)
         os.write(run.ready, bytes([index]))
 
     try:
@@ -366,7 +385,7 @@ def supervise(
     while supervisor.workers or (supervisor.stopping is None and supervisor.due):
         received = signal.sigtimedwait(SIGNALS, 0.2)
         if received is not None and received.si_signo == signal.SIGHUP and supervisor.stopping is None:
-            current[0] = reread() or current[0]
+            current[0] = reload(reread) or current[0]
             supervisor.send(signal.SIGHUP)  # not while draining: a worker past its reload handler would die of it
         elif received is not None and received.si_signo in (signal.SIGTERM, signal.SIGINT):
             supervisor.stop()
@@ -376,9 +395,18 @@ def supervise(
             announce(current[0])
             announced = True
         supervisor.replace_due()
-        if supervisor.overdue():
-            supervisor.send(signal.SIGKILL)
+        supervisor.kill_overdue()
     return supervisor.failed_start or 0
+
+
+def reload(reread: Callable[[], Rules | None]) -> Rules | None:
+    """The rules re-read for the workers to come; None (the current ones stay) when that fails in any way: a
+    supervisor that died of it would take every worker with it."""
+    try:
+        return reread()
+    except Exception:
+        log.exception("reload rejected, keeping the current rules")
+        return None
 
 
 def run_workers(

@@ -52,6 +52,15 @@ def test_missing_rules_file_is_reported(tmp_path: Path) -> None:
     assert "cannot read the rules file" in result.stderr
 
 
+def test_a_rules_file_that_is_not_utf8_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    rules = tmp_path / "latin1.yaml"
+    rules.write_bytes("models:\n  local-image: {channels: [local]}  # café\n".encode("latin-1"))
+    result = run_cli("check", "--rules", str(rules))
+    assert result.returncode == 2
+    assert "cannot read the rules file: 'utf-8' codec can't decode byte 0xe9" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def post_json(url: str, body: dict[str, object]) -> dict[str, object]:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
     with urllib.request.urlopen(request, timeout=30) as response:

@@ -177,16 +177,18 @@ async def test_sighup_reloads_valid_rules_and_keeps_them_on_invalid_ones(aiohttp
             await asyncio.sleep(0.5)
             assert await generate(session, served, "renamed-local") == 200
             assert await generate(session, served, "local-image") == 404
-            (tmp_path / "rules.yaml").write_text("models: [broken\n")
-            served.process.send_signal(signal.SIGHUP)
-            await asyncio.sleep(0.5)
-            assert await generate(session, served, "renamed-local") == 200  # the invalid file changed nothing
+            for broken in (b"models: [broken\n", b"models: {}  # caf\xe9\n"):  # not YAML; not UTF-8
+                (tmp_path / "rules.yaml").write_bytes(broken)
+                served.process.send_signal(signal.SIGHUP)
+                await asyncio.sleep(0.5)
+                assert await generate(session, served, "renamed-local") == 200  # the invalid file changed nothing
             assert await slow == 200
     finally:
         served.process.terminate()
         await served.process.wait()
     log = served.log.read_text()
     assert "reloaded" in log and "reload of" in log and "rejected" in log
+    assert "codec can't decode byte 0xe9" in log and "Traceback" not in log
 
 
 async def test_sigterm_lets_the_request_in_flight_finish_and_refuses_new_ones(aiohttp_server: Any, tmp_path: Path) -> None:

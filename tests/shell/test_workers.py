@@ -301,3 +301,32 @@ async def test_reloads_sent_while_workers_start_do_not_kill_them(tmp_path: Path)
     status, *_ = await generate(proxy, size="256x256")
     assert status == 200
     assert await stop(proxy) == 0
+
+
+async def test_a_reload_sent_while_workers_start_reaches_every_worker(tmp_path: Path) -> None:
+    rules, log, port = tmp_path / "rules.yaml", tmp_path / "proxy.log", free_port()
+    rules.write_text(rules_yaml({"local-image": {"channels": ["local"]}}, {"local": LOCAL}, server={"api_keys": [A]}))
+    with log.open("ab") as sink:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", "--rules", str(rules), "--port", str(port), "--workers", "2",
+            cwd=ROOT, env=clean_env(), stdout=sink, stderr=sink,
+        )
+    proxy = Proxy(process, port, log, rules)
+    # Both forked, neither listening yet (that takes the app's whole start): the reload waits for each.
+    await until(lambda: process.returncode is not None or len(proxy.children()) == 2)
+    rules.write_text(rules.read_text().replace("local-image:", "renamed:"))
+    process.send_signal(signal.SIGHUP)
+    await until(lambda: "workers   2 processes" in log.read_text() or process.returncode is not None)
+    answers = await from_both(proxy, lambda: generate(proxy, model="renamed", size="256x256"))
+    assert all(status == 200 for status, _, _ in answers), answers
+    assert await stop(proxy) == 0
+
+
+async def test_a_reload_of_a_file_that_is_not_utf8_keeps_every_worker_serving(workers: tuple[Proxy, FakeOpenAI]) -> None:
+    proxy, _ = workers
+    proxy.rules.write_bytes(proxy.rules.read_bytes() + b"\n# caf\xe9\n")
+    proxy.process.send_signal(signal.SIGHUP)
+    await until(lambda: proxy.log.read_text().count("codec can't decode byte 0xe9") >= 3)  # the supervisor, each worker
+    assert proxy.process.returncode is None and len(proxy.children()) == 2
+    answers = await from_both(proxy, lambda: generate(proxy, size="256x256"))
+    assert all(status == 200 for status, _, _ in answers)
