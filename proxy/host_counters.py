@@ -167,6 +167,7 @@ class HostCounters:
         self._map = mmap.mmap(self._file.fileno(), SLOTS * _SLOT.size)
         self._clock = clock
         self._holdings = Holdings(holdings) if holdings is not None else None  # a worker's; not the supervisor's
+        self.lifetime = f"host:{path.resolve()}"  # the run's: its directory is made afresh for each run
 
     @contextmanager
     def _locked(self) -> Iterator[None]:

@@ -85,7 +85,8 @@ class Admission:
 
     def reserved(self) -> Reserved:
         """What this admission holds in the counters, as a task's checkpoint keeps it."""
-        return Reserved(self.images_key, self.reserved_images, tuple(self.budget_keys), self.reserved_micro)
+        return Reserved(self.images_key, self.reserved_images, tuple(self.budget_keys), self.reserved_micro,
+                        self.counters.lifetime)
 
     @staticmethod
     def of(counters: Counters, reserved: Reserved) -> Admission:

@@ -195,6 +195,8 @@ return 0
 
 
 class RedisCounters:
+    lifetime = ""  # outlives every process (and so holds what checkpoints without a lifetime reserved)
+
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
         self._decr = client.register_script(_DECR)

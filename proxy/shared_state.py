@@ -12,6 +12,7 @@ picks them from `server.state` and whether the process is a worker.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,10 @@ DONE = "done"
 
 
 class Counters(Protocol):
+    # Which counts these counters hold: a reservation made in counters of the same lifetime is still in them (an
+    # async task taken over is counted again only where it is not). "" for counters that outlive every process.
+    lifetime: str
+
     async def incr(self, key: str, amount: int, ttl: int, refresh: bool = False, hold: bool = False) -> int:
         """Add `amount`; the new value. The counter expires `ttl` seconds after it was created, or after
         this increment when `refresh` (a gauge that must not lapse while in use). `hold`: the amount is a
@@ -76,6 +81,7 @@ class MemoryCounters:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._values: dict[str, tuple[int, float]] = {}
         self._clock = clock
+        self.lifetime = "memory:" + secrets.token_hex(8)  # this process's
 
     async def incr(self, key: str, amount: int, ttl: int, refresh: bool = False, hold: bool = False) -> int:
         now = self._clock()

@@ -24,22 +24,14 @@ from proxy.core.plan import build_plan
 from proxy.core.request import parse_image_request
 from proxy.core.task_checkpoint import Checkpoint, Trace, decode_state
 from proxy.finish import Delivery
-from proxy.host_counters import HostCounters
 from proxy.key_limits import Admission
 from proxy.observe import CURRENT, RequestRecord
 from proxy.production import Caller
 from proxy.services import Services
-from proxy.shared_state import MemoryCounters
-from proxy.task_runner import TaskRun, end_task, lease_until, run_task, start_background
+from proxy.task_runner import TaskRun, end_task, lease_until, run_task, save_run, start_background
 from proxy.tasks import TaskRecord, failed
 
 log = logging.getLogger("imagegate.tasks")
-# Counters that start from the ledger with each run (a reservation made before it is not in them). The workers'
-# file starts with the run too; a task a sibling worker left within the run is counted again until its window
-# ends (a worker's death gives back what its requests held, not its tasks' reservations): the strict side of a
-# budget.
-FRESH_COUNTERS = (MemoryCounters, HostCounters)
-
 INTERRUPTED = ServiceUnavailable(
     "The proxy restarted while this task was running. Whether the upstream made (and billed) its images "
     "cannot be known; any it made were not delivered. Send the request again if you still need it.",
@@ -85,12 +77,27 @@ async def _adopt(services: Services, record: TaskRecord) -> None:
     run = rebuilt(services, record, checkpoint) if checkpoint is not None and checkpoint.resumable else None
     if run is not None and checkpoint is not None:
         log.info("resuming async task %s: polling its upstream task on channel %s", record.id, checkpoint.channel)
-        if run.admission is not None and isinstance(services.counters, FRESH_COUNTERS):
-            await run.admission.reapply()  # the counters began anew with this process (from the ledger, without it)
+        if run.admission is not None and not counted(services, checkpoint):
+            await _count_again(services, run, checkpoint)
         start_background(services, _resume(services, run, checkpoint.trace))
         return
     log.warning("async task %s was left unfinished by a stopped process: failed as interrupted", record.id)
     await _interrupt(services, record, checkpoint)  # at once: a client polling next sees it failed
+
+
+def counted(services: Services, checkpoint: Checkpoint) -> bool:
+    """Whether the task's reservation is in this process's counters: made in counters of the same lifetime
+    (Redis; the workers' file of this run, when a sibling worker died) and not in counters that began anew
+    (another process's memory, another run's file, both started from the ledger, which does not hold it)."""
+    return checkpoint.reserved.counted_in == services.counters.lifetime
+
+
+async def _count_again(services: Services, run: TaskRun, checkpoint: Checkpoint) -> None:
+    """Count the reservation in these counters, and keep in the checkpoint that it is counted here."""
+    assert run.admission is not None
+    await run.admission.reapply()
+    here = replace(checkpoint, reserved=replace(checkpoint.reserved, counted_in=services.counters.lifetime))
+    await save_run(services, run, replace(run.record, checkpoint=here.dumps()))
 
 
 def _checkpoint_of(record: TaskRecord) -> Checkpoint | None:
@@ -144,6 +151,6 @@ async def _interrupt(services: Services, record: TaskRecord, checkpoint: Checkpo
         ended = await end_task(services, failed(record, INTERRUPTED.envelope(), INTERRUPTED.status), 2, webhook)
     finally:
         CURRENT.reset(trace)
-    # Memory counters began anew with this process: the reservation is not in them to give back.
-    if ended and checkpoint is not None and not isinstance(services.counters, FRESH_COUNTERS):
+    # Counters that began anew do not hold the reservation: nothing to give back there.
+    if ended and checkpoint is not None and counted(services, checkpoint):
         await Admission.of(services.counters, checkpoint.reserved).settle(0)

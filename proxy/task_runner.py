@@ -157,7 +157,7 @@ async def _fresh(services: Services, run: TaskRun, job: Job) -> tuple[Any, tuple
     except ProxyError:
         checkpoint = run.checkpoint
         if checkpoint is not None and checkpoint.channel == job.channel.name:
-            await _save(services, run, replace(run.record, checkpoint=checkpoint.without_upstream().dumps()))
+            await save_run(services, run, replace(run.record, checkpoint=checkpoint.without_upstream().dumps()))
         raise
 
 
@@ -170,10 +170,11 @@ async def _checkpoint(services: Services, run: TaskRun, channel_name: str, state
     if run.request is None or checkpoint is None or channel is None or channel.passthrough_key:
         return
     progressed = checkpoint.at_upstream(channel_name, state, run.request, trace_of(CURRENT.get()))
-    await _save(services, run, replace(run.record, checkpoint=progressed.dumps(), lease_until=lease_until(services)))
+    await save_run(services, run, replace(run.record, checkpoint=progressed.dumps(), lease_until=lease_until(services)))
 
 
-async def _save(services: Services, run: TaskRun, record: TaskRecord) -> None:
+async def save_run(services: Services, run: TaskRun, record: TaskRecord) -> None:
+    """Store the run's record (best effort: a database blip is logged, the task goes on)."""
     run.record = record
     try:
         await services.tasks.put(record)

@@ -35,6 +35,7 @@ class Reserved:
     reserved_images: int = 0
     budget_keys: tuple[tuple[str, int], ...] = ()
     reserved_micro: int = 0
+    counted_in: str = ""  # the lifetime of the counters it is counted in (proxy.shared_state.Counters)
 
 
 @dataclass(frozen=True)

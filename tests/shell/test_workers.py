@@ -22,6 +22,7 @@ import aiohttp
 import pytest
 
 from tests.factories import LOCAL, OPENAI, ROOT, clean_env, free_port, rules_yaml, run_cli, serve_fake
+from tests.fakes.kling import FakeKling
 from tests.fakes.openai import KEY, FakeOpenAI
 
 A, LIMITED, ONE = "sk-workers-a", "sk-workers-limited", "sk-workers-one"
@@ -330,3 +331,42 @@ async def test_a_reload_of_a_file_that_is_not_utf8_keeps_every_worker_serving(wo
     assert proxy.process.returncode is None and len(proxy.children()) == 2
     answers = await from_both(proxy, lambda: generate(proxy, size="256x256"))
     assert all(status == 200 for status, _, _ in answers)
+
+
+async def test_a_task_taken_over_within_the_run_counts_against_its_budget_once(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    # Four Kling images at $0.25 reserve $1.00 of the key's $1.50 a day. Both workers are killed while the task
+    # runs; their successors (the same run, the same counters) take it over. Counted again there, the task would
+    # leave no room for the $0.50 asked next.
+    kling = FakeKling(polls_before_done=20)
+    env = {"KLING": await serve_fake(aiohttp_server, kling), "KLING_ACCESS_KEY": kling.access_key,
+           "KLING_SECRET_KEY": kling.secret_key}
+    key = {"key": A, "name": "a", "budget": {"usd_per_day": 1.5}}
+    channels = {"kling": {"type": "kling", "base_url": "${KLING}", "api_key": "${KLING_ACCESS_KEY}:${KLING_SECRET_KEY}",
+                          "poll_interval": 0.05, "max_poll_interval": 0.05}}
+    models = {"kling-v2": {"channels": ["kling"], "max_n": 4, "price": {"per_image": {"*": 0.25}}}}
+    text = rules_yaml(models, channels, server={"api_keys": [key], "tasks": {"lease": 0.5}, "database": str(tmp_path / "db")})
+    proxy = await start(text, tmp_path, env)
+    try:
+        body = {"model": "kling-v2", "prompt": "a crane", "async": True, "response_format": "b64_json"}
+        status, answer, _, _ = await proxy.call("POST", "/v1/images/generations", json={**body, "n": 4})
+        assert status == 200, answer
+        task_id = json.loads(answer)["task_id"]
+        await until(lambda: any(item.method == "GET" for item in kling.recorder.received))  # the task exists upstream
+        victims = proxy.children()
+        for victim in victims:
+            os.kill(victim, signal.SIGKILL)
+        await until(lambda: len(proxy.children()) == 2 and not victims & proxy.children())
+        for _ in range(200):
+            status, answer, _, _ = await proxy.call("GET", f"/v1/images/generations/{task_id}")
+            if json.loads(answer).get("task_status") == "succeed":
+                break
+            await asyncio.sleep(0.05)
+        assert json.loads(answer)["metadata"]["cost_usd"] == 1.0, answer
+        more = await proxy.call("POST", "/v1/images/generations", json={**body, "n": 2})
+        assert more[0] == 200, more[1]  # $1.00 + $0.50: within $1.50
+        over = await proxy.call("POST", "/v1/images/generations", json={**body, "n": 1})
+        assert over[0] == 429, over[1]  # $1.75: the budget counts what was spent, exactly
+    finally:
+        assert await stop(proxy) == 0, proxy.log.read_text()
