@@ -432,8 +432,9 @@ def run_workers(
         run = Run(rules_path, listener, directory, ready_write, os.getpid())
         return supervise(rules, run, ready_read, count, announce, reread)
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         os.close(ready_read)
         os.close(ready_write)
         os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
         cleanup(directory, listener)
+        # Last: a signal still pending takes its default action now, once the run's directory is gone.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
