@@ -51,6 +51,8 @@ from proxy.serving import LISTEN_BACKLOG
 
 log = logging.getLogger("imagegate.workers")
 METRICS_DIR = "metrics"
+RUN_PREFIX = "imagegate-run-"
+SUPERVISOR_FILE = "supervisor.pid"
 SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
 KILL_AFTER = 15.0  # seconds past the longest drain (proxy.lifecycle) before a worker that has not exited is killed
 STEADY = 10.0  # a worker that lived this long was not crashing at start: the next one starts at once
@@ -108,10 +110,37 @@ def open_listener(host: str, port: int, reuse_port: bool = hasattr(socket, "SO_R
 
 
 def run_directory() -> Path:
-    """This run's private directory (mode 0700): the shared counters, the idempotency records and every worker's metrics."""
-    directory = Path(tempfile.mkdtemp(prefix="imagegate-run-"))
+    """This run's private directory (mode 0700): the shared counters, the idempotency records and every worker's
+    metrics. The directories of runs whose processes were all killed (nothing removed them) go first."""
+    remove_abandoned(Path(tempfile.gettempdir()))
+    directory = Path(tempfile.mkdtemp(prefix=RUN_PREFIX))
+    (directory / SUPERVISOR_FILE).write_text(str(os.getpid()))
     (directory / METRICS_DIR).mkdir()
     return directory
+
+
+def remove_abandoned(parent: Path) -> None:
+    """Remove the run directories in `parent` whose supervisor and workers are all gone (SIGKILL leaves no time
+    to clean up). One whose supervisor cannot be read (another user's, or being made) is left alone."""
+    for directory in parent.glob(RUN_PREFIX + "*"):
+        try:
+            supervisor = int((directory / SUPERVISOR_FILE).read_text())
+            workers = [int(path.stem.removeprefix("held-")) for path in directory.glob("held-*.map")]
+        except (OSError, ValueError):
+            continue
+        if not any(map(alive, [supervisor, *workers])):
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def alive(pid: int) -> bool:
+    """Whether a process `pid` exists (a pid reused since counts as alive: the directory is kept)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's
+    return True
 
 
 async def prepare(rules: Rules, directory: Path) -> None:
@@ -414,7 +443,12 @@ def run_workers(
     reread: Callable[[], Rules | None],
 ) -> int:
     """The supervisor's whole life: prepare what the workers share, supervise them, leave nothing behind."""
-    directory = run_directory()
+    try:
+        directory = run_directory()
+    except OSError as exc:
+        log.error("cannot make the workers' run directory in %s: %s", tempfile.gettempdir(), exc)
+        listener.close()
+        return 1
     # Set before prometheus-client is imported: the choice of multiprocess values is made at import. Imported
     # here, once, its code is shared by every worker instead of loaded by each.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory / METRICS_DIR)

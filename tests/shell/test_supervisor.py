@@ -1,17 +1,23 @@
 """The workers' supervisor on its own (proxy.workers.Supervisor): what it does when the system refuses a fork,
-and when a drain outlasts its longest time. Its workers here are real processes (`sleep`)."""
+when a drain outlasts its longest time, and with the run directories of runs that were killed. Its workers
+here are real processes (`sleep`)."""
 
 from __future__ import annotations
 
 import errno
 import logging
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
+from proxy.adapters import SCHEMAS
+from proxy.core.rules import parse_rules
 from proxy.lifecycle import longest_drain
-from proxy.workers import KILL_AFTER, Supervisor
+from proxy.workers import KILL_AFTER, RUN_PREFIX, SUPERVISOR_FILE, Supervisor, open_listener, remove_abandoned, run_workers
+from tests.factories import rules_yaml
 
 
 def test_a_refused_fork_is_logged_and_tried_again_later(caplog: pytest.LogCaptureFixture) -> None:
@@ -68,3 +74,44 @@ def test_workers_are_killed_only_past_their_longest_drain(caplog: pytest.LogCapt
         for sleeper in sleepers:
             sleeper.kill()
             sleeper.wait()
+
+
+def a_dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_only_run_directories_whose_processes_are_all_gone_are_removed(tmp_path: Path) -> None:
+    dead, living, parent = a_dead_pid(), subprocess.Popen(["sleep", "60"]), tmp_path / "parent"
+    try:
+        runs = {name: parent / f"{RUN_PREFIX}{name}" for name in ("killed", "draining", "running", "being-made")}
+        for directory in runs.values():
+            directory.mkdir(parents=True)
+            (directory / "counters.map").write_bytes(b"\0" * 64)
+        (runs["killed"] / SUPERVISOR_FILE).write_text(str(dead))
+        (runs["killed"] / f"held-{a_dead_pid()}.map").write_bytes(b"")
+        (runs["draining"] / SUPERVISOR_FILE).write_text(str(dead))  # its worker still drains
+        (runs["draining"] / f"held-{living.pid}.map").write_bytes(b"")
+        (runs["running"] / SUPERVISOR_FILE).write_text(str(living.pid))
+        (parent / "unrelated").mkdir()
+        remove_abandoned(parent)
+        assert sorted(path.name for path in parent.iterdir()) == sorted(
+            [f"{RUN_PREFIX}draining", f"{RUN_PREFIX}running", f"{RUN_PREFIX}being-made", "unrelated"]
+        )
+    finally:
+        living.kill()
+        living.wait()
+
+
+def test_workers_without_a_temporary_directory_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "absent"))
+    listener = open_listener("127.0.0.1", 0)
+    rules = parse_rules(rules_yaml({"local-image": {"channels": ["local"]}}, {"local": {"type": "local"}}), {}, SCHEMAS)
+    with caplog.at_level(logging.ERROR, "imagegate.workers"):
+        assert run_workers(rules, "rules.yaml", listener, 2, lambda rules: None, lambda: None) == 1
+    [message] = [record.getMessage() for record in caplog.records]
+    assert message.startswith(f"cannot make the workers' run directory in {tmp_path / 'absent'}: [Errno 2] No such file")
+    assert listener.socket.fileno() == -1  # closed
