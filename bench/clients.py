@@ -22,13 +22,19 @@ CLIENT_KEY = "sk-bench-client-0123456789"
 HEADERS = {"Content-Type": "application/json", "Authorization": f"Bearer {CLIENT_KEY}"}
 
 
-async def warm_up(url: str, body: str, count: int) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(count):
-            async with session.post(url, data=body, headers=HEADERS) as response:
-                data = await response.read()
-                if response.status != 200:
-                    raise RuntimeError(f"warm-up to {url} answered {response.status}: {data[:300]!r}")
+async def warm_up(url: str, body: str, count: int, concurrency: int = 4) -> None:
+    """`count` requests, `concurrency` at a time, each on a connection of its own: the kernel spreads new
+    connections over the workers, so every worker has served some before an idle figure is read."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+
+        async def some(n: int) -> None:
+            for _ in range(n):
+                async with session.post(url, data=body, headers=HEADERS) as response:
+                    data = await response.read()
+                    if response.status != 200:
+                        raise RuntimeError(f"warm-up to {url} answered {response.status}: {data[:300]!r}")
+
+        await asyncio.gather(*(some(len(range(first, count, concurrency))) for first in range(concurrency)))
 
 
 def has_b64(data: bytes) -> bool:
@@ -114,7 +120,8 @@ async def hold_many(url: str, body: str, count: int, fds: Callable[[], int] | No
             if fds is not None:
                 now = fds()
                 peak_fds = max(peak_fds, now)
-                if all_in is None and now >= count + idle_fds:
+                # Each held request is two sockets in the middle: its client's and its upstream call's.
+                if all_in is None and now >= 2 * count + idle_fds:
                     all_in = time.perf_counter() - start
             await asyncio.wait({requests}, timeout=0.1)
         await requests

@@ -93,7 +93,9 @@ class Measure:
     cpu: float = float("nan")  # NaN for direct calls: nothing in the middle
 
     def per_request_us(self, seconds: float) -> float:
-        return seconds / self.result.requests * 1e6 if self.result.requests else float("nan")
+        """Per answer that was not an error: a failing middle must not look cheap."""
+        answered = self.result.requests - self.result.errors
+        return seconds / answered * 1e6 if answered > 0 else float("nan")
 
     @property
     def cpu_us(self) -> float:

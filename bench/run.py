@@ -117,7 +117,7 @@ def describe(bench: Harness, options: Options) -> list[str]:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return [
         f"imagegate bench  {now}  commit {commit or '?'}",
-        f"machine: {nproc} CPUs ({platform.machine()}), {total} MB RAM ({available} MB available), Linux {platform.release()}",
+        f"machine: {nproc} CPUs ({platform.machine()}), {total} MiB RAM ({available} MiB available), Linux {platform.release()}",
         f"Python {platform.python_version()}, aiohttp {aiohttp.__version__}, open-file limit {nofile_limit()}",
         f"load generator (scenario 1): {generator}; scenarios 2-4: aiohttp client in the bench process",
         f"proxy: {options.proxy_cmd.format(python=Path(sys.executable).name, n='N')} at {_counts(options.workers)} "

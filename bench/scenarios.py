@@ -74,20 +74,21 @@ async def small(h: Harness, report: Report, relay: Child, proxies: dict[int, Chi
 def small_rows(report: Report, generator: str, workers: int, d: Measure, r: Measure, p: Measure) -> None:
     c = p.result.concurrency
     section = f"1 small JSON c={c} ({generator}), {workers_label(workers)}"
+    clean = p.result.errors == 0  # wrk counts error answers in its rate and percentiles: no target passes on them
     rps = share(p.result.rps, d.result.rps)
     report.add(
         section, "requests/s", fmt(d.result.rps, 0), fmt(r.result.rps, 0), fmt(p.result.rps, 0),
         versus(p.result.rps, d.result.rps, r.result.rps),
         **targets(
-            _when(c == HIGH and workers == 1, ">= 30% of direct", rps >= 0.30),
-            _when(c == HIGH and workers >= 2, ">= 40% of direct", rps >= 0.40),
+            _when(c == HIGH and workers == 1, ">= 30% of direct", clean and rps >= 0.30),
+            _when(c == HIGH and workers >= 2, ">= 40% of direct", clean and rps >= 0.40),
         ),
     )
     added = p.result.p50_ms - d.result.p50_ms
     report.add(
         "", "p50 latency ms", fmt(d.result.p50_ms, 3), fmt(r.result.p50_ms, 3), fmt(p.result.p50_ms, 3),
         versus_ms(p.result.p50_ms, d.result.p50_ms, r.result.p50_ms),
-        **targets(_when(c == 1 and workers == 1, "added <= 0.5 ms", added <= 0.5)),
+        **targets(_when(c == 1 and workers == 1, "added <= 0.5 ms", clean and added <= 0.5)),
     )
     report.add(
         "", "p99 latency ms", fmt(d.result.p99_ms, 3), fmt(r.result.p99_ms, 3), fmt(p.result.p99_ms, 3),
@@ -98,7 +99,7 @@ def small_rows(report: Report, generator: str, workers: int, d: Measure, r: Meas
     report.add(
         "", "CPU us/request: upstream (direct), middle", fmt(d.upstream_us, 0), fmt(r.cpu_us, 0), fmt(p.cpu_us, 0),
         f"{cpu:.2f}x relay; {share(p.cpu_us, d.upstream_us):.1f}x the upstream's",
-        **targets(_when(c == HIGH and workers == 1, "<= 1.3x relay", cpu <= 1.3)),
+        **targets(_when(c == HIGH and workers == 1, "<= 1.3x relay", clean and cpu <= 1.3)),
     )
     if d.result.errors + r.result.errors + p.result.errors:
         errors = (str(m.result.errors) for m in (d, r, p))
