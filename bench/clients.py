@@ -37,8 +37,9 @@ async def warm_up(url: str, body: str, count: int, concurrency: int = 4) -> None
         await asyncio.gather(*(some(len(range(first, count, concurrency))) for first in range(concurrency)))
 
 
-def has_b64(data: bytes) -> bool:
-    return len(data) > 1_000_000 and _B64.search(data[:4096]) is not None
+def has_b64(data: bytes, chars: int) -> bool:
+    """An answer holding a `b64_json` of (at least) the `chars` base64 characters the upstream sent."""
+    return len(data) > chars and _B64.search(data[:4096]) is not None
 
 
 def has_url(data: bytes) -> bool:
