@@ -16,7 +16,16 @@ import pytest
 from proxy.adapters import SCHEMAS
 from proxy.core.rules import parse_rules
 from proxy.lifecycle import longest_drain
-from proxy.workers import KILL_AFTER, RUN_PREFIX, SUPERVISOR_FILE, Supervisor, open_listener, remove_abandoned, run_workers
+from proxy.workers import (
+    KILL_AFTER,
+    RUN_PREFIX,
+    SUPERVISOR_FILE,
+    Supervisor,
+    open_listener,
+    reload,
+    remove_abandoned,
+    run_workers,
+)
 from tests.factories import rules_yaml
 
 
@@ -63,6 +72,8 @@ def test_workers_are_killed_only_past_their_longest_drain(caplog: pytest.LogCapt
         assert deadline == 28.0
         supervisor.stopping = time.monotonic() - deadline + 5  # async tasks and the ledger may still be draining
         supervisor.kill_overdue()
+        assert not supervisor.killed and not caplog.records
+        time.sleep(0.2)  # a SIGKILL sent would have ended them by now
         assert [sleeper.poll() for sleeper in sleepers] == [None, None]
         supervisor.stopping = time.monotonic() - deadline - 1
         with caplog.at_level(logging.ERROR, "imagegate.workers"):
@@ -115,3 +126,12 @@ def test_workers_without_a_temporary_directory_is_one_line(
     [message] = [record.getMessage() for record in caplog.records]
     assert message.startswith(f"cannot make the workers' run directory in {tmp_path / 'absent'}: [Errno 2] No such file")
     assert listener.socket.fileno() == -1  # closed
+
+
+def test_a_reload_that_fails_in_any_way_keeps_the_rules_and_the_supervisor(caplog: pytest.LogCaptureFixture) -> None:
+    def reread() -> None:
+        raise MemoryError("the rules file is larger than the machine")
+
+    with caplog.at_level(logging.ERROR, "imagegate.workers"):
+        assert reload(reread) is None
+    assert [record.getMessage() for record in caplog.records] == ["reload rejected, keeping the current rules"]

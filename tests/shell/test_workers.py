@@ -281,46 +281,48 @@ def test_a_bad_workers_option_is_refused(value: str) -> None:
     assert "--workers: expected auto or a number from 1 to 64" in result.stderr
 
 
-async def test_reloads_sent_while_workers_start_do_not_kill_them(tmp_path: Path) -> None:
-    rules, log, port = tmp_path / "rules.yaml", tmp_path / "proxy.log", free_port()
+async def start_preparing(tmp_path: Path) -> Proxy:
+    """A two-worker proxy caught while its supervisor prepares the run (signals blocked, no worker forked yet):
+    a signal sent now reaches the workers the moment they are forked, long before their app is set up."""
+    rules, log, port, temp = tmp_path / "rules.yaml", tmp_path / "proxy.log", free_port(), tmp_path / "runs"
+    temp.mkdir()
     rules.write_text(rules_yaml({"local-image": {"channels": ["local"]}}, {"local": LOCAL}, server={"api_keys": [A]}))
     with log.open("ab") as sink:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "proxy", "--rules", str(rules), "--port", str(port), "--workers", "2",
-            cwd=ROOT, env=clean_env(), stdout=sink, stderr=sink,
+            cwd=ROOT, env=clean_env(TMPDIR=str(temp)), stdout=sink, stderr=sink,
         )
-    proxy = Proxy(process, port, log, rules)
-    # From the first fork until the banner, the workers are reloaded every 20 ms (a config tool right after start).
-    await until(lambda: process.returncode is not None or bool(proxy.children()))
-    reloads = 0
-    while "workers   2 processes" not in log.read_text() and process.returncode is None:
-        process.send_signal(signal.SIGHUP)
-        reloads += 1
-        await asyncio.sleep(0.02)
-    assert process.returncode is None and reloads > 0, log.read_text()
-    assert "exited with signal" not in log.read_text()
-    status, *_ = await generate(proxy, size="256x256")
-    assert status == 200
-    assert await stop(proxy) == 0
+    await until(lambda: process.returncode is not None or any(temp.glob("imagegate-run-*/idempotency.sqlite")), 60)
+    return Proxy(process, port, log, rules)
+
+
+async def test_reloads_sent_while_workers_start_do_not_kill_them(tmp_path: Path) -> None:
+    proxy = await start_preparing(tmp_path)
+    try:
+        reloads = 0  # every 20 ms until the banner (a config tool right after start)
+        while "workers   2 processes" not in proxy.log.read_text() and proxy.process.returncode is None:
+            proxy.process.send_signal(signal.SIGHUP)
+            reloads += 1
+            await asyncio.sleep(0.02)
+        log = proxy.log.read_text()
+        assert proxy.process.returncode is None and reloads > 0, log
+        assert "exited with signal" not in log
+        status, *_ = await generate(proxy, size="256x256")
+        assert status == 200
+    finally:
+        assert await stop(proxy) == 0
 
 
 async def test_a_reload_sent_while_workers_start_reaches_every_worker(tmp_path: Path) -> None:
-    rules, log, port = tmp_path / "rules.yaml", tmp_path / "proxy.log", free_port()
-    rules.write_text(rules_yaml({"local-image": {"channels": ["local"]}}, {"local": LOCAL}, server={"api_keys": [A]}))
-    with log.open("ab") as sink:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "proxy", "--rules", str(rules), "--port", str(port), "--workers", "2",
-            cwd=ROOT, env=clean_env(), stdout=sink, stderr=sink,
-        )
-    proxy = Proxy(process, port, log, rules)
-    # Both forked, neither listening yet (that takes the app's whole start): the reload waits for each.
-    await until(lambda: process.returncode is not None or len(proxy.children()) == 2)
-    rules.write_text(rules.read_text().replace("local-image:", "renamed:"))
-    process.send_signal(signal.SIGHUP)
-    await until(lambda: "workers   2 processes" in log.read_text() or process.returncode is not None)
-    answers = await from_both(proxy, lambda: generate(proxy, model="renamed", size="256x256"))
-    assert all(status == 200 for status, _, _ in answers), answers
-    assert await stop(proxy) == 0
+    proxy = await start_preparing(tmp_path)
+    try:
+        proxy.rules.write_text(proxy.rules.read_text().replace("local-image:", "renamed:"))
+        proxy.process.send_signal(signal.SIGHUP)
+        await until(lambda: "workers   2 processes" in proxy.log.read_text() or proxy.process.returncode is not None)
+        answers = await from_both(proxy, lambda: generate(proxy, model="renamed", size="256x256"))
+        assert all(status == 200 for status, _, _ in answers), answers
+    finally:
+        assert await stop(proxy) == 0
 
 
 async def test_a_reload_of_a_file_that_is_not_utf8_keeps_every_worker_serving(workers: tuple[Proxy, FakeOpenAI]) -> None:
@@ -329,6 +331,8 @@ async def test_a_reload_of_a_file_that_is_not_utf8_keeps_every_worker_serving(wo
     proxy.process.send_signal(signal.SIGHUP)
     await until(lambda: proxy.log.read_text().count("codec can't decode byte 0xe9") >= 3)  # the supervisor, each worker
     assert proxy.process.returncode is None and len(proxy.children()) == 2
+    log = proxy.log.read_text()
+    assert "Traceback" not in log and log.count("rejected") == 2  # each worker's "reload of ... rejected"
     answers = await from_both(proxy, lambda: generate(proxy, size="256x256"))
     assert all(status == 200 for status, _, _ in answers)
 
@@ -359,7 +363,11 @@ async def test_a_task_taken_over_within_the_run_counts_against_its_budget_once(
             os.kill(victim, signal.SIGKILL)
         await until(lambda: len(proxy.children()) == 2 and not victims & proxy.children())
         for _ in range(200):
-            status, answer, _, _ = await proxy.call("GET", f"/v1/images/generations/{task_id}")
+            try:
+                status, answer, _, _ = await proxy.call("GET", f"/v1/images/generations/{task_id}")
+            except aiohttp.ClientConnectorError:  # the successors are forked, not listening yet
+                await asyncio.sleep(0.05)
+                continue
             if json.loads(answer).get("task_status") == "succeed":
                 break
             await asyncio.sleep(0.05)
