@@ -17,8 +17,12 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
+from proxy.core.errors import ServiceUnavailable
 from proxy.shared_state import IdempotentRecord
+
+T = TypeVar("T")
 
 FILE = "idempotency.sqlite"
 LOCK_WAIT = 5.0  # seconds a statement waits for another worker's write: far more than any statement here takes
@@ -44,6 +48,18 @@ def create(path: Path) -> None:
         connection.executescript(_SCHEMA)
     finally:
         connection.close()
+
+
+async def in_thread(call: Callable[..., T], *arguments: object) -> T:
+    """`call` in a worker thread; a failure of the file (a write lock held past LOCK_WAIT, a full disk) is a
+    503 the client may retry, as Redis's is (proxy.redis_state), never a 500."""
+    try:
+        return await asyncio.to_thread(call, *arguments)
+    except sqlite3.Error as exc:
+        raise ServiceUnavailable(
+            f"The workers' shared state (idempotency records) is unavailable: {exc}. Try again shortly.",
+            code="state_unavailable",
+        ) from None
 
 
 class HostIdempotency:
@@ -84,22 +100,20 @@ class HostIdempotency:
             connection.close()
 
     async def claim(self, key: str, record: IdempotentRecord, ttl: int) -> IdempotentRecord | None:
-        existing = await asyncio.to_thread(self._claim, key, record.dumps(), ttl)
+        existing = await in_thread(self._claim, key, record.dumps(), ttl)
         return None if existing is None else IdempotentRecord.loads(existing)
 
     async def get(self, key: str) -> IdempotentRecord | None:
-        found = await asyncio.to_thread(
-            self._one, "SELECT record FROM idempotency WHERE key = ? AND expires > ?", key, self._clock()
-        )
+        found = await in_thread(self._one, "SELECT record FROM idempotency WHERE key = ? AND expires > ?", key, self._clock())
         return None if found is None else IdempotentRecord.loads(found)
 
     async def finish(self, key: str, record: IdempotentRecord, ttl: int) -> None:
         statement = "INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?)"
-        await asyncio.to_thread(self._change, statement, key, record.dumps(), self._clock() + ttl)
+        await in_thread(self._change, statement, key, record.dumps(), self._clock() + ttl)
 
     async def release(self, key: str) -> None:
-        await asyncio.to_thread(self._change, "DELETE FROM idempotency WHERE key = ?", key)
+        await in_thread(self._change, "DELETE FROM idempotency WHERE key = ?", key)
 
     async def sweep(self) -> int:
         """Forget expired records (each may hold megabytes of base64): called with the image sweep."""
-        return await asyncio.to_thread(self._change, "DELETE FROM idempotency WHERE expires <= ?", self._clock())
+        return await in_thread(self._change, "DELETE FROM idempotency WHERE expires <= ?", self._clock())

@@ -134,6 +134,8 @@ async def _sweep_forever(services: Services) -> None:
                 await sweep()
             except (OSError, ProxyError, SQLAlchemyError) as exc:
                 log.warning("could not sweep expired %s: %s", what, type(exc).__name__)
+            except Exception:  # whatever it is, the next sweeps (and the drain after them) must still run
+                log.exception("could not sweep expired %s", what)
 
 
 def _sweeps(services: Services) -> list[tuple[str, Callable[[], Awaitable[object]]]]:

@@ -10,19 +10,25 @@ import multiprocessing
 import os
 import signal
 import socket
+import sqlite3
 import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from proxy import host_counters, host_state
+import pytest
+
+from proxy import host_counters, host_state, lifecycle
 from proxy.core.budgets import Budget, month_window
 from proxy.core.limit_windows import DAY, Limits
 from proxy.host_counters import HostCounters
 from proxy.host_state import HostIdempotency
 from proxy.key_limits import admit, budget_counter, images_counter
+from proxy.services import SERVICES
 from proxy.shared_state import DONE, RUNNING, IdempotentRecord
 from proxy.workers import open_listener, worker_count
+from tests.factories import CLIENT_KEY, DALL_E_3, LOCAL, auth, rules_yaml
+from tests.fakes.openai import KEY
 
 
 class Clock:
@@ -355,3 +361,46 @@ def test_with_reuse_port_the_supervisor_holds_the_port_without_listening() -> No
 def test_the_state_file_is_in_write_ahead_log_mode_for_every_connection(tmp_path: Path) -> None:
     path = state_file(tmp_path)
     assert host_state.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def held_by_a_sibling(tmp_path: Path) -> tuple[Path, sqlite3.Connection]:
+    """A state file whose write lock another worker holds (the middle of a long write)."""
+    path = state_file(tmp_path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    return path, holder
+
+
+async def test_a_state_file_locked_too_long_is_a_503_the_client_may_retry(
+    make_proxy: Any, fake_openai: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(host_state, "LOCK_WAIT", 0.2)
+    fake, upstream = fake_openai
+    client = await make_proxy(rules_yaml({"dall-e-3": DALL_E_3}, server={"api_keys": [CLIENT_KEY]}),
+                              {"UPSTREAM": upstream, "OPENAI_API_KEY": KEY})
+    path, holder = held_by_a_sibling(tmp_path)
+    client.server.app[SERVICES].idempotency = HostIdempotency(path)
+    body, headers = {"model": "dall-e-3", "prompt": "cat"}, {**auth(), "Idempotency-Key": "k-1"}
+    refused = await client.post("/v1/images/generations", json=body, headers=headers)
+    assert refused.status == 503
+    assert (await refused.json())["error"]["code"] == "state_unavailable" and not fake.recorder.received
+    holder.rollback()
+    holder.close()
+    retried = await client.post("/v1/images/generations", json=body, headers=headers)
+    assert retried.status == 200 and len(fake.recorder.received) == 1
+
+
+async def test_a_sweep_that_fails_stops_neither_the_sweeper_nor_the_drain(
+    make_proxy: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(host_state, "LOCK_WAIT", 0.05)
+    monkeypatch.setattr(lifecycle, "SWEEP_EVERY", 0.1)
+    client = await make_proxy(rules_yaml({"local-image": {"channels": ["local"]}}, {"local": LOCAL}))
+    path, holder = held_by_a_sibling(tmp_path)
+    client.server.app[SERVICES].idempotency = HostIdempotency(path)
+    sweeper = next(task for task in asyncio.all_tasks() if task.get_coro().__name__ == "_sweep_forever")
+    await asyncio.sleep(0.5)
+    assert not sweeper.done() and "could not sweep expired idempotency records: ServiceUnavailable" in caplog.text
+    holder.rollback()
+    holder.close()
+    await client.close()  # the drain runs past the sweeper's end (a sweeper that died would raise here)
