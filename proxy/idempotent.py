@@ -11,6 +11,7 @@ Streams cannot be replayed, so a streamed request with a key is refused.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
@@ -28,6 +29,7 @@ HEADER = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"
 POLL = 0.1
 _KEPT_HEADERS = ("Content-Type", "X-Imagegate-Ignored-Params")
+_LETTING_GO: set[asyncio.Task[None]] = set()  # releases of claims whose client left, kept until they end
 
 
 def fingerprint(parts: Iterable[bytes | bytearray]) -> str:
@@ -69,6 +71,25 @@ async def _forget(store: Idempotency, key: str) -> None:
         log.warning("could not release Idempotency-Key after a failed request: %s", type(exc).__name__)
 
 
+async def _claim(store: Idempotency, key: str, claim: IdempotentRecord, lease: int) -> IdempotentRecord | None:
+    """`store.claim`, carried through a cancellation: a claim that lands after its client left (it waited for
+    another worker's write) is let go at once, or retries would wait out the lease of a run nobody started."""
+    claiming = asyncio.ensure_future(store.claim(key, claim, lease))
+    try:
+        return await asyncio.shield(claiming)
+    except asyncio.CancelledError:
+        claiming.add_done_callback(functools.partial(_let_go, store, key))
+        raise
+
+
+def _let_go(store: Idempotency, key: str, claiming: asyncio.Future[IdempotentRecord | None]) -> None:
+    if claiming.cancelled() or claiming.exception() is not None or claiming.result() is not None:
+        return  # not claimed: nothing to let go
+    release = asyncio.ensure_future(_forget(store, key))
+    _LETTING_GO.add(release)
+    release.add_done_callback(_LETTING_GO.discard)
+
+
 async def _run(
     store: Idempotency, key: str, claim: IdempotentRecord, ttl: int, run: Callable[[], Awaitable[web.Response]]
 ) -> web.Response:
@@ -107,7 +128,7 @@ async def once(
     # is kept for the full retention once it exists.
     lease = int(wait) + 60
     while True:
-        existing = await store.claim(key, claim, lease)
+        existing = await _claim(store, key, claim, lease)
         if existing is None:
             return await asyncio.shield(spawn(_run(store, key, claim, ttl, run)))
         if existing.fingerprint != request_fingerprint:

@@ -404,3 +404,23 @@ async def test_a_sweep_that_fails_stops_neither_the_sweeper_nor_the_drain(
     holder.rollback()
     holder.close()
     await client.close()  # the drain runs past the sweeper's end (a sweeper that died would raise here)
+
+
+async def test_a_claim_that_lands_after_its_client_left_is_let_go(make_proxy: Any, fake_openai: Any, tmp_path: Path) -> None:
+    fake, upstream = fake_openai
+    openai = {"type": "openai", "base_url": "${UPSTREAM}/v1", "api_key": "${OPENAI_API_KEY}", "deadline": 2}
+    client = await make_proxy(rules_yaml({"dall-e-3": DALL_E_3}, {"openai": openai}, server={"api_keys": [CLIENT_KEY]}),
+                              {"UPSTREAM": upstream, "OPENAI_API_KEY": KEY})
+    path, holder = held_by_a_sibling(tmp_path)  # the claim waits for the sibling's write
+    client.server.app[SERVICES].idempotency = HostIdempotency(path)
+    body, headers = {"model": "dall-e-3", "prompt": "cat"}, {**auth(), "Idempotency-Key": "k-2"}
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await client.post("/v1/images/generations", json=body, headers=headers)  # the client gives up
+    await asyncio.sleep(0.2)
+    holder.rollback()  # the sibling's write ends: the departed client's claim commits
+    holder.close()
+    await asyncio.sleep(0.3)
+    retried = await client.post("/v1/images/generations", json=body, headers=headers)
+    assert retried.status == 200, await retried.text()  # run at once, not after the lease of a run never started
+    assert len(fake.recorder.received) == 1
