@@ -34,6 +34,9 @@ from proxy.core.received import Base64Chunks
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{32}\.(png|jpg|webp|gif|svg)$")
 _HASH_NAME = re.compile(r"^[0-9a-f]{64}\.(png|jpg|webp|gif|svg)$")
+# A write in progress (`FileImageStore._write`); one untouched this long was left by a process killed mid-write.
+_PART = re.compile(r"^\.[A-Za-z0-9_-]{32}\.(png|jpg|webp|gif|svg)\.part$")
+ABANDONED_AFTER = 3600.0
 _TYPES = {extension: content_type for content_type, extension in EXTENSIONS.items()}
 IMAGE_ROUTE = "/images/"
 _BASE64_SLICE = 256 * 1024  # base64 characters decoded at a time: a multiple of 4, so slices decode alone
@@ -202,10 +205,16 @@ class FileImageStore:
     def _sweep(self) -> int:
         removed = 0
         for path in self.directory.iterdir():
-            if _NAME.match(path.name) and self._expired(path):
+            if (_NAME.match(path.name) and self._expired(path)) or (_PART.match(path.name) and self._abandoned(path)):
                 path.unlink(missing_ok=True)
                 removed += 1
         return removed
+
+    def _abandoned(self, path: Path) -> bool:
+        try:
+            return path.stat().st_mtime + ABANDONED_AFTER < self._clock()
+        except FileNotFoundError:
+            return False  # renamed into place meanwhile
 
     async def sweep(self) -> int:
         return await asyncio.to_thread(self._sweep)

@@ -122,3 +122,22 @@ async def test_a_store_that_fails_first_still_refuses_what_is_not_base64(tmp_pat
     shutil.rmtree(tmp_path / "images")
     with pytest.raises(BadGateway):
         await host(hosting, GeneratedImage(b64_json=base64.b64encode(IMAGE)[:-1]), DELIVERY)
+
+
+async def test_the_sweep_removes_writes_abandoned_an_hour_ago_and_only_those(tmp_path: Path) -> None:
+    now = [1_000_000.0]
+    store = FileImageStore(tmp_path / "images", ttl=600, clock=lambda: now[0])
+    name = await store.put(PNG, "image/png")
+    os.utime(store.directory / name, (now[0], now[0]))
+    files = {
+        "abandoned": f".{'a' * 32}.png.part",  # a process killed mid-write
+        "writing": f".{'b' * 32}.webp.part",  # a write going on now
+        "foreign": ".notes.part",  # not one of the store's
+    }
+    for age, file in zip((3601, 5, 86_400), files.values(), strict=True):
+        (store.directory / file).write_bytes(b"half an image")
+        os.utime(store.directory / file, (now[0] - age, now[0] - age))
+    assert await store.sweep() == 1
+    assert sorted(path.name for path in store.directory.iterdir()) == sorted([name, files["writing"], files["foreign"]])
+    now[0] += 601
+    assert await store.sweep() == 1  # the image itself, once expired
