@@ -62,7 +62,7 @@ async def produce(
     outcome = Outcome(result, outcome.channel, outcome.attempts, outcome.failed + lost, outcome.conversion)
     served_by = plan.rule.upstream_for(outcome.channel, plan.model)
     images = delivered(result, plan.fields.get("size"), plan.fields.get("quality"), plan.rule.price)
-    spent = count_usage(services, caller, Served(plan.model, outcome.channel, images), result.usage, plan.rule.price)
+    spent = count_usage(services, caller, Served(plan.rule.pattern, outcome.channel, images), result.usage, plan.rule.price)
     cost_field = {} if spent is None else {"cost_usd": render_usd(spent)}
     return Produced(result, {**metadata(outcome, plan.model, served_by, plan.n), **cost_field}, spent)
 
@@ -100,7 +100,8 @@ def key_name(services: Services, client_key: str | None) -> str:
 
 @dataclass(frozen=True)
 class Served:
-    """What reached a client: the model asked for, the channel that made it, and the images as priced."""
+    """What reached a client: the model rule that served it (its pattern: the names a glob serves are one
+    metrics series, not one per name a client invents), the channel that made it, the images as priced."""
 
     model: str
     channel: str

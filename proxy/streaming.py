@@ -377,7 +377,7 @@ async def stream(
                 await _native_with_failover(sink, services, delivery, plan, client_key, kind)
             finally:
                 # What reached the client is counted, also when the stream then failed or the client left.
-                served = Served(plan.model, sink.channel, sink.delivered)
+                served = Served(plan.rule.pattern, sink.channel, sink.delivered)
                 sink.cost = count_usage(services, Caller(client_key), served, sink.usage, plan.rule.price)
         else:
             await emulate(sink, work, kind, plan)

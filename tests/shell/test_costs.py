@@ -20,6 +20,7 @@ MODELS: dict[str, Any] = {
     "local-image": {"channels": ["local"], "price": {"per_megapixel": 0.5}},
     "local-unpriced": {"channels": ["local"]},
     "cogview-4": {"channels": ["zhipu"], "max_n": 4, "price": {"per_image": {"* hd": 0.08, "*": 0.04}}},
+    "sketch-*": {"channels": ["local"], "price": {"per_image": 0.01}},
 }
 CHANNELS: dict[str, Any] = {
     "openai": OPENAI,
@@ -132,3 +133,13 @@ async def test_a_shipped_dall_e_3_call_costs_what_gpt_image_2_reports_at_its_tok
     # The fake reports 10 text tokens in and 4,160 image tokens out; gpt-image-2: $5 and $30 per million.
     expected = (Decimal(10) * 5 + Decimal(4160) * 30) / Decimal(1_000_000)
     assert body["metadata"]["cost_usd"] == float(expected) == 0.12485
+
+
+async def test_the_names_a_glob_serves_are_counted_under_its_pattern(make_proxy: Any, aiohttp_server: Any) -> None:
+    client = await proxy(make_proxy, aiohttp_server, FakeOpenAI())
+    for name in ("sketch-a", "sketch-b", "sketch-" + "x" * 2000):  # a client may invent any number of names
+        await generate(client, model=name, prompt="p", size="256x256")
+    metrics = await (await client.get("/metrics", headers=auth())).text()
+    series = [line for line in metrics.splitlines() if line.startswith(("imagegate_images_total{", "imagegate_cost_usd_total{"))]
+    assert len(series) == 2 and all('model="sketch-*"' in line for line in series)
+    assert [float(line.split(" ")[1]) for line in series] == [3.0, 0.03]
