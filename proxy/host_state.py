@@ -111,8 +111,13 @@ class HostIdempotency:
         statement = "INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?)"
         await in_thread(self._change, statement, key, record.dumps(), self._clock() + ttl)
 
-    async def release(self, key: str) -> None:
-        await in_thread(self._change, "DELETE FROM idempotency WHERE key = ?", key)
+    async def renew(self, key: str, claim: IdempotentRecord, ttl: int) -> bool:
+        statement = "UPDATE idempotency SET expires = ? WHERE key = ? AND record = ? AND expires > ?"
+        now = self._clock()
+        return await in_thread(self._change, statement, now + ttl, key, claim.dumps(), now) == 1
+
+    async def release(self, key: str, claim: IdempotentRecord) -> None:
+        await in_thread(self._change, "DELETE FROM idempotency WHERE key = ? AND record = ?", key, claim.dumps())
 
     async def sweep(self) -> int:
         """Forget expired records (each may hold megabytes of base64): called with the image sweep."""

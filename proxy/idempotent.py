@@ -14,6 +14,7 @@ import asyncio
 import functools
 import hashlib
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
@@ -28,6 +29,9 @@ log = logging.getLogger("imagegate")
 HEADER = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"
 POLL = 0.1
+# A claim is a lease its run renews every LEASE / 3 seconds: a run may take longer than any one lease
+# (failover over channels and rounds), and a claim a crashed process left frees within a minute.
+LEASE = 60
 _KEPT_HEADERS = ("Content-Type", "X-Imagegate-Ignored-Params")
 _LETTING_GO: set[asyncio.Task[None]] = set()  # releases of claims whose client left, kept until they end
 
@@ -63,10 +67,10 @@ async def _wait_for(store: Idempotency, key: str, seconds: float) -> IdempotentR
     raise ServiceUnavailable("The first request with this Idempotency-Key is still running.", code="idempotency_in_progress")
 
 
-async def _forget(store: Idempotency, key: str) -> None:
+async def _forget(store: Idempotency, key: str, claim: IdempotentRecord) -> None:
     """Release a key best-effort: a backend blip must not turn an answer into an error."""
     try:
-        await store.release(key)
+        await store.release(key, claim)
     except Exception as exc:
         log.warning("could not release Idempotency-Key after a failed request: %s", type(exc).__name__)
 
@@ -78,26 +82,44 @@ async def _claim(store: Idempotency, key: str, claim: IdempotentRecord, lease: i
     try:
         return await asyncio.shield(claiming)
     except asyncio.CancelledError:
-        claiming.add_done_callback(functools.partial(_let_go, store, key))
+        claiming.add_done_callback(functools.partial(_let_go, store, key, claim))
         raise
 
 
-def _let_go(store: Idempotency, key: str, claiming: asyncio.Future[IdempotentRecord | None]) -> None:
+def _let_go(
+    store: Idempotency, key: str, claim: IdempotentRecord, claiming: asyncio.Future[IdempotentRecord | None]
+) -> None:
     if claiming.cancelled() or claiming.exception() is not None or claiming.result() is not None:
         return  # not claimed: nothing to let go
-    release = asyncio.ensure_future(_forget(store, key))
+    release = asyncio.ensure_future(_forget(store, key, claim))
     _LETTING_GO.add(release)
     release.add_done_callback(_LETTING_GO.discard)
+
+
+async def _keep_claimed(store: Idempotency, key: str, claim: IdempotentRecord) -> None:
+    """Renew the claim while its run goes on (until cancelled), so that a retry waits for this run's answer
+    instead of starting a second, paid generation."""
+    while True:
+        await asyncio.sleep(LEASE / 3)
+        try:
+            if not await store.renew(key, claim, LEASE):
+                log.warning("an Idempotency-Key's claim lapsed while its request ran: a retry may run it again")
+                return
+        except Exception as exc:  # a blip: the lease has two more renewals before it lapses
+            log.warning("could not renew an Idempotency-Key's claim: %s", type(exc).__name__)
 
 
 async def _run(
     store: Idempotency, key: str, claim: IdempotentRecord, ttl: int, run: Callable[[], Awaitable[web.Response]]
 ) -> web.Response:
+    keeping = asyncio.ensure_future(_keep_claimed(store, key, claim))
     try:
         response = await run()
     except BaseException:
-        await asyncio.shield(_forget(store, key))
+        keeping.cancel()
+        await asyncio.shield(_forget(store, key, claim))
         raise
+    keeping.cancel()
     text = answer_text(response) if 200 <= response.status < 300 else None
     if text is not None:
         headers = {name: response.headers[name] for name in _KEPT_HEADERS if name in response.headers}
@@ -106,9 +128,9 @@ async def _run(
             await store.finish(key, done, ttl)
         except Exception as exc:
             log.warning("could not keep the answer for an Idempotency-Key: %s", type(exc).__name__)
-            await _forget(store, key)
+            await _forget(store, key, claim)
     else:
-        await _forget(store, key)
+        await _forget(store, key, claim)
     return response
 
 
@@ -123,12 +145,11 @@ async def once(
 ) -> web.Response:
     """Run `run` once per key. The run is detached (`spawn`): a client that disconnects and retries must
     find the first run finishing and its answer kept, not a cancelled generation it paid for."""
-    claim = IdempotentRecord(request_fingerprint, RUNNING)
-    # The claim is a lease (a crashed replica's claim must not block retries for a day); the answer
+    # Each claim its own token: only its run renews or releases it. The claim is a lease (LEASE); the answer
     # is kept for the full retention once it exists.
-    lease = int(wait) + 60
+    claim = IdempotentRecord(request_fingerprint, RUNNING, claim=secrets.token_hex(16))
     while True:
-        existing = await _claim(store, key, claim, lease)
+        existing = await _claim(store, key, claim, LEASE)
         if existing is None:
             return await asyncio.shield(spawn(_run(store, key, claim, ttl, run)))
         if existing.fingerprint != request_fingerprint:

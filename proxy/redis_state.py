@@ -194,6 +194,14 @@ return 0
 """
 
 
+# An idempotency claim renewed (ARGV[2]: seconds) or released (no ARGV[2]) only while it is still the key's record.
+_IF_CLAIMED = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return redis.call('DEL', KEYS[1])
+"""
+
+
 class RedisCounters:
     lifetime = ""  # outlives every process (and so holds what checkpoints without a lifetime reserved)
 
@@ -222,6 +230,7 @@ class RedisCounters:
 class RedisIdempotency:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
+        self._if_claimed = client.register_script(_IF_CLAIMED)
 
     async def claim(self, key: str, record: IdempotentRecord, ttl: int) -> IdempotentRecord | None:
         name = f"{PREFIX}idem:{key}"
@@ -241,9 +250,13 @@ class RedisIdempotency:
         async with unavailable_as_503():
             await self._redis.set(f"{PREFIX}idem:{key}", record.dumps(), ex=ttl)
 
-    async def release(self, key: str) -> None:
+    async def renew(self, key: str, claim: IdempotentRecord, ttl: int) -> bool:
         async with unavailable_as_503():
-            await self._redis.delete(f"{PREFIX}idem:{key}")
+            return bool(await self._if_claimed(keys=[f"{PREFIX}idem:{key}"], args=[claim.dumps(), ttl]))
+
+    async def release(self, key: str, claim: IdempotentRecord) -> None:
+        async with unavailable_as_503():
+            await self._if_claimed(keys=[f"{PREFIX}idem:{key}"], args=[claim.dumps()])
 
 
 def open_redis(url: str, image_ttl: int) -> SharedState:

@@ -53,6 +53,7 @@ class IdempotentRecord:
     status: int = 0
     body: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+    claim: str = ""  # a RUNNING record's own token: only the run that claimed the key renews or releases it
 
     def dumps(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -72,8 +73,13 @@ class Idempotency(Protocol):
 
     async def finish(self, key: str, record: IdempotentRecord, ttl: int) -> None: ...
 
-    async def release(self, key: str) -> None:
-        """Forget a claim whose request failed, so that a retry runs again."""
+    async def renew(self, key: str, claim: IdempotentRecord, ttl: int) -> bool:
+        """Keep `claim` `ttl` seconds more while it is still the key's record; False once it is not."""
+        ...
+
+    async def release(self, key: str, claim: IdempotentRecord) -> None:
+        """Forget a claim whose request failed, so that a retry runs again; a record that is no longer this
+        claim (it expired and another request claimed the key) is left alone."""
         ...
 
 
@@ -130,8 +136,15 @@ class MemoryIdempotency:
     async def finish(self, key: str, record: IdempotentRecord, ttl: int) -> None:
         self._records[key] = (record, self._clock() + ttl)
 
-    async def release(self, key: str) -> None:
-        self._records.pop(key, None)
+    async def renew(self, key: str, claim: IdempotentRecord, ttl: int) -> bool:
+        if self._live(key) != claim:
+            return False
+        self._records[key] = (claim, self._clock() + ttl)
+        return True
+
+    async def release(self, key: str, claim: IdempotentRecord) -> None:
+        if self._live(key) == claim:
+            del self._records[key]
 
     async def sweep(self) -> int:
         """Forget expired records (each may hold megabytes of base64): called with the image sweep."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from proxy import idempotent
 from proxy.adapters import openai
 from proxy.core.plain_base64 import loads_images
 from proxy.core.received import Base64Chunks
@@ -434,3 +436,20 @@ async def test_a_lone_surrogate_in_the_upstreams_text_is_relayed_as_its_escape(
     assert item["revised_prompt"] == "cat \ud800"
     if response_format == "b64_json":
         assert base64.b64decode(item["b64_json"]) == image
+
+
+async def test_a_run_longer_than_its_claims_lease_keeps_the_key_and_a_retry_waits_for_it(
+    make_proxy: Any, fake_openai: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(idempotent, "LEASE", 1)  # renewed every 1/3 s while the 2.5 s generation runs
+    fake, upstream = fake_openai
+    fake.delay = 2.5
+    client = await proxy_for(make_proxy, upstream)
+    body, headers = {"model": "dall-e-3", "prompt": "cat"}, {**auth(), "Idempotency-Key": "slow-1"}
+    first = asyncio.ensure_future(client.post("/v1/images/generations", json=body, headers=headers))
+    await asyncio.sleep(1.5)  # past the first lease
+    retry = await client.post("/v1/images/generations", json=body, headers=headers)
+    answered = await first
+    assert retry.status == answered.status == 200 and retry.headers.get("Idempotent-Replayed") == "true"
+    assert await retry.read() == await answered.read()
+    assert len(fake.recorder.received) == 1  # one generation, one bill

@@ -302,7 +302,7 @@ async def test_an_idempotency_key_is_claimed_once_across_processes_and_kept(tmp_
     done = IdempotentRecord("fp", DONE, 200, '{"data":[]}', {"Content-Type": "application/json"})
     await first.finish("k", done, 60)
     assert await second.get("k") == done
-    await second.release("k")
+    await second.release("k", done)
     assert await first.get("k") is None
     assert await second.claim("k", running, 60) is None
     clock.now += 61

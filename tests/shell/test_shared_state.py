@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
+from proxy import host_state
 from proxy.adapters import SCHEMAS
 from proxy.app import make_app
 from proxy.core.limit_windows import Limits
 from proxy.core.rules import parse_rules
+from proxy.host_state import HostIdempotency
 from proxy.key_limits import admit
-from proxy.shared_state import DONE, IdempotentRecord, MemoryCounters, MemoryIdempotency
+from proxy.redis_state import RedisIdempotency, connect
+from proxy.shared_state import DONE, RUNNING, Idempotency, IdempotentRecord, MemoryCounters, MemoryIdempotency
 from tests.factories import OPENAI, rules_yaml, serve_fake, start_proxy
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
 
@@ -188,3 +193,42 @@ async def test_expired_idempotency_records_are_swept() -> None:
     await store.finish("k", IdempotentRecord("f", DONE, 200, "x" * 1000), ttl=10)
     now[0] = 11.0
     assert await store.sweep() == 1
+
+
+@pytest.fixture(params=["memory", "host", "redis"])
+async def lapsing(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[Idempotency, Callable[[], Awaitable[None]]]]:
+    """An idempotency store of each kind, and how to let a 1-second claim in it lapse."""
+    now = [1000.0]
+
+    async def tick() -> None:
+        now[0] += 2
+
+    if request.param == "redis":
+        client = connect(request.getfixturevalue("redis_server").url)
+        yield RedisIdempotency(client), lambda: asyncio.sleep(1.2)
+        await client.aclose()
+    elif request.param == "host":
+        host_state.create(tmp_path / host_state.FILE)
+        yield HostIdempotency(tmp_path / host_state.FILE, clock=lambda: now[0]), tick
+    else:
+        yield MemoryIdempotency(clock=lambda: now[0]), tick
+
+
+async def test_only_its_own_run_renews_or_releases_a_claim(
+    lapsing: tuple[Idempotency, Callable[[], Awaitable[None]]]
+) -> None:
+    store, lapse = lapsing
+    first, retry = IdempotentRecord("fp", RUNNING, claim="first"), IdempotentRecord("fp", RUNNING, claim="retry")
+    assert await store.claim("k", first, 1) is None
+    assert await store.renew("k", first, 1) is True
+    await lapse()
+    assert await store.renew("k", first, 60) is False  # lapsed: its run learns it
+    assert await store.claim("k", retry, 60) is None  # a retry claims the key and runs
+    await store.release("k", first)  # the first run fails at last: the retry's claim is not its to release
+    assert await store.renew("k", first, 60) is False
+    assert await store.get("k") == retry
+    assert await store.renew("k", retry, 60) is True
+    await store.release("k", retry)
+    assert await store.get("k") is None
