@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from typing import Any
 
 import redis.asyncio as redis
@@ -22,6 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from proxy.core.errors import ServiceUnavailable
+from proxy.core.stored import known
 from proxy.image_store import StoredImage, image_name, proxy_url, valid_name
 from proxy.shared_state import IdempotentRecord, SharedState
 from proxy.tasks import TaskRecord, unfinished
@@ -127,11 +128,9 @@ def _lease(task_id: str) -> str:
 
 
 def _record(saved: dict[str, Any]) -> TaskRecord:
-    """A stored record; fields a later version added are left out rather than refused."""
-    return TaskRecord(**{name: value for name, value in saved.items() if name in TASK_FIELDS})
+    """A stored record, whichever version wrote it (proxy.core.stored)."""
+    return TaskRecord(**known(TaskRecord, saved))
 
-
-TASK_FIELDS = frozenset(item.name for item in fields(TaskRecord))
 
 # Store a task record unless the stored one has finished (a finished record never changes), keeping the set of
 # unfinished tasks and the task's lease with it: a lease in the future is (re)set, none or a past one removed.

@@ -16,8 +16,9 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
+from proxy.core.stored import known
 from proxy.image_store import ImageStore
 from proxy.tasks import TaskStore
 
@@ -56,12 +57,15 @@ class IdempotentRecord:
     claim: str = ""  # a RUNNING record's own token: only the run that claimed the key renews or releases it
 
     def dumps(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        saved = asdict(self)
+        if not self.claim:  # a kept answer, as versions before claims wrote it (proxy.core.stored)
+            del saved["claim"]
+        return json.dumps(saved, separators=(",", ":"))
 
     @staticmethod
     def loads(text: str | bytes) -> IdempotentRecord:
-        data: dict[str, Any] = json.loads(text)
-        return IdempotentRecord(**data)
+        """A record whichever version wrote it (proxy.core.stored)."""
+        return IdempotentRecord(**known(IdempotentRecord, json.loads(text)))
 
 
 class Idempotency(Protocol):

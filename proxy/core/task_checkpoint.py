@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from typing import Any, TypeVar
 
+from proxy.core.stored import known
+
 T = TypeVar("T")
 
 
@@ -66,16 +68,20 @@ class Checkpoint:
         return replace(self, channel=None, state=None)
 
     def dumps(self) -> dict[str, Any]:
-        return asdict(self)
+        saved = asdict(self)
+        if not self.reserved.counted_in:  # as versions before it wrote (proxy.core.stored)
+            del saved["reserved"]["counted_in"]
+        return saved
 
     @staticmethod
     def loads(saved: dict[str, Any]) -> Checkpoint:
-        """The checkpoint a record holds; raises (KeyError, TypeError, ValueError) when it is not one."""
+        """The checkpoint a record holds, whichever version wrote it (proxy.core.stored); raises (KeyError,
+        TypeError, ValueError) when it is not one."""
         reserved = saved.get("reserved") or {}
         return Checkpoint(**{
-            **saved,
-            "trace": Trace(**saved["trace"]),
-            "reserved": Reserved(**{**reserved, "budget_keys": _tuples(reserved.get("budget_keys", []))}),
+            **known(Checkpoint, saved),
+            "trace": Trace(**known(Trace, saved["trace"])),
+            "reserved": Reserved(**{**known(Reserved, reserved), "budget_keys": _tuples(reserved.get("budget_keys", []))}),
         })
 
 

@@ -65,3 +65,15 @@ def test_a_record_that_is_not_a_checkpoint_is_an_error_the_keeper_can_catch() ->
     for saved in ({}, {"trace": {"request_id": "r"}}, {"trace": TRACE.__dict__, "response_format": None}):
         with pytest.raises((KeyError, TypeError, ValueError)):
             Checkpoint.loads(saved)
+
+
+def test_checkpoints_of_other_versions_are_read_and_redis_ones_keep_the_earlier_shape() -> None:
+    # Counted in Redis (a lifetime of ""): written as versions before `counted_in` wrote it, so they read it.
+    shared = Checkpoint(TRACE, "url", "http://p", 600.0, Reserved("ipd:k:1", 2, (), 0))
+    assert "counted_in" not in shared.dumps()["reserved"] and through_json(shared) == shared
+    counted = Checkpoint(TRACE, "url", "http://p", 600.0, Reserved("ipd:k:1", 2, (), 0, counted_in="host:/run/c.map"))
+    assert through_json(counted) == counted
+    # A later version's fields, at every level, are left out rather than refused.
+    later = counted.dumps()
+    later = {**later, "added": 1, "trace": {**later["trace"], "added": 2}, "reserved": {**later["reserved"], "added": 3}}
+    assert Checkpoint.loads(later) == counted

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -232,3 +233,12 @@ async def test_only_its_own_run_renews_or_releases_a_claim(
     assert await store.renew("k", retry, 60) is True
     await store.release("k", retry)
     assert await store.get("k") is None
+
+
+def test_idempotency_records_of_other_versions_are_read_and_kept_answers_keep_the_earlier_shape() -> None:
+    done = IdempotentRecord("fp", DONE, 200, '{"data":[]}', {"Content-Type": "application/json"})
+    assert json.loads(done.dumps()) == {"fingerprint": "fp", "state": DONE, "status": 200, "body": '{"data":[]}',
+                                        "headers": {"Content-Type": "application/json"}}  # no `claim`: readable before it
+    running = IdempotentRecord("fp", RUNNING, claim="c-1")
+    assert IdempotentRecord.loads(running.dumps()) == running
+    assert IdempotentRecord.loads(json.dumps({**json.loads(running.dumps()), "added_later": True})) == running
