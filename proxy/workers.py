@@ -53,6 +53,7 @@ log = logging.getLogger("imagegate.workers")
 METRICS_DIR = "metrics"
 RUN_PREFIX = "imagegate-run-"
 SUPERVISOR_FILE = "supervisor.pid"
+WORKER_MARK = "worker-"  # + pid: a file each worker leaves in the run's directory while it lives
 SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
 KILL_AFTER = 15.0  # seconds past the longest drain (proxy.lifecycle) before a worker that has not exited is killed
 STEADY = 10.0  # a worker that lived this long was not crashing at start: the next one starts at once
@@ -125,7 +126,7 @@ def remove_abandoned(parent: Path) -> None:
     for directory in parent.glob(RUN_PREFIX + "*"):
         try:
             supervisor = int((directory / SUPERVISOR_FILE).read_text())
-            workers = [int(path.stem.removeprefix("held-")) for path in directory.glob("held-*.map")]
+            workers = [int(path.name.removeprefix(WORKER_MARK)) for path in directory.glob(WORKER_MARK + "*")]
         except (OSError, ValueError):
             continue
         if not any(map(alive, [supervisor, *workers])):
@@ -138,8 +139,8 @@ def alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        pass  # another user's
+    except (PermissionError, OverflowError):
+        pass  # another user's; not a pid at all (kept: it is not known to be ours)
     return True
 
 
@@ -316,6 +317,13 @@ def forget_metrics(pid: int) -> None:
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
+def forget_worker(directory: Path, worker: Worker) -> None:
+    """What an exited worker leaves in the run's directory: its mark, and what it held in the counters."""
+    with contextlib.suppress(OSError):  # the supervisor must go on
+        (directory / f"{WORKER_MARK}{worker.pid}").unlink(missing_ok=True)
+    give_back_holdings(directory, worker)
+
+
 def give_back_holdings(directory: Path, worker: Worker) -> None:
     """A dead worker's requests in flight release what they held in the limit counters (a generation at once,
     images and budget reserved); one that drained holds nothing. Never raises: the supervisor must go on."""
@@ -381,6 +389,7 @@ def worker_main(rules: Rules, run: Run, index: int) -> int:
     from proxy.app import make_app
     from proxy.serving import EXIT_CANNOT_LISTEN, CannotBind, serve_app
 
+    (run.directory / f"{WORKER_MARK}{os.getpid()}").touch()  # alive: its run's directory stays (remove_abandoned)
     for handler in logging.getLogger().handlers:
         handler.addFilter(WorkerTag(index))
     app = make_app(rules, rules_path=run.rules_path, host_state=run.directory)
@@ -407,7 +416,7 @@ def supervise(
     current = [rules]  # the rules a new worker starts with: a reload changes them
     os.set_blocking(ready, False)
     supervisor = Supervisor(count, lambda index: fork_worker(lambda: worker_main(current[0], run, index)),
-                            rules.server.shutdown_grace, lambda worker: give_back_holdings(run.directory, worker))
+                            rules.server.shutdown_grace, lambda worker: forget_worker(run.directory, worker))
     for index in range(count):
         supervisor.spawn(index)
     announced = False

@@ -20,6 +20,7 @@ from proxy.workers import (
     KILL_AFTER,
     RUN_PREFIX,
     SUPERVISOR_FILE,
+    WORKER_MARK,
     Supervisor,
     open_listener,
     reload,
@@ -101,9 +102,9 @@ def test_only_run_directories_whose_processes_are_all_gone_are_removed(tmp_path:
             directory.mkdir(parents=True)
             (directory / "counters.map").write_bytes(b"\0" * 64)
         (runs["killed"] / SUPERVISOR_FILE).write_text(str(dead))
-        (runs["killed"] / f"held-{a_dead_pid()}.map").write_bytes(b"")
+        (runs["killed"] / f"{WORKER_MARK}{a_dead_pid()}").write_bytes(b"")
         (runs["draining"] / SUPERVISOR_FILE).write_text(str(dead))  # its worker still drains
-        (runs["draining"] / f"held-{living.pid}.map").write_bytes(b"")
+        (runs["draining"] / f"{WORKER_MARK}{living.pid}").write_bytes(b"")
         (runs["running"] / SUPERVISOR_FILE).write_text(str(living.pid))
         (parent / "unrelated").mkdir()
         remove_abandoned(parent)

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from proxy.workers import RUN_PREFIX, WORKER_MARK
 from tests.factories import LOCAL, OPENAI, ROOT, clean_env, free_port, rules_yaml, run_cli, serve_fake
 from tests.fakes.kling import FakeKling
 from tests.fakes.openai import KEY, FakeOpenAI
@@ -223,6 +225,13 @@ async def test_a_killed_worker_is_replaced(workers: tuple[Proxy, FakeOpenAI]) ->
     assert f"(pid {victim}) exited with signal 9: a new one starts in 0s" in log
     answers = await from_both(proxy, lambda: generate(proxy, size="256x256"))
     assert all(status == 200 for status, _, _ in answers)
+    assert marked_workers() == proxy.children()  # each live worker, and no dead one
+
+
+def marked_workers() -> set[int]:
+    """The workers marked in the run's directory (what keeps it from being removed as abandoned)."""
+    [run] = Path(tempfile.gettempdir()).glob(f"{RUN_PREFIX}*")
+    return {int(path.name.removeprefix(WORKER_MARK)) for path in run.glob(f"{WORKER_MARK}*")}
 
 
 async def test_a_killed_workers_request_in_flight_gives_back_its_keys_slot(workers: tuple[Proxy, FakeOpenAI]) -> None:
