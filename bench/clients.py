@@ -11,7 +11,7 @@ import json
 import re
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -93,9 +93,11 @@ async def hosted_image_ok(url: str, expected: int) -> bool:
     return response.status == 200 and abs(len(data) - expected) < 64 and data.startswith(b"\x89PNG")
 
 
-async def hold_many(url: str, body: str, count: int, fds: Callable[[], int] | None = None, idle_fds: int = 0) -> dict[str, Any]:
+async def hold_many(
+    url: str, body: str, count: int, fds: Callable[[], int] | None = None, held: Callable[[], Awaitable[int]] | None = None
+) -> dict[str, Any]:
     """`count` requests sent at once and held by the upstream; while they run, `fds()` (the open fds of the
-    process tree in front of the upstream) is sampled every 100 ms."""
+    process tree in front of the upstream) and `held()` (the requests the upstream holds) every 100 ms."""
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     timeout = aiohttp.ClientTimeout(total=600)
     latencies: list[float] = []
@@ -119,11 +121,9 @@ async def hold_many(url: str, body: str, count: int, fds: Callable[[], int] | No
         requests = asyncio.gather(*(one() for _ in range(count)))
         while not requests.done():
             if fds is not None:
-                now = fds()
-                peak_fds = max(peak_fds, now)
-                # Each held request is two sockets in the middle: its client's and its upstream call's.
-                if all_in is None and now >= 2 * count + idle_fds:
-                    all_in = time.perf_counter() - start
+                peak_fds = max(peak_fds, fds())
+            if held is not None and all_in is None and await held() >= count:
+                all_in = time.perf_counter() - start
             await asyncio.wait({requests}, timeout=0.1)
         await requests
         wall = time.perf_counter() - start

@@ -181,6 +181,10 @@ class Harness:
                 stats: dict[str, int] = await response.json()
                 return stats
 
+    async def upstream_held(self) -> int:
+        """The requests the upstream holds right now."""
+        return (await self.upstream_stats())["hold_now"]
+
     def direct(self, kind: str) -> str:
         return f"{self.upstream_url}/{kind}{PATH}"
 

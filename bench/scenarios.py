@@ -227,7 +227,7 @@ async def held_through(h: Harness, middle: Child, url: str, body: str) -> dict[s
     await h.upstream_stats(reset=True)
     sampler = PeakSampler(middle.pid)
     sampler.start()
-    result = await hold_many(url, body, h.options.held, middle.fds, idle_fds)
+    result = await hold_many(url, body, h.options.held, middle.fds, h.upstream_held)
     peak = await sampler.stop()
     result["upstream_peak"] = (await h.upstream_stats())["hold_peak"]
     result |= {"idle_pss": idle.pss, "idle_rss": idle.rss, "peak_pss": peak.pss, "peak_rss": sampler.peak_rss}
