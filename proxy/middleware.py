@@ -24,7 +24,7 @@ from proxy.core.rules import same_key
 from proxy.image_store import IMAGE_ROUTE
 from proxy.ledger import answered, arrived
 from proxy.observe import REQUEST_ID_HEADER, RequestRecord, access_fields, begin, current_request_id, log_access, note
-from proxy.ops import loopback
+from proxy.ops import local_client
 from proxy.production import key_name
 from proxy.services import CLIENT_KEY, SERVICES, Services
 
@@ -193,12 +193,14 @@ def local_name(host: str) -> bool:
     return name.lower() in LOCAL_NAMES
 
 
-def same_machine(headers: Mapping[str, str]) -> bool:
-    """No browser says the request comes from another site: no cross-site fetch metadata, and any Origin local."""
-    if headers.get("Sec-Fetch-Site", "same-origin") == "cross-site":
+def same_origin(headers: Mapping[str, str], host: str) -> bool:
+    """No browser says the request comes from another origin: fetch metadata `same-origin` or `none` (a typed
+    URL), and an Origin, when sent, of this very host and port. A page on another local port is another
+    origin, though browsers call it the same site."""
+    if headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
         return False
     origin = headers.get("Origin")
-    return origin is None or local_name(origin.split("://", 1)[-1])
+    return origin is None or origin.split("://", 1)[-1].lower() == host.lower()
 
 
 def require_admin(request: web.Request) -> None:
@@ -206,10 +208,11 @@ def require_admin(request: web.Request) -> None:
     with no keys at all (neither `api_keys` nor `admin_keys`), clients on the machine itself without one."""
     server = request.app[SERVICES].rules.server
     if not server.api_keys and not server.admin_keys:
-        # An open proxy's usage, tasks and channel tests are the operator's: not for the network. The Host and
-        # the Origin must be local too: a reverse proxy on this machine makes every client look like loopback
-        # (it forwards the public Host), and a web page (DNS rebinding, a cross-site form) can reach loopback.
-        if not (loopback(request.remote) and local_name(request.host) and same_machine(request.headers)):
+        # An open proxy's usage, tasks and channel tests are the operator's: not for the network. Loopback is
+        # not enough: a reverse proxy on this machine makes every client look like loopback (its forwarding
+        # headers, or the public Host, say otherwise), and a web page (DNS rebinding, a form on another
+        # site or on another local port) can reach loopback: the Host must be local and the Origin this one.
+        if not (local_client(request) and local_name(request.host) and same_origin(request.headers, request.host)):
             raise AuthenticationFailed("This proxy has no keys: its admin routes answer loopback clients only.",
                                        code="admin_loopback_only", status=403)
         return

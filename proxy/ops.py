@@ -73,12 +73,21 @@ def loopback(remote: str | None) -> bool:
         return False
 
 
+# What a reverse proxy adds: its client is elsewhere, however local the connection and the Host look.
+FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Real-IP")
+
+
+def local_client(request: web.Request) -> bool:
+    """A client on this machine talking to the proxy itself: from loopback, and not through a reverse proxy."""
+    return loopback(request.remote) and not any(name in request.headers for name in FORWARDING_HEADERS)
+
+
 def _metrics_allowed(request: web.Request, services: Services) -> bool:
     settings = services.rules.server.metrics
     if settings.token:
         presented = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         return hmac.compare_digest(presented.encode(), settings.token.encode())
-    return settings.public or loopback(request.remote)
+    return settings.public or local_client(request)
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:

@@ -296,13 +296,19 @@ async def test_an_open_proxy_refuses_other_hosts_and_other_sites(make_proxy: Any
                        server={"database": "${DATABASE:-}"})
     client = await proxy(make_proxy, aiohttp_server, "", FakeOpenAI(), rules=rules)
     port = client.server.port
+    # A reverse proxy on the machine that forwards its own upstream Host (nginx's default) still says, in its
+    # forwarding headers, that the client is elsewhere; a page on another local port is another origin.
     for headers in ({"Host": "imagegate.example.com"}, {"Host": f"rebound.example:{port}"},
-                    {"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+                    {"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"},
+                    {"X-Forwarded-For": "203.0.113.7"}, {"X-Real-IP": "203.0.113.7"}, {"Forwarded": "for=203.0.113.7"},
+                    {"Origin": "http://127.0.0.1:5173", "Sec-Fetch-Site": "same-site"}, {"Sec-Fetch-Site": "same-site"},
+                    {"Origin": "http://127.0.0.1:5173"}, {"Origin": "null"}):
         refused = await client.post("/admin/channels/local/test", headers=headers)
         assert refused.status == 403, headers
         assert (await refused.json())["error"]["code"] == "admin_loopback_only"
     for headers in ({"Host": f"localhost:{port}"}, {"Host": f"[::1]:{port}"},
-                    {"Origin": f"http://127.0.0.1:{port}", "Sec-Fetch-Site": "same-origin"}):
+                    {"Origin": f"http://127.0.0.1:{port}", "Sec-Fetch-Site": "same-origin"}, {"Sec-Fetch-Site": "none"},
+                    {"Host": f"localhost:{port}", "Origin": f"http://localhost:{port}"}):
         assert (await client.get("/admin/channels", headers=headers)).status == 200, headers
 
 

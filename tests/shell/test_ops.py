@@ -83,6 +83,16 @@ async def test_metrics_are_guarded_by_their_own_token(make_proxy: Any, aiohttp_s
     assert (await client.get("/metrics", headers={"Authorization": "Bearer scrape-me"})).status == 200
 
 
+async def test_metrics_without_a_token_answer_loopback_but_not_what_a_reverse_proxy_forwards(
+    make_proxy: Any, aiohttp_server: Any
+) -> None:
+    client = await proxy_with_fake(make_proxy, aiohttp_server, FakeOpenAI(), RULES)
+    assert (await client.get("/metrics")).status == 200  # the test client is on loopback
+    for forwarded in ({"X-Forwarded-For": "203.0.113.7"}, {"X-Real-IP": "203.0.113.7"}, {"Forwarded": "for=203.0.113.7"}):
+        refused = await client.get("/metrics", headers=forwarded)
+        assert refused.status == 403 and (await refused.json())["error"]["code"] == "metrics_forbidden"
+
+
 async def test_a_request_id_travels_client_log_upstream_response(
     make_proxy: Any, aiohttp_server: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
