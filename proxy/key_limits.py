@@ -156,7 +156,7 @@ async def admit(
     admission = Admission(counters, reserved_images=n)
     try:
         await _admit(admission, owner, limits, n, clock())
-        if budget.any:
+        if budget.any and reserve > 0:  # nothing to hold (a model without a price): not held by a spent budget
             await _reserve(admission, owner, budget, reserve, clock())
         return admission
     except BaseException:

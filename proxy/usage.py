@@ -121,15 +121,17 @@ async def admin_usage(request: web.Request) -> web.Response:
 
 
 def _page(params: Any) -> tuple[int, int | None]:
-    try:
-        limit = int(params.get("limit", "100"))
-        before = int(params["before"]) if "before" in params else None
-    except ValueError:
-        message = "Invalid 'limit' or 'before': expected whole numbers."
-        raise InvalidRequest(message, param="limit", code="invalid_value") from None
+    limit = _whole(params, "limit", "100")
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidRequest(f"Invalid 'limit': expected 1 to {MAX_PAGE}.", param="limit", code="invalid_value")
-    return limit, before
+    return limit, _whole(params, "before", None) if "before" in params else None
+
+
+def _whole(params: Any, name: str, default: str | None) -> int:
+    try:
+        return int(params.get(name, default))
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"Invalid '{name}': expected a whole number.", param=name, code="invalid_value") from None
 
 
 def _filtered(statement: Any, params: Any) -> Any:

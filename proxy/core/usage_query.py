@@ -33,13 +33,17 @@ class UsageQuery:
     csv: bool = False
 
 
+LATEST = 253_402_300_799  # 9999-12-31T23:59:59Z: the last second a timestamp column holds
+
+
 def _seconds(name: str, value: str) -> float:
     try:
         number = float(value)
     except ValueError:
         number = math.nan
-    if not math.isfinite(number) or number < 0:
-        raise InvalidRequest(f"Invalid '{name}': expected Unix seconds, got {value!r}.", param=name, code="invalid_value")
+    if not 0 <= number <= LATEST:  # NaN and the infinities included
+        raise InvalidRequest(f"Invalid '{name}': expected Unix seconds up to {LATEST}, got {value!r}.", param=name,
+                             code="invalid_value")
     return number
 
 
@@ -105,5 +109,13 @@ def usage_csv(query: UsageQuery, rows: Sequence[UsageRow]) -> str:
     writer.writerow([*query.group_by, *FIELDS])
     for row in rows:
         values = row.as_dict()
-        writer.writerow([*(values[name] for name in query.group_by), *("" if values[f] is None else values[f] for f in FIELDS)])
+        groups = (inert(values[name]) for name in query.group_by)
+        writer.writerow([*groups, *("" if values[f] is None else values[f] for f in FIELDS)])
     return buffer.getvalue()
+
+
+def inert(value: object) -> object:
+    """A text a client chose (a model name) that a spreadsheet would run as a formula, quoted so it will not."""
+    if isinstance(value, str) and value.startswith(("=", "+", "-", "@", "\t", "\r")):
+        return "'" + value
+    return value

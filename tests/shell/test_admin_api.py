@@ -165,6 +165,9 @@ async def test_tasks_of_every_owner_are_listed_newest_first_and_shown_whole(
     for bad in ("0", "501", "x"):
         refused = await client.get(f"/admin/tasks?limit={bad}", headers=ADMIN)
         assert refused.status == 400 and (await refused.json())["error"]["param"] == "limit"
+    for query, param in (("before=abc", "before"), ("limit=x", "limit"), ("end_time=253402300800", "end_time")):
+        refused = await client.get(f"/admin/generations?{query}", headers=ADMIN)
+        assert refused.status == 400 and (await refused.json())["error"]["param"] == param, query
 
 
 async def test_a_failed_task_lists_its_error(make_proxy: Any, aiohttp_server: Any) -> None:

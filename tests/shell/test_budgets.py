@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -133,6 +134,12 @@ async def test_unpriced_models_and_keys_without_budgets_are_not_held(aiohttp_cli
     assert await statuses([client], "five-images", 8, model="free") == [200] * 8  # no price: nothing to count
     # The server's $1,000 a month applies to a key without a budget of its own.
     assert await statuses([client], "unbudgeted-by-itself", 8, model="dall-e-2", n=10) == [200] * 8
+    # Spent past its budget (tokens beyond their estimate are still counted), a key still has unpriced models.
+    services = client.server.app[SERVICES]
+    day = f"usd-day:{key_id('five-images')}:{int(time.time() // 86400)}"
+    await services.counters.incr(day, 1_000_000, 86460)
+    assert await statuses([client], "five-images", 1, model="dall-e-2") == [429]
+    assert await statuses([client], "five-images", 2, model="free") == [200, 200]
 
 
 def test_counters_a_restarted_process_starts_from() -> None:
