@@ -64,7 +64,7 @@ from proxy.ops import healthz, metrics_endpoint, on_shutdown, readyz, watch_relo
 from proxy.passthrough import relay
 from proxy.production import Caller, key_name, produce
 from proxy.services import CLIENT_KEY, HOST_STATE, JSON_FIELDS, RULES, RULES_PATH, SERVICES, STORE, TASK_STORE
-from proxy.streaming import stream
+from proxy.streaming import Sink, stream
 from proxy.task_runner import TaskRun, created, run_task, start_background
 from proxy.tasks import TaskStore, answer_of, owner_of
 from proxy.upload_form import Form, read_form
@@ -155,8 +155,11 @@ async def serve(request: web.Request, plan: Plan) -> web.StreamResponse:
             # OpenAI's stream events carry `b64_json`: that is what a stream delivers unless the client asked
             # for `url` (the proxy's extension), whatever form the channel answers in.
             delivery = Delivery(plan.response_format or "b64_json", public_base(request, rules), services.store.ttl)
-            response, delivered, spent = await stream(request, services, plan, client_key, delivery)
-            return response
+            sink = Sink(request)
+            try:
+                return await stream(sink, services, plan, client_key, delivery)
+            finally:  # a client that left after its images pays for them, as the ledger says it did
+                delivered, spent = sink.completed, sink.cost
         if plan.wants_async:
             retention = rules.server.tasks.retention
             delivery = Delivery(plan.response_format, public_base(request, rules), max(retention, services.store.ttl))

@@ -359,10 +359,10 @@ def streams(spec: AdapterSpec) -> bool:
 
 
 async def stream(
-    request: web.Request, services: Services, plan: Plan, client_key: str | None, delivery: Delivery
-) -> tuple[web.StreamResponse, int, Decimal | None]:
-    """The stream's response, how many final images it delivered, and what they cost."""
-    sink = Sink(request)
+    sink: Sink, services: Services, plan: Plan, client_key: str | None, delivery: Delivery
+) -> web.StreamResponse:
+    """The stream's response. What it delivered and what that cost are the sink's (`completed`, `cost`),
+    also when it ends in an exception (the client left): the caller settles the key's budget from them."""
     kind = event_kind(plan)
 
     async def work() -> ImagesResult:
@@ -385,7 +385,7 @@ async def stream(
         if not sink.started:
             raise
         await sink.send(error_payload(error.envelope()))
-    return await sink.close(), sink.completed, sink.cost
+    return await sink.close()
 
 
 async def _native_with_failover(

@@ -74,6 +74,7 @@ class FakeOpenAI:
     # Streams: the last event waits for this gate (when set), so a test can prove events are not buffered.
     stream_gate: asyncio.Event | None = None
     stream_delay: float = 0.0
+    stream_hold: float = 0.0  # seconds the stream stays open after its last event
     stream_error_after: int | None = None  # send an error event after this many partial images
     stream_disconnected: asyncio.Event = field(default_factory=asyncio.Event)
     # What `GET /v1/models` lists (and `GET /v1/models/{id}` finds), and how long it takes to answer.
@@ -226,6 +227,7 @@ class FakeOpenAI:
                     await self.stream_gate.wait()
                 await asyncio.sleep(self.stream_delay)
                 await response.write(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+            await asyncio.sleep(self.stream_hold)
             await response.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):
             self.stream_disconnected.set()

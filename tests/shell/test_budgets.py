@@ -159,3 +159,23 @@ def test_counters_a_restarted_process_starts_from() -> None:
         (f"ipd:{key_id('k2')}:{day}", 3, 86460),
         (f"ipd:{key_id('a1')}:{day}", 7, 86460),  # admin keys generate too (the console): theirs, by the name admin
     ])
+
+
+async def test_a_stream_left_after_its_image_arrived_counts_against_the_budget(
+    aiohttp_client: Any, aiohttp_server: Any
+) -> None:
+    fake = FakeOpenAI(stream_hold=2.0)  # the upstream keeps its stream open after the completed event
+    rules = rules_yaml({"gpt-image-1": {"channels": ["openai"], "price": {"per_image": 0.02}}}, {"openai": OPENAI},
+                       server={"api_keys": [{"key": "two-images", "name": "two", "budget": {"usd_per_day": 0.04}}]})
+    parsed = parse_rules(rules, {"UPSTREAM": await serve_fake(aiohttp_server, fake), "OPENAI_API_KEY": KEY}, SCHEMAS)
+    client = await aiohttp_client(await start_proxy(make_app(parsed), parsed))
+    answered = []
+    for _ in range(3):
+        response = await post(client, "two-images", model="gpt-image-1", stream=True)
+        answered.append(response.status)
+        if response.status == 200:
+            while b"image_generation.completed" not in await response.content.readline():
+                pass
+            response.close()  # the client has its image and leaves
+            await asyncio.sleep(0.3)
+    assert answered == [200, 200, 429]  # the two images delivered are two images paid for
