@@ -10,6 +10,7 @@ micro-dollars, so the shared counters (memory or Redis) add them exactly, across
 from __future__ import annotations
 
 import datetime
+import fnmatch
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 
@@ -42,19 +43,26 @@ def micro(amount: Decimal) -> int:
 
 
 def _image_ceiling(price: Price, size: str | None, quality: str | None) -> Decimal:
-    if price.per_million_tokens:
-        rates = price.per_million_tokens
-        tokens = sum(rates.get(kind, Decimal(0)) * count for kind, count in TOKENS_RESERVED_PER_IMAGE.items())
-        return Decimal(tokens) / _MILLION
+    # Priced by tokens and by image, an answer is charged by image when it reports no usage: either may apply.
+    return max(_token_ceiling(price), _by_image_ceiling(price, size, quality))
+
+
+def _token_ceiling(price: Price) -> Decimal:
+    rates = price.per_million_tokens
+    return sum((rates.get(kind, Decimal(0)) * count for kind, count in TOKENS_RESERVED_PER_IMAGE.items()), Decimal(0)) / _MILLION
+
+
+def _by_image_ceiling(price: Price, size: str | None, quality: str | None) -> Decimal:
     parsed = parse_size(size) if size else None
     if price.per_megapixel is not None:
         return price.per_megapixel * (parsed.pixels if parsed else PIXELS_RESERVED) / _MILLION
-    if parsed is not None:
+    if parsed is not None and quality not in (None, "auto"):
         matched = image_price(price, Delivered(size, quality))
         if matched is not None:
             return matched
-    # `auto` (or a size no entry names): the dearest entry, whatever the provider picks.
-    return max((usd for _, _, usd in price.per_image), default=Decimal(0))
+    # A quality or size the provider picks (`auto`, or none asked): the dearest entry its choice could match.
+    fitting = [usd for size_glob, _, usd in price.per_image if parsed is None or fnmatch.fnmatchcase(size or "", size_glob)]
+    return max(fitting or [usd for _, _, usd in price.per_image], default=Decimal(0))
 
 
 def ceiling(price: Price | None, n: int, size: str | None, quality: str | None) -> Decimal:

@@ -15,6 +15,11 @@ def test_the_ceiling_of_per_image_prices_is_the_matching_entry_or_the_dearest_fo
     assert ceiling(price, 1, "1536x1024", "high") == Decimal("0.25")
     assert ceiling(price, 2, "auto", "low") == Decimal("0.5")  # the provider picks the size: the dearest entry
     assert ceiling(None, 10, "1024x1024", None) == 0
+    # The provider picks the quality (none asked, or `auto`), and the answer is priced at what it reports:
+    # the dearest entry the size can match, not the entry for "auto".
+    assert ceiling(price, 1, "1024x1024", None) == ceiling(price, 1, "1024x1024", "auto") == Decimal("0.25")
+    sized = parse_price({"per_image": {"1024x1024 high": 0.167, "1024x1024": 0.042, "1536x1024 high": 0.25}})
+    assert ceiling(sized, 2, "1024x1024", "auto") == Decimal("0.334")  # 1536x1024's entry cannot apply
 
 
 def test_the_ceiling_of_pixel_and_token_prices() -> None:
@@ -22,6 +27,9 @@ def test_the_ceiling_of_pixel_and_token_prices() -> None:
     assert ceiling(parse_price({"per_megapixel": 1}), 1, None, None) == Decimal(PIXELS_RESERVED) / 1_000_000
     tokens = parse_price({"per_million_tokens": {"text_input": 5, "image_input": 10, "image_output": 40}})
     assert ceiling(tokens, 1, "1024x1024", "high") == (Decimal(4096) * 5 + Decimal(8192) * 10 + Decimal(16384) * 40) / 1_000_000
+    # Priced both ways, an answer without usage is charged by image: the reservation covers the dearer.
+    both = parse_price({"per_million_tokens": {"text_input": 5, "image_output": 30}, "per_image": 1.0})
+    assert ceiling(both, 2, "1024x1024", "high") == Decimal(2)
 
 
 def test_micro_dollars_round_up() -> None:
