@@ -99,6 +99,11 @@ class Refused(Exception):
     """A URL the guard will not fetch; the caller decides whose mistake it is (client 400, upstream 502)."""
 
 
+class Unresolved(Refused):
+    """Refused for now: the host's name does not resolve at the moment (a DNS outage, or a name that
+    does not exist); a caller that tries again later (a webhook) may."""
+
+
 async def check(url: str, trusted: frozenset[str]) -> None:
     """Refuse a URL whose scheme is not http(s), or whose host is, or resolves only to, a non-public address."""
     try:
@@ -112,8 +117,10 @@ async def check(url: str, trusted: frozenset[str]) -> None:
         return
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError):
-        raise Refused(f"the host '{host}' does not resolve") from None
+    except UnicodeError:
+        raise Refused(f"the host '{host}' is not a valid name") from None
+    except OSError:
+        raise Unresolved(f"the host '{host}' does not resolve") from None
     if not all(public_address(str(info[4][0])) for info in infos):
         raise Refused("the URL points at a private or local address")
 

@@ -35,7 +35,7 @@ from proxy.core.json_body import encode_body
 from proxy.core.limit_windows import key_id
 from proxy.core.webhook_signature import DELIVERED, FAILED, RETRY, backoff, headers, verdict
 from proxy.database import WEBHOOK_DELIVERIES as ROWS
-from proxy.guard import GuardedResolver, Refused, check, make_guarded_session
+from proxy.guard import GuardedResolver, Refused, Unresolved, check, make_guarded_session
 from proxy.tasks import TaskRecord, answer_of, unfinished
 
 if TYPE_CHECKING:
@@ -227,6 +227,9 @@ async def send(services: Services, hooks: Webhooks, row: Any) -> None:
     except asyncio.CancelledError:  # a shutdown: the attempt is due again at once, for the next process
         await asyncio.shield(hooks.store.settle(row, PENDING, row.last_status, time.time()))
         raise
+    except Exception:  # whatever it was, the row is settled: retried until its deadline, then failed
+        log.exception("webhook %s of task %s: the attempt failed", row.id, row.task_id)
+        status = None
     outcome = verdict(status) if secrets and status != 0 else FAILED
     now = time.time()
     next_at = now + backoff(row.attempts, rules.webhooks.min_backoff, random.uniform)
@@ -244,6 +247,9 @@ async def _post(hooks: Webhooks, row: Any, secrets: tuple[str, ...], timeout: fl
     try:
         async with asyncio.timeout(timeout):  # the guard's DNS lookup counts in the attempt's time
             await check(row.url, trusted)
+    except Unresolved as unresolved:  # a DNS outage passes: like no answer, tried again until the deadline
+        log.info("webhook %s of task %s: %s, tried again later", row.id, row.task_id, unresolved)
+        return None
     except Refused as refused:
         log.warning("webhook %s of task %s: the URL is refused: %s", row.id, row.task_id, refused)
         return 0
@@ -258,6 +264,9 @@ async def _post(hooks: Webhooks, row: Any, secrets: tuple[str, ...], timeout: fl
     except ERRORS as exc:
         log.info("webhook %s of task %s: no answer (%s), tried again later", row.id, row.task_id, type(exc).__name__)
         return None
+    except ValueError as exc:  # a URL the HTTP client cannot send to at all (userinfo that is not Latin-1, say)
+        log.warning("webhook %s of task %s: the URL cannot be used (%s)", row.id, row.task_id, type(exc).__name__)
+        return 0
 
 
 def log_outcome(row: Any, state: str, status: int | None) -> None:

@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import re
+import socket
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -311,6 +312,8 @@ async def test_the_readmes_receiver_accepts_what_the_proxy_sends(make_proxy: Any
     assert not verify(BOB_SECRET, headers, item.body)
     assert not verify(SECRET_1, headers, item.body.replace(b"succeed", b"failed!"))
     assert not verify(SECRET_1, {**headers, "webhook-timestamp": str(int(time.time()) - 3600)}, item.body)
+    for forged in ({"webhook-signature": "v1,\u00e9"}, {"webhook-timestamp": "soon"}, {"webhook-timestamp": "\u0661\u0662"}):
+        assert not verify(SECRET_1, {**headers, **forged}, item.body)  # refused, not a receiver's exception
 
 
 async def test_a_task_failed_by_the_process_that_took_it_over_is_reported(make_proxy: Any, aiohttp_server: Any) -> None:
@@ -398,3 +401,38 @@ async def test_an_idle_sender_does_not_poll_the_database_every_second(make_proxy
     store.claim_due = counted  # type: ignore[method-assign]
     await asyncio.sleep(1.5)
     assert len(passes) <= 1, passes
+
+
+async def test_a_callback_url_the_http_client_cannot_send_to_fails_instead_of_staying_pending(
+    make_proxy: Any, aiohttp_server: Any
+) -> None:
+    receiver = Receiver()
+    client = await make_proxy(rules(retry_for=30))
+    url = (await receiver_url(aiohttp_server, receiver)).replace("http://", "http://\u20ac@")  # userinfo not Latin-1
+    task_id = await create(client, {**FOX, "callback_url": url})
+    webhook = (await webhook_state(client, task_id, limit=5))["metadata"]["webhook"]
+    assert (webhook["status"], webhook["attempts"]) == ("failed", 1) and not receiver.received
+
+
+async def test_a_receiver_whose_name_does_not_resolve_for_a_while_is_tried_again(
+    make_proxy: Any, aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = await make_proxy(rules(retry_for=30, allow_hosts=[]))  # the guard looks the name up
+    loop, lookups = asyncio.get_running_loop(), []
+    real = loop.getaddrinfo
+
+    async def lookup(host: Any, port: Any, **kwargs: Any) -> Any:
+        if host != "hooks.invalid":
+            return await real(host, port, **kwargs)
+        lookups.append(host)
+        if len(lookups) == 1:  # at create: a public address (nothing is sent then)
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.215.14", port))]
+        if len(lookups) <= 3:  # the first two attempts: a DNS outage
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.7", port))]  # then: an address it refuses
+
+    monkeypatch.setattr(loop, "getaddrinfo", lookup)
+    task_id = await create(client, {**FOX, "callback_url": "https://hooks.invalid/hook"})
+    webhook = (await webhook_state(client, task_id, limit=10))["metadata"]["webhook"]
+    # Each outage was tried again (it failed for good at the first); the third attempt's answer is refused.
+    assert (webhook["status"], webhook["attempts"], len(lookups)) == ("failed", 3, 4)
