@@ -194,7 +194,12 @@ async def _stopped(services: Services, run: TaskRun) -> None:
 
 async def end_task(services: Services, final: TaskRecord, attempts: int = 8, webhook: dict[str, str] | None = None) -> bool:
     """A task's last state: the record its client polls, then its ledger record and its webhook's delivery.
-    False when another process had ended the task already (its end stands, and was reported; this one is dropped)."""
+    False when another process had ended the task already (its end stands, and was reported; this one is dropped).
+    Shielded: a task whose record is final is never left without its webhook (no process would queue it then)."""
+    return await asyncio.shield(_end_task(services, final, attempts, webhook))
+
+
+async def _end_task(services: Services, final: TaskRecord, attempts: int, webhook: dict[str, str] | None) -> bool:
     if not await keep(services.tasks, final, attempts):
         return False
     task_ended(services, final)

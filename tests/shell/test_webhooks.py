@@ -21,6 +21,7 @@ from aiohttp import web
 from sqlalchemy.engine import URL
 
 import proxy.webhooks
+from proxy import task_runner
 from proxy.database import WEBHOOK_DELIVERIES, open_engine
 from proxy.finish import Delivery
 from proxy.ledger import Ledger
@@ -436,3 +437,27 @@ async def test_a_receiver_whose_name_does_not_resolve_for_a_while_is_tried_again
     webhook = (await webhook_state(client, task_id, limit=10))["metadata"]["webhook"]
     # Each outage was tried again (it failed for good at the first); the third attempt's answer is refused.
     assert (webhook["status"], webhook["attempts"], len(lookups)) == ("failed", 3, 4)
+
+
+async def test_a_task_cancelled_while_its_end_is_stored_still_queues_its_webhook(
+    make_proxy: Any, aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receiver = Receiver()
+    client = await make_proxy(rules())
+    entered, go = asyncio.Event(), asyncio.Event()
+    real = task_runner.enqueue
+
+    async def slow(*args: Any) -> None:  # the record is final; the delivery is not queued yet
+        entered.set()
+        await go.wait()
+        await real(*args)
+
+    monkeypatch.setattr(task_runner, "enqueue", slow)
+    task_id = await create(client, {**FOX, "callback_url": await receiver_url(aiohttp_server, receiver)})
+    await asyncio.wait_for(entered.wait(), 10)
+    for task in list(client.server.app[SERVICES].background):
+        task.cancel()  # what a drain does once its grace has run out
+    await asyncio.sleep(0.1)
+    go.set()
+    webhook = (await webhook_state(client, task_id))["metadata"]["webhook"]
+    assert webhook["status"] == "delivered" and len(receiver.received) == 1
