@@ -62,7 +62,8 @@ async def produce(
     outcome = Outcome(result, outcome.channel, outcome.attempts, outcome.failed + lost, outcome.conversion)
     served_by = plan.rule.upstream_for(outcome.channel, plan.model)
     images = delivered(result, plan.fields.get("size"), plan.fields.get("quality"), plan.rule.price)
-    spent = count_usage(services, caller, Served(plan.rule.pattern, outcome.channel, images), result.usage, plan.rule.price)
+    served = Served(plan.rule.pattern, outcome.channel, images, lost=len(lost))
+    spent = count_usage(services, caller, served, result.usage, plan.rule.price)
     cost_field = {} if spent is None else {"cost_usd": render_usd(spent)}
     return Produced(result, {**metadata(outcome, plan.model, served_by, plan.n), **cost_field}, spent)
 
@@ -106,6 +107,7 @@ class Served:
     model: str
     channel: str
     images: Sequence[Delivered]
+    lost: int = 0  # images made but lost on the way to the client (not charged)
 
 
 def note_served(served: Served, usage: Mapping[str, Any] | None, spent: Decimal | None) -> None:
@@ -120,7 +122,7 @@ def count_usage(
 ) -> Decimal | None:
     """Images, tokens and cost delivered to a key, for the metrics (by key name; images and cost also by
     model and channel). Returns what the images cost at the model's price (None: it has none)."""
-    spent = cost(price, served.images, usage)
+    spent = cost(price, served.images, usage, served.lost)
     note_served(served, usage, spent)
     metrics = services.metrics
     if metrics is None:

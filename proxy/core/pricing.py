@@ -168,20 +168,23 @@ def _count(usage: Mapping[str, Any], *path: str) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
-def token_price(price: Price, usage: Mapping[str, Any] | None) -> Decimal | None:
-    """What reported usage costs (None: no token price, or no usage to price)."""
+def token_price(price: Price, usage: Mapping[str, Any] | None, output_share: Decimal = Decimal(1)) -> Decimal | None:
+    """What reported usage costs (None: no token price, or no usage to price); `output_share` of the output
+    tokens (the images that were delivered, of those made)."""
     if not price.per_million_tokens or not usage or (not _count(usage, "total_tokens") and not _count(usage, "output_tokens")):
         return None
     text, image = _count(usage, "input_tokens_details", "text_tokens"), _count(usage, "input_tokens_details", "image_tokens")
     if not text and not image:
         text = _count(usage, "input_tokens")  # no split reported: all input is the prompt
-    counts = {"text_input": text, "image_input": image, "image_output": _count(usage, "output_tokens")}
+    counts: dict[str, Decimal] = {"text_input": Decimal(text), "image_input": Decimal(image),
+                                  "image_output": _count(usage, "output_tokens") * output_share}
     rates = price.per_million_tokens
     return sum((rates.get(kind, Decimal(0)) * count for kind, count in counts.items()), Decimal(0)) / _MILLION
 
 
-def cost(price: Price | None, images: Sequence[Delivered], usage: Mapping[str, Any] | None) -> Decimal | None:
-    """What the delivered images cost: by tokens when usage was reported and priced, else by image.
+def cost(price: Price | None, images: Sequence[Delivered], usage: Mapping[str, Any] | None, lost: int = 0) -> Decimal | None:
+    """What the delivered images cost: by tokens when usage was reported and priced, else by image. `lost`:
+    images the upstream made (and reported tokens for) that never reached the client; their output is not charged.
 
     None when the model has no price or an image matches none of its per-image entries.
     """
@@ -189,7 +192,7 @@ def cost(price: Price | None, images: Sequence[Delivered], usage: Mapping[str, A
         return None
     if not images:
         return Decimal(0)  # nothing delivered, nothing owed
-    by_tokens = token_price(price, usage)
+    by_tokens = token_price(price, usage, Decimal(len(images)) / (len(images) + lost))
     if by_tokens is not None:
         return by_tokens
     each = [image_price(price, image) for image in images]

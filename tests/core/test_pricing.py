@@ -73,3 +73,11 @@ def test_bad_prices_name_their_part(value: object, path: str, message: str) -> N
     with pytest.raises(PriceError, match=message) as caught:
         parse_price(value)
     assert caught.value.path == path
+
+
+def test_the_output_tokens_of_an_image_lost_on_the_way_are_not_charged() -> None:
+    price = parse_price({"per_million_tokens": {"text_input": 5, "image_output": 40}})
+    usage = {"input_tokens": 50, "output_tokens": 2000, "total_tokens": 2050}  # two images made
+    one = [Delivered("1024x1024", "high")]
+    assert cost(price, one, usage, lost=1) == Decimal("0.04025")  # the prompt once, one image's output
+    assert cost(price, one * 2, usage) == Decimal("0.08025")

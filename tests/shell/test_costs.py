@@ -3,12 +3,13 @@ quality, per reported token, per megapixel; only delivered images count."""
 
 from __future__ import annotations
 
+import base64
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from tests.factories import LOCAL, OPENAI, auth, poll_task, rules_yaml, url_of
-from tests.fakes.openai import KEY, FakeOpenAI
+from tests.fakes.openai import KEY, PNG, FakeOpenAI
 from tests.fakes.zhipu import FakeZhipu
 
 MODELS: dict[str, Any] = {
@@ -143,3 +144,14 @@ async def test_the_names_a_glob_serves_are_counted_under_its_pattern(make_proxy:
     series = [line for line in metrics.splitlines() if line.startswith(("imagegate_images_total{", "imagegate_cost_usd_total{"))]
     assert len(series) == 2 and all('model="sketch-*"' in line for line in series)
     assert [float(line.split(" ")[1]) for line in series] == [3.0, 0.03]
+
+
+async def test_an_image_lost_on_the_way_costs_nothing_when_priced_by_tokens(make_proxy: Any, aiohttp_server: Any) -> None:
+    fake = FakeOpenAI()
+    client = await proxy(make_proxy, aiohttp_server, fake)
+    good = base64.b64encode(PNG).decode()
+    usage = {"input_tokens": 50, "output_tokens": 2000, "total_tokens": 2050}
+    fake.failures.append((200, {"created": 1, "data": [{"b64_json": good}, {"b64_json": "not base64!"}], "usage": usage}, {}))
+    body = await generate(client, model="gpt-image-1", prompt="p", n=2, response_format="url")
+    assert len(body["data"]) == 1 and body["metadata"]["failed"]["count"] == 1
+    assert body["metadata"]["cost_usd"] == 0.04025  # the prompt ($5 a million) and one image's 1,000 tokens ($40)
