@@ -20,6 +20,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -36,7 +37,15 @@ from proxy.core.plan import EDIT, Plan
 from proxy.core.pricing import Delivered, priced
 from proxy.core.response import Base64, GeneratedImage, ImagesResult, b64_text
 from proxy.core.rules import Rules, iter_usable
-from proxy.core.sse import KEEPALIVE, SSEParser, completed_event, error_payload, format_json_event, partial_image_event
+from proxy.core.sse import (
+    KEEPALIVE,
+    Event,
+    SSEParser,
+    completed_event,
+    error_payload,
+    format_json_event,
+    partial_image_event,
+)
 from proxy.core.translate import revised_prompt
 from proxy.cpu import off_loop
 from proxy.driver import Driver, add_usage, generate
@@ -177,6 +186,7 @@ async def relay_native(
         # A failed image among several (Seedream's partial_failed) is held back to the end: clients stop
         # reading at an error event, and the images still to come were paid for too.
         held: list[dict[str, Any]] = []
+        finish = functools.partial(_finish_event, kind=kind, finisher=finisher, delivery=here)
         while True:
             async with transport_errors(channel, seconds):
                 chunk = await anext(chunks, None)
@@ -189,22 +199,40 @@ async def relay_native(
                     f"channel '{channel}' streamed an event over the size limit", code="upstream_too_large"
                 ) from None
             for event in events:
-                for payload in spec.stream_events(job, event):
-                    if payload.get("type") == "error" and "image_index" in payload:
-                        held.append(payload)
-                        continue
-                    if payload.get("type") == "error" and not sink.started:
-                        # Nothing sent yet: a real error status, and the next channel may still serve it.
-                        raise error_from_event(channel, payload)
-                    await sink.send(with_revised_prompt(await finish_payload(renamed(payload, kind), finisher, here), job.plan))
-                    if payload.get("type") == "error":
-                        return
+                if await _relay_event(sink, spec, job, event, finish, held):
+                    return
         if parser.pending:
             raise BadGateway(f"channel '{channel}' ended its stream mid-event", code="upstream_stream_cut")
         if held:
             await sink.send(held[0])
         elif sink.completed == 0:
             raise BadGateway(f"channel '{channel}' ended its stream without a final image", code="upstream_stream_cut")
+
+
+async def _finish_event(payload: dict[str, Any], *, kind: str, finisher: Finisher, delivery: Delivery) -> dict[str, Any]:
+    return await finish_payload(renamed(payload, kind), finisher, delivery)
+
+
+async def _relay_event(
+    sink: Sink, spec: AdapterSpec, job: Job, event: Event,
+    finish: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]], held: list[dict[str, Any]],
+) -> bool:
+    """Count the usage one upstream event reports, and send what it maps to; True once an error event ended
+    the stream. A failed image among several is `held` for the end."""
+    assert spec.stream_events is not None
+    if spec.stream_usage is not None and (usage := spec.stream_usage(event)) is not None:
+        sink.usage = add_usage(sink.usage or {}, usage)
+    for payload in spec.stream_events(job, event):
+        if payload.get("type") == "error" and "image_index" in payload:
+            held.append(payload)
+            continue
+        if payload.get("type") == "error" and not sink.started:
+            # Nothing sent yet: a real error status, and the next channel may still serve it.
+            raise error_from_event(job.channel.name, payload)
+        await sink.send(with_revised_prompt(await finish(payload), job.plan))
+        if payload.get("type") == "error":
+            return True
+    return False
 
 
 def note_stream_error(payload: Mapping[str, Any]) -> None:

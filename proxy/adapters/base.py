@@ -164,6 +164,8 @@ class AdapterSpec:
     # them stream by emulation: keep-alives while the work runs, then one completed event per image.
     stream_call: Callable[[Job], Step] | None = None  # Send(the stream's call) or Fail
     stream_events: Callable[[Job, Event], list[dict[str, Any]]] | None = None
+    # The usage an upstream event reports apart from any payload (Ark's closing event): priced and counted.
+    stream_usage: Callable[[Event], dict[str, Any] | None] | None = None
     # Native streaming with no upstream (the local generator): the job's previews as they are made, then
     # Done or Fail. The shell advances it (off the event loop when cpu_bound) and relays each preview.
     stream_steps: Callable[[Job], Iterator[Drawn]] | None = None

@@ -14,7 +14,7 @@ finishes, then a summary, then `data: [DONE]`:
            anything else -> upstream_error). Ark goes on after a moderated image (it stops after a 500),
            so more images may follow; note that OpenAI's SDKs raise on the first error event.
     image_generation.completed {type, model, created, usage{generated_images, output_tokens, total_tokens}}
-        -> nothing; `usage_of` hands its usage to the shell, which attaches it where it wants.
+        -> nothing sent; `usage_of` (the spec's `stream_usage`) hands its usage to the shell, which prices it.
     {"error": {code, message}} (a request-level error once the stream has begun) -> an error event too.
     data: [DONE] -> nothing (the shell ends the client stream itself).
 Other event types are ignored (Ark may add progress events; a client of OpenAI's stream would not know
@@ -177,4 +177,4 @@ def stream_events(job: Job, event: Event) -> list[dict[str, Any]]:
 
 
 # The seedream channel type, with its native stream.
-SPEC = replace(seedream.SPEC, stream_call=stream_call, stream_events=stream_events)
+SPEC = replace(seedream.SPEC, stream_call=stream_call, stream_events=stream_events, stream_usage=usage_of)

@@ -10,6 +10,7 @@ from typing import Any
 
 from tests.factories import LOCAL, OPENAI, auth, poll_task, rules_yaml, url_of
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
+from tests.fakes.seedream import FakeSeedream
 from tests.fakes.zhipu import FakeZhipu
 
 MODELS: dict[str, Any] = {
@@ -155,3 +156,23 @@ async def test_an_image_lost_on_the_way_costs_nothing_when_priced_by_tokens(make
     body = await generate(client, model="gpt-image-1", prompt="p", n=2, response_format="url")
     assert len(body["data"]) == 1 and body["metadata"]["failed"]["count"] == 1
     assert body["metadata"]["cost_usd"] == 0.04025  # the prompt ($5 a million) and one image's 1,000 tokens ($40)
+
+
+async def test_a_seedream_stream_is_charged_the_tokens_its_closing_event_reports(
+    make_proxy: Any, aiohttp_server: Any
+) -> None:
+    ark = FakeSeedream()
+    rules = rules_yaml(
+        {"seedream": {"channels": ["ark"], "upstream_model": "doubao-seedream-4-0-250828",
+                      "price": {"per_million_tokens": {"image_output": 10}}}},
+        {"ark": {"type": "seedream", "base_url": "${ARK}/api/v3", "api_key": "${ARK_API_KEY}"}},
+        server={"api_keys": ["client-key-1"]},
+    )
+    client = await make_proxy(rules, {"ARK": url_of(await aiohttp_server(ark.app())), "ARK_API_KEY": ark.api_key})
+    sync = await generate(client, model="seedream", prompt="p")
+    streamed = await client.post("/v1/images/generations", json={"model": "seedream", "prompt": "p", "stream": True},
+                                 headers=auth())
+    assert "image_generation.completed" in await streamed.text()
+    metrics = await (await client.get("/metrics", headers=auth())).text()
+    [cost] = [float(line.split(" ")[1]) for line in metrics.splitlines() if line.startswith("imagegate_cost_usd_total{")]
+    assert sync["metadata"]["cost_usd"] == 0.16384 and cost == 2 * 0.16384  # 16,384 output tokens at $10 a million, each
