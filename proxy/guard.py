@@ -35,14 +35,27 @@ MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
+# IPv6 addresses that carry an IPv4 address in their last 32 bits, and reach it: NAT64's well-known prefix
+# (64:ff9b::a9fe:a9fe is 169.254.169.254 where a NAT64 gateway runs) and IPv4-compatible addresses (::7f00:1).
+_CARRY_IPV4 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("::/96"))
+# Never public, though Python's is_global says otherwise: NAT64 for local use, and the old site-local range.
+_LOCAL_V6 = (ipaddress.IPv6Network("64:ff9b:1::/48"), ipaddress.IPv6Network("fec0::/10"))
+
+
 def public_address(address: str) -> bool:
     """True for an address on the public internet (not private, loopback, link-local, reserved...)."""
     try:
         ip = ipaddress.ip_address(address.split("%")[0])
     except ValueError:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback, whatever its spelling
+    if isinstance(ip, ipaddress.IPv6Address):
+        if any(ip in network for network in _LOCAL_V6):
+            return False
+        # ::ffff:127.0.0.1 is loopback whatever its spelling; so are 6to4's and NAT64's forms of it.
+        carried = ip.ipv4_mapped or ip.sixtofour
+        if carried is None and any(ip in network for network in _CARRY_IPV4):
+            carried = ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF)
+        ip = carried or ip
     return ip.is_global and not ip.is_multicast
 
 

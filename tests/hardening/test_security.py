@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from proxy.guard import public_address
 from proxy.image_store import FileImageStore
 from tests.factories import LOCAL, OPENAI, proxy_with_fake, rules_yaml
 from tests.fakes.openai import KEY, PNG, FakeOpenAI
@@ -55,6 +56,13 @@ ATTACKS = [
     "gopher://127.0.0.1:6379/_INFO",
     "http://user:pass@127.0.0.1:9/x.png",
     "http://metadata.google.internal/computeMetadata/v1/",
+    # IPv4 carried in IPv6: NAT64 (reaches 169.254.169.254 where a NAT64 gateway runs), 6to4, IPv4-compatible,
+    # NAT64 for local use, site-local.
+    "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",
+    "http://[2002:7f00:1::]:9/x.png",
+    "http://[::7f00:1]:9/x.png",
+    "http://[64:ff9b:1::a00:1]/x.png",
+    "http://[fec0::1]/x.png",
 ]
 
 
@@ -178,3 +186,17 @@ async def test_request_smuggling_headers_are_refused(make_proxy: Any, aiohttp_se
             refused += 1
     record("request-smuggling attempts refused", len(attacks), refused)
     assert refused == len(attacks)
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("64:ff9b::a9fe:a9fe", False), ("2002:7f00:1::", False), ("::7f00:1", False), ("64:ff9b:1::a00:1", False),
+        ("fec0::1", False), ("::ffff:10.0.0.1", False), ("::1", False), ("::", False), ("fe80::1%eth0", False),
+        # The same forms carrying a public address, and plain public ones, stay public.
+        ("64:ff9b::808:808", True), ("2002:808:808::", True), ("2606:4700::1111", True), ("8.8.8.8", True),
+    ],
+)
+def test_ipv4_carried_in_ipv6_is_judged_as_the_ipv4_it_reaches(address: str, public: bool) -> None:
+    # Connecting to one of these would fail here (no route), so the refusal is checked where it is made.
+    assert public_address(address) is public
