@@ -70,6 +70,14 @@ def _add_field(form: Form, name: str, value: str) -> None:
         form.fields[name] = [current, value]
 
 
+def _text(name: str, data: bytes | bytearray) -> str:
+    """A field's text, which must be UTF-8 as a JSON body must: replaced characters would change its meaning."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"The form field '{name}' is not UTF-8 text.", param=name, code="invalid_value") from None
+
+
 async def read_form(request: web.Request, limit: int) -> Form:
     # Uploads are images, compressed already: a compressed form gains nothing and is refused (415).
     check_head(request, limit, accepted=())
@@ -89,7 +97,7 @@ async def read_form(request: web.Request, limit: int) -> Form:
                 raise InvalidRequest("Nested or unnamed multipart parts are not supported.", code="invalid_multipart")
             data = await _read_part(part, budget)
             if part.filename is None:
-                _add_field(form, part.name, data.decode("utf-8", "replace"))
+                _add_field(form, part.name, _text(part.name, data))
             else:
                 content_type = part.headers.get("Content-Type") or "application/octet-stream"
                 form.files.append(Part(part.name, data, filename=part.filename, content_type=content_type))
@@ -99,4 +107,15 @@ async def read_form(request: web.Request, limit: int) -> Form:
         # holding a NUL or other forbidden byte. Each is a malformed upload, the client's to fix: a 400, not a 500.
         reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
         raise InvalidRequest(f"The multipart body is malformed: {reason}", code="invalid_multipart") from None
+    _check_files(form)
     return form
+
+
+def _check_files(form: Form) -> None:
+    """Files are images and one mask: any other would be dropped unread, so it is refused by name."""
+    for part in form.files:
+        if part.name not in IMAGE_FIELDS and part.name != "mask":
+            raise InvalidRequest(f"The form field '{part.name}' takes text, not a file; files go in 'image' and 'mask'.",
+                                 param=part.name, code="invalid_value")
+    if sum(part.name == "mask" for part in form.files) > 1:
+        raise InvalidRequest("The form has more than one 'mask': send one.", param="mask", code="invalid_value")

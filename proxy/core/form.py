@@ -8,6 +8,8 @@ valued `style` or `background`) arrive as JSON text.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,18 +21,19 @@ BOOLEAN_FIELDS = frozenset({"watermark", "stream", "async"})
 JSON_FIELDS = frozenset({"extra_body", "style", "background"})
 
 
+# Spelled as JSON spells numbers: Python's own spellings (`1_0`, Unicode digits, `nan`, `inf`) stay text, which
+# the field's check refuses, as the same value in a JSON body would be.
+_INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
+
+
 def _integer(text: str) -> Any:
-    try:
-        return int(text.strip())
-    except ValueError:
-        return text
+    return int(text.strip()) if _INTEGER.fullmatch(text.strip()) else text
 
 
 def _number(text: str) -> Any:
-    try:
-        return float(text.strip())
-    except ValueError:
-        return text
+    value = float(text.strip()) if _NUMBER.fullmatch(text.strip()) else math.nan
+    return value if math.isfinite(value) else text  # 1e999 overflows to infinity: text too
 
 
 def _boolean(text: str) -> Any:

@@ -21,7 +21,7 @@ from proxy.core.formats import FORMATS, canonical_format
 from proxy.core.sizes import normalise_size
 
 RESPONSE_FORMATS = {"url": "url", "b64_json": "b64_json", "base64": "b64_json"}
-_RATIO = re.compile(r"^\s*(\d{1,5})\s*:\s*(\d{1,5})\s*$")
+_RATIO = re.compile(r"^\s*([0-9]{1,5})\s*:\s*([0-9]{1,5})\s*$")  # ASCII digits, as sizes
 
 
 @dataclass(frozen=True)

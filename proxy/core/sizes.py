@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 # Clients (and seed 000's users) write the separator as x, X, the multiplication sign or an asterisk.
-_SIZE = re.compile(r"^\s*(\d{1,6})\s*[xX×*]\s*(\d{1,6})\s*$")
+_SIZE = re.compile(r"^\s*([0-9]{1,6})\s*[xX×*]\s*([0-9]{1,6})\s*$")  # ASCII digits: "٦٤x٦٤" is not a size
 AUTO = "auto"
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import openai
 import pytest
-from aiohttp import FormData
+from aiohttp import FormData, MultipartWriter
 
 from tests.factories import LOCAL, OPENAI, rules_yaml, serve_fakes
 from tests.fakes import kling as kling_fake
@@ -211,6 +211,39 @@ async def test_edit_form_mistakes(make_proxy: Any, aiohttp_server: Any) -> None:
     bad_n.add_field("image", io.BytesIO(IMAGE_A), filename="a.png", content_type="image/png")
     response = await client.post("/v1/images/edits", data=bad_n)
     assert response.status == 400 and (await response.json())["error"]["param"] == "n"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "param"),
+    [
+        ("n", "1_0", "n"),  # Python's spelling of 10, not JSON's
+        ("n", "\u0662", "n"),  # an Arabic-Indic 2
+        ("prompt", b"caf\xe9", "prompt"),  # Latin-1, not UTF-8: no replacement character sent on
+        ("size", "\u0666\u0664x\u0666\u0664", "size"),
+        ("mask", MASK, "mask"),  # a second mask
+        ("extra", IMAGE_B, "extra"),  # a file in a field that takes none
+    ],
+    ids=["underscore", "arabic-digit", "latin-1", "arabic-size", "second-mask", "file-elsewhere"],
+)
+async def test_form_values_json_would_refuse_are_refused_by_name(
+    make_proxy: Any, aiohttp_server: Any, field: str, value: str | bytes, param: str
+) -> None:
+    client, _ = await proxy(make_proxy, aiohttp_server)
+    form = MultipartWriter("form-data")
+
+    def add(name: str, data: str | bytes, filename: str | None = None) -> None:
+        part = form.append(data.encode() if isinstance(data, str) else data)
+        part.set_content_disposition("form-data", name=name, **({"filename": filename} if filename else {}))
+
+    for name, text in (("model", "gpt-image-1.5"), ("prompt", "x")):
+        if name != field:
+            add(name, text)
+    add("image", IMAGE_A, "a.png")
+    add("mask", MASK, "m.png")
+    add(field, value, "f.png" if isinstance(value, bytes) and field != "prompt" else None)
+    response = await client.post("/v1/images/edits", data=form)
+    assert response.status == 400, await response.text()
+    assert (await response.json())["error"]["param"] == param
 
 
 async def test_an_upload_over_the_limit_is_413(make_proxy: Any, aiohttp_server: Any) -> None:
