@@ -249,6 +249,8 @@ async def variations(request: web.Request) -> web.StreamResponse:
     plan, request_fingerprint = await _form_plan(request, VARIATION)
     if plan.mask is not None:
         raise InvalidRequest("Variations take no mask.", param="mask", code="invalid_value")
+    if plan.client_prompt:  # OpenAI's variations take none: named as ignored, never dropped silently
+        plan = replace(plan, ignored=tuple(sorted({*plan.ignored, "prompt"})))
     return await respond(request, plan, request_fingerprint)
 
 

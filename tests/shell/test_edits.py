@@ -126,6 +126,17 @@ async def test_variations_reach_a_channel_that_has_them(make_proxy: Any, aiohttp
     await images.close()
 
 
+async def test_a_variations_prompt_is_named_as_ignored(make_proxy: Any, aiohttp_server: Any) -> None:
+    client, fakes = await proxy(make_proxy, aiohttp_server)
+    form = FormData()
+    for name, value in (("model", "dall-e-2"), ("prompt", "a cat"), ("size", "256x256")):
+        form.add_field(name, value)
+    form.add_field("image", io.BytesIO(IMAGE_A), filename="a.png", content_type="image/png")
+    response = await client.post("/v1/images/variations", data=form)
+    assert response.status == 200 and response.headers["X-Imagegate-Ignored-Params"] == "prompt"
+    assert "prompt" not in {part.name for part in fakes["openai"].forms[0]}  # OpenAI's variations take none
+
+
 @pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
 async def test_a_variation_sends_quality_only_when_the_client_did(make_proxy: Any, aiohttp_server: Any) -> None:
     client, fakes = await proxy(make_proxy, aiohttp_server)
