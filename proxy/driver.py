@@ -288,8 +288,16 @@ async def run_on_channel(
     if unexpected:
         raise unexpected[0]
     if not results:
-        raise errors[0]
+        raise deciding(errors)
     return merge_results(results, result_starts), errors
+
+
+def deciding(errors: tuple[ProxyError, ...]) -> ProxyError:
+    """The error a request whose every part failed ends with. A part that must not be tried elsewhere (a
+    refused prompt, a task that may bill) decides it, a client's fault first: another channel would be sent
+    the refused prompt, and billed for every part, again."""
+    final = [error for error in errors if not error.retryable]
+    return min(final, key=lambda error: not 400 <= error.status < 500) if final else errors[0]
 
 
 def unusable_reason(rules: Rules, plan: Plan) -> ServiceUnavailable:

@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
+from proxy.core.errors import BadGateway, ContentPolicyViolation, GatewayTimeout
+from proxy.driver import deciding
 from tests.factories import auth, free_port, rules_yaml, url_of
 from tests.fakes.openai import KEY, FakeOpenAI
 
@@ -268,3 +270,13 @@ async def test_weighted_channels_share_first_attempts(make_proxy: Any, aiohttp_s
     # Equal weights: both channels take a real share (the chance of a 40-0 split is 2 in 10^12).
     assert len(primary.recorder.received) > 0 and len(backup.recorder.received) > 0
     assert len(primary.recorder.received) + len(backup.recorder.received) == 40
+
+
+def test_a_fanned_out_request_whose_parts_all_failed_ends_with_the_part_that_must_not_be_retried() -> None:
+    down = BadGateway("channel 'a' could not be reached", code="upstream_unreachable", retryable=True)
+    refused = ContentPolicyViolation("the prompt was refused")
+    billing = GatewayTimeout("the task may still bill", code="upstream_timeout", retryable=False)
+    assert deciding((down, refused)) is refused  # not tried on the next channel: it would refuse it again, billed
+    assert deciding((down, billing, refused)) is refused  # the client's fault first
+    assert deciding((down, billing)) is billing
+    assert deciding((down, down)) is down
