@@ -36,7 +36,7 @@ from proxy.core.formats import NativeFormats
 from proxy.core.response import GeneratedImage, ImagesResult
 from proxy.core.rules import ChannelSchema
 from proxy.core.sizes import AUTO, Size, nearest_ratio, parse_ratio, parse_size
-from proxy.core.upstream_errors import scrub
+from proxy.core.upstream_errors import scrub, usable_wait
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
 IMAGEN = "imagen"
@@ -200,7 +200,7 @@ def _seconds(text: Any) -> float | None:
     if not isinstance(text, str) or not text.endswith("s"):
         return None
     try:
-        return max(0.0, float(text[:-1]))
+        return usable_wait(float(text[:-1]))  # bounded as a Retry-After header is
     except ValueError:
         return None
 

@@ -65,7 +65,7 @@ class ProxyError(Exception):
         }
 
     def headers(self) -> dict[str, str]:
-        if self.retry_after is None:
+        if self.retry_after is None or not math.isfinite(self.retry_after):
             return {}
         # Round up: "retry-after-ms: 500" must not become "retry now".
         return {"Retry-After": str(max(0, math.ceil(self.retry_after)))}

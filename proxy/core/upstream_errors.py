@@ -40,13 +40,18 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
         if value is None:
             continue
         try:
-            seconds = float(value) * scale
+            seconds = usable_wait(float(value) * scale)
         except ValueError:
             continue
-        # "inf" and "1e400" parse as floats; a wait no client could honour is no wait at all.
-        if 0 <= seconds < _MAX_RETRY_AFTER:
+        if seconds is not None:
             return seconds
     return None
+
+
+def usable_wait(seconds: float) -> float | None:
+    """A wait an upstream asked for, or None: "inf" and "1e400" parse as floats, and a wait no client could
+    honour (negative, or a day and more) is no wait at all."""
+    return seconds if 0 <= seconds < _MAX_RETRY_AFTER else None
 
 
 def _envelope_fields(body: bytes) -> tuple[str | None, Any, Any, Any]:

@@ -347,6 +347,14 @@ def test_resource_exhausted_is_a_retryable_rate_limit_with_retry_info() -> None:
     assert error.headers() == {"Retry-After": "13"}
 
 
+@pytest.mark.parametrize("delay", ["infs", "1e400s", "99999999s", "-5s"])
+def test_a_retry_delay_no_client_could_honour_is_no_retry_after(delay: str) -> None:
+    response = google_error(429, "RESOURCE_EXHAUSTED", "quota",
+                            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay})
+    error = failed(advance(make_job({"model": FLASH, "prompt": "p"}), response))
+    assert envelope(error)[0] == 429 and error.retry_after is None and error.headers() == {}
+
+
 def test_billing_precondition_is_a_400_that_is_not_retried() -> None:
     response = google_error(400, "FAILED_PRECONDITION", "Gemini API free tier is not available in your country. "
                             "Please enable billing on your project in Google AI Studio.")
