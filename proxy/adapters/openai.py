@@ -93,8 +93,9 @@ def stream_events(job: Job, event: Event) -> list[dict[str, Any]]:
         return [error_payload(broken.envelope())]
     if "error" in payload and payload.get("type") in (None, "error"):
         error = payload["error"] if isinstance(payload["error"], dict) else {"message": str(payload["error"])}
-        message = scrub(str(error.get("message", "")), (job.api_key,))
-        return [error_payload({"error": {**error, "message": message}})]
+        # Every text field scrubbed: an upstream may echo the key in any of them.
+        shown = {name: scrub(value, (job.api_key,)) if isinstance(value, str) else value for name, value in error.items()}
+        return [error_payload({"error": {**shown, "message": scrub(str(error.get("message", "")), (job.api_key,))}})]
     return [payload] if isinstance(payload.get("type"), str) else []
 
 

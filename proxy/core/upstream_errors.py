@@ -87,6 +87,8 @@ def error_from_response(
     """The error for a non-2xx upstream answer. `client_key`: the client's own key was forwarded."""
     secrets = tuple(secrets)
     message, kind, param, code = _envelope_fields(body)
+    # An upstream may echo the key in any field of its error, not only the message.
+    kind, param, code = (None if field is None else scrub(str(field), secrets) for field in (kind, param, code))
     if message is None:
         # Scrub the whole text before cutting it: a key split by the cut would escape the replacement.
         snippet = scrub(body.decode("utf-8", "replace"), secrets)[:200].strip()

@@ -243,6 +243,12 @@ def test_key_never_reaches_the_message(status: int) -> None:
     assert "bad key *** for this request" in error.message
 
 
+@pytest.mark.parametrize("status", [400, 404, 429, 500])
+def test_key_never_reaches_the_envelope_whatever_field_echoes_it(status: int) -> None:
+    error = _map(status, _openai_error("bad", KEY, KEY, KEY))
+    assert KEY not in json.dumps(error.envelope())
+
+
 def test_key_in_a_non_json_body_is_scrubbed() -> None:
     error = _map(500, f"upstream said: Authorization: Bearer {KEY}".encode())
     assert error.message == "channel 'openai' failed: upstream answered HTTP 500: upstream said: Authorization: Bearer ***"
