@@ -15,8 +15,8 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from proxy.adapters.base import AdapterSpec, Call, Job, Send, Step, UpstreamResponse
-from proxy.adapters.kit import bearer, images_step, json_call, upstream_failure
+from proxy.adapters.base import AdapterSpec, Call, Fail, Job, Send, Step, UpstreamResponse
+from proxy.adapters.kit import bearer, error_object, images_step, json_call, upstream_failure
 from proxy.core.errors import BadGateway
 from proxy.core.extra_body import merge_extra_body
 from proxy.core.formats import FORMATS, NativeFormats
@@ -130,9 +130,25 @@ def parse_images_response(body: bytes | tuple[bytes, ...]) -> ImagesResult:
     )
 
 
+# Some relays answer every error with a 200: what such an error object means decides the status it stands for.
+_QUOTA = frozenset({"rate_limit_exceeded", "insufficient_quota"})
+_CLIENTS = frozenset({"invalid_request_error", "image_generation_user_error", "moderation_blocked", "content_policy_violation"})
+
+
+def _status_of(error: dict[str, Any]) -> int | None:
+    named = {str(error.get("type") or ""), str(error.get("code") or "")}
+    return 429 if named & _QUOTA else 400 if named & _CLIENTS else None
+
+
 def advance(job: Job, state: None, response: UpstreamResponse) -> Step:
     # Parsed from the chunks as received: the answer is never joined whole (proxy.core.received).
-    return images_step(job, response, upstream_failure, lambda answer: parse_images_response(answer.chunks))
+    step = images_step(job, response, upstream_failure, lambda answer: parse_images_response(answer.chunks))
+    if isinstance(step, Fail) and 200 <= response.status < 300:
+        error = error_object(response.body)  # a 2xx without images: small, joined only now
+        status = _status_of(error) if error is not None else None
+        if status is not None:  # a refused prompt stays the client's (400, not retried), a quota a 429
+            return Fail(upstream_failure(job, UpstreamResponse(status, response.headers, response.body)))
+    return step
 
 
 # GPT image models make png, jpeg and webp and take output_compression (OpenAI's image API reference);

@@ -251,6 +251,25 @@ def test_200_without_images_is_a_bad_gateway(body: Any) -> None:
     assert error.retryable is False
 
 
+@pytest.mark.parametrize(
+    ("error", "status", "retryable"),
+    [
+        ({"message": "Your request was rejected by the safety system.", "type": "image_generation_user_error",
+          "code": "moderation_blocked"}, 400, False),
+        ({"message": "Invalid size.", "type": "invalid_request_error", "param": "size", "code": None}, 400, False),
+        ({"message": "Rate limit reached.", "type": "requests", "code": "rate_limit_exceeded"}, 429, True),
+        ({"message": "Something broke.", "type": "server_error", "code": None}, 502, False),  # as with no images
+    ],
+)
+def test_a_200_carrying_an_error_object_means_what_the_error_says(error: dict[str, Any], status: int, retryable: bool) -> None:
+    # Some OpenAI-compatible relays answer every error with a 200: a refused prompt is still the client's.
+    job = _job({"model": "dall-e-3", "prompt": "p"}, DALLE3)
+    failed = _fail(job, _response(200, {"error": error}))
+    assert (failed.status, failed.retryable) == (status, retryable)
+    if status != 502:
+        assert failed.message == error["message"] and failed.envelope()["error"]["code"] == error["code"]
+
+
 def test_400_is_kept() -> None:
     job = _job({"model": "dall-e-3", "prompt": "p"}, DALLE3)
     body = {"error": {"message": "Your request was rejected as a result of our safety system.",
