@@ -243,6 +243,9 @@ def error_for(job: Job, response: UpstreamResponse) -> ProxyError:
 
 
 def imagen_result(job: Job, data: dict[str, Any], asked: Asked) -> Step:
+    if isinstance(data.get("error"), dict):  # an error object with a 200 is the upstream's failure, not a filter's
+        return Fail(bad_answer(job, scrub(str(data["error"].get("message") or data["error"]), (job.api_key,))[:300],
+                               retryable=True))
     predictions = data.get("predictions", [])
     if not isinstance(predictions, list):
         return Fail(bad_answer(job, "predictions is not a list"))

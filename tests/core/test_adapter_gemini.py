@@ -195,6 +195,12 @@ def test_imagen_with_every_sample_filtered_is_a_moderation_error(data: dict[str,
     assert envelope(error) == (400, "image_generation_user_error", None, "moderation_blocked")
 
 
+def test_imagen_answering_200_with_an_error_object_is_the_upstreams_failure_not_a_filter() -> None:
+    data = {"error": {"code": 500, "status": "INTERNAL", "message": "Internal error encountered."}}
+    error = failed(advance(make_job({"model": IMAGEN, "prompt": "p"}), ok(data)))
+    assert envelope(error)[0] == 502 and error.retryable and "Internal error encountered." in error.message
+
+
 def test_imagen_prompt_refused_with_responsible_ai_400_is_moderation() -> None:
     response = google_error(400, "INVALID_ARGUMENT", "Image generation failed with the following error: The prompt "
                             "could not be submitted. This prompt contains sensitive words that violate Google's "
