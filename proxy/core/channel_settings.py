@@ -11,6 +11,7 @@ also falls back to the default for a channel built in code) never meets a value 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +44,7 @@ def seconds(default: float | None = None, *, minimum: float = 0.0) -> Setting:
 
     def parse(value: Any) -> float:
         number = _number(value)
-        if number is None or number <= minimum:
+        if number is None or not math.isfinite(number) or number <= minimum:
             raise SettingError(f"expected a number of seconds above {minimum:g}, got {value!r}")
         return number
 

@@ -52,6 +52,10 @@ class Price:
     per_million_tokens: Mapping[str, Decimal] = field(default_factory=lambda: MappingProxyType({}))
 
 
+MAX_PRICE = Decimal(1_000_000)  # USD per image, megapixel or million tokens
+MAX_PLACES = 12
+
+
 def usd(value: Any) -> Decimal | None:
     """An amount as written in the rules (a number or a numeric string), exactly; None when it is none."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
@@ -70,6 +74,9 @@ def _amount(path: str, value: Any) -> Decimal:
         raise PriceError(path, f"expected an amount in USD, got {value!r}")
     if amount < 0:
         raise PriceError(path, f"expected an amount of at least 0, got {value!r}")
+    # Costs are rounded to micro-dollars and counted in 64-bit counters: a price past these cannot be.
+    if amount > MAX_PRICE or amount.as_tuple().exponent < -MAX_PLACES:  # type: ignore[operator]
+        raise PriceError(path, f"expected at most {MAX_PRICE} USD with at most {MAX_PLACES} decimal places, got {value!r}")
     return amount
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import hmac
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -17,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from proxy.core import rules_yaml
 from proxy.core.budgets import Budget
 from proxy.core.channel_settings import Relation, Setting, parse_settings
 from proxy.core.errors import InvalidRequest, NotFound
@@ -338,6 +340,8 @@ class _Reader:
         result = interpolate(str(value), self.env)
         if result.missing and not secret:
             self.problem(path, f"environment variable {', '.join(result.missing)} is not set")
+        if "${" in result.value:  # kept as text, a reference such as `${A-}` would be a key of its own (not quoted: a secret)
+            self.problem(path, "a `${...}` reference that is not `${VAR}` or `${VAR:-default}`")
         return result.value, result.missing
 
     def number(self, path: str, value: Any, *, minimum: float, integer: bool = False) -> float | None:
@@ -350,6 +354,9 @@ class _Reader:
                 return None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
             self.problem(path, f"expected {'an integer' if integer else 'a number'}, got {value!r}")
+            return None
+        if not math.isfinite(value):  # NaN passes every comparison below; an infinite timeout never ends
+            self.problem(path, f"expected a finite number, got {value!r}")
             return None
         if value < minimum:
             self.problem(path, f"must be at least {minimum:g}, got {value!r}")
@@ -397,6 +404,7 @@ def _load_server(reader: _Reader, data: Any) -> ServerRules:
         for index, item in enumerate(raw.get("api_keys") or [])
         if (client := _load_client(reader, f"server.api_keys[{index}]", item)) is not None
     ]
+    _unique_keys(reader, clients)
     idempotency = reader.mapping("server.idempotency", raw.get("idempotency"), frozenset({"retention"}))
     images = reader.mapping("server.images", raw.get("images"), frozenset({"path", "ttl", "store", "s3"}))
     download = reader.mapping("server.download", raw.get("download"), frozenset({"max_bytes", "timeout", "allow_hosts"}))
@@ -586,6 +594,14 @@ def _load_budget(reader: _Reader, path: str, data: Any) -> Budget:
     return Budget(**amounts)
 
 
+def _unique_keys(reader: _Reader, clients: list[ClientKey]) -> None:
+    """A key listed twice would be one client (the last), its other entry's limits and budget gone."""
+    first: dict[str, int] = {}
+    for index, client in enumerate(clients):
+        if first.setdefault(client.key, index) != index:  # the key itself is never quoted
+            reader.problem(f"server.api_keys[{index}]", f"the same key as server.api_keys[{first[client.key]}]")
+
+
 def _load_client(reader: _Reader, path: str, item: Any) -> ClientKey | None:
     """A key as a string, or `{key, name?, limits?, budget?, webhook_url?, webhook_secrets?}`. An unset
     variable is a problem: it must not open auth."""
@@ -595,15 +611,15 @@ def _load_client(reader: _Reader, path: str, item: Any) -> ClientKey | None:
         webhook_url = _webhook_url(reader, f"{path}.webhook_url", raw.get("webhook_url"))
         if "webhook_secrets" in raw:
             webhook_secrets = _webhook_secrets(reader, f"{path}.webhook_secrets", raw["webhook_secrets"]) or None
-        key = reader.string(f"{path}.key", raw.get("key", ""))[0]
+        key, missing = reader.string(f"{path}.key", raw.get("key", ""))
         name = reader.string(f"{path}.name", raw["name"])[0] if "name" in raw else ""
         limits = _load_limits(reader, f"{path}.limits", raw.get("limits")) if "limits" in raw else None
         budget = _load_budget(reader, f"{path}.budget", raw.get("budget")) if "budget" in raw else None
     else:
-        key, name, limits, budget = reader.string(path, item)[0], "", None, None
-    if not key:
-        if isinstance(item, dict):
-            reader.problem(f"{path}.key", "a client key needs a non-empty `key`")
+        (key, missing), name, limits, budget = reader.string(path, item), "", None, None
+    if not key:  # dropped, it could leave the proxy open: a list of keys means keys are wanted
+        if not missing:  # an unset variable was reported already
+            reader.problem(f"{path}.key" if isinstance(item, dict) else path, "a client key must not be empty")
         return None
     if name == ADMIN_NAME:  # the admin keys' own name: a client under it would share their usage and counters
         reader.problem(f"{path}.name", f"the name '{ADMIN_NAME}' is kept for server.admin_keys")
@@ -921,7 +937,7 @@ def load_rules(data: Any, env: Mapping[str, str], schemas: Mapping[str, ChannelS
 def parse_rules(text: str, env: Mapping[str, str], schemas: Mapping[str, ChannelSchema]) -> Rules:
     """Rules from YAML text. Interpolation happens after parsing, so a variable can never inject YAML."""
     try:
-        data = yaml.safe_load(text)
+        data = rules_yaml.load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

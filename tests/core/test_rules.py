@@ -913,3 +913,37 @@ def test_server_workers_outside_its_range_is_a_problem(value: str) -> None:
     problem = _only_problem(f"server: {{workers: {value}}}\nchannels: {{local: {{type: local}}}}\nmodels: {{}}\n")
     assert problem.path == "server.workers"
     assert "expected auto or a whole number from 1 to 64" in str(problem)
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "problem"),
+    [
+        # A second `server:` would drop the first one's keys: an open proxy.
+        ("server:\n  api_keys: [a-real-key-123]\nserver:\n  max_retries: 1\n", {},
+         "line 3, column 1: not valid YAML: the key 'server' is written twice (first at line 1)"),
+        ('server:\n  api_keys: ["${CLIENT_KEY:-}"]\n', {}, "server.api_keys[0]: a client key must not be empty"),
+        ('server:\n  api_keys: ["${CLIENT-KEY}"]\n', {},
+         "server.api_keys[0]: a `${...}` reference that is not `${VAR}` or `${VAR:-default}`"),
+        ("server:\n  api_keys: [same-key-1, {key: same-key-1, name: b}]\n", {},
+         "server.api_keys[1]: the same key as server.api_keys[0]"),
+        ("server:\n  shutdown_grace: .nan\n", {}, "server.shutdown_grace: expected a finite number, got nan"),
+        ("server:\n  body_timeout: ${T}\n", {"T": "inf"}, "server.body_timeout: expected a finite number, got inf"),
+        ("models:\n  m: {channels: [local], price: {per_image: 10000000000000000000000000}}\nchannels:\n  local: {type: local}\n",
+         {}, "models.m.price.per_image: expected at most 1000000 USD with at most 12 decimal places, got "
+             "10000000000000000000000000"),
+    ],
+    ids=["twice", "empty-key", "bad-reference", "same-key", "nan", "inf", "huge-price"],
+)
+def test_rules_that_would_change_meaning_quietly_are_refused(text: str, env: dict[str, str], problem: str) -> None:
+    assert str(_only_problem(text, env)) == problem
+
+
+def test_a_merge_may_still_override_what_it_brings_in() -> None:
+    rules = parse_rules(textwrap.dedent("""
+        channels:
+          local: {type: local}
+        models:
+          base: &base {channels: [local], max_n: 2}
+          m: {<<: *base, max_n: 4}
+        """), {}, SCHEMAS)
+    assert (rules.match_model("base").max_n, rules.match_model("m").max_n) == (2, 4)
