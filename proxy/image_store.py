@@ -32,10 +32,12 @@ from proxy.core import base64_codec
 from proxy.core.mime import EXTENSIONS
 from proxy.core.received import Base64Chunks
 
-_NAME = re.compile(r"^[A-Za-z0-9_-]{32}\.(png|jpg|webp|gif|svg)$")
-_HASH_NAME = re.compile(r"^[0-9a-f]{64}\.(png|jpg|webp|gif|svg)$")
+# Every extension a name may be given (image_name, hash_name): a name made with another would never be served.
+_EXTENSIONS = "|".join(sorted(set(EXTENSIONS.values())))
+_NAME = re.compile(rf"^[A-Za-z0-9_-]{{32}}\.({_EXTENSIONS})$")
+_HASH_NAME = re.compile(rf"^[0-9a-f]{{64}}\.({_EXTENSIONS})$")
 # A write in progress (`FileImageStore._write`); one untouched this long was left by a process killed mid-write.
-_PART = re.compile(r"^\.[A-Za-z0-9_-]{32}\.(png|jpg|webp|gif|svg)\.part$")
+_PART = re.compile(rf"^\.[A-Za-z0-9_-]{{32}}\.({_EXTENSIONS})\.part$")
 ABANDONED_AFTER = 3600.0
 _TYPES = {extension: content_type for content_type, extension in EXTENSIONS.items()}
 IMAGE_ROUTE = "/images/"

@@ -128,7 +128,9 @@ class S3ImageStore:
         try:
             head = await client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
-            if _status(exc) == 404:
+            # Without ListBucket permission a missing key is a 403, which a HEAD cannot explain (no body): taken
+            # as missing. Refused credentials then fail the PUT that follows, as they would have here.
+            if _status(exc) in (403, 404):
                 return None
             raise
         return _expiry(head.get("Metadata", {}))

@@ -225,3 +225,30 @@ async def test_the_lifecycle_rule_covers_the_prefix_and_is_never_bucket_wide(s3_
         assert [(rule["ID"], rule["Filter"]["Prefix"]) for rule in rules] == [("imagegate-hosted-images", "hosted/")]
     finally:
         await prefixed.close()
+
+
+async def test_credentials_without_list_permission_still_store(s3_server: SeaweedServer, bucket: str) -> None:
+    # Without s3:ListBucket, S3 answers the HEAD of a missing key 403 (a HEAD has no body to say more).
+    from botocore.exceptions import ClientError
+
+    store = S3ImageStore(parse_rules(rules_for(s3_server, bucket), {"S3_SECRET": SECRET_KEY, "UPSTREAM": "http://x"},
+                                     SCHEMAS).server.images, 3600)
+    try:
+        async with store._call() as client:
+            real = client.head_object
+
+            async def head_without_list(**kwargs: Any) -> Any:
+                try:
+                    return await real(**kwargs)
+                except ClientError as exc:
+                    if exc.response["ResponseMetadata"]["HTTPStatusCode"] != 404:
+                        raise
+                    raise ClientError({"Error": {"Code": "403", "Message": "Forbidden"},
+                                       "ResponseMetadata": {"HTTPStatusCode": 403}}, "HeadObject") from None
+
+            client.head_object = head_without_list
+        name = await store.put(b"first of its kind", "image/png")
+        stored = await store.get(name)
+        assert stored is not None and stored.data == b"first of its kind"
+    finally:
+        await store.close()

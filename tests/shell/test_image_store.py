@@ -141,3 +141,15 @@ async def test_the_sweep_removes_writes_abandoned_an_hour_ago_and_only_those(tmp
     assert sorted(path.name for path in store.directory.iterdir()) == sorted([name, files["writing"], files["foreign"]])
     now[0] += 601
     assert await store.sweep() == 1  # the image itself, once expired
+
+
+@pytest.mark.parametrize("content_type", ["image/bmp", "image/tiff"])
+async def test_every_type_a_name_is_made_for_is_served_and_swept(tmp_path: Path, content_type: str) -> None:
+    now = [1_000_000.0]
+    store = FileImageStore(tmp_path / "images", ttl=600, clock=lambda: now[0])
+    name = await store.put(b"not checked here", content_type)
+    os.utime(store.directory / name, (now[0], now[0]))
+    stored = await store.get(name)
+    assert stored is not None and stored.content_type == content_type  # a URL that works, not a 404
+    now[0] += 601
+    assert await store.sweep() == 1 and not (store.directory / name).exists()
