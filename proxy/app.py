@@ -63,7 +63,7 @@ from proxy.observe import note
 from proxy.ops import healthz, metrics_endpoint, on_shutdown, readyz, watch_reload_signal
 from proxy.passthrough import relay
 from proxy.production import Caller, key_name, produce
-from proxy.services import CLIENT_KEY, HOST_STATE, JSON_FIELDS, RULES, RULES_PATH, SERVICES, STORE, TASK_STORE
+from proxy.services import CLIENT_KEY, HOST_STATE, JSON_FIELDS, RULES, RULES_PATH, SERVICES, STORE, TASK_STORE, Services
 from proxy.streaming import Sink, stream
 from proxy.task_runner import TaskRun, created, run_task, start_background
 from proxy.tasks import TaskStore, answer_of, owner_of
@@ -136,6 +136,13 @@ async def admission_for(request: web.Request, plan: Plan) -> Admission | None:
     return None
 
 
+def hosted_for(request: web.Request, services: Services) -> float:
+    """How long an answer's hosted images live: an answer kept for replay (Idempotency-Key) keeps them as long,
+    so that a retry never gets URLs that are gone."""
+    ttl = services.store.ttl
+    return max(ttl, services.rules.server.idempotency_retention) if IDEMPOTENCY_HEADER in request.headers else ttl
+
+
 async def serve(request: web.Request, plan: Plan) -> web.StreamResponse:
     """Admit a plan (429 when over its key's limits), then run it: at once, as a stream, or as an async task
     (seed 001), as the client asked."""
@@ -172,7 +179,7 @@ async def serve(request: web.Request, plan: Plan) -> web.StreamResponse:
             start_background(services, run_task(services, run))
             admission = None  # the task settles it when it ends
             return web.json_response(record.view(), headers=headers)
-        delivery = Delivery(plan.response_format, public_base(request, rules), services.store.ttl)
+        delivery = Delivery(plan.response_format, public_base(request, rules), hosted_for(request, services))
         # produce itself, not produce_body: one coroutine frame fewer for each request held here.
         produced = await produce(services, plan, Caller(client_key), delivery)
         body, spent = produced.body(raw_base64=True), produced.cost

@@ -453,3 +453,18 @@ async def test_a_run_longer_than_its_claims_lease_keeps_the_key_and_a_retry_wait
     assert retry.status == answered.status == 200 and retry.headers.get("Idempotent-Replayed") == "true"
     assert await retry.read() == await answered.read()
     assert len(fake.recorder.received) == 1  # one generation, one bill
+
+
+async def test_an_idempotent_url_answer_keeps_its_images_as_long_as_its_replay(make_proxy: Any, fake_openai: Any) -> None:
+    _, upstream = fake_openai
+    client = await proxy_for(make_proxy, upstream, rules_yaml(MODELS, server={**SERVER, "images": {"ttl": 1}}))
+    body, headers = {"model": "local-image", "prompt": "cat", "size": "256x256", "response_format": "url"}, auth()
+    first = await client.post("/v1/images/generations", json=body, headers={**headers, "Idempotency-Key": "kept-1"})
+    plain = await client.post("/v1/images/generations", json=body, headers=headers)
+    await asyncio.sleep(2.2)  # past the images' TTL, within the replay's retention
+    replay = await client.post("/v1/images/generations", json=body, headers={**headers, "Idempotency-Key": "kept-1"})
+    assert first.status == replay.status == 200 and replay.headers["Idempotent-Replayed"] == "true"
+    [url] = [item["url"] for item in (await replay.json())["data"]]
+    assert (await client.get(url[url.index("/images/"):])).status == 200  # not a URL that is gone
+    [gone] = [item["url"] for item in (await plain.json())["data"]]
+    assert (await client.get(gone[gone.index("/images/"):])).status == 404  # without a key: the TTL, as before
