@@ -862,7 +862,7 @@ def _load_model(reader: _Reader, pattern: str, data: Any, channels: Mapping[str,
     passthrough = frozenset(reader.string_list(f"{path}.passthrough", raw.get("passthrough")))
     translation = _load_translation(reader, path, raw)
     values = _load_values(reader, f"{path}.values", raw.get("values"))
-    _check_defaults(reader, path, defaults, passthrough | translation.folded, values)
+    _check_defaults(reader, path, defaults, passthrough | translation.folded, values, translation.values)
     max_n = reader.number(f"{path}.max_n", raw.get("max_n", DEFAULT_MAX_N), minimum=1, integer=True)
     upstream, per_channel = _load_upstream(reader, f"{path}.upstream_model", raw.get("upstream_model"), names)
     return ModelRule(
@@ -882,12 +882,16 @@ def _load_model(reader: _Reader, pattern: str, data: Any, channels: Mapping[str,
 
 
 def _check_defaults(
-    reader: _Reader, path: str, defaults: Mapping[str, Any], sent: frozenset[str], values: Mapping[str, tuple[Any, ...]]
+    reader: _Reader, path: str, defaults: Mapping[str, Any], sent: frozenset[str], values: Mapping[str, tuple[Any, ...]],
+    translated: Mapping[str, Any],
 ) -> None:
-    """A default must reach the upstream (`sent`: passthrough and folded fields) and be one of the model's values."""
-    for key in defaults:
-        if key not in ALWAYS_FORWARDED | PROXY_FIELDS | FORMAT_FIELDS | sent:
-            reader.problem(f"{path}.defaults.{key}", f"'{key}' is never sent upstream: add it to passthrough")
+    """A default must reach the upstream (`sent`: passthrough and folded fields) and be one of the model's values;
+    so must a field the model's values or translation name (a misspelt one would constrain nothing)."""
+    known = ALWAYS_FORWARDED | PROXY_FIELDS | FORMAT_FIELDS | sent
+    for section, keys in (("defaults", defaults), ("values", values), ("translate", translated)):
+        for key in keys:
+            if key not in known:
+                reader.problem(f"{path}.{section}.{key}", f"'{key}' is never sent upstream: add it to passthrough")
     for key, allowed in values.items():
         if key in defaults and defaults[key] not in allowed:
             reader.problem(f"{path}.defaults.{key}", f"'{defaults[key]}' is not one of the model's values for {key}")

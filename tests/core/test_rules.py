@@ -931,8 +931,12 @@ def test_server_workers_outside_its_range_is_a_problem(value: str) -> None:
         ("models:\n  m: {channels: [local], price: {per_image: 10000000000000000000000000}}\nchannels:\n  local: {type: local}\n",
          {}, "models.m.price.per_image: expected at most 1000000 USD with at most 12 decimal places, got "
              "10000000000000000000000000"),
+        ("models:\n  m: {channels: [local], values: {qualty: [standard, hd]}}\nchannels:\n  local: {type: local}\n", {},
+         "models.m.values.qualty: 'qualty' is never sent upstream: add it to passthrough"),
+        ("models:\n  m: {channels: [local], translate: {qualty: {standard: low}}}\nchannels:\n  local: {type: local}\n",
+         {}, "models.m.translate.qualty: 'qualty' is never sent upstream: add it to passthrough"),
     ],
-    ids=["twice", "empty-key", "bad-reference", "same-key", "nan", "inf", "huge-price"],
+    ids=["twice", "empty-key", "bad-reference", "same-key", "nan", "inf", "huge-price", "values-typo", "translate-typo"],
 )
 def test_rules_that_would_change_meaning_quietly_are_refused(text: str, env: dict[str, str], problem: str) -> None:
     assert str(_only_problem(text, env)) == problem
