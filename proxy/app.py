@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -291,8 +292,10 @@ async def hosted_image(request: web.Request) -> web.StreamResponse:
     metrics = request.app[SERVICES].metrics
     if metrics is not None:
         metrics.image_bytes.inc(size)
-    # The name is unguessable and the bytes never change: caches may keep them for the image's life.
-    response.headers["Cache-Control"] = f"private, max-age={request.app[SERVICES].store.ttl}"
+    # The name is unguessable and the bytes never change: caches may keep them for what is left of the image's
+    # life (no longer: past it, the image is gone here too).
+    left = request.app[SERVICES].store.ttl if stored.expires_at is None else max(0, int(stored.expires_at - time.time()))
+    response.headers["Cache-Control"] = f"private, max-age={left}"
     return response
 
 

@@ -50,6 +50,7 @@ class StoredImage:
     content_type: str
     path: Path | None = None  # a file to serve (the directory store)
     data: bytes | None = None  # or the bytes themselves (a shared backend)
+    expires_at: float | None = None  # when it stops being served (epoch seconds; None: not known)
 
 
 def image_name(content_type: str) -> str:
@@ -200,9 +201,16 @@ class FileImageStore:
         if content_type is None:
             return None
         path = self.directory / name
-        if await asyncio.to_thread(self._expired, path):
+        expires_at = await asyncio.to_thread(self._expires_at, path)
+        if expires_at is None or expires_at < self._clock():
             return None
-        return StoredImage(content_type, path=path)
+        return StoredImage(content_type, path=path, expires_at=expires_at)
+
+    def _expires_at(self, path: Path) -> float | None:
+        try:
+            return path.stat().st_mtime + self.ttl
+        except FileNotFoundError:
+            return None
 
     def _sweep(self) -> int:
         removed = 0

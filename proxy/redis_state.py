@@ -172,9 +172,13 @@ class RedisImageStore:
         content_type = valid_name(name)
         if content_type is None:
             return None
-        async with unavailable_as_503():
-            data: Any = await self._redis.get(f"{PREFIX}image:{name}")
-        return StoredImage(content_type, data=data) if isinstance(data, bytes) else None
+        key = f"{PREFIX}image:{name}"
+        async with unavailable_as_503(), self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(key)
+            pipe.pttl(key)
+            data, left_ms = await pipe.execute()
+        expires_at = time.time() + left_ms / 1000 if isinstance(left_ms, int) and left_ms > 0 else None
+        return StoredImage(content_type, data=data, expires_at=expires_at) if isinstance(data, bytes) else None
 
     async def sweep(self) -> int:
         return 0

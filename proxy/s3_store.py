@@ -168,9 +168,10 @@ class S3ImageStore:
                 raise
             async with answer["Body"] as body:
                 data = await body.read()
-        if _expiry(answer.get("Metadata", {})) < self._clock():
+        expires_at = _expiry(answer.get("Metadata", {}))
+        if expires_at < self._clock():
             return None  # past its life though not yet swept
-        return StoredImage(answer.get("ContentType") or content_type, data=data)
+        return StoredImage(answer.get("ContentType") or content_type, data=data, expires_at=expires_at)
 
     async def sweep(self) -> int:
         """Delete expired images. The listing's times spare most HEADs: an object younger than `ttl` cannot have

@@ -468,3 +468,15 @@ async def test_an_idempotent_url_answer_keeps_its_images_as_long_as_its_replay(m
     assert (await client.get(url[url.index("/images/"):])).status == 200  # not a URL that is gone
     [gone] = [item["url"] for item in (await plain.json())["data"]]
     assert (await client.get(gone[gone.index("/images/"):])).status == 404  # without a key: the TTL, as before
+
+
+async def test_a_hosted_image_may_be_cached_only_for_what_is_left_of_its_life(make_proxy: Any, fake_openai: Any) -> None:
+    _, upstream = fake_openai
+    client = await proxy_for(make_proxy, upstream, rules_yaml(MODELS, server={**SERVER, "images": {"ttl": 3}}))
+    body = {"model": "local-image", "prompt": "cat", "size": "256x256", "response_format": "url"}
+    [item] = (await (await client.post("/v1/images/generations", json=body, headers=auth())).json())["data"]
+    path = item["url"][item["url"].index("/images/"):]
+    fresh = (await client.get(path)).headers["Cache-Control"]
+    await asyncio.sleep(2.1)
+    later = (await client.get(path)).headers["Cache-Control"]
+    assert fresh in ("private, max-age=3", "private, max-age=2") and later == "private, max-age=0"
