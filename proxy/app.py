@@ -78,6 +78,10 @@ log = logging.getLogger("imagegate")
 
 T = TypeVar("T")
 IGNORED_HEADER = "X-Imagegate-Ignored-Params"
+# An image is served from the console's own origin: one that can hold script (an SVG an upstream made) must run
+# none there, opened directly or not, and no type is sniffed into another.
+IMAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; sandbox",
+                 "X-Content-Type-Options": "nosniff"}
 MAX_LOGGED_MODEL = 200  # characters of a client's model name an access line keeps
 
 
@@ -295,7 +299,7 @@ async def hosted_image(request: web.Request) -> web.StreamResponse:
     # The name is unguessable and the bytes never change: caches may keep them for what is left of the image's
     # life (no longer: past it, the image is gone here too).
     left = request.app[SERVICES].store.ttl if stored.expires_at is None else max(0, int(stored.expires_at - time.time()))
-    response.headers["Cache-Control"] = f"private, max-age={left}"
+    response.headers.update({"Cache-Control": f"private, max-age={left}", **IMAGE_HEADERS})
     return response
 
 

@@ -480,3 +480,15 @@ async def test_a_hosted_image_may_be_cached_only_for_what_is_left_of_its_life(ma
     await asyncio.sleep(2.1)
     later = (await client.get(path)).headers["Cache-Control"]
     assert fresh in ("private, max-age=3", "private, max-age=2") and later == "private, max-age=0"
+
+
+async def test_a_hosted_image_runs_no_script_on_the_proxys_origin(make_proxy: Any, fake_openai: Any) -> None:
+    fake, upstream = fake_openai
+    fake.image = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(document.domain)</script></svg>'
+    client = await proxy_for(make_proxy, upstream)
+    body = {"model": "gpt-image-1.5", "prompt": "cat", "response_format": "url"}
+    [item] = (await (await client.post("/v1/images/generations", json=body, headers=auth())).json())["data"]
+    served = await client.get(item["url"][item["url"].index("/images/"):])
+    assert served.headers["Content-Type"] == "image/svg+xml"  # an upstream's SVG is hosted as one
+    assert served.headers["Content-Security-Policy"] == "default-src 'none'; style-src 'unsafe-inline'; sandbox"
+    assert served.headers["X-Content-Type-Options"] == "nosniff"
