@@ -140,7 +140,7 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except (PermissionError, OverflowError):
-        pass  # another user's; not a pid at all (kept: it is not known to be ours)
+        return True  # another user's, or not a pid at all: kept, as it is not known to be ours
     return True
 
 

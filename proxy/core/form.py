@@ -28,11 +28,15 @@ _NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.AS
 
 
 def _integer(text: str) -> Any:
-    return int(text.strip()) if _INTEGER.fullmatch(text.strip()) else text
+    stripped = text.strip()
+    return int(stripped) if _INTEGER.fullmatch(stripped) else text
 
 
 def _number(text: str) -> Any:
-    value = float(text.strip()) if _NUMBER.fullmatch(text.strip()) else math.nan
+    stripped = text.strip()
+    if not _NUMBER.fullmatch(stripped):
+        return text
+    value = float(stripped)
     return value if math.isfinite(value) else text  # 1e999 overflows to infinity: text too
 
 

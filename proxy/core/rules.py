@@ -399,12 +399,13 @@ def _load_server(reader: _Reader, data: Any) -> ServerRules:
     raw = reader.mapping("server", data, _SERVER_KEYS)
     if raw.get("api_keys") is not None and not isinstance(raw.get("api_keys"), list):
         reader.problem("server.api_keys", "expected a list of keys")
-    clients = [
-        client
+    loaded = [
+        (index, client)
         for index, item in enumerate(raw.get("api_keys") or [])
         if (client := _load_client(reader, f"server.api_keys[{index}]", item)) is not None
     ]
-    _unique_keys(reader, clients)
+    _unique_keys(reader, loaded)
+    clients = [client for _, client in loaded]
     idempotency = reader.mapping("server.idempotency", raw.get("idempotency"), frozenset({"retention"}))
     images = reader.mapping("server.images", raw.get("images"), frozenset({"path", "ttl", "store", "s3"}))
     download = reader.mapping("server.download", raw.get("download"), frozenset({"max_bytes", "timeout", "allow_hosts"}))
@@ -594,10 +595,11 @@ def _load_budget(reader: _Reader, path: str, data: Any) -> Budget:
     return Budget(**amounts)
 
 
-def _unique_keys(reader: _Reader, clients: list[ClientKey]) -> None:
-    """A key listed twice would be one client (the last), its other entry's limits and budget gone."""
+def _unique_keys(reader: _Reader, clients: list[tuple[int, ClientKey]]) -> None:
+    """A key listed twice would be one client (the last), its other entry's limits and budget gone. `clients`:
+    each with its place in the list."""
     first: dict[str, int] = {}
-    for index, client in enumerate(clients):
+    for index, client in clients:
         if first.setdefault(client.key, index) != index:  # the key itself is never quoted
             reader.problem(f"server.api_keys[{index}]", f"the same key as server.api_keys[{first[client.key]}]")
 
