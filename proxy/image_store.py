@@ -191,10 +191,8 @@ class FileImageStore:
         return name
 
     def _expired(self, path: Path) -> bool:
-        try:
-            return path.stat().st_mtime + self.ttl < self._clock()
-        except FileNotFoundError:
-            return True
+        expires_at = self._expires_at(path)
+        return expires_at is None or expires_at < self._clock()
 
     async def get(self, name: str) -> StoredImage | None:
         content_type = valid_name(name)
@@ -202,7 +200,7 @@ class FileImageStore:
             return None
         path = self.directory / name
         expires_at = await asyncio.to_thread(self._expires_at, path)
-        if expires_at is None or expires_at < self._clock():
+        if expires_at is None or expires_at < self._clock():  # as `_expired`, keeping the time for Cache-Control
             return None
         return StoredImage(content_type, path=path, expires_at=expires_at)
 
